@@ -1,0 +1,19 @@
+"""nullviz — entry point: navigation, session defaults and the model sidebar (pages are in pages/)."""
+
+import streamlit as st
+
+from app_state import init_session, model_sidebar
+
+st.set_page_config(page_title="nullviz", page_icon=":material/blur_on:", layout="wide")
+init_session()
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/model.py", title="Model", icon=":material/memory:"),
+    st.Page("pages/nullspace.py", title="Nullspace", icon=":material/blur_on:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+]
+nav = st.navigation(pages)
+model_sidebar()
+nav.run()

@@ -1,0 +1,230 @@
+"""Attention maps and per-layer representations, clean vs. noised: where does the encoder absorb noise?
+
+timm's ``Attention`` uses fused ``scaled_dot_product_attention``, which never materialises the attention
+matrix. :func:`unfused_attention` switches each block's ``fused_attn`` off for the duration of one
+extraction and restores it (also on error); forward hooks on each block's ``attn_drop`` (identity in eval)
+capture the softmax output, hooks on each block capture its output tokens, and every hook is removed
+afterwards. Nothing global changes, so other sessions sharing a cached model are not affected (their
+forward passes see the same numbers either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .errors import InvalidParameterError
+from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
+from .params import Interval, Options, check
+
+
+@contextlib.contextmanager
+def unfused_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Temporarily set ``fused_attn = False`` on every attention module; restore the old values after."""
+    saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    try:
+        for m, _ in saved:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, value in saved:
+            m.fused_attn = value
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run in eval mode and restore the caller's mode afterwards (torchattacks' convention)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class AttentionTrace:
+    """Attention probabilities and block outputs of one forward pass.
+
+    ``attention``: [layers, batch, heads, tokens, tokens] (rows sum to 1); ``hidden``: [layers + 1, batch,
+    tokens, dim], index 0 being the block input (tokens after class token and position embedding).
+    """
+
+    attention: torch.Tensor
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    num_prefix_tokens: int
+    grid_size: tuple[int, int]
+
+    @property
+    def layers(self) -> int:
+        return self.attention.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.attention.shape[2]
+
+    @property
+    def tokens(self) -> int:
+        return self.attention.shape[-1]
+
+    def cls_maps(self) -> torch.Tensor:
+        """Attention of the first prefix token (CLS) to the patches: [layers, batch, heads, gh, gw]."""
+        return cls_attention_maps(self.attention, self.num_prefix_tokens, self.grid_size)
+
+
+@torch.no_grad()
+def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> AttentionTrace:
+    """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
+    every block's attention probabilities and output tokens."""
+    blocks = list(model.blocks)
+    if not blocks or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "attn_drop"):
+        raise InvalidParameterError("model", "attention.trace", "a timm ViT whose blocks have .attn.attn_drop",
+                                    type(model).__name__)
+    attn: list[torch.Tensor] = []
+    hidden: list[torch.Tensor] = []
+    handles = []
+    try:
+        handles.append(blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach())))
+        for blk in blocks:
+            handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach())))
+            handles.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
+        with unfused_attention(model), eval_mode(model):
+            u = patch_tokens(model, x)
+            logits = logits_from_patch_tokens(model, u if token_noise is None else u + token_noise.to(u))
+    finally:
+        for h in handles:
+            h.remove()
+    gh, gw = (int(g) for g in model.patch_embed.grid_size)
+    return AttentionTrace(attention=torch.stack(attn).float().cpu(), hidden=torch.stack(hidden).float().cpu(),
+                          logits=logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+                          grid_size=(gh, gw))
+
+
+def cls_attention_maps(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> torch.Tensor:
+    """[L, B, H, T, T] → the first token's attention to the patch tokens, as [L, B, H, gh, gw]."""
+    gh, gw = grid_size
+    if attention.shape[-1] != num_prefix_tokens + gh * gw:
+        raise InvalidParameterError("attention", "cls_attention_maps",
+                                    f"{num_prefix_tokens} prefix + {gh}×{gw} patch tokens", attention.shape[-1])
+    maps = attention[..., 0, num_prefix_tokens:]
+    return maps.reshape(*maps.shape[:-1], gh, gw)
+
+
+def rollout(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): fuse heads, drop the weakest links, add the residual
+    identity, renormalise rows, and multiply through the layers. [L, B, H, T, T] → [B, T, T]."""
+    check("head_fusion", "rollout", head_fusion, Options(("mean", "max", "min")))
+    check("discard_ratio", "rollout", discard_ratio, Interval(float, 0.0, 1.0, closed="left"))
+    L, B, _, T, _ = attention.shape
+    eye = torch.eye(T, dtype=attention.dtype).expand(B, T, T)
+    result = eye.clone()
+    for layer in range(L):
+        a = {"mean": lambda t: t.mean(1), "max": lambda t: t.amax(1), "min": lambda t: t.amin(1)}[head_fusion](attention[layer])
+        if discard_ratio > 0:
+            flat = a.reshape(B, -1)
+            k = int(flat.shape[1] * discard_ratio)
+            _, idx = flat.topk(k, dim=-1, largest=False)
+            drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
+            drop[:, 0] = False  # never drop CLS→CLS
+            a = flat.masked_fill(drop, 0.0).view(B, T, T)
+        a = (a + eye) / 2
+        a = a / a.sum(-1, keepdim=True)
+        result = a @ result
+    return result
+
+
+def rollout_map(rolled: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> torch.Tensor:
+    """CLS row of a rollout [B, T, T] as patch maps [B, gh, gw]."""
+    gh, gw = grid_size
+    return rolled[:, 0, num_prefix_tokens:].reshape(-1, gh, gw)
+
+
+def attention_distance(clean: torch.Tensor, noised: torch.Tensor, metric: str = "tv") -> torch.Tensor:
+    """Per-layer distance between two attention tensors [L, B, H, T, T]: mean over batch, heads and query
+    tokens of the total variation ('tv', ½Σ|p − q|) or Jensen–Shannon divergence ('js', in nats)."""
+    check("metric", "attention_distance", metric, Options(("tv", "js")))
+    if clean.shape != noised.shape:
+        raise InvalidParameterError("noised", "attention_distance", f"shape {tuple(clean.shape)}",
+                                    tuple(noised.shape))
+    p, q = clean.double(), noised.double()
+    if metric == "tv":
+        d = 0.5 * (p - q).abs().sum(-1)
+    else:
+        m = 0.5 * (p + q)
+        kl = lambda a, b: (a * (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log())).sum(-1)  # noqa: E731
+        d = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    return d.mean(dim=(1, 2, 3)).float()
+
+
+def representation_change(clean: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+    """Relative change ‖h' − h‖ / ‖h‖ of the token representations at each depth ([L+1, B, T, D] → [L+1])."""
+    diff = (noised.double() - clean.double()).flatten(1).norm(dim=1)
+    return (diff / clean.double().flatten(1).norm(dim=1).clamp_min(1e-30)).float()
+
+
+@dataclass
+class AttentionComparison:
+    """Clean vs. noised traces, their rollouts and per-layer distances."""
+
+    clean: AttentionTrace
+    noised: AttentionTrace
+    rollout_clean: torch.Tensor
+    rollout_noised: torch.Tensor
+    layer_attention_distance: torch.Tensor  # [L], total variation
+    layer_attention_js: torch.Tensor  # [L]
+    layer_repr_change: torch.Tensor  # [L], after each block
+    embed_repr_change: float  # before the first block (tokens + position)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.clean
+        return {
+            "layers": c.layers, "heads": c.heads, "tokens": c.tokens,
+            "num_prefix_tokens": c.num_prefix_tokens, "grid_size": list(c.grid_size),
+            "layer_attention_distance": [float(v) for v in self.layer_attention_distance],
+            "layer_attention_js": [float(v) for v in self.layer_attention_js],
+            "layer_repr_change": [float(v) for v in self.layer_repr_change],
+            "embed_repr_change": self.embed_repr_change,
+            "top1_clean": int(c.logits[0].argmax()), "top1_noised": int(self.noised.logits[0].argmax()),
+            **self.extra,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything as numpy arrays for an .npz download."""
+        return {
+            "attention_clean": self.clean.attention.numpy(), "attention_noised": self.noised.attention.numpy(),
+            "rollout_clean": self.rollout_clean.numpy(), "rollout_noised": self.rollout_noised.numpy(),
+            "cls_maps_clean": self.clean.cls_maps().numpy(), "cls_maps_noised": self.noised.cls_maps().numpy(),
+            "layer_attention_distance": self.layer_attention_distance.numpy(),
+            "layer_attention_js": self.layer_attention_js.numpy(),
+            "layer_repr_change": self.layer_repr_change.numpy(),
+        }
+
+
+def compare(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level: str = "input",
+            head_fusion: str = "mean", discard_ratio: float = 0.0) -> AttentionComparison:
+    """Trace clean x and noised x (pixel-space noise at level 'input', token δ at level 'encoder')."""
+    check("level", "attention.compare", level, Options(("input", "encoder")))
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    clean = trace(lm.model, x)
+    if noise is None:
+        noised = clean
+    elif level == "input":
+        v = noise if noise.dim() == 4 else noise.unsqueeze(0)
+        noised = trace(lm.model, x + v.to(x))
+    else:
+        noised = trace(lm.model, x, token_noise=noise)
+    change = representation_change(clean.hidden, noised.hidden)
+    return AttentionComparison(
+        clean=clean, noised=noised,
+        rollout_clean=rollout(clean.attention, head_fusion, discard_ratio),
+        rollout_noised=rollout(noised.attention, head_fusion, discard_ratio),
+        layer_attention_distance=attention_distance(clean.attention, noised.attention, "tv"),
+        layer_attention_js=attention_distance(clean.attention, noised.attention, "js"),
+        layer_repr_change=change[1:], embed_repr_change=float(change[0]),
+    )

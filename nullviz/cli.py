@@ -1,0 +1,204 @@
+"""``python -m nullviz``: the command line over the same library the app uses.
+
+Every sub-command prints human-readable lines, or one JSON object with ``--json``. Bad input prints one
+line on stderr (``nullviz: error: …``) and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import NullvizError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage + error
+        usage = self.prog.replace("nullviz", "python -m nullviz", 1)
+        sys.stderr.write(f"nullviz: error: {message} (see '{usage} --help')\n")
+        raise SystemExit(2)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (embedded digits ViT) or a timm ViT name, e.g. vit_tiny_patch16_224")
+    p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth checkpoint for --model's architecture")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="nullviz", description="Nullspace workbench for Vision Transformers.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("info", help="architecture facts of a model (and held-out accuracy for the default)")
+    _model_args(p)
+
+    p = sub.add_parser("nullspace", help="exact patch-embedding nullspace, noise from it, and its verification")
+    _model_args(p)
+    p.add_argument("--rtol", type=float, default=None, help="relative rank tolerance (default max(d,K)·eps32)")
+    p.add_argument("--image", default="sample", help="'sample', a sample name (chelsea, digit-3…) or a path")
+    p.add_argument("--magnitude", type=float, default=1.0, help="noise size in normalised units")
+    p.add_argument("--norm", default="l2_patch", choices=["l2_patch", "linf"])
+    p.add_argument("--shared", action="store_true", help="one noise pattern for every patch")
+    p.add_argument("--feasible", action="store_true", help="keep x + v inside the valid pixel range")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="save the noise tensor (3×H×W, normalised space)")
+
+    p = sub.add_parser("synthesize", help="optimise approximate-nullspace noise δ (encoder or input level)")
+    _model_args(p)
+    p.add_argument("--level", default="encoder", choices=["encoder", "input"])
+    p.add_argument("--data", default="default", help="'default' (digits train split) or an ImageFolder path")
+    p.add_argument("--images", type=int, default=64, help="number of images δ is optimised on")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lim", type=float, default=3.0)
+    p.add_argument("--lam", type=float, default=0.0)
+    p.add_argument("--tol", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="save δ with its metadata (.pt)")
+
+    p = sub.add_parser("attention", help="attention and representations, clean vs. noised")
+    _model_args(p)
+    p.add_argument("--image", default="sample")
+    p.add_argument("--noise", default="exact", help="'exact' (fresh nullspace noise) or a saved noise file")
+    p.add_argument("--magnitude", type=float, default=1.0, help="size of the exact noise (normalised units)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
+    p.add_argument("--discard-ratio", type=float, default=0.0)
+    p.add_argument("--out", type=Path, default=None, help="write attention tensors and rollouts (.npz)")
+    return ap
+
+
+def _load(args):
+    from .models import load_model
+
+    return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+
+
+def cmd_info(args) -> dict[str, Any]:
+    from .data import digits_dataset
+    from .models import DEFAULT_MODEL_NAME
+
+    lm = _load(args)
+    out = lm.facts()
+    if lm.name == DEFAULT_MODEL_NAME:
+        from .robustness import accuracy
+
+        out["heldout_accuracy"] = accuracy(lm, digits_dataset("heldout"))
+        out["heldout_images"] = len(digits_dataset("heldout"))
+    return out
+
+
+def cmd_nullspace(args) -> dict[str, Any]:
+    import torch
+
+    from . import nullspace as N
+    from .data import resolve_image
+
+    lm = _load(args)
+    ns = N.nullspace(lm, args.rtol)
+    img = resolve_image(args.image)
+    x = lm.preprocess(img.image)
+    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, norm=args.norm, shared=args.shared,
+                                                   seed=args.seed))
+    out: dict[str, Any] = {"model": lm.name, "image": img.name, **ns.summary()}
+    if args.feasible and ns.nullity > 0:
+        f = N.feasible_noise(lm, ns, x, v)
+        v = f.noise
+        out.update(feasible_kept_norm_fraction=f.kept_norm_fraction, feasible_max_box_violation=f.max_box_violation)
+    report = N.verify_invariance(lm, x, v, ns)
+    out.update(report.to_dict())
+    out["top1_class"] = lm.class_name(report.top1_clean)
+    if args.out is not None:
+        torch.save(v.cpu(), str(args.out))
+        out["out"] = str(args.out)
+    return out
+
+
+def cmd_synthesize(args) -> dict[str, Any]:
+    from .data import load_dataset
+    from .robustness import images_tensor
+    from .synthesis import SynthesisConfig, synthesize
+
+    config = SynthesisConfig(level=args.level, lim=args.lim, lr=args.lr, lam=args.lam, tol=args.tol,
+                             steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    lm = _load(args)
+    x, _ = images_tensor(lm, load_dataset(args.data, split="train"), limit=args.images)
+    progress = None
+    if sys.stderr.isatty():
+        def progress(s):
+            sys.stderr.write(f"\rstep {s.step + 1}/{config.steps}  loss {s.loss:.4f}  Σ Δp² {s.mse_probs:.4f}  "
+                             f"agreement {s.agreement:.3f}")
+    result = synthesize(lm, x, config, callback=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    out = result.to_dict()
+    out.pop("history")
+    out["loss_curve"] = [h.loss for h in result.history]
+    if args.out is not None:
+        result.save(args.out)
+        out["out"] = str(args.out)
+    return out
+
+
+def cmd_attention(args) -> dict[str, Any]:
+    import numpy as np
+
+    from . import nullspace as N
+    from .attention import compare
+    from .data import resolve_image
+    from .synthesis import check_noise_fits, load_noise
+
+    lm = _load(args)
+    img = resolve_image(args.image)
+    x = lm.preprocess(img.image)
+    if args.noise == "exact":
+        ns = N.nullspace(lm)
+        noise = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, seed=args.seed))
+        level, noise_desc = "input", f"exact nullspace noise (nullity {ns.nullity}, magnitude {args.magnitude})"
+    else:
+        saved = load_noise(args.noise)
+        check_noise_fits(lm, saved.delta, saved.level)
+        noise, level, noise_desc = saved.delta, saved.level, f"{args.noise} ({saved.level} level)"
+    cmp = compare(lm, x, noise, level, args.head_fusion, args.discard_ratio)
+    out = {"model": lm.name, "image": img.name, "noise": noise_desc, "level": level, **cmp.to_dict()}
+    if args.out is not None:
+        np.savez_compressed(args.out, **cmp.arrays())
+        out["out"] = str(args.out)
+    return out
+
+
+COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synthesize, "attention": cmd_attention}
+
+
+def _print_human(out: dict[str, Any]) -> None:
+    for key, value in out.items():
+        if isinstance(value, list) and len(value) > 12:
+            value = f"[{', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in value[:6])}, … ({len(value)} values)]"
+        elif isinstance(value, list):
+            value = "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) + "]"
+        elif isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"{key:>28}: {value}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = COMMANDS[args.command](args)
+    except NullvizError as exc:
+        sys.stderr.write(f"nullviz: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("nullviz: interrupted\n")
+        return 130
+    if args.json:
+        print(json.dumps(out, default=str))
+    else:
+        _print_human(out)
+    return 0

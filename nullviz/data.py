@@ -1,0 +1,223 @@
+"""Images and data sets: the embedded digits, user folders, sample photographs and uploads.
+
+Everything yields PIL RGB images (or tensors made by the model's own timm transform), so the same
+preprocessing path serves the default model, a pretrained ImageNet ViT and a user's checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError, ImageLoadError
+
+#: Fixed split of the embedded digits data set; the default model never saw the held-out part.
+DIGITS_SPLIT_SEED = 0
+DIGITS_HELDOUT_FRACTION = 0.2
+DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
+
+#: Pixel budget for uploads (a 12k × 12k photo is 144 MP): protects the app against decompression bombs.
+MAX_IMAGE_PIXELS = 50_000_000
+
+#: Sample photographs that ship inside scikit-image (name -> skimage.data function name).
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "immunohistochemistry")
+
+
+# --------------------------------------------------------------------------------------------- digits
+def _digit_to_image(pixels: np.ndarray) -> Image.Image:
+    """sklearn digits are 8×8 arrays with values 0..16; make them 8-bit RGB PIL images."""
+    arr = np.clip(np.asarray(pixels, dtype=np.float64) * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(arr.reshape(8, 8), mode="L").convert("RGB")
+
+
+def digits_split(split: str) -> tuple[list[Image.Image], list[int]]:
+    """The digits images and labels of ``split`` ('train', 'heldout' or 'all'), with the fixed split."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "heldout", "all"):
+        raise DataError(f"The digits split must be 'train', 'heldout' or 'all'. Got {split!r} instead.")
+    digits = load_digits()
+    n = len(digits.target)
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(n)
+    n_heldout = int(round(n * DIGITS_HELDOUT_FRACTION))
+    if split == "heldout":
+        idx = order[:n_heldout]
+    elif split == "train":
+        idx = order[n_heldout:]
+    else:
+        idx = np.arange(n)
+    idx = np.sort(idx)
+    images = [_digit_to_image(digits.images[i]) for i in idx]
+    return images, [int(digits.target[i]) for i in idx]
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """A list of PIL images and integer labels, with an optional transform (timm's, usually)."""
+
+    def __init__(self, images: Sequence[Image.Image], labels: Sequence[int], class_names: Sequence[str],
+                 transform: Callable | None = None):
+        if len(images) != len(labels):
+            raise DataError(f"Got {len(images)} images but {len(labels)} labels; they must match.")
+        self.images, self.labels = list(images), list(labels)
+        self.classes = list(class_names)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.labels[i]
+
+
+def digits_dataset(split: str = "heldout", transform: Callable | None = None) -> ImageListDataset:
+    """The embedded default data set (scikit-learn's handwritten digits as RGB images)."""
+    images, labels = digits_split(split)
+    return ImageListDataset(images, labels, DIGITS_CLASS_NAMES, transform)
+
+
+def image_folder(path: str | Path, transform: Callable | None = None):
+    """A torchvision ``ImageFolder`` (one sub-directory per class) with the model's transform."""
+    from torchvision.datasets import ImageFolder
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"The data folder {str(path)!r} does not exist or is not a directory.")
+    try:
+        return ImageFolder(str(path), transform=transform, loader=lambda p: load_image_file(p))
+    except (FileNotFoundError, RuntimeError) as exc:  # torchvision: no class folders / no valid files
+        raise DataError(f"{str(path)!r} is not an ImageFolder: it needs one sub-folder of images per class "
+                        f"({exc}).") from exc
+
+
+def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
+    """'default' → the digits split; anything else is an ImageFolder path."""
+    if spec in ("default", "digits"):
+        return digits_dataset(split, transform)
+    return image_folder(spec, transform)
+
+
+# ------------------------------------------------------------------------------------------- samples
+def sample_image_names() -> list[str]:
+    """Names of the sample images: scikit-image photographs, then a few held-out digits."""
+    return [*SAMPLE_PHOTOS, *(f"digit-{i}" for i in range(10))]
+
+
+def sample_image(name: str) -> Image.Image:
+    """A sample photograph from scikit-image (``'chelsea'``…) or a held-out digit (``'digit-3'``)."""
+    if name.startswith("digit-"):
+        try:
+            wanted = int(name.split("-", 1)[1])
+        except ValueError:
+            wanted = -1
+        if wanted not in range(10):
+            raise ImageLoadError(f"Unknown sample {name!r}: digits are 'digit-0' … 'digit-9'.")
+        images, labels = digits_split("heldout")
+        return images[labels.index(wanted)]
+    if name not in SAMPLE_PHOTOS:
+        raise ImageLoadError(f"Unknown sample {name!r}; choose one of {', '.join(sample_image_names())}.")
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    return _array_to_rgb(arr)
+
+
+def _array_to_rgb(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12)).round().astype(np.uint8)
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return Image.fromarray(arr[..., :3])
+
+
+# ------------------------------------------------------------------------------------------- uploads
+def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an uploaded image into an RGB PIL image.
+
+    Applies EXIF orientation, converts grayscale / RGBA (onto white) / palette / CMYK / 16-bit to 8-bit
+    RGB, refuses images over ``max_pixels`` before decoding them (decompression bombs), and turns every
+    decoding failure into :class:`ImageLoadError` with a reason a user understands.
+    """
+    if not data:
+        raise ImageLoadError("The file is empty (0 bytes); upload a PNG, JPEG, BMP, GIF, TIFF or WebP image.")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError("The file is not an image this tool can read; upload a PNG, JPEG, BMP, GIF, "
+                             "TIFF or WebP image.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageLoadError(f"The image is {width}×{height} = {width * height:,} pixels, more than the "
+                             f"{max_pixels:,} allowed; downscale it first.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        return _to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
+
+
+def load_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Like :func:`load_image_bytes`, from a path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"The image file {str(path)!r} does not exist.")
+    return load_image_bytes(path.read_bytes(), max_pixels)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return _array_to_rgb(arr)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An image with a display name, for pages and the command line."""
+
+    name: str
+    image: Image.Image
+
+
+def resolve_image(spec: str | None) -> LabelledImage:
+    """``None``/'sample' → the first sample; a sample name; or a path to an image file."""
+    if spec in (None, "", "sample"):
+        spec = SAMPLE_PHOTOS[1]
+    if spec in sample_image_names():
+        return LabelledImage(spec, sample_image(spec))
+    return LabelledImage(Path(spec).name, load_image_file(spec))
+
+
+SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
+
+
+def synthesis_images(source: str, n: int, current: Image.Image | None = None) -> list[Image.Image]:
+    """Images to optimise a shared δ on: the digits' train split (first n), the sample photos, or one image."""
+    if source == SYNTHESIS_SOURCES[0]:
+        return digits_split("train")[0][:n]
+    if source == SYNTHESIS_SOURCES[1]:
+        photos = [sample_image(name) for name in SAMPLE_PHOTOS]
+        return ([current] if current is not None else []) + photos[: max(0, n - (current is not None))]
+    if source == SYNTHESIS_SOURCES[2]:
+        if current is None:
+            raise DataError("No current image to synthesize on; pick or upload one first.")
+        return [current]
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")

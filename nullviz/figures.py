@@ -1,0 +1,223 @@
+"""Plotly figure builders: arrays and result objects in, ``go.Figure`` out (no model, no autograd, no UI).
+
+The same builders serve the app, the command line and notebooks.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "Viridis"
+
+
+def _rgb_uint8(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float64)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def amplify_noise(noise_hwc: np.ndarray) -> tuple[np.ndarray, float]:
+    """Map a signed noise image to [0, 1] for display (0 → mid grey); return it and the gain used."""
+    peak = float(np.abs(noise_hwc).max())
+    gain = 0.5 / peak if peak > 0 else 1.0
+    return 0.5 + np.asarray(noise_hwc) * gain, gain
+
+
+def _axes_off(fig: go.Figure) -> go.Figure:
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def image_row(images: Sequence[np.ndarray], titles: Sequence[str], height: int = 320) -> go.Figure:
+    """Several RGB images (H×W×3 floats in [0, 1]) side by side."""
+    fig = make_subplots(rows=1, cols=len(images), subplot_titles=list(titles), horizontal_spacing=0.02)
+    for i, img in enumerate(images, start=1):
+        fig.add_trace(go.Image(z=_rgb_uint8(img)), row=1, col=i)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return _axes_off(fig)
+
+
+def noise_triplet(original: np.ndarray, noise: np.ndarray, noised: np.ndarray, height: int = 320) -> go.Figure:
+    """Original | noise (amplified, gain stated) | noised image (clipped to [0, 1] for display)."""
+    shown, gain = amplify_noise(noise)
+    peak = float(np.abs(noise).max())
+    return image_row([original, shown, noised],
+                     ["original", f"noise ×{gain:.3g} (peak {peak:.3g} px)", "original + noise"], height)
+
+
+def heatmap(values: np.ndarray, title: str = "", colorscale: str = SEQUENTIAL, zmid: float | None = None,
+            colorbar_title: str = "", height: int = 320, zmin: float | None = None) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=np.asarray(values), colorscale=colorscale, zmid=zmid, zmin=zmin,
+                               colorbar=dict(title=colorbar_title)))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    return _axes_off(fig)
+
+
+def patch_norm_heatmap(norms: np.ndarray, height: int = 320) -> go.Figure:
+    """Per-patch L2 norm of the noise (grid of patches)."""
+    return heatmap(norms, "noise norm per patch", colorbar_title="L2", height=height, zmin=0.0)
+
+
+def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, input_dim: int,
+                      height: int = 320) -> go.Figure:
+    """σ_i of the patch embedding on a log scale, the rank cut, and the nullity it implies."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    idx = np.arange(1, len(s) + 1)
+    floor = s[s > 0].min() * 0.1 if (s > 0).any() else 1e-30
+    fig = go.Figure(go.Scatter(x=idx, y=np.maximum(s, floor), mode="lines+markers", marker=dict(size=3),
+                               name="σ_i"))
+    if len(s):
+        fig.add_hline(y=rtol * s[0], line_dash="dot", line_color="crimson",
+                      annotation_text=f"rtol·σ_max = {rtol * s[0]:.2e}")
+        fig.add_vline(x=rank + 0.5, line_dash="dash", line_color="gray",
+                      annotation_text=f"rank {rank}, nullity {input_dim - rank}")
+    fig.update_layout(title=f"singular values of W ({len(s)} of {input_dim} inputs)", height=height,
+                      xaxis_title="index i", yaxis_title="σ_i", yaxis_type="log",
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def topk_bars(probs_clean: Sequence[float], probs_noised: Sequence[float], class_names: Sequence[str],
+              k: int = 5, labels: tuple[str, str] = ("clean", "noised"), height: int = 320) -> go.Figure:
+    """Top-k classes (by the clean prediction, plus the noised top-1) before and after, as grouped bars."""
+    pc, pn = np.asarray(probs_clean), np.asarray(probs_noised)
+    order = list(np.argsort(-pc)[:k])
+    if int(pn.argmax()) not in order:
+        order.append(int(pn.argmax()))
+    names = [class_names[i] if i < len(class_names) else f"class {i}" for i in order]
+    fig = go.Figure([go.Bar(name=labels[0], x=names, y=pc[order]), go.Bar(name=labels[1], x=names, y=pn[order])])
+    fig.update_layout(barmode="group", title="top-k class probabilities", yaxis_title="probability", xaxis_type="category",
+                      yaxis_range=[0, 1], height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def synthesis_curve(steps: Sequence[int], loss: Sequence[float], mse_probs: Sequence[float],
+                    agreement: Sequence[float], tol: float | None = None, height: int = 320) -> go.Figure:
+    """Loss and the stopping criterion (mean Σ Δp²) over synthesis steps; top-1 agreement on the right."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=list(steps), y=list(loss), name="loss L(δ)", mode="lines"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=list(steps), y=list(mse_probs), name="mean Σ Δp²", mode="lines"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=list(steps), y=list(agreement), name="top-1 agreement", mode="lines",
+                             line=dict(dash="dot")), secondary_y=True)
+    if tol is not None:
+        fig.add_hline(y=tol, line_dash="dot", line_color="crimson", annotation_text=f"tolerance ε = {tol:g}")
+    fig.update_yaxes(type="log", title_text="loss / Σ Δp²", secondary_y=False)
+    fig.update_yaxes(range=[0, 1.05], title_text="agreement", secondary_y=True)
+    fig.update_layout(title="synthesis", xaxis_title="step", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: int = 320) -> go.Figure:
+    """Clean | noised | noised − clean maps; clean and noised share one colour scale, the difference is
+    centred on zero."""
+    clean, noised = np.asarray(clean, dtype=np.float64), np.asarray(noised, dtype=np.float64)
+    diff = noised - clean
+    lo, hi = float(min(clean.min(), noised.min())), float(max(clean.max(), noised.max()))
+    dmax = float(np.abs(diff).max()) or 1e-12
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", f"difference (max {dmax:.2e})"],
+                        horizontal_spacing=0.06)
+    fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, coloraxis=None, showscale=False),
+                  row=1, col=1)
+    fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, colorbar=dict(x=0.64, len=0.9)),
+                  row=1, col=2)
+    fig.add_trace(go.Heatmap(z=diff, zmin=-dmax, zmax=dmax, colorscale=DIVERGING, colorbar=dict(x=1.0, len=0.9)),
+                  row=1, col=3)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
+    return _axes_off(fig)
+
+
+def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
+                   col_labels: Sequence[str] | None = None, title: str = "", cell: int = 90) -> go.Figure:
+    """A grid of attention maps [rows, cols, gh, gw] (e.g. layers × heads), each with its own scale."""
+    maps = np.asarray(maps)
+    rows, cols = maps.shape[:2]
+    row_labels = list(row_labels or [f"layer {i}" for i in range(rows)])
+    col_labels = list(col_labels or [f"head {j}" for j in range(cols)])
+    titles = [f"{row_labels[i]} · {col_labels[j]}" for i in range(rows) for j in range(cols)]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.03 if rows > 1 else 0.1)
+    for i in range(rows):
+        for j in range(cols):
+            fig.add_trace(go.Heatmap(z=maps[i, j], colorscale=SEQUENTIAL, showscale=False), row=i + 1, col=j + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_annotations(font_size=9)
+    fig.update_layout(title=title, height=max(200, rows * cell + 60), margin=dict(l=10, r=10, t=50, b=10))
+    return _axes_off(fig)
+
+
+def overlay(image: np.ndarray, grid_map: np.ndarray, title: str = "", opacity: float = 0.55,
+            height: int = 320) -> go.Figure:
+    """A patch-grid map (e.g. rollout) stretched over the image it belongs to."""
+    img = _rgb_uint8(image)
+    h, w = img.shape[:2]
+    gm = np.asarray(grid_map, dtype=np.float64)
+    gh, gw = gm.shape
+    fig = go.Figure(go.Image(z=img))
+    fig.add_trace(go.Heatmap(z=gm, x0=w / gw / 2 - 0.5, dx=w / gw, y0=h / gh / 2 - 0.5, dy=h / gh,
+                             colorscale="Inferno", opacity=opacity, showscale=True))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return _axes_off(fig)
+
+
+def depth_curve(series: Mapping[str, Sequence[float]], title: str = "change per layer", yaxis_title: str = "",
+                log_y: bool = False, height: int = 320) -> go.Figure:
+    """One line per named series over the block index (where the encoder absorbs the noise)."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="block", yaxis_title=yaxis_title, height=height,
+                      yaxis_type="log" if log_y else "linear", margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], title: str = "",
+              yaxis_title: str = "", height: int = 320) -> go.Figure:
+    fig = go.Figure([go.Bar(name=name, x=list(categories), y=list(vals)) for name, vals in series.items()])
+    fig.update_layout(barmode="group", title=title, yaxis_title=yaxis_title, height=height,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def attribution_pair(clean: np.ndarray, noised: np.ndarray, method: str, height: int = 320) -> go.Figure:
+    """Signed attribution maps for clean and noised input, on one symmetric colour scale."""
+    peak = float(max(np.abs(clean).max(), np.abs(noised).max())) or 1e-12
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{method}: clean", f"{method}: noised"],
+                        horizontal_spacing=0.04)
+    fig.add_trace(go.Heatmap(z=clean, zmin=-peak, zmax=peak, colorscale=DIVERGING, showscale=False), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=noised, zmin=-peak, zmax=peak, colorscale=DIVERGING), row=1, col=2)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return _axes_off(fig)
+
+
+def linear_map_3d(nullspace_basis: np.ndarray, x: np.ndarray, v: np.ndarray, height: int = 420) -> go.Figure:
+    """R³ input space of a 2×3 matrix: its nullspace (line or plane), x, and x + v."""
+    fig = go.Figure()
+    B = np.asarray(nullspace_basis, dtype=np.float64).reshape(3, -1)
+    t = np.linspace(-2, 2, 11)
+    if B.shape[1] == 1:
+        pts = np.outer(t, B[:, 0])
+        fig.add_trace(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="lines", name="nullspace",
+                                   line=dict(width=6, color="crimson")))
+    elif B.shape[1] >= 2:
+        a, b = np.meshgrid(t, t)
+        pts = a[..., None] * B[:, 0] + b[..., None] * B[:, 1]
+        fig.add_trace(go.Surface(x=pts[..., 0], y=pts[..., 1], z=pts[..., 2], opacity=0.4, showscale=False,
+                                 name="nullspace", colorscale=[[0, "crimson"], [1, "crimson"]]))
+    x, xv = np.asarray(x, dtype=np.float64), np.asarray(x, dtype=np.float64) + np.asarray(v, dtype=np.float64)
+    for name, p, color in (("x", x, "royalblue"), ("x + v", xv, "darkorange")):
+        fig.add_trace(go.Scatter3d(x=[0, p[0]], y=[0, p[1]], z=[0, p[2]], mode="lines+markers", name=name,
+                                   line=dict(width=5, color=color), marker=dict(size=[0, 6], color=color)))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=0),
+                      scene=dict(aspectmode="cube", xaxis=dict(range=[-3, 3]), yaxis=dict(range=[-3, 3]),
+                                 zaxis=dict(range=[-3, 3])))
+    return fig

@@ -1,0 +1,446 @@
+"""Loading Vision Transformers: the embedded default, any timm ViT by name, or a local checkpoint.
+
+Every model comes back as a :class:`LoadedModel`: the timm module in eval mode with frozen parameters,
+its data config (mean, std, size, from timm's ``resolve_data_config``), the matching transform and its
+inverse, its class names and its device. The library never caches models (no module-level state); the app
+caches ``load_model`` with ``st.cache_resource``, keyed by (name, checkpoint, device).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
+                     PretrainedWeightsUnavailableError)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default_model"
+DEFAULT_MODEL_NAME = "nullviz_digits_vit"
+DEFAULT_ALIASES = ("default", DEFAULT_MODEL_NAME)
+
+#: Architecture of the embedded default: 32×32 RGB digits, 8×8 patches (3·8² = 192 inputs) embedded in
+#: D = 96 dimensions, so the patch embedding has a nullspace of dimension ≥ 96 (like ViT-Ti/16's 576).
+DEFAULT_ARCH: dict[str, Any] = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=96,
+                                    depth=4, num_heads=4, mlp_ratio=2.0, global_pool="token")
+DEFAULT_DATA_CONFIG: dict[str, Any] = dict(input_size=(3, 32, 32), interpolation="bicubic",
+                                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0,
+                                           crop_mode="center")
+
+
+@register_model
+def nullviz_digits_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """nullviz's embedded default ViT (registered with timm so every timm path knows the name)."""
+    args = {**DEFAULT_ARCH, **kwargs}
+    model = VisionTransformer(**args)
+    model.pretrained_cfg = {**DEFAULT_DATA_CONFIG, "num_classes": args["num_classes"],
+                            "architecture": DEFAULT_MODEL_NAME}
+    if pretrained:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(DEFAULT_MODEL_DIR / "model.safetensors")))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- device
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto'/None → CUDA when present, else Apple MPS, else CPU; otherwise the device asked for."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError("device", "resolve_device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+                                    device) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError("device", "resolve_device", "a device present on this machine (no CUDA "
+                                    "GPU is available here; use 'cpu' or 'auto')", str(device))
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidParameterError("device", "resolve_device", "a device present on this machine (Apple MPS "
+                                    "is not available here; use 'cpu' or 'auto')", str(device))
+    return dev
+
+
+def available_devices() -> list[str]:
+    """Devices a user can pick on this machine, best first."""
+    out = []
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out + ["cpu"]
+
+
+# ------------------------------------------------------------------------------------------ the result
+@dataclass
+class LoadedModel:
+    """A frozen, eval-mode ViT with everything needed to feed it images and read its outputs."""
+
+    model: VisionTransformer
+    name: str
+    device: torch.device
+    data_config: dict[str, Any]
+    class_names: list[str]
+    checkpoint: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # geometry, read from the model (never hard-coded)
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.patch_embed.patch_size[0])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.model.patch_embed.proj.in_channels)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(int(g) for g in self.model.patch_embed.grid_size)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.data_config["input_size"][1:])
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(getattr(self.model, "num_prefix_tokens", 1))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.tensor(self.data_config["mean"], dtype=torch.float32).view(-1, 1, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.tensor(self.data_config["std"], dtype=torch.float32).view(-1, 1, 1)
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT_MODEL_NAME and self.checkpoint is None
+
+    @property
+    def transform(self):
+        """timm's eval transform for this model: resize, centre crop, to tensor, normalise."""
+        return create_transform(**self.data_config, is_training=False)
+
+    @property
+    def pixel_transform(self):
+        """The same transform without the normalisation: a [0, 1] tensor (attacks and noise act there)."""
+        return create_transform(**{**self.data_config, "mean": (0.0,) * self.in_chans,
+                                   "std": (1.0,) * self.in_chans}, is_training=False)
+
+    def preprocess(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+        """PIL image(s) → normalised batch on the model's device, shape [B, C, H, W]."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        tf = self.transform
+        return torch.stack([tf(img) for img in images]).to(self.device)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels → the model's normalised input space."""
+        return (pixels - self.mean.to(pixels)) / self.std.to(pixels)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input → [0, 1]-scale pixels (not clipped; noise may leave the range)."""
+        return x * self.std.to(x) + self.mean.to(x)
+
+    def to_display(self, x: torch.Tensor) -> np.ndarray:
+        """A normalised tensor [C, H, W] (or [1, C, H, W]) → an H×W×3 float array in [0, 1] for display."""
+        if x.dim() == 4:
+            x = x[0]
+        pixels = self.denormalize(x.detach().float().cpu()).clamp(0, 1)
+        return pixels.permute(1, 2, 0).numpy()
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch (no autograd)."""
+        return self.model(x.to(self.device))
+
+    def facts(self) -> dict[str, Any]:
+        """Architecture facts for the Model page and ``nullviz info``."""
+        m = self.model
+        return {
+            "name": self.name,
+            "checkpoint": self.checkpoint,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.embed_dim,
+            "patch_input_dim": self.in_chans * self.patch_size ** 2,
+            "depth": len(m.blocks),
+            "num_heads": int(m.blocks[0].attn.num_heads),
+            "num_params": int(sum(p.numel() for p in m.parameters())),
+            "img_size": list(self.img_size),
+            "grid_size": list(self.grid_size),
+            "num_patches": int(m.patch_embed.num_patches),
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "num_classes": int(m.num_classes),
+            "device": str(self.device),
+            "mean": [float(v) for v in self.data_config["mean"]],
+            "std": [float(v) for v in self.data_config["std"]],
+        }
+
+    def trainable_copy(self) -> VisionTransformer:
+        """A deep copy with gradients enabled: finetuning and anything else that mutates works on this."""
+        model = copy.deepcopy(self.model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_model(name: str = "default", checkpoint: str | Path | None = None,
+               device: str | torch.device | None = "auto", pretrained: bool = True) -> LoadedModel:
+    """Load a ViT for analysis.
+
+    - ``name='default'`` → the embedded digits ViT (weights under ``assets/``; no network).
+    - a timm name (``vit_tiny_patch16_224``…) → timm's hub path with ``pretrained=True``; offline, this
+      raises :class:`PretrainedWeightsUnavailableError` naming the two offline alternatives.
+    - ``checkpoint=PATH`` → that local file (.safetensors, .pth/.pt) loaded into architecture ``name``
+      (or the architecture recorded in the checkpoint's JSON sidecar).
+    """
+    dev = resolve_device(device)
+    sidecar = _read_sidecar(checkpoint) if checkpoint is not None else {}
+    arch = _resolve_arch_name(name, sidecar)
+    _check_is_vit_name(arch)
+
+    if arch != DEFAULT_MODEL_NAME:
+        with torch.device("meta"):  # architecture check without allocating or downloading anything
+            _check_is_vit_module(timm.create_model(arch, pretrained=False), arch)
+
+    if checkpoint is not None:
+        state = _read_checkpoint(checkpoint)
+        num_classes = _num_classes_in(state)
+        kwargs = dict(sidecar.get("arch_kwargs", {}))
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        model = _create(arch, pretrained=False, **kwargs)
+        _load_state(model, state, arch, checkpoint)
+    else:
+        model = _create(arch, pretrained=pretrained)
+    _check_is_vit_module(model, arch)
+
+    model.eval().to(dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    data_config = dict(sidecar.get("data_config") or resolve_data_config(model=model))
+    data_config["input_size"] = tuple(data_config["input_size"])
+    for key in ("mean", "std"):
+        data_config[key] = tuple(float(v) for v in data_config[key])
+    class_names = sidecar.get("class_names") or _class_names(arch, model)
+    info = {}
+    if arch == DEFAULT_MODEL_NAME and checkpoint is None:
+        info = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    return LoadedModel(model=model, name=arch, device=dev, data_config=data_config,
+                       class_names=list(class_names), checkpoint=str(checkpoint) if checkpoint else None,
+                       info=info)
+
+
+def _resolve_arch_name(name: str | None, sidecar: dict) -> str:
+    if name in (None, "", "default") and sidecar.get("arch"):
+        return sidecar["arch"]
+    if name in DEFAULT_ALIASES or name in (None, ""):
+        return DEFAULT_MODEL_NAME
+    return name
+
+
+def _check_is_vit_name(arch: str) -> None:
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:5] if arch else []
+        hint = f" Did you mean one of: {', '.join(close)}?" if close else ""
+        raise ModelNotFoundError(f"Unknown model name {arch!r}: it is not a timm architecture.{hint}")
+
+
+def _check_is_vit_module(model: torch.nn.Module, arch: str) -> None:
+    pe = getattr(model, "patch_embed", None)
+    if not (isinstance(model, VisionTransformer) and pe is not None and hasattr(pe, "proj")
+            and isinstance(pe.proj, torch.nn.Conv2d) and pe.proj.kernel_size == pe.proj.stride):
+        raise NotAVisionTransformerError(
+            f"{arch!r} is not a plain Vision Transformer: nullviz needs a linear patch embedding "
+            f"(timm VisionTransformer, e.g. 'vit_tiny_patch16_224' or 'deit_small_patch16_224').")
+
+
+def _create(arch: str, pretrained: bool, **kwargs) -> torch.nn.Module:
+    if arch == DEFAULT_MODEL_NAME:
+        return nullviz_digits_vit(pretrained=pretrained, **kwargs)
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    _check_hub_reachable(arch)
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
+        raise PretrainedWeightsUnavailableError(
+            f"Could not get pretrained weights for {arch!r} from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, use "
+            f"the embedded default model (name 'default'), or load a local checkpoint file "
+            f"(.safetensors/.pth) into this architecture.") from exc
+
+
+def _check_hub_reachable(arch: str) -> None:
+    """Fail in milliseconds, not after a minute of retries, when the hub's host cannot even be resolved.
+
+    Skipped when HF_HUB_OFFLINE is set (weights may then come from the local Hugging Face cache).
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise PretrainedWeightsUnavailableError(
+            f"Cannot reach {host} to download pretrained weights for {arch!r} (no network: {exc.strerror or exc}). "
+            f"Offline, use the embedded default model (name 'default'), or load a local checkpoint file "
+            f"(.safetensors/.pth) into this architecture.") from exc
+
+
+def _read_sidecar(checkpoint: str | Path) -> dict:
+    side = Path(checkpoint).with_suffix(".json")
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"The checkpoint's metadata {str(side)!r} is not valid JSON ({exc}).") from exc
+    return {}
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"The checkpoint file {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"The checkpoint file {str(path)!r} is empty.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(f"Unsupported checkpoint type {suffix!r} for {path.name!r}: use "
+                                  f".safetensors, .pth or .pt.")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — safetensors/pickle raise many types for corrupt files
+        raise CheckpointError(f"Could not read checkpoint {path.name!r}: the file is corrupt or not a "
+                              f"PyTorch/safetensors checkpoint ({type(exc).__name__}).") from exc
+    return _unwrap_state_dict(state, path.name)
+
+
+def _unwrap_state_dict(state: Any, label: str) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "model_state", "model_state_dict", "module", "ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{label!r} holds no state_dict of tensors (looked under 'state_dict', 'model', "
+                              f"'module').")
+    prefix = "module."
+    if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
+    head = state.get("head.weight")
+    return int(head.shape[0]) if head is not None and head.dim() == 2 else None
+
+
+def _load_state(model: torch.nn.Module, state: dict, arch: str, path: str | Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shape = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
+        if shape:
+            k = sorted(shape)[0]
+            parts.append(f"{len(shape)} shape mismatches (e.g. {k!r}: checkpoint {tuple(state[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")
+        raise CheckpointError(f"Checkpoint {Path(path).name!r} does not match architecture {arch!r}: "
+                              f"{'; '.join(parts) or exc}. Pick the architecture it was trained with.") from exc
+
+
+def _class_names(arch: str, model: torch.nn.Module) -> list[str]:
+    if arch == DEFAULT_MODEL_NAME:
+        return json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["class_names"]
+    n = int(getattr(model, "num_classes", 0))
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            if info.num_classes() == n:
+                return [info.index_to_description(i) for i in range(n)]
+    except (ImportError, KeyError, ValueError):
+        pass
+    return [f"class {i}" for i in range(n)]
+
+
+def create_random_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwargs) -> LoadedModel:
+    """A randomly initialised, seeded timm ViT wrapped like a loaded one (tests, benchmarks, offline demos)."""
+    _check_is_vit_name(name)
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    _check_is_vit_module(model, name)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cfg = dict(resolve_data_config(model=model))
+    cfg["input_size"] = tuple(cfg["input_size"])
+    n = int(model.num_classes)
+    return LoadedModel(model=model, name=name, device=torch.device("cpu"), data_config=cfg,
+                       class_names=[f"class {i}" for i in range(n)])
+
+
+# ------------------------------------------------------------------------------ token-level forward
+def patch_tokens(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The patch embedding's output u = f_θ(x), always [B, N, D] (before class token / position)."""
+    u = model.patch_embed(x)
+    return u.flatten(1, 2) if u.dim() == 4 else u
+
+
+def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """f_ψ(f_φ(u)): everything after the patch embedding, on [B, N, D] tokens (noise can be added to u)."""
+    if getattr(model, "dynamic_img_size", False):
+        gh, gw = model.patch_embed.grid_size
+        tokens = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
+    x = model._pos_embed(tokens)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    x = model.blocks(x)
+    x = model.norm(x)
+    return model.forward_head(x)

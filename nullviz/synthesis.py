@@ -1,0 +1,323 @@
+"""Optimised approximate-nullspace noise δ (the paper's §2): the encoder barely sees it, yet it is large.
+
+ε-approximate nullspace Ñ_φ(ε) = { δ : E_u ‖f(u + δ) − f(u)‖ ≤ ε }. One δ, shared by all images, is found
+by minimising
+
+    L(δ) = mean_i ‖logits(x_i; δ) − logits(x_i)‖₂ − λ · log ‖δ‖₂
+
+from a uniform start U(−lim, lim), with Adam (no weight decay: the research code's AdamW decay quietly
+shrinks δ), cosine-decayed learning rate, and an early stop once the mean over images of
+Σ_k (p_k(x; δ) − p_k(x))² (the research code's criterion, here ``mse_probs``) drops below ``tol``.
+
+Levels: ``encoder`` — δ ∈ R^{N×D} added to the patch tokens u = f_θ(x) before the class token and position
+embedding; ``input`` — δ ∈ R^{C×H×W} added to the normalised image.
+
+Better than the research code: clean logits (and clean tokens) are computed once per batch of images, not
+at every step; gradients are taken for δ alone (``torch.autograd.grad``), so a step costs less than a
+forward+backward of the encoder and never touches the model's weights or their ``.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import InvalidParameterError, NoiseFileError
+from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
+from .params import Interval, Options, bounded, validate_fields
+
+LEVELS = ("encoder", "input")
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Knobs of one synthesis run; defaults are the research code's (lim 3, lr 0.1, ε 0.01)."""
+
+    level: str = bounded("encoder", Options(LEVELS))
+    lim: float = bounded(3.0, Interval(float, 0.0, None, closed="neither"))
+    lr: float = bounded(0.1, Interval(float, 0.0, None, closed="neither"))
+    lam: float = bounded(0.0, Interval(float, 0.0, None))
+    tol: float = bounded(0.01, Interval(float, 0.0, None, closed="neither"))
+    steps: int = bounded(200, Interval(int, 1, 100_000))
+    batch_size: int = bounded(32, Interval(int, 1, 65_536))
+    seed: int = bounded(0, Interval(int, 0, None))
+
+    def __post_init__(self):
+        validate_fields(self)
+
+
+@dataclass
+class SynthesisStep:
+    step: int
+    loss: float
+    mse_probs: float
+    agreement: float
+    lr: float
+    noise_l2: float
+
+
+@dataclass
+class SynthesisResult:
+    """δ with everything needed to judge it, including the permuted-δ control."""
+
+    delta: torch.Tensor  # [N, D] (encoder) or [C, H, W] (input), CPU float32
+    config: SynthesisConfig
+    model_name: str
+    history: list[SynthesisStep]
+    steps_run: int
+    reached_tolerance: bool
+    stopped_by_user: bool
+    final_loss: float
+    mse_probs: float
+    agreement: float
+    noise_l2: float
+    noise_linf: float
+    noise_rel: float  # ‖δ‖ / mean ‖u_i‖ (tokens) or / mean ‖x_i‖ (images)
+    permuted_mse_probs: float
+    permuted_agreement: float
+    num_images: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def level(self) -> str:
+        return self.config.level
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("delta", "history", "config", "extra")}
+        d.update(level=self.level, config=asdict(self.config), shape=list(self.delta.shape),
+                 history=[asdict(h) for h in self.history], **self.extra)
+        return d
+
+    def metadata(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("history")
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        """Save δ and its metadata (``torch.load(weights_only=True)`` can read it back)."""
+        path = Path(path)
+        torch.save({"delta": self.delta.contiguous(), "meta": self.metadata(), "format": "nullviz-noise-1"},
+                   str(path))
+        return path
+
+
+@dataclass
+class SavedNoise:
+    """A δ read back from disk, with the metadata it was saved with."""
+
+    delta: torch.Tensor
+    level: str
+    meta: dict[str, Any]
+
+
+def load_noise(path: str | Path) -> SavedNoise:
+    """Read a δ saved by :meth:`SynthesisResult.save` (or by ``nullviz nullspace --out``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NoiseFileError(f"The noise file {str(path)!r} does not exist.")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — pickle/zip errors of many kinds mean "not a noise file"
+        raise NoiseFileError(f"{path.name!r} is not a nullviz noise file ({type(exc).__name__}).") from exc
+    if isinstance(obj, torch.Tensor):  # a bare input-space tensor (``nullviz nullspace --out``)
+        return SavedNoise(obj.float(), "input", {"level": "input", "kind": "exact"})
+    if not isinstance(obj, dict) or not isinstance(obj.get("delta"), torch.Tensor):
+        raise NoiseFileError(f"{path.name!r} holds no 'delta' tensor; save noise with nullviz first.")
+    meta = dict(obj.get("meta") or {})
+    level = meta.get("level", "input" if obj["delta"].dim() == 3 else "encoder")
+    return SavedNoise(obj["delta"].float(), level, meta)
+
+
+def check_noise_fits(lm: LoadedModel, delta: torch.Tensor, level: str) -> None:
+    """Raise NoiseFileError unless δ's shape fits this model at this level."""
+    if level == "encoder":
+        want = (int(lm.model.patch_embed.num_patches), lm.embed_dim)
+    else:
+        want = (lm.in_chans, *lm.img_size)
+    if tuple(delta.shape) != want:
+        raise NoiseFileError(f"The noise has shape {tuple(delta.shape)} but {lm.name!r} needs {want} at the "
+                             f"{level} level; synthesize it for this model.")
+
+
+def logits_with_noise(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, level: str,
+                      tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of normalised images x with δ added at ``level`` (δ None → clean)."""
+    if level == "input":
+        return model(x if delta is None else x + delta)
+    u = patch_tokens(model, x) if tokens is None else tokens
+    return logits_from_patch_tokens(model, u if delta is None else u + delta)
+
+
+def _prob_metrics(noised: torch.Tensor, clean_probs: torch.Tensor) -> tuple[float, float]:
+    p = noised.float().softmax(-1)
+    mse = ((p - clean_probs) ** 2).sum(-1).mean()
+    agree = (p.argmax(-1) == clean_probs.argmax(-1)).float().mean()
+    return float(mse), float(agree)
+
+
+class _Batches:
+    """Clean inputs (images or tokens) and their clean logits, computed once, cycled in fixed order."""
+
+    def __init__(self, model, images: torch.Tensor, level: str, batch_size: int):
+        self.chunks = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                xb = images[i:i + batch_size]
+                inp = xb if level == "input" else patch_tokens(model, xb)
+                logits = logits_with_noise(model, xb, None, level, tokens=None if level == "input" else inp)
+                self.chunks.append((inp, logits.float().softmax(-1), logits.float()))
+        self.typical_norm = float(torch.cat([c[0].flatten(1) for c in self.chunks]).norm(dim=1).mean())
+
+    def __getitem__(self, step: int):
+        return self.chunks[step % len(self.chunks)]
+
+
+def _noised_logits(model, inp: torch.Tensor, delta: torch.Tensor, level: str) -> torch.Tensor:
+    return model(inp + delta) if level == "input" else logits_from_patch_tokens(model, inp + delta)
+
+
+def synthesize(lm: LoadedModel, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
+               callback: Callable[[SynthesisStep], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
+    """Optimise one δ for ``images`` (normalised, [B, C, H, W]) on ``lm``'s model; see the module doc."""
+    return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop)
+
+
+def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
+                         model_name: str = "", callback: Callable[[SynthesisStep], None] | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
+    """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training)."""
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise InvalidParameterError("images", "synthesize", "a non-empty batch [B, C, H, W]", tuple(images.shape))
+    device = next(model.parameters()).device
+    images = images.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return _synthesize(model, images, config, model_name, callback, should_stop)
+    finally:
+        model.train(was_training)
+
+
+def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, should_stop) -> SynthesisResult:
+    t_start = time.perf_counter()
+    device = images.device
+    batches = _Batches(model, images, cfg.level, cfg.batch_size)
+    shape = tuple(batches[0][0].shape[1:])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    delta = ((torch.rand(shape, generator=gen) * 2 - 1) * cfg.lim).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=cfg.lr, weight_decay=0.0)
+    history: list[SynthesisStep] = []
+    reached = stopped = False
+    step = 0
+    for step in range(cfg.steps):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        inp, clean_probs, clean_logits = batches[step]
+        noised = _noised_logits(model, inp, delta, cfg.level).float()
+        dist = (noised - clean_logits).norm(dim=-1).mean()
+        norm = delta.norm()
+        loss = dist - cfg.lam * torch.log(norm) if cfg.lam > 0 else dist
+        mse, agree = _prob_metrics(noised.detach(), clean_probs)
+        record = SynthesisStep(step=step, loss=float(loss.detach()), mse_probs=mse, agreement=agree, lr=lr,
+                               noise_l2=float(norm.detach()))
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        if mse < cfg.tol and (len(batches.chunks) == 1
+                              or _evaluate_delta(model, batches, delta.detach(), cfg.level)["mse"] < cfg.tol):
+            reached = True  # below ε on this batch *and* over all the images
+            break
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta.grad = grad
+        opt.step()
+        delta.grad = None
+    steps_run = len(history)
+    delta = delta.detach()
+
+    final = _evaluate_delta(model, batches, delta, cfg.level)
+    perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    permuted = delta.flatten()[torch.randperm(delta.numel(), generator=perm_gen).to(device)].view_as(delta)
+    control = _evaluate_delta(model, batches, permuted, cfg.level)
+    final_loss = final["dist"] - (cfg.lam * math.log(max(float(delta.norm()), 1e-30)) if cfg.lam > 0 else 0.0)
+    return SynthesisResult(
+        delta=delta.float().cpu(), config=cfg, model_name=model_name, history=history, steps_run=steps_run,
+        reached_tolerance=reached, stopped_by_user=stopped, final_loss=final_loss, mse_probs=final["mse"],
+        agreement=final["agree"], noise_l2=float(delta.norm()), noise_linf=float(delta.abs().max()),
+        noise_rel=float(delta.norm()) / max(batches.typical_norm, 1e-30),
+        permuted_mse_probs=control["mse"], permuted_agreement=control["agree"],
+        num_images=int(images.shape[0]), seconds=time.perf_counter() - t_start,
+    )
+
+
+@torch.no_grad()
+def _evaluate_delta(model, batches: _Batches, delta: torch.Tensor, level: str) -> dict[str, float]:
+    n = dist = mse = agree = 0.0
+    for inp, clean_probs, clean_logits in batches.chunks:
+        noised = _noised_logits(model, inp, delta, level).float()
+        b = inp.shape[0]
+        m, a = _prob_metrics(noised, clean_probs)
+        dist += float((noised - clean_logits).norm(dim=-1).sum())
+        mse += m * b
+        agree += a * b
+        n += b
+    return {"dist": dist / n, "mse": mse / n, "agree": agree / n}
+
+
+@torch.no_grad()
+def evaluate_noise(lm: LoadedModel, images: torch.Tensor, delta: torch.Tensor, level: str,
+                   batch_size: int = 64) -> dict[str, float]:
+    """mse_probs / agreement / mean logit distance of any δ (e.g. a loaded one) on images."""
+    check_noise_fits(lm, delta, level)
+    batches = _Batches(lm.model, images.to(lm.device), level, batch_size)
+    out = _evaluate_delta(lm.model, batches, delta.to(lm.device), level)
+    return {"mean_logit_distance": out["dist"], "mse_probs": out["mse"], "agreement": out["agree"]}
+
+
+@dataclass
+class NoiseEffect:
+    """What one δ does to one image's prediction."""
+
+    probs_clean: list[float]
+    probs_noised: list[float]
+    rel_logit_change: float
+    max_abs_logit_change: float
+    top1_clean: int
+    top1_noised: int
+
+    @property
+    def top1_unchanged(self) -> bool:
+        return self.top1_clean == self.top1_noised
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rel_logit_change": self.rel_logit_change, "max_abs_logit_change": self.max_abs_logit_change,
+                "top1_clean": self.top1_clean, "top1_noised": self.top1_noised,
+                "top1_unchanged": self.top1_unchanged}
+
+
+@torch.no_grad()
+def noise_effect(lm: LoadedModel, x: torch.Tensor, delta: torch.Tensor, level: str) -> NoiseEffect:
+    """Clean vs. noised logits of one normalised image x ([C, H, W] or [1, C, H, W]) under δ at ``level``."""
+    check_noise_fits(lm, delta, level)
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        clean = logits_with_noise(lm.model, x, None, level)[0].float()
+        noised = logits_with_noise(lm.model, x, delta.to(lm.device), level)[0].float()
+    finally:
+        lm.model.train(was_training)
+    return NoiseEffect(probs_clean=clean.softmax(-1).cpu().tolist(), probs_noised=noised.softmax(-1).cpu().tolist(),
+                       rel_logit_change=float((noised - clean).norm() / clean.norm().clamp_min(1e-30)),
+                       max_abs_logit_change=float((noised - clean).abs().max()),
+                       top1_clean=int(clean.argmax()), top1_noised=int(noised.argmax()))

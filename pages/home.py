@@ -1,0 +1,49 @@
+"""Home: what nullviz is, in a few paragraphs and one live picture."""
+
+import streamlit as st
+
+from app_state import DEFAULT_SPEC, cached_model
+from nullviz import figures
+from nullviz.data import sample_image
+from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+
+st.title("nullviz — noise a Vision Transformer cannot see")
+
+st.markdown(
+    """
+A Vision Transformer cuts an image into p×p patches and maps each patch — 3·p² numbers — to a token of
+D numbers with one matrix W. When 3·p² > D (ViT-Ti/16: 768 → 192), W has a **nullspace** N_θ: any noise v
+with W v = 0, added to every patch, leaves every token, every attention map and every logit *exactly* as
+they were. Beyond the linear patch embedding there is no exact nullspace, but noise can be **optimised** so
+that the encoder barely reacts while the noise stays large — an *approximate* nullspace. Finetuning on such
+noise makes the model more robust (Liu, Singh, Li, Wang, *Approximate Nullspace Augmented Finetuning for
+Robust Vision Transformers*, 2024).
+
+**Try it:** pick a model in the sidebar (the embedded digits ViT works offline), then
+- **Model** — the architecture facts of the loaded model;
+- **Nullspace** — sample exact or optimised noise for an image and verify that the output does not move;
+- **Attention** — look inside: attention and token representations, clean vs. noised;
+- **Learn** — the idea step by step, from a 2×3 matrix to a ViT.
+"""
+)
+
+
+@st.cache_data(show_spinner=False)
+def _picture():
+    lm = cached_model(**DEFAULT_SPEC)
+    x = lm.preprocess(sample_image("digit-3"))
+    ns = nullspace(lm)
+    v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
+    report = verify_invariance(lm, x, v, ns)
+    fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
+                                lm.to_display(x + v), height=300)
+    return fig, report
+
+
+fig, report = _picture()
+st.plotly_chart(fig, width="stretch")
+st.caption(
+    f"The embedded digits ViT, a held-out '3', and noise from its patch-embedding nullspace. "
+    f"Prediction before: {report.top1_clean}, after: {report.top1_noised}; relative logit change "
+    f"{report.rel_logit_change:.1e} (float32 rounding)."
+)

@@ -1,0 +1,129 @@
+"""Train nullviz's embedded default ViT on scikit-learn's handwritten digits (deterministic, CPU, minutes).
+
+    python scripts/train_default_model.py            # writes assets/default_model/{model.safetensors,config.json}
+
+The digits (8×8, 0..16) become 8-bit RGB images that timm's eval transform of the model upsamples to 32×32
+(bicubic) and normalises, exactly as every image the app shows the model. Training adds small random
+affine jitter in pixel space. The held-out split (20 %, fixed seed, see ``nullviz.data``) is never used for
+training or model selection: it is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nullviz import data  # noqa: E402
+from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,  # noqa: E402
+                            nullviz_digits_vit)
+
+
+def random_affine(pixels: torch.Tensor, gen: torch.Generator, max_deg=12.0, max_shift=0.12,
+                  scale=(0.9, 1.1)) -> torch.Tensor:
+    """Per-sample rotation/scale/shift of a [B, C, H, W] batch in [0, 1] pixels (black background)."""
+    b = pixels.shape[0]
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_deg)
+    s = scale[0] + torch.rand(b, generator=gen) * (scale[1] - scale[0])
+    t = (torch.rand(b, 2, generator=gen) * 2 - 1) * max_shift * 2
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=120)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # identical float reductions on every machine → identical weights
+    gen = torch.Generator().manual_seed(args.seed)
+
+    from timm.data import create_transform
+
+    pixel_cfg = {**DEFAULT_DATA_CONFIG, "mean": (0.0,) * 3, "std": (1.0,) * 3}
+    to_pixels = create_transform(**pixel_cfg, is_training=False)
+    mean = torch.tensor(DEFAULT_DATA_CONFIG["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(DEFAULT_DATA_CONFIG["std"]).view(1, 3, 1, 1)
+
+    train_imgs, train_y = data.digits_split("train")
+    x_train = torch.stack([to_pixels(im) for im in train_imgs])
+    y_train = torch.tensor(train_y)
+
+    model = nullviz_digits_vit(pretrained=False)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = 5 * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+
+    t0 = time.perf_counter()
+    model.train()
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(x_train), generator=gen)
+        running = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            xb = (random_affine(x_train[idx], gen) - mean) / std
+            loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+        if epoch % 10 == 0 or epoch == args.epochs - 1:
+            print(f"epoch {epoch:3d}  loss {running / steps_per_epoch:.4f}  {time.perf_counter() - t0:.0f}s",
+                  flush=True)
+    model.eval()
+    train_seconds = time.perf_counter() - t0
+
+    # Held-out accuracy, once, through the same timm eval transform the app uses.
+    to_input = create_transform(**DEFAULT_DATA_CONFIG, is_training=False)
+    held_imgs, held_y = data.digits_split("heldout")
+    with torch.no_grad():
+        logits = model(torch.stack([to_input(im) for im in held_imgs]))
+    acc = (logits.argmax(1) == torch.tensor(held_y)).float().mean().item()
+    print(f"held-out top-1: {acc:.4f} on {len(held_y)} images; trained in {train_seconds:.0f}s")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out / "model.safetensors"))
+    config = {
+        "arch": DEFAULT_MODEL_NAME,
+        "arch_kwargs": DEFAULT_ARCH,
+        "data_config": DEFAULT_DATA_CONFIG,
+        "class_names": list(data.DIGITS_CLASS_NAMES),
+        "dataset": "scikit-learn load_digits (8x8, upsampled to 32x32 RGB)",
+        "split": {"seed": data.DIGITS_SPLIT_SEED, "heldout_fraction": data.DIGITS_HELDOUT_FRACTION,
+                  "train": len(train_y), "heldout": len(held_y)},
+        "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
+        "heldout_accuracy_at_training": round(acc, 4),
+        "train_seconds_cpu_1_thread": round(train_seconds, 1),
+    }
+    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return 0 if acc >= 0.97 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

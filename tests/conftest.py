@@ -1,0 +1,42 @@
+"""Shared fixtures: the embedded default model and small seeded random ViTs (no network anywhere)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nullviz.models import create_random_vit, load_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A seeded 32×32 ViT with 8×8 patches and D = 64 (nullity ≥ 128), 2 blocks, 2 heads."""
+    return create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=8, embed_dim=64, depth=2,
+                             num_heads=2, num_classes=5)
+
+
+@pytest.fixture
+def digit_x(default_lm):
+    from nullviz.data import sample_image
+
+    return default_lm.preprocess(sample_image("digit-3"))
+
+
+def state_snapshot(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(model: torch.nn.Module, snap: dict) -> None:
+    now = model.state_dict()
+    assert now.keys() == snap.keys()
+    for k in snap:
+        assert torch.equal(now[k], snap[k]), k

@@ -1,0 +1,103 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nullviz import data
+from nullviz.errors import DataError, ImageLoadError
+
+
+def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    tr_imgs, tr_y = data.digits_split("train")
+    he_imgs, he_y = data.digits_split("heldout")
+    assert len(tr_y) + len(he_y) == 1797 and len(he_y) == 359
+    tr = {im.tobytes() + bytes([y]) for im, y in zip(tr_imgs, tr_y)}
+    assert tr_imgs[0].mode == "RGB" and tr_imgs[0].size == (8, 8)
+    assert data.digits_split("heldout")[1] == he_y  # same split every time
+    assert set(range(10)) == set(he_y)
+    assert len(tr) > 1000
+    with pytest.raises(DataError):
+        data.digits_split("test")
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket", "camera", "digit-0", "digit-9"])
+def test_samples_are_rgb(name):
+    img = data.sample_image(name)
+    assert img.mode == "RGB" and min(img.size) >= 8
+
+
+def test_unknown_sample():
+    with pytest.raises(ImageLoadError, match="Unknown sample"):
+        data.sample_image("mona-lisa")
+    with pytest.raises(ImageLoadError):
+        data.sample_image("digit-12")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_upload_modes_become_rgb(mode):
+    base = Image.new("RGB", (20, 10), (200, 100, 50))
+    if mode == "I;16":
+        img = Image.fromarray((np.arange(200).reshape(10, 20) * 300).astype(np.uint16))
+    elif mode == "P":
+        img = base.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        img = base.convert(mode)
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    out = data.load_image_bytes(_png(img, fmt))
+    assert out.mode == "RGB" and out.size == (20, 10)
+
+
+def test_rgba_is_composited_on_white():
+    img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert data.load_image_bytes(_png(img)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (30, 10), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    out = data.load_image_bytes(_png(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (10, 30)
+
+
+def test_bad_uploads():
+    with pytest.raises(ImageLoadError, match="empty"):
+        data.load_image_bytes(b"")
+    with pytest.raises(ImageLoadError, match="not an image"):
+        data.load_image_bytes(b"%PDF-1.4 definitely not an image")
+    full = _png(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        data.load_image_bytes(full[: len(full) // 2])
+    with pytest.raises(ImageLoadError, match="pixels, more than"):
+        data.load_image_bytes(_png(Image.new("L", (200, 200))), max_pixels=10_000)
+
+
+def test_image_folder(tmp_path, default_lm):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 40), (i * 100, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    ds = data.image_folder(tmp_path, default_lm.transform)
+    x, y = ds[3]
+    assert ds.classes == ["cat", "dog"] and x.shape == (3, 32, 32) and y == 1
+    with pytest.raises(DataError, match="does not exist"):
+        data.image_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="ImageFolder"):
+        data.image_folder(tmp_path / "empty")
+
+
+def test_resolve_image(tmp_path):
+    assert data.resolve_image(None).name == "chelsea"
+    p = tmp_path / "a.png"
+    Image.new("RGB", (5, 5)).save(p)
+    assert data.resolve_image(str(p)).image.size == (5, 5)
+    with pytest.raises(ImageLoadError, match="does not exist"):
+        data.resolve_image(str(tmp_path / "missing.png"))

@@ -1,0 +1,178 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import assert_state_equal, state_snapshot
+from nullviz import data
+from nullviz.errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
+                            PretrainedWeightsUnavailableError)
+from nullviz.models import DEFAULT_MODEL_NAME, load_model, resolve_device
+from nullviz.robustness import accuracy
+
+
+def test_default_model_facts(default_lm):
+    f = default_lm.facts()
+    assert f["name"] == DEFAULT_MODEL_NAME
+    assert (f["patch_size"], f["embed_dim"], f["depth"], f["num_heads"]) == (8, 96, 4, 4)
+    assert f["patch_input_dim"] == 192 > f["embed_dim"]  # 3·p² > D: a non-trivial exact nullspace
+    assert f["img_size"] == [32, 32] and f["grid_size"] == [4, 4] and f["num_prefix_tokens"] == 1
+    assert f["device"] == "cpu"
+
+
+def test_default_model_is_frozen_eval(default_lm):
+    assert not default_lm.model.training
+    assert not any(p.requires_grad for p in default_lm.model.parameters())
+
+
+def test_default_model_heldout_accuracy_at_least_97(default_lm):
+    held = data.digits_dataset("heldout")
+    acc = accuracy(default_lm, held)
+    assert acc >= 0.97
+    assert len(held) == 359
+
+
+def test_transform_and_inverse(default_lm):
+    img = data.sample_image("chelsea")
+    x = default_lm.preprocess(img)
+    assert x.shape == (1, 3, 32, 32)
+    disp = default_lm.to_display(x)
+    assert disp.shape == (32, 32, 3) and disp.min() >= 0 and disp.max() <= 1
+    torch.testing.assert_close(default_lm.normalize(default_lm.denormalize(x)), x)
+    # the inverse of the timm normalisation reproduces timm's un-normalised pixels
+    pixels = default_lm.pixel_transform(img)
+    torch.testing.assert_close(default_lm.denormalize(x[0]), pixels, atol=1e-6, rtol=0)
+
+
+def _write(tmp_path, state, name, wrap=None, prefix=""):
+    state = {prefix + k: v for k, v in state.items()}
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save({wrap: state} if wrap else state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name,wrap,prefix", [("m.safetensors", None, ""), ("m.pth", None, ""),
+                                              ("m.pth", "state_dict", ""), ("m.pt", "model", "module.")])
+def test_local_checkpoint_round_trip(default_lm, tmp_path, digit_x, name, wrap, prefix):
+    torch.manual_seed(1)
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in default_lm.model.state_dict().items()}
+    path = _write(tmp_path, state, name, wrap, prefix)
+    lm = load_model(DEFAULT_MODEL_NAME, checkpoint=path, device="cpu")
+    for k, v in lm.model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    assert lm.checkpoint == str(path)
+    assert lm.predict(digit_x).shape == (1, 10)
+
+
+def test_checkpoint_into_timm_architecture_with_other_head(tmp_path, tiny_lm):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=7)
+    path = _write(tmp_path, model.state_dict(), "tiny.safetensors")
+    lm = load_model("vit_tiny_patch16_224", checkpoint=path, device="cpu")
+    assert lm.model.num_classes == 7 and len(lm.class_names) == 7
+
+
+def test_checkpoint_sidecar_names_architecture(tmp_path, default_lm):
+    path = _write(tmp_path, default_lm.model.state_dict(), "ft.safetensors")
+    path.with_suffix(".json").write_text(json.dumps({"arch": DEFAULT_MODEL_NAME, "class_names": list("abcdefghij")}))
+    lm = load_model("default", checkpoint=path, device="cpu")
+    assert lm.class_names == list("abcdefghij")
+
+
+def test_checkpoint_errors(tmp_path, default_lm):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model("default", checkpoint=tmp_path / "missing.pth")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_model("default", checkpoint=empty)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model("default", checkpoint=corrupt)
+    other = tmp_path / "x.onnx"
+    other.write_bytes(b"123")
+    with pytest.raises(CheckpointError, match="Unsupported"):
+        load_model("default", checkpoint=other)
+    # architecture mismatch: the digits weights into ViT-Ti/16
+    path = _write(tmp_path, default_lm.model.state_dict(), "digits.safetensors")
+    with pytest.raises(CheckpointError, match="does not match architecture 'vit_tiny_patch16_224'.*shape"):
+        load_model("vit_tiny_patch16_224", checkpoint=path)
+    no_tensors = tmp_path / "cfg.pth"
+    torch.save({"epoch": 3}, str(no_tensors))
+    with pytest.raises(CheckpointError, match="no state_dict"):
+        load_model("default", checkpoint=no_tensors)
+
+
+def test_unknown_and_non_vit_names():
+    with pytest.raises(ModelNotFoundError, match="not a timm architecture"):
+        load_model("definitely_not_a_model")
+    with pytest.raises(NotAVisionTransformerError, match="patch embedding"):
+        load_model("resnet50")
+
+
+def test_pretrained_offline_names_the_alternatives(monkeypatch):
+    import socket
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(PretrainedWeightsUnavailableError) as info:
+        load_model("vit_tiny_patch16_224")
+    msg = str(info.value)
+    assert "default" in msg and "checkpoint" in msg
+
+
+def test_pretrained_hub_failure_is_translated(monkeypatch):
+    import timm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # skip the DNS check; the hub call itself fails
+
+    real = timm.create_model
+
+    def failing(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", failing)
+    with pytest.raises(PretrainedWeightsUnavailableError, match="OSError.*embedded default"):
+        load_model("vit_tiny_patch16_224")
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(InvalidParameterError, match="device"):
+        resolve_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_trainable_copy_leaves_cached_model_untouched(default_lm):
+    snap = state_snapshot(default_lm.model)
+    copy = default_lm.trainable_copy()
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.add_(1.0)
+    assert_state_equal(default_lm.model, snap)
+    assert not any(p.requires_grad for p in default_lm.model.parameters())
+    assert all(p.requires_grad for p in copy.parameters())
+
+
+def test_default_model_loads_and_classifies_deterministically(default_lm):
+    lm2 = load_model("default", device="cpu")
+    x = lm2.preprocess(data.sample_image("digit-7"))
+    assert int(lm2.predict(x).argmax()) == 7
+    np.testing.assert_array_equal(lm2.predict(x).numpy(), default_lm.predict(x).numpy())
