@@ -63,9 +63,9 @@ def model_sidebar() -> None:
             submitted = st.form_submit_button("Load model", type="primary")
         if submitted:
             _switch_model(source, sources, name.strip(), checkpoint.strip(), device)
+        lm = current_model()
         if st.session_state.get("model_error"):
             st.error(st.session_state["model_error"])
-        lm = current_model()
         st.caption(f"Active: **{lm.name}**" + (f" from `{lm.checkpoint}`" if lm.checkpoint else "")
                    + f" on `{lm.device}`")
 

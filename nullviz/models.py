@@ -244,7 +244,7 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     for p in model.parameters():
         p.requires_grad_(False)
 
-    data_config = dict(sidecar.get("data_config") or resolve_data_config(model=model))
+    data_config = dict(sidecar.get("data_config") or model_data_config(model))
     data_config["input_size"] = tuple(data_config["input_size"])
     for key in ("mean", "std"):
         data_config[key] = tuple(float(v) for v in data_config[key])
@@ -255,6 +255,18 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     return LoadedModel(model=model, name=arch, device=dev, data_config=data_config,
                        class_names=list(class_names), checkpoint=str(checkpoint) if checkpoint else None,
                        info=info)
+
+
+def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
+    """timm's data config (mean, std, interpolation, crop) with the input size the model was *built* with:
+    ``pretrained_cfg`` still says 224 for a ViT created with another ``img_size``."""
+    cfg = dict(resolve_data_config(model=model))
+    built = (int(model.patch_embed.proj.in_channels), *(int(s) for s in model.patch_embed.img_size))
+    if tuple(cfg["input_size"]) != built:
+        cfg["input_size"] = built
+        cfg["crop_pct"] = 1.0
+    cfg["input_size"] = tuple(cfg["input_size"])
+    return cfg
 
 
 def _resolve_arch_name(name: str | None, sidecar: dict) -> str:
@@ -419,8 +431,7 @@ def create_random_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwarg
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    cfg = dict(resolve_data_config(model=model))
-    cfg["input_size"] = tuple(cfg["input_size"])
+    cfg = model_data_config(model)
     n = int(model.num_classes)
     return LoadedModel(model=model, name=name, device=torch.device("cpu"), data_config=cfg,
                        class_names=[f"class {i}" for i in range(n)])

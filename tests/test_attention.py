@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_state_equal, state_snapshot
+from nullviz import nullspace as N
+from nullviz.attention import (attention_distance, cls_attention_maps, compare, representation_change, rollout,
+                               trace, unfused_attention)
+from nullviz.attribution import METHODS, attribute
+from nullviz.data import sample_image
+from nullviz.errors import InvalidParameterError
+
+
+def _fused_flags(model):
+    return [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+def test_rows_sum_to_one_and_geometry(default_lm, digit_x):
+    t = trace(default_lm.model, digit_x)
+    assert t.attention.shape == (4, 1, 4, 17, 17)
+    torch.testing.assert_close(t.attention.sum(-1), torch.ones(4, 1, 4, 17))
+    assert t.cls_maps().shape == (4, 1, 4, 4, 4)
+    assert t.hidden.shape == (5, 1, 17, 96)
+
+
+def test_extraction_leaves_outputs_flags_and_hooks_unchanged(default_lm, digit_x):
+    model = default_lm.model
+    flags = _fused_flags(model)
+    snap = state_snapshot(model)
+    before = default_lm.predict(digit_x)
+    t = trace(model, digit_x)
+    torch.testing.assert_close(t.logits, before)
+    assert _fused_flags(model) == flags
+    assert_state_equal(model, snap)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    torch.testing.assert_close(default_lm.predict(digit_x), before)
+
+
+def test_flags_and_hooks_restored_on_error(default_lm):
+    model = default_lm.model
+    flags = _fused_flags(model)
+    with pytest.raises(RuntimeError):
+        trace(model, torch.zeros(1, 5, 32, 32))  # wrong channel count fails inside the forward
+    assert _fused_flags(model) == flags
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    with pytest.raises(ValueError):
+        with unfused_attention(model):
+            assert not any(_fused_flags(model))
+            raise ValueError("boom")
+    assert _fused_flags(model) == flags
+
+
+def test_maps_equal_independent_qk_computation(tiny_lm):
+    model = tiny_lm.model
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = trace(model, x)
+    for layer, blk in enumerate(model.blocks):
+        h = blk.norm1(t.hidden[layer])
+        B, T, C = h.shape
+        heads = blk.attn.num_heads
+        qkv = h @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
+        q, k, _ = qkv.reshape(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+        expected = ((q @ k.transpose(-1, -2)) / (C // heads) ** 0.5).softmax(-1)
+        torch.testing.assert_close(t.attention[layer], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_rollout_of_identity_is_identity():
+    eye = torch.eye(6).expand(3, 2, 4, 6, 6).clone()
+    for fusion in ("mean", "max", "min"):
+        torch.testing.assert_close(rollout(eye, fusion), torch.eye(6).expand(2, 6, 6))
+    torch.testing.assert_close(rollout(eye, "mean", 0.5), torch.eye(6).expand(2, 6, 6))
+
+
+def test_rollout_rows_are_distributions(default_lm, digit_x):
+    t = trace(default_lm.model, digit_x)
+    r = rollout(t.attention, "max", 0.9)
+    torch.testing.assert_close(r.sum(-1), torch.ones(1, 17))
+    assert (r >= 0).all()
+    with pytest.raises(InvalidParameterError):
+        rollout(t.attention, "median")
+
+
+def test_exact_noise_gives_zero_change_at_every_layer(default_lm, digit_x):
+    ns = N.nullspace(default_lm)
+    v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=3.0))
+    cmp = compare(default_lm, digit_x, v)
+    assert float(cmp.layer_attention_distance.max()) < 1e-5
+    assert float(cmp.layer_repr_change.max()) < 1e-5
+    d = cmp.to_dict()
+    assert len(d["layer_attention_distance"]) == len(d["layer_repr_change"]) == d["layers"] == 4
+    assert (d["heads"], d["tokens"]) == (4, 17)
+
+
+def test_random_noise_changes_attention(default_lm, digit_x):
+    v = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cmp = compare(default_lm, digit_x, v)
+    assert float(cmp.layer_attention_distance.min()) > 1e-3
+    assert float(cmp.layer_repr_change.min()) > 1e-2
+
+
+def test_encoder_level_delta(default_lm, digit_x):
+    delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(0))
+    cmp = compare(default_lm, digit_x, delta, level="encoder")
+    assert cmp.embed_repr_change > 0 and float(cmp.layer_attention_distance[0]) > 0
+    arrays = cmp.arrays()
+    assert arrays["attention_noised"].shape == (4, 1, 4, 17, 17)
+
+
+def test_distances():
+    p = torch.softmax(torch.randn(2, 1, 2, 5, 5), -1)
+    assert float(attention_distance(p, p).abs().max()) == 0.0
+    q = torch.zeros_like(p)
+    q[..., 0] = 1
+    tv = attention_distance(p, q, "tv")
+    np.testing.assert_allclose(tv.numpy(), (1 - p[..., 0]).mean(dim=(1, 2, 3)).numpy(), rtol=1e-5)
+    js = attention_distance(p, q, "js")
+    assert (js > 0).all() and (js <= np.log(2) + 1e-6).all()
+    h = torch.randn(3, 1, 5, 4)
+    np.testing.assert_allclose(representation_change(h, 2 * h).numpy(), 1.0, rtol=1e-6)
+    with pytest.raises(InvalidParameterError):
+        cls_attention_maps(p, 1, (3, 3))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_attribution_methods(default_lm, digit_x, method):
+    snap = state_snapshot(default_lm.model)
+    a = attribute(default_lm, default_lm.denormalize(digit_x), method, steps=8)
+    assert a.attributions.shape == (1, 3, 32, 32) and torch.isfinite(a.attributions).all()
+    assert a.target == [3]
+    assert float(a.attributions.abs().sum()) > 0
+    assert_state_equal(default_lm.model, snap)
+    assert not default_lm.model.training
+
+
+def test_integrated_gradients_completeness(default_lm, digit_x):
+    pixels = default_lm.denormalize(digit_x)
+    a = attribute(default_lm, pixels, "integrated_gradients", steps=64)
+    with torch.no_grad():
+        f_x = default_lm.predict(digit_x)[0, 3]
+        f_0 = default_lm.predict(default_lm.normalize(torch.zeros_like(pixels)))[0, 3]
+    total = float(a.attributions.sum())
+    # captum's delta is exactly the completeness gap: Σ attr − (f(x) − f(0))
+    assert total - float(f_x - f_0) == pytest.approx(a.convergence_delta[0], abs=1e-4)
+    more = attribute(default_lm, pixels, "integrated_gradients", steps=256)
+    assert abs(more.convergence_delta[0]) < abs(a.convergence_delta[0]) + 1e-6
+
+
+def test_attribution_with_token_noise_and_bad_target(default_lm, digit_x):
+    delta = torch.zeros(16, 96)
+    clean = attribute(default_lm, default_lm.denormalize(digit_x), "saliency")
+    same = attribute(default_lm, default_lm.denormalize(digit_x), "saliency", token_noise=delta)
+    torch.testing.assert_close(clean.attributions, same.attributions, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InvalidParameterError, match="target"):
+        attribute(default_lm, default_lm.denormalize(digit_x), "saliency", target=10)
+    with pytest.raises(InvalidParameterError, match="method"):
+        attribute(default_lm, default_lm.denormalize(digit_x), "lime")
+
+
+def test_odd_geometry_vit():
+    """A 40×24 image with 8×8 patches and two prefix tokens (class + register): no hard-coded grid."""
+    from nullviz.models import create_random_vit
+
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=(40, 24), patch_size=8, embed_dim=32,
+                           depth=2, num_heads=2, reg_tokens=1, num_classes=3)
+    x = lm.preprocess(sample_image("chelsea"))
+    assert x.shape == (1, 3, 40, 24)
+    ns = N.nullspace(lm)
+    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=2.0))
+    cmp = compare(lm, x, v)
+    assert cmp.clean.cls_maps().shape == (2, 1, 2, 5, 3) and cmp.clean.num_prefix_tokens == 2
+    assert float(cmp.layer_repr_change.max()) < 1e-5

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from nullviz.cli import main
+
+
+def run_json(capsys, *args):
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_json_measures_heldout_accuracy(capsys):
+    out = run_json(capsys, "info", "--device", "cpu")
+    for key in ("name", "patch_size", "embed_dim", "depth", "num_heads", "num_params", "img_size", "device"):
+        assert key in out
+    assert out["heldout_accuracy"] >= 0.97 and out["heldout_images"] == 359
+
+
+def test_info_human(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "patch_size: 8" in text and "heldout_accuracy" in text
+
+
+def test_nullspace_json_and_out(capsys, tmp_path):
+    out = run_json(capsys, "nullspace", "--image", "digit-5", "--magnitude", "2", "--out", str(tmp_path / "v.pt"))
+    assert (out["rank"], out["nullity"], out["input_dim"], out["embed_dim"]) == (96, 96, 192, 96)
+    assert len(out["singular_values"]) == 96
+    assert out["rel_logit_change"] < 1e-5 and out["max_abs_logit_change"] < 1e-4 and out["top1_unchanged"]
+    v = torch.load(tmp_path / "v.pt", weights_only=True)
+    assert v.shape == (3, 32, 32)
+    feas = run_json(capsys, "nullspace", "--feasible", "--image", "chelsea")
+    assert feas["feasible_max_box_violation"] <= 1e-6 and feas["clipped_fraction"] == 0.0
+
+
+def test_synthesize_json_and_round_trip(capsys, tmp_path):
+    out = run_json(capsys, "synthesize", "--level", "encoder", "--images", "16", "--steps", "30",
+                   "--out", str(tmp_path / "d.pt"))
+    for key in ("level", "steps_run", "final_loss", "mse_probs", "agreement", "noise_l2", "noise_linf",
+                "permuted_mse_probs", "permuted_agreement"):
+        assert key in out
+    assert out["level"] == "encoder" and out["permuted_mse_probs"] > out["mse_probs"]
+    att = run_json(capsys, "attention", "--image", "digit-1", "--noise", str(tmp_path / "d.pt"))
+    assert att["level"] == "encoder" and len(att["layer_repr_change"]) == 4
+
+
+def test_attention_json_and_npz(capsys, tmp_path):
+    out = run_json(capsys, "attention", "--image", "digit-2", "--out", str(tmp_path / "maps.npz"))
+    assert (out["layers"], out["heads"], out["tokens"]) == (4, 4, 17)
+    assert max(out["layer_attention_distance"]) < 1e-5 and max(out["layer_repr_change"]) < 1e-5
+    with np.load(tmp_path / "maps.npz") as z:
+        assert z["attention_clean"].shape == (4, 1, 4, 17, 17) and z["rollout_noised"].shape == (1, 17, 17)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["info", "--model", "resnet50"], "not a plain Vision Transformer"),
+    (["info", "--model", "no_such_model"], "Unknown model name"),
+    (["info", "--checkpoint", "/nonexistent/x.pth"], "does not exist"),
+    (["nullspace", "--magnitude", "-1"], "magnitude"),
+    (["nullspace", "--image", "/nonexistent.png"], "does not exist"),
+    (["synthesize", "--steps", "0"], "steps"),
+    (["attention", "--noise", "/nonexistent.pt"], "does not exist"),
+    (["info", "--device", "tpu9"], "device"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, args, needle):
+    with pytest.raises(SystemExit) if args == ["frobnicate"] else _no_raise():
+        code = main(args)
+        assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("nullviz: error:") and "\n" not in err and "Traceback" not in err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_python_dash_m_entry_point():
+    ok = subprocess.run([sys.executable, "-m", "nullviz", "info", "--json"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["name"] == "nullviz_digits_vit"
+    bad = subprocess.run([sys.executable, "-m", "nullviz", "info", "--model", "resnet50"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1

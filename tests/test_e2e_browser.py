@@ -1,0 +1,102 @@
+"""End to end: `streamlit run app.py` on a free local port, driven by real headless Chromium (Playwright)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError("Chromium is required for the browser test in CI (apt-get install -y chromium)")
+    pytest.skip("Debian chromium is not installed here", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (proc.stdout.read() if proc.stdout else ""))
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_open_app_switch_to_model_page_and_screenshot(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    page.get_by_role("heading", name="nullviz — noise a Vision Transformer cannot see").wait_for(timeout=60_000)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Model", exact=True).click()
+    page.get_by_text("Patch size").wait_for(timeout=60_000)
+    assert page.get_by_text("8×8").first.is_visible()
+    assert page.get_by_text("320,554").first.is_visible()
+    shot = tmp_path / "model_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_sidebar_rejects_non_vit_without_traceback(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    page.get_by_text("Load model").wait_for(timeout=60_000)
+    page.get_by_text("timm name (pretrained, downloads)").click()
+    page.get_by_placeholder("vit_tiny_patch16_224").fill("resnet50")
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("is not a plain Vision Transformer").wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.get_by_text("nullviz_digits_vit").first.is_visible()  # the default stays active
+
+
+def test_exact_noise_in_the_browser(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server + "/nullspace")
+    page.get_by_role("button", name="Make noise").click(timeout=60_000)
+    page.get_by_text("relative logit change").wait_for(timeout=60_000)
+    page.get_by_text("Verification").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "nullspace.png"))
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator(".js-plotly-plot").count() >= 3

@@ -1,0 +1,173 @@
+"""Every page under Streamlit's AppTest (a headless script run, no browser)."""
+
+import io
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+
+TIMEOUT = 120
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def png_bytes(size=(48, 40), color=(120, 30, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_button(at):
+    return [b for b in at.button if b.label == "Load model"][0]
+
+
+def metric(at, label):
+    for m in at.metric:
+        if m.label == label:
+            return m
+    raise AssertionError(f"no metric {label!r}: {[m.label for m in at.metric]}")
+
+
+def test_home():
+    at = app()
+    assert "nullviz" in at.title[0].value
+    assert len(at.get("plotly_chart")) == 1
+    assert "relative logit change" in at.main.caption[-1].value
+
+
+def test_model_page_facts_and_accuracy():
+    at = app("pages/model.py")
+    assert metric(at, "Patch size").value == "8×8"
+    assert metric(at, "Width D").value == "96"
+    assert metric(at, "Parameters").value == "320,554"
+    [b for b in at.button if "held-out" in b.label][0].click().run()
+    assert "Held-out top-1 accuracy" in at.success[0].value
+
+
+# AppTest (streamlit 1.67) drops sidebar elements from its tree on reruns of an st.navigation app, so the
+# sidebar form's submit is exercised in the real browser (test_e2e_browser.py); here the model choice is set
+# in session state before the first run, as the form would leave it.
+def app_with_spec(spec: dict) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["model_spec"] = spec
+    return at.run()
+
+
+def test_sidebar_form_is_rendered():
+    at = app()
+    assert at.radio(key="model_source").value.startswith("Embedded default")
+    assert {w.key for w in at.text_input} >= {"model_name", "model_checkpoint"}
+    assert at.selectbox(key="model_device").value == "auto"
+    assert load_button(at) is not None
+    assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
+
+
+def test_unloadable_model_falls_back_to_default_with_one_line():
+    at = app_with_spec({"name": "resnet50", "checkpoint": None, "device": "auto"})
+    assert not at.exception
+    assert "not a plain Vision Transformer" in at.sidebar.error[0].value
+    assert at.session_state["model_spec"]["name"] == "default"
+    assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
+
+
+def test_local_checkpoint_becomes_the_active_model(tmp_path, default_lm):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "ft.safetensors"
+    save_file(default_lm.model.state_dict(), str(path))
+    at = app_with_spec({"name": "default", "checkpoint": str(path), "device": "cpu"})
+    assert not at.exception and not at.sidebar.error
+    assert str(path) in at.sidebar.caption[-1].value
+    at.switch_page("pages/model.py").run()
+    assert str(path) in at.subheader[0].value
+
+
+def test_missing_checkpoint_message():
+    at = app_with_spec({"name": "default", "checkpoint": "/nonexistent/model.pth", "device": "cpu"})
+    assert not at.exception and "does not exist" in at.sidebar.error[0].value
+
+
+def test_nullspace_upload_exact_noise_verified():
+    at = app("pages/nullspace.py")
+    at.file_uploader[0].upload("photo.png", png_bytes(), "image/png")
+    at.run()
+    at.button[0].click().run()  # "Make noise" (exact is the default)
+    assert not at.exception and not at.error
+    assert float(metric(at, "relative logit change").value) < 1e-5
+    assert metric(at, "top-1 kept").value == "yes"
+    assert "after clip + 8-bit PNG" in [m.label for m in at.metric]
+    assert len(at.get("download_button")) == 4
+    assert at.session_state["current_noise"]["kind"] == "exact"
+
+
+def test_nullspace_bad_upload_is_one_clear_message():
+    at = app("pages/nullspace.py")
+    at.file_uploader[0].upload("notes.txt", b"hello, not an image", "text/plain")
+    at.run()
+    assert not at.exception
+    assert "not an image" in at.error[0].value and "sample image instead" in at.error[0].value
+
+
+def test_nullspace_feasible_and_approximate_runs():
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Exact, valid image (feasible)").run()
+    at.button[0].click().run()
+    assert not at.exception and "feasible variant kept" in at.main.caption[0].value
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.number_input(key="ns_steps").set_value(15)
+    at.number_input(key="ns_images").set_value(16)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert int(metric(at, "steps").value) <= 15
+    assert "permuted δ" in metric(at, "mean Σ Δp² (ε)").delta
+    assert at.session_state["current_noise"]["level"] == "encoder"
+
+
+def test_attention_page_with_noise_from_nullspace_page_and_attributions():
+    at = app("pages/nullspace.py")
+    at.button[0].click().run()
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception
+    assert at.radio(key="att_source").value == "noise from the Nullspace page"
+    assert "largest per-layer attention change" in at.markdown[0].value
+    at.selectbox(key="att_method").set_value("saliency")
+    at.button(key="att_go").click().run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) >= 6
+
+
+def test_attention_page_fresh_exact_noise_shows_zero_change():
+    at = app("pages/attention.py")
+    assert at.radio(key="att_source").value == "fresh exact nullspace noise"
+    text = at.markdown[0].value
+    value = float(text.rsplit("**", 2)[-2])
+    assert value < 1e-5
+    at.slider(key="att_layer").set_value(0).run()
+    at.selectbox(key="att_head").set_value("head 1").run()
+    assert not at.exception
+
+
+def test_learn_page_walkthrough():
+    at = app("pages/learn.py")
+    assert "Rank–nullity: rank **2** + nullity **1**" in " ".join(m.value for m in at.markdown)
+    at.selectbox(key="learn_preset").set_value("rank 1 (a plane of null vectors)").run()
+    assert "nullity **2**" in " ".join(m.value for m in at.markdown)
+    at.slider(key="learn_s").set_value(1.0).run()
+    assert "moved by the non-null part" in " ".join(m.value for m in at.markdown)
+    at.number_input(key="learn_index").set_value(5).run()
+    rel = [float(v) for v in at.table[0].value["relative logit change"]]
+    assert max(rel) < 1e-5
+    at.toggle(key="learn_big").set_value(True).run()
+    assert not at.exception
+    at.button(key="learn_go").click().run()
+    assert not at.exception
+    assert at.session_state["ns_mode"] == "Approximate — encoder level"
