@@ -125,14 +125,16 @@ class Nullspace:
 
     @property
     def basis(self) -> torch.Tensor:
-        """[K, nullity] orthonormal basis of the nullspace (complete QR of the row basis; computed once)."""
+        """[K, nullity] orthonormal basis of the nullspace (complement of the row basis by QR; computed once)."""
         if self._basis is None:
             K = self.input_dim
             if self.rank == 0:
                 self._basis = torch.eye(K, dtype=torch.float64)
-            else:
-                Q, _ = torch.linalg.qr(self.row_basis, mode="complete")
-                self._basis = Q[:, self.rank:].contiguous()
+            else:  # Householder QR of the row basis; apply Q to [0; I] to get only its last K − r columns
+                reflectors, tau = torch.geqrf(self.row_basis)
+                tail = torch.zeros(K, K - self.rank, dtype=reflectors.dtype)
+                tail[self.rank:] = torch.eye(K - self.rank, dtype=reflectors.dtype)
+                self._basis = torch.ormqr(reflectors, tau, tail).contiguous()
         return self._basis
 
     def weakest_directions(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:

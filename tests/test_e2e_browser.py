@@ -99,4 +99,4 @@ def test_exact_noise_in_the_browser(server, browser, tmp_path):
     page.get_by_text("Verification").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "nullspace.png"))
     assert page.locator("[data-testid='stException']").count() == 0
-    assert page.locator(".js-plotly-plot").count() >= 3
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
