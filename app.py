@@ -12,6 +12,7 @@ pages = [
     st.Page("pages/model.py", title="Model", icon=":material/memory:"),
     st.Page("pages/nullspace.py", title="Nullspace", icon=":material/blur_on:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/robustness.py", title="Robustness", icon=":material/shield:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 nav = st.navigation(pages)

@@ -12,27 +12,10 @@ from typing import Any
 
 import torch
 
-from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
+from .models import LoadedModel, PixelModel
 from .params import Interval, Options, check
 
 METHODS = ("integrated_gradients", "saliency", "smoothgrad", "occlusion")
-
-
-class PixelModel(torch.nn.Module):
-    """pixels ∈ [0, 1] → logits: normalise inside, and add a fixed δ (pixel-space or token-level)."""
-
-    def __init__(self, lm: LoadedModel, token_noise: torch.Tensor | None = None):
-        super().__init__()
-        self.model = lm.model
-        self.register_buffer("mean", lm.mean.to(lm.device))
-        self.register_buffer("std", lm.std.to(lm.device))
-        self.token_noise = None if token_noise is None else token_noise.to(lm.device)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels - self.mean) / self.std
-        if self.token_noise is None:
-            return self.model(x)
-        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + self.token_noise)
 
 
 @dataclass
@@ -78,7 +61,7 @@ def _attribute(lm, pixels, method, target, token_noise, steps, internal_batch_si
     from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
     pixels = (pixels if pixels.dim() == 4 else pixels.unsqueeze(0)).to(lm.device, torch.float32)
-    fn = PixelModel(lm, token_noise)
+    fn = PixelModel.of(lm, token_noise)
     was_training = lm.model.training
     lm.model.eval()
     try:

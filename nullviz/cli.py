@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import NullvizError
+from .errors import InvalidParameterError, NullvizError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
     p.add_argument("--discard-ratio", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=None, help="write attention tensors and rollouts (.npz)")
+
+    p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
+    _model_args(p)
+    p.add_argument("--data", default="default", help="'default' (digits held-out split) or an ImageFolder path")
+    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, patchfool; or 'none'")
+    p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--pgd-alpha", type=float, default=2 / 255)
+    p.add_argument("--pgd-norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--corruptions", default="none", help="'all', 'none' or comma-separated ImageNet-C names")
+    p.add_argument("--severities", default="1-5", help="e.g. 1-5 or 1,3,5")
+    p.add_argument("--tolerance", default="", help="comma-separated L2 noise sizes for tolerance curves")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", type=Path, default=None, help="also write the tidy table as CSV")
     return ap
 
 
@@ -173,7 +189,38 @@ def cmd_attention(args) -> dict[str, Any]:
     return out
 
 
-COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synthesize, "attention": cmd_attention}
+def cmd_evaluate(args) -> dict[str, Any]:
+    from . import robustness as R
+    from .data import load_dataset
+
+    attacks = () if args.attacks.strip() in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
+    try:
+        magnitudes = tuple(float(v) for v in args.tolerance.split(",") if v.strip())
+    except ValueError as exc:
+        raise InvalidParameterError("tolerance", "evaluate", "comma-separated numbers", args.tolerance) from exc
+    config = R.EvalConfig(attacks=attacks, eps=args.eps, pgd_steps=args.pgd_steps, pgd_alpha=args.pgd_alpha,
+                          pgd_norm=args.pgd_norm, corruptions=R.corruptions_from_spec(args.corruptions),
+                          severities=R.severities_from_spec(args.severities), tolerance_magnitudes=magnitudes,
+                          limit=args.limit, batch_size=args.batch_size, seed=args.seed)
+    lm = _load(args)
+    dataset = load_dataset(args.data, split="heldout")
+    progress = None
+    if sys.stderr.isatty():
+        def progress(stage, done, total):
+            sys.stderr.write(f"\r{stage}: {done}/{total}     ")
+    report = R.evaluate(lm, dataset, config, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    out = report.to_dict()
+    out["attacks"] = {k: {**v} for k, v in report.attacks.items()}
+    if args.csv is not None:
+        args.csv.write_text(R.rows_to_csv(report.to_rows()))
+        out["csv"] = str(args.csv)
+    return out
+
+
+COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synthesize, "attention": cmd_attention,
+            "evaluate": cmd_evaluate}
 
 
 def _print_human(out: dict[str, Any]) -> None:
@@ -197,8 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("nullviz: interrupted\n")
         return 130
-    if args.json:
-        print(json.dumps(out, default=str))
-    else:
-        _print_human(out)
+    try:
+        if args.json:
+            print(json.dumps(out, default=str))
+        else:
+            _print_human(out)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
     return 0

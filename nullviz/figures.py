@@ -221,3 +221,44 @@ def linear_map_3d(nullspace_basis: np.ndarray, x: np.ndarray, v: np.ndarray, hei
                       scene=dict(aspectmode="cube", xaxis=dict(range=[-3, 3]), yaxis=dict(range=[-3, 3]),
                                  zaxis=dict(range=[-3, 3])))
     return fig
+
+
+def labelled_heatmap(values: np.ndarray, x_labels: Sequence[str], y_labels: Sequence[str], title: str = "",
+                     zmin: float | None = 0.0, zmax: float | None = 1.0, colorbar_title: str = "",
+                     height: int = 420) -> go.Figure:
+    """A heat map with named rows and columns (e.g. accuracy by corruption × severity), values printed."""
+    z = np.asarray(values, dtype=np.float64)
+    fig = go.Figure(go.Heatmap(z=z, x=list(x_labels), y=list(y_labels), zmin=zmin, zmax=zmax, colorscale=SEQUENTIAL,
+                               text=np.round(z, 2), texttemplate="%{text}", colorbar=dict(title=colorbar_title)))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def tolerance_plot(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], metric: str = "accuracy",
+                   height: int = 360) -> go.Figure:
+    """Accuracy (or agreement) vs. noise L2 norm, one line per (model, noise kind)."""
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for m_i, (model, kinds) in enumerate(curves.items()):
+        for kind, c in kinds.items():
+            fig.add_trace(go.Scatter(x=list(c["magnitude"]), y=list(c[metric]), mode="lines+markers",
+                                     name=f"{kind} · {model}", line=dict(dash=dashes[m_i % len(dashes)])))
+    fig.update_layout(title=f"noise tolerance: {metric} vs. noise size", xaxis_title="‖noise‖₂ (normalised units)",
+                      yaxis_title=metric, yaxis_range=[0, 1.02], height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str, y_keys: Sequence[str],
+                    title: str = "", yaxis_title: str = "", height: int = 340) -> go.Figure:
+    """Several runs on the same axes: for each run and each metric in ``y_keys``, one line over ``x_key``."""
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    for r_i, (run, hist) in enumerate(histories.items()):
+        for key in y_keys:
+            if key in hist and len(hist[key]):
+                fig.add_trace(go.Scatter(x=list(hist[x_key]), y=list(hist[key]), mode="lines+markers",
+                                         name=f"{run} · {key}", line=dict(dash=dashes[r_i % len(dashes)])))
+    fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -455,3 +455,27 @@ def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor) -> 
     x = model.blocks(x)
     x = model.norm(x)
     return model.forward_head(x)
+
+
+class PixelModel(torch.nn.Module):
+    """pixels ∈ [0, 1] → logits: the model's normalisation inside (attacks, attributions and corruptions act
+    on pixels), and optionally a fixed token-level δ added after the patch embedding."""
+
+    def __init__(self, model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
+                 token_noise: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        device = next(model.parameters()).device
+        self.register_buffer("mean", mean.reshape(-1, 1, 1).to(device))
+        self.register_buffer("std", std.reshape(-1, 1, 1).to(device))
+        self.token_noise = None if token_noise is None else token_noise.to(device)
+
+    @classmethod
+    def of(cls, lm: LoadedModel, token_noise: torch.Tensor | None = None) -> "PixelModel":
+        return cls(lm.model, lm.mean, lm.std, token_noise)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        if self.token_noise is None:
+            return self.model(x)
+        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + self.token_noise)

@@ -1,15 +1,46 @@
-"""Evaluation of a model on a data set (clean accuracy; the robustness suite builds on it)."""
+"""Robustness evaluation: clean accuracy, adversarial attacks, natural corruptions, noise-tolerance curves.
+
+Everything acts on pixels in [0, 1] with the model's normalisation inside the attacked function
+(:class:`~nullviz.models.PixelModel`); ε is given in pixel units (8/255 by default). The research code
+attacked normalised tensors while the attack library clamped to [0, 1], which corrupts the images: not here.
+
+- FGSM and PGD (L∞ or L2, random start): short torch loops that take gradients for the input alone.
+- ``patchfool``: a PatchFool-style attack — only the patch that receives the most attention is perturbed,
+  unbounded inside the valid pixel range.
+- Corruptions: the 15 ImageNet-C types × severities 1–5 through ``corrupt_tta`` (a maintained port of
+  ``imagecorruptions`` that works with NumPy 2), applied at the model's input size; a corruption that cannot
+  apply is reported, not raised.
+- Tolerance curves: accuracy and agreement with the clean prediction vs. the L2 size of exact-nullspace,
+  approximate (optimised δ), Gaussian and uniform noise.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .models import LoadedModel
-from .params import Interval, check
+from .errors import InvalidParameterError
+from .models import LoadedModel, PixelModel
+from .params import Interval, Options, bounded, check, validate_fields
+
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+ATTACKS = ("fgsm", "pgd", "patchfool")
+NOISE_KINDS = ("exact", "approximate", "gaussian", "uniform")
+
+Progress = Callable[[str, int, int], None]
 
 
+# ----------------------------------------------------------------------------------------------- data
 def images_tensor(lm: LoadedModel, dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` items of a data set of PIL images (or of already transformed tensors), as a
     normalised batch and labels on the model's device."""
@@ -39,3 +70,421 @@ def accuracy(lm: LoadedModel, dataset, batch_size: int = 256, limit: int | None 
         if progress is not None:
             progress(min(i + batch_size, len(y)), len(y))
     return correct / len(y)
+
+
+@torch.no_grad()
+def predict_pixels(fn: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes of [0, 1] pixel batches."""
+    return torch.cat([fn(pixels[i:i + batch_size]).argmax(-1) for i in range(0, len(pixels), batch_size)])
+
+
+# -------------------------------------------------------------------------------------------- attacks
+def _input_grad(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(fn(x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def fgsm(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255) -> torch.Tensor:
+    """FGSM (Goodfellow et al. 2015): x + ε·sign(∇ₓ CE), clipped to [0, 1]. ``pixels``: [B, C, H, W] in [0, 1]."""
+    check("eps", "fgsm", eps, Interval(float, 0.0, None))
+    grad = _input_grad(fn, pixels, labels)
+    return (pixels + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255,
+        alpha: float = 2 / 255, steps: int = 10, norm: str = "linf", random_start: bool = True,
+        seed: int = 0) -> torch.Tensor:
+    """PGD (Madry et al. 2018) in the L∞ or L2 ball of radius ε around ``pixels`` (in [0, 1]), step α."""
+    check("eps", "pgd", eps, Interval(float, 0.0, None))
+    check("alpha", "pgd", alpha, Interval(float, 0.0, None))
+    check("steps", "pgd", steps, Interval(int, 1, 10_000))
+    check("norm", "pgd", norm, Options(("linf", "l2")))
+    x0 = pixels.detach()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if random_start and eps > 0:
+        if norm == "linf":
+            start = (torch.rand(x0.shape, generator=gen) * 2 - 1) * eps
+        else:
+            d = torch.randn(x0.shape, generator=gen)
+            r = torch.rand(x0.shape[0], generator=gen).view(-1, 1, 1, 1)
+            start = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * r * eps
+        x = (x0 + start.to(x0)).clamp(0, 1)
+    else:
+        x = x0.clone()
+    for _ in range(steps):
+        grad = _input_grad(fn, x, labels)
+        if norm == "linf":
+            x = x + alpha * grad.sign()
+            x = torch.min(torch.max(x, x0 - eps), x0 + eps)
+        else:
+            g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            x = x + alpha * g
+            d = x - x0
+            scale = (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
+            x = x0 + d * scale
+        x = x.clamp(0, 1).detach()
+    return x
+
+
+@torch.no_grad()
+def most_attended_patch(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Index of the patch that receives the most attention (mean over layers, heads and query tokens)."""
+    from .attention import trace
+
+    t = trace(model, x)
+    received = t.attention.mean(dim=(0, 2, 3))[:, t.num_prefix_tokens:]  # [B, patches]
+    return received.argmax(-1)
+
+
+def patch_attack(lm: LoadedModel, pixels: torch.Tensor, labels: torch.Tensor, steps: int = 30,
+                 alpha: float = 0.1) -> torch.Tensor:
+    """PatchFool-style attack: perturb only the most-attended patch, unbounded within [0, 1] pixels."""
+    check("steps", "patch_attack", steps, Interval(int, 1, 10_000))
+    fn = PixelModel.of(lm)
+    p = lm.patch_size
+    gh, gw = lm.grid_size
+    idx = most_attended_patch(lm.model, lm.normalize(pixels)).cpu()
+    mask = torch.zeros(pixels.shape[0], 1, gh, gw)
+    mask[torch.arange(len(idx)), 0, idx // gw, idx % gw] = 1.0
+    mask = F.interpolate(mask, scale_factor=p, mode="nearest").to(pixels)
+    x = pixels.detach().clone()
+    for _ in range(steps):
+        grad = _input_grad(fn, x, labels)
+        x = (x + alpha * grad.sign() * mask).clamp(0, 1).detach()
+    return x
+
+
+# ---------------------------------------------------------------------------------------- corruptions
+def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """Apply one ImageNet-C corruption to [B, C, H, W] pixels in [0, 1]; returns the same shape and dtype.
+
+    ``corrupt_tta`` draws from NumPy's global RNG: it is seeded per call and restored afterwards, so results
+    are reproducible and no one else's random stream changes.
+    """
+    import corrupt_tta
+
+    check("name", "corrupt", name, Options(CORRUPTIONS))
+    check("severity", "corrupt", severity, Interval(int, 1, 5))
+    arr = (pixels.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        if name == "impulse_noise":  # corrupt_tta calls skimage's random_noise unseeded; same formula, seeded
+            from skimage.util import random_noise
+
+            amount = (0.03, 0.06, 0.09, 0.17, 0.27)[severity - 1]
+            rng = np.random.default_rng(seed)
+            out = np.stack([np.clip(random_noise(img / 255.0, mode="s&p", amount=amount, rng=rng), 0, 1) * 255
+                            for img in arr]).astype(np.float32)
+        else:
+            out = np.stack([np.asarray(corrupt_tta.corrupt(img, severity=severity, corruption_name=name),
+                                       dtype=np.float32) for img in arr])
+    finally:
+        np.random.set_state(state)
+    result = torch.from_numpy(np.clip(out / 255.0, 0, 1)).permute(0, 3, 1, 2)
+    return result.to(pixels.device, pixels.dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------------- tolerance curves
+def _noise_direction(kind: str, lm: LoadedModel, shape: tuple, gen: torch.Generator,
+                     approx_delta: torch.Tensor | None) -> torch.Tensor:
+    if kind == "exact":
+        from . import nullspace as N
+
+        ns = N.nullspace(lm)
+        if ns.nullity == 0:
+            raise InvalidParameterError("kinds", "tolerance_curves", "kinds without 'exact' for a full-rank patch "
+                                        "embedding (its exact nullspace is {0})", kind)
+        v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(seed=int(torch.randint(0, 2**31, (1,), generator=gen))))
+    elif kind == "approximate":
+        if approx_delta is None:
+            raise InvalidParameterError("approx_delta", "tolerance_curves", "an input-level δ [C, H, W] when "
+                                        "'approximate' is among the kinds", None)
+        v = approx_delta.float().cpu()
+    elif kind == "gaussian":
+        v = torch.randn(shape, generator=gen)
+    else:
+        v = torch.rand(shape, generator=gen) * 2 - 1
+    return v / v.norm().clamp_min(1e-30)
+
+
+@torch.no_grad()
+def tolerance_curves(lm: LoadedModel, x: torch.Tensor, y: torch.Tensor, magnitudes: list[float],
+                     kinds: tuple[str, ...] = ("exact", "gaussian", "uniform"),
+                     approx_delta: torch.Tensor | None = None, seed: int = 0,
+                     batch_size: int = 256) -> dict[str, dict[str, list[float]]]:
+    """Accuracy and top-1 agreement with the clean prediction vs. the L2 norm (normalised input units) of one
+    noise pattern per kind added to every image. Exact-nullspace noise gives a flat curve by construction."""
+    for k in kinds:
+        check("kinds", "tolerance_curves", k, Options(NOISE_KINDS))
+    gen = torch.Generator().manual_seed(seed)
+    clean_pred = torch.cat([lm.model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    out: dict[str, dict[str, list[float]]] = {}
+    image_norm = float(x.flatten(1).norm(dim=1).mean())
+    for kind in kinds:
+        direction = _noise_direction(kind, lm, tuple(x.shape[1:]), gen, approx_delta).to(x)
+        acc, agree = [], []
+        for m in magnitudes:
+            pred = torch.cat([lm.model(x[i:i + batch_size] + m * direction).argmax(-1)
+                              for i in range(0, len(x), batch_size)])
+            acc.append(float((pred == y).float().mean()))
+            agree.append(float((pred == clean_pred).float().mean()))
+        out[kind] = {"magnitude": [float(m) for m in magnitudes],
+                     "relative_magnitude": [float(m) / image_norm for m in magnitudes],
+                     "accuracy": acc, "agreement": agree}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the suite
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate; ε and α in [0, 1] pixel units."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    eps: float = bounded(8 / 255, Interval(float, 0.0, 1.0))
+    pgd_steps: int = bounded(10, Interval(int, 1, 1000))
+    pgd_alpha: float = bounded(2 / 255, Interval(float, 0.0, 1.0, closed="right"))
+    pgd_norm: str = bounded("linf", Options(("linf", "l2")))
+    patch_steps: int = bounded(30, Interval(int, 1, 1000))
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    tolerance_magnitudes: tuple[float, ...] = ()
+    tolerance_kinds: tuple[str, ...] = ("exact", "gaussian", "uniform")
+    limit: int | None = None
+    batch_size: int = bounded(128, Interval(int, 1, 65_536))
+    seed: int = bounded(0, Interval(int, 0, None))
+
+    def __post_init__(self):
+        validate_fields(self)
+        for a in self.attacks:
+            check("attacks", "EvalConfig", a, Options(ATTACKS))
+        for c in self.corruptions:
+            check("corruptions", "EvalConfig", c, Options(CORRUPTIONS))
+        for s in self.severities:
+            check("severities", "EvalConfig", s, Interval(int, 1, 5))
+        for k in self.tolerance_kinds:
+            check("tolerance_kinds", "EvalConfig", k, Options(NOISE_KINDS))
+        if self.limit is not None:
+            check("limit", "EvalConfig", self.limit, Interval(int, 1, None))
+
+
+@dataclass
+class RobustnessReport:
+    """Results of one evaluation of one model; ``to_rows`` gives a tidy table for CSV."""
+
+    model: str
+    num_images: int
+    clean_acc: float
+    attacks: dict[str, dict[str, float]] = field(default_factory=dict)
+    corruptions: dict[str, list[float]] = field(default_factory=dict)
+    corruption_skipped: dict[str, str] = field(default_factory=dict)
+    severities: list[int] = field(default_factory=list)
+    tolerance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+
+    @property
+    def mean_corruption_acc(self) -> float | None:
+        vals = [a for accs in self.corruptions.values() for a in accs]
+        return float(np.mean(vals)) if vals else None
+
+    def relative_corruption_error(self, reference: "RobustnessReport") -> float | None:
+        """mCE-style score ×100: mean over corruptions of Σ_s err / Σ_s err_reference (100 = as robust as the
+        reference, lower is better)."""
+        ratios = []
+        for name, accs in self.corruptions.items():
+            ref = reference.corruptions.get(name)
+            if ref is None:
+                continue
+            ref_err = sum(1 - a for a in ref)
+            if ref_err > 0:
+                ratios.append(sum(1 - a for a in accs) / ref_err)
+        return 100 * float(np.mean(ratios)) if ratios else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean_corruption_acc"] = self.mean_corruption_acc
+        return d
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        rows = [{"model": self.model, "evaluation": "clean", "setting": "", "value": self.clean_acc}]
+        for name, r in self.attacks.items():
+            rows.append({"model": self.model, "evaluation": name, "setting": "robust_acc", "value": r["robust_acc"]})
+            rows.append({"model": self.model, "evaluation": name, "setting": "success_rate",
+                         "value": r["success_rate"]})
+        for name, accs in self.corruptions.items():
+            for s, a in zip(self.severities, accs):
+                rows.append({"model": self.model, "evaluation": name, "setting": f"severity {s}", "value": a})
+        if self.mean_corruption_acc is not None:
+            rows.append({"model": self.model, "evaluation": "mean_corruption_acc", "setting": "",
+                         "value": self.mean_corruption_acc})
+        for kind, curve in self.tolerance.items():
+            for m, a, g in zip(curve["magnitude"], curve["accuracy"], curve["agreement"]):
+                rows.append({"model": self.model, "evaluation": f"tolerance_{kind}", "setting": f"l2={m:g} acc",
+                             "value": a})
+                rows.append({"model": self.model, "evaluation": f"tolerance_{kind}", "setting": f"l2={m:g} agreement",
+                             "value": g})
+        return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["model", "evaluation", "setting", "value"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progress: Progress | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             approx_delta: torch.Tensor | None = None) -> RobustnessReport:
+    """Run the configured evaluations batched on the model's device; stoppable between batches (the
+    report then holds what finished, with ``stopped=True``)."""
+    x, y = images_tensor(lm, dataset, config.limit)
+    if len(y) == 0:
+        raise InvalidParameterError("dataset", "evaluate", "a non-empty data set", 0)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
+                         approx_delta)
+    finally:
+        lm.model.train(was_training)
+
+
+def _batched(x, y, bs):
+    for i in range(0, len(y), bs):
+        yield i, x[i:i + bs], y[i:i + bs]
+
+
+def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx_delta) -> RobustnessReport:
+    fn = PixelModel.of(lm)
+    pixels = lm.denormalize(x)
+    n = len(y)
+    report = RobustnessReport(model=lm.name + (f" ({lm.checkpoint})" if lm.checkpoint else ""), num_images=n,
+                              clean_acc=float("nan"), severities=list(cfg.severities))
+    t = time.perf_counter()
+    clean_pred = predict_pixels(fn, pixels, cfg.batch_size)
+    report.clean_acc = int((clean_pred == y).sum()) / n
+    report.seconds["clean"] = time.perf_counter() - t
+    progress("clean", n, n)
+
+    for name in cfg.attacks:
+        t = time.perf_counter()
+        correct = 0
+        success = 0
+        done = 0
+        for i, xb, yb in _batched(pixels, y, cfg.batch_size):
+            if should_stop():
+                report.stopped = True
+                return report
+            if name == "fgsm":
+                adv = fgsm(fn, xb, yb, cfg.eps)
+            elif name == "pgd":
+                adv = pgd(fn, xb, yb, cfg.eps, cfg.pgd_alpha, cfg.pgd_steps, cfg.pgd_norm, seed=cfg.seed + i)
+            else:
+                adv = patch_attack(lm, xb, yb, cfg.patch_steps)
+            pred = predict_pixels(fn, adv, cfg.batch_size)
+            was_right = clean_pred[i:i + len(yb)] == yb
+            correct += int((pred == yb).sum())
+            success += int((was_right & (pred != yb)).sum())
+            done += len(yb)
+            progress(name, done, n)
+        n_right = int((clean_pred == y).sum())
+        report.attacks[name] = {"robust_acc": correct / n, "success_rate": success / n_right if n_right else 0.0}
+        report.seconds[name] = time.perf_counter() - t
+
+    total = len(cfg.corruptions) * len(cfg.severities)
+    step = 0
+    for name in cfg.corruptions:
+        t = time.perf_counter()
+        accs = []
+        for s in cfg.severities:
+            if should_stop():
+                report.stopped = True
+                return report
+            try:
+                correct = 0
+                for i, xb, yb in _batched(pixels, y, cfg.batch_size):
+                    pred = predict_pixels(fn, corrupt(xb, name, s, seed=cfg.seed + i), cfg.batch_size)
+                    correct += int((pred == yb).sum())
+                accs.append(correct / n)
+            except (ValueError, RuntimeError, IndexError) as exc:  # a corruption that cannot apply here
+                report.corruption_skipped[name] = f"{type(exc).__name__}: {exc}"
+                accs = []
+                break
+            step += 1
+            progress("corruptions", step, total)
+        if accs:
+            report.corruptions[name] = accs
+        report.seconds[f"corruption_{name}"] = time.perf_counter() - t
+
+    if cfg.tolerance_magnitudes:
+        if should_stop():
+            report.stopped = True
+            return report
+        t = time.perf_counter()
+        kinds = tuple(k for k in cfg.tolerance_kinds if k != "approximate" or approx_delta is not None)
+        report.tolerance = tolerance_curves(lm, x, y, list(cfg.tolerance_magnitudes), kinds, approx_delta,
+                                            cfg.seed, cfg.batch_size)
+        report.seconds["tolerance"] = time.perf_counter() - t
+        progress("tolerance", 1, 1)
+    return report
+
+
+def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, severity: int = 3) -> dict[str, torch.Tensor]:
+    """A few images under each configured attack and corruption (pixels [count, C, H, W]), for display."""
+    x, y = images_tensor(lm, dataset, count)
+    pixels = lm.denormalize(x)
+    fn = PixelModel.of(lm)
+    out = {"clean": pixels.cpu(), "_labels": y.cpu()}
+    for name in config.attacks:
+        if name == "fgsm":
+            out[name] = fgsm(fn, pixels, y, config.eps).cpu()
+        elif name == "pgd":
+            out[name] = pgd(fn, pixels, y, config.eps, config.pgd_alpha, config.pgd_steps, config.pgd_norm,
+                            seed=config.seed).cpu()
+        else:
+            out[name] = patch_attack(lm, pixels, y, config.patch_steps).cpu()
+    for name in config.corruptions:
+        try:
+            out[name] = corrupt(pixels, name, severity, seed=config.seed).cpu()
+        except (ValueError, RuntimeError, IndexError):
+            continue
+    return out
+
+
+def report_json(reports: list[RobustnessReport]) -> str:
+    return json.dumps([r.to_dict() for r in reports], indent=2, default=float)
+
+
+def severities_from_spec(spec: str) -> tuple[int, ...]:
+    """'1-5' → (1, 2, 3, 4, 5); '1,3' → (1, 3)."""
+    spec = spec.strip()
+    try:
+        if "-" in spec:
+            lo, hi = (int(v) for v in spec.split("-", 1))
+            values = tuple(range(lo, hi + 1))
+        else:
+            values = tuple(int(v) for v in spec.split(",") if v.strip())
+    except ValueError as exc:
+        raise InvalidParameterError("severities", "evaluate", "a range like '1-5' or a list like '1,3'", spec) from exc
+    if not values or any(not 1 <= v <= 5 for v in values):
+        raise InvalidParameterError("severities", "evaluate", "severities between 1 and 5", spec)
+    return values
+
+
+def corruptions_from_spec(spec: str) -> tuple[str, ...]:
+    """'all' → the 15 ImageNet-C types; 'none' → (); else a comma-separated list of names."""
+    spec = spec.strip()
+    if spec == "all":
+        return CORRUPTIONS
+    if spec in ("", "none"):
+        return ()
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    for s in names:
+        check("corruptions", "evaluate", s, Options(CORRUPTIONS))
+    return names
+

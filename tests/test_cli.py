@@ -92,3 +92,13 @@ def test_python_dash_m_entry_point():
     bad = subprocess.run([sys.executable, "-m", "nullviz", "info", "--model", "resnet50"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_json(capsys, tmp_path):
+    out = run_json(capsys, "evaluate", "--limit", "24", "--attacks", "fgsm,pgd", "--pgd-steps", "2",
+                   "--corruptions", "fog,snow", "--severities", "1,3", "--csv", str(tmp_path / "r.csv"))
+    assert 0 <= out["clean_acc"] <= 1
+    assert set(out["attacks"]) == {"fgsm", "pgd"} and "robust_acc" in out["attacks"]["fgsm"]
+    assert set(out["corruptions"]) == {"fog", "snow"} and len(out["corruptions"]["fog"]) == 2
+    assert out["mean_corruption_acc"] is not None
+    assert (tmp_path / "r.csv").read_text().startswith("model,evaluation,setting,value")

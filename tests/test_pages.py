@@ -171,3 +171,27 @@ def test_learn_page_walkthrough():
     at.button(key="learn_go").click().run()
     assert not at.exception
     assert at.session_state["ns_mode"] == "Approximate — encoder level"
+
+
+def test_robustness_page_two_models():
+    at = app("pages/robustness.py")
+    assert not at.exception
+    at.selectbox(key="rob_other").set_value("the embedded default model")
+    at.number_input(key="rob_limit").set_value(24)
+    at.multiselect(key="rob_corr").set_value(["fog"])
+    at.multiselect(key="rob_sev").set_value([1, 3])
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    table = at.table[0].value
+    assert list(table["evaluation"]) == ["clean", "fgsm", "pgd", "corruption mean"]
+    assert list(table["Δ (2 − 1)"]) == ["+0.0%"] * 4  # the same model twice
+    assert len(at.get("download_button")) == 2
+    assert len(at.get("plotly_chart")) >= 5
+
+
+def test_robustness_page_bad_checkpoint_is_one_message():
+    at = app("pages/robustness.py")
+    at.selectbox(key="rob_other").set_value("a checkpoint")
+    at.text_input(key="rob_other_path").set_value("/nonexistent.safetensors")
+    at.button[0].click().run()
+    assert not at.exception and "does not exist" in at.error[0].value

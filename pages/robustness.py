@@ -1,0 +1,128 @@
+"""Robustness: adversarial attacks, natural corruptions and noise tolerance, for one or two models."""
+
+import numpy as np
+import streamlit as st
+
+from app_state import DEFAULT_SPEC, cached_model, current_model, show_error
+from nullviz import figures
+from nullviz import robustness as R
+from nullviz.data import load_dataset
+from nullviz.errors import NullvizError
+from nullviz.models import PixelModel
+
+lm_a = current_model()
+st.title("Robustness")
+st.caption("Attacks act on [0, 1] pixels with the model's normalisation inside; ε in 1/255 pixel units.")
+
+with st.form("rob_form"):
+    c = st.columns(2)
+    other = c[0].selectbox("Compare with", ["nothing", "the embedded default model", "a checkpoint"], key="rob_other")
+    other_path = c[1].text_input("checkpoint path (for 'a checkpoint')", key="rob_other_path",
+                                 placeholder=st.session_state.get("last_finetuned_checkpoint") or "/path/model.safetensors")
+    c = st.columns(3)
+    data_spec = c[0].text_input("data set", value="default", key="rob_data",
+                                help="'default' = the digits' held-out split, or an ImageFolder directory")
+    limit = c[1].number_input("images (limit)", min_value=1, max_value=100_000, value=128, key="rob_limit")
+    batch = c[2].number_input("batch size", min_value=1, max_value=4096, value=128, key="rob_batch")
+    c = st.columns(4)
+    attacks = c[0].multiselect("attacks", list(R.ATTACKS), default=["fgsm", "pgd"], key="rob_attacks")
+    eps255 = c[1].number_input("ε (/255)", min_value=0.0, max_value=255.0, value=8.0, key="rob_eps")
+    steps = c[2].number_input("PGD steps", min_value=1, max_value=200, value=10, key="rob_steps")
+    norm = c[3].selectbox("PGD norm", ["linf", "l2"], key="rob_norm")
+    c = st.columns(2)
+    corruptions = c[0].multiselect("corruptions (ImageNet-C)", list(R.CORRUPTIONS),
+                                   default=["gaussian_noise", "defocus_blur", "fog", "contrast"], key="rob_corr")
+    severities = c[1].multiselect("severities", [1, 2, 3, 4, 5], default=[1, 3, 5], key="rob_sev")
+    tol = st.text_input("tolerance curve noise sizes (L2, normalised units; empty = skip)", "0, 5, 10, 20, 40",
+                        key="rob_tol")
+    go = st.form_submit_button("Evaluate", type="primary")
+
+if go:
+    try:
+        models = [lm_a]
+        if other == "the embedded default model":
+            models.append(cached_model(**{**DEFAULT_SPEC, "device": str(lm_a.device)}))
+        elif other == "a checkpoint":
+            path = other_path.strip() or st.session_state.get("last_finetuned_checkpoint") or ""
+            models.append(cached_model("default", path, str(lm_a.device)))
+        magnitudes = tuple(float(v) for v in tol.split(",") if v.strip())
+        cfg = R.EvalConfig(attacks=tuple(attacks), eps=float(eps255) / 255, pgd_steps=int(steps),
+                           pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
+                           severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
+                           limit=int(limit), batch_size=int(batch))
+        reports, bar = [], st.progress(0.0, text="evaluating…")
+        for k, lm in enumerate(models):
+            dataset = load_dataset(data_spec.strip(), split="heldout")
+
+            def progress(stage, done, total, k=k):
+                bar.progress(min(1.0, (k + done / max(total, 1)) / len(models)),
+                             text=f"model {k + 1}/{len(models)} · {stage}: {done}/{total}")
+
+            reports.append(R.evaluate(lm, dataset, cfg, progress=progress))
+        bar.progress(1.0, text="done")
+        ex = R.examples(models[0], load_dataset(data_spec.strip(), split="heldout"), cfg, count=4)
+        preds = {}
+        for k, lm in enumerate(models):
+            fn = PixelModel.of(lm)
+            preds[f"{k + 1}. {reports[k].model}"] = {
+                name: R.predict_pixels(fn, px.to(lm.device)).cpu().tolist() for name, px in ex.items() if name[0] != "_"}
+        st.session_state["rob_results"] = {"reports": reports, "examples": ex, "preds": preds,
+                                           "class_names": lm_a.class_names}
+    except ValueError as exc:
+        show_error(NullvizError(f"Could not read the noise sizes: {exc}") if "float" in str(exc) else exc)
+    except NullvizError as exc:
+        show_error(exc)
+
+res = st.session_state.get("rob_results")
+if not res:
+    st.info("Choose the evaluations and press **Evaluate**. Defaults finish in seconds on CPU for the default model.")
+    st.stop()
+
+reports = res["reports"]
+names = [f"{k + 1}. {r.model}" for k, r in enumerate(reports)]
+cats = ["clean", *reports[0].attacks, *(["corruption mean"] if reports[0].corruptions else [])]
+series = {name: [r.clean_acc, *(r.attacks[a]["robust_acc"] for a in r.attacks),
+                 *([r.mean_corruption_acc] if r.corruptions else [])] for name, r in zip(names, reports)}
+st.plotly_chart(figures.bar_chart(cats, series, "accuracy", "top-1 accuracy"), key="rob_bars")
+
+rows = {"evaluation": cats}
+for name in names:
+    rows[name] = [f"{v:.1%}" for v in series[name]]
+if len(reports) == 2:
+    rows["Δ (2 − 1)"] = [f"{b - a:+.1%}" for a, b in zip(series[names[0]], series[names[1]])]
+    rel = reports[1].relative_corruption_error(reports[0])
+    if rel is not None:
+        st.caption(f"Relative corruption error of model 2 against model 1 (mCE-style, 100 = same, lower is "
+                   f"better): **{rel:.1f}**")
+st.table(rows)
+
+for k, (name, r) in enumerate(zip(names, reports)):
+    if r.corruptions:
+        st.plotly_chart(figures.labelled_heatmap(np.array(list(r.corruptions.values())), [f"s{s}" for s in r.severities],
+                                                 list(r.corruptions), f"accuracy by corruption × severity — {name}",
+                                                 colorbar_title="acc"), key=f"rob_heat_{k}")
+    if r.corruption_skipped:
+        st.warning("Could not apply: " + "; ".join(f"{c} ({why})" for c, why in r.corruption_skipped.items()))
+if reports[0].tolerance:
+    curves = {name: r.tolerance for name, r in zip(names, reports)}
+    c = st.columns(2)
+    c[0].plotly_chart(figures.tolerance_plot(curves, "accuracy"), key="rob_tol_acc")
+    c[1].plotly_chart(figures.tolerance_plot(curves, "agreement"), key="rob_tol_agree")
+
+st.subheader("Examples")
+st.caption("Adversarial examples are made against the first model; the second model's predictions show how they transfer.")
+ex, preds, cls = res["examples"], res["preds"], res["class_names"]
+labels = ex["_labels"].tolist()
+for name, px in ex.items():
+    if name.startswith("_"):
+        continue
+    titles = [f"y={cls[labels[i]]} · " + " / ".join(cls[p[name][i]] for p in preds.values()) for i in range(len(px))]
+    st.plotly_chart(figures.image_row([im.permute(1, 2, 0).numpy() for im in px], titles, height=200),
+                    key=f"rob_ex_{name}")
+    st.caption(name)
+
+st.subheader("Download")
+c = st.columns(2)
+c[0].download_button("results (CSV)", R.rows_to_csv([row for r in reports for row in r.to_rows()]),
+                     "robustness.csv", "text/csv")
+c[1].download_button("results (JSON)", R.report_json(reports), "robustness.json", "application/json")

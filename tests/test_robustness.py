@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_state_equal, state_snapshot
+from nullviz import robustness as R
+from nullviz.data import digits_dataset
+from nullviz.errors import InvalidParameterError
+from nullviz.models import PixelModel
+
+
+@pytest.fixture(scope="module")
+def batch(default_lm):
+    x, y = R.images_tensor(default_lm, digits_dataset("heldout"), limit=48)
+    return default_lm.denormalize(x), y
+
+
+def test_fgsm_at_zero_eps_is_clean(default_lm, batch):
+    px, y = batch
+    fn = PixelModel.of(default_lm)
+    adv = R.fgsm(fn, px, y, eps=0.0)
+    assert torch.equal(adv, px.clamp(0, 1))
+    report = R.evaluate(default_lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm",), eps=0.0, limit=48))
+    assert report.attacks["fgsm"]["robust_acc"] == report.clean_acc
+    assert report.attacks["fgsm"]["success_rate"] == 0.0
+
+
+def test_fgsm_matches_torchattacks(default_lm, batch):
+    import torchattacks
+
+    px, y = batch
+    fn = PixelModel.of(default_lm)
+    ours = R.fgsm(fn, px, y, 8 / 255)
+    theirs = torchattacks.FGSM(fn, eps=8 / 255)(px, y)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert float((ours - px).abs().max()) <= 8 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(default_lm, batch, norm):
+    px, y = batch
+    fn = PixelModel.of(default_lm)
+    eps = 8 / 255 if norm == "linf" else 1.0
+    adv = R.pgd(fn, px, y, eps=eps, alpha=eps / 4, steps=10, norm=norm)
+    d = (adv - px).flatten(1)
+    if norm == "linf":
+        assert float(d.abs().max()) <= eps + 1e-6
+    else:
+        assert float(d.norm(dim=1).max()) <= eps + 1e-5
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    acc_pgd = float((R.predict_pixels(fn, adv) == y).float().mean())
+    if norm == "linf":
+        acc_fgsm = float((R.predict_pixels(fn, R.fgsm(fn, px, y, eps)) == y).float().mean())
+        assert acc_pgd <= acc_fgsm
+    assert acc_pgd < float((R.predict_pixels(fn, px) == y).float().mean())
+
+
+def test_patch_attack_changes_only_one_patch(default_lm, batch):
+    px, y = batch
+    adv = R.patch_attack(default_lm, px[:8], y[:8], steps=5)
+    changed = (adv - px[:8]).abs().sum(1)  # [B, H, W]
+    per_patch = changed.unfold(1, 8, 8).unfold(2, 8, 8).sum((-1, -2))  # [B, gh, gw]
+    assert ((per_patch > 0).flatten(1).sum(1) <= 1).all()
+
+
+@pytest.mark.parametrize("name", R.CORRUPTIONS)
+def test_corruptions_change_image_keep_shape_and_dtype(batch, name):
+    px, _ = batch
+    out = R.corrupt(px[:2], name, 3)
+    assert out.shape == px[:2].shape and out.dtype == px.dtype
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.equal(out, px[:2])
+    torch.testing.assert_close(R.corrupt(px[:2], name, 3, seed=1), R.corrupt(px[:2], name, 3, seed=1))
+
+
+def test_corruption_restores_numpy_global_rng(batch):
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    R.corrupt(batch[0][:1], "gaussian_noise", 2)
+    assert np.random.rand() == expected
+
+
+def test_exact_noise_tolerance_curve_is_flat(default_lm, batch):
+    px, y = batch
+    x = default_lm.normalize(px)
+    curves = R.tolerance_curves(default_lm, x, y, [0.0, 10.0, 40.0, 160.0], kinds=("exact", "gaussian", "uniform"))
+    assert curves["exact"]["agreement"] == [1.0, 1.0, 1.0, 1.0]
+    assert len(set(curves["exact"]["accuracy"])) == 1
+    assert curves["gaussian"]["agreement"][-1] < 1.0 and curves["uniform"]["agreement"][-1] < 1.0
+
+
+def test_evaluate_full_report_and_exports(default_lm):
+    snap = state_snapshot(default_lm.model)
+    cfg = R.EvalConfig(attacks=("fgsm", "pgd"), corruptions=("fog", "contrast"), severities=(1, 5),
+                       tolerance_magnitudes=(0.0, 20.0), limit=32, pgd_steps=3)
+    seen = []
+    report = R.evaluate(default_lm, digits_dataset("heldout"), cfg, progress=lambda *a: seen.append(a))
+    assert report.num_images == 32 and 0.9 <= report.clean_acc <= 1
+    assert report.attacks["pgd"]["robust_acc"] < report.clean_acc
+    assert set(report.corruptions) == {"fog", "contrast"} and all(len(v) == 2 for v in report.corruptions.values())
+    assert report.mean_corruption_acc == pytest.approx(np.mean([a for v in report.corruptions.values() for a in v]))
+    assert report.relative_corruption_error(report) == pytest.approx(100.0)
+    rows = report.to_rows()
+    assert rows[0] == {"model": "nullviz_digits_vit", "evaluation": "clean", "setting": "", "value": report.clean_acc}
+    csv = R.rows_to_csv(rows)
+    assert csv.splitlines()[0] == "model,evaluation,setting,value" and len(csv.splitlines()) == len(rows) + 1
+    assert '"clean_acc"' in R.report_json([report])
+    assert {s[0] for s in seen} >= {"clean", "fgsm", "pgd", "corruptions", "tolerance"}
+    assert_state_equal(default_lm.model, snap)
+
+
+def test_evaluate_can_be_stopped(default_lm):
+    report = R.evaluate(default_lm, digits_dataset("heldout"), R.EvalConfig(attacks=("pgd",), limit=64, batch_size=16),
+                        should_stop=lambda: True)
+    assert report.stopped and "pgd" not in report.attacks and report.clean_acc > 0.9
+
+
+@pytest.mark.parametrize("kwargs", [dict(attacks=("cw",)), dict(corruptions=("rain",)), dict(severities=(0,)),
+                                    dict(eps=2.0), dict(limit=0), dict(pgd_norm="l1")])
+def test_eval_config_validation(kwargs):
+    with pytest.raises(InvalidParameterError):
+        R.EvalConfig(**kwargs)
+
+
+def test_specs():
+    assert R.severities_from_spec("1-5") == (1, 2, 3, 4, 5) and R.severities_from_spec("2,4") == (2, 4)
+    assert R.corruptions_from_spec("all") == R.CORRUPTIONS and R.corruptions_from_spec("none") == ()
+    with pytest.raises(InvalidParameterError):
+        R.severities_from_spec("0-9")
+    with pytest.raises(InvalidParameterError):
+        R.corruptions_from_spec("fog,rain")
