@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_state import init_session, model_sidebar
+from app_state import follow_deep_link, init_session, model_sidebar
 
 st.set_page_config(page_title="nullviz", page_icon=":material/blur_on:", layout="wide")
 init_session()
@@ -12,9 +12,11 @@ pages = [
     st.Page("pages/model.py", title="Model", icon=":material/memory:"),
     st.Page("pages/nullspace.py", title="Nullspace", icon=":material/blur_on:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/finetune.py", title="Finetune", icon=":material/model_training:"),
     st.Page("pages/robustness.py", title="Robustness", icon=":material/shield:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 nav = st.navigation(pages)
+follow_deep_link()
 model_sidebar()
 nav.run()

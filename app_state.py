@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -29,6 +30,25 @@ def init_session() -> None:
     """Session defaults, set once per browser session (app.py calls this before any page)."""
     st.session_state.setdefault("model_spec", dict(DEFAULT_SPEC))
     st.session_state.setdefault("model_error", None)
+
+
+def require_shell(page_file: str) -> None:
+    """Open this page through app.py's navigation.
+
+    Until the first session of a server process runs app.py's ``st.navigation``, Streamlit serves ``pages/``
+    the old way and runs a deep-linked page (``/finetune``) on its own, without the app's sidebar. Such a
+    run goes to app.py once, which sets up navigation and switches back to the page.
+    """
+    if "model_spec" not in st.session_state:
+        st.session_state["_deep_link"] = f"pages/{Path(page_file).name}"
+        st.switch_page("app.py")
+
+
+def follow_deep_link() -> None:
+    """Called by app.py after ``st.navigation``: finish a deep link that ``require_shell`` redirected."""
+    target = st.session_state.pop("_deep_link", None)
+    if target:
+        st.switch_page(target)
 
 
 def current_model() -> LoadedModel:

@@ -87,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", type=Path, default=None, help="also write the tidy table as CSV")
+
+    p = sub.add_parser("finetune", help="nullspace-augmented finetuning (or a control) on a copy of the model")
+    _model_args(p)
+    p.add_argument("--method", default="nullspace", choices=["baseline", "nullspace", "gaussian", "adversarial"])
+    p.add_argument("--data", default="default", help="'default' (digits), 'cifar10', or an ImageFolder path")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--freeze", default="none", choices=["none", "patch_embed", "all_but_head"])
+    p.add_argument("--noise-every", type=int, default=None, help="resynthesize δ every K steps (default: per epoch)")
+    p.add_argument("--synth-steps", type=int, default=50)
+    p.add_argument("--synth-fraction", type=float, default=0.1)
+    p.add_argument("--fgsm-eps", type=float, default=8 / 255)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run folder (checkpoint and logs)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     return ap
 
 
@@ -219,8 +238,29 @@ def cmd_evaluate(args) -> dict[str, Any]:
     return out
 
 
+def cmd_finetune(args) -> dict[str, Any]:
+    from .data import train_heldout
+    from .finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                            warmup_steps=args.warmup_steps, freeze=args.freeze, noise_every=args.noise_every,
+                            synth_steps=args.synth_steps, synth_fraction=args.synth_fraction,
+                            fgsm_eps=args.fgsm_eps, seed=args.seed)
+    lm = _load(args)
+    train, held = train_heldout(args.data, lm.transform)
+    progress = None
+    if sys.stderr.isatty():
+        def progress(rec):
+            sys.stderr.write(f"\r{rec['method']} step {rec['step']}/{rec['total_steps']}  loss {rec['loss']:.4f}   ")
+    result = finetune(lm, train, held, config, args.out, resume=args.resume, on_step=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    return result.to_dict()
+
+
 COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synthesize, "attention": cmd_attention,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "finetune": cmd_finetune}
 
 
 def _print_human(out: dict[str, Any]) -> None:

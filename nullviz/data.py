@@ -221,3 +221,59 @@ def synthesis_images(source: str, n: int, current: Image.Image | None = None) ->
             raise DataError("No current image to synthesize on; pick or upload one first.")
         return [current]
     raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")
+
+
+# ------------------------------------------------------------------------------------ training data
+def split_dataset(dataset, heldout_fraction: float = 0.1, seed: int = 0):
+    """A fixed random train/held-out split of any data set (the paper holds out 10 %)."""
+    n = len(dataset)
+    n_held = max(1, int(round(n * heldout_fraction)))
+    if n - n_held < 1:
+        raise DataError(f"The data set has only {n} images; it needs at least 2 to split into train and held-out.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    train = torch.utils.data.Subset(dataset, sorted(order[n_held:]))
+    held = torch.utils.data.Subset(dataset, sorted(order[:n_held]))
+    train.classes = held.classes = getattr(dataset, "classes", None)
+    return train, held
+
+
+def cifar10(root: str | Path, transform: Callable | None = None):
+    """CIFAR-10 (train, test) through torchvision; downloads once into ``root``."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        return (CIFAR10(str(root), train=True, transform=transform, download=True),
+                CIFAR10(str(root), train=False, transform=transform, download=True))
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise DataError(f"CIFAR-10 could not be downloaded into {str(root)!r} (no network? {exc}). Use the "
+                        f"default digits or an ImageFolder directory instead.") from exc
+
+
+def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data"):
+    """(train, held-out) for 'default' (the digits' fixed split), 'cifar10', or an ImageFolder path (90/10)."""
+    if spec in ("default", "digits"):
+        return digits_dataset("train", transform), digits_dataset("heldout", transform)
+    if spec == "cifar10":
+        return cifar10(Path(cache_dir) / "cifar10", transform)
+    return split_dataset(image_folder(spec, transform))
+
+
+def extract_image_folder_zip(data: bytes, dest: str | Path) -> Path:
+    """Unpack an uploaded zip of an ImageFolder into ``dest`` (refusing paths that escape it) and return the
+    folder that holds the class sub-folders."""
+    import zipfile
+
+    dest = Path(dest)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for member in zf.namelist():
+                target = (dest / member).resolve()
+                if not str(target).startswith(str(dest.resolve())):
+                    raise DataError(f"The zip contains an unsafe path {member!r}.")
+            zf.extractall(dest)
+    except zipfile.BadZipFile as exc:
+        raise DataError("The upload is not a valid zip file.") from exc
+    entries = [p for p in dest.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+    if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
+        return entries[0]  # zip of a single top folder that holds the classes
+    return dest

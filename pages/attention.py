@@ -6,13 +6,15 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import current_model, figure_html, image_picker, show_error
+from app_state import current_model, figure_html, image_picker, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.attention import compare, rollout_map
 from nullviz.attribution import METHODS, attribute
 from nullviz.errors import NullvizError
 from nullviz.synthesis import check_noise_fits, load_noise
+
+require_shell(__file__)
 
 lm = current_model()
 st.title("Attention, clean vs. noised")

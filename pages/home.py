@@ -2,10 +2,12 @@
 
 import streamlit as st
 
-from app_state import DEFAULT_SPEC, cached_model
+from app_state import DEFAULT_SPEC, cached_model, require_shell
 from nullviz import figures
 from nullviz.data import sample_image
 from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+
+require_shell(__file__)
 
 st.title("nullviz — noise a Vision Transformer cannot see")
 

@@ -3,10 +3,12 @@
 import numpy as np
 import streamlit as st
 
-from app_state import current_model
+from app_state import current_model, require_shell
 from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.data import sample_image, sample_image_names
+
+require_shell(__file__)
 
 PRESETS = {
     "rank 2 (a line of null vectors)": [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]],

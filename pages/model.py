@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from app_state import current_model
+from app_state import current_model, require_shell
 from nullviz.data import digits_dataset
 from nullviz.robustness import accuracy
+
+require_shell(__file__)
 
 lm = current_model()
 facts = lm.facts()

@@ -6,12 +6,14 @@ import json
 import streamlit as st
 import torch
 
-from app_state import current_model, figure_html, image_picker, png_bytes, show_error
+from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.data import SYNTHESIS_SOURCES, synthesis_images
 from nullviz.errors import NullvizError
 from nullviz.synthesis import SynthesisConfig, noise_effect, synthesize
+
+require_shell(__file__)
 
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
 

@@ -3,12 +3,14 @@
 import numpy as np
 import streamlit as st
 
-from app_state import DEFAULT_SPEC, cached_model, current_model, show_error
+from app_state import DEFAULT_SPEC, cached_model, current_model, require_shell, show_error
 from nullviz import figures
 from nullviz import robustness as R
 from nullviz.data import load_dataset
 from nullviz.errors import NullvizError
 from nullviz.models import PixelModel
+
+require_shell(__file__)
 
 lm_a = current_model()
 st.title("Robustness")

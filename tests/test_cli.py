@@ -102,3 +102,14 @@ def test_evaluate_json(capsys, tmp_path):
     assert set(out["corruptions"]) == {"fog", "snow"} and len(out["corruptions"]["fog"]) == 2
     assert out["mean_corruption_acc"] is not None
     assert (tmp_path / "r.csv").read_text().startswith("model,evaluation,setting,value")
+
+
+def test_finetune_json(capsys, tmp_path):
+    out = run_json(capsys, "finetune", "--method", "nullspace", "--epochs", "1", "--steps-per-epoch", "3",
+                   "--batch-size", "16", "--synth-steps", "5", "--out", str(tmp_path / "run"))
+    assert out["method"] == "nullspace" and out["epochs_run"] == 1
+    for key in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc", "loss"):
+        assert key in out["history"][0]
+    assert out["checkpoint"].endswith("model.safetensors")
+    info = run_json(capsys, "info", "--checkpoint", out["checkpoint"])
+    assert info["checkpoint"] == out["checkpoint"] and 0 <= info["heldout_accuracy"] <= 1

@@ -195,3 +195,43 @@ def test_robustness_page_bad_checkpoint_is_one_message():
     at.text_input(key="rob_other_path").set_value("/nonexistent.safetensors")
     at.button[0].click().run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+def test_finetune_page_start_poll_stop_and_use():
+    at = app("pages/finetune.py")
+    at.multiselect(key="ft_methods").set_value(["baseline", "nullspace"])
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_steps").set_value(3)
+    at.number_input(key="ft_batch").set_value(16)
+    at.number_input(key="ft_synth_steps").set_value(5)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    job = at.session_state["ft_job"]
+    job.join(120)
+    at.run()
+    assert not at.exception
+    table = at.table[0].value
+    assert list(table["method"]) == ["baseline", "nullspace"]
+    assert len(at.get("download_button")) == 4
+    [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
+    assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
+
+
+def test_finetune_page_stop_button():
+    at = app("pages/finetune.py")
+    at.multiselect(key="ft_methods").set_value(["baseline"])
+    at.number_input(key="ft_steps").set_value(100_000)
+    at.button[0].click().run()
+    job = at.session_state["ft_job"]
+    assert job.alive
+    [b for b in at.button if b.label == "Stop"][0].click().run()
+    job.join(60)
+    assert not job.alive and job.snapshot().state == "stopped"
+
+
+def test_finetune_page_bad_folder_message():
+    at = app("pages/finetune.py")
+    at.selectbox(key="ft_source").set_value("ImageFolder path")
+    at.text_input(key="ft_folder").set_value("/nonexistent/folder")
+    at.button[0].click().run()
+    assert not at.exception and "does not exist" in at.error[0].value

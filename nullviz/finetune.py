@@ -1,0 +1,508 @@
+"""Nullspace-augmented finetuning (the paper's §3) and its controls, one loop for every method.
+
+Methods, same loop and budget:
+- ``baseline``: CE(model(x), y).
+- ``nullspace``: at the start of each epoch (or every K steps) synthesize a fresh encoder-level δ on a
+  fraction of the training images from the *current* model (``nullviz.synthesis``), then train all weights
+  on CE(clean) + CE(tokens + δ) with δ fixed and detached. The patch embedding runs once per batch and the
+  clean and noised tokens go through the encoder as one concatenated batch.
+- ``gaussian``: the same with δ replaced by Gaussian noise of δ's norm (is it the nullspace, or any noise?).
+- ``adversarial``: FGSM adversarial training at ε (pixels in [0, 1]): CE(clean) + CE(x_adv).
+
+Every method synthesizes the epoch's δ (so every run reports accuracy under δ and under Gaussian noise of the
+same norm); only ``nullspace`` trains on it. AdamW with linear warm-up then cosine decay; optional freezing of
+the patch embedding or of everything but the head; bf16 autocast on CUDA; seeded and deterministic on CPU.
+
+The run is separable for DistributedDataParallel later: ``FinetuneRun`` holds model, data, step and logging
+apart; each epoch's data order and noise seeds are functions of (seed, epoch), so a run resumes exactly; δ
+is broadcast from rank 0 when ``torch.distributed`` is initialised; only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointError, InvalidParameterError
+from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens
+from .params import Interval, Options, bounded, validate_fields
+from .robustness import fgsm
+from .synthesis import SynthesisConfig, synthesize_for_model
+
+METHODS = ("baseline", "nullspace", "gaussian", "adversarial")
+FREEZE = ("none", "patch_embed", "all_but_head")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One run's settings. Defaults: the research code's optimiser (AdamW, lr 1e-4, wd 1e-4, cosine)
+    with δ synthesis at its defaults (lim 3, lr 0.1, ε 0.01, 10 % of the training images)."""
+
+    method: str = bounded("nullspace", Options(METHODS))
+    epochs: int = bounded(3, Interval(int, 1, 10_000))
+    steps_per_epoch: int | None = None  # None: one full pass over the training set
+    batch_size: int = bounded(64, Interval(int, 1, 65_536))
+    lr: float = bounded(1e-4, Interval(float, 0.0, 1.0, closed="right"))
+    weight_decay: float = bounded(1e-4, Interval(float, 0.0, 1.0))
+    warmup_steps: int = bounded(0, Interval(int, 0, None))
+    freeze: str = bounded("none", Options(FREEZE))
+    noise_every: int | None = None  # resynthesize δ every K steps (None: once per epoch)
+    synth_fraction: float = bounded(0.1, Interval(float, 0.0, 1.0, closed="right"))
+    synth_steps: int = bounded(50, Interval(int, 1, 100_000))
+    synth_lim: float = bounded(3.0, Interval(float, 0.0, None, closed="neither"))
+    synth_lr: float = bounded(0.1, Interval(float, 0.0, None, closed="neither"))
+    synth_tol: float = bounded(0.01, Interval(float, 0.0, None, closed="neither"))
+    synth_lam: float = bounded(0.0, Interval(float, 0.0, None))
+    fgsm_eps: float = bounded(8 / 255, Interval(float, 0.0, 1.0))
+    eval_limit: int | None = None
+    amp: bool = True  # bf16 autocast, CUDA only
+    seed: int = bounded(0, Interval(int, 0, None))
+
+    def __post_init__(self):
+        validate_fields(self)
+        for name in ("steps_per_epoch", "noise_every", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidParameterError(name, "FinetuneConfig", "None or an int ≥ 1", value)
+
+    def synthesis(self, seed: int) -> SynthesisConfig:
+        return SynthesisConfig(level="encoder", lim=self.synth_lim, lr=self.synth_lr, lam=self.synth_lam,
+                               tol=self.synth_tol, steps=self.synth_steps, seed=seed)
+
+
+@dataclass
+class FinetuneResult:
+    config: FinetuneConfig
+    history: list[dict[str, Any]]
+    epochs_run: int
+    steps_run: int
+    stopped: bool
+    checkpoint: str | None
+    seconds: float
+    synthesis_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.config.method, "config": asdict(self.config), "epochs_run": self.epochs_run,
+                "steps_run": self.steps_run, "stopped": self.stopped, "checkpoint": self.checkpoint,
+                "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds, "history": self.history}
+
+
+def _dist():
+    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+
+
+def _collate(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+
+
+class FinetuneRun:
+    """A stoppable, resumable finetuning run on a *copy* of a loaded model.
+
+    ``train_set`` / ``eval_set`` yield (normalised tensor, label) — e.g. ``digits_dataset(split,
+    lm.transform)``. Callbacks receive plain dicts (one per step, one per epoch); the run never prints.
+    """
+
+    def __init__(self, lm: LoadedModel, train_set, eval_set, config: FinetuneConfig, out_dir: str | Path | None = None,
+                 on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        if len(train_set) == 0 or len(eval_set) == 0:
+            raise InvalidParameterError("train_set", "FinetuneRun", "non-empty training and held-out sets",
+                                        (len(train_set), len(eval_set)))
+        self.lm, self.cfg = lm, config
+        self.train_set, self.eval_set = train_set, eval_set
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.on_step, self.on_epoch = on_step or (lambda d: None), on_epoch or (lambda d: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.device = lm.device
+        dist = _dist()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+
+        torch.manual_seed(config.seed)
+        self.model = lm.trainable_copy().to(self.device)
+        num_classes = _num_classes(train_set)
+        if num_classes is not None and num_classes != self.model.num_classes:
+            self.model.reset_classifier(num_classes)
+            self.model.to(self.device)
+        self._apply_freeze()
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / (config.batch_size * self.world))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.mean, self.std = lm.mean.to(self.device), lm.std.to(self.device)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.delta: torch.Tensor | None = None
+        self.delta_info: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.synthesis_seconds = 0.0
+        self._epoch_sums: dict[str, float] = {}
+
+    # ---------------------------------------------------------------------------------------- pieces
+    def _lr_factor(self, step: int) -> float:
+        warm = self.cfg.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        span = max(1, self.total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warm, span) / span))
+
+    def _apply_freeze(self) -> None:
+        if self.cfg.freeze == "patch_embed":
+            for p in self.model.patch_embed.parameters():
+                p.requires_grad_(False)
+        elif self.cfg.freeze == "all_but_head":
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("head"))
+
+    def _epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's data order for ``epoch``: a function of (seed, epoch) alone, so resuming is exact."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        n_needed = self.steps_per_epoch * self.cfg.batch_size * self.world
+        reps = math.ceil(n_needed / len(self.train_set))
+        order = torch.cat([torch.randperm(len(self.train_set), generator=gen) for _ in range(reps)])[:n_needed]
+        return order[self.rank::self.world]
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def synthesize_delta(self, seed: int) -> None:
+        """A fresh encoder-level δ from the current model on ``synth_fraction`` of the training images."""
+        t = time.perf_counter()
+        n = max(1, int(round(len(self.train_set) * self.cfg.synth_fraction)))
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.train_set), generator=gen)[:n]
+        x, _ = _collate(self.train_set, idx)
+        res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed))
+        delta = res.delta.to(self.device)
+        dist = _dist()
+        if dist:
+            dist.broadcast(delta, src=0)  # every rank trains on rank 0's δ
+        self.delta = delta.detach()
+        self.delta_info = {"delta_l2": res.noise_l2, "delta_mse_probs": res.mse_probs,
+                           "delta_agreement": res.agreement, "delta_steps": res.steps_run,
+                           "delta_permuted_agreement": res.permuted_agreement}
+        self.synthesis_seconds += time.perf_counter() - t
+
+    def _gaussian_like(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        g = torch.randn(delta.shape, generator=gen).to(delta)
+        return g / g.norm() * delta.norm()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step of the configured method on a batch (x normalised)."""
+        cfg, model = self.cfg, self.model
+        x, y = x.to(self.device), y.to(self.device)
+        b = len(y)
+        with self._autocast():
+            if cfg.method in ("nullspace", "gaussian"):
+                noise = self.delta if cfg.method == "nullspace" else self._gaussian_like(
+                    self.delta, cfg.seed * 7919 + self.global_step // (cfg.noise_every or self.steps_per_epoch))
+                u = patch_tokens(model, x)
+                logits = logits_from_patch_tokens(model, torch.cat([u, u + noise]))
+                loss_clean = F.cross_entropy(logits[:b].float(), y)
+                loss_noise = F.cross_entropy(logits[b:].float(), y)
+            elif cfg.method == "adversarial":
+                pixels = x * self.std + self.mean
+                fn = PixelModel(model, self.mean, self.std)
+                adv = fgsm(fn, pixels, y, cfg.fgsm_eps)
+                logits = model(torch.cat([x, (adv - self.mean) / self.std]))
+                loss_clean = F.cross_entropy(logits[:b].float(), y)
+                loss_noise = F.cross_entropy(logits[b:].float(), y)
+            else:
+                loss_clean = F.cross_entropy(model(x).float(), y)
+                loss_noise = torch.zeros((), device=self.device)
+            loss = loss_clean + loss_noise
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": float(loss.detach()), "loss_clean": float(loss_clean.detach()),
+                "loss_noise": float(loss_noise.detach()), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> torch.Tensor:
+        if token_noise is None:
+            return self.model(x).argmax(-1)
+        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + token_noise).argmax(-1)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy: clean, under the epoch's δ, under Gaussian noise of δ's norm, under FGSM."""
+        self.model.eval()
+        try:
+            n = len(self.eval_set) if self.cfg.eval_limit is None else min(self.cfg.eval_limit, len(self.eval_set))
+            gauss = self._gaussian_like(self.delta, self.cfg.seed + 17) if self.delta is not None else None
+            fn = PixelModel(self.model, self.mean, self.std)
+            counts = {"clean_acc": 0, "noise_acc": 0, "gaussian_acc": 0, "fgsm_acc": 0}
+            for i in range(0, n, 256):
+                x, y = _collate(self.eval_set, range(i, min(n, i + 256)))
+                x, y = x.to(self.device), y.to(self.device)
+                counts["clean_acc"] += int((self._predict(x) == y).sum())
+                if self.delta is not None:
+                    counts["noise_acc"] += int((self._predict(x, self.delta) == y).sum())
+                    counts["gaussian_acc"] += int((self._predict(x, gauss) == y).sum())
+                adv = fgsm(fn, x * self.std + self.mean, y, self.cfg.fgsm_eps)
+                counts["fgsm_acc"] += int((self._predict((adv - self.mean) / self.std) == y).sum())
+            return {k: v / n for k, v in counts.items()}
+        finally:
+            self.model.train()
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def save(self, out_dir: str | Path | None = None) -> Path | None:
+        """model.safetensors + model.json (architecture, classes, data config, config, metrics, loadable by
+        ``load_model(checkpoint=…)``) + trainer_state.pt (optimizer, schedule, δ, position) for resuming."""
+        out = Path(out_dir) if out_dir is not None else self.out_dir
+        if out is None or self.rank != 0:
+            return None
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                  str(out / "model.safetensors"))
+        side = {"arch": self.lm.name, "class_names": _class_names(self.train_set, self.lm, self.model),
+                "data_config": {**self.lm.data_config, "input_size": list(self.lm.data_config["input_size"])},
+                "finetune": asdict(self.cfg), "source_checkpoint": self.lm.checkpoint,
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "metrics": self.history[-1] if self.history else {}}
+        (out / "model.json").write_text(json.dumps(side, indent=2, default=str))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                    "delta": self.delta.cpu() if self.delta is not None else None,
+                    "delta_info": json.dumps(self.delta_info), "history": json.dumps(self.history),
+                    "synthesis_seconds": self.synthesis_seconds, "config": json.dumps(asdict(self.cfg)),
+                    "epoch_sums": json.dumps(self._epoch_sums)},
+                   str(out / "trainer_state.pt"))
+        return out / "model.safetensors"
+
+    def load_state(self, out_dir: str | Path) -> None:
+        """Restore weights, optimizer, schedule, δ and position from ``save``'s files."""
+        from safetensors.torch import load_file
+
+        out = Path(out_dir)
+        try:
+            state = torch.load(str(out / "trainer_state.pt"), map_location="cpu", weights_only=True)
+            weights = load_file(str(out / "model.safetensors"))
+        except (FileNotFoundError, RuntimeError, OSError) as exc:
+            raise CheckpointError(f"Cannot resume from {str(out)!r}: no complete nullviz run there ({exc}).") from exc
+        saved_cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in json.loads(state["config"]).items()})
+        if replace(saved_cfg, epochs=self.cfg.epochs) != replace(self.cfg, epochs=self.cfg.epochs):
+            raise CheckpointError("The run in that folder used other settings; resume it with the same ones "
+                                  "(only the number of epochs may grow).")
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.delta = state["delta"].to(self.device) if state["delta"] is not None else None
+        self.delta_info = json.loads(state["delta_info"])
+        self.history = json.loads(state["history"])
+        self.synthesis_seconds = float(state["synthesis_seconds"])
+        self._epoch_sums = json.loads(state["epoch_sums"])
+
+    # --------------------------------------------------------------------------------------- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["kind"] == "epoch":
+            path = self.out_dir / "epochs.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(record))
+                if new:
+                    writer.writeheader()
+                writer.writerow(record)
+
+    # ------------------------------------------------------------------------------------------ loop
+    def run(self) -> FinetuneResult:
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        stopped = False
+        while self.epoch < cfg.epochs:
+            indices = self._epoch_indices(self.epoch)
+            if self.step_in_epoch == 0 or self.delta is None:
+                self.synthesize_delta(cfg.seed * 1_000_003 + self.epoch)
+            if self.step_in_epoch == 0:
+                self._epoch_sums = {}
+            while self.step_in_epoch < self.steps_per_epoch:
+                if self.should_stop():
+                    stopped = True
+                    break
+                if cfg.noise_every and self.step_in_epoch and self.global_step % cfg.noise_every == 0:
+                    self.synthesize_delta(cfg.seed * 1_000_003 + self.epoch * 10_007 + self.global_step)
+                lo = self.step_in_epoch * cfg.batch_size
+                x, y = _collate(self.train_set, indices[lo:lo + cfg.batch_size])
+                metrics = self.train_step(x, y)
+                self.step_in_epoch += 1
+                self.global_step += 1
+                for k, v in metrics.items():
+                    self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
+                record = {"kind": "step", "method": cfg.method, "epoch": self.epoch, "step": self.global_step,
+                          "total_steps": self.total_steps, **metrics}
+                self._log(record)
+                self.on_step(record)
+            if stopped:
+                break
+            record = {"kind": "epoch", "method": cfg.method, "epoch": self.epoch + 1, "step": self.global_step,
+                      **{k: v / self.steps_per_epoch for k, v in self._epoch_sums.items() if k != "lr"},
+                      "lr": self.optimizer.param_groups[0]["lr"], **self.evaluate(), **self.delta_info}
+            self.history.append(record)
+            self._log(record)
+            self.on_epoch(record)
+            self.epoch += 1
+            self.step_in_epoch = 0
+        checkpoint = self.save()
+        return FinetuneResult(config=cfg, history=self.history, epochs_run=self.epoch, steps_run=self.global_step,
+                              stopped=stopped, checkpoint=str(checkpoint) if checkpoint else None,
+                              seconds=time.perf_counter() - t0, synthesis_seconds=self.synthesis_seconds)
+
+
+def _num_classes(dataset) -> int | None:
+    classes = getattr(dataset, "classes", None)
+    if classes is None and hasattr(dataset, "dataset"):
+        classes = getattr(dataset.dataset, "classes", None)
+    return len(classes) if classes else None
+
+
+def _class_names(dataset, lm: LoadedModel, model) -> list[str]:
+    classes = getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+    if classes and len(classes) == model.num_classes:
+        return [str(c) for c in classes]
+    return list(lm.class_names)
+
+
+def finetune(lm: LoadedModel, train_set, eval_set, config: FinetuneConfig, out_dir: str | Path | None = None,
+             resume: bool = False, **callbacks) -> FinetuneResult:
+    """Run (or resume, from ``out_dir``) one finetuning run; see :class:`FinetuneRun`."""
+    run = FinetuneRun(lm, train_set, eval_set, config, out_dir, **callbacks)
+    if resume:
+        if out_dir is None:
+            raise InvalidParameterError("out_dir", "finetune", "the folder of the run to resume", None)
+        run.load_state(out_dir)
+    return run.run()
+
+
+# ----------------------------------------------------------------------------------- worker thread
+@dataclass
+class JobStatus:
+    state: str = "queued"  # queued, running, done, stopped, failed
+    message: str = ""
+    current: str = ""
+    steps_done: int = 0
+    steps_total: int = 0
+    started: float = 0.0
+    step_records: dict[str, list[dict]] = field(default_factory=dict)
+    epoch_records: dict[str, list[dict]] = field(default_factory=dict)
+    results: dict[str, FinetuneResult] = field(default_factory=dict)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.steps_done == 0 or not self.started:
+            return None
+        elapsed = time.time() - self.started
+        return elapsed / self.steps_done * max(0, self.steps_total - self.steps_done)
+
+
+class FinetuneJob:
+    """Several runs (e.g. baseline vs. nullspace vs. gaussian) one after another in a daemon thread.
+
+    The thread never touches any UI. A page polls :meth:`snapshot`; :meth:`stop` ends the current step
+    cleanly (a checkpoint is written) and skips the remaining runs. If nobody polls for ``idle_timeout``
+    seconds (the browser tab was closed), the job stops itself, so no thread runs on forever.
+    """
+
+    def __init__(self, lm: LoadedModel, train_set, eval_set, configs: list[FinetuneConfig], out_root: str | Path,
+                 idle_timeout: float = 120.0):
+        if not configs:
+            raise InvalidParameterError("configs", "FinetuneJob", "at least one run configuration", configs)
+        self.lm, self.train_set, self.eval_set, self.configs = lm, train_set, eval_set, configs
+        self.out_root = Path(out_root)
+        self.idle_timeout = idle_timeout
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_poll = time.time()
+        self._status = JobStatus()
+        self._thread = threading.Thread(target=self._work, name="nullviz-finetune", daemon=True)
+
+    def start(self) -> "FinetuneJob":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def snapshot(self) -> JobStatus:
+        """A consistent copy of the status (and a heartbeat: the job stays alive while someone polls)."""
+        with self._lock:
+            self._last_poll = time.time()
+            s = self._status
+            return JobStatus(state=s.state, message=s.message, current=s.current, steps_done=s.steps_done,
+                             steps_total=s.steps_total, started=s.started,
+                             step_records={k: list(v) for k, v in s.step_records.items()},
+                             epoch_records={k: list(v) for k, v in s.epoch_records.items()},
+                             results=dict(s.results))
+
+    def _should_stop(self) -> bool:
+        if time.time() - self._last_poll > self.idle_timeout:
+            with self._lock:
+                self._status.message = "stopped: nobody watched this run any more"
+            self._stop.set()
+        return self._stop.is_set()
+
+    def _work(self) -> None:
+        with self._lock:
+            self._status.state, self._status.started = "running", time.time()
+            self._status.steps_total = sum(
+                c.epochs * (c.steps_per_epoch or math.ceil(len(self.train_set) / c.batch_size)) for c in self.configs)
+        try:
+            for cfg in self.configs:
+                if self._stop.is_set():
+                    break
+                name = cfg.method
+                with self._lock:
+                    self._status.current = name
+                    self._status.step_records[name] = []
+                    self._status.epoch_records[name] = []
+
+                def on_step(rec, name=name):
+                    with self._lock:
+                        self._status.step_records[name].append(rec)
+                        self._status.steps_done += 1
+
+                def on_epoch(rec, name=name):
+                    with self._lock:
+                        self._status.epoch_records[name].append(rec)
+
+                result = finetune(self.lm, self.train_set, self.eval_set, cfg, self.out_root / name,
+                                  on_step=on_step, on_epoch=on_epoch, should_stop=self._should_stop)
+                with self._lock:
+                    self._status.results[name] = result
+            with self._lock:
+                self._status.state = "stopped" if self._stop.is_set() else "done"
+        except Exception as exc:  # noqa: BLE001 — reported to the page as one line, never lost silently
+            with self._lock:
+                self._status.state = "failed"
+                self._status.message = f"{type(exc).__name__}: {exc}"
+

@@ -1,0 +1,167 @@
+import json
+import time
+
+import pytest
+import torch
+
+from conftest import assert_state_equal, state_snapshot
+from nullviz.data import digits_dataset
+from nullviz.errors import CheckpointError, InvalidParameterError
+from nullviz.finetune import METHODS, FinetuneConfig, FinetuneJob, FinetuneRun, finetune
+from nullviz.models import load_model
+from nullviz.params import constraints_of
+
+
+@pytest.fixture(scope="module")
+def sets(default_lm):
+    train = torch.utils.data.Subset(digits_dataset("train", default_lm.transform), range(96))
+    held = torch.utils.data.Subset(digits_dataset("heldout", default_lm.transform), range(48))
+    return train, held
+
+
+def small(method, **kw):
+    base = dict(method=method, epochs=1, steps_per_epoch=3, batch_size=16, lr=1e-3, synth_steps=5,
+                synth_fraction=0.2, seed=0)
+    return FinetuneConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_decreases_on_a_fixed_batch(default_lm, sets, method):
+    run = FinetuneRun(default_lm, sets[0], sets[1], small(method, lr=2e-3))
+    run.synthesize_delta(seed=0)
+    x = torch.stack([sets[0][i][0] for i in range(16)])
+    y = torch.tensor([sets[0][i][1] for i in range(16)])
+    losses = [run.train_step(x, y)["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0]
+
+
+def test_nullspace_method_really_adds_delta(default_lm, sets):
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace"))
+    run.synthesize_delta(seed=0)
+    assert run.delta is not None and float(run.delta.norm()) > 1.0 and not run.delta.requires_grad
+    x = torch.stack([sets[0][i][0] for i in range(8)])
+    y = torch.tensor([sets[0][i][1] for i in range(8)])
+    m = run.train_step(x, y)
+    assert m["loss_noise"] > 0 and m["loss_noise"] != pytest.approx(m["loss_clean"], rel=1e-6)
+    base = FinetuneRun(default_lm, sets[0], sets[1], small("baseline")).train_step(x, y)
+    assert base["loss_noise"] == 0.0
+
+
+def test_cached_model_untouched(default_lm, sets, tmp_path):
+    snap = state_snapshot(default_lm.model)
+    finetune(default_lm, sets[0], sets[1], small("adversarial"), tmp_path)
+    assert_state_equal(default_lm.model, snap)
+    assert not default_lm.model.training and not any(p.requires_grad for p in default_lm.model.parameters())
+
+
+def test_history_metrics_logs_and_checkpoint(default_lm, sets, tmp_path):
+    seen = []
+    res = finetune(default_lm, sets[0], sets[1], small("nullspace", epochs=2), tmp_path, on_epoch=seen.append)
+    assert res.epochs_run == 2 and res.steps_run == 6 and not res.stopped and len(seen) == 2
+    for key in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc", "loss", "loss_clean", "loss_noise", "lr",
+                "delta_l2", "delta_mse_probs", "delta_agreement"):
+        assert key in res.history[-1]
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in lines].count("step") == 6 and [r["kind"] for r in lines].count("epoch") == 2
+    assert (tmp_path / "epochs.csv").read_text().startswith("kind,method,epoch")
+    d = res.to_dict()
+    assert d["method"] == "nullspace" and d["checkpoint"].endswith("model.safetensors")
+    # the checkpoint loads through the foundation's loader, with its sidecar
+    lm2 = load_model("default", checkpoint=d["checkpoint"], device="cpu")
+    assert lm2.name == "nullviz_digits_vit" and lm2.class_names == default_lm.class_names
+    x = torch.stack([sets[1][i][0] for i in range(4)])
+    assert lm2.predict(x).shape == (4, 10)
+
+
+def test_stop_and_resume_reproduce_the_same_state(default_lm, sets, tmp_path):
+    cfg = small("nullspace", epochs=2, steps_per_epoch=4)
+    straight = FinetuneRun(default_lm, sets[0], sets[1], cfg, tmp_path / "a")
+    straight.run()
+    count = {"n": 0}
+
+    def stop_after_5():
+        count["n"] += 1
+        return count["n"] > 5
+
+    first = finetune(default_lm, sets[0], sets[1], cfg, tmp_path / "b", should_stop=stop_after_5)
+    assert first.stopped and first.steps_run == 5
+    resumed_run = FinetuneRun(default_lm, sets[0], sets[1], cfg, tmp_path / "b")
+    resumed_run.load_state(tmp_path / "b")
+    assert resumed_run.global_step == 5 and resumed_run.epoch == 1 and resumed_run.step_in_epoch == 1
+    resumed = resumed_run.run()
+    assert resumed.steps_run == 8 and not resumed.stopped
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed_run.model.state_dict()[k]), k
+    assert straight.history[-1]["clean_acc"] == resumed.history[-1]["clean_acc"]
+    assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
+
+
+def test_resume_errors(default_lm, sets, tmp_path):
+    with pytest.raises(CheckpointError, match="no complete nullviz run"):
+        finetune(default_lm, sets[0], sets[1], small("baseline"), tmp_path / "empty", resume=True)
+    finetune(default_lm, sets[0], sets[1], small("baseline"), tmp_path / "r")
+    with pytest.raises(CheckpointError, match="other settings"):
+        finetune(default_lm, sets[0], sets[1], small("baseline", lr=0.5), tmp_path / "r", resume=True)
+
+
+def test_freeze_options(default_lm, sets):
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("baseline", freeze="all_but_head"))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    x = torch.stack([sets[0][i][0] for i in range(8)])
+    y = torch.tensor([sets[0][i][1] for i in range(8)])
+    run.train_step(x, y)
+    after = run.model.state_dict()
+    assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("baseline", freeze="patch_embed"))
+    assert not any(p.requires_grad for p in run.model.patch_embed.parameters())
+
+
+@pytest.mark.parametrize("name,constraint", sorted(constraints_of(FinetuneConfig).items()))
+def test_config_rejects_each_bad_value(name, constraint):
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter of FinetuneConfig"):
+        FinetuneConfig(**{name: constraint.invalid_value()})
+
+
+def test_job_runs_several_methods_and_polls(default_lm, sets, tmp_path):
+    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline"), small("gaussian")], tmp_path).start()
+    seen_running = False
+    deadline = time.time() + 120
+    while job.alive and time.time() < deadline:
+        s = job.snapshot()
+        seen_running |= s.state == "running"
+        time.sleep(0.05)
+    s = job.snapshot()
+    assert s.state == "done" and set(s.results) == {"baseline", "gaussian"}
+    assert s.steps_done == s.steps_total == 6
+    assert len(s.step_records["gaussian"]) == 3 and len(s.epoch_records["baseline"]) == 1
+
+
+def test_job_stop_mid_run_writes_checkpoint(default_lm, sets, tmp_path):
+    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline", steps_per_epoch=500, epochs=3)], tmp_path)
+    job.start()
+    while job.snapshot().steps_done < 2:
+        time.sleep(0.01)
+    job.stop()
+    job.join(60)
+    s = job.snapshot()
+    assert not job.alive and s.state == "stopped"
+    assert s.results["baseline"].stopped and (tmp_path / "baseline" / "model.safetensors").exists()
+
+
+def test_job_stops_itself_when_nobody_polls(default_lm, sets, tmp_path):
+    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline", steps_per_epoch=10_000)], tmp_path,
+                      idle_timeout=0.3).start()
+    job.join(60)
+    assert not job.alive
+    s = job.snapshot()
+    assert s.state == "stopped" and "nobody watched" in s.message
+
+
+def test_two_jobs_at_once_do_not_interfere(default_lm, sets, tmp_path):
+    a = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline")], tmp_path / "a").start()
+    b = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline")], tmp_path / "b").start()
+    a.join(120)
+    b.join(120)
+    ra, rb = a.snapshot().results["baseline"], b.snapshot().results["baseline"]
+    assert ra.history[-1]["loss"] == pytest.approx(rb.history[-1]["loss"], rel=1e-6)
