@@ -47,6 +47,28 @@ def timeit(fn, repeat: int = 7, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def paired_ratio(fa, fb, repeat: int = 9, warmup: int = 2) -> tuple[float, float, float]:
+    """Median over alternating (a, b) pairs of time(a) / time(b), and the median times: alternating the two
+    inside one loop cancels most of the drift of a shared, noisy machine."""
+    def once(fn):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(once(fa))
+        tb.append(once(fb))
+    ratio = statistics.median(a / b for a, b in zip(ta, tb))
+    return ratio, statistics.median(ta), statistics.median(tb)
+
+
 def bench_load(device) -> dict:
     t = time.perf_counter()
     lm = load_model("default", device=device)
@@ -99,19 +121,18 @@ def synthesis_ratios(lm, x: torch.Tensor, label: str) -> dict:
         loss.backward()
         trainable.zero_grad(set_to_none=True)
 
-    t_ours, t_plain, t_research = timeit(ours), timeit(plain_forward_backward), timeit(research_pattern)
+    r_ours, t_ours, t_plain = paired_ratio(ours, plain_forward_backward)
+    r_research, _, _ = paired_ratio(research_pattern, plain_forward_backward)
     return {f"{label}_synthesis_step_ms": t_ours * 1e3, f"{label}_plain_fwd_bwd_ms": t_plain * 1e3,
-            f"{label}_synthesis_over_plain": t_ours / t_plain,
-            f"{label}_research_pattern_over_plain": t_research / t_plain}
+            f"{label}_synthesis_over_plain": r_ours, f"{label}_research_pattern_over_plain": r_research}
 
 
 def attention_ratios(lm, x: torch.Tensor, label: str) -> dict:
     model = lm.model
-    t_plain = timeit(lambda: lm.predict(x))
-    t_trace = timeit(lambda: trace(model, x))
+    r_trace, _, t_plain = paired_ratio(lambda: trace(model, x), lambda: lm.predict(x))
     att = trace(model, x).attention
     t_roll = timeit(lambda: rollout(att))
-    return {f"{label}_attention_extract_over_forward": t_trace / t_plain, f"{label}_rollout_ms": t_roll * 1e3,
+    return {f"{label}_attention_extract_over_forward": r_trace, f"{label}_rollout_ms": t_roll * 1e3,
             f"{label}_forward_ms": t_plain * 1e3}
 
 

@@ -122,14 +122,16 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
     diff = noised - clean
     lo, hi = float(min(clean.min(), noised.min())), float(max(clean.max(), noised.max()))
     dmax = float(np.abs(diff).max()) or 1e-12
+    spacing = 0.1
+    width = (1 - 2 * spacing) / 3
     fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", f"difference (max {dmax:.2e})"],
-                        horizontal_spacing=0.06)
-    fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, coloraxis=None, showscale=False),
-                  row=1, col=1)
-    fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, colorbar=dict(x=0.64, len=0.9)),
+                        horizontal_spacing=spacing)
+    fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, showscale=False), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL,
+                             colorbar=dict(x=2 * width + spacing + 0.01, xanchor="left", len=0.9, thickness=12)),
                   row=1, col=2)
-    fig.add_trace(go.Heatmap(z=diff, zmin=-dmax, zmax=dmax, colorscale=DIVERGING, colorbar=dict(x=1.0, len=0.9)),
-                  row=1, col=3)
+    fig.add_trace(go.Heatmap(z=diff, zmin=-dmax, zmax=dmax, colorscale=DIVERGING,
+                             colorbar=dict(x=1.01, xanchor="left", len=0.9, thickness=12)), row=1, col=3)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
     return _axes_off(fig)

@@ -106,7 +106,12 @@ st.markdown(
     "together) enlarges this approximate nullspace, and the model becomes more robust to adversarial and "
     "natural perturbations."
 )
-if st.button("Try it: a quick approximate run on the Nullspace page", key="learn_go"):
+c = st.columns(2)
+if c[0].button("Try it: a quick approximate run on the Nullspace page", key="learn_go"):
     st.session_state["ns_mode"] = "Approximate — encoder level"
     st.session_state["ns_steps"] = 100
     st.switch_page("pages/nullspace.py")
+if c[1].button("Train on it: nullspace vs. baseline on the Finetune page", key="learn_finetune"):
+    st.session_state["ft_methods"] = ["baseline", "nullspace"]
+    st.session_state["ft_epochs"] = 2
+    st.switch_page("pages/finetune.py")

@@ -119,9 +119,9 @@ for name, px in ex.items():
     if name.startswith("_"):
         continue
     titles = [f"y={cls[labels[i]]} · " + " / ".join(cls[p[name][i]] for p in preds.values()) for i in range(len(px))]
+    st.markdown(f"**{name}** — label · prediction of " + " / ".join(preds))
     st.plotly_chart(figures.image_row([im.permute(1, 2, 0).numpy() for im in px], titles, height=200),
                     key=f"rob_ex_{name}")
-    st.caption(name)
 
 st.subheader("Download")
 c = st.columns(2)

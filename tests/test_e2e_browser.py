@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import ROOT
 
@@ -71,8 +72,8 @@ def test_open_app_switch_to_model_page_and_screenshot(server, browser, tmp_path)
     page.get_by_role("heading", name="nullviz — noise a Vision Transformer cannot see").wait_for(timeout=60_000)
     page.locator("[data-testid='stSidebarNav']").get_by_text("Model", exact=True).click()
     page.get_by_text("Patch size").wait_for(timeout=60_000)
-    assert page.get_by_text("8×8").first.is_visible()
-    assert page.get_by_text("320,554").first.is_visible()
+    expect(page.get_by_text("8×8").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("320,554").first).to_be_visible(timeout=30_000)
     shot = tmp_path / "model_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -88,14 +89,15 @@ def test_sidebar_rejects_non_vit_without_traceback(server, browser):
     page.get_by_role("button", name="Load model").click()
     page.get_by_text("is not a plain Vision Transformer").wait_for(timeout=60_000)
     assert page.locator("[data-testid='stException']").count() == 0
-    assert page.get_by_text("nullviz_digits_vit").first.is_visible()  # the default stays active
+    sidebar = page.locator("[data-testid='stSidebar']")
+    expect(sidebar.get_by_text("Active:")).to_contain_text("nullviz_digits_vit", timeout=30_000)  # default stays
 
 
 def test_exact_noise_in_the_browser(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/nullspace")
     page.get_by_role("button", name="Make noise").click(timeout=60_000)
-    page.get_by_text("relative logit change").wait_for(timeout=60_000)
+    expect(page.get_by_text("relative logit change")).to_be_visible(timeout=90_000)
     page.get_by_text("Verification").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "nullspace.png"))
     assert page.locator("[data-testid='stException']").count() == 0

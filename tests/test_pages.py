@@ -171,6 +171,15 @@ def test_learn_page_walkthrough():
     at.button(key="learn_go").click().run()
     assert not at.exception
     assert at.session_state["ns_mode"] == "Approximate — encoder level"
+    assert at.title[0].value == "Nullspace noise"  # switched, with the approximate mode preset
+
+
+def test_learn_page_links_to_finetune():
+    at = app("pages/learn.py")
+    at.button(key="learn_finetune").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Nullspace-augmented finetuning"
+    assert at.multiselect(key="ft_methods").value == ["baseline", "nullspace"]
 
 
 def test_robustness_page_two_models():
