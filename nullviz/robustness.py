@@ -251,7 +251,7 @@ class EvalConfig:
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     tolerance_magnitudes: tuple[float, ...] = ()
-    tolerance_kinds: tuple[str, ...] = ("exact", "gaussian", "uniform")
+    tolerance_kinds: tuple[str, ...] = NOISE_KINDS
     limit: int | None = None
     batch_size: int = bounded(128, Interval(int, 1, 65_536))
     seed: int = bounded(0, Interval(int, 0, None))
@@ -282,6 +282,7 @@ class RobustnessReport:
     corruption_skipped: dict[str, str] = field(default_factory=dict)
     severities: list[int] = field(default_factory=list)
     tolerance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    tolerance_skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
@@ -426,12 +427,30 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             report.stopped = True
             return report
         t = time.perf_counter()
-        kinds = tuple(k for k in cfg.tolerance_kinds if k != "approximate" or approx_delta is not None)
-        report.tolerance = tolerance_curves(lm, x, y, list(cfg.tolerance_magnitudes), kinds, approx_delta,
+        kinds = list(cfg.tolerance_kinds)
+        if "exact" in kinds and nullspace_of(lm).nullity == 0:
+            kinds.remove("exact")
+            report.tolerance_skipped["exact"] = "the patch embedding has full rank: its exact nullspace is {0}"
+        if "approximate" in kinds and approx_delta is None:
+            approx_delta = _input_delta(lm, x, cfg.seed)
+        report.tolerance = tolerance_curves(lm, x, y, list(cfg.tolerance_magnitudes), tuple(kinds), approx_delta,
                                             cfg.seed, cfg.batch_size)
         report.seconds["tolerance"] = time.perf_counter() - t
         progress("tolerance", 1, 1)
     return report
+
+
+def nullspace_of(lm: LoadedModel):
+    from .nullspace import nullspace
+
+    return nullspace(lm)
+
+
+def _input_delta(lm: LoadedModel, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """An input-level approximate-nullspace δ optimised on (up to 64 of) the evaluation images."""
+    from .synthesis import SynthesisConfig, synthesize
+
+    return synthesize(lm, x[:64], SynthesisConfig(level="input", steps=100, seed=seed)).delta
 
 
 def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, severity: int = 3) -> dict[str, torch.Tensor]:

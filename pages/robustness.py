@@ -105,9 +105,13 @@ for k, (name, r) in enumerate(zip(names, reports)):
                                                  colorbar_title="acc"), key=f"rob_heat_{k}")
     if r.corruption_skipped:
         st.warning("Could not apply: " + "; ".join(f"{c} ({why})" for c, why in r.corruption_skipped.items()))
+    if r.tolerance_skipped:
+        st.info("Tolerance curves skipped: " + "; ".join(f"{c} ({why})" for c, why in r.tolerance_skipped.items()))
 if reports[0].tolerance:
     curves = {name: r.tolerance for name, r in zip(names, reports)}
     c = st.columns(2)
+    st.caption("One noise pattern per kind, scaled to each L2 size: exact nullspace noise, an optimised input-level "
+               "δ (approximate nullspace), Gaussian and uniform noise. Exact noise is invisible by construction.")
     c[0].plotly_chart(figures.tolerance_plot(curves, "accuracy"), key="rob_tol_acc")
     c[1].plotly_chart(figures.tolerance_plot(curves, "agreement"), key="rob_tol_agree")
 

@@ -101,3 +101,36 @@ def test_resolve_image(tmp_path):
     assert data.resolve_image(str(p)).image.size == (5, 5)
     with pytest.raises(ImageLoadError, match="does not exist"):
         data.resolve_image(str(tmp_path / "missing.png"))
+
+
+def test_cifar10_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(DataError, match="CIFAR-10 could not be downloaded"):
+        data.train_heldout("cifar10", cache_dir=tmp_path)
+
+
+def test_split_and_zip_folder(tmp_path):
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls in ("a", "b"):
+            for i in range(5):
+                zf.writestr(f"root/{cls}/{i}.png", _png(Image.new("RGB", (9, 9), (i * 40, 0, 0))))
+    folder = data.extract_image_folder_zip(buf.getvalue(), tmp_path / "x")
+    assert folder.name == "root"
+    train, held = data.train_heldout(str(folder))
+    assert len(train) == 9 and len(held) == 1 and train.classes == ["a", "b"]
+    with pytest.raises(DataError, match="not a valid zip"):
+        data.extract_image_folder_zip(b"nope", tmp_path / "y")
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escape.txt", "x")
+    with pytest.raises(DataError, match="unsafe path"):
+        data.extract_image_folder_zip(evil.getvalue(), tmp_path / "z")

@@ -244,3 +244,15 @@ def test_finetune_page_bad_folder_message():
     at.text_input(key="ft_folder").set_value("/nonexistent/folder")
     at.button[0].click().run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+def test_nullspace_empty_and_huge_uploads_are_one_line():
+    at = app("pages/nullspace.py")
+    at.file_uploader[0].upload("empty.png", b"", "image/png")
+    at.run()
+    assert not at.exception and "empty" in at.error[0].value
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buf, format="PNG")  # 64 MP > the 50 MP limit
+    at.file_uploader[0].set_value(("huge.png", buf.getvalue(), "image/png"))
+    at.run()
+    assert not at.exception and "more than the" in at.error[0].value

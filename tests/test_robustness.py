@@ -110,6 +110,25 @@ def test_evaluate_full_report_and_exports(default_lm):
     assert_state_equal(default_lm.model, snap)
 
 
+def test_tolerance_with_approximate_delta_and_full_rank_model():
+    from nullviz.models import create_random_vit
+
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=4, embed_dim=64, depth=1,
+                           num_heads=2, num_classes=3)  # 3·4² = 48 < 64: full rank, no exact nullspace
+    ds = torch.utils.data.TensorDataset(torch.randn(12, 3, 32, 32), torch.randint(0, 3, (12,)))
+    report = R.evaluate(lm, ds, R.EvalConfig(attacks=(), tolerance_magnitudes=(0.0, 5.0)))
+    assert "exact" in report.tolerance_skipped and set(report.tolerance) == {"approximate", "gaussian", "uniform"}
+
+
+def test_approximate_delta_beats_random_noise_of_same_norm(default_lm, batch):
+    px, y = batch
+    report = R.evaluate(default_lm, digits_dataset("heldout"),
+                        R.EvalConfig(attacks=(), tolerance_magnitudes=(60.0,), limit=48))
+    tol = report.tolerance
+    assert tol["exact"]["agreement"] == [1.0]
+    assert tol["approximate"]["agreement"][0] > tol["gaussian"]["agreement"][0]
+
+
 def test_evaluate_can_be_stopped(default_lm):
     report = R.evaluate(default_lm, digits_dataset("heldout"), R.EvalConfig(attacks=("pgd",), limit=64, batch_size=16),
                         should_stop=lambda: True)
