@@ -31,42 +31,41 @@ from nullviz.robustness import images_tensor  # noqa: E402
 from nullviz.synthesis import SynthesisConfig, _Batches, _noised_logits  # noqa: E402
 
 
+def _once(fn) -> float:
+    """Seconds of one call of ``fn`` (synchronising CUDA around it)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def timeit(fn, repeat: int = 7, warmup: int = 2) -> float:
-    """Median seconds of ``fn()`` (synchronising CUDA)."""
+    """Median seconds of ``fn()``."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(_once(fn) for _ in range(repeat))
 
 
 def paired_ratio(fa, fb, repeat: int = 9, warmup: int = 2) -> tuple[float, float, float]:
     """Median over alternating (a, b) pairs of time(a) / time(b), and the median times: alternating the two
     inside one loop cancels most of the drift of a shared, noisy machine."""
-    def once(fn):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
     for _ in range(warmup):
         fa(), fb()
     ta, tb = [], []
     for _ in range(repeat):
-        ta.append(once(fa))
-        tb.append(once(fb))
+        ta.append(_once(fa))
+        tb.append(_once(fb))
     ratio = statistics.median(a / b for a, b in zip(ta, tb))
     return ratio, statistics.median(ta), statistics.median(tb)
+
+
+def print_table(out: dict) -> None:
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
 
 
 def bench_load(device) -> dict:
@@ -163,9 +162,7 @@ def main(argv=None) -> int:
     out.update(synthesis_ratios(tiny, xt, "vit_ti16_b16"))
     out.update(attention_ratios(tiny, xt, "vit_ti16_b16"))
 
-    width = max(len(k) for k in out)
-    for k, v in out.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print_table(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import paired_ratio  # noqa: E402
+from bench_core import paired_ratio, print_table  # noqa: E402
 from nullviz.data import digits_dataset  # noqa: E402
 from nullviz.finetune import FinetuneConfig, FinetuneRun, finetune  # noqa: E402
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
@@ -71,9 +71,7 @@ def main(argv=None) -> int:
     yt = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1)).to(device)
     fake = torch.utils.data.TensorDataset(xt.cpu(), yt.cpu())
     out.update(step_ratios(tiny, fake, fake, xt, yt, "vit_ti16_b16"))
-    width = max(len(k) for k in out)
-    for k, v in out.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print_table(out)
     return 0
 
 

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import paired_ratio, timeit  # noqa: E402
+from bench_core import paired_ratio, print_table, timeit  # noqa: E402
 from nullviz import robustness as R  # noqa: E402
 from nullviz.data import digits_dataset  # noqa: E402
 from nullviz.models import PixelModel, create_random_vit, load_model  # noqa: E402
@@ -62,9 +62,7 @@ def main(argv=None) -> int:
     yt = torch.randint(0, 1000, (16,), generator=gen).to(device)
     out.update(attack_rates(tiny, pt, yt, "vit_ti16_b16"))
     out.update(corruption_rate(pt[:8].cpu(), "224px"))
-    width = max(len(k) for k in out)
-    for k, v in out.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print_table(out)
     return 0
 
 

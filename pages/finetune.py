@@ -80,6 +80,13 @@ if job is None:
     st.stop()
 
 
+def epoch_series(status) -> dict:
+    """Per-run held-out accuracies by epoch, for the comparison curves."""
+    return {m: {"epoch": [r["epoch"] for r in recs],
+                **{k: [r.get(k) for r in recs] for k in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc")}}
+            for m, recs in status.epoch_records.items()}
+
+
 def draw(status) -> None:
     done, total = status.steps_done, max(status.steps_total, 1)
     eta = status.eta_seconds
@@ -90,13 +97,10 @@ def draw(status) -> None:
     steps = {m: {"step": [r["step"] for r in recs], "loss": [r["loss"] for r in recs],
                  "loss_clean": [r["loss_clean"] for r in recs], "loss_noise": [r["loss_noise"] for r in recs]}
              for m, recs in status.step_records.items()}
-    epochs_ = {m: {"epoch": [r["epoch"] for r in recs], **{k: [r.get(k) for r in recs] for k in
-                                                           ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc")}}
-               for m, recs in status.epoch_records.items()}
     c = st.columns(2)
     c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss"),
                       key=f"ft_loss_{done}")
-    c[1].plotly_chart(figures.training_curves(epochs_, "epoch", ["clean_acc", "fgsm_acc"], "held-out accuracy",
+    c[1].plotly_chart(figures.training_curves(epoch_series(status), "epoch", ["clean_acc", "fgsm_acc"], "held-out accuracy",
                                               "accuracy"), key=f"ft_acc_{done}")
 
 
@@ -132,10 +136,7 @@ for method, res in status.results.items():
     rows["‖δ‖"].append(f"{last['delta_l2']:.1f}" if "delta_l2" in last else "—")
 st.subheader("Final numbers")
 st.table(rows)
-all_epochs = {m: {"epoch": [r["epoch"] for r in recs], **{k: [r.get(k) for r in recs] for k in
-                                                          ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc")}}
-              for m, recs in status.epoch_records.items()}
-st.plotly_chart(figures.training_curves(all_epochs, "epoch", ["noise_acc", "gaussian_acc"],
+st.plotly_chart(figures.training_curves(epoch_series(status), "epoch", ["noise_acc", "gaussian_acc"],
                                         "held-out accuracy under δ and under Gaussian noise of δ's norm", "accuracy"),
                 key="ft_noise_acc")
 
