@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from app_state import follow_deep_link, init_session, model_sidebar
-
 st.set_page_config(page_title="nullviz", page_icon=":material/blur_on:", layout="wide")
+
+with st.spinner("Loading PyTorch and timm (first start of the server only)…"):
+    from app_state import follow_deep_link, init_session, model_sidebar
+
 init_session()
 
 pages = [

@@ -127,11 +127,12 @@ class FinetuneRun:
         dist = _dist()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
 
-        torch.manual_seed(config.seed)
         self.model = lm.trainable_copy().to(self.device)
         num_classes = _num_classes(train_set)
         if num_classes is not None and num_classes != self.model.num_classes:
-            self.model.reset_classifier(num_classes)
+            with torch.random.fork_rng(devices=[]):  # a seeded new head without touching the global RNG
+                torch.manual_seed(config.seed)
+                self.model.reset_classifier(num_classes)
             self.model.to(self.device)
         self._apply_freeze()
         self.model.train()

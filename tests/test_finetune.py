@@ -165,3 +165,15 @@ def test_two_jobs_at_once_do_not_interfere(default_lm, sets, tmp_path):
     b.join(120)
     ra, rb = a.snapshot().results["baseline"], b.snapshot().results["baseline"]
     assert ra.history[-1]["loss"] == pytest.approx(rb.history[-1]["loss"], rel=1e-6)
+
+
+def test_new_class_count_gets_a_seeded_head_without_touching_global_rng(default_lm):
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
+    ds.classes = ["a", "b", "c"]
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a = FinetuneRun(default_lm, ds, ds, small("baseline"))
+    assert torch.equal(torch.rand(1), expected)
+    b = FinetuneRun(default_lm, ds, ds, small("baseline"))
+    assert a.model.num_classes == 3 and torch.equal(a.model.head.weight, b.model.head.weight)
