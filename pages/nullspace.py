@@ -15,6 +15,7 @@ from nullviz.synthesis import SynthesisConfig, noise_effect, synthesize
 
 require_shell(__file__)
 
+NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
 
 lm = current_model()
@@ -138,10 +139,10 @@ c = st.columns(4)
 c[0].metric("relative logit change", f"{metrics['rel_logit_change']:.2e}")
 c[1].metric("max |Δ logit|", f"{metrics['max_abs_logit_change']:.2e}")
 c[2].metric("top-1 kept", "yes" if metrics["top1_unchanged"] else "no",
-            f"{lm.class_name(metrics['top1_clean'])} → {lm.class_name(metrics['top1_noised'])}", delta_color="off")
+            f"{lm.class_name(metrics['top1_clean'])} → {lm.class_name(metrics['top1_noised'])}", **NOTE)
 if level == "input":
     c[3].metric("after clip + 8-bit PNG", f"{metrics['quantized_rel_logit_change']:.2e}",
-                "top-1 kept" if metrics["quantized_top1_unchanged"] else "top-1 changed", delta_color="off")
+                "top-1 kept" if metrics["quantized_top1_unchanged"] else "top-1 changed", **NOTE)
     st.caption(f"‖W v‖ / (σ_max‖v‖) = {metrics['residual_ratio']:.1e} · {metrics['clipped_fraction']:.1%} of pixel "
                f"values leave [0, 1] before saving · quantising the clean image alone changes the logits by "
                f"{metrics['quantized_baseline_rel_logit_change']:.1e}"
@@ -150,9 +151,9 @@ if level == "input":
 if res is not None:
     c = st.columns(4)
     c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)")
-    c[1].metric("mean Σ Δp² (ε)", f"{res.mse_probs:.4f}", f"permuted δ: {res.permuted_mse_probs:.4f}", delta_color="off")
-    c[2].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", delta_color="off")
-    c[3].metric("steps", res.steps_run, "reached ε" if res.reached_tolerance else "ε not reached", delta_color="off")
+    c[1].metric("mean Σ Δp² (ε)", f"{res.mse_probs:.4f}", f"permuted δ: {res.permuted_mse_probs:.4f}", **NOTE)
+    c[2].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)
+    c[3].metric("steps", res.steps_run, "reached ε" if res.reached_tolerance else "ε not reached", **NOTE)
 
 if exact or level == "input":
     ns = N.nullspace(lm, noise.get("rtol"))
@@ -170,13 +171,14 @@ if exact or level == "input":
                   "relative logit change": [f"{p['rel_logit_change']:.2e}" for p in parts.values()]})
 
 st.subheader("Download")
-c = st.columns(4)
-if level == "input":
-    c[0].download_button("noised image (PNG)", png_bytes(lm.to_display(x + delta.to(x))), "noised.png", "image/png")
 buf = io.BytesIO()
 torch.save({"delta": delta.contiguous(), "meta": {k: v for k, v in metrics.items() if not isinstance(v, list)},
             "format": "nullviz-noise-1"}, buf)
-c[1].download_button("noise tensor (.pt)", buf.getvalue(), f"noise_{level}.pt", "application/octet-stream")
-c[2].download_button("metrics (JSON)", json.dumps(metrics, default=str, indent=2), "metrics.json", "application/json")
-c[3].download_button("top-k chart (HTML)", figure_html(figures.topk_bars(probs_clean, probs_noised, lm.class_names)),
-                     "topk.html", "text/html")
+downloads = [("noise tensor (.pt)", buf.getvalue(), f"noise_{level}.pt", "application/octet-stream"),
+             ("metrics (JSON)", json.dumps(metrics, default=str, indent=2), "metrics.json", "application/json"),
+             ("top-k chart (HTML)", figure_html(figures.topk_bars(probs_clean, probs_noised, lm.class_names)),
+              "topk.html", "text/html")]
+if level == "input":
+    downloads.insert(0, ("noised image (PNG)", png_bytes(lm.to_display(x + delta.to(x))), "noised.png", "image/png"))
+for col, (label, payload, filename, mime) in zip(st.columns(len(downloads)), downloads):
+    col.download_button(label, payload, filename, mime)
