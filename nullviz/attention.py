@@ -124,7 +124,8 @@ def rollout(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: f
     eye = torch.eye(T, dtype=attention.dtype).expand(B, T, T)
     result = eye.clone()
     for layer in range(L):
-        a = {"mean": lambda t: t.mean(1), "max": lambda t: t.amax(1), "min": lambda t: t.amin(1)}[head_fusion](attention[layer])
+        heads = attention[layer]  # [B, H, T, T]
+        a = heads.mean(1) if head_fusion == "mean" else heads.amax(1) if head_fusion == "max" else heads.amin(1)
         if discard_ratio > 0:
             flat = a.reshape(B, -1)
             k = int(flat.shape[1] * discard_ratio)

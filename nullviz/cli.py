@@ -265,10 +265,9 @@ COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synt
 
 def _print_human(out: dict[str, Any]) -> None:
     for key, value in out.items():
-        if isinstance(value, list) and len(value) > 12:
-            value = f"[{', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in value[:6])}, … ({len(value)} values)]"
-        elif isinstance(value, list):
-            value = "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) + "]"
+        if isinstance(value, list):
+            shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:6 if len(value) > 12 else None])
+            value = f"[{shown}, … ({len(value)} values)]" if len(value) > 12 else f"[{shown}]"
         elif isinstance(value, float):
             value = f"{value:.6g}"
         print(f"{key:>28}: {value}")

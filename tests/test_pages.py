@@ -2,7 +2,6 @@
 
 import io
 
-import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
