@@ -15,15 +15,19 @@ from PIL import Image
 
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.errors import NullvizError
-from nullviz.models import LoadedModel, available_devices, load_model
+from nullviz.models import LoadedModel, available_devices, load_model, resolve_device
 
 DEFAULT_SPEC = {"name": "default", "checkpoint": None, "device": "auto"}
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
-def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
-    """One LoadedModel per (name, checkpoint, device), shared by all sessions: never mutate it."""
+def _cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
     return load_model(name, checkpoint=checkpoint, device=device)
+
+
+def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
+    """One LoadedModel per (name, checkpoint, resolved device), shared by all sessions: never mutate it."""
+    return _cached_model(name, checkpoint, str(resolve_device(device)))
 
 
 def init_session() -> None:
