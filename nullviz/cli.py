@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", type=Path, default=None, help="also write the tidy table as CSV")
+    p.add_argument("--reference", default=None,
+                   help="'default' or a checkpoint: also report the corruption error relative to it (mCE-style)")
 
     p = sub.add_parser("finetune", help="nullspace-augmented finetuning (or a control) on a copy of the model")
     _model_args(p)
@@ -231,7 +233,19 @@ def cmd_evaluate(args) -> dict[str, Any]:
     if progress is not None:
         sys.stderr.write("\n")
     out = report.to_dict()
-    out["attacks"] = {k: {**v} for k, v in report.attacks.items()}
+    if args.reference is not None and config.corruptions:
+        from dataclasses import replace
+
+        from .models import load_model
+
+        if args.reference == "default":
+            ref_lm = load_model("default", device=args.device)
+        else:  # a checkpoint of --model's architecture (or one whose sidecar names it)
+            ref_lm = load_model(args.model, checkpoint=args.reference, device=args.device)
+        ref = R.evaluate(ref_lm, dataset, replace(config, attacks=(), tolerance_magnitudes=()))
+        out["reference"] = ref.model
+        out["reference_mean_corruption_acc"] = ref.mean_corruption_acc
+        out["relative_corruption_error"] = report.relative_corruption_error(ref)
     if args.csv is not None:
         args.csv.write_text(R.rows_to_csv(report.to_rows()))
         out["csv"] = str(args.csv)

@@ -102,6 +102,9 @@ def test_evaluate_json(capsys, tmp_path):
     assert set(out["corruptions"]) == {"fog", "snow"} and len(out["corruptions"]["fog"]) == 2
     assert out["mean_corruption_acc"] is not None
     assert (tmp_path / "r.csv").read_text().startswith("model,evaluation,setting,value")
+    rel = run_json(capsys, "evaluate", "--limit", "16", "--attacks", "none", "--corruptions", "fog",
+                   "--severities", "2", "--reference", "default")
+    assert rel["relative_corruption_error"] == pytest.approx(100.0)  # the default against itself
 
 
 def test_finetune_json(capsys, tmp_path):
