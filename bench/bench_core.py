@@ -62,6 +62,13 @@ def paired_ratio(fa, fb, repeat: int = 9, warmup: int = 2) -> tuple[float, float
     return ratio, statistics.median(ta), statistics.median(tb)
 
 
+def device_from_argv(argv=None) -> torch.device:
+    """The ``--device`` option shared by the bench scripts (cpu by default; cuda on a GPU machine)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    return torch.device(ap.parse_args(argv).device)
+
+
 def print_table(out: dict) -> None:
     width = max(len(k) for k in out)
     for k, v in out.items():
@@ -155,9 +162,7 @@ def main(argv=None) -> int:
     pixels = lm.denormalize(x[:1])
     out["default_ig32_s"] = timeit(lambda: attribute(lm, pixels, "integrated_gradients", steps=32), repeat=3, warmup=1)
 
-    tiny = create_random_vit("vit_tiny_patch16_224", seed=0)
-    tiny.model.to(device)
-    tiny.device = device
+    tiny = create_random_vit("vit_tiny_patch16_224", seed=0, device=device)
     xt = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
     out.update(synthesis_ratios(tiny, xt, "vit_ti16_b16"))
     out.update(attention_ratios(tiny, xt, "vit_ti16_b16"))

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import paired_ratio, print_table  # noqa: E402
+from bench_core import device_from_argv, paired_ratio, print_table  # noqa: E402
 from nullviz.data import digits_dataset  # noqa: E402
 from nullviz.finetune import FinetuneConfig, FinetuneRun, finetune  # noqa: E402
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
@@ -46,10 +45,7 @@ def step_ratios(lm, train, held, x, y, label: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    device = device_from_argv(argv)
     out = {"device": str(device)}
     lm = load_model("default", device=device)
     train, held = digits_dataset("train", lm.transform), digits_dataset("heldout", lm.transform)
@@ -64,9 +60,7 @@ def main(argv=None) -> int:
     out["default_synthesis_share_of_epoch"] = res.synthesis_seconds / total
     out["default_nullspace_steps_per_s"] = res.steps_run / total
 
-    tiny = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=10)
-    tiny.model.to(device)
-    tiny.device = device
+    tiny = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=10, device=device)
     xt = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
     yt = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1)).to(device)
     fake = torch.utils.data.TensorDataset(xt.cpu(), yt.cpu())

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import paired_ratio, print_table, timeit  # noqa: E402
+from bench_core import device_from_argv, paired_ratio, print_table, timeit  # noqa: E402
 from nullviz import robustness as R  # noqa: E402
 from nullviz.data import digits_dataset  # noqa: E402
 from nullviz.models import PixelModel, create_random_vit, load_model  # noqa: E402
@@ -43,10 +42,7 @@ def corruption_rate(px, label: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    device = device_from_argv(argv)
     out = {"device": str(device)}
     lm = load_model("default", device=device)
     x, y = R.images_tensor(lm, digits_dataset("heldout"), limit=128)
@@ -54,9 +50,7 @@ def main(argv=None) -> int:
     out.update(attack_rates(lm, px, y, "default_b128"))
     out.update(corruption_rate(px[:64].cpu(), "32px"))
 
-    tiny = create_random_vit("vit_tiny_patch16_224", seed=0)
-    tiny.model.to(device)
-    tiny.device = device
+    tiny = create_random_vit("vit_tiny_patch16_224", seed=0, device=device)
     gen = torch.Generator().manual_seed(0)
     pt = torch.rand(16, 3, 224, 224, generator=gen).to(device)
     yt = torch.randint(0, 1000, (16,), generator=gen).to(device)

@@ -422,19 +422,21 @@ def _class_names(arch: str, model: torch.nn.Module) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def create_random_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwargs) -> LoadedModel:
+def create_random_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, device: str | torch.device = "cpu",
+                      **kwargs) -> LoadedModel:
     """A randomly initialised, seeded timm ViT wrapped like a loaded one (tests, benchmarks, offline demos)."""
     _check_is_vit_name(name)
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     _check_is_vit_module(model, name)
-    model.eval()
+    model.eval().to(dev)
     for p in model.parameters():
         p.requires_grad_(False)
     cfg = model_data_config(model)
     n = int(model.num_classes)
-    return LoadedModel(model=model, name=name, device=torch.device("cpu"), data_config=cfg,
-                       class_names=[f"class {i}" for i in range(n)])
+    return LoadedModel(model=model, name=name, device=dev, data_config=cfg, class_names=[f"class {i}" for i in range(n)])
 
 
 # ------------------------------------------------------------------------------ token-level forward
