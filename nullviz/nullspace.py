@@ -101,6 +101,7 @@ class Nullspace:
     rtol: float
     rank: int
     _basis: torch.Tensor | None = field(default=None, repr=False)
+    _smooth: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def nullity(self) -> int:
@@ -187,7 +188,11 @@ def nullspace(lm_or_model: LoadedModel | torch.nn.Module, rtol: float | None = N
     check("rtol", "nullspace", rtol, Interval(float, 0.0, 1.0, closed="left"))
     s = spec.singular_values
     rank = int((s > rtol * s[0]).sum()) if s.numel() and float(s[0]) > 0 else 0
-    return Nullspace(spectrum=spec, rtol=float(rtol), rank=rank)
+    if not isinstance(lm_or_model, LoadedModel):
+        return Nullspace(spectrum=spec, rtol=float(rtol), rank=rank)
+    # one Nullspace per (frozen model, rtol): its lazily computed bases are then computed once
+    per_rtol = lm_or_model.__dict__.setdefault("_derived", {}).setdefault("nullspaces", {})
+    return per_rtol.setdefault(float(rtol), Nullspace(spectrum=spec, rtol=float(rtol), rank=rank))
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -433,22 +438,46 @@ def matrix_nullspace(A: np.ndarray, rtol: float = 1e-10) -> MatrixNullspace:
     return MatrixNullspace(matrix=A, singular_values=s, rank=rank, basis=vh[rank:].T.copy())
 
 
+def dirichlet_energy(vectors: torch.Tensor, in_chans: int, patch_size: int) -> torch.Tensor:
+    """Σ of squared differences between neighbouring pixels of each column of ``vectors`` [K, n] seen as a
+    c × p × p patch: small for smooth patterns, large for pixel noise."""
+    v = vectors.T.reshape(-1, in_chans, patch_size, patch_size)
+    return (v.diff(dim=-1) ** 2).sum((1, 2, 3)) + (v.diff(dim=-2) ** 2).sum((1, 2, 3))
+
+
+def smooth_null_directions(ns: Nullspace, count: int = 8) -> torch.Tensor:
+    """An orthonormal set of ``count`` null directions ordered from the smoothest (lowest Dirichlet energy):
+    eigenvectors of Bᵀ L B for a basis B of N_θ and the patch's grid Laplacian L. Any orthonormal basis spans
+    N_θ equally well; this one shows a person the *patterns* the patch embedding cannot see."""
+    if ns.nullity == 0:
+        return ns.weakest_directions(count)[0]
+    if ns._smooth is None:
+        B = ns.basis
+        c, p = ns.spectrum.in_chans, ns.patch_size
+        # Bᵀ L B = (D B)ᵀ (D B) with D the neighbour-difference operator (E(x) = ‖D x‖²)
+        cols = B.T.reshape(-1, c, p, p)
+        DB = torch.cat([cols.diff(dim=-1).flatten(1), cols.diff(dim=-2).flatten(1)], dim=1)  # [nullity, edges]
+        _, evecs = torch.linalg.eigh(DB @ DB.T)
+        ns._smooth = B @ evecs
+    return ns._smooth[:, :count]
+
+
 def basis_patch_images(ns: Nullspace, count: int = 8) -> np.ndarray:
-    """The first ``count`` nullspace basis vectors as p×p RGB patches in [0, 1] (0 ↦ grey): [count, p, p, 3]."""
+    """The ``count`` smoothest null directions as p×p RGB patches in [0, 1] (0 ↦ grey): [count, p, p, 3]."""
     p, c = ns.patch_size, ns.spectrum.in_chans
-    basis = ns.basis if ns.nullity > 0 else ns.weakest_directions(count)[0]
-    vecs = basis[:, :count].T.reshape(-1, c, p, p).float()
+    vecs = smooth_null_directions(ns, count).T.reshape(-1, c, p, p).float()
     peak = vecs.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
     return (0.5 + 0.5 * vecs / peak).permute(0, 2, 3, 1).numpy()
 
 
 def basis_vector_noise(ns: Nullspace, image_size: tuple[int, int], index: int = 0, patch: int | None = None,
                        magnitude: float = 1.0) -> torch.Tensor:
-    """Basis vector ``index`` (× magnitude) placed in one patch (``patch``) or in every patch (None): [C, H, W]."""
+    """Null direction ``index`` of :func:`smooth_null_directions` (× magnitude) placed in one patch
+    (``patch``) or in every patch (None): [C, H, W]."""
     H, W = image_size
     p = ns.patch_size
     n_patches = (H // p) * (W // p)
-    basis = ns.basis if ns.nullity > 0 else ns.weakest_directions(index + 1)[0]
+    basis = smooth_null_directions(ns, max(ns.nullity, 1) if ns.nullity else index + 1)
     if not 0 <= index < basis.shape[1]:
         raise InvalidParameterError("index", "basis_vector_noise", f"an int in [0, {basis.shape[1] - 1}]", index)
     if patch is not None and not 0 <= patch < n_patches:

@@ -70,8 +70,9 @@ st.plotly_chart(figures.singular_spectrum(ns.spectrum.singular_values.tolist(), 
 patches = N.basis_patch_images(ns, 8)
 st.plotly_chart(figures.image_row(list(patches), [f"n{i + 1}" for i in range(len(patches))], height=H // 2),
                 key="learn_gallery")
-st.caption("Nullspace basis vectors shown as RGB patches (grey = 0). The patch embedding maps each of them to "
-           "the zero token." if ns.nullity else "Full rank: these are the weakest directions, not null ones.")
+st.caption("An orthonormal basis of the nullspace, smoothest patterns first, shown as RGB patches (grey = 0). "
+           "The patch embedding maps each of them to the zero token." if ns.nullity
+           else "Full rank: these are the weakest directions, not null ones.")
 
 # ---------------------------------------------------------------------------------------------- step 3
 st.header("3 · One patch, then the whole image")

@@ -172,3 +172,14 @@ def test_basis_patches_and_basis_noise(default_lm, digit_x):
     _assert_invariant(default_lm, digit_x, every)
     with pytest.raises(InvalidParameterError):
         N.basis_vector_noise(ns, (32, 32), 500)
+
+
+def test_smooth_null_directions_are_null_orthonormal_and_smoother(default_lm):
+    ns = N.nullspace(default_lm)
+    S = N.smooth_null_directions(ns, 8)
+    torch.testing.assert_close(S.T @ S, torch.eye(8, dtype=torch.float64), atol=1e-10, rtol=0)
+    W = N.patch_embed_matrix(default_lm.model)
+    assert float((W @ S).abs().max()) < 1e-10
+    energy = N.dirichlet_energy(S, 3, 8)
+    assert torch.all(energy[:-1] <= energy[1:] + 1e-9)  # ordered from the smoothest
+    assert float(energy.mean()) < float(N.dirichlet_energy(ns.basis[:, :8], 3, 8).mean())
