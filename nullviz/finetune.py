@@ -373,15 +373,18 @@ class FinetuneRun:
                               seconds=time.perf_counter() - t0, synthesis_seconds=self.synthesis_seconds)
 
 
+def _classes(dataset) -> list | None:
+    """The data set's class names, looking through a ``Subset`` to the data set it wraps."""
+    return getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+
+
 def _num_classes(dataset) -> int | None:
-    classes = getattr(dataset, "classes", None)
-    if classes is None and hasattr(dataset, "dataset"):
-        classes = getattr(dataset.dataset, "classes", None)
+    classes = _classes(dataset)
     return len(classes) if classes else None
 
 
 def _class_names(dataset, lm: LoadedModel, model) -> list[str]:
-    classes = getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+    classes = _classes(dataset)
     if classes and len(classes) == model.num_classes:
         return [str(c) for c in classes]
     return list(lm.class_names)

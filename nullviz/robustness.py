@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import nullspace as N
 from .errors import InvalidParameterError
 from .models import LoadedModel, PixelModel
 from .params import Interval, Options, bounded, check, validate_fields
@@ -191,8 +192,6 @@ def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
 def _noise_direction(kind: str, lm: LoadedModel, shape: tuple, gen: torch.Generator,
                      approx_delta: torch.Tensor | None) -> torch.Tensor:
     if kind == "exact":
-        from . import nullspace as N
-
         ns = N.nullspace(lm)
         if ns.nullity == 0:
             raise InvalidParameterError("kinds", "tolerance_curves", "kinds without 'exact' for a full-rank patch "
@@ -428,7 +427,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             return report
         t = time.perf_counter()
         kinds = list(cfg.tolerance_kinds)
-        if "exact" in kinds and nullspace_of(lm).nullity == 0:
+        if "exact" in kinds and N.nullspace(lm).nullity == 0:
             kinds.remove("exact")
             report.tolerance_skipped["exact"] = "the patch embedding has full rank: its exact nullspace is {0}"
         if "approximate" in kinds and approx_delta is None:
@@ -438,12 +437,6 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
         report.seconds["tolerance"] = time.perf_counter() - t
         progress("tolerance", 1, 1)
     return report
-
-
-def nullspace_of(lm: LoadedModel):
-    from .nullspace import nullspace
-
-    return nullspace(lm)
 
 
 def _input_delta(lm: LoadedModel, x: torch.Tensor, seed: int) -> torch.Tensor:

@@ -52,9 +52,9 @@ if go:
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
+        dataset = load_dataset(data_spec.strip(), split="heldout")
         reports, bar = [], st.progress(0.0, text="evaluating…")
         for k, lm in enumerate(models):
-            dataset = load_dataset(data_spec.strip(), split="heldout")
 
             def progress(stage, done, total, k=k):
                 bar.progress(min(1.0, (k + done / max(total, 1)) / len(models)),
@@ -62,7 +62,7 @@ if go:
 
             reports.append(R.evaluate(lm, dataset, cfg, progress=progress))
         bar.progress(1.0, text="done")
-        ex = R.examples(models[0], load_dataset(data_spec.strip(), split="heldout"), cfg, count=4)
+        ex = R.examples(models[0], dataset, cfg, count=4)
         preds = {}
         for k, lm in enumerate(models):
             fn = PixelModel.of(lm)

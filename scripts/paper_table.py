@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     original = FinetuneRun(lm, train, held, FinetuneConfig(method="baseline", seed=0))
     original.synthesize_delta(0)
-    base = {**robustness_of(lm), **{"under δ": original.evaluate()["noise_acc"],
-                                    "Gaussian": original.evaluate()["gaussian_acc"]}}
+    noise = original.evaluate()
+    base = {**robustness_of(lm), "under δ": noise["noise_acc"], "Gaussian": noise["gaussian_acc"]}
     rows["default model (no finetuning)"] = [base]
     for method in METHODS:
         for seed in args.seeds:
