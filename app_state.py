@@ -56,14 +56,20 @@ def follow_deep_link() -> None:
 
 
 def current_model() -> LoadedModel:
-    """The active model; falls back to the embedded default if the chosen one cannot be loaded."""
+    """The active model for this script run; falls back to the embedded default if the chosen one cannot be
+    loaded.
+
+    Each run gets its own :meth:`LoadedModel.view` of the cached model: a private module tree over the
+    shared weights. The library already leaves a model untouched; the view makes that hold by construction
+    for whatever a page does, and for this session's previous run still finishing in another thread.
+    """
     spec = st.session_state.get("model_spec", DEFAULT_SPEC)
     try:
-        return cached_model(spec["name"], spec["checkpoint"], spec["device"])
+        return cached_model(spec["name"], spec["checkpoint"], spec["device"]).view()
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)
         st.session_state["model_spec"] = dict(DEFAULT_SPEC)
-        return cached_model(**DEFAULT_SPEC)
+        return cached_model(**DEFAULT_SPEC).view()
 
 
 def model_sidebar() -> None:

@@ -1,11 +1,11 @@
 """Attention maps and per-layer representations, clean vs. noised: where does the encoder absorb noise?
 
 timm's ``Attention`` uses fused ``scaled_dot_product_attention``, which never materialises the attention
-matrix. :func:`unfused_attention` switches each block's ``fused_attn`` off for the duration of one
-extraction and restores it (also on error); forward hooks on each block's ``attn_drop`` (identity in eval)
-capture the softmax output, hooks on each block capture its output tokens, and every hook is removed
-afterwards. Nothing global changes, so other sessions sharing a cached model are not affected (their
-forward passes see the same numbers either way).
+matrix. :func:`trace` therefore runs on a private module tree over the model's own weights
+(:func:`~nullviz.models.shared_weights_view`): on that view it switches ``fused_attn`` off and hooks each
+block's ``attn_drop`` (identity in eval) for the softmax output and each block for its output tokens. The
+hooks and flags live on the view alone, so any number of threads can trace the one cached model at once,
+each seeing only its own tensors, and the cached model is never touched.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import numpy as np
 import torch
 
 from .errors import InvalidParameterError
-from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
+from .models import LoadedModel, logits_from_patch_tokens, patch_tokens, shared_weights_view
 from .params import Interval, Options, check
 
 
 @contextlib.contextmanager
 def unfused_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Temporarily set ``fused_attn = False`` on every attention module; restore the old values after."""
+    """Temporarily set ``fused_attn = False`` on every attention module; restore the old values after.
+
+    Only for a module the caller owns (a copy or a :func:`~nullviz.models.shared_weights_view`): on a shared
+    model another thread would see the flag mid-switch."""
     saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
     try:
         for m, _ in saved:
@@ -33,17 +36,6 @@ def unfused_attention(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, value in saved:
             m.fused_attn = value
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Run in eval mode and restore the caller's mode afterwards (torchattacks' convention)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @dataclass
@@ -80,25 +72,24 @@ class AttentionTrace:
 @torch.no_grad()
 def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> AttentionTrace:
     """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
-    every block's attention probabilities and output tokens."""
-    blocks = list(model.blocks)
+    every block's attention probabilities and output tokens. ``model`` itself is never modified (eval-mode
+    numbers, whatever mode the caller's model is in)."""
+    blocks = list(getattr(model, "blocks", []))
     if not blocks or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "attn_drop"):
         raise InvalidParameterError("model", "attention.trace", "a timm ViT whose blocks have .attn.attn_drop",
                                     type(model).__name__)
+    view = shared_weights_view(model).eval()  # private: its flags and hooks are this call's alone
+    for m in view.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
     attn: list[torch.Tensor] = []
     hidden: list[torch.Tensor] = []
-    handles = []
-    try:
-        handles.append(blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach())))
-        for blk in blocks:
-            handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach())))
-            handles.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
-        with unfused_attention(model), eval_mode(model):
-            u = patch_tokens(model, x)
-            logits = logits_from_patch_tokens(model, u if token_noise is None else u + token_noise.to(u))
-    finally:
-        for h in handles:
-            h.remove()
+    view.blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach()))
+    for blk in view.blocks:
+        blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach()))
+        blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach()))
+    u = patch_tokens(view, x)
+    logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u))
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
     return AttentionTrace(attention=torch.stack(attn).float().cpu(), hidden=torch.stack(hidden).float().cpu(),
                           logits=logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),

@@ -58,37 +58,49 @@ def attribute(lm: LoadedModel, pixels: torch.Tensor, method: str = "integrated_g
 
 def _attribute(lm, pixels, method, target, token_noise, steps, internal_batch_size, sg_samples, sg_std,
                seed) -> Attribution:
-    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+    from captum.attr import IntegratedGradients, Occlusion, Saliency
 
     pixels = (pixels if pixels.dim() == 4 else pixels.unsqueeze(0)).to(lm.device, torch.float32)
-    fn = PixelModel.of(lm, token_noise)
-    was_training = lm.model.training
-    lm.model.eval()
-    try:
-        with torch.no_grad():
-            pred = fn(pixels).argmax(-1)
-        targets = pred.tolist() if target is None else [int(target)] * pixels.shape[0]
-        tgt = torch.tensor(targets, device=lm.device)
-        inputs = pixels.clone().requires_grad_(True)
-        delta = None
-        if method == "integrated_gradients":
-            attr, d = IntegratedGradients(fn).attribute(inputs, baselines=torch.zeros_like(inputs), target=tgt,
-                                                        n_steps=steps, internal_batch_size=internal_batch_size,
-                                                        return_convergence_delta=True)
-            delta = [float(v) for v in d]
-        elif method == "saliency":
-            attr = Saliency(fn).attribute(inputs, target=tgt, abs=False)
-        elif method == "smoothgrad":
-            torch.manual_seed(seed)
-            attr = NoiseTunnel(Saliency(fn)).attribute(inputs, nt_type="smoothgrad", nt_samples=sg_samples,
-                                                       nt_samples_batch_size=internal_batch_size,
-                                                       stdevs=sg_std, target=tgt, abs=False)
-        else:
-            p = lm.patch_size
-            c = pixels.shape[1]
-            attr = Occlusion(fn).attribute(inputs, sliding_window_shapes=(c, p, p), strides=(c, p, p),
-                                           baselines=0.0, target=tgt, perturbations_per_eval=internal_batch_size)
-    finally:
-        lm.model.train(was_training)
+    fn = PixelModel.of(lm, token_noise)  # reads lm.model, an eval-mode frozen module: nothing to switch
+    with torch.no_grad():
+        pred = fn(pixels).argmax(-1)
+    targets = pred.tolist() if target is None else [int(target)] * pixels.shape[0]
+    tgt = torch.tensor(targets, device=lm.device)
+    inputs = pixels.clone().requires_grad_(True)
+    delta = None
+    if method == "integrated_gradients":
+        attr, d = IntegratedGradients(fn).attribute(inputs, baselines=torch.zeros_like(inputs), target=tgt,
+                                                    n_steps=steps, internal_batch_size=internal_batch_size,
+                                                    return_convergence_delta=True)
+        delta = [float(v) for v in d]
+    elif method == "saliency":
+        attr = Saliency(fn).attribute(inputs, target=tgt, abs=False)
+    elif method == "smoothgrad":
+        attr = _smoothgrad(fn, pixels, tgt, sg_samples, sg_std, internal_batch_size, seed)
+    else:
+        p = lm.patch_size
+        c = pixels.shape[1]
+        attr = Occlusion(fn).attribute(inputs, sliding_window_shapes=(c, p, p), strides=(c, p, p),
+                                       baselines=0.0, target=tgt, perturbations_per_eval=internal_batch_size)
     return Attribution(method=method, attributions=attr.detach().float().cpu(), target=targets,
                        convergence_delta=delta)
+
+
+def _smoothgrad(fn, pixels: torch.Tensor, target: torch.Tensor, samples: int, std: float, batch: int,
+                seed: int) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): the mean of captum's Saliency over ``samples`` copies of the input
+    with N(0, std²) noise — captum's ``NoiseTunnel(Saliency)`` with nt_type='smoothgrad', but with the noise
+    drawn from a private seeded generator: NoiseTunnel draws from torch's global RNG, which concurrent
+    requests share, so seeding it would not make one request reproducible."""
+    from captum.attr import Saliency
+
+    gen = torch.Generator().manual_seed(seed)
+    saliency = Saliency(fn)
+    total = torch.zeros_like(pixels)
+    for start in range(0, samples, batch):
+        k = min(batch, samples - start)
+        noise = torch.randn((k, *pixels.shape), generator=gen).to(pixels) * std
+        noisy = (pixels.unsqueeze(0) + noise).flatten(0, 1).requires_grad_(True)
+        grads = saliency.attribute(noisy, target=target.repeat(k), abs=False)
+        total += grads.view(k, *pixels.shape).sum(0)
+    return total / samples

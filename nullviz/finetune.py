@@ -187,7 +187,11 @@ class FinetuneRun:
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train_set), generator=gen)[:n]
         x, _ = _collate(self.train_set, idx)
-        res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed))
+        self.model.eval()  # our own copy: δ is fit to the model as it predicts
+        try:
+            res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed))
+        finally:
+            self.model.train()
         delta = res.delta.to(self.device)
         dist = _dist()
         if dist:

@@ -3,12 +3,19 @@
 Every model comes back as a :class:`LoadedModel`: the timm module in eval mode with frozen parameters,
 its data config (mean, std, size, from timm's ``resolve_data_config``), the matching transform and its
 inverse, its class names and its device. The library never caches models (no module-level state); the app
-caches ``load_model`` with ``st.cache_resource``, keyed by (name, checkpoint, device).
+caches ``load_model`` with ``st.cache_resource``, keyed by (name, checkpoint, device), and shares that one
+object between every session and thread.
+
+Sharing rule: a LoadedModel's module is read-only. Nothing in the library switches its mode, flags, hooks or
+``requires_grad``. Whatever needs a module of its own (attention extraction turns fused attention off and
+records block outputs; attacks libraries call ``.eval()``) works on :func:`shared_weights_view`: a private
+module tree over the *same* weight storage (no copy of the weights, so no extra GPU memory per request).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +207,40 @@ class LoadedModel:
             "std": [float(v) for v in self.data_config["std"]],
         }
 
+    def view(self) -> "LoadedModel":
+        """This model with a private module tree over the same weights (see :func:`shared_weights_view`).
+
+        Derived caches (spectrum, nullspace bases) stay shared: they depend on the weights alone."""
+        out = LoadedModel(model=shared_weights_view(self.model), name=self.name, device=self.device,
+                          data_config=self.data_config, class_names=self.class_names, checkpoint=self.checkpoint,
+                          info=self.info)
+        out.__dict__["_derived"] = self.__dict__.setdefault("_derived", {})
+        return out
+
     def trainable_copy(self) -> VisionTransformer:
         """A deep copy with gradients enabled: finetuning and anything else that mutates works on this."""
         model = copy.deepcopy(self.model)
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+
+
+def shared_weights_view(model: torch.nn.Module) -> torch.nn.Module:
+    """A structural copy of ``model`` whose parameters and buffers share storage with the original.
+
+    Every module object (and so its ``training`` flag, ``fused_attn`` flag and hook lists) is new, and
+    every parameter is a new, frozen ``Parameter`` over the same memory: mode switches, flags, hooks and
+    ``requires_grad`` changes on the view never reach ``model``, while weights are not duplicated (a few
+    milliseconds for the default model, ~25 ms for ViT-B on CPU). In-place writes to the weights would still
+    be shared; nothing in nullviz makes them (tests check the tensors' version counters).
+    """
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if isinstance(t, torch.nn.Parameter):
+            memo[id(t)] = torch.nn.Parameter(t.detach(), requires_grad=False)
+        else:
+            memo[id(t)] = t.detach()
+    return copy.deepcopy(model, memo)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -162,13 +163,24 @@ def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     """Apply one ImageNet-C corruption to [B, C, H, W] pixels in [0, 1]; returns the same shape and dtype.
 
     ``corrupt_tta`` draws from NumPy's global RNG: it is seeded per call and restored afterwards, so results
-    are reproducible and no one else's random stream changes.
+    are reproducible and no one else's random stream changes. Concurrent calls (several sessions of one
+    server) would interleave that one global stream, so the seeded section holds a lock: corruptions
+    serialise among themselves (CPU-bound NumPy, a few ms per image), nothing else waits.
     """
-    import corrupt_tta
-
     check("name", "corrupt", name, Options(CORRUPTIONS))
     check("severity", "corrupt", severity, Interval(int, 1, 5))
     arr = (pixels.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    with _NUMPY_GLOBAL_RNG:
+        return _corrupt_seeded(pixels, arr, name, severity, seed)
+
+
+#: Guards NumPy's global RNG while ``corrupt`` seeds and uses it (the library's only lock; see ``corrupt``).
+_NUMPY_GLOBAL_RNG = threading.Lock()
+
+
+def _corrupt_seeded(pixels: torch.Tensor, arr: np.ndarray, name: str, severity: int, seed: int) -> torch.Tensor:
+    import corrupt_tta
+
     state = np.random.get_state()
     try:
         np.random.seed(seed)
@@ -345,13 +357,8 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
     x, y = images_tensor(lm, dataset, config.limit)
     if len(y) == 0:
         raise InvalidParameterError("dataset", "evaluate", "a non-empty data set", 0)
-    was_training = lm.model.training
-    lm.model.eval()
-    try:
-        return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
-                         approx_delta)
-    finally:
-        lm.model.train(was_training)
+    return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
+                     approx_delta)
 
 
 def _batched(x, y, bs):

@@ -192,17 +192,14 @@ def synthesize(lm: LoadedModel, images: torch.Tensor, config: SynthesisConfig = 
 def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
                          model_name: str = "", callback: Callable[[SynthesisStep], None] | None = None,
                          should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
-    """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training)."""
+    """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training).
+
+    The model is used as it is: it is never switched to eval or train here (a shared model must not be);
+    a caller that trains it puts it in eval mode around the call (see ``FinetuneRun.synthesize_delta``)."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise InvalidParameterError("images", "synthesize", "a non-empty batch [B, C, H, W]", tuple(images.shape))
     device = next(model.parameters()).device
-    images = images.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        return _synthesize(model, images, config, model_name, callback, should_stop)
-    finally:
-        model.train(was_training)
+    return _synthesize(model, images.to(device), config, model_name, callback, should_stop)
 
 
 def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, should_stop) -> SynthesisResult:
@@ -310,13 +307,8 @@ def noise_effect(lm: LoadedModel, x: torch.Tensor, delta: torch.Tensor, level: s
     """Clean vs. noised logits of one normalised image x ([C, H, W] or [1, C, H, W]) under δ at ``level``."""
     check_noise_fits(lm, delta, level)
     x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
-    was_training = lm.model.training
-    lm.model.eval()
-    try:
-        clean = logits_with_noise(lm.model, x, None, level)[0].float()
-        noised = logits_with_noise(lm.model, x, delta.to(lm.device), level)[0].float()
-    finally:
-        lm.model.train(was_training)
+    clean = logits_with_noise(lm.model, x, None, level)[0].float()
+    noised = logits_with_noise(lm.model, x, delta.to(lm.device), level)[0].float()
     return NoiseEffect(probs_clean=clean.softmax(-1).cpu().tolist(), probs_noised=noised.softmax(-1).cpu().tolist(),
                        rel_logit_change=float((noised - clean).norm() / clean.norm().clamp_min(1e-30)),
                        max_abs_logit_change=float((noised - clean).abs().max()),
