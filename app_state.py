@@ -14,10 +14,58 @@ import streamlit as st
 from PIL import Image
 
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
+from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
+                            threads_per_job, valid_workspace_id)
 from nullviz.errors import NullvizError
+from nullviz.jobs import JobQueue
 from nullviz.models import LoadedModel, available_devices, load_model, resolve_device
 
 DEFAULT_SPEC = {"name": "default", "checkpoint": None, "device": "auto"}
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+# ------------------------------------------------------------------------------------- the shared server
+@st.cache_resource(show_spinner=False)
+def server_settings() -> ServerSettings:
+    """Read once per server: the environment (NULLVIZ_SHARED…), overridden by secrets.toml's [nullviz]."""
+    try:
+        overrides = dict(st.secrets.get("nullviz", {}))
+    except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
+        overrides = {}
+    return ServerSettings.from_env(overrides=overrides)
+
+
+@st.cache_resource(show_spinner=False)
+def job_queue() -> JobQueue:
+    """The server's one job queue (its state is the jobs folder; this object only launches and reads)."""
+    s = server_settings()
+    return JobQueue(s.jobs_root, s.max_running_jobs)
+
+
+def job_threads() -> int:
+    return threads_per_job(server_settings().max_running_jobs)
+
+
+def workspace() -> Workspace:
+    """This session's files and jobs. Local mode: one workspace for everyone. Shared mode: a random id
+    per browser session, kept in the URL (``?ws=…``) so a reload or a bookmark finds the same jobs."""
+    settings = server_settings()
+    if not settings.shared:
+        return Workspace(LOCAL_WORKSPACE, settings)
+    ws = st.session_state.get("workspace_id")
+    if ws is None:
+        asked = st.query_params.get("ws")
+        ws = asked if valid_workspace_id(asked) and asked != LOCAL_WORKSPACE else new_workspace_id()
+        st.session_state["workspace_id"] = ws
+    if st.query_params.get("ws") != ws:
+        st.query_params["ws"] = ws
+    return Workspace(ws, settings)
+
+
+def upload_widget(label: str, key: str, types: list[str] | None = None, container=st, **kwargs):
+    """``st.file_uploader`` capped at this server's upload size."""
+    return container.file_uploader(label, type=types, key=key, max_upload_size=server_settings().max_upload_mb,
+                                   **kwargs)
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
@@ -34,6 +82,7 @@ def init_session() -> None:
     """Session defaults, set once per browser session (app.py calls this before any page)."""
     st.session_state.setdefault("model_spec", dict(DEFAULT_SPEC))
     st.session_state.setdefault("model_error", None)
+    workspace()
 
 
 def require_shell(page_file: str) -> None:
@@ -73,31 +122,51 @@ def current_model() -> LoadedModel:
 
 
 def model_sidebar() -> None:
-    """Sidebar form: embedded default / timm name with pretrained weights / local checkpoint, and device."""
+    """Sidebar form: embedded default / timm name with pretrained weights / a checkpoint, and device.
+
+    The checkpoint is a path on the server in local mode and an upload in shared mode."""
     spec = st.session_state["model_spec"]
+    shared = server_settings().shared
     with st.sidebar:
         st.subheader("Model")
         with st.form("model_form", border=False):
-            sources = ["Embedded default (digits ViT)", "timm name (pretrained, downloads)", "Local checkpoint"]
+            sources = ["Embedded default (digits ViT)", "timm name (pretrained, downloads)",
+                       "Upload a checkpoint" if shared else "Local checkpoint"]
             current = 0 if spec["name"] == "default" and not spec["checkpoint"] else (2 if spec["checkpoint"] else 1)
             source = st.radio("Source", sources, index=current, key="model_source")
             name = st.text_input("timm architecture", value="" if spec["name"] == "default" else spec["name"],
                                  placeholder="vit_tiny_patch16_224", key="model_name",
-                                 help="For 'timm name' and 'Local checkpoint'. Leave empty for a checkpoint "
+                                 help="For 'timm name' and the checkpoint. Leave empty for a checkpoint "
                                       "saved by nullviz (its .json sidecar names the architecture).")
-            checkpoint = st.text_input("Checkpoint path", value=spec["checkpoint"] or "", key="model_checkpoint",
-                                       placeholder="/path/to/model.safetensors")
+            if shared:
+                upload = upload_widget("Checkpoint (.safetensors, or .pth/.pt holding weights only)",
+                                       "model_checkpoint_upload", [s.lstrip(".") for s in CHECKPOINT_SUFFIXES])
+                checkpoint = ""
+            else:
+                upload = None
+                checkpoint = st.text_input("Checkpoint path", value=spec["checkpoint"] or "", key="model_checkpoint",
+                                           placeholder="/path/to/model.safetensors")
             devices = ["auto", *available_devices()]
             device = st.selectbox("Device", devices, index=devices.index(spec["device"]) if spec["device"] in devices else 0,
                                   key="model_device")
             submitted = st.form_submit_button("Load model", type="primary")
         if submitted:
-            _switch_model(source, sources, name.strip(), checkpoint.strip(), device)
+            if upload is not None:
+                try:
+                    checkpoint = str(workspace().save_upload(upload.name, upload.getvalue(), CHECKPOINT_SUFFIXES))
+                except NullvizError as exc:
+                    st.session_state["model_error"] = str(exc)
+                    checkpoint = None
+            if checkpoint is not None:
+                _switch_model(source, sources, name.strip(), checkpoint.strip(), device)
         lm = current_model()
         if st.session_state.get("model_error"):
             st.error(st.session_state["model_error"])
-        st.caption(f"Active: **{lm.name}**" + (f" from `{lm.checkpoint}`" if lm.checkpoint else "")
-                   + f" on `{lm.device}`")
+        shown = Path(lm.checkpoint).name if lm.checkpoint and shared else lm.checkpoint
+        st.caption(f"Active: **{lm.name}**" + (f" from `{shown}`" if lm.checkpoint else "") + f" on `{lm.device}`")
+        if shared:
+            st.caption(":material/group: Shared server: your uploads and jobs are private to this browser tab's "
+                       "link (bookmark it to come back to your jobs).")
 
 
 def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, device: str) -> None:
@@ -110,10 +179,13 @@ def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, d
         new = {"name": name, "checkpoint": None, "device": device}
     else:
         if not checkpoint:
-            st.session_state["model_error"] = "Type the path of a .safetensors or .pth checkpoint file."
+            st.session_state["model_error"] = ("Choose a checkpoint file to upload." if server_settings().shared
+                                               else "Type the path of a .safetensors or .pth checkpoint file.")
             return
         new = {"name": name or "default", "checkpoint": checkpoint, "device": device}
     try:
+        if new["checkpoint"]:
+            workspace().check_server_path(new["checkpoint"], "the checkpoint")
         cached_model(new["name"], new["checkpoint"], new["device"])
     except NullvizError as exc:  # keep the previous model: nothing is lost
         st.session_state["model_error"] = str(exc)
@@ -124,6 +196,7 @@ def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, d
 
 def set_active_checkpoint(path: str, device: str | None = None) -> None:
     """Make a checkpoint (e.g. a finetuned model) the active model of the app."""
+    workspace().check_server_path(path, "the checkpoint")
     spec = st.session_state["model_spec"]
     st.session_state["model_spec"] = {"name": "default", "checkpoint": path, "device": device or spec["device"]}
     st.session_state["model_error"] = None
@@ -145,9 +218,10 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
     with col1:
         sample = st.selectbox("Sample image", names, index=names.index(default_sample), key=f"{key}_sample")
     with col2:
-        upload = st.file_uploader("…or upload an image", type=None, key=f"{key}_upload")
+        upload = upload_widget("…or upload an image", f"{key}_upload")
     if upload is not None:
         try:
+            check_upload_size(upload.name, upload.size, server_settings().max_upload_mb)
             return ChosenImage(upload.name, load_image_bytes(upload.getvalue()))
         except NullvizError as exc:
             st.error(f"{upload.name}: {exc} Showing the sample image instead.")

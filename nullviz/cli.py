@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args):
     from .models import load_model
 
-    return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    if not args.model.strip():
+        raise InvalidParameterError("--model", "nullviz", "'default' or a timm ViT name (e.g. vit_tiny_patch16_224)",
+                                    args.model)
+    if args.checkpoint is not None and not args.checkpoint.strip():
+        raise InvalidParameterError("--checkpoint", "nullviz", "the path of a .safetensors/.pth file", args.checkpoint)
+    return load_model(args.model.strip(), checkpoint=args.checkpoint, device=args.device)
 
 
 def cmd_info(args) -> dict[str, Any]:

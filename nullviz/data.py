@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError, ImageLoadError
+from .errors import DataError, ImageLoadError, UploadTooLargeError
 
 #: Fixed split of the embedded digits data set; the default model never saw the held-out part.
 DIGITS_SPLIT_SEED = 0
@@ -153,6 +153,9 @@ def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
     except UnidentifiedImageError as exc:
         raise ImageLoadError("The file is not an image this tool can read; upload a PNG, JPEG, BMP, GIF, "
                              "TIFF or WebP image.") from exc
+    except Image.DecompressionBombError as exc:  # PIL refuses > 2× its own limit already while opening
+        raise ImageLoadError(f"The image is too large to open safely ({exc}); at most {max_pixels:,} pixels "
+                             f"are allowed, downscale it first.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
     width, height = img.size
@@ -258,22 +261,76 @@ def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str |
     return split_dataset(image_folder(spec, transform))
 
 
-def extract_image_folder_zip(data: bytes, dest: str | Path) -> Path:
-    """Unpack an uploaded zip of an ImageFolder into ``dest`` (refusing paths that escape it) and return the
-    folder that holds the class sub-folders."""
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def extract_image_folder_zip(data: bytes, dest: str | Path, max_bytes: int = 1024 * 2**20, max_files: int = 50_000,
+                             max_image_pixels: int | None = None) -> Path:
+    """Unpack an uploaded zip of an ImageFolder into ``dest`` and return the folder that holds the classes.
+
+    Everything is checked before a byte is written: every member's path must stay inside ``dest``
+    (``Path.is_relative_to``, not a string prefix), no links, at most ``max_files`` members, a declared
+    total of at most ``max_bytes``, and every image's declared size within ``max_image_pixels`` (read from
+    its header). The copy then counts the real bytes too, so a zip that lies about its sizes stops at the
+    limit and leaves nothing behind.
+    """
+    import shutil
     import zipfile
 
+    max_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for member in zf.namelist():
-                target = (dest / member).resolve()
-                if not str(target).startswith(str(dest.resolve())):
-                    raise DataError(f"The zip contains an unsafe path {member!r}.")
-            zf.extractall(dest)
+        zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise DataError("The upload is not a valid zip file.") from exc
-    entries = [p for p in dest.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > max_files:
+            raise UploadTooLargeError(f"The zip holds {len(members):,} files; at most {max_files:,} are accepted.")
+        declared = sum(m.file_size for m in members)
+        if declared > max_bytes:
+            raise UploadTooLargeError(f"The zip unpacks to {declared / 2**20:,.0f} MB; at most "
+                                      f"{max_bytes / 2**20:,.0f} MB are accepted.")
+        for m in zf.infolist():
+            target = (root / m.filename).resolve()
+            if not target.is_relative_to(root) or target == root and not m.is_dir():
+                raise DataError(f"The zip contains an unsafe path {m.filename!r}.")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DataError(f"The zip contains a link ({m.filename!r}); links are not accepted.")
+        for m in members:
+            if Path(m.filename).suffix.lower() in _IMAGE_SUFFIXES:
+                try:
+                    with zf.open(m) as f, Image.open(f) as img:
+                        w, h = img.size
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                    continue  # ImageFolder skips or reports unreadable files later
+                if w * h > max_pixels:
+                    raise UploadTooLargeError(f"{m.filename!r} is {w}×{h} pixels, more than the {max_pixels:,} "
+                                              f"allowed per image.")
+        written = 0
+        try:
+            for m in zf.infolist():
+                target = root / m.filename
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise UploadTooLargeError(f"The zip unpacks to more than {max_bytes / 2**20:,.0f} MB "
+                                                      f"(its headers understate its size).")
+                        out.write(chunk)
+        except (UploadTooLargeError, zipfile.BadZipFile, OSError) as exc:
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if isinstance(exc, UploadTooLargeError):
+                raise
+            raise DataError(f"The zip could not be unpacked ({type(exc).__name__}: {exc}).") from exc
+    entries = [p for p in root.iterdir() if not p.name.startswith(("__MACOSX", "."))]
     if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
         return entries[0]  # zip of a single top folder that holds the classes
-    return dest
+    return root

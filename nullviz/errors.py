@@ -50,3 +50,15 @@ class NoiseFileError(NullvizError, ValueError):
 
 class StoppedError(NullvizError):
     """A long job was stopped by the user before it produced a result."""
+
+
+class JobNotFoundError(NullvizError, LookupError):
+    """No such job (or not one of this workspace's: other workspaces' jobs are never revealed)."""
+
+
+class UploadTooLargeError(NullvizError, ValueError):
+    """An upload (or what it expands to) is over the server's limit."""
+
+
+class ServerPathRefusedError(NullvizError, PermissionError):
+    """A path on the server was given where this deployment accepts uploads only."""

@@ -23,9 +23,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -403,114 +402,3 @@ def finetune(lm: LoadedModel, train_set, eval_set, config: FinetuneConfig, out_d
             raise InvalidParameterError("out_dir", "finetune", "the folder of the run to resume", None)
         run.load_state(out_dir)
     return run.run()
-
-
-# ----------------------------------------------------------------------------------- worker thread
-@dataclass
-class JobStatus:
-    state: str = "queued"  # queued, running, done, stopped, failed
-    message: str = ""
-    current: str = ""
-    steps_done: int = 0
-    steps_total: int = 0
-    started: float = 0.0
-    step_records: dict[str, list[dict]] = field(default_factory=dict)
-    epoch_records: dict[str, list[dict]] = field(default_factory=dict)
-    results: dict[str, FinetuneResult] = field(default_factory=dict)
-
-    @property
-    def eta_seconds(self) -> float | None:
-        if self.steps_done == 0 or not self.started:
-            return None
-        elapsed = time.time() - self.started
-        return elapsed / self.steps_done * max(0, self.steps_total - self.steps_done)
-
-
-class FinetuneJob:
-    """Several runs (e.g. baseline vs. nullspace vs. gaussian) one after another in a daemon thread.
-
-    The thread never touches any UI. A page polls :meth:`snapshot`; :meth:`stop` ends the current step
-    cleanly (a checkpoint is written) and skips the remaining runs. If nobody polls for ``idle_timeout``
-    seconds (the browser tab was closed), the job stops itself, so no thread runs on forever.
-    """
-
-    def __init__(self, lm: LoadedModel, train_set, eval_set, configs: list[FinetuneConfig], out_root: str | Path,
-                 idle_timeout: float = 120.0):
-        if not configs:
-            raise InvalidParameterError("configs", "FinetuneJob", "at least one run configuration", configs)
-        self.lm, self.train_set, self.eval_set, self.configs = lm, train_set, eval_set, configs
-        self.out_root = Path(out_root)
-        self.idle_timeout = idle_timeout
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._last_poll = time.time()
-        self._status = JobStatus()
-        self._thread = threading.Thread(target=self._work, name="nullviz-finetune", daemon=True)
-
-    def start(self) -> "FinetuneJob":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def snapshot(self) -> JobStatus:
-        """A consistent copy of the status (and a heartbeat: the job stays alive while someone polls)."""
-        with self._lock:
-            self._last_poll = time.time()
-            s = self._status
-            return JobStatus(state=s.state, message=s.message, current=s.current, steps_done=s.steps_done,
-                             steps_total=s.steps_total, started=s.started,
-                             step_records={k: list(v) for k, v in s.step_records.items()},
-                             epoch_records={k: list(v) for k, v in s.epoch_records.items()},
-                             results=dict(s.results))
-
-    def _should_stop(self) -> bool:
-        if time.time() - self._last_poll > self.idle_timeout:
-            with self._lock:
-                self._status.message = "stopped: nobody watched this run any more"
-            self._stop.set()
-        return self._stop.is_set()
-
-    def _work(self) -> None:
-        with self._lock:
-            self._status.state, self._status.started = "running", time.time()
-            self._status.steps_total = sum(
-                c.epochs * (c.steps_per_epoch or math.ceil(len(self.train_set) / c.batch_size)) for c in self.configs)
-        try:
-            for cfg in self.configs:
-                if self._stop.is_set():
-                    break
-                name = cfg.method
-                with self._lock:
-                    self._status.current = name
-                    self._status.step_records[name] = []
-                    self._status.epoch_records[name] = []
-
-                def on_step(rec, name=name):
-                    with self._lock:
-                        self._status.step_records[name].append(rec)
-                        self._status.steps_done += 1
-
-                def on_epoch(rec, name=name):
-                    with self._lock:
-                        self._status.epoch_records[name].append(rec)
-
-                result = finetune(self.lm, self.train_set, self.eval_set, cfg, self.out_root / name,
-                                  on_step=on_step, on_epoch=on_epoch, should_stop=self._should_stop)
-                with self._lock:
-                    self._status.results[name] = result
-            with self._lock:
-                self._status.state = "stopped" if self._stop.is_set() else "done"
-        except Exception as exc:  # noqa: BLE001 — reported to the page as one line, never lost silently
-            with self._lock:
-                self._status.state = "failed"
-                self._status.message = f"{type(exc).__name__}: {exc}"
-

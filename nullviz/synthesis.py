@@ -121,14 +121,31 @@ def load_noise(path: str | Path) -> SavedNoise:
     path = Path(path)
     if not path.is_file():
         raise NoiseFileError(f"The noise file {str(path)!r} does not exist.")
+    return load_noise_bytes(path.read_bytes(), path.name)
+
+
+def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
+    """:func:`load_noise` for an upload: the file's bytes and the name the user knows it by (messages use
+    that name, never a temporary file's). Loaded with ``weights_only=True``: tensors and plain data only."""
+    import io
+    import pickle
+    import zipfile
+
+    label = Path(name).name
+    if not data:
+        raise NoiseFileError(f"{label!r} is empty (0 bytes); upload a .pt noise file saved by nullviz.")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — pickle/zip errors of many kinds mean "not a noise file"
-        raise NoiseFileError(f"{path.name!r} is not a nullviz noise file ({type(exc).__name__}).") from exc
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
+        raise NoiseFileError(f"{label!r} is not a nullviz noise file: it is not a PyTorch file "
+                             f"(save noise with nullviz's download button or --out).") from exc
+    except Exception as exc:  # noqa: BLE001 — torch raises many types for foreign or damaged files
+        raise NoiseFileError(f"{label!r} is not a nullviz noise file: it could not be read as one "
+                             f"({type(exc).__name__}).") from exc
     if isinstance(obj, torch.Tensor):  # a bare input-space tensor (``nullviz nullspace --out``)
         return SavedNoise(obj.float(), "input", {"level": "input", "kind": "exact"})
     if not isinstance(obj, dict) or not isinstance(obj.get("delta"), torch.Tensor):
-        raise NoiseFileError(f"{path.name!r} holds no 'delta' tensor; save noise with nullviz first.")
+        raise NoiseFileError(f"{label!r} holds no 'delta' tensor; save noise with nullviz first.")
     meta = dict(obj.get("meta") or {})
     level = meta.get("level", "input" if obj["delta"].dim() == 3 else "encoder")
     return SavedNoise(obj["delta"].float(), level, meta)

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import current_model, figure_html, image_picker, require_shell, show_error
+from app_state import current_model, figure_html, image_picker, require_shell, server_settings, show_error
 from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.attention import compare, rollout_map
 from nullviz.attribution import METHODS, attribute
 from nullviz.errors import NullvizError
-from nullviz.synthesis import check_noise_fits, load_noise
+from nullviz.deploy import check_upload_size
+from nullviz.synthesis import check_noise_fits, load_noise_bytes
 
 require_shell(__file__)
 
@@ -41,17 +42,13 @@ else:
     else:
         up = st.file_uploader("noise file (.pt saved by nullviz)", key="att_noise_file")
         if up is not None:
-            import tempfile
-
-            with tempfile.NamedTemporaryFile(suffix=".pt") as f:
-                f.write(up.getvalue())
-                f.flush()
-                try:
-                    saved = load_noise(f.name)
-                    check_noise_fits(lm, saved.delta, saved.level)
-                    delta, level = saved.delta, saved.level
-                except NullvizError as exc:
-                    show_error(exc)
+            try:
+                check_upload_size(up.name, up.size, server_settings().max_upload_mb)
+                saved = load_noise_bytes(up.getvalue(), up.name)
+                check_noise_fits(lm, saved.delta, saved.level)
+                delta, level = saved.delta, saved.level
+            except NullvizError as exc:
+                show_error(exc)
         if delta is None:
             st.info("Upload a noise file saved from the Nullspace page (or by `python -m nullviz synthesize --out`).")
             st.stop()

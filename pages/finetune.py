@@ -1,28 +1,34 @@
-"""Finetune: nullspace-augmented finetuning vs. its controls, live, stoppable, comparable."""
+"""Finetune: nullspace-augmented finetuning vs. its controls, as jobs that run in their own processes."""
 
 import io
-import tempfile
 import time
-import uuid
 import zipfile
-from pathlib import Path
+from datetime import datetime
 
 import streamlit as st
 
-from app_state import current_model, require_shell, set_active_checkpoint, show_error
+from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
+                       show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.data import extract_image_folder_zip, train_heldout
+from nullviz.data import extract_image_folder_zip
+from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
-from nullviz.finetune import METHODS, FinetuneConfig, FinetuneJob
+from nullviz.finetune import METHODS, FinetuneConfig
+from nullviz.jobs import LogFollower, finetune_params, thin
 
 require_shell(__file__)
 
-RUNS_ROOT = Path(tempfile.gettempdir()) / "nullviz-runs"
+REFRESH_S = 2.0  # how often a running job's page looks at its files
+MAX_POINTS = 400  # points per curve, however long the run
 
+settings, ws, queue = server_settings(), workspace(), job_queue()
 lm = current_model()
 st.title("Nullspace-augmented finetuning")
-st.caption("Each run trains a copy of the active model; the model other pages use is never modified.")
+st.caption("Each run trains a copy of the active model in a process of its own; the model other pages use is "
+           "never modified. Runs go on when you close the tab, and come back when you open this page again.")
 
+DATA_SOURCES = ["default digits", *([] if settings.shared else ["ImageFolder path"]), "upload a zip of an ImageFolder",
+                "CIFAR-10"]
 with st.form("ft_form"):
     c = st.columns(4)
     methods = c[0].multiselect("methods", list(METHODS), default=["baseline", "nullspace", "gaussian"], key="ft_methods")
@@ -35,128 +41,180 @@ with st.form("ft_form"):
     synth_steps = c[2].number_input("δ synthesis steps", 1, 5000, 50, key="ft_synth_steps")
     fgsm_eps = c[3].number_input("FGSM ε (/255)", 0.0, 255.0, 8.0, key="ft_eps")
     c = st.columns(3)
-    source = c[0].selectbox("data", ["default digits", "ImageFolder path", "upload a zip of an ImageFolder", "CIFAR-10"],
-                            key="ft_source")
-    folder = c[1].text_input("ImageFolder path", key="ft_folder")
-    upload = c[2].file_uploader("ImageFolder zip", type=["zip"], key="ft_zip")
+    source = c[0].selectbox("data", DATA_SOURCES, key="ft_source")
+    folder = "" if settings.shared else c[1].text_input("ImageFolder path", key="ft_folder")
+    upload = upload_widget("ImageFolder zip", "ft_zip", ["zip"], container=c[2 if not settings.shared else 1])
     seed = st.number_input("seed", 0, 10_000, 0, key="ft_seed")
     start = st.form_submit_button("Start", type="primary")
 
 
-def _datasets():
+def _data_spec() -> str:
+    """The job's data: 'default', 'cifar10', or a folder (typed in local mode, unpacked from a zip upload)."""
     if source == "default digits":
-        return train_heldout("default", lm.transform)
+        return "default"
     if source == "CIFAR-10":
-        return train_heldout("cifar10", lm.transform, RUNS_ROOT / "data")
+        return "cifar10"
     if source == "ImageFolder path":
-        return train_heldout(folder.strip(), lm.transform)
+        if not folder.strip():
+            raise NullvizError("Type the path of an ImageFolder (one sub-folder of images per class).")
+        return str(ws.check_server_path(folder.strip(), "the data folder"))
     if upload is None:
         raise NullvizError("Upload a .zip holding one folder of images per class.")
-    dest = Path(tempfile.mkdtemp(prefix="nullviz-data-"))
-    return train_heldout(str(extract_image_folder_zip(upload.getvalue(), dest)), lm.transform)
+    check_upload_size(upload.name, upload.size, settings.max_upload_mb)
+    dest = ws.new_upload_folder()
+    return str(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=settings.max_expanded_mb * 2**20,
+                                        max_files=settings.max_zip_files))
 
 
 if start:
-    old = st.session_state.get("ft_job")
-    if old is not None:
-        old.stop()  # never two runs of one session at once; the old one ends cleanly
     try:
         if not methods:
             raise NullvizError("Pick at least one method.")
-        train, held = _datasets()
+        mine = [j for j in queue.jobs(ws.id) if not j.finished]
+        if settings.shared and len(mine) >= settings.max_jobs_per_workspace:
+            raise NullvizError(f"You already have {len(mine)} jobs queued or running; this server allows "
+                               f"{settings.max_jobs_per_workspace} per session. Stop one or wait for it to end.")
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, seed=int(seed)) for m in methods]
-        out = RUNS_ROOT / uuid.uuid4().hex[:12]
-        st.session_state["ft_job"] = FinetuneJob(lm, train, held, configs, out).start()
-        st.session_state["ft_out"] = str(out)
-        st.session_state["ft_final_drawn"] = False
+        data = _data_spec()
+        params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
+                                 configs, data_cache=str(settings.datasets_cache))
+        job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs",
+                           threads=job_threads())
+        st.session_state["ft_job_id"] = job.id
     except NullvizError as exc:
         show_error(exc)
 
-job: FinetuneJob | None = st.session_state.get("ft_job")
-if job is None:
+jobs = queue.jobs(ws.id)
+if not jobs:
     st.info("Pick methods and press **Start**. The defaults (3 epochs on the digits) take about 20 s per method on CPU.")
     st.stop()
 
+# ----------------------------------------------------------------------------------------------- job list
+st.subheader("Your jobs" if settings.shared else "Jobs on this server")
+running = queue.running()
+waiting = queue.waiting()
+st.caption(f"{running} running, {len(waiting)} waiting · at most {settings.max_running_jobs} run at once; "
+           f"the others wait in line.")
+labels = {j.id: f"{datetime.fromtimestamp(j.submitted):%H:%M:%S} · {j.label} · {j.state}" for j in jobs}
+ids = [j.id for j in jobs]
+wanted = st.session_state.get("ft_job_id")
+if wanted not in ids:
+    wanted = ids[0]
+st.session_state["ft_job_id"] = wanted
+job_id = st.selectbox("job", ids, index=ids.index(wanted), format_func=labels.get, key="ft_job_pick")
+st.session_state["ft_job_id"] = job_id
 
-def epoch_series(status) -> dict:
-    """Per-run held-out accuracies by epoch, for the comparison curves."""
+
+def _follow(job) -> dict:
+    """New log lines of the job's runs, appended to this session's copy (reads only what is new)."""
+    cache = st.session_state.setdefault("ft_follow", {})
+    if cache.get("job") != job.id:
+        cache.clear()
+        cache.update(job=job.id, follower=LogFollower(), steps={}, epochs={})
+    for cfg in job.params.get("configs", []):
+        m = cfg["method"]
+        for rec in cache["follower"].read(job.dir / m / "log.jsonl"):
+            (cache["steps"] if rec.get("kind") == "step" else cache["epochs"]).setdefault(m, []).append(rec)
+    return cache
+
+
+def _epoch_series(epochs: dict) -> dict:
     return {m: {"epoch": [r["epoch"] for r in recs],
                 **{k: [r.get(k) for r in recs] for k in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc")}}
-            for m, recs in status.epoch_records.items()}
+            for m, recs in epochs.items()}
 
 
-def draw(status) -> None:
-    done, total = status.steps_done, max(status.steps_total, 1)
-    eta = status.eta_seconds
-    st.progress(min(done / total, 1.0), text=f"{status.state} · {status.current} · step {done}/{total}"
-                + (f" · ETA {eta:.0f}s" if eta is not None and status.state == "running" else ""))
-    if status.message:
-        (st.error if status.state == "failed" else st.info)(status.message)
-    steps = {m: {"step": [r["step"] for r in recs], "loss": [r["loss"] for r in recs],
-                 "loss_clean": [r["loss_clean"] for r in recs], "loss_noise": [r["loss_noise"] for r in recs]}
-             for m, recs in status.step_records.items()}
+def _draw(job, cache) -> None:
+    done, total = job.steps_done, max(job.steps_total, 1)
+    if job.state == "queued":
+        pos = queue.position(job)
+        st.progress(0.0, text=f"waiting in line{f' (number {pos})' if pos else ''}: "
+                              f"{settings.max_running_jobs} job(s) run at once")
+    else:
+        eta = job.eta_seconds
+        current = job.status.get("current", "")
+        st.progress(min(done / total, 1.0), text=f"{job.state} · {current} · step {done}/{total}"
+                    + (f" · ETA {eta:.0f}s" if eta is not None else ""))
+    if job.message:
+        (st.error if job.state == "failed" else st.info)(job.message)
+    steps = {m: {"step": [r["step"] for r in recs], "loss": [r["loss"] for r in recs]}
+             for m, recs in ((m, thin(v, MAX_POINTS)) for m, v in cache["steps"].items())}
     c = st.columns(2)
-    c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss"),
-                      key=f"ft_loss_{done}")
-    c[1].plotly_chart(figures.training_curves(epoch_series(status), "epoch", ["clean_acc", "fgsm_acc"], "held-out accuracy",
-                                              "accuracy"), key=f"ft_acc_{done}")
+    if steps:
+        c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss"),
+                          key="ft_loss")
+    else:
+        c[0].caption("The training loss appears here after the first step.")
+    if cache["epochs"]:
+        c[1].plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["clean_acc", "fgsm_acc"],
+                                                  "held-out accuracy", "accuracy"), key="ft_acc")
+    else:
+        c[1].caption("Held-out accuracy appears here after the first epoch.")
 
 
-running = job.alive
+job = queue.get(job_id, ws.id)
 
 
-@st.fragment(run_every=1.0 if running else None)
-def live():
-    status = job.snapshot()
-    if st.button("Stop", key="ft_stop", disabled=not job.alive):
-        job.stop()
-    draw(status)
-    if not job.alive and not st.session_state.get("ft_final_drawn"):
-        st.session_state["ft_final_drawn"] = True
+@st.fragment(run_every=None if job.finished else REFRESH_S)
+def live() -> None:
+    job = queue.get(job_id, ws.id)
+    if st.button("Stop", key="ft_stop", disabled=job.finished):
+        job = queue.stop(job.id, ws.id)
+    _draw(job, _follow(job))
+    if job.finished and not st.session_state.get(f"ft_final_{job.id}"):
+        st.session_state[f"ft_final_{job.id}"] = True
         st.rerun()  # once finished, redraw the whole page with the final table and downloads
 
 
 live()
-if running:
+if not job.finished:
     st.stop()
 
-status = job.snapshot()
-if not status.results:
+results = job.results
+if not results:
     st.stop()
+cache = _follow(job)
 rows = {"method": [], "epochs": [], "clean": [], "under δ": [], "Gaussian, same norm": [], "FGSM": [], "‖δ‖": []}
-for method, res in status.results.items():
-    last = res.history[-1] if res.history else {}
-    rows["method"].append(method + (" (stopped)" if res.stopped else ""))
-    rows["epochs"].append(res.epochs_run)
+for method, res in results.items():
+    last = res["history"][-1] if res.get("history") else {}
+    rows["method"].append(method + (" (stopped)" if res.get("stopped") else ""))
+    rows["epochs"].append(res.get("epochs_run", 0))
     for col, key in (("clean", "clean_acc"), ("under δ", "noise_acc"), ("Gaussian, same norm", "gaussian_acc"),
                      ("FGSM", "fgsm_acc")):
         rows[col].append(f"{last[key]:.1%}" if key in last else "—")
     rows["‖δ‖"].append(f"{last['delta_l2']:.1f}" if "delta_l2" in last else "—")
 st.subheader("Final numbers")
 st.table(rows)
-st.plotly_chart(figures.training_curves(epoch_series(status), "epoch", ["noise_acc", "gaussian_acc"],
-                                        "held-out accuracy under δ and under Gaussian noise of δ's norm", "accuracy"),
-                key="ft_noise_acc")
+if cache["epochs"]:
+    st.plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["noise_acc", "gaussian_acc"],
+                                            "held-out accuracy under δ and under Gaussian noise of δ's norm", "accuracy"),
+                    key="ft_noise_acc")
 
 st.subheader("Download and use")
-for method, res in status.results.items():
-    if not res.checkpoint:
-        continue
-    run_dir = Path(res.checkpoint).parent
+for method, res in results.items():
+    run_dir = job.dir / method
     c = st.columns(3)
+    log = run_dir / "log.jsonl"
+    c[1].download_button(f"{method}: run log (JSON lines)", log.read_bytes() if log.exists() else b"",
+                         f"{method}_log.jsonl", key=f"dl_log_{job.id}_{method}")
+    if not res.get("usable") or not res.get("checkpoint"):
+        c[0].caption(f"{method}: stopped before its first epoch ended; there is no trained model to use.")
+        continue
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name in ("model.safetensors", "model.json"):
             zf.write(run_dir / name, name)
-    c[0].download_button(f"{method}: checkpoint (.zip)", buf.getvalue(), f"{method}_checkpoint.zip", key=f"dl_ck_{method}")
-    log = run_dir / "log.jsonl"
-    c[1].download_button(f"{method}: run log (JSON lines)", log.read_bytes() if log.exists() else b"",
-                         f"{method}_log.jsonl", key=f"dl_log_{method}")
-    if c[2].button(f"Use the {method} model", key=f"use_{method}"):
-        set_active_checkpoint(res.checkpoint, str(lm.device))
-        st.session_state["last_finetuned_checkpoint"] = res.checkpoint
-        st.success(f"The {method} model is now active on every page ({res.checkpoint}).")
+    c[0].download_button(f"{method}: checkpoint (.zip)", buf.getvalue(), f"{method}_checkpoint.zip",
+                         key=f"dl_ck_{job.id}_{method}")
+    if c[2].button(f"Use the {method} model", key=f"use_{job.id}_{method}"):
+        try:
+            set_active_checkpoint(res["checkpoint"], str(lm.device))
+        except NullvizError as exc:
+            show_error(exc)
+            st.stop()
+        st.session_state["last_finetuned_checkpoint"] = res["checkpoint"]
+        st.success(f"The {method} model is now active on every page.")
         time.sleep(0.2)
         st.rerun()

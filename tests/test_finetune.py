@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 from conftest import assert_state_equal, state_snapshot
 from nullviz.data import digits_dataset
 from nullviz.errors import CheckpointError, InvalidParameterError
-from nullviz.finetune import METHODS, FinetuneConfig, FinetuneJob, FinetuneRun, finetune
+from nullviz.finetune import METHODS, FinetuneConfig, FinetuneRun, finetune
 from nullviz.models import load_model
 from nullviz.params import constraints_of
 
@@ -121,50 +120,6 @@ def test_freeze_options(default_lm, sets):
 def test_config_rejects_each_bad_value(name, constraint):
     with pytest.raises(InvalidParameterError, match=f"'{name}' parameter of FinetuneConfig"):
         FinetuneConfig(**{name: constraint.invalid_value()})
-
-
-def test_job_runs_several_methods_and_polls(default_lm, sets, tmp_path):
-    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline"), small("gaussian")], tmp_path).start()
-    seen_running = False
-    deadline = time.time() + 120
-    while job.alive and time.time() < deadline:
-        s = job.snapshot()
-        seen_running |= s.state == "running"
-        time.sleep(0.05)
-    s = job.snapshot()
-    assert s.state == "done" and set(s.results) == {"baseline", "gaussian"}
-    assert s.steps_done == s.steps_total == 6
-    assert len(s.step_records["gaussian"]) == 3 and len(s.epoch_records["baseline"]) == 1
-
-
-def test_job_stop_mid_run_writes_checkpoint(default_lm, sets, tmp_path):
-    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline", steps_per_epoch=500, epochs=3)], tmp_path)
-    job.start()
-    while job.snapshot().steps_done < 2:
-        time.sleep(0.01)
-    job.stop()
-    job.join(60)
-    s = job.snapshot()
-    assert not job.alive and s.state == "stopped"
-    assert s.results["baseline"].stopped and (tmp_path / "baseline" / "model.safetensors").exists()
-
-
-def test_job_stops_itself_when_nobody_polls(default_lm, sets, tmp_path):
-    job = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline", steps_per_epoch=10_000)], tmp_path,
-                      idle_timeout=0.3).start()
-    job.join(60)
-    assert not job.alive
-    s = job.snapshot()
-    assert s.state == "stopped" and "nobody watched" in s.message
-
-
-def test_two_jobs_at_once_do_not_interfere(default_lm, sets, tmp_path):
-    a = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline")], tmp_path / "a").start()
-    b = FinetuneJob(default_lm, sets[0], sets[1], [small("baseline")], tmp_path / "b").start()
-    a.join(120)
-    b.join(120)
-    ra, rb = a.snapshot().results["baseline"], b.snapshot().results["baseline"]
-    assert ra.history[-1]["loss"] == pytest.approx(rb.history[-1]["loss"], rel=1e-6)
 
 
 def test_new_class_count_gets_a_seeded_head_without_touching_global_rng(default_lm):

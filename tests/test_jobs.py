@@ -1,0 +1,144 @@
+"""Jobs as processes: the queue's order and bound, stop, crash, follow, ownership."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from nullviz.errors import InvalidParameterError, JobNotFoundError
+from nullviz.finetune import FinetuneConfig
+from nullviz.jobs import JobQueue, LogFollower, finetune_params, thin
+
+MODEL = {"name": "default", "device": "cpu"}
+
+
+def params(steps=2, epochs=1, methods=("baseline",)):
+    cfgs = [FinetuneConfig(method=m, epochs=epochs, steps_per_epoch=steps, batch_size=8, synth_steps=2,
+                           synth_fraction=0.02, eval_limit=16) for m in methods]
+    return finetune_params(MODEL, "default", cfgs)
+
+
+def wait_all(queue, jobs, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        infos = [queue.get(j.id) for j in jobs]
+        if all(i.finished for i in infos):
+            return infos
+        time.sleep(0.2)
+    raise AssertionError([(i.id, i.state, i.status) for i in infos])
+
+
+def wait_for(cond, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_three_requests_one_slot_run_in_order_one_at_a_time(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    jobs = [queue.submit("finetune", params(), owner="alice", label=f"job {k}", threads=1) for k in range(3)]
+    wait_for(lambda: queue.running() == 1)
+    positions = [queue.position(queue.get(j.id)) for j in jobs]
+    assert positions[0] is None or positions[0] == 1  # the first starts (or is about to)
+    assert [p for p in positions if p is not None] == sorted(p for p in positions if p is not None)
+    infos = wait_all(queue, jobs)
+    assert [i.state for i in infos] == ["done"] * 3
+    spans = [(i.status["started"], i.status["finished"]) for i in infos]
+    assert spans == sorted(spans)  # first come, first served
+    for (s0, f0), (s1, _) in zip(spans, spans[1:]):
+        assert s1 >= f0 - 0.05  # never two at once with one slot
+    res = infos[0].results["baseline"]
+    assert res["usable"] and res["steps_run"] == 2
+    lines = (infos[0].dir / "baseline" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["kind"] for x in lines] == ["step", "step", "epoch"]
+
+
+def test_two_slots_bound_concurrency(tmp_path):
+    queue = JobQueue(tmp_path, max_running=2)
+    jobs = [queue.submit("finetune", params(steps=4), owner="bob", threads=1) for _ in range(3)]
+    infos = wait_all(queue, jobs)
+    assert all(i.state == "done" for i in infos)
+    events = sorted([(i.status["started"], 1) for i in infos] + [(i.status["finished"], -1) for i in infos])
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak <= 2
+
+
+def test_stop_running_and_queued_jobs(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    long = queue.submit("finetune", params(steps=100_000), owner="carol", threads=1)
+    queued = queue.submit("finetune", params(), owner="carol", threads=1)
+    wait_for(lambda: queue.get(long.id).steps_done >= 1 or queue.get(long.id).status.get("current"))
+    assert queue.get(queued.id).state == "queued" and queue.position(queue.get(queued.id)) == 1
+    queue.stop(queued.id, "carol")
+    queue.stop(long.id, "carol")
+    a, b = wait_all(queue, [long, queued], timeout=120)
+    assert a.state == "stopped" and b.state == "cancelled"
+    res = a.results["baseline"]
+    assert res["stopped"] and not res["usable"]  # stopped before its first epoch ended
+    assert not os.path.exists(b.dir / "baseline")
+
+
+def test_a_killed_worker_is_reported_and_frees_its_slot(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    victim = queue.submit("finetune", params(steps=100_000), owner="dave", threads=1)
+    nxt = queue.submit("finetune", params(), owner="dave", threads=1)
+    wait_for(lambda: queue.get(victim.id).state == "running")
+    assert os.getsid(victim.status["pid"]) != os.getsid(0)  # its own session: outlives the server
+    os.kill(victim.status["pid"], signal.SIGKILL)
+    wait_for(lambda: queue.get(victim.id).state == "failed")
+    assert "ended unexpectedly" in queue.get(victim.id).message
+    (done,) = wait_all(queue, [nxt])
+    assert done.state == "done"
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    job = queue.submit("finetune", params(steps=100_000), owner="erin", threads=1)
+    wait_for(lambda: queue.get(job.id).steps_done >= 1)
+    os.kill(job.status["pid"], signal.SIGTERM)
+    (info,) = wait_all(queue, [job])
+    assert info.state == "stopped" and (info.dir / "baseline" / "model.safetensors").exists()
+
+
+def test_owners_are_apart(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    job = queue.submit("finetune", params(), owner="frank_0123456789abcdef", threads=1)
+    assert [j.id for j in queue.jobs("frank_0123456789abcdef")] == [job.id]
+    assert queue.jobs("grace_0123456789abcdef") == []
+    with pytest.raises(JobNotFoundError):
+        queue.get(job.id, "grace_0123456789abcdef")
+    with pytest.raises(JobNotFoundError):
+        queue.stop(job.id, "grace_0123456789abcdef")
+    for bad in ("", "../x", "a/b", "x" * 65):
+        with pytest.raises(InvalidParameterError):
+            queue.submit("finetune", params(), owner=bad)
+    with pytest.raises(InvalidParameterError):
+        queue.submit("finetune", {"model": MODEL, "data": "default", "configs": []})
+    wait_all(queue, [job])
+
+
+def test_log_follower_reads_only_complete_new_lines(tmp_path):
+    path = tmp_path / "log.jsonl"
+    f = LogFollower()
+    assert f.read(path) == []
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert f.read(path) == [{"a": 1}, {"a": 2}]
+    assert f.read(path) == []
+    with open(path, "a") as out:
+        out.write('3}\n')
+    assert f.read(path) == [{"a": 3}]
+
+
+def test_thin_keeps_ends_and_bounds_points():
+    values = list(range(10_001))
+    out = thin(values, 400)
+    assert len(out) <= 401 and out[0] == 0 and out[-1] == 10_000
+    assert thin([1, 2, 3], 400) == [1, 2, 3]
