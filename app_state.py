@@ -114,6 +114,8 @@ def current_model() -> LoadedModel:
     """
     spec = st.session_state.get("model_spec", DEFAULT_SPEC)
     try:
+        if spec["checkpoint"]:
+            workspace().check_server_path(spec["checkpoint"], "the checkpoint")
         return cached_model(spec["name"], spec["checkpoint"], spec["device"]).view()
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)

@@ -252,6 +252,19 @@ def cifar10(root: str | Path, transform: Callable | None = None):
                         f"default digits or an ImageFolder directory instead.") from exc
 
 
+def check_data_spec(spec: str) -> str:
+    """Fail now, with the reason, for a data spec a job would only reject minutes later: 'default',
+    'cifar10', or a folder with at least one class sub-folder (cheap: the folder is not scanned)."""
+    if spec in ("default", "digits", "cifar10"):
+        return spec
+    path = Path(spec)
+    if not path.is_dir():
+        raise DataError(f"The data folder {str(path)!r} does not exist or is not a directory.")
+    if not any(child.is_dir() for child in path.iterdir()):
+        raise DataError(f"{str(path)!r} is not an ImageFolder: it needs one sub-folder of images per class.")
+    return spec
+
+
 def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data"):
     """(train, held-out) for 'default' (the digits' fixed split), 'cifar10', or an ImageFolder path (90/10)."""
     if spec in ("default", "digits"):

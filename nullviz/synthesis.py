@@ -134,11 +134,14 @@ def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
     label = Path(name).name
     if not data:
         raise NoiseFileError(f"{label!r} is empty (0 bytes); upload a .pt noise file saved by nullviz.")
+    not_torch = (f"{label!r} is not a nullviz noise file: it is not a PyTorch file (save noise with nullviz's "
+                 f"download button or --out).")
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip; old torch a raw pickle
+        raise NoiseFileError(not_torch)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        raise NoiseFileError(f"{label!r} is not a nullviz noise file: it is not a PyTorch file "
-                             f"(save noise with nullviz's download button or --out).") from exc
+        raise NoiseFileError(not_torch) from exc
     except Exception as exc:  # noqa: BLE001 — torch raises many types for foreign or damaged files
         raise NoiseFileError(f"{label!r} is not a nullviz noise file: it could not be read as one "
                              f"({type(exc).__name__}).") from exc

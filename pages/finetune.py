@@ -10,7 +10,7 @@ import streamlit as st
 from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.data import extract_image_folder_zip
+from nullviz.data import check_data_spec, extract_image_folder_zip
 from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
 from nullviz.finetune import METHODS, FinetuneConfig
@@ -77,7 +77,7 @@ if start:
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, seed=int(seed)) for m in methods]
-        data = _data_spec()
+        data = check_data_spec(_data_spec())
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
                                  configs, data_cache=str(settings.datasets_cache))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs",

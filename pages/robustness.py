@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from app_state import DEFAULT_SPEC, cached_model, current_model, require_shell, show_error
+from app_state import DEFAULT_SPEC, cached_model, current_model, job_queue, require_shell, server_settings, show_error, workspace
 from nullviz import figures
 from nullviz import robustness as R
 from nullviz.data import load_dataset
@@ -13,17 +13,28 @@ from nullviz.models import PixelModel
 require_shell(__file__)
 
 lm_a = current_model()
+shared, ws = server_settings().shared, workspace()
 st.title("Robustness")
 st.caption("Attacks act on [0, 1] pixels with the model's normalisation inside; ε in 1/255 pixel units.")
 
 with st.form("rob_form"):
     c = st.columns(2)
     other = c[0].selectbox("Compare with", ["nothing", "the embedded default model", "a checkpoint"], key="rob_other")
-    other_path = c[1].text_input("checkpoint path (for 'a checkpoint')", key="rob_other_path",
-                                 placeholder=st.session_state.get("last_finetuned_checkpoint") or "/path/model.safetensors")
+    if shared:  # no server paths: one of this session's own finetuned models
+        own = {f"{job.label} · {method}": res["checkpoint"] for job in job_queue().jobs(ws.id) if job.finished
+               for method, res in job.results.items() if res.get("usable")}
+        picked = c[1].selectbox("checkpoint (for 'a checkpoint')", list(own) or ["(finetune a model first)"],
+                                key="rob_other_pick")
+        other_path = own.get(picked, "")
+    else:
+        other_path = c[1].text_input("checkpoint path (for 'a checkpoint')", key="rob_other_path",
+                                     placeholder=st.session_state.get("last_finetuned_checkpoint")
+                                     or "/path/model.safetensors")
     c = st.columns(3)
-    data_spec = c[0].text_input("data set", value="default", key="rob_data",
-                                help="'default' = the digits' held-out split, or an ImageFolder directory")
+    data_spec = "default" if shared else c[0].text_input(
+        "data set", value="default", key="rob_data", help="'default' = the digits' held-out split, or an ImageFolder directory")
+    if shared:
+        c[0].caption("Data: the digits' held-out split (server folders are off on this shared server).")
     limit = c[1].number_input("images (limit)", min_value=1, max_value=100_000, value=128, key="rob_limit")
     batch = c[2].number_input("batch size", min_value=1, max_value=4096, value=128, key="rob_batch")
     c = st.columns(4)
@@ -46,13 +57,17 @@ if go:
             models.append(cached_model(**{**DEFAULT_SPEC, "device": str(lm_a.device)}))
         elif other == "a checkpoint":
             path = other_path.strip() or st.session_state.get("last_finetuned_checkpoint") or ""
+            if not path:
+                raise NullvizError("Choose a checkpoint to compare with (finetune a model first on a shared server).")
+            ws.check_server_path(path, "the checkpoint")
             models.append(cached_model("default", path, str(lm_a.device)))
         magnitudes = tuple(float(v) for v in tol.split(",") if v.strip())
         cfg = R.EvalConfig(attacks=tuple(attacks), eps=float(eps255) / 255, pgd_steps=int(steps),
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
-        dataset = load_dataset(data_spec.strip(), split="heldout")
+        dataset = load_dataset(str(ws.check_server_path(data_spec.strip(), "the data set")) if data_spec.strip()
+                               not in ("default", "digits") else data_spec.strip(), split="heldout")
         reports, bar = [], st.progress(0.0, text="evaluating…")
         for k, lm in enumerate(models):
 

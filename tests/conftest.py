@@ -40,3 +40,34 @@ def assert_state_equal(model: torch.nn.Module, snap: dict) -> None:
     assert now.keys() == snap.keys()
     for k in snap:
         assert torch.equal(now[k], snap[k]), k
+
+
+def _fresh_server(monkeypatch, data_dir, **env):
+    """Point the app's cached server settings and job queue at ``data_dir`` (and extra NULLVIZ_* env)."""
+    import app_state
+
+    monkeypatch.setenv("NULLVIZ_DATA_DIR", str(data_dir))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    app_state.server_settings.clear()
+    app_state.job_queue.clear()
+
+
+@pytest.fixture
+def jobs_dir(tmp_path, monkeypatch):
+    """A local-mode server whose jobs live under tmp_path."""
+    _fresh_server(monkeypatch, tmp_path)
+    yield tmp_path / "jobs"
+    monkeypatch.undo()
+    _fresh_server(monkeypatch, Path(__import__("tempfile").gettempdir()) / "nullviz")
+    monkeypatch.undo()
+
+
+@pytest.fixture
+def shared_server(tmp_path, monkeypatch):
+    """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap, its files under tmp_path."""
+    _fresh_server(monkeypatch, tmp_path, NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")
+    yield tmp_path
+    monkeypatch.undo()
+    _fresh_server(monkeypatch, Path(__import__("tempfile").gettempdir()) / "nullviz")
+    monkeypatch.undo()

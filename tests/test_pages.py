@@ -1,6 +1,7 @@
 """Every page under Streamlit's AppTest (a headless script run, no browser)."""
 
 import io
+import time
 
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -205,7 +206,25 @@ def test_robustness_page_bad_checkpoint_is_one_message():
     assert not at.exception and "does not exist" in at.error[0].value
 
 
-def test_finetune_page_start_poll_stop_and_use():
+def progress_text(at) -> str:
+    bars = at.get("progress")
+    return bars[0].proto.text if bars else ""
+
+
+def wait_for_job(at, until=lambda at: bool(at.table), timeout=180):
+    """Rerun the page until ``until`` holds (by default: the finished job's table; the job runs in its
+    own process)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        if until(at):
+            return at
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; progress: {progress_text(at)!r}")
+
+
+def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     at = app("pages/finetune.py")
     at.multiselect(key="ft_methods").set_value(["baseline", "nullspace"])
     at.number_input(key="ft_epochs").set_value(1)
@@ -214,27 +233,29 @@ def test_finetune_page_start_poll_stop_and_use():
     at.number_input(key="ft_synth_steps").set_value(5)
     at.button[0].click().run()
     assert not at.exception and not at.error
-    job = at.session_state["ft_job"]
-    job.join(120)
-    at.run()
-    assert not at.exception
+    assert at.session_state["ft_job_id"]
+    wait_for_job(at)
     table = at.table[0].value
     assert list(table["method"]) == ["baseline", "nullspace"]
     assert len(at.get("download_button")) == 4
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
     assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
+    assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
 
 
-def test_finetune_page_stop_button():
+def test_finetune_page_stop_button_and_reopen(jobs_dir):
     at = app("pages/finetune.py")
     at.multiselect(key="ft_methods").set_value(["baseline"])
     at.number_input(key="ft_steps").set_value(100_000)
     at.button[0].click().run()
-    job = at.session_state["ft_job"]
-    assert job.alive
+    job_id = at.session_state["ft_job_id"]
+    again = app("pages/finetune.py")  # a new session (a reopened tab) lists the running job
+    assert again.selectbox(key="ft_job_pick").value == job_id
+    wait_for_job(at, until=lambda at: progress_text(at).startswith("running") and "step 0/" not in progress_text(at))
     [b for b in at.button if b.label == "Stop"][0].click().run()
-    job.join(60)
-    assert not job.alive and job.snapshot().state == "stopped"
+    wait_for_job(at)
+    assert "(stopped)" in at.table[0].value["method"].iloc[0]
+    assert not any(b.label.startswith("Use the") for b in at.button)  # nothing trained: nothing to use
 
 
 def test_finetune_page_bad_folder_message():
