@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run folder (checkpoint and logs)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+
+    p = sub.add_parser("jobs", help="the app server's jobs: list them, or stop one")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "stop"])
+    p.add_argument("job_id", nargs="?", default=None, help="the job to stop")
+    p.add_argument("--data-dir", default=None, help="the server's NULLVIZ_DATA_DIR (default: the same rule as the app)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
 
 
@@ -278,8 +284,26 @@ def cmd_finetune(args) -> dict[str, Any]:
     return result.to_dict()
 
 
+def cmd_jobs(args) -> dict[str, Any]:
+    from .deploy import ServerSettings
+    from .jobs import JobQueue
+
+    env = {"NULLVIZ_DATA_DIR": args.data_dir} if args.data_dir else None
+    settings = ServerSettings.from_env(env)
+    queue = JobQueue(settings.jobs_root, settings.max_running_jobs)
+    if args.action == "stop":
+        if not args.job_id:
+            raise InvalidParameterError("job_id", "nullviz jobs stop", "the id of a job (see 'nullviz jobs')", None)
+        job = queue.stop(args.job_id)
+        return {"stopping": job.id, "state": job.state}
+    jobs = queue.jobs()
+    return {"jobs_dir": str(settings.jobs_root), "running": sum(j.state == "running" for j in jobs),
+            "waiting": sum(j.state == "queued" for j in jobs),
+            "jobs": [f"{j.id} {j.owner} {j.state} {j.steps_done}/{j.steps_total} {j.label}" for j in jobs]}
+
+
 COMMANDS = {"info": cmd_info, "nullspace": cmd_nullspace, "synthesize": cmd_synthesize, "attention": cmd_attention,
-            "evaluate": cmd_evaluate, "finetune": cmd_finetune}
+            "evaluate": cmd_evaluate, "finetune": cmd_finetune, "jobs": cmd_jobs}
 
 
 def _print_human(out: dict[str, Any]) -> None:

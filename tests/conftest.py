@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded default model and small seeded random ViTs (no network anywhere)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,17 +12,20 @@ sys.path.insert(0, str(ROOT))
 
 from nullviz.models import create_random_vit, load_model  # noqa: E402
 
+#: CI runs everything on CPU; on a GPU machine, NULLVIZ_TEST_DEVICE=cuda runs the model fixtures there.
+DEVICE = os.environ.get("NULLVIZ_TEST_DEVICE", "cpu")
+
 
 @pytest.fixture(scope="session")
 def default_lm():
-    return load_model("default", device="cpu")
+    return load_model("default", device=DEVICE)
 
 
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A seeded 32×32 ViT with 8×8 patches and D = 64 (nullity ≥ 128), 2 blocks, 2 heads."""
     return create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=8, embed_dim=64, depth=2,
-                             num_heads=2, num_classes=5)
+                             num_heads=2, num_classes=5, device=DEVICE)
 
 
 @pytest.fixture

@@ -38,13 +38,14 @@ def model_state(model: torch.nn.Module) -> dict:
 def _operations(lm):
     """name → zero-argument call returning tensors (or floats), each a different kind of request."""
     gen = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, 3, *lm.img_size, generator=gen)
-    x5 = torch.randn(5, 3, *lm.img_size, generator=gen)
-    pixels = torch.rand(4, 3, *lm.img_size, generator=gen)
-    labels = torch.tensor([0, 1, 2, 3])
+    dev = lm.device
+    x1 = torch.randn(1, 3, *lm.img_size, generator=gen).to(dev)
+    x5 = torch.randn(5, 3, *lm.img_size, generator=gen).to(dev)
+    pixels = torch.rand(4, 3, *lm.img_size, generator=gen).to(dev)
+    labels = torch.tensor([0, 1, 2, 3], device=dev)
     ns = N.nullspace(lm)
     v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(seed=3))
-    delta = torch.randn(lm.grid_size[0] * lm.grid_size[1], lm.embed_dim, generator=gen) * 0.1
+    delta = (torch.randn(lm.grid_size[0] * lm.grid_size[1], lm.embed_dim, generator=gen) * 0.1).to(dev)
     fn = PixelModel.of(lm)
     dataset = [(pixels[i], int(labels[i])) for i in range(4)]
 
@@ -134,7 +135,7 @@ def test_view_shares_weights_but_not_state(tiny_lm):
 
 
 def test_trace_does_not_depend_on_the_callers_mode(tiny_lm):
-    x = torch.randn(2, 3, *tiny_lm.img_size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, *tiny_lm.img_size, generator=torch.Generator().manual_seed(1)).to(tiny_lm.device)
     own = tiny_lm.trainable_copy().train()
     assert torch.equal(trace(own, x).attention, trace(tiny_lm.model, x).attention)
     assert own.training and all(m.fused_attn for m in own.modules() if hasattr(m, "fused_attn"))

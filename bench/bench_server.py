@@ -1,0 +1,256 @@
+"""The app as a shared server, measured with real Chromium against `streamlit run app.py` on this machine.
+
+    python bench/bench_server.py watched [--rounds 2]      # finetuning: watched in Chromium ÷ unwatched
+    python bench/bench_server.py load [--sessions 8] [--seconds 120]   # N sessions looping exact noise + attention
+    python bench/bench_server.py queue                     # three job requests at once
+
+- ``watched``: the Finetune page's default run (baseline, nullspace, gaussian; 3 epochs on the digits) started
+  by clicking Start in Chromium and followed live until its table shows, vs. the same job submitted with
+  no browser open (the server runs idle). Alternating, ``--rounds`` pairs; the job's own run time (from
+  its status file: slot acquired → finished) on each side, and the ratio. Goal ≤ 1.10.
+- ``load``: N Chromium pages (one browser each, like N students) on the Attention page with fresh exact
+  noise, each changing the noise seed in a loop for ``--seconds``: errors (exceptions on a page, tracebacks
+  in the server log), p50/p95 latency from the input change to the script run's end, and the server's
+  resident memory at start, after the first minute and at the end (goal: growth ≤ 50 MB after minute one).
+- ``queue``: three small finetuning jobs submitted at the same moment to a queue that runs one at a time:
+  when each started and finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nullviz.finetune import FinetuneConfig  # noqa: E402
+from nullviz.jobs import JobQueue, finetune_params  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+class Server:
+    """`streamlit run app.py` on a free port with its own NULLVIZ_DATA_DIR."""
+
+    def __init__(self, data_dir: Path, **env):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "server.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+             "--server.port", str(self.port), "--server.address", "127.0.0.1"],
+            cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "NULLVIZ_DATA_DIR": str(data_dir), **env})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("streamlit did not start")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wait_idle(page, timeout_ms=120_000) -> None:
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
+
+
+def default_job_params() -> dict:
+    """The Finetune page's defaults, as the page submits them."""
+    configs = [FinetuneConfig(method=m, epochs=3, batch_size=64, lr=1e-4, synth_steps=50, fgsm_eps=8 / 255, seed=0)
+               for m in ("baseline", "nullspace", "gaussian")]
+    return finetune_params({"name": "nullviz_digits_vit", "checkpoint": None, "device": "cpu"}, "default", configs)
+
+
+def job_seconds(job) -> float:
+    return float(job.status["finished"]) - float(job.status["started"])
+
+
+def wait_job(queue: JobQueue, job_id: str, timeout=900):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = queue.get(job_id)
+        if job.finished:
+            return job
+        time.sleep(0.5)
+    raise RuntimeError("job did not finish")
+
+
+# -------------------------------------------------------------------------------------------- watched
+def bench_watched(rounds: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from nullviz.deploy import ServerSettings, threads_per_job
+
+    data = Path(tempfile.mkdtemp(prefix="nullviz-bench-"))
+    server = Server(data)
+    settings = ServerSettings.from_env({"NULLVIZ_DATA_DIR": str(data)})
+    queue = JobQueue(settings.jobs_root, settings.max_running_jobs)
+    threads = threads_per_job(settings.max_running_jobs)
+    unwatched, watched = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            for r in range(rounds):
+                job = queue.submit("finetune", default_job_params(), label="unwatched", threads=threads)
+                unwatched.append(job_seconds(wait_job(queue, job.id)))
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(server.url + "/finetune")
+                before = {j.id for j in queue.jobs()}
+                page.get_by_role("button", name="Start").click(timeout=120_000)
+                deadline = time.time() + 60
+                while not (new := [j for j in queue.jobs() if j.id not in before]) and time.time() < deadline:
+                    time.sleep(0.1)
+                job = wait_job(queue, new[0].id)  # the page follows it live all the while
+                page.get_by_text("Final numbers").wait_for(timeout=120_000)
+                watched.append(job_seconds(job))
+                errors = page.locator("[data-testid='stException']").count()
+                page.close()
+                print(f"round {r + 1}: unwatched {unwatched[-1]:.1f} s, watched {watched[-1]:.1f} s, "
+                      f"ratio {watched[-1] / unwatched[-1]:.3f}, exceptions on page {errors}", flush=True)
+            browser.close()
+    finally:
+        server.stop()
+    ratio = statistics.mean(w / u for w, u in zip(watched, unwatched))
+    print(f"watched_over_unwatched   {ratio:.3f}   (mean of {rounds} alternating pairs; goal ≤ 1.10)")
+    print(f"unwatched_seconds        {statistics.mean(unwatched):.1f}")
+    print(f"watched_seconds          {statistics.mean(watched):.1f}")
+
+
+# ----------------------------------------------------------------------------------------------- load
+def bench_load(sessions: int, seconds: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    data = Path(tempfile.mkdtemp(prefix="nullviz-bench-"))
+    server = Server(data)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(sessions + 1)
+    t_end = [0.0]
+
+    def session(k: int) -> None:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            try:
+                page.goto(server.url + "/attention", timeout=300_000)
+                page.get_by_text("Prediction clean").first.wait_for(timeout=300_000)
+                wait_idle(page, 300_000)
+            except Exception as exc:  # noqa: BLE001
+                with lock:
+                    errors.append(f"session {k} start: {exc}")
+            ready.wait()
+            seed = k * 1000
+            seed_box = page.get_by_label("seed")
+            while time.time() < t_end[0]:
+                seed += 1
+                try:
+                    seed_box.fill(str(seed))
+                    t = time.perf_counter()
+                    seed_box.press("Enter")
+                    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='running']",
+                                           timeout=30_000)
+                    wait_idle(page)
+                    dt = time.perf_counter() - t
+                    bad = page.locator("[data-testid='stException']").count()
+                    with lock:
+                        latencies.append(dt)
+                        if bad:
+                            errors.append(f"session {k}: exception on page at seed {seed}")
+                except Exception as exc:  # noqa: BLE001
+                    with lock:
+                        errors.append(f"session {k}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            browser.close()
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    try:
+        for t in threads:
+            t.start()
+        ready.wait()
+        rss = [server.rss_mb()]
+        t0 = time.time()
+        t_end[0] = t0 + seconds
+        time.sleep(min(60, seconds))
+        rss.append(server.rss_mb())
+        for t in threads:
+            t.join()
+        rss.append(server.rss_mb())
+    finally:
+        server.stop()
+    tracebacks = server.log.read_text().count("Traceback")
+    lat = sorted(latencies)
+    print(f"sessions                 {sessions}")
+    print(f"interactions             {len(lat)} in {seconds:.0f} s")
+    print(f"errors                   {len(errors) + tracebacks}   (page/driver {len(errors)}, server tracebacks {tracebacks})")
+    for e in errors[:5]:
+        print("   ", e)
+    if lat:
+        print(f"latency_p50_s            {lat[len(lat) // 2]:.2f}")
+        print(f"latency_p95_s            {lat[min(len(lat) - 1, int(len(lat) * 0.95))]:.2f}")
+    print(f"server_rss_mb            start {rss[0]:.0f}, after 1 min {rss[1]:.0f}, end {rss[2]:.0f} "
+          f"(growth after the first minute {rss[2] - rss[1]:+.0f} MB)")
+
+
+# ---------------------------------------------------------------------------------------------- queue
+def bench_queue() -> None:
+    root = Path(tempfile.mkdtemp(prefix="nullviz-queue-"))
+    queue = JobQueue(root, max_running=1)
+    configs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=20, batch_size=64, synth_steps=10)]
+    params = finetune_params({"name": "default", "device": "cpu"}, "default", configs)
+    t0 = time.time()
+    jobs = [queue.submit("finetune", params, label=f"request {k + 1}", threads=os.cpu_count()) for k in range(3)]
+    done = [wait_job(queue, j.id) for j in jobs]
+    for j in done:
+        s = j.status
+        print(f"{j.label}: waited {s['started'] - t0:5.1f} s, ran {s['finished'] - s['started']:5.1f} s, {j.state}")
+    spans = [(j.status["started"], j.status["finished"]) for j in done]
+    overlap = any(b[0] < a[1] - 0.05 for a, b in zip(spans, spans[1:]))
+    print(f"in submission order: {spans == sorted(spans)}; overlapping runs: {overlap}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["watched", "load", "queue"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=120)
+    a = ap.parse_args()
+    if a.what == "watched":
+        bench_watched(a.rounds)
+    elif a.what == "load":
+        bench_load(a.sessions, a.seconds)
+    else:
+        bench_queue()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""End to end, shared mode: `NULLVIZ_SHARED=1 streamlit run app.py`, two Chromium contexts (two students)."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from playwright.sync_api import expect
+
+from conftest import ROOT
+from test_e2e_browser import ARGS, CHROMIUM, _free_port
+
+
+@pytest.fixture(scope="module")
+def shared_url(tmp_path_factory):
+    data = tmp_path_factory.mktemp("shared-server")
+    port = _free_port()
+    env = {**os.environ, "NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def no_exception(page):
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_shared_mode_has_no_server_paths_and_caps_uploads(shared_url, browser, tmp_path):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(shared_url + "/nullspace")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    expect(sidebar.get_by_text("Upload a checkpoint")).to_be_visible(timeout=90_000)
+    assert page.get_by_placeholder("/path/to/model.safetensors").count() == 0  # no server path field
+    assert "ws=" in page.url
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (2 * 2**20))
+    page.locator("[data-testid='stMain'] input[type='file']").first.set_input_files(str(big))
+    expect(page.get_by_text("File must be 1.0MB or smaller.")).to_be_visible(timeout=30_000)
+    no_exception(page)
+    page.goto(shared_url + "/finetune")
+    page.get_by_role("button", name="Start").wait_for(timeout=90_000)
+    page.get_by_text("data", exact=True).first.wait_for()
+    page.locator("[data-testid='stSelectbox']").filter(has_text="data").first.click()
+    options = page.locator("[role='option']").all_inner_texts()
+    assert "ImageFolder path" not in options and "upload a zip of an ImageFolder" in options
+    page.keyboard.press("Escape")
+    no_exception(page)
+
+
+def test_two_students_a_running_job_and_attention_at_once(shared_url, browser):
+    alice = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    alice.goto(shared_url + "/finetune")
+    alice.get_by_role("button", name="Start").wait_for(timeout=90_000)
+    alice.get_by_label("epochs").fill("1")
+    alice.get_by_label("steps per epoch (0 = full pass)").fill("40")
+    alice.get_by_role("button", name="Start").click()
+    expect(alice.get_by_text("Your jobs")).to_be_visible(timeout=60_000)
+
+    bob.goto(shared_url + "/finetune")
+    expect(bob.get_by_text("Pick methods and press")).to_be_visible(timeout=90_000)  # none of alice's jobs
+    bob.goto(shared_url + "/attention")
+    for seed in ("1", "2"):
+        box = bob.get_by_label("seed")
+        box.wait_for(timeout=90_000)
+        box.fill(seed)
+        box.press("Enter")
+        expect(bob.get_by_text("Prediction clean").first).to_be_visible(timeout=90_000)
+        no_exception(bob)
+
+    expect(alice.get_by_text("Final numbers")).to_be_visible(timeout=300_000)
+    no_exception(alice)
+    alice.reload()  # same ?ws= link: the finished job is still hers
+    expect(alice.get_by_text("Final numbers")).to_be_visible(timeout=90_000)
