@@ -70,6 +70,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -154,6 +159,7 @@ def bench_load(sessions: int, seconds: float) -> None:
     errors: list[str] = []
     lock = threading.Lock()
     ready = threading.Barrier(sessions + 1)
+    go = threading.Event()
     t_end = [0.0]
 
     def session(k: int) -> None:
@@ -168,6 +174,7 @@ def bench_load(sessions: int, seconds: float) -> None:
                 with lock:
                     errors.append(f"session {k} start: {exc}")
             ready.wait()
+            go.wait()
             seed = k * 1000
             seed_box = page.get_by_label("seed")
             while time.time() < t_end[0]:
@@ -196,13 +203,16 @@ def bench_load(sessions: int, seconds: float) -> None:
             t.start()
         ready.wait()
         rss = [server.rss_mb()]
+        cpu0 = server.cpu_seconds()
         t0 = time.time()
         t_end[0] = t0 + seconds
+        go.set()
         time.sleep(min(60, seconds))
         rss.append(server.rss_mb())
         for t in threads:
             t.join()
         rss.append(server.rss_mb())
+        cpu = server.cpu_seconds() - cpu0
     finally:
         server.stop()
     tracebacks = server.log.read_text().count("Traceback")
@@ -215,6 +225,9 @@ def bench_load(sessions: int, seconds: float) -> None:
     if lat:
         print(f"latency_p50_s            {lat[len(lat) // 2]:.2f}")
         print(f"latency_p95_s            {lat[min(len(lat) - 1, int(len(lat) * 0.95))]:.2f}")
+    if lat:
+        print(f"server_cpu_s_per_interaction  {cpu / len(lat):.2f}   (the rest of the machine's time went to the "
+              f"{sessions} Chromium instances on the same {os.cpu_count()} cores)")
     print(f"server_rss_mb            start {rss[0]:.0f}, after 1 min {rss[1]:.0f}, end {rss[2]:.0f} "
           f"(growth after the first minute {rss[2] - rss[1]:+.0f} MB)")
 

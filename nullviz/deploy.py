@@ -58,13 +58,18 @@ class ServerSettings:
     max_upload_mb: int = 200  # one uploaded file (image, zip, checkpoint, noise)
     max_expanded_mb: int = 1024  # what an ImageFolder zip may unpack to
     max_zip_files: int = 50_000
+    #: Robustness evaluations costlier than this (``robustness.evaluation_size``: forward passes of a
+    #: 1M-parameter model) run as background jobs. The page's defaults on the default model (~21,000) run on
+    #: the spot in seconds; all 15 corruptions × 5 severities on the 359 held-out digits (~285,000, about a
+    #: minute) or the defaults on a ViT-B (~500,000) become jobs.
+    eval_job_threshold: int = 100_000
     data_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nullviz")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  overrides: Mapping[str, object] | None = None) -> "ServerSettings":
         """``NULLVIZ_SHARED``, ``NULLVIZ_MAX_JOBS``, ``NULLVIZ_MAX_JOBS_PER_SESSION``, ``NULLVIZ_MAX_UPLOAD_MB``,
-        ``NULLVIZ_MAX_EXPANDED_MB``, ``NULLVIZ_DATA_DIR``; ``overrides`` (e.g. the ``[nullviz]`` table of
+        ``NULLVIZ_MAX_EXPANDED_MB``, ``NULLVIZ_DATA_DIR``, ``NULLVIZ_EVAL_JOB_THRESHOLD``; ``overrides`` (e.g. the ``[nullviz]`` table of
         ``.streamlit/secrets.toml``: shared, max_jobs, …) win over the environment. Shared mode lowers the
         defaults to a class's scale: 50 MB uploads, 500 MB unpacked, 2 jobs per session."""
         env = dict(os.environ if environ is None else environ)
@@ -81,6 +86,8 @@ class ServerSettings:
             max_expanded_mb=_positive_int("NULLVIZ_MAX_EXPANDED_MB",
                                           env.get("NULLVIZ_MAX_EXPANDED_MB", 500 if shared else 1024)),
             data_root=Path(env.get("NULLVIZ_DATA_DIR") or default.data_root),
+            eval_job_threshold=_positive_int("NULLVIZ_EVAL_JOB_THRESHOLD",
+                                             env.get("NULLVIZ_EVAL_JOB_THRESHOLD", default.eval_job_threshold)),
         )
 
     @property

@@ -1,4 +1,4 @@
-"""Long jobs (finetuning runs) as separate processes that a page only watches.
+"""Long jobs (finetuning runs, large robustness evaluations) as separate processes that a page only watches.
 
 A job is a folder ``root/<owner>/<job id>/``:
 
@@ -42,11 +42,15 @@ STATUS_INTERVAL_S = 1.0  # the worker rewrites status.json at most this often (p
 
 
 # ------------------------------------------------------------------------------------------ file helpers
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Readers see the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, default=str))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -396,7 +400,46 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     ctx.update(force=True)
 
 
-KINDS: dict[str, JobKind] = {"finetune": JobKind(_validate_finetune, _run_finetune)}
+def evaluate_params(models: list[dict[str, Any]], data: str, config) -> dict[str, Any]:
+    """Parameters of an 'evaluate' job: the models (name, checkpoint, device), data spec, EvalConfig."""
+    return {"models": [dict(m) for m in models], "data": data,
+            "config": config if isinstance(config, dict) else asdict(config)}
+
+
+def _validate_evaluate(params: dict[str, Any]) -> None:
+    from .robustness import config_from_dict
+
+    if not params.get("models"):
+        raise InvalidParameterError("models", "evaluate job", "at least one model", params.get("models"))
+    config_from_dict(params.get("config", {}))
+
+
+def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
+    from . import robustness as R
+    from .data import load_dataset
+    from .models import load_model
+
+    cfg = R.config_from_dict(params["config"])
+    dataset = load_dataset(params["data"], split="heldout")
+    specs = params["models"]
+    ctx.update(steps_total=len(specs), steps_done=0)
+    reports = []
+    for k, m in enumerate(specs):
+        if ctx.should_stop():
+            break
+        lm = load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
+
+        def progress(stage, done, total, k=k):
+            ctx.update(force=False, current=f"model {k + 1}/{len(specs)} · {stage} {done}/{total}",
+                       fraction=(k + done / max(total, 1)) / len(specs))
+
+        reports.append(R.evaluate(lm, dataset, cfg, progress=progress, should_stop=ctx.should_stop))
+        write_text_atomic(ctx.dir / "reports.json", R.report_json(reports))
+        ctx.update(steps_done=k + 1, fraction=(k + 1) / len(specs))
+
+
+KINDS: dict[str, JobKind] = {"finetune": JobKind(_validate_finetune, _run_finetune),
+                             "evaluate": JobKind(_validate_evaluate, _run_evaluate)}
 
 
 if __name__ == "__main__":

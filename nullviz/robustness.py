@@ -320,6 +320,11 @@ class RobustnessReport:
         d["mean_corruption_acc"] = self.mean_corruption_acc
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RobustnessReport":
+        """The inverse of :meth:`to_dict` (e.g. a report an evaluation job wrote as JSON)."""
+        return cls(**{k: v for k, v in d.items() if k != "mean_corruption_acc"})
+
     def to_rows(self) -> list[dict[str, Any]]:
         rows = [{"model": self.model, "evaluation": "clean", "setting": "", "value": self.clean_acc}]
         for name, r in self.attacks.items():
@@ -473,6 +478,25 @@ def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, sever
         except (ValueError, RuntimeError, IndexError):
             continue
     return out
+
+
+def evaluation_size(num_images: int, config: EvalConfig, model_params: list[int] | None = None) -> float:
+    """The rough cost of an evaluation, in forward passes of a one-million-parameter model: what decides
+    whether the page runs it on the spot or as a background job. A backward pass counts as a forward; one
+    ImageNet-C corruption of one image as ten (CPU image processing, not the model); each model's passes
+    scale with its size (at least 1)."""
+    n = num_images if config.limit is None else min(num_images, config.limit)
+    attack = {"fgsm": 2, "pgd": 2 * config.pgd_steps + 1, "patchfool": 2 * config.patch_steps + 2}
+    passes = (1 + sum(attack[a] for a in config.attacks)
+              + len(config.tolerance_magnitudes) * len(config.tolerance_kinds))
+    corruption = 10 * len(config.corruptions) * len(config.severities)
+    scales = [max(1.0, p / 1e6) for p in (model_params or [1_000_000])]
+    return float(n * sum(passes * s + corruption for s in scales))
+
+
+def config_from_dict(d: dict[str, Any]) -> EvalConfig:
+    """An EvalConfig from JSON (lists back to tuples)."""
+    return EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def report_json(reports: list[RobustnessReport]) -> str:

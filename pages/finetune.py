@@ -86,7 +86,7 @@ if start:
     except NullvizError as exc:
         show_error(exc)
 
-jobs = queue.jobs(ws.id)
+jobs = [j for j in queue.jobs(ws.id) if j.kind == "finetune"]
 if not jobs:
     st.info("Pick methods and press **Start**. The defaults (3 epochs on the digits) take about 20 s per method on CPU.")
     st.stop()

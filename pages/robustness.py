@@ -1,14 +1,19 @@
 """Robustness: adversarial attacks, natural corruptions and noise tolerance, for one or two models."""
 
+import json
+
 import numpy as np
 import streamlit as st
 
-from app_state import DEFAULT_SPEC, cached_model, current_model, job_queue, require_shell, server_settings, show_error, workspace
+from app_state import (DEFAULT_SPEC, cached_model, current_model, job_queue, job_threads, require_shell,
+                       server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz import robustness as R
 from nullviz.data import load_dataset
-from nullviz.errors import NullvizError
+from nullviz.errors import JobNotFoundError, NullvizError
+from nullviz.jobs import evaluate_params
 from nullviz.models import PixelModel
+
 
 require_shell(__file__)
 
@@ -50,6 +55,19 @@ with st.form("rob_form"):
                         key="rob_tol")
     go = st.form_submit_button("Evaluate", type="primary")
 
+
+def store_results(models, dataset, cfg, reports) -> None:
+    """Keep a finished evaluation for display, with a few example images under each attack and corruption."""
+    ex = R.examples(models[0], dataset, cfg, count=4)
+    preds = {}
+    for k, lm in enumerate(models):
+        fn = PixelModel.of(lm)
+        preds[f"{k + 1}. {reports[k].model}"] = {
+            name: R.predict_pixels(fn, px.to(lm.device)).cpu().tolist() for name, px in ex.items() if name[0] != "_"}
+    st.session_state["rob_results"] = {"reports": reports, "examples": ex, "preds": preds,
+                                       "class_names": models[0].class_names}
+
+
 if go:
     try:
         models = [lm_a]
@@ -66,33 +84,86 @@ if go:
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
-        dataset = load_dataset(str(ws.check_server_path(data_spec.strip(), "the data set")) if data_spec.strip()
-                               not in ("default", "digits") else data_spec.strip(), split="heldout")
-        reports, bar = [], st.progress(0.0, text="evaluating…")
-        for k, lm in enumerate(models):
+        data_name = data_spec.strip()
+        if data_name not in ("default", "digits"):
+            data_name = str(ws.check_server_path(data_name, "the data set"))
+        dataset = load_dataset(data_name, split="heldout")
+        params = [sum(p.numel() for p in m.model.parameters()) for m in models]
+        if R.evaluation_size(len(dataset), cfg, params) > server_settings().eval_job_threshold:
+            specs = [{"name": m.name, "checkpoint": m.checkpoint, "device": str(m.device)} for m in models]
+            job = job_queue().submit("evaluate", evaluate_params(specs, data_name, cfg), owner=ws.id,
+                                     label=f"evaluate {len(models)} model(s) · {min(len(dataset), int(limit))} images",
+                                     threads=job_threads())
+            st.session_state["rob_job"] = job.id
+            st.session_state.pop("rob_results", None)
+        else:
+            reports, bar = [], st.progress(0.0, text="evaluating…")
+            for k, lm in enumerate(models):
 
-            def progress(stage, done, total, k=k):
-                bar.progress(min(1.0, (k + done / max(total, 1)) / len(models)),
-                             text=f"model {k + 1}/{len(models)} · {stage}: {done}/{total}")
+                def progress(stage, done, total, k=k):
+                    bar.progress(min(1.0, (k + done / max(total, 1)) / len(models)),
+                                 text=f"model {k + 1}/{len(models)} · {stage}: {done}/{total}")
 
-            reports.append(R.evaluate(lm, dataset, cfg, progress=progress))
-        bar.progress(1.0, text="done")
-        ex = R.examples(models[0], dataset, cfg, count=4)
-        preds = {}
-        for k, lm in enumerate(models):
-            fn = PixelModel.of(lm)
-            preds[f"{k + 1}. {reports[k].model}"] = {
-                name: R.predict_pixels(fn, px.to(lm.device)).cpu().tolist() for name, px in ex.items() if name[0] != "_"}
-        st.session_state["rob_results"] = {"reports": reports, "examples": ex, "preds": preds,
-                                           "class_names": lm_a.class_names}
+                reports.append(R.evaluate(lm, dataset, cfg, progress=progress))
+            bar.progress(1.0, text="done")
+            store_results(models, dataset, cfg, reports)
     except ValueError as exc:
         show_error(NullvizError(f"Could not read the noise sizes: {exc}") if "float" in str(exc) else exc)
     except NullvizError as exc:
         show_error(exc)
 
+job_id = st.session_state.get("rob_job")
+if job_id:
+    queue = job_queue()
+    try:
+        job = queue.get(job_id, ws.id)
+    except JobNotFoundError:
+        st.session_state.pop("rob_job")
+        st.rerun()
+
+    @st.fragment(run_every=None if job.finished else 1.0)
+    def follow() -> None:
+        job = queue.get(job_id, ws.id)
+        st.caption("A large evaluation runs as a background job: it goes on if you leave or reload this page.")
+        if st.button("Stop evaluation", key="rob_stop", disabled=job.finished):
+            job = queue.stop(job_id, ws.id)
+        pos = queue.position(job)
+        st.progress(float(job.status.get("fraction", 0.0)),
+                    text=f"waiting in line (number {pos})" if pos else f"{job.state} · {job.status.get('current', '')}")
+        if job.finished and not st.session_state.get(f"rob_final_{job_id}"):
+            st.session_state[f"rob_final_{job_id}"] = True
+            st.rerun()
+
+    follow()
+    if not job.finished:
+        st.stop()
+    st.session_state.pop("rob_job")
+    path = job.dir / "reports.json"
+    if job.state == "failed" or not path.exists():
+        show_error(NullvizError(job.message or "The evaluation was stopped before it finished a model."))
+        st.stop()
+    try:
+        reports = [R.RobustnessReport.from_dict(d) for d in json.loads(path.read_text())]
+        specs = job.params["models"][:len(reports)]
+        models = [cached_model(m["name"], m["checkpoint"], m["device"]) for m in specs]
+        store_results(models, load_dataset(job.params["data"], split="heldout"),
+                      R.config_from_dict(job.params["config"]), reports)
+    except NullvizError as exc:
+        show_error(exc)
+
 res = st.session_state.get("rob_results")
 if not res:
-    st.info("Choose the evaluations and press **Evaluate**. Defaults finish in seconds on CPU for the default model.")
+    st.info("Choose the evaluations and press **Evaluate**. Defaults finish in seconds on CPU for the default model; "
+            "large evaluations run as background jobs.")
+    earlier = [j for j in job_queue().jobs(ws.id) if j.kind == "evaluate"]
+    if earlier:  # a reload or a reopened tab: background evaluations are still here
+        with st.expander(f"Background evaluations ({len(earlier)})", expanded=True):
+            for j in earlier[:10]:
+                c = st.columns([4, 1])
+                c[0].write(f"{j.label} · **{j.state}**")
+                if c[1].button("Show", key=f"rob_show_{j.id}", disabled=j.state in ("failed", "cancelled")):
+                    st.session_state["rob_job"] = j.id
+                    st.rerun()
     st.stop()
 
 reports = res["reports"]

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,20 +59,26 @@ def _fresh_server(monkeypatch, data_dir, **env):
 
 
 @pytest.fixture
-def jobs_dir(tmp_path, monkeypatch):
-    """A local-mode server whose jobs live under tmp_path."""
-    _fresh_server(monkeypatch, tmp_path)
-    yield tmp_path / "jobs"
+def server_env(tmp_path, monkeypatch):
+    """Call with NULLVIZ_* settings: the app's server then keeps its files under tmp_path with those settings;
+    restored to the default server afterwards."""
+    def configure(**env):
+        _fresh_server(monkeypatch, tmp_path, **env)
+        return tmp_path
+
+    yield configure
     monkeypatch.undo()
-    _fresh_server(monkeypatch, Path(__import__("tempfile").gettempdir()) / "nullviz")
+    _fresh_server(monkeypatch, Path(tempfile.gettempdir()) / "nullviz")
     monkeypatch.undo()
 
 
 @pytest.fixture
-def shared_server(tmp_path, monkeypatch):
-    """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap, its files under tmp_path."""
-    _fresh_server(monkeypatch, tmp_path, NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")
-    yield tmp_path
-    monkeypatch.undo()
-    _fresh_server(monkeypatch, Path(__import__("tempfile").gettempdir()) / "nullviz")
-    monkeypatch.undo()
+def jobs_dir(server_env):
+    """A local-mode server whose jobs live under a temporary folder."""
+    return server_env() / "jobs"
+
+
+@pytest.fixture
+def shared_server(server_env):
+    """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap, its files in a temporary folder."""
+    return server_env(NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")

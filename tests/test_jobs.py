@@ -142,3 +142,20 @@ def test_thin_keeps_ends_and_bounds_points():
     out = thin(values, 400)
     assert len(out) <= 401 and out[0] == 0 and out[-1] == 10_000
     assert thin([1, 2, 3], 400) == [1, 2, 3]
+
+
+def test_cli_lists_and_stops_the_servers_jobs(tmp_path, capsys):
+    from nullviz.cli import main
+    from nullviz.deploy import ServerSettings
+
+    settings = ServerSettings.from_env({"NULLVIZ_DATA_DIR": str(tmp_path)})
+    queue = JobQueue(settings.jobs_root, max_running=1)
+    job = queue.submit("finetune", params(steps=100_000), owner="local", label="long one", threads=1)
+    assert main(["jobs", "--data-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["jobs"]) == 1 and out["jobs"][0].startswith(job.id) and "long one" in out["jobs"][0]
+    assert main(["jobs", "stop", job.id, "--data-dir", str(tmp_path)]) == 0
+    (info,) = wait_all(queue, [job])
+    assert info.state in ("stopped", "cancelled")
+    assert main(["jobs", "stop", "no-such-job", "--data-dir", str(tmp_path)]) == 2
+    assert "There is no job" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Every page under Streamlit's AppTest (a headless script run, no browser)."""
 
 import io
+import json
 import time
 
 from PIL import Image
@@ -196,6 +197,32 @@ def test_robustness_page_two_models():
     assert list(table["Δ (2 − 1)"]) == ["+0.0%"] * 4  # the same model twice
     assert len(at.get("download_button")) == 2
     assert len(at.get("plotly_chart")) >= 5
+
+
+def test_robustness_page_large_evaluation_runs_as_a_job(server_env):
+    jobs_dir = server_env(NULLVIZ_EVAL_JOB_THRESHOLD="1") / "jobs"  # this small evaluation counts as large
+    at = app("pages/robustness.py")
+    at.number_input(key="rob_limit").set_value(8)
+    at.multiselect(key="rob_attacks").set_value(["fgsm"])
+    at.multiselect(key="rob_corr").set_value(["fog", "contrast"])
+    at.multiselect(key="rob_sev").set_value([1, 2, 3, 4, 5])
+    at.number_input(key="rob_batch").set_value(8)
+    at.text_input(key="rob_tol").set_value("")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["rob_job"]
+    assert any(b.label == "Stop evaluation" for b in at.button)
+    wait_for_job(at)
+    table = at.table[0].value
+    assert list(table["evaluation"]) == ["clean", "fgsm", "corruption mean"]
+    assert "rob_job" not in at.session_state
+    report = json.loads(next(jobs_dir.glob("*/*/reports.json")).read_text())[0]
+    assert report["num_images"] == 8 and len(report["corruptions"]["fog"]) == 5
+    again = app("pages/robustness.py")  # a reopened tab finds the finished evaluation and shows it
+    [b for b in again.button if b.label == "Show"][0].click().run()
+    again.run()
+    assert not again.exception
+    assert list(again.table[0].value["evaluation"]) == ["clean", "fgsm", "corruption mean"]
 
 
 def test_robustness_page_bad_checkpoint_is_one_message():
