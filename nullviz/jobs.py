@@ -325,15 +325,15 @@ def run_worker(job_dir: str | Path) -> int:
     ctx = JobContext(job_dir, spec)
     signal.signal(signal.SIGTERM, lambda *_: (job_dir / "STOP").touch())  # `kill` stops cleanly too
     ctx.update(state="queued")
+    import torch  # while waiting, not on the clock: the import takes a second or more
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
     root = job_dir.parent.parent
     slot = _acquire_slot(ctx, root, int(spec.get("max_running") or 1))
     if slot is None:
         ctx.update(state="cancelled", message="Stopped before it started.", finished=time.time())
         return 0
-    if spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(spec["threads"]))
     ctx.update(state="running", started=time.time())
     try:
         KINDS[spec["kind"]].run(spec["params"], ctx)
@@ -344,6 +344,8 @@ def run_worker(job_dir: str | Path) -> int:
         traceback.print_exc()
         ctx.update(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time())
         return 1
+    finally:
+        os.close(slot)  # free the slot now, not after the interpreter's (slow, torch-laden) shutdown
     stopped = ctx.should_stop()
     ctx.update(state="stopped" if stopped else "done", finished=time.time(),
                message="Stopped by request; what finished is saved." if stopped else "")
