@@ -1,55 +1,16 @@
 """End to end, shared mode: `NULLVIZ_SHARED=1 streamlit run app.py`, two Chromium contexts (two students)."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 from playwright.sync_api import expect
 
-from conftest import ROOT
-from test_e2e_browser import ARGS, CHROMIUM, _free_port
+from test_e2e_browser import browser, streamlit_server  # noqa: F401 — the browser fixture is shared
 
 
 @pytest.fixture(scope="module")
 def shared_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("shared-server")
-    port = _free_port()
-    env = {**os.environ, "NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    with streamlit_server({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data)}) as url:
+        yield url
 
 
 def no_exception(page):

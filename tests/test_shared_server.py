@@ -152,8 +152,14 @@ def test_streamlit_config_keeps_the_watcher_out_and_stats_off():
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["browser"]["gatherUsageStats"] is False
-    blacklist = cfg["server"]["folderWatchBlacklist"]
-    assert {".venv", "venv", "data", "runs"} <= set(blacklist)
+    from streamlit.watcher.folder_black_list import FolderBlackList
+
+    blacklist = FolderBlackList(cfg["server"]["folderWatchBlacklist"])
+    for ignored in (".venv/lib/python3.11/site-packages/torch/__init__.py", "venv/lib/python3.11/site-packages/x.py",
+                    "data/cifar10/batch.bin", "runs/finetune/log.jsonl", "assets/default_model/config.json"):
+        assert blacklist.is_blacklisted(str(ROOT / ignored)), ignored
+    for watched in ("app.py", "pages/home.py", "nullviz/models.py"):
+        assert not blacklist.is_blacklisted(str(ROOT / watched)), watched
 
 
 # --------------------------------------------------------------------------------- the app, shared mode
