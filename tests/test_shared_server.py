@@ -259,3 +259,12 @@ def test_two_sessions_at_once_attention_while_a_job_runs(jobs_dir):
     while time.time() < deadline and not queue.get(job_id).finished:
         time.sleep(0.2)
     assert queue.get(job_id).state in ("stopped", "cancelled")
+
+
+def test_attention_page_bad_noise_upload_names_the_users_file(jobs_dir):
+    at = app("pages/attention.py")
+    at.radio(key="att_source").set_value("upload a noise file").run()
+    at.file_uploader(key="att_noise_file").upload("my δ.pt", b"not a torch file", "application/octet-stream")
+    at.run()
+    assert not at.exception
+    assert at.error[0].value.startswith("'my δ.pt' is not a nullviz noise file: it is not a PyTorch file")
