@@ -25,11 +25,11 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE
       exit 2
     fi
   fi
-  stamp=".venv/.nullviz-installed-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
+  stamp=".venv/.nullviz-installed-$(basename "$req")-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     echo "nullviz: installing $req into .venv (first run only; several minutes, ~7 GB with CUDA-enabled torch)" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
-    rm -f .venv/.nullviz-installed-*
+    rm -f ".venv/.nullviz-installed-$(basename "$req")-"*
     touch "$stamp"
   fi
 }
