@@ -83,6 +83,23 @@ class Server:
             self.proc.kill()
 
 
+#: Counts finished script runs (the app root's script state going from 'running' back to 'notRunning'),
+#: however short the run: returns the count so far.
+RUN_COUNTER = """() => {
+  if (window.__nullvizRuns === undefined) {
+    window.__nullvizRuns = 0;
+    const app = document.querySelector("[data-testid='stApp']");
+    let last = app.getAttribute("data-test-script-state");
+    new MutationObserver(() => {
+      const now = app.getAttribute("data-test-script-state");
+      if (last === "running" && now === "notRunning") window.__nullvizRuns += 1;
+      last = now;
+    }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+  }
+  return window.__nullvizRuns;
+}"""
+
+
 def wait_idle(page, timeout_ms=120_000) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
 
@@ -181,11 +198,10 @@ def bench_load(sessions: int, seconds: float) -> None:
                 seed += 1
                 try:
                     seed_box.fill(str(seed))
+                    done = page.evaluate(RUN_COUNTER)
                     t = time.perf_counter()
                     seed_box.press("Enter")
-                    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='running']",
-                                           timeout=30_000)
-                    wait_idle(page)
+                    page.wait_for_function(f"window.__nullvizRuns > {done}", timeout=120_000)
                     dt = time.perf_counter() - t
                     bad = page.locator("[data-testid='stException']").count()
                     with lock:
