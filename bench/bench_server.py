@@ -223,8 +223,11 @@ def bench_load(sessions: int, seconds: float) -> None:
         t0 = time.time()
         t_end[0] = t0 + seconds
         go.set()
-        time.sleep(min(60, seconds))
-        rss.append(server.rss_mb())
+        series = []
+        while time.time() < t_end[0]:
+            time.sleep(max(0.0, min(30.0, t_end[0] - time.time())))
+            series.append((round(time.time() - t0), round(server.rss_mb())))
+        rss.append(next((mb for sec, mb in series if sec >= min(60, seconds)), series[-1][1]))
         for t in threads:
             t.join()
         rss.append(server.rss_mb())
@@ -246,6 +249,7 @@ def bench_load(sessions: int, seconds: float) -> None:
               f"{sessions} Chromium instances on the same {os.cpu_count()} cores)")
     print(f"server_rss_mb            start {rss[0]:.0f}, after 1 min {rss[1]:.0f}, end {rss[2]:.0f} "
           f"(growth after the first minute {rss[2] - rss[1]:+.0f} MB)")
+    print(f"server_rss_series        {series}  (seconds, MB)")
 
 
 # ---------------------------------------------------------------------------------------------- queue

@@ -224,11 +224,11 @@ class JobQueue:
     def jobs(self, owner: str | None = None) -> list[JobInfo]:
         """Jobs of ``owner`` (all owners if None), newest first."""
         self._children = [p for p in self._children if p.poll() is None]  # reap finished workers
+        if owner is not None:
+            _check_owner(owner)
         owners = [self.root / owner] if owner is not None else [p for p in self.root.glob("*") if p.is_dir()]
         out = []
         for d in owners:
-            if owner is not None:
-                _check_owner(owner)
             for job_dir in d.glob("*/job.json"):
                 try:
                     out.append(self._info(job_dir.parent))
