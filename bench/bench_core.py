@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nullviz import nullspace as N  # noqa: E402
-from nullviz.attention import rollout, trace  # noqa: E402
+from nullviz.attention import attention_views, rollout, trace  # noqa: E402
 from nullviz.attribution import attribute  # noqa: E402
 from nullviz.data import digits_dataset, sample_image  # noqa: E402
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
@@ -135,7 +135,8 @@ def synthesis_ratios(lm, x: torch.Tensor, label: str) -> dict:
 
 def attention_ratios(lm, x: torch.Tensor, label: str) -> dict:
     model = lm.model
-    r_trace, _, t_plain = paired_ratio(lambda: trace(model, x), lambda: lm.predict(x))
+    views = attention_views(lm)  # as compare() and the app trace: a pooled view, not a new one per call
+    r_trace, _, t_plain = paired_ratio(lambda: trace(model, x, views=views), lambda: lm.predict(x))
     att = trace(model, x).attention
     t_roll = timeit(lambda: rollout(att))
     return {f"{label}_attention_extract_over_forward": r_trace, f"{label}_rollout_ms": t_roll * 1e3,

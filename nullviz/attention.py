@@ -2,9 +2,10 @@
 
 timm's ``Attention`` uses fused ``scaled_dot_product_attention``, which never materialises the attention
 matrix. :func:`trace` therefore runs on a private module tree over the model's own weights
-(:func:`~nullviz.models.shared_weights_view`): on that view it switches ``fused_attn`` off and hooks each
-block's ``attn_drop`` (identity in eval) for the softmax output and each block for its output tokens. The
-hooks and flags live on the view alone, so any number of threads can trace the one cached model at once,
+(:func:`~nullviz.models.shared_weights_view`, borrowed from a :class:`~nullviz.models.ViewPool`): on that
+view ``fused_attn`` is off, and the trace hooks each block's ``attn_drop`` (identity in eval) for the softmax
+output and each block for its output tokens, removing the hooks before it hands the view back. Hooks and
+flags live on the borrowed view alone, so any number of threads can trace the one cached model at once,
 each seeing only its own tensors, and the cached model is never touched.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidParameterError
-from .models import LoadedModel, logits_from_patch_tokens, patch_tokens, shared_weights_view
+from .models import LoadedModel, ViewPool, logits_from_patch_tokens, patch_tokens
 from .params import Interval, Options, check
 
 
@@ -69,27 +70,44 @@ class AttentionTrace:
         return cls_attention_maps(self.attention, self.num_prefix_tokens, self.grid_size)
 
 
+def _prepare_for_trace(view: torch.nn.Module) -> None:
+    view.eval()
+    for m in view.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+
+
+def attention_views(lm: LoadedModel) -> ViewPool:
+    """The loaded model's pool of trace-ready views (kept with its other derived caches, shared by every
+    request on that model): a trace borrows one instead of building a module tree each time."""
+    return lm.__dict__.setdefault("_derived", {}).setdefault("attention_views", ViewPool(lm.model, _prepare_for_trace))
+
+
 @torch.no_grad()
-def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> AttentionTrace:
+def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None,
+          views: ViewPool | None = None) -> AttentionTrace:
     """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
     every block's attention probabilities and output tokens. ``model`` itself is never modified (eval-mode
-    numbers, whatever mode the caller's model is in)."""
+    numbers, whatever mode the caller's model is in); ``views`` (see :func:`attention_views`) lends a
+    prepared view of it instead of making one."""
     blocks = list(getattr(model, "blocks", []))
     if not blocks or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "attn_drop"):
         raise InvalidParameterError("model", "attention.trace", "a timm ViT whose blocks have .attn.attn_drop",
                                     type(model).__name__)
-    view = shared_weights_view(model).eval()  # private: its flags and hooks are this call's alone
-    for m in view.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
+    pool = views if views is not None else ViewPool(model, _prepare_for_trace)
     attn: list[torch.Tensor] = []
     hidden: list[torch.Tensor] = []
-    view.blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach()))
-    for blk in view.blocks:
-        blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach()))
-        blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach()))
-    u = patch_tokens(view, x)
-    logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u))
+    with pool.borrow() as view:  # private while borrowed: its flags and hooks are this call's alone
+        handles = [view.blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach()))]
+        try:
+            for blk in view.blocks:
+                handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach())))
+                handles.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
+            u = patch_tokens(view, x)
+            logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u))
+        finally:
+            for h in handles:
+                h.remove()
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
     return AttentionTrace(attention=torch.stack(attn).float().cpu(), hidden=torch.stack(hidden).float().cpu(),
                           logits=logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
@@ -203,14 +221,15 @@ def compare(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level:
     """Trace clean x and noised x (pixel-space noise at level 'input', token δ at level 'encoder')."""
     check("level", "attention.compare", level, Options(("input", "encoder")))
     x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
-    clean = trace(lm.model, x)
+    views = attention_views(lm)
+    clean = trace(lm.model, x, views=views)
     if noise is None:
         noised = clean
     elif level == "input":
         v = noise if noise.dim() == 4 else noise.unsqueeze(0)
-        noised = trace(lm.model, x + v.to(x))
+        noised = trace(lm.model, x + v.to(x), views=views)
     else:
-        noised = trace(lm.model, x, token_noise=noise)
+        noised = trace(lm.model, x, token_noise=noise, views=views)
     change = representation_change(clean.hidden, noised.hidden)
     return AttentionComparison(
         clean=clean, noised=noised,

@@ -14,12 +14,14 @@ module tree over the *same* weight storage (no copy of the weights, so no extra 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import timm
@@ -241,6 +243,39 @@ def shared_weights_view(model: torch.nn.Module) -> torch.nn.Module:
         else:
             memo[id(t)] = t.detach()
     return copy.deepcopy(model, memo)
+
+
+class ViewPool:
+    """Reusable :func:`shared_weights_view`\ s of one model, each lent to one caller at a time.
+
+    Making a view costs milliseconds (a module tree); a pool makes one per *concurrent* caller and reuses
+    it, so a request pays only for borrowing. ``prepare`` sets a fresh view up once (e.g. eval mode, fused
+    attention off); a borrower must hand the view back as it found it (hooks removed).
+    """
+
+    def __init__(self, model: torch.nn.Module, prepare: Callable[[torch.nn.Module], None] | None = None):
+        self._model = model
+        self._prepare = prepare
+        self._free: list[torch.nn.Module] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[torch.nn.Module]:
+        with self._lock:
+            view = self._free.pop() if self._free else None
+        if view is None:
+            view = shared_weights_view(self._model)
+            if self._prepare is not None:
+                self._prepare(view)
+        try:
+            yield view
+        finally:
+            with self._lock:
+                self._free.append(view)
+
+    def __len__(self) -> int:
+        """Views made so far that are not lent out."""
+        return len(self._free)
 
 
 # ---------------------------------------------------------------------------------------------- loading

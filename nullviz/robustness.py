@@ -131,11 +131,11 @@ def pgd(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: fl
 
 
 @torch.no_grad()
-def most_attended_patch(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def most_attended_patch(model: torch.nn.Module, x: torch.Tensor, views=None) -> torch.Tensor:
     """Index of the patch that receives the most attention (mean over layers, heads and query tokens)."""
     from .attention import trace
 
-    t = trace(model, x)
+    t = trace(model, x, views=views)
     received = t.attention.mean(dim=(0, 2, 3))[:, t.num_prefix_tokens:]  # [B, patches]
     return received.argmax(-1)
 
@@ -147,7 +147,9 @@ def patch_attack(lm: LoadedModel, pixels: torch.Tensor, labels: torch.Tensor, st
     fn = PixelModel.of(lm)
     p = lm.patch_size
     gh, gw = lm.grid_size
-    idx = most_attended_patch(lm.model, lm.normalize(pixels)).cpu()
+    from .attention import attention_views
+
+    idx = most_attended_patch(lm.model, lm.normalize(pixels), attention_views(lm)).cpu()
     mask = torch.zeros(pixels.shape[0], 1, gh, gw)
     mask[torch.arange(len(idx)), 0, idx // gw, idx % gw] = 1.0
     mask = F.interpolate(mask, scale_factor=p, mode="nearest").to(pixels)

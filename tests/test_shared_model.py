@@ -139,3 +139,18 @@ def test_trace_does_not_depend_on_the_callers_mode(tiny_lm):
     own = tiny_lm.trainable_copy().train()
     assert torch.equal(trace(own, x).attention, trace(tiny_lm.model, x).attention)
     assert own.training and all(m.fused_attn for m in own.modules() if hasattr(m, "fused_attn"))
+
+
+def test_view_pool_lends_each_view_to_one_caller_and_reuses_it(tiny_lm):
+    from nullviz.attention import attention_views
+
+    pool = attention_views(tiny_lm)
+    assert attention_views(tiny_lm.view()) is pool  # one pool per loaded model, shared by its per-run views
+    with pool.borrow() as a, pool.borrow() as b:
+        assert a is not b and not a.training and not any(getattr(m, "fused_attn", False) for m in a.modules())
+    with pool.borrow() as c:
+        assert c in (a, b)  # reused, not rebuilt
+    x = torch.randn(1, 3, *tiny_lm.img_size, generator=torch.Generator().manual_seed(2)).to(tiny_lm.device)
+    compare(tiny_lm, x, None)
+    for view in (a, b):
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in view.modules())  # handed back clean
