@@ -246,7 +246,7 @@ def shared_weights_view(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class ViewPool:
-    """Reusable :func:`shared_weights_view`\ s of one model, each lent to one caller at a time.
+    """Reusable views (:func:`shared_weights_view`) of one model, each lent to one caller at a time.
 
     Making a view costs milliseconds (a module tree); a pool makes one per *concurrent* caller and reuses
     it, so a request pays only for borrowing. ``prepare`` sets a fresh view up once (e.g. eval mode, fused
