@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -150,13 +151,16 @@ def bench_watched(rounds: int) -> None:
                 deadline = time.time() + 60
                 while not (new := [j for j in queue.jobs() if j.id not in before]) and time.time() < deadline:
                     time.sleep(0.1)
+                page.get_by_text(re.compile(r"running · \w+ · step [1-9]")).wait_for(timeout=120_000)  # live
                 job = wait_job(queue, new[0].id)  # the page follows it live all the while
                 page.get_by_text("Final numbers").wait_for(timeout=120_000)
+                shown = page.get_by_text(new[0].label).count()
                 watched.append(job_seconds(job))
                 errors = page.locator("[data-testid='stException']").count()
                 page.close()
                 print(f"round {r + 1}: unwatched {unwatched[-1]:.1f} s, watched {watched[-1]:.1f} s, "
-                      f"ratio {watched[-1] / unwatched[-1]:.3f}, exceptions on page {errors}", flush=True)
+                      f"ratio {watched[-1] / unwatched[-1]:.3f}, exceptions on page {errors}, "
+                      f"page showed the new job: {shown > 0}", flush=True)
             browser.close()
     finally:
         server.stop()

@@ -82,7 +82,7 @@ if start:
                                  configs, data_cache=str(settings.datasets_cache))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs",
                            threads=job_threads())
-        st.session_state["ft_job_id"] = job.id
+        st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:
         show_error(exc)
 
@@ -99,12 +99,9 @@ st.caption(f"{running} running, {len(waiting)} waiting · at most {settings.max_
            f"the others wait in line.")
 labels = {j.id: f"{datetime.fromtimestamp(j.submitted):%H:%M:%S} · {j.label} · {j.state}" for j in jobs}
 ids = [j.id for j in jobs]
-wanted = st.session_state.get("ft_job_id")
-if wanted not in ids:
-    wanted = ids[0]
-st.session_state["ft_job_id"] = wanted
-job_id = st.selectbox("job", ids, index=ids.index(wanted), format_func=labels.get, key="ft_job_pick")
-st.session_state["ft_job_id"] = job_id
+if st.session_state.get("ft_job_pick") not in ids:  # first visit, or the picked job is gone: the newest
+    st.session_state["ft_job_pick"] = ids[0]
+job_id = st.selectbox("job", ids, format_func=labels.get, key="ft_job_pick")
 
 
 def _follow(job) -> dict:

@@ -260,7 +260,7 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     at.number_input(key="ft_synth_steps").set_value(5)
     at.button[0].click().run()
     assert not at.exception and not at.error
-    assert at.session_state["ft_job_id"]
+    assert at.session_state["ft_job_pick"]
     wait_for_job(at)
     table = at.table[0].value
     assert list(table["method"]) == ["baseline", "nullspace"]
@@ -270,12 +270,32 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
 
 
+def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(jobs_dir):
+    at = app("pages/finetune.py")
+    for steps in (2, 3):
+        at.multiselect(key="ft_methods").set_value(["baseline"])
+        at.number_input(key="ft_epochs").set_value(1)
+        at.number_input(key="ft_steps").set_value(steps)
+        at.button[0].click().run()
+        assert not at.exception and not at.error
+        wait_for_job(at)  # the first job's final table is showing when the second is started
+    newest = app_state_queue().jobs()[0]
+    assert at.selectbox(key="ft_job_pick").value == newest.id
+    assert newest.results["baseline"]["steps_run"] == 3
+
+
+def app_state_queue():
+    import app_state
+
+    return app_state.job_queue()
+
+
 def test_finetune_page_stop_button_and_reopen(jobs_dir):
     at = app("pages/finetune.py")
     at.multiselect(key="ft_methods").set_value(["baseline"])
     at.number_input(key="ft_steps").set_value(100_000)
     at.button[0].click().run()
-    job_id = at.session_state["ft_job_id"]
+    job_id = at.session_state["ft_job_pick"]
     again = app("pages/finetune.py")  # a new session (a reopened tab) lists the running job
     assert again.selectbox(key="ft_job_pick").value == job_id
     wait_for_job(at, until=lambda at: progress_text(at).startswith("running") and "step 0/" not in progress_text(at))

@@ -205,7 +205,7 @@ def test_two_shared_sessions_see_only_their_own_jobs(shared_server):
     a.number_input(key="ft_epochs").set_value(1)
     a.button[0].click().run()
     assert not a.exception and not a.error
-    job_id = a.session_state["ft_job_id"]
+    job_id = a.session_state["ft_job_pick"]
     b.run()
     assert not b.exception
     assert "ft_job_pick" not in {w.key for w in b.selectbox}  # b has no jobs, sees none of a's
@@ -254,7 +254,7 @@ def test_two_sessions_at_once_attention_while_a_job_runs(jobs_dir):
         assert "Prediction clean **3**, noised **3**" in v, v
     import app_state
 
-    queue, job_id = app_state.job_queue(), starter.session_state["ft_job_id"]
+    queue, job_id = app_state.job_queue(), starter.session_state["ft_job_pick"]
     deadline = time.time() + 60
     while time.time() < deadline and not queue.get(job_id).finished:
         time.sleep(0.2)
