@@ -18,7 +18,8 @@ from nullviz.jobs import LogFollower, finetune_params, thin
 
 require_shell(__file__)
 
-REFRESH_S = 2.0  # how often a running job's page looks at its files
+PROGRESS_EVERY_S = 3.0  # how often a running job's page reads its status
+CHARTS_EVERY_S = 15.0  # … and redraws its curves
 MAX_POINTS = 400  # points per curve, however long the run
 
 settings, ws, queue = server_settings(), workspace(), job_queue()
@@ -123,7 +124,7 @@ def _epoch_series(epochs: dict) -> dict:
             for m, recs in epochs.items()}
 
 
-def _draw(job, cache) -> None:
+def _draw_progress(job) -> None:
     done, total = job.steps_done, max(job.steps_total, 1)
     if job.state == "queued":
         pos = queue.position(job)
@@ -136,6 +137,9 @@ def _draw(job, cache) -> None:
                     + (f" · ETA {eta:.0f}s" if eta is not None else ""))
     if job.message:
         (st.error if job.state == "failed" else st.info)(job.message)
+
+
+def _draw_charts(cache) -> None:
     steps = {m: {"step": [r["step"] for r in recs], "loss": [r["loss"] for r in recs]}
              for m, recs in ((m, thin(v, MAX_POINTS)) for m, v in cache["steps"].items())}
     c = st.columns(2)
@@ -154,18 +158,27 @@ def _draw(job, cache) -> None:
 job = queue.get(job_id, ws.id)
 
 
-@st.fragment(run_every=None if job.finished else REFRESH_S)
-def live() -> None:
+# Two fragments, so that watching costs the run (on the same machine) almost nothing: the progress line is
+# cheap and moves every PROGRESS_EVERY_S; the charts every CHARTS_EVERY_S (a plotly redraw costs headless
+# Chromium ~0.3 CPU-s per chart, measured: the browser shares the machine with the job).
+@st.fragment(run_every=None if job.finished else PROGRESS_EVERY_S)
+def live_progress() -> None:
     job = queue.get(job_id, ws.id)
     if st.button("Stop", key="ft_stop", disabled=job.finished):
         job = queue.stop(job.id, ws.id)
-    _draw(job, _follow(job))
+    _draw_progress(job)
     if job.finished and not st.session_state.get(f"ft_final_{job.id}"):
         st.session_state[f"ft_final_{job.id}"] = True
         st.rerun()  # once finished, redraw the whole page with the final table and downloads
 
 
-live()
+@st.fragment(run_every=None if job.finished else CHARTS_EVERY_S)
+def live_charts() -> None:
+    _draw_charts(_follow(queue.get(job_id, ws.id)))
+
+
+live_progress()
+live_charts()
 if not job.finished:
     st.stop()
 
