@@ -94,11 +94,8 @@ if not jobs:
 
 # ----------------------------------------------------------------------------------------------- job list
 st.subheader("Your jobs" if settings.shared else "Jobs on this server")
-running = queue.running()
-waiting = queue.waiting()
-st.caption(f"{running} running, {len(waiting)} waiting · at most {settings.max_running_jobs} run at once; "
-           f"the others wait in line.")
-labels = {j.id: f"{datetime.fromtimestamp(j.submitted):%H:%M:%S} · {j.label} · {j.state}" for j in jobs}
+labels = {j.id: f"{datetime.fromtimestamp(j.submitted):%H:%M:%S} · {j.label}" + (f" · {j.state}" if j.finished else "")
+          for j in jobs}  # a running job's state moves on: the live part below shows it
 ids = [j.id for j in jobs]
 if st.session_state.get("ft_job_pick") not in ids:  # first visit, or the picked job is gone: the newest
     st.session_state["ft_job_pick"] = ids[0]
@@ -147,7 +144,8 @@ def _draw_charts(cache) -> None:
         c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss"),
                           key="ft_loss")
     else:
-        c[0].caption("The training loss appears here after the first step.")
+        c[0].caption(f"The training loss appears here once steps are logged (the curves refresh every "
+                     f"{CHARTS_EVERY_S:.0f} s while the job runs).")
     if cache["epochs"]:
         c[1].plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["clean_acc", "fgsm_acc"],
                                                   "held-out accuracy", "accuracy"), key="ft_acc")
@@ -158,12 +156,15 @@ def _draw_charts(cache) -> None:
 job = queue.get(job_id, ws.id)
 
 
-# Two fragments, so that watching costs the run (on the same machine) almost nothing: the progress line is
+# Two fragments, so that watching costs the run (on the same machine) almost nothing: the status line is
 # cheap and moves every PROGRESS_EVERY_S; the charts every CHARTS_EVERY_S (a plotly redraw costs headless
-# Chromium ~0.3 CPU-s per chart, measured: the browser shares the machine with the job).
+# Chromium ~0.3 CPU-s per chart, measured, even for an unchanged figure; on one machine the browser shares
+# the cores with the job).
 @st.fragment(run_every=None if job.finished else PROGRESS_EVERY_S)
 def live_progress() -> None:
     job = queue.get(job_id, ws.id)
+    st.caption(f"{queue.running()} running, {len(queue.waiting())} waiting · at most {settings.max_running_jobs} "
+               f"run at once; the others wait in line.")
     if st.button("Stop", key="ft_stop", disabled=job.finished):
         job = queue.stop(job.id, ws.id)
     _draw_progress(job)
