@@ -18,7 +18,7 @@ from nullviz.jobs import LogFollower, finetune_params, thin
 
 require_shell(__file__)
 
-PROGRESS_EVERY_S = 3.0  # how often a running job's page reads its status
+PROGRESS_EVERY_S = 5.0  # how often a running job's page reads its status
 CHARTS_EVERY_S = 15.0  # … and redraws its curves
 MAX_POINTS = 400  # points per curve, however long the run
 
