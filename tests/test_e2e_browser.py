@@ -107,7 +107,7 @@ def test_exact_noise_in_the_browser(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/nullspace")
     page.get_by_role("button", name="Make noise").click(timeout=60_000)
-    expect(page.get_by_text("relative logit change")).to_be_visible(timeout=90_000)
+    expect(page.get_by_text("relative logit change").first).to_be_visible(timeout=90_000)
     page.get_by_text("Verification").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "nullspace.png"))
     assert page.locator("[data-testid='stException']").count() == 0
