@@ -47,10 +47,10 @@ def test_two_students_a_running_job_and_attention_at_once(shared_url, browser):
     alice.get_by_label("epochs").fill("1")
     alice.get_by_label("steps per epoch (0 = full pass)").fill("40")
     alice.get_by_role("button", name="Start").click()
-    expect(alice.get_by_text("Your jobs")).to_be_visible(timeout=60_000)
+    expect(alice.get_by_text("Your jobs").first).to_be_visible(timeout=60_000)
 
     bob.goto(shared_url + "/finetune")
-    expect(bob.get_by_text("Pick methods and press")).to_be_visible(timeout=90_000)  # none of alice's jobs
+    expect(bob.get_by_text("Pick methods and press").first).to_be_visible(timeout=90_000)  # none of alice's jobs
     bob.goto(shared_url + "/attention")
     for seed in ("1", "2"):
         box = bob.get_by_label("seed")
@@ -60,7 +60,7 @@ def test_two_students_a_running_job_and_attention_at_once(shared_url, browser):
         expect(bob.get_by_text("Prediction clean").first).to_be_visible(timeout=90_000)
         no_exception(bob)
 
-    expect(alice.get_by_text("Final numbers")).to_be_visible(timeout=300_000)
+    expect(alice.get_by_text("Final numbers").first).to_be_visible(timeout=300_000)
     no_exception(alice)
     alice.reload()  # same ?ws= link: the finished job is still hers
-    expect(alice.get_by_text("Final numbers")).to_be_visible(timeout=90_000)
+    expect(alice.get_by_text("Final numbers").first).to_be_visible(timeout=90_000)
