@@ -153,7 +153,7 @@ def _draw_charts(cache) -> None:
         c[1].caption("Held-out accuracy appears here after the first epoch.")
 
 
-job = queue.get(job_id, ws.id)
+job = next(j for j in jobs if j.id == job_id)
 
 
 # Two fragments, so that watching costs the run (on the same machine) almost nothing: the status line is
@@ -163,8 +163,9 @@ job = queue.get(job_id, ws.id)
 @st.fragment(run_every=None if job.finished else PROGRESS_EVERY_S)
 def live_progress() -> None:
     job = queue.get(job_id, ws.id)
-    st.caption(f"{queue.running()} running, {len(queue.waiting())} waiting · at most {settings.max_running_jobs} "
-               f"run at once; the others wait in line.")
+    states = [j.state for j in queue.jobs()]  # one look at every owner's jobs for both counts
+    st.caption(f"{states.count('running')} running, {states.count('queued')} waiting · at most "
+               f"{settings.max_running_jobs} run at once; the others wait in line.")
     if st.button("Stop", key="ft_stop", disabled=job.finished):
         job = queue.stop(job.id, ws.id)
     _draw_progress(job)
