@@ -32,7 +32,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
-                     PretrainedWeightsUnavailableError)
+                     PretrainedWeightsUnavailableError, UnsupportedModelError)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
@@ -336,6 +336,10 @@ def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
         cfg["input_size"] = built
         cfg["crop_pct"] = 1.0
     cfg["input_size"] = tuple(cfg["input_size"])
+    c = built[0]
+    for key in ("mean", "std"):  # pretrained configs give 3 values; a model with other in_chans needs c of them
+        if len(cfg[key]) != c:
+            cfg[key] = (float(sum(cfg[key]) / len(cfg[key])),) * c
     return cfg
 
 
@@ -361,6 +365,11 @@ def _check_is_vit_module(model: torch.nn.Module, arch: str) -> None:
         raise NotAVisionTransformerError(
             f"{arch!r} is not a plain Vision Transformer: nullviz needs a linear patch embedding "
             f"(timm VisionTransformer, e.g. 'vit_tiny_patch16_224' or 'deit_small_patch16_224').")
+    ph, pw = (int(v) for v in pe.proj.kernel_size)
+    if ph != pw:
+        raise UnsupportedModelError(
+            f"{arch!r} has rectangular {ph}×{pw} patches; nullviz works with square patches (p×p), as every "
+            f"timm ViT has by default. Create it with a square patch_size, e.g. {max(ph, pw)}.")
 
 
 def _create(arch: str, pretrained: bool, **kwargs) -> torch.nn.Module:

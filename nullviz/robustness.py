@@ -7,9 +7,9 @@ attacked normalised tensors while the attack library clamped to [0, 1], which co
 - FGSM and PGD (L∞ or L2, random start): short torch loops that take gradients for the input alone.
 - ``patchfool``: a PatchFool-style attack — only the patch that receives the most attention is perturbed,
   unbounded inside the valid pixel range.
-- Corruptions: the 15 ImageNet-C types × severities 1–5 through ``corrupt_tta`` (a maintained port of
-  ``imagecorruptions`` that works with NumPy 2), applied at the model's input size; a corruption that cannot
-  apply is reported, not raised.
+- Corruptions: the 15 ImageNet-C types × severities 1–5 with the parameters of the image's resolution
+  (:mod:`nullviz.corruptions`), applied at the model's input size; a corruption that cannot apply is
+  reported, not raised. ``relative_corruption_error`` is mCE-style, with a stated rule for what it leaves out.
 - Tolerance curves: accuracy and agreement with the clean prediction vs. the L2 size of exact-nullspace,
   approximate (optimised δ), Gaussian and uniform noise.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -29,13 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from . import nullspace as N
+from .corruptions import CORRUPTIONS, CorruptionNotApplicableError, corrupt_image
 from .errors import InvalidParameterError
 from .models import LoadedModel, PixelModel
 from .params import Interval, Options, bounded, check, validate_fields
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
 ATTACKS = ("fgsm", "pgd", "patchfool")
 NOISE_KINDS = ("exact", "approximate", "gaussian", "uniform")
 
@@ -164,42 +161,17 @@ def patch_attack(lm: LoadedModel, pixels: torch.Tensor, labels: torch.Tensor, st
 def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Apply one ImageNet-C corruption to [B, C, H, W] pixels in [0, 1]; returns the same shape and dtype.
 
-    ``corrupt_tta`` draws from NumPy's global RNG: it is seeded per call and restored afterwards, so results
-    are reproducible and no one else's random stream changes. Concurrent calls (several sessions of one
-    server) would interleave that one global stream, so the seeded section holds a lock: corruptions
-    serialise among themselves (CPU-bound NumPy, a few ms per image), nothing else waits.
+    The parameters are those of the images' resolution (:mod:`nullviz.corruptions`). Images are quantised
+    to 8 bits first, as ImageNet-C's sources are; every draw comes from one generator seeded by ``seed``, so
+    a call is reproducible and shares no random state with concurrent calls. Raises
+    :class:`~nullviz.corruptions.CorruptionNotApplicableError` for images it cannot corrupt (e.g. 4 channels).
     """
     check("name", "corrupt", name, Options(CORRUPTIONS))
     check("severity", "corrupt", severity, Interval(int, 1, 5))
-    arr = (pixels.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    with _NUMPY_GLOBAL_RNG:
-        return _corrupt_seeded(pixels, arr, name, severity, seed)
-
-
-#: Guards NumPy's global RNG while ``corrupt`` seeds and uses it (the library's only lock; see ``corrupt``).
-_NUMPY_GLOBAL_RNG = threading.Lock()
-
-
-def _corrupt_seeded(pixels: torch.Tensor, arr: np.ndarray, name: str, severity: int, seed: int) -> torch.Tensor:
-    import corrupt_tta
-
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        if name == "impulse_noise":  # corrupt_tta calls skimage's random_noise unseeded; same formula, seeded
-            from skimage.util import random_noise
-
-            amount = (0.03, 0.06, 0.09, 0.17, 0.27)[severity - 1]
-            rng = np.random.default_rng(seed)
-            out = np.stack([np.clip(random_noise(img / 255.0, mode="s&p", amount=amount, rng=rng), 0, 1) * 255
-                            for img in arr]).astype(np.float32)
-        else:
-            out = np.stack([np.asarray(corrupt_tta.corrupt(img, severity=severity, corruption_name=name),
-                                       dtype=np.float32) for img in arr])
-    finally:
-        np.random.set_state(state)
-    result = torch.from_numpy(np.clip(out / 255.0, 0, 1)).permute(0, 3, 1, 2)
-    return result.to(pixels.device, pixels.dtype).contiguous()
+    arr = (pixels.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round() / 255
+    rng = np.random.default_rng(seed)
+    out = np.stack([corrupt_image(img.astype(np.float32), name, severity, rng) for img in arr])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(pixels.device, pixels.dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------------- tolerance curves
@@ -296,6 +268,8 @@ class RobustnessReport:
     severities: list[int] = field(default_factory=list)
     tolerance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     tolerance_skipped: dict[str, str] = field(default_factory=dict)
+    tolerance_images: int | None = None  # how many images the curves score
+    tolerance_fit_images: int | None = None  # how many other images the approximate δ was fit on
     seconds: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
@@ -304,18 +278,37 @@ class RobustnessReport:
         vals = [a for accs in self.corruptions.values() for a in accs]
         return float(np.mean(vals)) if vals else None
 
-    def relative_corruption_error(self, reference: "RobustnessReport") -> float | None:
-        """mCE-style score ×100: mean over corruptions of Σ_s err / Σ_s err_reference (100 = as robust as the
-        reference, lower is better)."""
-        ratios = []
+    def relative_corruption_error(self, reference: "RobustnessReport") -> "RelativeCorruptionError":
+        """mCE-style score ×100 against ``reference``: the mean over corruptions of CE_c = Σ_s err / Σ_s
+        err_reference (100 = as robust as the reference, lower is better), Hendrycks & Dietterich's CE with
+        the reference in AlexNet's place. Rule for the cases where CE_c is not a number: a corruption the
+        reference was not evaluated on (or at other severities) is left out; where the reference makes no
+        error, CE_c is 1 if this model makes none either, else undefined and left out. Everything left out is
+        listed with its reason in the result, never dropped silently."""
+        per: dict[str, float] = {}
+        excluded: dict[str, str] = {}
         for name, accs in self.corruptions.items():
             ref = reference.corruptions.get(name)
             if ref is None:
+                why = reference.corruption_skipped.get(name, "not evaluated")
+                excluded[name] = f"the reference has no result for it ({why})"
                 continue
-            ref_err = sum(1 - a for a in ref)
+            if list(reference.severities) != list(self.severities):
+                excluded[name] = (f"the reference was evaluated at severities {list(reference.severities)}, "
+                                  f"this model at {list(self.severities)}")
+                continue
+            err, ref_err = sum(1 - a for a in accs), sum(1 - a for a in ref)
             if ref_err > 0:
-                ratios.append(sum(1 - a for a in accs) / ref_err)
-        return 100 * float(np.mean(ratios)) if ratios else None
+                per[name] = 100 * err / ref_err
+            elif err == 0:
+                per[name] = 100.0
+            else:
+                excluded[name] = (f"the reference makes no error on it and this model's summed error is "
+                                  f"{err:.3g}: the ratio is undefined")
+        for name, why in self.corruption_skipped.items():
+            excluded.setdefault(name, f"could not be applied to this model's images ({why})")
+        value = float(np.mean(list(per.values()))) if per else None
+        return RelativeCorruptionError(value=value, per_corruption=per, excluded=excluded)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -348,6 +341,29 @@ class RobustnessReport:
         return rows
 
 
+@dataclass
+class RelativeCorruptionError:
+    """The mCE-style score, per corruption, and what it leaves out and why."""
+
+    value: float | None
+    per_corruption: dict[str, float]
+    excluded: dict[str, str]
+
+    def summary(self) -> str:
+        """One sentence for people: the value, over how many corruptions, and what was left out."""
+        if self.value is None:
+            text = "No relative corruption error: no corruption could be compared."
+        else:
+            n = len(self.per_corruption)
+            text = f"{self.value:.1f} (mean over {n} corruption{'s' if n != 1 else ''})."
+        if self.excluded:
+            text += " Left out: " + "; ".join(f"{k}: {v}" for k, v in self.excluded.items()) + "."
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["model", "evaluation", "setting", "value"])
@@ -364,8 +380,21 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
     x, y = images_tensor(lm, dataset, config.limit)
     if len(y) == 0:
         raise InvalidParameterError("dataset", "evaluate", "a non-empty data set", 0)
+    fit = None
+    if (config.tolerance_magnitudes and "approximate" in config.tolerance_kinds and approx_delta is None
+            and len(dataset) > len(y)):  # δ is fit on images after the evaluated ones
+        fit = torch.stack([_as_tensor(lm, dataset[i][0])
+                           for i in range(len(y), min(len(dataset), len(y) + FIT_IMAGES))]).to(lm.device)
     return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
-                     approx_delta)
+                     approx_delta, fit)
+
+
+#: How many images an evaluation's own input-level δ is fit on (never among the images it scores).
+FIT_IMAGES = 64
+
+
+def _as_tensor(lm: LoadedModel, img) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else lm.transform(img)
 
 
 def _batched(x, y, bs):
@@ -373,7 +402,8 @@ def _batched(x, y, bs):
         yield i, x[i:i + bs], y[i:i + bs]
 
 
-def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx_delta) -> RobustnessReport:
+def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx_delta,
+              fit: torch.Tensor | None = None) -> RobustnessReport:
     fn = PixelModel.of(lm)
     pixels = lm.denormalize(x)
     n = len(y)
@@ -425,8 +455,8 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
                     pred = predict_pixels(fn, corrupt(xb, name, s, seed=cfg.seed + i), cfg.batch_size)
                     correct += int((pred == yb).sum())
                 accs.append(correct / n)
-            except (ValueError, RuntimeError, IndexError) as exc:  # a corruption that cannot apply here
-                report.corruption_skipped[name] = f"{type(exc).__name__}: {exc}"
+            except CorruptionNotApplicableError as exc:  # e.g. images with 4 channels
+                report.corruption_skipped[name] = str(exc)
                 accs = []
                 break
             step += 1
@@ -444,20 +474,33 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
         if "exact" in kinds and N.nullspace(lm).nullity == 0:
             kinds.remove("exact")
             report.tolerance_skipped["exact"] = "the patch embedding has full rank: its exact nullspace is {0}"
+        tx, ty = x, y
         if "approximate" in kinds and approx_delta is None:
-            approx_delta = _input_delta(lm, x, cfg.seed)
-        report.tolerance = tolerance_curves(lm, x, y, list(cfg.tolerance_magnitudes), tuple(kinds), approx_delta,
+            if fit is None:  # no images beyond the evaluated ones: hold some out of the curves to fit δ on
+                k = min(FIT_IMAGES, len(y) // 4)
+                if k == 0:
+                    kinds.remove("approximate")
+                    report.tolerance_skipped["approximate"] = ("too few images to fit δ on images the curves do "
+                                                               "not score (need at least 4)")
+                else:
+                    fit, tx, ty = x[-k:], x[:-k], y[:-k]
+            if fit is not None:
+                approx_delta = _input_delta(lm, fit, cfg.seed)
+                report.tolerance_fit_images = int(len(fit))
+        report.tolerance_images = int(len(ty))
+        report.tolerance = tolerance_curves(lm, tx, ty, list(cfg.tolerance_magnitudes), tuple(kinds), approx_delta,
                                             cfg.seed, cfg.batch_size)
         report.seconds["tolerance"] = time.perf_counter() - t
         progress("tolerance", 1, 1)
     return report
 
 
-def _input_delta(lm: LoadedModel, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """An input-level approximate-nullspace δ optimised on (up to 64 of) the evaluation images."""
+def _input_delta(lm: LoadedModel, fit: torch.Tensor, seed: int) -> torch.Tensor:
+    """An input-level approximate-nullspace δ optimised on ``fit``: images the tolerance curves do not score
+    (scoring the images δ was fit on reads agreement 1.000 where unseen images give 0.95–0.99)."""
     from .synthesis import SynthesisConfig, synthesize
 
-    return synthesize(lm, x[:64], SynthesisConfig(level="input", steps=100, seed=seed)).delta
+    return synthesize(lm, fit, SynthesisConfig(level="input", steps=100, seed=seed)).delta
 
 
 def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, severity: int = 3) -> dict[str, torch.Tensor]:
@@ -477,7 +520,7 @@ def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, sever
     for name in config.corruptions:
         try:
             out[name] = corrupt(pixels, name, severity, seed=config.seed).cpu()
-        except (ValueError, RuntimeError, IndexError):
+        except CorruptionNotApplicableError:
             continue
     return out
 

@@ -73,11 +73,12 @@ def test_corruptions_change_image_keep_shape_and_dtype(batch, name):
     torch.testing.assert_close(R.corrupt(px[:2], name, 3, seed=1), R.corrupt(px[:2], name, 3, seed=1))
 
 
-def test_corruption_restores_numpy_global_rng(batch):
+def test_corruptions_never_touch_numpy_global_rng(batch):
     np.random.seed(123)
     expected = np.random.rand()
     np.random.seed(123)
-    R.corrupt(batch[0][:1], "gaussian_noise", 2)
+    for name in R.CORRUPTIONS:
+        R.corrupt(batch[0][:1], name, 2)
     assert np.random.rand() == expected
 
 
@@ -100,7 +101,7 @@ def test_evaluate_full_report_and_exports(default_lm):
     assert report.attacks["pgd"]["robust_acc"] < report.clean_acc
     assert set(report.corruptions) == {"fog", "contrast"} and all(len(v) == 2 for v in report.corruptions.values())
     assert report.mean_corruption_acc == pytest.approx(np.mean([a for v in report.corruptions.values() for a in v]))
-    assert report.relative_corruption_error(report) == pytest.approx(100.0)
+    assert report.relative_corruption_error(report).value == pytest.approx(100.0)
     rows = report.to_rows()
     assert rows[0] == {"model": "nullviz_digits_vit", "evaluation": "clean", "setting": "", "value": report.clean_acc}
     csv = R.rows_to_csv(rows)
@@ -118,6 +119,47 @@ def test_tolerance_with_approximate_delta_and_full_rank_model():
     ds = torch.utils.data.TensorDataset(torch.randn(12, 3, 32, 32), torch.randint(0, 3, (12,)))
     report = R.evaluate(lm, ds, R.EvalConfig(attacks=(), tolerance_magnitudes=(0.0, 5.0)))
     assert "exact" in report.tolerance_skipped and set(report.tolerance) == {"approximate", "gaussian", "uniform"}
+
+
+def _report(corruptions, severities=(1, 2), skipped=None):
+    return R.RobustnessReport(model="m", num_images=10, clean_acc=1.0, corruptions=corruptions,
+                              severities=list(severities), corruption_skipped=skipped or {})
+
+
+def test_relative_corruption_error_states_what_it_leaves_out():
+    """It used to drop, without a word, corruptions where the reference makes no error (0.3 vs 0 was lost)."""
+    ref = _report({"fog": [1.0, 1.0], "snow": [0.8, 0.6], "frost": [1.0, 1.0]},
+                  skipped={"pixelate": "cannot apply"})
+    model = _report({"fog": [0.8, 0.9], "snow": [0.9, 0.8], "frost": [1.0, 1.0], "pixelate": [0.5, 0.5],
+                     "contrast": [0.9, 0.9]})
+    rce = model.relative_corruption_error(ref)
+    assert rce.per_corruption == {"snow": pytest.approx(100 * 0.3 / 0.6), "frost": 100.0}  # 0 vs 0: as robust
+    assert rce.value == pytest.approx((50.0 + 100.0) / 2)
+    assert set(rce.excluded) == {"fog", "pixelate", "contrast"}
+    assert "no error" in rce.excluded["fog"] and "0.3" in rce.excluded["fog"]
+    assert "cannot apply" in rce.excluded["pixelate"] and "not evaluated" in rce.excluded["contrast"]
+    assert "Left out: fog" in rce.summary() and rce.summary().startswith("75.0 (mean over 2 corruptions)")
+    other = _report({"snow": [0.9, 0.8, 0.7]}, severities=(1, 2, 3)).relative_corruption_error(ref)
+    assert other.value is None and "severities" in other.excluded["snow"]
+
+
+def test_tolerance_curves_never_score_the_images_delta_was_fit_on(default_lm, monkeypatch):
+    """δ was fit on the first 64 evaluated images and scored on them (agreement 1.000 there, 0.95–0.99 elsewhere)."""
+    fits = []
+    real = R._input_delta
+    monkeypatch.setattr(R, "_input_delta", lambda lm, fit, seed: fits.append(fit.clone()) or real(lm, fit, seed))
+    held = digits_dataset("heldout", default_lm.transform)
+    cfg = R.EvalConfig(attacks=(), tolerance_magnitudes=(10.0,), tolerance_kinds=("approximate",), limit=40)
+    report = R.evaluate(default_lm, held, cfg)  # the data set has more images: δ is fit on the next ones
+    x, _ = R.images_tensor(default_lm, held, 40 + R.FIT_IMAGES)
+    torch.testing.assert_close(fits[0], x[40:])
+    assert report.tolerance_images == 40 and report.tolerance_fit_images == R.FIT_IMAGES
+    small = [held[i] for i in range(40)]  # no more images: the last quarter is held out of the curves
+    report = R.evaluate(default_lm, small, cfg)
+    torch.testing.assert_close(fits[1], x[30:40])
+    assert report.tolerance_images == 30 and report.tolerance_fit_images == 10
+    tiny = R.evaluate(default_lm, small[:3], cfg)
+    assert "approximate" in tiny.tolerance_skipped
 
 
 def test_approximate_delta_beats_random_noise_of_same_norm(default_lm, batch):
