@@ -35,6 +35,7 @@ from .errors import CheckpointError, InvalidParameterError
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens
 from .params import Interval, Options, bounded, validate_fields
 from .robustness import fgsm
+from .seeds import MAX_SEED, stream_seed
 from .synthesis import SynthesisConfig, synthesize_for_model
 
 METHODS = ("baseline", "nullspace", "gaussian", "adversarial")
@@ -63,8 +64,9 @@ class FinetuneConfig:
     synth_lam: float = bounded(0.0, Interval(float, 0.0, None))
     fgsm_eps: float = bounded(8 / 255, Interval(float, 0.0, 1.0))
     eval_limit: int | None = None
+    fresh_deltas: int = bounded(3, Interval(int, 0, 16))  # δs synthesized on the evaluated model, per evaluation
     amp: bool = True  # bf16 autocast, CUDA only
-    seed: int = bounded(0, Interval(int, 0, None))
+    seed: int = bounded(0, Interval(int, 0, MAX_SEED))
 
     def __post_init__(self):
         validate_fields(self)
@@ -88,11 +90,13 @@ class FinetuneResult:
     checkpoint: str | None
     seconds: float
     synthesis_seconds: float
+    evaluation_synthesis_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.config.method, "config": asdict(self.config), "epochs_run": self.epochs_run,
                 "steps_run": self.steps_run, "stopped": self.stopped, "checkpoint": self.checkpoint,
-                "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds, "history": self.history}
+                "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds,
+                "evaluation_synthesis_seconds": self.evaluation_synthesis_seconds, "history": self.history}
 
 
 def _dist():
@@ -130,7 +134,7 @@ class FinetuneRun:
         num_classes = _num_classes(train_set)
         if num_classes is not None and num_classes != self.model.num_classes:
             with torch.random.fork_rng(devices=[]):  # a seeded new head without touching the global RNG
-                torch.manual_seed(config.seed)
+                torch.manual_seed(stream_seed("head_init", config.seed))
                 self.model.reset_classifier(num_classes)
             self.model.to(self.device)
         self._apply_freeze()
@@ -148,7 +152,9 @@ class FinetuneRun:
         self.delta_info: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.synthesis_seconds = 0.0
+        self.evaluation_synthesis_seconds = 0.0
         self._epoch_sums: dict[str, float] = {}
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
 
     # ---------------------------------------------------------------------------------------- pieces
     def _lr_factor(self, step: int) -> float:
@@ -168,7 +174,7 @@ class FinetuneRun:
 
     def _epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's data order for ``epoch``: a function of (seed, epoch) alone, so resuming is exact."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(stream_seed("data_order", self.cfg.seed, epoch))
         n_needed = self.steps_per_epoch * self.cfg.batch_size * self.world
         reps = math.ceil(n_needed / len(self.train_set))
         order = torch.cat([torch.randperm(len(self.train_set), generator=gen) for _ in range(reps)])[:n_needed]
@@ -179,23 +185,29 @@ class FinetuneRun:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def synthesize_delta(self, seed: int) -> None:
-        """A fresh encoder-level δ from the current model on ``synth_fraction`` of the training images."""
-        t = time.perf_counter()
+    def _synthesize(self, seed: int) -> tuple[torch.Tensor, Any]:
+        """A δ from the model as it is now, on ``synth_fraction`` of the training images; the images and δ's
+        random start are drawn from ``seed``. Under DDP every rank gets rank 0's δ."""
         n = max(1, int(round(len(self.train_set) * self.cfg.synth_fraction)))
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train_set), generator=gen)[:n]
         x, _ = _collate(self.train_set, idx)
+        was_training = self.model.training
         self.model.eval()  # our own copy: δ is fit to the model as it predicts
         try:
             res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed))
         finally:
-            self.model.train()
+            self.model.train(was_training)
         delta = res.delta.to(self.device)
         dist = _dist()
         if dist:
-            dist.broadcast(delta, src=0)  # every rank trains on rank 0's δ
-        self.delta = delta.detach()
+            dist.broadcast(delta, src=0)
+        return delta.detach(), res
+
+    def synthesize_delta(self, seed: int) -> None:
+        """The δ the coming steps train on (every method makes one, so every run is measured alike)."""
+        t = time.perf_counter()
+        self.delta, res = self._synthesize(seed)
         self.delta_info = {"delta_l2": res.noise_l2, "delta_mse_probs": res.mse_probs,
                            "delta_agreement": res.agreement, "delta_steps": res.steps_run,
                            "delta_permuted_agreement": res.permuted_agreement}
@@ -213,8 +225,9 @@ class FinetuneRun:
         b = len(y)
         with self._autocast():
             if cfg.method in ("nullspace", "gaussian"):
+                period = self.global_step // (cfg.noise_every or self.steps_per_epoch)
                 noise = self.delta if cfg.method == "nullspace" else self._gaussian_like(
-                    self.delta, cfg.seed * 7919 + self.global_step // (cfg.noise_every or self.steps_per_epoch))
+                    self.delta, stream_seed("train_gaussian", cfg.seed, period))
                 u = patch_tokens(model, x)
                 logits = logits_from_patch_tokens(model, torch.cat([u, u + noise]))
                 loss_clean = F.cross_entropy(logits[:b].float(), y)
@@ -230,12 +243,13 @@ class FinetuneRun:
                 loss_clean = F.cross_entropy(model(x).float(), y)
                 loss_noise = torch.zeros((), device=self.device)
             loss = loss_clean + loss_noise
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it on below)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": float(loss.detach()), "loss_clean": float(loss_clean.detach()),
-                "loss_noise": float(loss_noise.detach()), "lr": self.optimizer.param_groups[0]["lr"]}
+                "loss_noise": float(loss_noise.detach()), "lr": lr}
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,26 +257,55 @@ class FinetuneRun:
             return self.model(x).argmax(-1)
         return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + token_noise).argmax(-1)
 
-    def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy: clean, under the epoch's δ, under Gaussian noise of δ's norm, under FGSM."""
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out accuracy of the model as it is now.
+
+        - ``delta_acc``: under *fresh* δs synthesized from this model on training images, mean over
+          ``fresh_deltas`` seeds (``delta_acc_std``, ``delta_acc_seeds``): how invisible the approximate
+          nullspace of *this* model is on images δ never saw. The δ a run trained on is fit to an earlier
+          model and the choice of one δ alone moves the figure by points, so it is not the headline.
+        - ``train_delta_acc``: under the δ the epoch trained on, labelled apart.
+        - ``gaussian_acc``: under Gaussian noise of each fresh δ's norm (the epoch's δ when there are none),
+          drawn from the evaluation stream, which no training draw shares (``nullviz.seeds``).
+        - ``fgsm_acc``: under FGSM at ``fgsm_eps``.
+        """
+        t = time.perf_counter()
+        fresh = [self._synthesize(stream_seed("fresh_delta", self.cfg.seed, k))[0] for k in range(self.cfg.fresh_deltas)]
+        self.evaluation_synthesis_seconds += time.perf_counter() - t
+        references = fresh or ([self.delta] if self.delta is not None else [])
+        gauss = [self._gaussian_like(d, stream_seed("eval_gaussian", self.cfg.seed, k)) for k, d in enumerate(references)]
+        was_training = self.model.training
         self.model.eval()
         try:
             n = len(self.eval_set) if self.cfg.eval_limit is None else min(self.cfg.eval_limit, len(self.eval_set))
-            gauss = self._gaussian_like(self.delta, self.cfg.seed + 17) if self.delta is not None else None
             fn = PixelModel(self.model, self.mean, self.std)
-            counts = {"clean_acc": 0, "noise_acc": 0, "gaussian_acc": 0, "fgsm_acc": 0}
+            clean = fgsm_right = train_delta = 0
+            fresh_right = [0] * len(fresh)
+            gauss_right = [0] * len(gauss)
             for i in range(0, n, 256):
                 x, y = _collate(self.eval_set, range(i, min(n, i + 256)))
                 x, y = x.to(self.device), y.to(self.device)
-                counts["clean_acc"] += int((self._predict(x) == y).sum())
+                clean += int((self._predict(x) == y).sum())
+                for k, d in enumerate(fresh):
+                    fresh_right[k] += int((self._predict(x, d) == y).sum())
+                for k, g in enumerate(gauss):
+                    gauss_right[k] += int((self._predict(x, g) == y).sum())
                 if self.delta is not None:
-                    counts["noise_acc"] += int((self._predict(x, self.delta) == y).sum())
-                    counts["gaussian_acc"] += int((self._predict(x, gauss) == y).sum())
+                    train_delta += int((self._predict(x, self.delta) == y).sum())
                 adv = fgsm(fn, x * self.std + self.mean, y, self.cfg.fgsm_eps)
-                counts["fgsm_acc"] += int((self._predict((adv - self.mean) / self.std) == y).sum())
-            return {k: v / n for k, v in counts.items()}
+                fgsm_right += int((self._predict((adv - self.mean) / self.std) == y).sum())
         finally:
-            self.model.train()
+            self.model.train(was_training)
+        out: dict[str, Any] = {"clean_acc": clean / n, "fgsm_acc": fgsm_right / n}
+        if fresh:
+            accs = [r / n for r in fresh_right]
+            out.update(delta_acc=sum(accs) / len(accs), delta_acc_std=_std(accs), delta_acc_seeds=accs,
+                       fresh_delta_l2=sum(float(d.norm()) for d in fresh) / len(fresh))
+        if gauss:
+            out["gaussian_acc"] = sum(gauss_right) / (n * len(gauss))
+        if self.delta is not None:
+            out["train_delta_acc"] = train_delta / n
+        return out
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save(self, out_dir: str | Path | None = None) -> Path | None:
@@ -340,7 +383,7 @@ class FinetuneRun:
         while self.epoch < cfg.epochs:
             indices = self._epoch_indices(self.epoch)
             if self.step_in_epoch == 0 or self.delta is None:
-                self.synthesize_delta(cfg.seed * 1_000_003 + self.epoch)
+                self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
             if self.step_in_epoch == 0:
                 self._epoch_sums = {}
             while self.step_in_epoch < self.steps_per_epoch:
@@ -348,10 +391,11 @@ class FinetuneRun:
                     stopped = True
                     break
                 if cfg.noise_every and self.step_in_epoch and self.global_step % cfg.noise_every == 0:
-                    self.synthesize_delta(cfg.seed * 1_000_003 + self.epoch * 10_007 + self.global_step)
+                    self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
                 lo = self.step_in_epoch * cfg.batch_size
                 x, y = _collate(self.train_set, indices[lo:lo + cfg.batch_size])
                 metrics = self.train_step(x, y)
+                self._last_lr = metrics["lr"]
                 self.step_in_epoch += 1
                 self.global_step += 1
                 for k, v in metrics.items():
@@ -364,7 +408,7 @@ class FinetuneRun:
                 break
             record = {"kind": "epoch", "method": cfg.method, "epoch": self.epoch + 1, "step": self.global_step,
                       **{k: v / self.steps_per_epoch for k, v in self._epoch_sums.items() if k != "lr"},
-                      "lr": self.optimizer.param_groups[0]["lr"], **self.evaluate(), **self.delta_info}
+                      "lr": self._last_lr, **self.evaluate(), **self.delta_info}
             self.history.append(record)
             self._log(record)
             self.on_epoch(record)
@@ -373,7 +417,16 @@ class FinetuneRun:
         checkpoint = self.save()
         return FinetuneResult(config=cfg, history=self.history, epochs_run=self.epoch, steps_run=self.global_step,
                               stopped=stopped, checkpoint=str(checkpoint) if checkpoint else None,
-                              seconds=time.perf_counter() - t0, synthesis_seconds=self.synthesis_seconds)
+                              seconds=time.perf_counter() - t0, synthesis_seconds=self.synthesis_seconds,
+                              evaluation_synthesis_seconds=self.evaluation_synthesis_seconds)
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _classes(dataset) -> list | None:

@@ -57,8 +57,8 @@ def test_history_metrics_logs_and_checkpoint(default_lm, sets, tmp_path):
     seen = []
     res = finetune(default_lm, sets[0], sets[1], small("nullspace", epochs=2), tmp_path, on_epoch=seen.append)
     assert res.epochs_run == 2 and res.steps_run == 6 and not res.stopped and len(seen) == 2
-    for key in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc", "loss", "loss_clean", "loss_noise", "lr",
-                "delta_l2", "delta_mse_probs", "delta_agreement"):
+    for key in ("clean_acc", "delta_acc", "delta_acc_std", "delta_acc_seeds", "train_delta_acc", "gaussian_acc",
+                "fgsm_acc", "loss", "loss_clean", "loss_noise", "lr", "delta_l2", "delta_mse_probs", "delta_agreement"):
         assert key in res.history[-1]
     lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in lines].count("step") == 6 and [r["kind"] for r in lines].count("epoch") == 2
@@ -132,3 +132,77 @@ def test_new_class_count_gets_a_seeded_head_without_touching_global_rng(default_
     assert torch.equal(torch.rand(1), expected)
     b = FinetuneRun(default_lm, ds, ds, small("baseline"))
     assert a.model.num_classes == 3 and torch.equal(a.model.head.weight, b.model.head.weight)
+
+
+def test_seed_streams_never_share_a_draw():
+    """The Gaussian control trained on seed*7919 + period and was evaluated with seed + 17: seed 0, period 17
+    trained on the evaluation noise. Now every (stream, seed, index) has its own seed, by construction."""
+    from nullviz.seeds import INDEX_PERIOD, MAX_SEED, STREAMS, stream_seed
+
+    train = {stream_seed("train_gaussian", s, p) for s in range(200) for p in range(500)}
+    evaluation = {stream_seed("eval_gaussian", s, k) for s in range(200) for k in range(17)}
+    assert not train & evaluation and len(train) == 200 * 500
+    every = [stream_seed(st, s, i) for st in STREAMS for s in (0, 1, MAX_SEED) for i in (0, 1, INDEX_PERIOD - 1)]
+    assert len(set(every)) == len(every) and max(every) < 2 ** 32  # torch's CPU generator reads 32 bits
+    assert stream_seed("train_gaussian", 3, INDEX_PERIOD + 5) == stream_seed("train_gaussian", 3, 5)
+    # and the draws themselves: the old collision is gone
+    run_seed = 0
+    ref = torch.ones(4, 8)
+    drawn_train = [FinetuneRun._gaussian_like(None, ref, stream_seed("train_gaussian", run_seed, p)) for p in range(40)]
+    drawn_eval = [FinetuneRun._gaussian_like(None, ref, stream_seed("eval_gaussian", run_seed, k)) for k in range(8)]
+    assert not any(torch.equal(a, b) for a in drawn_train for b in drawn_eval)
+    with pytest.raises(InvalidParameterError):
+        stream_seed("train_gaussian", MAX_SEED + 1, 0)
+    with pytest.raises(InvalidParameterError):
+        FinetuneConfig(seed=MAX_SEED + 1)
+
+
+def test_training_and_evaluation_use_their_own_streams(default_lm, sets, monkeypatch):
+    from nullviz.seeds import stream_seed
+
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("gaussian", epochs=1, steps_per_epoch=2, fresh_deltas=2))
+    synth_seeds, gauss_seeds = [], []
+    real_synth, real_gauss = run._synthesize, run._gaussian_like
+    monkeypatch.setattr(run, "_synthesize", lambda seed: synth_seeds.append(seed) or real_synth(seed))
+    monkeypatch.setattr(run, "_gaussian_like", lambda d, seed: gauss_seeds.append(seed) or real_gauss(d, seed))
+    run.run()
+    assert synth_seeds == [stream_seed("train_delta", 0, 0), stream_seed("fresh_delta", 0, 0),
+                           stream_seed("fresh_delta", 0, 1)]
+    assert gauss_seeds == [stream_seed("train_gaussian", 0, 0)] * 2 + [stream_seed("eval_gaussian", 0, k) for k in (0, 1)]
+
+
+def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default_lm, sets):
+    """The headline 'under δ' figure is the mean over δs synthesized from the final model on training images;
+    the δ the run trained on is reported apart."""
+    from nullviz.synthesis import synthesize_for_model
+    from nullviz.seeds import stream_seed
+
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=3))
+    res = run.run()
+    last = res.history[-1]
+    assert len(last["delta_acc_seeds"]) == 3
+    assert last["delta_acc"] == pytest.approx(sum(last["delta_acc_seeds"]) / 3)
+    assert last["delta_acc_std"] >= 0 and "train_delta_acc" in last
+    # re-derive the first fresh δ independently and check its accuracy
+    n = max(1, round(len(sets[0]) * 0.2))
+    seed = stream_seed("fresh_delta", 0, 0)
+    idx = torch.randperm(len(sets[0]), generator=torch.Generator().manual_seed(seed))[:n]
+    x = torch.stack([sets[0][int(i)][0] for i in idx])
+    run.model.eval()
+    delta = synthesize_for_model(run.model, x, run.cfg.synthesis(seed)).delta
+    xs = torch.stack([sets[1][i][0] for i in range(len(sets[1]))])
+    ys = torch.tensor([sets[1][i][1] for i in range(len(sets[1]))])
+    acc = float((run._predict(xs, delta) == ys).float().mean())
+    assert acc == pytest.approx(last["delta_acc_seeds"][0])
+    only_training = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=0)).run().history[-1]
+    assert "delta_acc" not in only_training and "train_delta_acc" in only_training
+
+
+def test_logged_learning_rate_is_the_one_the_step_used(default_lm, sets):
+    """It was read after scheduler.step(): the next step's rate."""
+    steps = []
+    run = FinetuneRun(default_lm, sets[0], sets[1], small("baseline", steps_per_epoch=3, warmup_steps=2, lr=1e-3,
+                                                          fresh_deltas=0), on_step=steps.append)
+    run.run()
+    assert [r["lr"] for r in steps] == pytest.approx([0.5e-3, 1e-3, 1e-3])
+    assert run.history[-1]["lr"] == pytest.approx(1e-3)
