@@ -52,6 +52,7 @@ class AttentionTrace:
     logits: torch.Tensor
     num_prefix_tokens: int
     grid_size: tuple[int, int]
+    has_class_token: bool = True
 
     @property
     def layers(self) -> int:
@@ -65,9 +66,25 @@ class AttentionTrace:
     def tokens(self) -> int:
         return self.attention.shape[-1]
 
+    @property
+    def query_label(self) -> str:
+        """What the maps' query is, in words (see :func:`cls_attention_maps`)."""
+        return query_label(self.has_class_token)
+
     def cls_maps(self) -> torch.Tensor:
-        """Attention of the first prefix token (CLS) to the patches: [layers, batch, heads, gh, gw]."""
-        return cls_attention_maps(self.attention, self.num_prefix_tokens, self.grid_size)
+        """Attention of the output's query to the patches: [layers, batch, heads, gh, gw]. The query is the
+        class token, or the mean of the patch queries for a ViT without one (``global_pool='avg'``)."""
+        return cls_attention_maps(self.attention, self.num_prefix_tokens, self.grid_size, self.has_class_token)
+
+
+def query_label(has_class_token: bool) -> str:
+    return ("CLS" if has_class_token
+            else "mean of patch queries (this model has no class token: its output averages the patch tokens)")
+
+
+def has_class_token(model: torch.nn.Module) -> bool:
+    """Whether the ViT's first token is a class token (timm: ``cls_token`` is None with ``class_token=False``)."""
+    return getattr(model, "cls_token", None) is not None
 
 
 def _prepare_for_trace(view: torch.nn.Module) -> None:
@@ -111,16 +128,26 @@ def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | N
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
     return AttentionTrace(attention=torch.stack(attn).float().cpu(), hidden=torch.stack(hidden).float().cpu(),
                           logits=logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
-                          grid_size=(gh, gw))
+                          grid_size=(gh, gw), has_class_token=has_class_token(model))
 
 
-def cls_attention_maps(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> torch.Tensor:
-    """[L, B, H, T, T] → the first token's attention to the patch tokens, as [L, B, H, gh, gw]."""
+def _output_query(rows: torch.Tensor, num_prefix_tokens: int, class_token: bool) -> torch.Tensor:
+    """[..., T, T] → the attention row of the token the output reads: the class token (row 0), or, for a ViT
+    without one, the mean over the patch rows (its head averages the patch tokens). Row 0 there would be a
+    patch's (or a register's) own attention, not the model's."""
+    if class_token:
+        return rows[..., 0, :]
+    return rows[..., num_prefix_tokens:, :].mean(-2)
+
+
+def cls_attention_maps(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                       class_token: bool = True) -> torch.Tensor:
+    """[L, B, H, T, T] → the output query's attention to the patch tokens, as [L, B, H, gh, gw]."""
     gh, gw = grid_size
     if attention.shape[-1] != num_prefix_tokens + gh * gw:
         raise InvalidParameterError("attention", "cls_attention_maps",
                                     f"{num_prefix_tokens} prefix + {gh}×{gw} patch tokens", attention.shape[-1])
-    maps = attention[..., 0, num_prefix_tokens:]
+    maps = _output_query(attention, num_prefix_tokens, class_token)[..., num_prefix_tokens:]
     return maps.reshape(*maps.shape[:-1], gh, gw)
 
 
@@ -148,10 +175,12 @@ def rollout(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: f
     return result
 
 
-def rollout_map(rolled: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> torch.Tensor:
-    """CLS row of a rollout [B, T, T] as patch maps [B, gh, gw]."""
+def rollout_map(rolled: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                class_token: bool = True) -> torch.Tensor:
+    """The output query's row of a rollout [B, T, T] (CLS, or the mean of patch rows without a class token)
+    as patch maps [B, gh, gw]."""
     gh, gw = grid_size
-    return rolled[:, 0, num_prefix_tokens:].reshape(-1, gh, gw)
+    return _output_query(rolled, num_prefix_tokens, class_token)[:, num_prefix_tokens:].reshape(-1, gh, gw)
 
 
 def attention_distance(clean: torch.Tensor, noised: torch.Tensor, metric: str = "tv") -> torch.Tensor:
@@ -196,6 +225,7 @@ class AttentionComparison:
         return {
             "layers": c.layers, "heads": c.heads, "tokens": c.tokens,
             "num_prefix_tokens": c.num_prefix_tokens, "grid_size": list(c.grid_size),
+            "query": c.query_label,
             "layer_attention_distance": [float(v) for v in self.layer_attention_distance],
             "layer_attention_js": [float(v) for v in self.layer_attention_js],
             "layer_repr_change": [float(v) for v in self.layer_repr_change],
@@ -204,12 +234,19 @@ class AttentionComparison:
             **self.extra,
         }
 
+    def rollout_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean and noised rollout maps [B, gh, gw] of the output's query (see :func:`rollout_map`)."""
+        c = self.clean
+        return tuple(rollout_map(r, c.num_prefix_tokens, c.grid_size, c.has_class_token)
+                     for r in (self.rollout_clean, self.rollout_noised))
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything as numpy arrays for an .npz download."""
         return {
             "attention_clean": self.clean.attention.numpy(), "attention_noised": self.noised.attention.numpy(),
             "rollout_clean": self.rollout_clean.numpy(), "rollout_noised": self.rollout_noised.numpy(),
             "cls_maps_clean": self.clean.cls_maps().numpy(), "cls_maps_noised": self.noised.cls_maps().numpy(),
+            "rollout_map_clean": self.rollout_maps()[0].numpy(), "rollout_map_noised": self.rollout_maps()[1].numpy(),
             "layer_attention_distance": self.layer_attention_distance.numpy(),
             "layer_attention_js": self.layer_attention_js.numpy(),
             "layer_repr_change": self.layer_repr_change.numpy(),

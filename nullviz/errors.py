@@ -62,3 +62,7 @@ class UploadTooLargeError(NullvizError, ValueError):
 
 class ServerPathRefusedError(NullvizError, PermissionError):
     """A path on the server was given where this deployment accepts uploads only."""
+
+
+class UnsupportedModelError(NullvizError, ValueError):
+    """A Vision Transformer whose geometry nullviz does not handle (e.g. rectangular patches)."""

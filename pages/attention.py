@@ -9,7 +9,7 @@ import streamlit as st
 from app_state import current_model, figure_html, image_picker, require_shell, server_settings, show_error
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.attention import compare, rollout_map
+from nullviz.attention import compare
 from nullviz.attribution import METHODS, attribute
 from nullviz.errors import NullvizError
 from nullviz.deploy import check_upload_size
@@ -81,18 +81,21 @@ if head == head_opts[0]:
 else:
     h = int(head.split()[1])
     mc, mn = maps_c[layer, h], maps_n[layer, h]
-st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(), f"CLS → patch attention, layer {layer}, {head}"),
-                key="triplet")
+query = cmp.clean.query_label
+if not cmp.clean.has_class_token:
+    st.info(f"The query of these maps and of the rollout is the {query}.")
+st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(),
+                                    f"{'CLS' if cmp.clean.has_class_token else 'mean patch query'} → patch attention, "
+                                    f"layer {layer}, {head}"), key="triplet")
 
 img = lm.to_display(x)
 img_noised = lm.to_display(x + delta.to(x)) if level == "input" else img
-rc = rollout_map(cmp.rollout_clean, cmp.clean.num_prefix_tokens, cmp.clean.grid_size)[0].numpy()
-rn = rollout_map(cmp.rollout_noised, cmp.noised.num_prefix_tokens, cmp.noised.grid_size)[0].numpy()
+rc, rn = (m[0].numpy() for m in cmp.rollout_maps())
 c = st.columns(2)
 c[0].plotly_chart(figures.overlay(img, rc, "rollout, clean"), key="roll_c")
 c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised"), key="roll_n")
 
-with st.expander("All layers × heads (CLS attention)"):
+with st.expander(f"All layers × heads ({'CLS' if cmp.clean.has_class_token else 'mean patch query'} attention)"):
     st.plotly_chart(figures.attention_grid(maps_c.numpy(), title="clean"), key="grid_c")
     st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean"), key="grid_d")
 

@@ -134,6 +134,40 @@ def test_attribution_methods(default_lm, digit_x, method):
     assert not default_lm.model.training
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_attribution_leaves_torch_global_rng_alone(default_lm, digit_x, method):
+    """captum's NoiseTunnel draws (and callers used to reseed) torch's global RNG, which sessions share."""
+    state = torch.random.get_rng_state()
+    attribute(default_lm, default_lm.denormalize(digit_x), method, steps=4, smoothgrad_samples=4, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_vit_without_class_token_maps_the_mean_patch_query():
+    """Patch 0's attention row used to be labelled as the CLS map (and the rollout's)."""
+    from nullviz.attention import rollout_map
+    from nullviz.models import create_random_vit
+
+    lm = create_random_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=2,
+                           embed_dim=32, num_heads=2, class_token=False, global_pool="avg")
+    x = torch.randn(2, 3, 32, 32)
+    t = trace(lm.model, x)
+    assert t.num_prefix_tokens == 0 and not t.has_class_token and "no class token" in t.query_label
+    expected = t.attention.mean(-2).reshape(2, 2, 2, 4, 4)  # mean over the 16 patch queries
+    torch.testing.assert_close(t.cls_maps(), expected)
+    assert not torch.allclose(t.cls_maps(), t.attention[..., 0, :].reshape(2, 2, 2, 4, 4))
+    cmp = compare(lm, x[:1], None)
+    rolled = rollout(t.attention[:, :1])
+    torch.testing.assert_close(cmp.rollout_maps()[0], rolled.mean(-2).reshape(1, 4, 4))
+    torch.testing.assert_close(rollout_map(rolled, 0, (4, 4), class_token=False), rolled.mean(-2).reshape(1, 4, 4))
+    assert "no class token" in cmp.to_dict()["query"]
+    # a ViT with a class token (and registers) keeps the CLS row
+    reg = create_random_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=1,
+                            embed_dim=32, num_heads=2, reg_tokens=2)
+    tr = trace(reg.model, x)
+    assert tr.has_class_token and tr.query_label == "CLS" and tr.num_prefix_tokens == 3
+    torch.testing.assert_close(tr.cls_maps(), tr.attention[..., 0, 3:].reshape(1, 2, 2, 4, 4))
+
+
 def test_integrated_gradients_completeness(default_lm, digit_x):
     pixels = default_lm.denormalize(digit_x)
     a = attribute(default_lm, pixels, "integrated_gradients", steps=64)

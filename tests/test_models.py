@@ -150,6 +150,15 @@ def test_pretrained_hub_failure_is_translated(monkeypatch):
         load_model("vit_tiny_patch16_224")
 
 
+def test_rectangular_patches_are_refused_with_a_clear_message():
+    from nullviz.errors import UnsupportedModelError
+    from nullviz.models import create_random_vit
+
+    with pytest.raises(UnsupportedModelError, match="rectangular 8×4 patches"):
+        create_random_vit("vit_tiny_patch16_224", img_size=32, patch_size=(8, 4), num_classes=10, depth=1,
+                          embed_dim=32, num_heads=2)
+
+
 def test_devices():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
