@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip", action="store_true",
+                   help="input level: optimise δ for clip(x + δ) to valid pixels, so every noised input is an image")
     p.add_argument("--out", type=Path, default=None, help="save δ with its metadata (.pt)")
 
     p = sub.add_parser("attention", help="attention and representations, clean vs. noised")
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synth-steps", type=int, default=50)
     p.add_argument("--synth-fraction", type=float, default=0.1)
     p.add_argument("--fgsm-eps", type=float, default=8 / 255)
+    p.add_argument("--fresh-deltas", type=int, default=3,
+                   help="δs synthesized from the model at each evaluation; accuracy under δ is their mean (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run folder (checkpoint and logs)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -174,7 +178,7 @@ def cmd_synthesize(args) -> dict[str, Any]:
     from .synthesis import SynthesisConfig, synthesize
 
     config = SynthesisConfig(level=args.level, lim=args.lim, lr=args.lr, lam=args.lam, tol=args.tol,
-                             steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, clip=args.clip)
     lm = _load(args)
     x, _ = images_tensor(lm, load_dataset(args.data, split="train"), limit=args.images)
     progress = None
@@ -256,7 +260,10 @@ def cmd_evaluate(args) -> dict[str, Any]:
         ref = R.evaluate(ref_lm, dataset, replace(config, attacks=(), tolerance_magnitudes=()))
         out["reference"] = ref.model
         out["reference_mean_corruption_acc"] = ref.mean_corruption_acc
-        out["relative_corruption_error"] = report.relative_corruption_error(ref)
+        rce = report.relative_corruption_error(ref)
+        out["relative_corruption_error"] = rce.value
+        out["relative_corruption_error_per_corruption"] = rce.per_corruption
+        out["relative_corruption_error_left_out"] = rce.excluded
     if args.csv is not None:
         args.csv.write_text(R.rows_to_csv(report.to_rows()))
         out["csv"] = str(args.csv)
@@ -271,7 +278,7 @@ def cmd_finetune(args) -> dict[str, Any]:
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                             warmup_steps=args.warmup_steps, freeze=args.freeze, noise_every=args.noise_every,
                             synth_steps=args.synth_steps, synth_fraction=args.synth_fraction,
-                            fgsm_eps=args.fgsm_eps, seed=args.seed)
+                            fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed)
     lm = _load(args)
     train, held = train_heldout(args.data, lm.transform)
     progress = None

@@ -10,7 +10,11 @@ shrinks δ), cosine-decayed learning rate, and an early stop once the mean over 
 Σ_k (p_k(x; δ) − p_k(x))² (the research code's criterion, here ``mse_probs``) drops below ``tol``.
 
 Levels: ``encoder`` — δ ∈ R^{N×D} added to the patch tokens u = f_θ(x) before the class token and position
-embedding; ``input`` — δ ∈ R^{C×H×W} added to the normalised image.
+embedding; ``input`` — δ ∈ R^{C×H×W} added to the normalised image. An input-level δ is large: most of
+x + δ lies outside the valid pixel range, so x + δ is not an image (the result says how much:
+``out_of_range_fraction``). With ``clip=True`` the model sees clip(x + δ) to the valid range instead, δ is
+optimised for exactly that, and every metric is about those valid images (``effective_l2`` is the size of
+the change that remains after clipping).
 
 Better than the research code: clean logits (and clean tokens) are computed once per batch of images, not
 at every step; gradients are taken for δ alone (``torch.autograd.grad``), so a step costs less than a
@@ -46,9 +50,13 @@ class SynthesisConfig:
     steps: int = bounded(200, Interval(int, 1, 100_000))
     batch_size: int = bounded(32, Interval(int, 1, 65_536))
     seed: int = bounded(0, Interval(int, 0, None))
+    clip: bool = False  # input level: the model sees clip(x + δ) to valid pixels (a real image)
 
     def __post_init__(self):
         validate_fields(self)
+        if self.clip and self.level != "input":
+            raise InvalidParameterError("clip", "SynthesisConfig", "False at the encoder level (tokens have no "
+                                        "valid range; clip applies to input-level δ)", self.clip)
 
 
 @dataclass
@@ -182,9 +190,12 @@ def _prob_metrics(noised: torch.Tensor, clean_probs: torch.Tensor) -> tuple[floa
 
 
 class _Batches:
-    """Clean inputs (images or tokens) and their clean logits, computed once, cycled in fixed order."""
+    """Clean inputs (images or tokens) and their clean logits, computed once, cycled in fixed order.
+    ``bounds`` (input level, clip): the valid range (lo, hi) of normalised pixels, [C, 1, 1] each."""
 
-    def __init__(self, model, images: torch.Tensor, level: str, batch_size: int):
+    def __init__(self, model, images: torch.Tensor, level: str, batch_size: int,
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.bounds = bounds
         self.chunks = []
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
@@ -198,34 +209,52 @@ class _Batches:
         return self.chunks[step % len(self.chunks)]
 
 
-def _noised_logits(model, inp: torch.Tensor, delta: torch.Tensor, level: str) -> torch.Tensor:
-    return model(inp + delta) if level == "input" else logits_from_patch_tokens(model, inp + delta)
+def _noised_logits(model, inp: torch.Tensor, delta: torch.Tensor, level: str, bounds=None) -> torch.Tensor:
+    if level != "input":
+        return logits_from_patch_tokens(model, inp + delta)
+    noised = inp + delta
+    if bounds is not None:
+        noised = torch.maximum(torch.minimum(noised, bounds[1]), bounds[0])
+    return model(noised)
+
+
+def pixel_bounds(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid range of lm's normalised input: (0 − mean)/std … (1 − mean)/std, each [C, 1, 1]."""
+    mean, std = lm.mean.to(lm.device), lm.std.to(lm.device)
+    return (0 - mean) / std, (1 - mean) / std
 
 
 def synthesize(lm: LoadedModel, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
                callback: Callable[[SynthesisStep], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
     """Optimise one δ for ``images`` (normalised, [B, C, H, W]) on ``lm``'s model; see the module doc."""
-    return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop)
+    bounds = pixel_bounds(lm) if config.level == "input" else None
+    return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop, bounds)
 
 
 def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
                          model_name: str = "", callback: Callable[[SynthesisStep], None] | None = None,
-                         should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
+                         should_stop: Callable[[], bool] | None = None,
+                         bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> SynthesisResult:
     """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training).
 
     The model is used as it is: it is never switched to eval or train here (a shared model must not be);
-    a caller that trains it puts it in eval mode around the call (see ``FinetuneRun.synthesize_delta``)."""
+    a caller that trains it puts it in eval mode around the call (see ``FinetuneRun.synthesize_delta``).
+    ``bounds``: the valid normalised-pixel range (:func:`pixel_bounds`), needed at the input level to report
+    how much of x + δ leaves it and, with ``config.clip``, to clip to it."""
+    if config.clip and bounds is None:
+        raise InvalidParameterError("bounds", "synthesize_for_model", "the valid pixel range when clip=True", None)
     if images.dim() != 4 or images.shape[0] == 0:
         raise InvalidParameterError("images", "synthesize", "a non-empty batch [B, C, H, W]", tuple(images.shape))
     device = next(model.parameters()).device
-    return _synthesize(model, images.to(device), config, model_name, callback, should_stop)
+    bounds = None if bounds is None else tuple(b.to(device) for b in bounds)
+    return _synthesize(model, images.to(device), config, model_name, callback, should_stop, bounds)
 
 
-def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, should_stop) -> SynthesisResult:
+def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, should_stop, bounds) -> SynthesisResult:
     t_start = time.perf_counter()
     device = images.device
-    batches = _Batches(model, images, cfg.level, cfg.batch_size)
+    batches = _Batches(model, images, cfg.level, cfg.batch_size, bounds if cfg.clip else None)
     shape = tuple(batches[0][0].shape[1:])
     gen = torch.Generator().manual_seed(cfg.seed)
     delta = ((torch.rand(shape, generator=gen) * 2 - 1) * cfg.lim).to(device).requires_grad_(True)
@@ -241,7 +270,7 @@ def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, shoul
         for group in opt.param_groups:
             group["lr"] = lr
         inp, clean_probs, clean_logits = batches[step]
-        noised = _noised_logits(model, inp, delta, cfg.level).float()
+        noised = _noised_logits(model, inp, delta, cfg.level, batches.bounds).float()
         dist = (noised - clean_logits).norm(dim=-1).mean()
         norm = delta.norm()
         loss = dist - cfg.lam * torch.log(norm) if cfg.lam > 0 else dist
@@ -267,21 +296,35 @@ def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, shoul
     permuted = delta.flatten()[torch.randperm(delta.numel(), generator=perm_gen).to(device)].view_as(delta)
     control = _evaluate_delta(model, batches, permuted, cfg.level)
     final_loss = final["dist"] - (cfg.lam * math.log(max(float(delta.norm()), 1e-30)) if cfg.lam > 0 else 0.0)
+    extra = _validity(images, delta, bounds, cfg.clip) if cfg.level == "input" and bounds is not None else {}
     return SynthesisResult(
         delta=delta.float().cpu(), config=cfg, model_name=model_name, history=history, steps_run=steps_run,
         reached_tolerance=reached, stopped_by_user=stopped, final_loss=final_loss, mse_probs=final["mse"],
         agreement=final["agree"], noise_l2=float(delta.norm()), noise_linf=float(delta.abs().max()),
         noise_rel=float(delta.norm()) / max(batches.typical_norm, 1e-30),
         permuted_mse_probs=control["mse"], permuted_agreement=control["agree"],
-        num_images=int(images.shape[0]), seconds=time.perf_counter() - t_start,
+        num_images=int(images.shape[0]), seconds=time.perf_counter() - t_start, extra=extra,
     )
+
+
+@torch.no_grad()
+def _validity(images: torch.Tensor, delta: torch.Tensor, bounds, clip: bool) -> dict[str, Any]:
+    """How much of x + δ is outside the valid pixel range, and (clip) the size of what remains of δ."""
+    lo, hi = bounds
+    noised = images + delta
+    outside = float(((noised < lo) | (noised > hi)).float().mean())
+    out: dict[str, Any] = {"out_of_range_fraction": outside, "clipped": clip}
+    if clip:
+        seen = torch.maximum(torch.minimum(noised, hi), lo)
+        out["effective_l2"] = float((seen - images).flatten(1).norm(dim=1).mean())
+    return out
 
 
 @torch.no_grad()
 def _evaluate_delta(model, batches: _Batches, delta: torch.Tensor, level: str) -> dict[str, float]:
     n = dist = mse = agree = 0.0
     for inp, clean_probs, clean_logits in batches.chunks:
-        noised = _noised_logits(model, inp, delta, level).float()
+        noised = _noised_logits(model, inp, delta, level, batches.bounds).float()
         b = inp.shape[0]
         m, a = _prob_metrics(noised, clean_probs)
         dist += float((noised - clean_logits).norm(dim=-1).sum())
@@ -293,12 +336,21 @@ def _evaluate_delta(model, batches: _Batches, delta: torch.Tensor, level: str) -
 
 @torch.no_grad()
 def evaluate_noise(lm: LoadedModel, images: torch.Tensor, delta: torch.Tensor, level: str,
-                   batch_size: int = 64) -> dict[str, float]:
-    """mse_probs / agreement / mean logit distance of any δ (e.g. a loaded one) on images."""
+                   batch_size: int = 64, clip: bool = False) -> dict[str, float]:
+    """mse_probs / agreement / mean logit distance of any δ (e.g. a loaded one) on images; ``clip``: the model
+    sees clip(x + δ) to valid pixels (input level)."""
     check_noise_fits(lm, delta, level)
-    batches = _Batches(lm.model, images.to(lm.device), level, batch_size)
+    bounds = pixel_bounds(lm) if clip and level == "input" else None
+    batches = _Batches(lm.model, images.to(lm.device), level, batch_size, bounds)
     out = _evaluate_delta(lm.model, batches, delta.to(lm.device), level)
     return {"mean_logit_distance": out["dist"], "mse_probs": out["mse"], "agreement": out["agree"]}
+
+
+def clipped_delta(lm: LoadedModel, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """What remains of an input-level δ on image(s) x once x + δ is clipped to valid pixels: clip(x + δ) − x."""
+    lo, hi = pixel_bounds(lm)
+    x = x.to(lm.device)
+    return torch.maximum(torch.minimum(x + delta.to(x), hi), lo) - x
 
 
 @dataclass

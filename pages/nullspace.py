@@ -11,7 +11,7 @@ from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.data import SYNTHESIS_SOURCES, synthesis_images
 from nullviz.errors import NullvizError
-from nullviz.synthesis import SynthesisConfig, noise_effect, synthesize
+from nullviz.synthesis import SynthesisConfig, clipped_delta, noise_effect, synthesize
 
 require_shell(__file__)
 
@@ -51,6 +51,9 @@ with st.form("ns_form"):
                                 index=0 if lm.img_size[0] <= 64 else 1)
         n_images = c[2].number_input("images", min_value=1, max_value=1024, value=64, key="ns_images")
         seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="ns_seed_approx")
+        clip = mode == MODES[3] and st.checkbox(
+            "keep x + δ a valid image (optimise for clip(x + δ) to [0, 1])", key="ns_clip",
+            help="Without this, most of x + δ lies outside [0, 1]: not an image a camera or a file can hold.")
     go = st.form_submit_button("Make noise", type="primary")
 
 if go:
@@ -70,7 +73,7 @@ if go:
         else:
             level = "encoder" if mode == MODES[2] else "input"
             cfg = SynthesisConfig(level=level, lim=float(lim), lr=float(lr), lam=float(lam), tol=float(tol),
-                                  steps=int(steps), seed=int(seed))
+                                  steps=int(steps), seed=int(seed), clip=bool(clip))
             images = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
@@ -104,6 +107,19 @@ if noise is None:
 
 delta, level = noise["delta"], noise["level"]
 metrics: dict = {"model": lm.name, "image": chosen.name, "kind": noise["kind"], "level": level}
+res = noise.get("result")
+clipped = res is not None and res.config.clip
+if clipped:  # the model sees clip(x + δ): show and verify exactly that
+    delta = clipped_delta(lm, x, delta)[0].cpu()
+if level == "input" and res is not None:
+    if clipped:
+        st.info(f"δ was optimised for clip(x + δ): every image the model saw is valid. On this image the clipped "
+                f"change has ‖·‖₂ {float(delta.norm()):.3g} (δ itself {res.noise_l2:.3g}).")
+    else:
+        st.warning(f"x + δ is not a valid image: {res.extra.get('out_of_range_fraction', 0):.0%} of its values lie "
+                   f"outside [0, 1] on the images δ was fit on. The model was shown those out-of-range values; a "
+                   f"saved PNG clips them (see “after clip + 8-bit PNG” below). Tick *keep x + δ a valid image* to "
+                   f"optimise δ for valid images instead.")
 if level == "input":
     ns = N.nullspace(lm, noise.get("rtol"))
     report = N.verify_invariance(lm, x, delta, ns)
@@ -127,7 +143,6 @@ else:
 with right:
     st.plotly_chart(figures.topk_bars(probs_clean, probs_noised, lm.class_names), key="topk")
 
-res = noise.get("result")
 if res is not None:
     metrics.update({k: v for k, v in res.to_dict().items() if k != "history"})
     st.plotly_chart(figures.synthesis_curve([h.step for h in res.history], [h.loss for h in res.history],
@@ -172,7 +187,7 @@ if exact or level == "input":
 
 st.subheader("Download")
 buf = io.BytesIO()
-torch.save({"delta": delta.contiguous(), "meta": {k: v for k, v in metrics.items() if not isinstance(v, list)},
+torch.save({"delta": noise["delta"].contiguous(), "meta": {k: v for k, v in metrics.items() if not isinstance(v, list)},
             "format": "nullviz-noise-1"}, buf)
 downloads = [("noise tensor (.pt)", buf.getvalue(), f"noise_{level}.pt", "application/octet-stream"),
              ("metrics (JSON)", json.dumps(metrics, default=str, indent=2), "metrics.json", "application/json"),

@@ -178,10 +178,10 @@ for name in names:
     rows[name] = [f"{v:.1%}" for v in series[name]]
 if len(reports) == 2:
     rows["Δ (2 − 1)"] = [f"{b - a:+.1%}" for a, b in zip(series[names[0]], series[names[1]])]
-    rel = reports[1].relative_corruption_error(reports[0])
-    if rel is not None:
-        st.caption(f"Relative corruption error of model 2 against model 1 (mCE-style, 100 = same, lower is "
-                   f"better): **{rel:.1f}**")
+    if reports[1].corruptions:
+        rel = reports[1].relative_corruption_error(reports[0])
+        st.caption("Relative corruption error of model 2 against model 1 (mCE-style: summed error over "
+                   "severities ÷ model 1's, mean over corruptions; 100 = same, lower is better): " + rel.summary())
 st.table(rows)
 
 for k, (name, r) in enumerate(zip(names, reports)):

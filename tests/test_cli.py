@@ -47,7 +47,14 @@ def test_synthesize_json_and_round_trip(capsys, tmp_path):
         assert key in out
     assert out["level"] == "encoder" and out["permuted_mse_probs"] > out["mse_probs"]
     att = run_json(capsys, "attention", "--image", "digit-1", "--noise", str(tmp_path / "d.pt"))
-    assert att["level"] == "encoder" and len(att["layer_repr_change"]) == 4
+    assert att["level"] == "encoder" and len(att["layer_repr_change"]) == 4 and att["query"] == "CLS"
+
+
+def test_synthesize_input_level_says_whether_it_is_an_image(capsys):
+    free = run_json(capsys, "synthesize", "--level", "input", "--images", "8", "--steps", "5")
+    assert free["clipped"] is False and free["out_of_range_fraction"] > 0.3
+    valid = run_json(capsys, "synthesize", "--level", "input", "--images", "8", "--steps", "5", "--clip")
+    assert valid["clipped"] is True and 0 < valid["effective_l2"] < valid["noise_l2"]
 
 
 def test_attention_json_and_npz(capsys, tmp_path):
@@ -105,13 +112,14 @@ def test_evaluate_json(capsys, tmp_path):
     rel = run_json(capsys, "evaluate", "--limit", "16", "--attacks", "none", "--corruptions", "fog",
                    "--severities", "2", "--reference", "default")
     assert rel["relative_corruption_error"] == pytest.approx(100.0)  # the default against itself
+    assert rel["relative_corruption_error_left_out"] == {} and set(rel["relative_corruption_error_per_corruption"]) == {"fog"}
 
 
 def test_finetune_json(capsys, tmp_path):
     out = run_json(capsys, "finetune", "--method", "nullspace", "--epochs", "1", "--steps-per-epoch", "3",
                    "--batch-size", "16", "--synth-steps", "5", "--out", str(tmp_path / "run"))
     assert out["method"] == "nullspace" and out["epochs_run"] == 1
-    for key in ("clean_acc", "noise_acc", "gaussian_acc", "fgsm_acc", "loss"):
+    for key in ("clean_acc", "delta_acc", "train_delta_acc", "gaussian_acc", "fgsm_acc", "loss"):
         assert key in out["history"][0]
     assert out["checkpoint"].endswith("model.safetensors")
     info = run_json(capsys, "info", "--checkpoint", out["checkpoint"])

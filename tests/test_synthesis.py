@@ -117,3 +117,25 @@ def test_config_rejects_each_bad_value(name, constraint):
 def test_empty_images(default_lm):
     with pytest.raises(InvalidParameterError, match="images"):
         synthesize(default_lm, torch.empty(0, 3, 32, 32))
+
+
+def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, digits_x):
+    """x + δ left 65 % of its values outside [0, 1]; clipping dropped agreement from 1.00 to 0.24."""
+    from nullviz.synthesis import clipped_delta, pixel_bounds
+
+    free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", steps=40, seed=0))
+    assert free.extra["out_of_range_fraction"] > 0.3 and free.to_dict()["clipped"] is False
+    clipped_view = evaluate_noise(default_lm, digits_x, free.delta, "input", clip=True)
+    assert clipped_view["agreement"] < free.agreement  # what a saved image would do
+    valid = synthesize(default_lm, digits_x, SynthesisConfig(level="input", steps=40, seed=0, clip=True))
+    assert valid.extra["clipped"] and 0 < valid.extra["effective_l2"] < valid.noise_l2
+    # its metrics are about the valid images clip(x + δ): an independent evaluation agrees
+    again = evaluate_noise(default_lm, digits_x, valid.delta, "input", clip=True)
+    assert again["mse_probs"] == pytest.approx(valid.mse_probs, rel=1e-5)
+    assert again["agreement"] == pytest.approx(valid.agreement)
+    assert valid.agreement > clipped_view["agreement"]
+    lo, hi = pixel_bounds(default_lm)
+    seen = digits_x + clipped_delta(default_lm, digits_x, valid.delta)
+    assert bool(((seen >= lo - 1e-6) & (seen <= hi + 1e-6)).all())
+    with pytest.raises(InvalidParameterError, match="clip"):
+        SynthesisConfig(level="encoder", clip=True)
