@@ -52,16 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--level", default="encoder", choices=["encoder", "input"])
     p.add_argument("--data", default="default", help="'default' (digits train split) or an ImageFolder path")
-    p.add_argument("--images", type=int, default=64, help="number of images δ is optimised on")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--lim", type=float, default=3.0)
-    p.add_argument("--lam", type=float, default=0.0)
-    p.add_argument("--tol", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--images", type=int, default=128, help="number of images δ is fit on")
+    p.add_argument("--check-images", type=int, default=64,
+                   help="images δ never sees, to judge it (digits: the held-out split; a folder: the next ones)")
+    p.add_argument("--steps", type=int, default=None, help="default: SynthesisConfig's")
+    p.add_argument("--lr", type=float, default=None, help="default: SynthesisConfig's")
+    p.add_argument("--lim", type=float, default=None, help="default: SynthesisConfig's")
+    p.add_argument("--lam", type=float, default=None, help="default: SynthesisConfig's")
+    p.add_argument("--tol", type=float, default=None, help="default: SynthesisConfig's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: SynthesisConfig's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip", action="store_true",
                    help="input level: optimise δ for clip(x + δ) to valid pixels, so every noised input is an image")
+    p.add_argument("--sweep", nargs="+", default=None, metavar="NAME=V1,V2",
+                   help="trace the frontier over a grid instead, e.g. --sweep lam=0,0.1,0.5,1 lim=1,3 steps=100,200")
+    p.add_argument("--html", type=Path, default=None, help="with --sweep: save the frontier plot (HTML)")
     p.add_argument("--out", type=Path, default=None, help="save δ with its metadata (.pt)")
 
     p = sub.add_parser("attention", help="attention and representations, clean vs. noised")
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="nullspace-augmented finetuning (or a control) on a copy of the model")
     _model_args(p)
-    p.add_argument("--method", default="nullspace", choices=["baseline", "nullspace", "gaussian", "adversarial"])
+    p.add_argument("--method", default="nullspace",
+                   choices=["baseline", "nullspace", "gaussian", "random_start", "adversarial"])
     p.add_argument("--data", default="default", help="'default' (digits), 'cifar10', or an ImageFolder path")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
@@ -104,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--freeze", default="none", choices=["none", "patch_embed", "all_but_head"])
     p.add_argument("--noise-every", type=int, default=None, help="resynthesize δ every K steps (default: per epoch)")
-    p.add_argument("--synth-steps", type=int, default=50)
+    p.add_argument("--synth-steps", type=int, default=200)
+    p.add_argument("--synth-lam", type=float, default=0.5, help="λ of δ synthesis (0: the research code's rule)")
+    p.add_argument("--synth-lim", type=float, default=1.0, help="δ's random start U(−lim, lim)")
     p.add_argument("--synth-fraction", type=float, default=0.1)
     p.add_argument("--fgsm-eps", type=float, default=8 / 255)
     p.add_argument("--fresh-deltas", type=int, default=3,
@@ -172,21 +180,67 @@ def cmd_nullspace(args) -> dict[str, Any]:
     return out
 
 
-def cmd_synthesize(args) -> dict[str, Any]:
+def _fit_and_check_images(lm, data: str, n_fit: int, n_check: int):
+    """Fit images from the data's train split; check images δ never sees (digits: the held-out split)."""
     from .data import load_dataset
     from .robustness import images_tensor
-    from .synthesis import SynthesisConfig, synthesize
 
-    config = SynthesisConfig(level=args.level, lim=args.lim, lr=args.lr, lam=args.lam, tol=args.tol,
-                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, clip=args.clip)
+    if data in ("default", "digits"):
+        x, _ = images_tensor(lm, load_dataset(data, split="train"), limit=n_fit)
+        check, _ = images_tensor(lm, load_dataset(data, split="heldout"), limit=n_check)
+        return x, check
+    both, _ = images_tensor(lm, load_dataset(data, split="train"), limit=n_fit + n_check)
+    return both[:n_fit], both[n_fit:]
+
+
+def _sweep_grid(items: list[str]) -> dict[str, tuple]:
+    from .synthesis import parse_sweep
+
+    spec = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep:
+            raise InvalidParameterError("sweep", "synthesize", "items like lam=0,0.5,1 / lim=1,3 / steps=100,200",
+                                        item)
+        spec[name] = values
+    return parse_sweep(spec)
+
+
+def cmd_synthesize(args) -> dict[str, Any]:
+    from .synthesis import SynthesisConfig, frontier, synthesize
+
+    given = {k: getattr(args, k) for k in ("lim", "lr", "lam", "tol", "steps", "batch_size")
+             if getattr(args, k) is not None}
+    config = SynthesisConfig(level=args.level, seed=args.seed, clip=args.clip, **given)
+    grid = _sweep_grid(args.sweep) if args.sweep else None
+    for name, value in (("images", args.images), ("check-images", args.check_images)):
+        if value < (1 if name == "images" else 0):
+            raise InvalidParameterError(name, "synthesize", "a positive number of images", value)
     lm = _load(args)
-    x, _ = images_tensor(lm, load_dataset(args.data, split="train"), limit=args.images)
+    x, check = _fit_and_check_images(lm, args.data, args.images, args.check_images)
+    if grid is not None:
+        def tick(k, n, point):
+            if sys.stderr.isatty():
+                sys.stderr.write(f"\r{k}/{n}: {point.label} ‖δ‖ {point.noise_l2:.3g} held-out Σ Δp² "
+                                 f"{point.check_mse_probs:.2e}   ")
+
+        result = frontier(lm, x, config, lams=grid.get("lam", (config.lam,)), lims=grid.get("lim"),
+                          steps=grid.get("steps"), check_images=check if len(check) else None, progress=tick)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        out = result.to_dict()
+        if args.html is not None:
+            from . import figures
+
+            figures.frontier_plot(result).write_html(str(args.html), include_plotlyjs="cdn")
+            out["html"] = str(args.html)
+        return out
     progress = None
     if sys.stderr.isatty():
         def progress(s):
             sys.stderr.write(f"\rstep {s.step + 1}/{config.steps}  loss {s.loss:.4f}  Σ Δp² {s.mse_probs:.4f}  "
                              f"agreement {s.agreement:.3f}")
-    result = synthesize(lm, x, config, callback=progress)
+    result = synthesize(lm, x, config, callback=progress, check_images=check if len(check) else None)
     if progress is not None:
         sys.stderr.write("\n")
     out = result.to_dict()
@@ -278,6 +332,7 @@ def cmd_finetune(args) -> dict[str, Any]:
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                             warmup_steps=args.warmup_steps, freeze=args.freeze, noise_every=args.noise_every,
                             synth_steps=args.synth_steps, synth_fraction=args.synth_fraction,
+                            synth_lam=args.synth_lam, synth_lim=args.synth_lim,
                             fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed)
     lm = _load(args)
     train, held = train_heldout(args.data, lm.transform)

@@ -226,6 +226,20 @@ def synthesis_images(source: str, n: int, current: Image.Image | None = None) ->
     raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")
 
 
+def check_images_for(source: str, n: int, current_is_small: bool = True) -> list[Image.Image] | None:
+    """Images to judge a δ fit on ``synthesis_images(source, …)``, disjoint from them: the held-out digits
+    for the digits' train split (the default model trained on that split and is surer there, so a check
+    among train digits flatters δ); for one image, the held-out digits (small models) or the sample photos.
+    None: no separate set (sample photos), so the synthesis holds out part of its images."""
+    if source == SYNTHESIS_SOURCES[0]:
+        return digits_split("heldout")[0][:n]
+    if source == SYNTHESIS_SOURCES[2]:
+        return digits_split("heldout")[0][:n] if current_is_small else [sample_image(p) for p in SAMPLE_PHOTOS]
+    if source == SYNTHESIS_SOURCES[1]:
+        return None
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")
+
+
 # ------------------------------------------------------------------------------------ training data
 def split_dataset(dataset, heldout_fraction: float = 0.1, seed: int = 0):
     """A fixed random train/held-out split of any data set (the paper holds out 10 %)."""

@@ -264,3 +264,79 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_ke
     fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def frontier_plot(frontier, height: int = 420) -> go.Figure:
+    """‖δ‖ vs held-out mean Σ Δp² (log scale) for each synthesized δ of a sweep, with the three controls of
+    the same norm on the same images, the tolerance ε as a line, and the largest δ it allows starred.
+    ``frontier``: a :class:`nullviz.synthesis.Frontier`."""
+    pts = sorted(frontier.points, key=lambda p: p.noise_l2)
+    x = [p.noise_l2 for p in pts]
+    floor = 1e-7  # Σ Δp² can be 0.0 to float precision; draw it at the floor of the log axis
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=[max(p.check_mse_probs, floor) for p in pts], mode="lines+markers",
+                             name="optimised δ", text=[p.label for p in pts],
+                             hovertemplate="%{text}<br>‖δ‖ %{x:.3g}<br>Σ Δp² %{y:.2e}<extra></extra>"))
+    for key, name, symbol in (("random_start_mse_probs", "random start, same norm", "circle-open"),
+                              ("permuted_mse_probs", "δ permuted", "x"),
+                              ("gaussian_mse_probs", "Gaussian, same norm", "diamond-open")):
+        fig.add_trace(go.Scatter(x=x, y=[max(getattr(p, key), floor) for p in pts], mode="markers", name=name,
+                                 marker=dict(symbol=symbol, size=9)))
+    fig.add_hline(y=frontier.tol, line_dash="dash", annotation_text=f"ε = {frontier.tol:g}",
+                  annotation_position="bottom right")
+    best = frontier.allowed()
+    if best is not None:
+        fig.add_trace(go.Scatter(x=[best.noise_l2], y=[max(best.check_mse_probs, floor)], mode="markers",
+                                 name=f"largest δ within ε: {best.label}",
+                                 marker=dict(symbol="star", size=18, color="gold", line=dict(width=1))))
+    fig.update_layout(title=f"the frontier: size vs visibility on {frontier.num_check_images} images δ never saw",
+                      xaxis_title="‖δ‖₂", yaxis_title="held-out mean Σ Δp²", yaxis_type="log", height=height,
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def method_bars(comparison, metrics: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
+                scale: Mapping[str, float] | None = None, height: int = 420) -> go.Figure:
+    """Grouped bars: one group per metric, one bar per method at its mean over seeds, with the 95 % t-interval
+    of the mean as error bars (none for a single seed). ``comparison``: a
+    :class:`nullviz.comparison.MethodComparison`; ``scale`` multiplies a metric (e.g. 100 for %)."""
+    metrics = list(metrics or comparison.metrics)
+    labels, scale = dict(labels or {}), dict(scale or {})
+    fig = go.Figure()
+    for method in comparison.runs:
+        sums = [comparison.summary(method, m) for m in metrics]
+        k = [scale.get(m, 1.0) for m in metrics]
+        fig.add_trace(go.Bar(
+            name=method, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(sums, k)],
+            error_y=dict(type="data", symmetric=False, array=[(s.ci_high - s.mean) * f for s, f in zip(sums, k)],
+                         arrayminus=[(s.mean - s.ci_low) * f for s, f in zip(sums, k)]),
+            hovertext=[f"{method}: {s.mean * f:.3g} (95 % CI {s.ci_low * f:.3g} … {s.ci_high * f:.3g}, n = {s.n})"
+                       for s, f in zip(sums, k)], hoverinfo="text"))
+    n = max(len(v) for v in comparison.runs.values())
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      title=f"mean over {n} seed{'s' if n != 1 else ''}" + (", 95 % intervals" if n > 1 else ""),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def paired_difference_bars(comparison, metrics: Sequence[str] | None = None,
+                           labels: Mapping[str, str] | None = None, scale: Mapping[str, float] | None = None,
+                           height: int = 420) -> go.Figure:
+    """``comparison.method`` minus each control, paired by seed: bars at the mean difference with 95 %
+    intervals; a bar whose interval crosses 0 is no evidence either way."""
+    metrics = list(metrics or comparison.metrics)
+    labels, scale = dict(labels or {}), dict(scale or {})
+    fig = go.Figure()
+    for control in comparison.controls:
+        diffs = [comparison.difference(control, m) for m in metrics]
+        k = [scale.get(m, 1.0) for m in metrics]
+        fig.add_trace(go.Bar(
+            name=f"{comparison.method} − {control}", x=[labels.get(m, m) for m in metrics],
+            y=[d.mean * f for d, f in zip(diffs, k)],
+            error_y=dict(type="data", symmetric=False, array=[(d.ci_high - d.mean) * f for d, f in zip(diffs, k)],
+                         arrayminus=[(d.mean - d.ci_low) * f for d, f in zip(diffs, k)])))
+    fig.add_hline(y=0, line_width=1)
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      title=f"{comparison.method} minus each control, paired by seed (95 % intervals)",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

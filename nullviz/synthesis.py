@@ -6,8 +6,20 @@ by minimising
     L(δ) = mean_i ‖logits(x_i; δ) − logits(x_i)‖₂ − λ · log ‖δ‖₂
 
 from a uniform start U(−lim, lim), with Adam (no weight decay: the research code's AdamW decay quietly
-shrinks δ), cosine-decayed learning rate, and an early stop once the mean over images of
-Σ_k (p_k(x; δ) − p_k(x))² (the research code's criterion, here ``mse_probs``) drops below ``tol``.
+shrinks δ) and a cosine-decayed learning rate. The tolerance ε (``tol``) bounds the mean over images of
+Σ_k (p_k(x; δ) − p_k(x))² (the research code's criterion, here ``mse_probs``):
+
+- λ = 0 (the research code's rule): stop at the first step where the fit images are inside ε. δ then barely
+  leaves its random start (a start that is small enough is returned as it is).
+- λ > 0 (the default): the −λ log‖δ‖ term pushes δ outward for the whole step budget, and the result is the
+  largest δ met along the way with the fit images inside ε: a point on the frontier of ‖δ‖ vs invisibility.
+
+**Held-out check.** δ is fit on some images and judged on others it never saw: the given images are split
+(``check_fraction``, seeded) or a check set is passed. Every metric is reported on both; ``reached_tolerance``
+means the *check* images are inside ε; the controls (the same δ permuted, Gaussian noise of δ's norm, and
+an unoptimised random start of δ's distribution and norm) are measured on the check images too, and a δ no
+better than its permuted control there is flagged (``beats_permuted_on_check``). On the fit images alone an
+optimised δ looks 3–50× more invisible than it is.
 
 Levels: ``encoder`` — δ ∈ R^{N×D} added to the patch tokens u = f_θ(x) before the class token and position
 embedding; ``input`` — δ ∈ R^{C×H×W} added to the normalised image. An input-level δ is large: most of
@@ -25,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,19 +48,24 @@ from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
 from .params import Interval, Options, bounded, validate_fields
 
 LEVELS = ("encoder", "input")
+#: The frontier defaults (see SynthesisConfig); the research code's are lim 3, lr 0.1, λ 0.
+DEFAULT_LIM, DEFAULT_LR, DEFAULT_LAM, DEFAULT_STEPS = 1.0, 0.1, 0.5, 200
+RESEARCH_CODE = dict(lim=3.0, lr=0.1, lam=0.0, steps=200)
 
 
 @dataclass(frozen=True)
 class SynthesisConfig:
-    """Knobs of one synthesis run; defaults are the research code's (lim 3, lr 0.1, ε 0.01)."""
+    """Knobs of one synthesis run. Defaults: a point on the measured frontier (``scripts/frontier.py``, README),
+    not the research code's lim 3 / λ 0, which stops while δ is still its random start."""
 
     level: str = bounded("encoder", Options(LEVELS))
-    lim: float = bounded(3.0, Interval(float, 0.0, None, closed="neither"))
-    lr: float = bounded(0.1, Interval(float, 0.0, None, closed="neither"))
-    lam: float = bounded(0.0, Interval(float, 0.0, None))
+    lim: float = bounded(DEFAULT_LIM, Interval(float, 0.0, None, closed="neither"))
+    lr: float = bounded(DEFAULT_LR, Interval(float, 0.0, None, closed="neither"))
+    lam: float = bounded(DEFAULT_LAM, Interval(float, 0.0, None))
     tol: float = bounded(0.01, Interval(float, 0.0, None, closed="neither"))
-    steps: int = bounded(200, Interval(int, 1, 100_000))
-    batch_size: int = bounded(32, Interval(int, 1, 65_536))
+    steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
+    batch_size: int = bounded(64, Interval(int, 1, 65_536))
+    check_fraction: float = bounded(0.25, Interval(float, 0.0, 0.9))  # held out of the given images
     seed: int = bounded(0, Interval(int, 0, None))
     clip: bool = False  # input level: the model sees clip(x + δ) to valid pixels (a real image)
 
@@ -88,9 +105,28 @@ class SynthesisResult:
     noise_rel: float  # ‖δ‖ / mean ‖u_i‖ (tokens) or / mean ‖x_i‖ (images)
     permuted_mse_probs: float
     permuted_agreement: float
-    num_images: int
+    num_images: int  # the fit images
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # the same on the check images δ never saw (None without a check set), with the controls
+    num_check_images: int = 0
+    check_mse_probs: float | None = None
+    check_agreement: float | None = None
+    check_logit_distance: float | None = None
+    check_permuted_mse_probs: float | None = None
+    check_permuted_agreement: float | None = None
+    check_gaussian_mse_probs: float | None = None
+    check_random_start_mse_probs: float | None = None  # a fresh U(−a, a) start of δ's norm, not optimised
+    logit_distance: float = 0.0  # mean ‖logits(x; δ) − logits(x)‖ on the fit images
+    start_l2: float = 0.0  # ‖δ₀‖, the random start
+    travelled_l2: float = 0.0  # ‖δ − δ₀‖: how far optimisation moved δ
+
+    @property
+    def beats_permuted_on_check(self) -> bool | None:
+        """Is δ more invisible on unseen images than the same numbers in random places? (None: no check set)"""
+        if self.check_mse_probs is None:
+            return None
+        return self.check_mse_probs < self.check_permuted_mse_probs
 
     @property
     def level(self) -> str:
@@ -99,6 +135,7 @@ class SynthesisResult:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("delta", "history", "config", "extra")}
         d.update(level=self.level, config=asdict(self.config), shape=list(self.delta.shape),
+                 beats_permuted_on_check=self.beats_permuted_on_check,
                  history=[asdict(h) for h in self.history], **self.extra)
         return d
 
@@ -226,16 +263,27 @@ def pixel_bounds(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 def synthesize(lm: LoadedModel, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
                callback: Callable[[SynthesisStep], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
-    """Optimise one δ for ``images`` (normalised, [B, C, H, W]) on ``lm``'s model; see the module doc."""
+               should_stop: Callable[[], bool] | None = None,
+               check_images: torch.Tensor | None = None) -> SynthesisResult:
+    """Optimise one δ on ``images`` (normalised, [B, C, H, W]) for ``lm``'s model and judge it on
+    ``check_images`` (default: ``check_fraction`` of ``images``, held out); see the module doc."""
     bounds = pixel_bounds(lm) if config.level == "input" else None
-    return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop, bounds)
+    return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop, bounds, check_images)
+
+
+def split_fit_check(n: int, check_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the fit and check images among n (seeded, disjoint; at least one fit image; no check set
+    when n < 2 or the fraction is 0)."""
+    n_check = 0 if n < 2 or check_fraction <= 0 else min(n - 1, max(1, round(n * check_fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_check:].sort().values, order[:n_check].sort().values
 
 
 def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: SynthesisConfig = SynthesisConfig(),
                          model_name: str = "", callback: Callable[[SynthesisStep], None] | None = None,
                          should_stop: Callable[[], bool] | None = None,
-                         bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> SynthesisResult:
+                         bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         check_images: torch.Tensor | None = None) -> SynthesisResult:
     """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training).
 
     The model is used as it is: it is never switched to eval or train here (a shared model must not be);
@@ -248,19 +296,30 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
         raise InvalidParameterError("images", "synthesize", "a non-empty batch [B, C, H, W]", tuple(images.shape))
     device = next(model.parameters()).device
     bounds = None if bounds is None else tuple(b.to(device) for b in bounds)
-    return _synthesize(model, images.to(device), config, model_name, callback, should_stop, bounds)
+    if check_images is None:
+        fit_idx, check_idx = split_fit_check(images.shape[0], config.check_fraction, config.seed)
+        images, check_images = images[fit_idx], images[check_idx]
+    elif check_images.dim() != 4 or tuple(check_images.shape[1:]) != tuple(images.shape[1:]):
+        raise InvalidParameterError("check_images", "synthesize", f"a batch [B, {', '.join(map(str, images.shape[1:]))}]",
+                                    tuple(check_images.shape))
+    return _synthesize(model, images.to(device), check_images.to(device), config, model_name, callback,
+                       should_stop, bounds)
 
 
-def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, should_stop, bounds) -> SynthesisResult:
+def _synthesize(model, images, check_images, cfg: SynthesisConfig, model_name, callback, should_stop,
+                bounds) -> SynthesisResult:
     t_start = time.perf_counter()
     device = images.device
     batches = _Batches(model, images, cfg.level, cfg.batch_size, bounds if cfg.clip else None)
     shape = tuple(batches[0][0].shape[1:])
     gen = torch.Generator().manual_seed(cfg.seed)
-    delta = ((torch.rand(shape, generator=gen) * 2 - 1) * cfg.lim).to(device).requires_grad_(True)
+    start = ((torch.rand(shape, generator=gen) * 2 - 1) * cfg.lim).to(device)
+    delta = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=cfg.lr, weight_decay=0.0)
     history: list[SynthesisStep] = []
-    reached = stopped = False
+    stopped = False
+    best: tuple[float, torch.Tensor] | None = None  # λ > 0: the largest δ seen inside ε on the fit images
+    check_every = max(1, cfg.steps // 20)
     step = 0
     for step in range(cfg.steps):
         if should_stop is not None and should_stop():
@@ -280,21 +339,37 @@ def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, shoul
         history.append(record)
         if callback is not None:
             callback(record)
-        if mse < cfg.tol and (len(batches.chunks) == 1
-                              or _evaluate_delta(model, batches, delta.detach(), cfg.level)["mse"] < cfg.tol):
-            reached = True  # below ε on this batch *and* over all the images
-            break
+        if cfg.lam == 0:
+            if mse < cfg.tol and (len(batches.chunks) == 1
+                                  or _evaluate_delta(model, batches, delta.detach(), cfg.level)["mse"] < cfg.tol):
+                break  # below ε on this batch *and* over all the fit images: the research code's stop
+        elif step % check_every == 0:
+            best = _keep_if_larger(best, model, batches, delta.detach(), cfg)
         (grad,) = torch.autograd.grad(loss, delta)
         delta.grad = grad
         opt.step()
         delta.grad = None
     steps_run = len(history)
     delta = delta.detach()
+    if cfg.lam > 0:
+        best = _keep_if_larger(best, model, batches, delta, cfg)
+        if best is not None:
+            delta = best[1]
 
     final = _evaluate_delta(model, batches, delta, cfg.level)
-    perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    permuted = delta.flatten()[torch.randperm(delta.numel(), generator=perm_gen).to(device)].view_as(delta)
-    control = _evaluate_delta(model, batches, permuted, cfg.level)
+    controls = noise_controls(delta, cfg.seed)
+    control = _evaluate_delta(model, batches, controls["permuted"], cfg.level)
+    check: dict[str, Any] = {"num_check_images": int(check_images.shape[0])}
+    if check_images.shape[0]:
+        cb = _Batches(model, check_images, cfg.level, cfg.batch_size, batches.bounds)
+        c = _evaluate_delta(model, cb, delta, cfg.level)
+        cp, cg, cr = (_evaluate_delta(model, cb, controls[k], cfg.level) for k in ("permuted", "gaussian", "random_start"))
+        check.update(check_mse_probs=c["mse"], check_agreement=c["agree"], check_logit_distance=c["dist"],
+                     check_permuted_mse_probs=cp["mse"], check_permuted_agreement=cp["agree"],
+                     check_gaussian_mse_probs=cg["mse"], check_random_start_mse_probs=cr["mse"])
+        reached = c["mse"] < cfg.tol
+    else:
+        reached = final["mse"] < cfg.tol  # nothing held out: the fit images are all there is (the result says so)
     final_loss = final["dist"] - (cfg.lam * math.log(max(float(delta.norm()), 1e-30)) if cfg.lam > 0 else 0.0)
     extra = _validity(images, delta, bounds, cfg.clip) if cfg.level == "input" and bounds is not None else {}
     return SynthesisResult(
@@ -304,7 +379,32 @@ def _synthesize(model, images, cfg: SynthesisConfig, model_name, callback, shoul
         noise_rel=float(delta.norm()) / max(batches.typical_norm, 1e-30),
         permuted_mse_probs=control["mse"], permuted_agreement=control["agree"],
         num_images=int(images.shape[0]), seconds=time.perf_counter() - t_start, extra=extra,
+        logit_distance=final["dist"], start_l2=float(start.norm()), travelled_l2=float((delta - start).norm()),
+        **check,
     )
+
+
+def _keep_if_larger(best, model, batches: _Batches, delta: torch.Tensor, cfg: SynthesisConfig):
+    """The frontier rule: keep δ if it is larger than the best so far and the fit images are inside ε."""
+    norm = float(delta.norm())
+    if best is not None and norm <= best[0]:
+        return best
+    if _evaluate_delta(model, batches, delta, cfg.level)["mse"] < cfg.tol:
+        return norm, delta.clone()
+    return best
+
+
+def noise_controls(delta: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Three δ-sized controls, each of δ's norm: δ's own entries in random places ('permuted'), Gaussian
+    noise ('gaussian'), and an unoptimised draw from δ's start distribution U(−a, a) ('random_start'):
+    what separates *optimised* from merely *random* noise of that size."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    norm = delta.norm()
+    permuted = delta.flatten()[torch.randperm(delta.numel(), generator=gen).to(delta.device)].view_as(delta)
+    gauss = torch.randn(delta.shape, generator=gen).to(delta)
+    uniform = (torch.rand(delta.shape, generator=gen) * 2 - 1).to(delta)
+    return {"permuted": permuted, "gaussian": gauss / gauss.norm() * norm,
+            "random_start": uniform / uniform.norm() * norm}
 
 
 @torch.no_grad()
@@ -385,3 +485,113 @@ def noise_effect(lm: LoadedModel, x: torch.Tensor, delta: torch.Tensor, level: s
                        rel_logit_change=float((noised - clean).norm() / clean.norm().clamp_min(1e-30)),
                        max_abs_logit_change=float((noised - clean).abs().max()),
                        top1_clean=int(clean.argmax()), top1_noised=int(noised.argmax()))
+
+
+# ------------------------------------------------------------------------------------------ the frontier
+@dataclass
+class FrontierPoint:
+    """One synthesis of a sweep: δ's size against how visible it is on images it never saw, with the three
+    controls of the same norm measured on the same check images."""
+
+    lam: float
+    lim: float
+    steps: int
+    noise_l2: float
+    start_l2: float
+    travelled_l2: float
+    fit_mse_probs: float
+    check_mse_probs: float
+    check_agreement: float
+    permuted_mse_probs: float
+    gaussian_mse_probs: float
+    random_start_mse_probs: float
+    seconds: float
+    delta: torch.Tensor | None = field(default=None, repr=False)  # kept for the caller; not in to_dict
+
+    @property
+    def label(self) -> str:
+        return f"λ {self.lam:g}, lim {self.lim:g}, {self.steps} steps"
+
+
+@dataclass
+class Frontier:
+    """The trade-off ‖δ‖ vs held-out mean Σ Δp² traced over a grid of settings (see :func:`frontier`)."""
+
+    points: list[FrontierPoint]
+    tol: float
+    level: str
+    num_images: int
+    num_check_images: int
+    stopped: bool = False
+
+    def allowed(self, tol: float | None = None) -> FrontierPoint | None:
+        """The largest δ whose held-out mean Σ Δp² is within ``tol`` (default: the sweep's ε)."""
+        eps = self.tol if tol is None else tol
+        inside = [p for p in self.points if p.check_mse_probs <= eps]
+        return max(inside, key=lambda p: p.noise_l2) if inside else None
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.allowed()
+        return {"tol": self.tol, "level": self.level, "num_images": self.num_images,
+                "num_check_images": self.num_check_images, "stopped": self.stopped,
+                "points": [_point_dict(p) for p in self.points], "allowed": _point_dict(best) if best else None}
+
+
+def _point_dict(p: FrontierPoint) -> dict[str, Any]:
+    return {k: v for k, v in p.__dict__.items() if k != "delta"}
+
+
+def frontier(lm: LoadedModel, images: torch.Tensor, base: SynthesisConfig = SynthesisConfig(),
+             lams: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0), lims: tuple[float, ...] | None = None,
+             steps: tuple[int, ...] | None = None, check_images: torch.Tensor | None = None,
+             progress: Callable[[int, int, FrontierPoint], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Frontier:
+    """Synthesize δ for every (λ, lim, steps) of the grid (other settings from ``base``) on the same fit and
+    check images, and measure each on the check images with its controls. ``Frontier.allowed(ε)`` is the
+    largest δ a tolerance allows."""
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise InvalidParameterError("images", "frontier", "a non-empty batch [B, C, H, W]", tuple(images.shape))
+    if check_images is None:
+        fit_idx, check_idx = split_fit_check(images.shape[0], base.check_fraction, base.seed)
+        images, check_images = images[fit_idx], images[check_idx]
+    if check_images.shape[0] == 0:
+        raise InvalidParameterError("check_images", "frontier", "at least one image δ is not fit on (pass "
+                                    "check images, or more than one image with check_fraction > 0)", 0)
+    grid = [(lam, lim, n) for lam in lams for lim in (lims or (base.lim,)) for n in (steps or (base.steps,))]
+    points: list[FrontierPoint] = []
+    stopped = False
+    for k, (lam, lim, n) in enumerate(grid):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        cfg = replace(base, lam=float(lam), lim=float(lim), steps=int(n))
+        r = synthesize(lm, images, cfg, check_images=check_images)
+        points.append(FrontierPoint(
+            lam=cfg.lam, lim=cfg.lim, steps=cfg.steps, noise_l2=r.noise_l2, start_l2=r.start_l2,
+            travelled_l2=r.travelled_l2, fit_mse_probs=r.mse_probs, check_mse_probs=r.check_mse_probs,
+            check_agreement=r.check_agreement, permuted_mse_probs=r.check_permuted_mse_probs,
+            gaussian_mse_probs=r.check_gaussian_mse_probs, random_start_mse_probs=r.check_random_start_mse_probs,
+            seconds=r.seconds, delta=r.delta))
+        if progress is not None:
+            progress(k + 1, len(grid), points[-1])
+    return Frontier(points=points, tol=base.tol, level=base.level, num_images=int(images.shape[0]),
+                    num_check_images=int(check_images.shape[0]), stopped=stopped)
+
+
+def parse_sweep(spec: dict[str, str]) -> dict[str, tuple]:
+    """{'lam': '0, 0.5, 1', 'lim': '1', 'steps': '100,200'} → tuples of numbers, validated."""
+    out: dict[str, tuple] = {}
+    for name, text in spec.items():
+        if name not in ("lam", "lim", "steps"):
+            raise InvalidParameterError("sweep", "frontier", "settings among lam, lim and steps", name)
+        kind = int if name == "steps" else float
+        try:
+            values = tuple(kind(v) for v in str(text).replace(";", ",").split(",") if v.strip())
+        except ValueError as exc:
+            raise InvalidParameterError(name, "frontier", "comma-separated numbers", text) from exc
+        if not values:
+            raise InvalidParameterError(name, "frontier", "at least one value", text)
+        for v in values:
+            replace(SynthesisConfig(), **{name: v})  # the config's own bounds check each value
+        out[name] = values
+    return out

@@ -124,3 +124,25 @@ def test_finetune_json(capsys, tmp_path):
     assert out["checkpoint"].endswith("model.safetensors")
     info = run_json(capsys, "info", "--checkpoint", out["checkpoint"])
     assert info["checkpoint"] == out["checkpoint"] and 0 <= info["heldout_accuracy"] <= 1
+
+
+def test_synthesize_sweep_traces_the_frontier(capsys, tmp_path):
+    out = run_json(capsys, "synthesize", "--images", "16", "--check-images", "8", "--sweep", "lam=0,1", "steps=8",
+                   "--html", str(tmp_path / "f.html"))
+    assert [p["lam"] for p in out["points"]] == [0.0, 1.0] and out["num_check_images"] == 8
+    for key in ("noise_l2", "check_mse_probs", "permuted_mse_probs", "gaussian_mse_probs", "random_start_mse_probs",
+                "travelled_l2"):
+        assert key in out["points"][0]
+    assert "allowed" in out and (tmp_path / "f.html").exists()
+
+
+def test_synthesize_reports_the_held_out_check(capsys):
+    out = run_json(capsys, "synthesize", "--images", "16", "--check-images", "8", "--steps", "10")
+    assert out["num_images"] == 16 and out["num_check_images"] == 8
+    assert out["check_mse_probs"] is not None and isinstance(out["beats_permuted_on_check"], bool)
+
+
+def test_bad_sweep_is_one_line(capsys):
+    code = main(["synthesize", "--sweep", "lam=0,x"])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "comma-separated numbers" in err

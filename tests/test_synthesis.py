@@ -8,8 +8,8 @@ from nullviz import data
 from nullviz.errors import InvalidParameterError, NoiseFileError
 from nullviz.params import constraints_of
 from nullviz.robustness import images_tensor
-from nullviz.synthesis import (SynthesisConfig, check_noise_fits, evaluate_noise, load_noise, noise_effect,
-                               synthesize)
+from nullviz.synthesis import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
+                               load_noise, noise_controls, noise_effect, split_fit_check, synthesize)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_synthesized_delta_beats_permuted_control(default_lm, digits_x, level, s
     assert res.mse_probs < 0.05 and res.agreement >= 0.9
     assert res.permuted_mse_probs > 5 * res.mse_probs  # same norm, not optimised: much more visible
     assert res.permuted_agreement < res.agreement
-    assert res.noise_l2 > 10  # large: the start is U(−3, 3)
+    assert res.noise_l2 > 10  # large
     d = res.to_dict()
     for key in ("level", "steps_run", "final_loss", "mse_probs", "agreement", "noise_l2", "noise_linf",
                 "permuted_mse_probs", "permuted_agreement"):
@@ -43,7 +43,8 @@ def test_seed_reproduces_and_differs(default_lm, digits_x):
 
 
 def test_tolerance_stops_early_on_all_images(default_lm, digits_x):
-    res = synthesize(default_lm, digits_x, SynthesisConfig(steps=300, tol=0.02, batch_size=8))
+    """λ = 0 keeps the research code's rule: stop once the fit images are inside ε."""
+    res = synthesize(default_lm, digits_x, SynthesisConfig(**{**RESEARCH_CODE, "steps": 300}, tol=0.02, batch_size=8))
     assert res.reached_tolerance and res.steps_run < 300
     assert res.mse_probs < 0.02  # the criterion holds over all images, not just the last batch
 
@@ -88,10 +89,11 @@ def test_save_load_round_trip(default_lm, digits_x, tmp_path):
     path = res.save(tmp_path / "delta.pt")
     saved = load_noise(path)
     assert torch.equal(saved.delta, res.delta) and saved.level == "encoder"
-    assert saved.meta["model_name"] == default_lm.name and saved.meta["config"]["lim"] == 3.0
+    assert saved.meta["model_name"] == default_lm.name and saved.meta["config"]["lim"] == 1.0
     assert saved.meta["mse_probs"] == res.mse_probs
     check_noise_fits(default_lm, saved.delta, saved.level)
-    again = evaluate_noise(default_lm, digits_x, saved.delta, saved.level)
+    fit, _ = split_fit_check(len(digits_x), 0.25, 0)  # mse_probs is about the fit images
+    again = evaluate_noise(default_lm, digits_x[fit], saved.delta, saved.level)
     assert again["mse_probs"] == pytest.approx(res.mse_probs, rel=1e-5)
     eff = noise_effect(default_lm, digits_x[0], saved.delta, "encoder")
     assert abs(sum(eff.probs_noised) - 1) < 1e-5
@@ -123,14 +125,15 @@ def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, 
     """x + δ left 65 % of its values outside [0, 1]; clipping dropped agreement from 1.00 to 0.24."""
     from nullviz.synthesis import clipped_delta, pixel_bounds
 
-    free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", steps=40, seed=0))
+    fit, _ = split_fit_check(len(digits_x), 0.25, 0)
+    free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0))
     assert free.extra["out_of_range_fraction"] > 0.3 and free.to_dict()["clipped"] is False
-    clipped_view = evaluate_noise(default_lm, digits_x, free.delta, "input", clip=True)
+    clipped_view = evaluate_noise(default_lm, digits_x[fit], free.delta, "input", clip=True)
     assert clipped_view["agreement"] < free.agreement  # what a saved image would do
-    valid = synthesize(default_lm, digits_x, SynthesisConfig(level="input", steps=40, seed=0, clip=True))
+    valid = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0, clip=True))
     assert valid.extra["clipped"] and 0 < valid.extra["effective_l2"] < valid.noise_l2
     # its metrics are about the valid images clip(x + δ): an independent evaluation agrees
-    again = evaluate_noise(default_lm, digits_x, valid.delta, "input", clip=True)
+    again = evaluate_noise(default_lm, digits_x[fit], valid.delta, "input", clip=True)
     assert again["mse_probs"] == pytest.approx(valid.mse_probs, rel=1e-5)
     assert again["agreement"] == pytest.approx(valid.agreement)
     assert valid.agreement > clipped_view["agreement"]
@@ -139,3 +142,77 @@ def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, 
     assert bool(((seen >= lo - 1e-6) & (seen <= hi + 1e-6)).all())
     with pytest.raises(InvalidParameterError, match="clip"):
         SynthesisConfig(level="encoder", clip=True)
+
+
+def test_fit_and_check_images_never_overlap():
+    for n, frac in ((32, 0.25), (2, 0.5), (7, 0.9), (1, 0.25), (10, 0.0)):
+        fit, check = split_fit_check(n, frac, seed=3)
+        assert len(fit) >= 1 and not set(fit.tolist()) & set(check.tolist())
+        assert sorted(fit.tolist() + check.tolist()) == list(range(n))
+    assert len(split_fit_check(1, 0.25, 0)[1]) == 0 and len(split_fit_check(32, 0.25, 0)[1]) == 8
+
+
+def test_check_metrics_are_an_independent_evaluation_on_unseen_images(default_lm, digits_x):
+    res = synthesize(default_lm, digits_x, SynthesisConfig(steps=30, seed=1))
+    fit, check = split_fit_check(len(digits_x), 0.25, 1)
+    assert res.num_images == len(fit) and res.num_check_images == len(check) == 8
+    on_check = evaluate_noise(default_lm, digits_x[check], res.delta, "encoder")
+    on_fit = evaluate_noise(default_lm, digits_x[fit], res.delta, "encoder")
+    assert res.check_mse_probs == pytest.approx(on_check["mse_probs"], rel=1e-5, abs=1e-9)
+    assert res.check_agreement == pytest.approx(on_check["agreement"])
+    assert res.check_logit_distance == pytest.approx(on_check["mean_logit_distance"], rel=1e-5)
+    assert res.mse_probs == pytest.approx(on_fit["mse_probs"], rel=1e-5, abs=1e-9)
+    controls = noise_controls(res.delta, 1)
+    for key, name in (("check_permuted_mse_probs", "permuted"), ("check_gaussian_mse_probs", "gaussian"),
+                      ("check_random_start_mse_probs", "random_start")):
+        assert float(controls[name].norm()) == pytest.approx(res.noise_l2, rel=1e-5)
+        assert getattr(res, key) == pytest.approx(evaluate_noise(default_lm, digits_x[check], controls[name],
+                                                                 "encoder")["mse_probs"], rel=1e-5)
+    assert res.travelled_l2 > 0 and res.start_l2 > 0
+    d = res.to_dict()
+    assert d["beats_permuted_on_check"] is True and d["num_check_images"] == 8
+
+
+def test_reached_tolerance_is_about_the_check_images(default_lm, digits_x):
+    """Fit on 8 digits, check on 24 others: the fit images sit inside ε while the unseen ones do not."""
+    tol = 1e-4
+    res = synthesize(default_lm, digits_x[:8], SynthesisConfig(steps=120, lr=0.3, lam=1.0, tol=tol),
+                     check_images=digits_x[8:])
+    assert res.mse_probs < tol <= res.check_mse_probs
+    assert not res.reached_tolerance
+    alone = synthesize(default_lm, digits_x[:1], SynthesisConfig(steps=5))  # one image: nothing to hold out
+    assert alone.num_check_images == 0 and alone.check_mse_probs is None and alone.beats_permuted_on_check is None
+
+
+def test_unoptimised_start_is_flagged_as_no_better_than_its_control(default_lm, digits_x):
+    """λ = 0 with a large ε stops at step 0: δ is its random start, and on unseen images it is no more
+    invisible than its own entries shuffled."""
+    res = synthesize(default_lm, digits_x, SynthesisConfig(**RESEARCH_CODE, tol=10.0, seed=0))
+    assert res.steps_run == 1 and res.travelled_l2 == 0.0
+    assert res.check_mse_probs > 0.5 * res.check_permuted_mse_probs
+    optimised = synthesize(default_lm, digits_x, SynthesisConfig(steps=60, seed=0))
+    assert optimised.beats_permuted_on_check and optimised.check_mse_probs < 0.1 * optimised.check_permuted_mse_probs
+
+
+def test_frontier_larger_lambda_gives_larger_delta_on_shared_images(tiny_lm):
+    x = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    front = frontier(tiny_lm, x[:16], SynthesisConfig(steps=25, lim=0.5, tol=0.05), lams=(0.0, 0.1, 0.5, 2.0),
+                     check_images=x[16:])
+    norms = [p.noise_l2 for p in front.points]
+    assert [p.lam for p in front.points] == [0.0, 0.1, 0.5, 2.0] and norms == sorted(norms) and norms[-1] > norms[0]
+    assert front.num_images == 16 and front.num_check_images == 8
+    for p in front.points:  # every point measured on the same check images, with its controls at its norm
+        again = evaluate_noise(tiny_lm, x[16:], p.delta, "encoder")
+        assert p.check_mse_probs == pytest.approx(again["mse_probs"], rel=1e-5, abs=1e-9)
+        perm = evaluate_noise(tiny_lm, x[16:], noise_controls(p.delta, 0)["permuted"], "encoder")
+        assert p.permuted_mse_probs == pytest.approx(perm["mse_probs"], rel=1e-5, abs=1e-9)
+    best = front.allowed()
+    inside = [p for p in front.points if p.check_mse_probs <= 0.05]
+    assert best is (max(inside, key=lambda p: p.noise_l2) if inside else None)
+    assert front.allowed(0.0) is None or front.allowed(0.0).check_mse_probs == 0.0
+    d = front.to_dict()
+    assert len(d["points"]) == 4 and "delta" not in d["points"][0]
+    from nullviz import figures
+
+    fig = figures.frontier_plot(front)
+    assert {t.name for t in fig.data} >= {"optimised δ", "δ permuted", "Gaussian, same norm", "random start, same norm"}
