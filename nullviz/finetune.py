@@ -7,10 +7,12 @@ Methods, same loop and budget:
   on CE(clean) + CE(tokens + δ) with δ fixed and detached. The patch embedding runs once per batch and the
   clean and noised tokens go through the encoder as one concatenated batch.
 - ``gaussian``: the same with δ replaced by Gaussian noise of δ's norm (is it the nullspace, or any noise?).
+- ``random_start``: the same with δ replaced by an unoptimised draw from δ's start distribution U(−a, a),
+  scaled to δ's norm (is it the *optimisation*, or any noise of that kind and size?).
 - ``adversarial``: FGSM adversarial training at ε (pixels in [0, 1]): CE(clean) + CE(x_adv).
 
-Every method synthesizes the epoch's δ (so every run reports accuracy under δ and under Gaussian noise of the
-same norm); only ``nullspace`` trains on it. AdamW with linear warm-up then cosine decay; optional freezing of
+The noise methods synthesize the epoch's δ (``nullspace`` trains on it, the controls on noise of its norm);
+every evaluation measures accuracy under *fresh* δs synthesized from the model being evaluated. AdamW with linear warm-up then cosine decay; optional freezing of
 the patch embedding or of everything but the head; bf16 autocast on CUDA; seeded and deterministic on CPU.
 
 The run is separable for DistributedDataParallel later: ``FinetuneRun`` holds model, data, step and logging
@@ -36,16 +38,19 @@ from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tok
 from .params import Interval, Options, bounded, validate_fields
 from .robustness import fgsm
 from .seeds import MAX_SEED, stream_seed
-from .synthesis import SynthesisConfig, synthesize_for_model
+from .synthesis import DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig, synthesize_for_model
 
-METHODS = ("baseline", "nullspace", "gaussian", "adversarial")
+METHODS = ("baseline", "nullspace", "gaussian", "random_start", "adversarial")
+TOKEN_NOISE_METHODS = ("nullspace", "gaussian", "random_start")
 FREEZE = ("none", "patch_embed", "all_but_head")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One run's settings. Defaults: the research code's optimiser (AdamW, lr 1e-4, wd 1e-4, cosine)
-    with δ synthesis at its defaults (lim 3, lr 0.1, ε 0.01, 10 % of the training images)."""
+    """One run's settings. Defaults: the research code's optimiser (AdamW, lr 1e-4, wd 1e-4, cosine); δ is
+    synthesized at the frontier defaults of :class:`~nullviz.synthesis.SynthesisConfig` (lim 1, λ 0.5,
+    200 steps, ε 0.01) on 10 % of the training images; the research code's lim 3, λ 0 stops while δ is
+    still its random start."""
 
     method: str = bounded("nullspace", Options(METHODS))
     epochs: int = bounded(3, Interval(int, 1, 10_000))
@@ -57,14 +62,15 @@ class FinetuneConfig:
     freeze: str = bounded("none", Options(FREEZE))
     noise_every: int | None = None  # resynthesize δ every K steps (None: once per epoch)
     synth_fraction: float = bounded(0.1, Interval(float, 0.0, 1.0, closed="right"))
-    synth_steps: int = bounded(50, Interval(int, 1, 100_000))
-    synth_lim: float = bounded(3.0, Interval(float, 0.0, None, closed="neither"))
-    synth_lr: float = bounded(0.1, Interval(float, 0.0, None, closed="neither"))
+    synth_steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
+    synth_lim: float = bounded(DEFAULT_LIM, Interval(float, 0.0, None, closed="neither"))
+    synth_lr: float = bounded(DEFAULT_LR, Interval(float, 0.0, None, closed="neither"))
     synth_tol: float = bounded(0.01, Interval(float, 0.0, None, closed="neither"))
-    synth_lam: float = bounded(0.0, Interval(float, 0.0, None))
+    synth_lam: float = bounded(DEFAULT_LAM, Interval(float, 0.0, None))
     fgsm_eps: float = bounded(8 / 255, Interval(float, 0.0, 1.0))
     eval_limit: int | None = None
-    fresh_deltas: int = bounded(3, Interval(int, 0, 16))  # δs synthesized on the evaluated model, per evaluation
+    fresh_deltas: int = bounded(2, Interval(int, 0, 16))  # δs synthesized on the evaluated model
+    fresh_every_epoch: bool = False  # fresh δs at every epoch's evaluation (slower), else after the last one
     amp: bool = True  # bf16 autocast, CUDA only
     seed: int = bounded(0, Interval(int, 0, MAX_SEED))
 
@@ -210,7 +216,8 @@ class FinetuneRun:
         self.delta, res = self._synthesize(seed)
         self.delta_info = {"delta_l2": res.noise_l2, "delta_mse_probs": res.mse_probs,
                            "delta_agreement": res.agreement, "delta_steps": res.steps_run,
-                           "delta_permuted_agreement": res.permuted_agreement}
+                           "delta_permuted_agreement": res.permuted_agreement,
+                           "delta_check_mse_probs": res.check_mse_probs, "delta_travelled_l2": res.travelled_l2}
         self.synthesis_seconds += time.perf_counter() - t
 
     def _gaussian_like(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
@@ -218,16 +225,25 @@ class FinetuneRun:
         g = torch.randn(delta.shape, generator=gen).to(delta)
         return g / g.norm() * delta.norm()
 
+    def _control_like(self, delta: torch.Tensor, method: str, seed: int) -> torch.Tensor:
+        """The noise a control method trains on in place of δ: Gaussian, or a fresh unoptimised random
+        start (U(−1, 1) rescaled), each of δ's norm."""
+        if method == "gaussian":
+            return self._gaussian_like(delta, seed)
+        gen = torch.Generator().manual_seed(seed)
+        u = (torch.rand(delta.shape, generator=gen) * 2 - 1).to(delta)
+        return u / u.norm() * delta.norm()
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step of the configured method on a batch (x normalised)."""
         cfg, model = self.cfg, self.model
         x, y = x.to(self.device), y.to(self.device)
         b = len(y)
         with self._autocast():
-            if cfg.method in ("nullspace", "gaussian"):
+            if cfg.method in TOKEN_NOISE_METHODS:
                 period = self.global_step // (cfg.noise_every or self.steps_per_epoch)
-                noise = self.delta if cfg.method == "nullspace" else self._gaussian_like(
-                    self.delta, stream_seed("train_gaussian", cfg.seed, period))
+                noise = self.delta if cfg.method == "nullspace" else self._control_like(
+                    self.delta, cfg.method, stream_seed("train_gaussian", cfg.seed, period))
                 u = patch_tokens(model, x)
                 logits = logits_from_patch_tokens(model, torch.cat([u, u + noise]))
                 loss_clean = F.cross_entropy(logits[:b].float(), y)
@@ -257,12 +273,12 @@ class FinetuneRun:
             return self.model(x).argmax(-1)
         return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + token_noise).argmax(-1)
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, fresh_deltas: int | None = None) -> dict[str, Any]:
         """Held-out accuracy of the model as it is now.
 
         - ``delta_acc``: under *fresh* δs synthesized from this model on training images, mean over
-          ``fresh_deltas`` seeds (``delta_acc_std``, ``delta_acc_seeds``): how invisible the approximate
-          nullspace of *this* model is on images δ never saw. The δ a run trained on is fit to an earlier
+          ``fresh_deltas`` seeds (the config's, unless given; ``delta_acc_std``, ``delta_acc_seeds``): how
+          invisible the approximate nullspace of *this* model is on images δ never saw. The δ a run trained on is fit to an earlier
           model and the choice of one δ alone moves the figure by points, so it is not the headline.
         - ``train_delta_acc``: under the δ the epoch trained on, labelled apart.
         - ``gaussian_acc``: under Gaussian noise of each fresh δ's norm (the epoch's δ when there are none),
@@ -270,7 +286,8 @@ class FinetuneRun:
         - ``fgsm_acc``: under FGSM at ``fgsm_eps``.
         """
         t = time.perf_counter()
-        fresh = [self._synthesize(stream_seed("fresh_delta", self.cfg.seed, k))[0] for k in range(self.cfg.fresh_deltas)]
+        count = self.cfg.fresh_deltas if fresh_deltas is None else fresh_deltas
+        fresh = [self._synthesize(stream_seed("fresh_delta", self.cfg.seed, k))[0] for k in range(count)]
         self.evaluation_synthesis_seconds += time.perf_counter() - t
         references = fresh or ([self.delta] if self.delta is not None else [])
         gauss = [self._gaussian_like(d, stream_seed("eval_gaussian", self.cfg.seed, k)) for k, d in enumerate(references)]
@@ -382,7 +399,7 @@ class FinetuneRun:
         stopped = False
         while self.epoch < cfg.epochs:
             indices = self._epoch_indices(self.epoch)
-            if self.step_in_epoch == 0 or self.delta is None:
+            if cfg.method in TOKEN_NOISE_METHODS and (self.step_in_epoch == 0 or self.delta is None):
                 self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
             if self.step_in_epoch == 0:
                 self._epoch_sums = {}
@@ -390,7 +407,8 @@ class FinetuneRun:
                 if self.should_stop():
                     stopped = True
                     break
-                if cfg.noise_every and self.step_in_epoch and self.global_step % cfg.noise_every == 0:
+                if (cfg.method in TOKEN_NOISE_METHODS and cfg.noise_every and self.step_in_epoch
+                        and self.global_step % cfg.noise_every == 0):
                     self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
                 lo = self.step_in_epoch * cfg.batch_size
                 x, y = _collate(self.train_set, indices[lo:lo + cfg.batch_size])
@@ -408,7 +426,8 @@ class FinetuneRun:
                 break
             record = {"kind": "epoch", "method": cfg.method, "epoch": self.epoch + 1, "step": self.global_step,
                       **{k: v / self.steps_per_epoch for k, v in self._epoch_sums.items() if k != "lr"},
-                      "lr": self._last_lr, **self.evaluate(), **self.delta_info}
+                      "lr": self._last_lr, **self.evaluate(None if cfg.fresh_every_epoch or self.epoch + 1 == cfg.epochs
+                                                           else 0), **self.delta_info}
             self.history.append(record)
             self._log(record)
             self.on_epoch(record)

@@ -365,6 +365,14 @@ def finetune_params(model: dict[str, Any], data: str, configs: list, data_cache:
             "configs": [c if isinstance(c, dict) else asdict(c) for c in configs]}
 
 
+def run_names(configs: list[dict[str, Any]]) -> list[str]:
+    """The folder (and results key) of each run of a finetune job: the method, with its seed when the job
+    runs that method more than once (``nullspace-seed1``)."""
+    methods = [c["method"] for c in configs]
+    return [c["method"] if methods.count(c["method"]) == 1 else f"{c['method']}-seed{c.get('seed', 0)}"
+            for c in configs]
+
+
 def _validate_finetune(params: dict[str, Any]) -> None:
     from .finetune import FinetuneConfig
 
@@ -372,6 +380,9 @@ def _validate_finetune(params: dict[str, Any]) -> None:
         raise InvalidParameterError("configs", "finetune job", "at least one run configuration", params.get("configs"))
     for c in params["configs"]:
         FinetuneConfig(**c)
+    names = run_names(params["configs"])
+    if len(set(names)) != len(names):
+        raise InvalidParameterError("configs", "finetune job", "runs that differ in method or seed", names)
     if not isinstance(params.get("data"), str) or not params["data"]:
         raise InvalidParameterError("data", "finetune job", "'default', 'cifar10' or an ImageFolder path",
                                     params.get("data"))
@@ -387,17 +398,18 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     train, held = train_heldout(params["data"], lm.transform, params.get("data_cache", "data"))
     configs = [FinetuneConfig(**c) for c in params["configs"]]
     total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / c.batch_size)) for c in configs)
-    ctx.update(steps_total=total, steps_done=0, methods=[c.method for c in configs])
+    names = run_names(params["configs"])
+    ctx.update(steps_total=total, steps_done=0, methods=names)
     results: dict[str, Any] = {}
-    for cfg in configs:
+    for name, cfg in zip(names, configs):
         if ctx.should_stop():
             break
-        ctx.update(current=cfg.method)
-        res = finetune(lm, train, held, cfg, ctx.dir / cfg.method, on_step=lambda rec: ctx.step(),
+        ctx.update(current=name)
+        res = finetune(lm, train, held, cfg, ctx.dir / name, on_step=lambda rec: ctx.step(),
                        should_stop=ctx.should_stop)
         summary = res.to_dict()
         summary["usable"] = res.epochs_run > 0  # a run stopped before its first epoch trained nothing to use
-        results[cfg.method] = summary
+        results[name] = summary
         write_json_atomic(ctx.dir / "results.json", results)
     ctx.update(force=True)
 

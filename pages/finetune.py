@@ -1,6 +1,7 @@
 """Finetune: nullspace-augmented finetuning vs. its controls, as jobs that run in their own processes."""
 
 import io
+import json
 import time
 import zipfile
 from datetime import datetime
@@ -14,7 +15,8 @@ from nullviz.data import check_data_spec, extract_image_folder_zip
 from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
 from nullviz.finetune import METHODS, FinetuneConfig
-from nullviz.jobs import LogFollower, finetune_params, thin
+from nullviz.comparison import compare_methods
+from nullviz.jobs import LogFollower, finetune_params, run_names, thin
 from nullviz.seeds import MAX_SEED
 
 require_shell(__file__)
@@ -46,12 +48,14 @@ with st.form("ft_form"):
     source = c[0].selectbox("data", DATA_SOURCES, key="ft_source")
     folder = "" if settings.shared else c[1].text_input("ImageFolder path", key="ft_folder")
     upload = upload_widget("ImageFolder zip", "ft_zip", ["zip"], container=c[2 if not settings.shared else 1])
-    c = st.columns(2)
+    c = st.columns(3)
     seed = c[0].number_input("seed", 0, MAX_SEED, 0, key="ft_seed")
-    fresh = c[1].number_input("fresh δs per evaluation", 0, 16, 3, key="ft_fresh",
-                              help="Accuracy under δ is measured with δs synthesized from the model being "
-                                   "evaluated, on training images, averaged over this many seeds (0: only the "
-                                   "δ it trained on).")
+    n_seeds = c[2].number_input("seeds per method", 1, 10, 1, key="ft_seeds",
+                                help="Each method runs with seeds seed, seed + 1, …; with 2 or more the comparison "
+                                     "below shows 95 % intervals and paired differences.")
+    fresh = c[1].number_input("fresh δs for the final evaluation", 0, 16, 2, key="ft_fresh",
+                              help="Accuracy under δ is measured with δs synthesized from the finished model, on "
+                                   "training images, averaged over this many seeds (0: only the δ it trained on).")
     start = st.form_submit_button("Start", type="primary")
 
 
@@ -83,12 +87,13 @@ if start:
                                f"{settings.max_jobs_per_workspace} per session. Stop one or wait for it to end.")
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
-                                  fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed))
-                   for m in methods]
+                                  fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k)
+                   for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
                                  configs, data_cache=str(settings.datasets_cache))
-        job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs",
+        job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
+                           + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else ""),
                            threads=job_threads())
         st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:
@@ -115,8 +120,7 @@ def _follow(job) -> dict:
     if cache.get("job") != job.id:
         cache.clear()
         cache.update(job=job.id, follower=LogFollower(), steps={}, epochs={})
-    for cfg in job.params.get("configs", []):
-        m = cfg["method"]
+    for m in run_names(job.params.get("configs", [])):
         for rec in cache["follower"].read(job.dir / m / "log.jsonl"):
             (cache["steps"] if rec.get("kind") == "step" else cache["epochs"]).setdefault(m, []).append(rec)
     return cache
@@ -212,10 +216,35 @@ st.caption("All on held-out images. **Under fresh δ**: mean over a few δs synt
            "noise of the same norm, from a random stream no training draw uses. **Under its training δ**: the "
            "δ the last epoch trained on, fit to an earlier model; shown apart, it reads optimistic.")
 if cache["epochs"]:
-    st.plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["delta_acc", "gaussian_acc"],
-                                            "held-out accuracy under fresh δ and under Gaussian noise of δ's norm",
-                                            "accuracy"),
+    st.plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch",
+                                            ["train_delta_acc", "delta_acc", "gaussian_acc"],
+                                            "held-out accuracy under δ: the epoch's training δ, fresh δs (after the "
+                                            "last epoch) and Gaussian noise of δ's norm", "accuracy"),
                     key="ft_noise_acc")
+
+COMPARED = {"clean_acc": "clean", "delta_acc": "under fresh δ", "gaussian_acc": "Gaussian, same norm",
+            "fgsm_acc": "FGSM"}
+by_method: dict = {}
+for res in results.values():
+    last = res["history"][-1] if res.get("history") else None
+    if last is not None:
+        by_method.setdefault(res["method"], {})[res["config"]["seed"]] = {k: last.get(k) for k in COMPARED}
+if len(by_method) >= 2:
+    st.subheader("Comparison")
+    anchor = "nullspace" if "nullspace" in by_method else next(iter(by_method))
+    comparison = compare_methods(by_method, [k for k in COMPARED if any(
+        r.get(k) is not None for runs in by_method.values() for r in runs.values())], anchor)
+    scale = {k: 100 for k in COMPARED}
+    st.plotly_chart(figures.method_bars(comparison, labels=COMPARED, scale=scale), key="ft_compare")
+    if min(len(v) for v in by_method.values()) >= 2:
+        st.plotly_chart(figures.paired_difference_bars(comparison, labels=COMPARED, scale=scale), key="ft_paired")
+        st.caption(f"{anchor} minus each other method, paired by seed: an interval that crosses 0 is no evidence "
+                   "either way.")
+    else:
+        st.caption("One seed per method: no intervals. Run 2 or more seeds per method to see how much of a "
+                   "difference is the seed's.")
+    st.download_button("comparison (JSON)", json.dumps(comparison.to_dict(), indent=2, default=float),
+                       "comparison.json", "application/json", key=f"dl_cmp_{job.id}")
 
 st.subheader("Download and use")
 for method, res in results.items():

@@ -9,13 +9,15 @@ import torch
 from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.data import SYNTHESIS_SOURCES, synthesis_images
+from nullviz.data import SYNTHESIS_SOURCES, check_images_for, synthesis_images
 from nullviz.errors import NullvizError
-from nullviz.synthesis import SynthesisConfig, clipped_delta, noise_effect, synthesize
+from nullviz.synthesis import (SynthesisConfig, clipped_delta, frontier, noise_effect, parse_sweep, split_fit_check,
+                               synthesize)
 
 require_shell(__file__)
 
 NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
+DEFAULTS = SynthesisConfig()
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
 
 lm = current_model()
@@ -41,15 +43,19 @@ with st.form("ns_form"):
         seed = c[4].number_input("seed", min_value=0, value=0, step=1, key="ns_seed")
     else:
         c = st.columns(4)
-        lim = c[0].number_input("start size lim", min_value=0.01, value=3.0, key="ns_lim")
-        lr = c[1].number_input("learning rate", min_value=1e-4, value=0.1, format="%.4f", key="ns_lr")
-        lam = c[2].number_input("λ (keeps δ large)", min_value=0.0, value=0.0, format="%.3f", key="ns_lam")
-        tol = c[3].number_input("tolerance ε (mean Σ Δp²)", min_value=1e-5, value=0.01, format="%.4f", key="ns_tol")
+        lim = c[0].number_input("start size lim", min_value=0.01, value=DEFAULTS.lim, key="ns_lim",
+                                help="δ starts as uniform noise in (−lim, lim).")
+        lr = c[1].number_input("learning rate", min_value=1e-4, value=DEFAULTS.lr, format="%.4f", key="ns_lr")
+        lam = c[2].number_input("λ (pushes δ larger)", min_value=0.0, value=DEFAULTS.lam, format="%.3f", key="ns_lam",
+                                help="0: the research code's rule (stop once inside ε; δ barely leaves its start). "
+                                     "> 0: grow δ for every step and keep the largest δ inside ε.")
+        tol = c[3].number_input("tolerance ε (mean Σ Δp²)", min_value=1e-5, value=DEFAULTS.tol, format="%.4f",
+                                key="ns_tol")
         c = st.columns(4)
-        steps = c[0].number_input("max steps", min_value=1, max_value=5000, value=200, key="ns_steps")
+        steps = c[0].number_input("steps", min_value=1, max_value=5000, value=DEFAULTS.steps, key="ns_steps")
         source = c[1].selectbox("optimise on", SYNTHESIS_SOURCES, key="ns_source",
                                 index=0 if lm.img_size[0] <= 64 else 1)
-        n_images = c[2].number_input("images", min_value=1, max_value=1024, value=64, key="ns_images")
+        n_images = c[2].number_input("images", min_value=1, max_value=1024, value=128, key="ns_images")
         seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="ns_seed_approx")
         clip = mode == MODES[3] and st.checkbox(
             "keep x + δ a valid image (optimise for clip(x + δ) to [0, 1])", key="ns_clip",
@@ -75,6 +81,8 @@ if go:
             cfg = SynthesisConfig(level=level, lim=float(lim), lr=float(lr), lam=float(lam), tol=float(tol),
                                   steps=int(steps), seed=int(seed), clip=bool(clip))
             images = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
+            unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
+            check = lm.preprocess(unseen) if unseen else None
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
             hist = {"step": [], "loss": [], "mse": [], "agree": []}
@@ -88,12 +96,15 @@ if go:
                     chart.plotly_chart(figures.synthesis_curve(hist["step"], hist["loss"], hist["mse"],
                                                                hist["agree"], cfg.tol), key=f"live_{s.step}")
 
-            result = synthesize(lm, images, cfg, callback=on_step)
+            result = synthesize(lm, images, cfg, callback=on_step, check_images=check)
             bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s"
-                         + (" (reached ε)" if result.reached_tolerance else ""))
+                         + (" (inside ε on unseen images)" if result.reached_tolerance else ""))
             chart.empty()
+            in_fit = (source == SYNTHESIS_SOURCES[2] or (check is None and bool(
+                (split_fit_check(len(images), cfg.check_fraction, cfg.seed)[0] == 0).any())))
             st.session_state["current_noise"] = {"kind": "approximate", "level": level, "delta": result.delta,
-                                                 "model": lm.name, "result": result, "image": chosen.name}
+                                                 "model": lm.name, "result": result, "image": chosen.name,
+                                                 "image_in_fit": in_fit}
     except NullvizError as exc:
         show_error(exc)
 
@@ -148,8 +159,11 @@ if res is not None:
     st.plotly_chart(figures.synthesis_curve([h.step for h in res.history], [h.loss for h in res.history],
                                             [h.mse_probs for h in res.history], [h.agreement for h in res.history],
                                             res.config.tol), key="curve")
+    st.caption("The curve is measured on the fit images, one batch per step.")
 
 st.subheader("Verification")
+if res is not None:
+    st.markdown(f"**This image** ({chosen.name})")
 c = st.columns(4)
 c[0].metric("relative logit change", f"{metrics['rel_logit_change']:.2e}")
 c[1].metric("max |Δ logit|", f"{metrics['max_abs_logit_change']:.2e}")
@@ -164,11 +178,73 @@ if level == "input":
                + (f" · feasible variant kept {metrics['feasible_kept_norm_fraction']:.0%} of the noise norm"
                   if "feasible_kept_norm_fraction" in metrics else ""))
 if res is not None:
+    st.markdown(f"The three numbers above are about **this image** ({chosen.name})"
+                + (", one of the images δ was fit on." if noise.get("image_in_fit")
+                   else ", which is not among the images δ was fit on.")
+                + " The numbers below are about sets of images.")
     c = st.columns(4)
-    c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)")
-    c[1].metric("mean Σ Δp² (ε)", f"{res.mse_probs:.4f}", f"permuted δ: {res.permuted_mse_probs:.4f}", **NOTE)
-    c[2].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)
-    c[3].metric("steps", res.steps_run, "reached ε" if res.reached_tolerance else "ε not reached", **NOTE)
+    c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)",
+                f"travelled {res.travelled_l2:.3g} from its random start (‖δ₀‖ {res.start_l2:.3g})", **NOTE)
+    c[1].metric("steps", res.steps_run, f"λ {res.config.lam:g}, lim {res.config.lim:g}", **NOTE)
+    fit_n, check_n = res.num_images, res.num_check_images
+    st.markdown(f"**The {fit_n} images δ was fit on**")
+    c = st.columns(4)
+    c[0].metric("mean Σ Δp²", f"{res.mse_probs:.2e}", f"permuted δ: {res.permuted_mse_probs:.2e}", **NOTE)
+    c[1].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)
+    c[2].metric("mean ‖Δ logits‖", f"{res.logit_distance:.3g}")
+    if check_n:
+        st.markdown(f"**{check_n} images δ never saw** — what invisibility means")
+        c = st.columns(4)
+        c[0].metric("mean Σ Δp² (ε)", f"{res.check_mse_probs:.2e}",
+                    "inside ε" if res.reached_tolerance else f"outside ε = {res.config.tol:g}", **NOTE)
+        c[1].metric("top-1 agreement", f"{res.check_agreement:.1%}", f"permuted δ: {res.check_permuted_agreement:.1%}",
+                    **NOTE)
+        c[2].metric("mean ‖Δ logits‖", f"{res.check_logit_distance:.3g}")
+        c[3].metric("controls of the same norm (Σ Δp²)", f"{res.check_permuted_mse_probs:.2e}",
+                    f"Gaussian {res.check_gaussian_mse_probs:.2e} · random start {res.check_random_start_mse_probs:.2e}",
+                    **NOTE)
+        if not res.beats_permuted_on_check:
+            st.warning("On images it never saw, this δ is **no more invisible than its own entries in random "
+                       "places**: it is not an approximate-nullspace direction, only small. Raise λ or the steps.")
+    else:
+        st.info("No images were held out (δ was fit on a single image and no other set was available), so "
+                "nothing here says how δ does on images it never saw.")
+
+if not exact:
+    with st.expander("The frontier: how large can δ be and stay invisible on images it never saw?"):
+        st.caption("Each point is one synthesis with the settings above except the swept ones, on the same fit "
+                   "and check images; the controls (same norm, same images) show what *optimised* buys.")
+        with st.form("ns_frontier_form"):
+            c = st.columns(3)
+            lams_text = c[0].text_input("λ values", "0, 0.1, 0.5, 1, 2", key="ns_sweep_lams")
+            lims_text = c[1].text_input("lim values", f"{DEFAULTS.lim:g}", key="ns_sweep_lims")
+            steps_text = c[2].text_input("steps", f"{DEFAULTS.steps}", key="ns_sweep_steps")
+            sweep = st.form_submit_button("Trace the frontier")
+        if sweep:
+            try:
+                grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
+                base = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
+                                       lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed),
+                                       clip=bool(clip))
+                images = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
+                unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
+                bar = st.progress(0.0, text="tracing…")
+                st.session_state["ns_frontier"] = frontier(
+                    lm, images, base, lams=grid["lam"], lims=grid["lim"], steps=grid["steps"],
+                    check_images=lm.preprocess(unseen) if unseen else None,
+                    progress=lambda k, n, p: bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, "
+                                                                       f"unseen Σ Δp² {p.check_mse_probs:.1e}"))
+            except NullvizError as exc:
+                show_error(exc)
+        front = st.session_state.get("ns_frontier")
+        if front is not None:
+            st.plotly_chart(figures.frontier_plot(front), key="frontier")
+            best = front.allowed()
+            st.markdown(f"Largest δ within ε = {front.tol:g} on the {front.num_check_images} unseen images: "
+                        + (f"**‖δ‖ = {best.noise_l2:.3g}** ({best.label}; travelled {best.travelled_l2:.3g} from its "
+                           f"start)" if best else "**none** of these settings."))
+            st.download_button("frontier (JSON)", json.dumps(front.to_dict(), indent=2), "frontier.json",
+                               "application/json", key="dl_frontier")
 
 if exact or level == "input":
     ns = N.nullspace(lm, noise.get("rtol"))

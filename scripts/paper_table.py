@@ -1,90 +1,165 @@
-"""The paper in miniature: every finetuning method, 3 seeds, on the default model and digits; mean ± std.
+"""The paper's claim in miniature, retested with the controls that can refute it.
 
-    python scripts/paper_table.py [--epochs 5] [--lr 5e-4] [--seeds 0 1 2] [--out bench/out/paper_table.md]
+    python scripts/paper_table.py [--epochs 4] [--seeds 0 1 2 3 4] [--out bench/out/paper_table]
 
-Per run: finetune a copy of the embedded default model with the same budget, then measure on the 359 held-out
-digits: clean accuracy; accuracy under fresh δs synthesized from the run's final model on training images (mean
-over 3 seeds) and, apart, under the δ the last epoch trained on; under Gaussian noise of the fresh δs' norm
-(from an evaluation stream no training draw uses; all token level); FGSM and PGD-10 at ε = 8/255 (pixels);
-mean accuracy over the 15 ImageNet-C corruptions at severity 3 (32-px parameters) and the mCE-style relative
-corruption error against the untouched default model, which is the first row.
+The embedded default model is finetuned on the digits by each method with the same budget and seeds:
+
+- ``baseline``: plain finetuning;
+- ``gaussian``: trains on Gaussian noise of δ's norm;
+- ``random_start``: trains on the *unoptimised* random start of δ's distribution (U(−a, a)), at δ's norm;
+- ``adversarial``: FGSM adversarial training;
+- ``nullspace``: trains on δ from the frontier defaults (lim 1, λ 0.5, 200 steps), resynthesized each epoch;
+- ``nullspace λ=2``: the same with a larger λ (a larger, more visible δ).
+
+Each finished model is measured on the 359 held-out digits: clean accuracy; accuracy under fresh δs
+synthesized from *that* model on training images (mean over ``--fresh`` seeds); under Gaussian noise of those
+δs' norm; FGSM and PGD-10 at ε = 8/255; the mCE-style relative corruption error against the un-finetuned
+model (15 corruptions at severity 3, the 32-px parameters; lower is better); and the area under the
+accuracy-vs-size curve of an input-level δ (normalised to [0, 1]). Then, for each nullspace variant against
+each control, the paired difference over seeds with a 95 % t-interval.
+
+Writes ``OUT.md`` (the tables), ``OUT.json`` (every run) and ``OUT_bars.html`` / ``OUT_paired.html``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nullviz import figures  # noqa: E402
 from nullviz import robustness as R  # noqa: E402
+from nullviz.comparison import compare_methods  # noqa: E402
 from nullviz.data import digits_dataset  # noqa: E402
-from nullviz.finetune import METHODS, FinetuneConfig, FinetuneRun  # noqa: E402
+from nullviz.finetune import FinetuneConfig, FinetuneRun  # noqa: E402
 from nullviz.models import load_model  # noqa: E402
 
-COLUMNS = ("clean", "under δ", "under its training δ", "Gaussian", "FGSM", "PGD-10", "corruptions", "rel. CE")
-PERCENT = {"rel. CE": False}  # already ×100
+METRICS = ("clean", "under δ", "Gaussian", "FGSM", "PGD-10", "mCE", "tolerance AUC")
+PERCENT = ("clean", "under δ", "Gaussian", "FGSM", "PGD-10")  # shown ×100; mCE is already ×100
+LOWER_IS_BETTER = ("mCE",)
+#: table name → (FinetuneConfig method, extra settings)
+METHODS = {"baseline": ("baseline", {}), "gaussian": ("gaussian", {}), "random_start": ("random_start", {}),
+           "adversarial": ("adversarial", {}), "nullspace": ("nullspace", {}),
+           "nullspace λ=2": ("nullspace", {"synth_lam": 2.0})}
+VARIANTS = ("nullspace", "nullspace λ=2")
+MAGNITUDES = (0.0, 25.0, 50.0, 100.0, 200.0)  # L2 in normalised input units; the mean digit has norm ≈ 45
 
 
-def robustness_of(lm, reference=None) -> tuple[dict[str, float], R.RobustnessReport]:
-    cfg = R.EvalConfig(attacks=("fgsm", "pgd"), corruptions=R.CORRUPTIONS, severities=(3,))
+def measure(lm, reference=None, limit=None) -> tuple[dict[str, float], R.RobustnessReport]:
+    cfg = R.EvalConfig(attacks=("fgsm", "pgd"), corruptions=R.CORRUPTIONS, severities=(3,),
+                       tolerance_magnitudes=MAGNITUDES, tolerance_kinds=("approximate",), limit=limit)
     rep = R.evaluate(lm, digits_dataset("heldout"), cfg)
+    curve = rep.tolerance["approximate"]
+    xs, ys = curve["relative_magnitude"], curve["accuracy"]
+    auc = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
     rce = rep.relative_corruption_error(reference or rep)
-    if rce.excluded:
-        print(f"  relative corruption error leaves out: {rce.excluded}", flush=True)
-    return ({"clean": rep.clean_acc, "FGSM": rep.attacks["fgsm"]["robust_acc"],
-             "PGD-10": rep.attacks["pgd"]["robust_acc"], "corruptions": rep.mean_corruption_acc,
-             "rel. CE": rce.value}, rep)
+    return {"clean": rep.clean_acc, "FGSM": rep.attacks["fgsm"]["robust_acc"],
+            "PGD-10": rep.attacks["pgd"]["robust_acc"], "mCE": rce.value, "tolerance AUC": auc,
+            "mCE left out": ", ".join(rce.excluded) or None}, rep
+
+
+def fmt(metric: str, value: float) -> str:
+    return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.1f}" if metric == "mCE" else f"{value:.3f}"
+
+
+def tables(comparison, default_row: dict, args) -> str:
+    head = "| model | " + " | ".join(METRICS) + " |"
+    lines = [f"Held-out digits (359), {args.epochs} epochs, lr {args.lr:g}, seeds {', '.join(map(str, args.seeds))}; "
+             f"mean ± std over seeds. Accuracies in %; mCE: 100 = the un-finetuned model, lower is better.", "",
+             head, "|---" * (len(METRICS) + 1) + "|",
+             "| default model (no finetuning) | " + " | ".join(fmt(m, default_row[m]) for m in METRICS) + " |"]
+    for method in comparison.runs:
+        cells = []
+        for m in METRICS:
+            s = comparison.summary(method, m)
+            k = 100 if m in PERCENT else 1
+            cells.append(f"{s.mean * k:.{3 if m == 'tolerance AUC' else 1}f} ± {s.std * k:.{3 if m == 'tolerance AUC' else 1}f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for variant in VARIANTS:
+        lines += ["", f"**{variant} minus each control**, paired by seed: mean difference [95 % t-interval]. "
+                  f"Positive is better for {variant} except for mCE.", "", head.replace("model", "control"),
+                  "|---" * (len(METRICS) + 1) + "|"]
+        cmp = compare_methods(comparison.runs, METRICS, variant)
+        for control in cmp.controls:
+            cells = []
+            for m in METRICS:
+                d = cmp.difference(control, m)
+                k = 100 if m in PERCENT else 1
+                p = 3 if m == "tolerance AUC" else 1
+                mark = " ✓" if (d.ci_low > 0 and m not in LOWER_IS_BETTER) or (d.ci_high < 0 and m in LOWER_IS_BETTER) \
+                    else " ✗" if (d.ci_high < 0 and m not in LOWER_IS_BETTER) or (d.ci_low > 0 and m in LOWER_IS_BETTER) \
+                    else ""
+                cells.append(f"{d.mean * k:+.{p}f} [{d.ci_low * k:+.{p}f}, {d.ci_high * k:+.{p}f}]{mark}")
+            lines.append(f"| {control} | " + " | ".join(cells) + " |")
+    lines += ["", "✓: the interval excludes 0 in the variant's favour; ✗: against it; no mark: no evidence either way."]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=Path("bench/out/paper_table.md"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--fresh", type=int, default=2, help="fresh δs per finished model for 'under δ'")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--steps-per-epoch", type=int, default=None, help="(CI-sized runs) cap each epoch")
+    ap.add_argument("--synth-steps", type=int, default=None, help="(CI-sized runs) δ synthesis steps")
+    ap.add_argument("--limit", type=int, default=None, help="(CI-sized runs) evaluate on the first N held-out digits")
+    ap.add_argument("--out", type=Path, default=Path("bench/out/paper_table"))
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
     lm = load_model("default", device="cpu")
     train, held = digits_dataset("train", lm.transform), digits_dataset("heldout", lm.transform)
-    rows: dict[str, list[dict[str, float]]] = {}
+    if args.limit:
+        import torch
 
-    t0 = time.perf_counter()
-    original = FinetuneRun(lm, train, held, FinetuneConfig(method="baseline", seed=0))
-    noise = original.evaluate()  # fresh δs from the untouched model
-    measured, reference = robustness_of(lm)
-    rows["default model (no finetuning)"] = [{**measured, "under δ": noise["delta_acc"], "under its training δ": None,
-                                              "Gaussian": noise["gaussian_acc"]}]
-    for method in METHODS:
+        held = torch.utils.data.Subset(held, range(args.limit))
+    budget = {k: v for k, v in (("steps_per_epoch", args.steps_per_epoch), ("synth_steps", args.synth_steps)) if v}
+
+    untouched = FinetuneRun(lm, train, held, FinetuneConfig(method="baseline", seed=0, **budget))
+    noise = untouched.evaluate(fresh_deltas=args.fresh)
+    default_row, reference = measure(lm, limit=args.limit)
+    default_row.update({"under δ": noise["delta_acc"], "Gaussian": noise["gaussian_acc"]})
+
+    runs: dict[str, dict[int, dict[str, float]]] = {}
+    for name in args.methods:
+        method, extra = METHODS[name]
         for seed in args.seeds:
-            cfg = FinetuneConfig(method=method, epochs=args.epochs, lr=args.lr, seed=seed)
+            t = time.perf_counter()
+            cfg = FinetuneConfig(method=method, epochs=args.epochs, lr=args.lr, seed=seed, fresh_deltas=0,
+                                 **{**budget, **extra})
             run = FinetuneRun(lm, train, held, cfg)
-            result = run.run()
-            last = result.history[-1]
+            run.run()
+            ev = run.evaluate(fresh_deltas=args.fresh)
             tuned = load_model("default", device="cpu")
             tuned.model.load_state_dict(run.model.state_dict())
-            rows.setdefault(method, []).append({**robustness_of(tuned, reference)[0], "under δ": last["delta_acc"],
-                                                "under its training δ": last["train_delta_acc"],
-                                                "Gaussian": last["gaussian_acc"]})
-            print(f"{method} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[method][-1].items()
-                                                        if v is not None), flush=True)
+            row, _ = measure(tuned, reference, limit=args.limit)
+            row.update({"under δ": ev["delta_acc"], "Gaussian": ev["gaussian_acc"],
+                        "train δ norm": run.delta_info.get("delta_l2"), "seconds": time.perf_counter() - t})
+            runs.setdefault(name, {})[seed] = row
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                                     if isinstance(v, float)), flush=True)
 
-    lines = [f"| model ({args.epochs} epochs, lr {args.lr:g}, seeds {', '.join(map(str, args.seeds))}) | "
-             + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, runs in rows.items():
-        cells = []
-        for col in COLUMNS:
-            vals = [r[col] * (100 if PERCENT.get(col, True) else 1) for r in runs if r[col] is not None]
-            cells.append("—" if not vals else f"{vals[0]:.1f}" if len(vals) == 1 else
-                         f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    print(f"total {time.perf_counter() - t0:.0f}s")
+    comparison = compare_methods(runs, METRICS, VARIANTS[0] if VARIANTS[0] in runs else next(iter(runs)))
+    text = tables(comparison, default_row, args) if all(v in runs for v in VARIANTS) else ""
+    total = time.perf_counter() - t0
+    text += f"\n\nTotal {total / 60:.1f} min on this machine ({len(runs)} methods × {len(args.seeds)} seeds).\n"
+    print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    Path(f"{args.out}.md").write_text(text)
+    Path(f"{args.out}.json").write_text(json.dumps({"default": default_row, **comparison.to_dict(),
+                                                    "seconds": total, "args": vars(args)}, default=str, indent=1))
+    labels = {m: m for m in METRICS}
+    scale = {m: 100 for m in PERCENT}
+    figures.method_bars(comparison, [m for m in METRICS if m != "mCE"], labels, scale).write_html(
+        f"{args.out}_bars.html", include_plotlyjs="cdn")
+    if all(v in runs for v in VARIANTS):
+        figures.paired_difference_bars(comparison, METRICS, labels, scale).write_html(
+            f"{args.out}_paired.html", include_plotlyjs="cdn")
     return 0
 
 

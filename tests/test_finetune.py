@@ -26,7 +26,7 @@ def small(method, **kw):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_decreases_on_a_fixed_batch(default_lm, sets, method):
-    run = FinetuneRun(default_lm, sets[0], sets[1], small(method, lr=2e-3))
+    run = FinetuneRun(default_lm, sets[0], sets[1], small(method, lr=5e-4, steps_per_epoch=12))
     run.synthesize_delta(seed=0)
     x = torch.stack([sets[0][i][0] for i in range(16)])
     y = torch.tensor([sets[0][i][1] for i in range(16)])
@@ -196,6 +196,12 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     assert acc == pytest.approx(last["delta_acc_seeds"][0])
     only_training = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=0)).run().history[-1]
     assert "delta_acc" not in only_training and "train_delta_acc" in only_training
+    # fresh δs after the last epoch only, unless asked for at every epoch
+    two = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", epochs=2, fresh_deltas=1)).run().history
+    assert "delta_acc" not in two[0] and "delta_acc" in two[1]
+    every = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", epochs=2, fresh_deltas=1,
+                                                            fresh_every_epoch=True)).run().history
+    assert "delta_acc" in every[0] and every[1]["delta_acc"] == two[1]["delta_acc"]
 
 
 def test_logged_learning_rate_is_the_one_the_step_used(default_lm, sets):

@@ -159,3 +159,11 @@ def test_cli_lists_and_stops_the_servers_jobs(tmp_path, capsys):
     assert info.state in ("stopped", "cancelled")
     assert main(["jobs", "stop", "no-such-job", "--data-dir", str(tmp_path)]) == 2
     assert "There is no job" in capsys.readouterr().err
+
+
+def test_run_names_are_unique_per_method_and_seed():
+    from nullviz.jobs import run_names
+
+    assert run_names([{"method": "baseline", "seed": 0}, {"method": "nullspace", "seed": 0}]) == ["baseline", "nullspace"]
+    assert run_names([{"method": "nullspace", "seed": 0}, {"method": "nullspace", "seed": 1},
+                      {"method": "gaussian", "seed": 0}]) == ["nullspace-seed0", "nullspace-seed1", "gaussian"]

@@ -106,7 +106,7 @@ def test_nullspace_upload_exact_noise_verified():
     assert float(metric(at, "relative logit change").value) < 1e-5
     assert metric(at, "top-1 kept").value == "yes"
     assert "after clip + 8-bit PNG" in [m.label for m in at.metric]
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5  # comparison JSON + per run: log and checkpoint
     assert at.session_state["current_noise"]["kind"] == "exact"
 
 
@@ -129,8 +129,50 @@ def test_nullspace_feasible_and_approximate_runs():
     at.button[0].click().run()
     assert not at.exception and not at.error
     assert int(metric(at, "steps").value) <= 15
-    assert "permuted δ" in metric(at, "mean Σ Δp² (ε)").delta
+    assert "permuted δ" in metric(at, "mean Σ Δp²").delta and "ε" in metric(at, "mean Σ Δp² (ε)").delta
     assert at.session_state["current_noise"]["level"] == "encoder"
+
+
+def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces_the_frontier():
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.number_input(key="ns_steps").set_value(20)
+    at.number_input(key="ns_images").set_value(24)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    texts = " ".join(m.value for m in at.markdown)
+    assert "**This image**" in texts and "not among the images δ was fit on" in texts
+    assert "**The 24 images δ was fit on**" in texts and "**64 images δ never saw**" in texts
+    assert "travelled" in metric(at, "‖δ‖₂ (relative)").delta
+    assert "Gaussian" in metric(at, "controls of the same norm (Σ Δp²)").delta
+    res = at.session_state["current_noise"]["result"]
+    assert res.num_check_images == 64 and res.config.lam == 0.5
+    at.text_input(key="ns_sweep_lams").set_value("0, 1")
+    at.text_input(key="ns_sweep_steps").set_value("10")
+    [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
+    assert not at.exception and not at.error
+    front = at.session_state["ns_frontier"]
+    assert [p.lam for p in front.points] == [0.0, 1.0] and front.num_check_images == 64
+    assert any("Largest δ within ε" in m.value for m in at.markdown)
+    at.text_input(key="ns_sweep_lams").set_value("0, a lot")
+    [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
+    assert not at.exception and len(at.error) == 1 and "comma-separated numbers" in at.error[0].value
+
+
+def test_nullspace_unoptimised_delta_is_flagged():
+    """λ = 0 with a huge ε stops at once: δ is its random start, and the page says it is only small."""
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.number_input(key="ns_lam").set_value(0.0)
+    at.number_input(key="ns_lim").set_value(3.0)
+    at.number_input(key="ns_tol").set_value(5.0)
+    at.number_input(key="ns_images").set_value(16)
+    at.button[0].click().run()
+    assert not at.exception
+    res = at.session_state["current_noise"]["result"]
+    assert res.steps_run == 1
+    if not res.beats_permuted_on_check:
+        assert any("no more invisible than its own entries" in w.value for w in at.warning)
 
 
 def test_attention_page_with_noise_from_nullspace_page_and_attributions():
@@ -264,10 +306,29 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     wait_for_job(at)
     table = at.table[0].value
     assert list(table["method"]) == ["baseline", "nullspace"]
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5  # comparison JSON + per run: log and checkpoint
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
     assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
     assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
+
+
+def test_finetune_page_compares_methods_over_seeds(jobs_dir):
+    at = app("pages/finetune.py")
+    at.multiselect(key="ft_methods").set_value(["baseline", "nullspace"])
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_steps").set_value(2)
+    at.number_input(key="ft_batch").set_value(16)
+    at.number_input(key="ft_synth_steps").set_value(3)
+    at.number_input(key="ft_fresh").set_value(1)
+    at.number_input(key="ft_seeds").set_value(2)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    wait_for_job(at, timeout=240)
+    assert list(at.table[0].value["method"]) == ["baseline-seed0", "baseline-seed1", "nullspace-seed0",
+                                                 "nullspace-seed1"]
+    keys = [c.proto.id for c in at.get("plotly_chart")]
+    assert any("ft_compare" in k for k in keys) and any("ft_paired" in k for k in keys)
+    assert any(b.label == "comparison (JSON)" for b in at.get("download_button"))
 
 
 def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(jobs_dir):

@@ -1,0 +1,76 @@
+"""Method comparisons over seeds (the paper table and the Finetune page share them)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from nullviz import figures
+from nullviz.comparison import compare_methods, paired_difference, summarize
+from nullviz.errors import InvalidParameterError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_summary_is_the_t_interval_by_hand():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s.mean == 3.0 and s.std == pytest.approx(math.sqrt(2.5)) and s.n == 5
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    one = summarize([0.7])
+    assert one.ci_low == one.ci_high == 0.7 and one.std == 0.0
+    with pytest.raises(InvalidParameterError):
+        summarize([])
+
+
+def test_paired_difference_pairs_by_seed():
+    a = {0: 0.9, 1: 0.8, 2: 0.95, 7: 0.5}
+    b = {0: 0.85, 1: 0.78, 2: 0.9}  # seed 7 has no partner: left out
+    d = paired_difference(a, b)
+    assert d.n == 3 and d.mean == pytest.approx((0.05 + 0.02 + 0.05) / 3)
+    with pytest.raises(InvalidParameterError):
+        paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_compare_methods_and_figures():
+    runs = {"nullspace": {0: {"acc": 0.9}, 1: {"acc": 0.92}, 2: {"acc": 0.91}},
+            "baseline": {0: {"acc": 0.88}, 1: {"acc": 0.9}, 2: {"acc": 0.87}},
+            "gaussian": {0: {"acc": 0.9}, 1: {"acc": 0.93}, 2: {"acc": 0.9}}}
+    cmp = compare_methods(runs, ["acc"], "nullspace")
+    assert cmp.controls == ["baseline", "gaussian"]
+    assert cmp.difference("baseline", "acc").mean == pytest.approx(0.0266666, rel=1e-4)
+    d = cmp.to_dict()
+    assert set(d["paired"]) == {"baseline", "gaussian"} and d["summary"]["nullspace"]["acc"]["n"] == 3
+    json.dumps(d)
+    bars = figures.method_bars(cmp, scale={"acc": 100})
+    assert [t.name for t in bars.data] == ["nullspace", "baseline", "gaussian"]
+    assert bars.data[0].y[0] == pytest.approx(91.0)
+    paired = figures.paired_difference_bars(cmp)
+    assert [t.name for t in paired.data] == ["nullspace − baseline", "nullspace − gaussian"]
+    with pytest.raises(InvalidParameterError):
+        compare_methods(runs, ["acc"], "adversarial")
+
+
+def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import paper_table
+
+    out = tmp_path / "table"
+    paper_table.main(["--epochs", "1", "--seeds", "0", "1", "--steps-per-epoch", "1", "--synth-steps", "2",
+                      "--limit", "24", "--fresh", "1", "--out", str(out)])
+    text = (tmp_path / "table.md").read_text()
+    header = "| model | " + " | ".join(paper_table.METRICS) + " |"
+    assert header in text
+    for name in paper_table.METHODS:
+        assert f"| {name} | " in text
+    for variant in paper_table.VARIANTS:
+        assert f"**{variant} minus each control**" in text
+    data = json.loads((tmp_path / "table.json").read_text())
+    assert set(data["runs"]) == set(paper_table.METHODS) and set(data["runs"]["baseline"]) == {"0", "1"}
+    for control in ("baseline", "gaussian", "random_start", "adversarial"):
+        for metric in paper_table.METRICS:
+            cell = data["paired"][control][metric]
+            assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
+    assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()
