@@ -106,7 +106,7 @@ def test_nullspace_upload_exact_noise_verified():
     assert float(metric(at, "relative logit change").value) < 1e-5
     assert metric(at, "top-1 kept").value == "yes"
     assert "after clip + 8-bit PNG" in [m.label for m in at.metric]
-    assert len(at.get("download_button")) == 5  # comparison JSON + per run: log and checkpoint
+    assert len(at.get("download_button")) == 4
     assert at.session_state["current_noise"]["kind"] == "exact"
 
 
