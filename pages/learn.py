@@ -105,7 +105,8 @@ st.markdown(
     "E‖f(u + δ) − f(u)‖ ≤ ε while ‖δ‖ stays large: the ε-approximate nullspace Ñ_φ(ε). The paper finds δ by "
     "minimising L(δ) = E‖f(u + δ) − f(u)‖ − λ log‖δ‖. Training on inputs with such δ (clean and noised "
     "together) enlarges this approximate nullspace, and the model becomes more robust to adversarial and "
-    "natural perturbations."
+    "natural perturbations. A δ earns its name only if it stays invisible on images it was *not* fit on, and "
+    "only if it does better than random noise of its size: the Nullspace page measures both."
 )
 c = st.columns(2)
 if c[0].button("Try it: a quick approximate run on the Nullspace page", key="learn_go"):
