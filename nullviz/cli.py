@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,7 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fgsm-eps", type=float, default=8 / 255)
     p.add_argument("--fresh-deltas", type=int, default=3,
                    help="δs synthesized from the model at each evaluation; accuracy under δ is their mean (0: off)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimizer step (global batch = batch size × grad-accum × processes)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes that decode images")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--augment", action="store_true",
+                   help="train with timm's training transform for the model (random resized crop, flip, colour "
+                        "jitter; not for digits)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, default=None,
+                   help="all run settings as JSON (a FinetuneConfig, e.g. a run's model.json 'finetune'); "
+                        "replaces the setting flags above")
+    p.add_argument("--data-cache", default="data", help="where CIFAR-10 is downloaded to")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run folder (checkpoint and logs)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
@@ -333,17 +346,38 @@ def cmd_finetune(args) -> dict[str, Any]:
                             warmup_steps=args.warmup_steps, freeze=args.freeze, noise_every=args.noise_every,
                             synth_steps=args.synth_steps, synth_fraction=args.synth_fraction,
                             synth_lam=args.synth_lam, synth_lim=args.synth_lim,
-                            fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed)
+                            fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed,
+                            grad_accum=args.grad_accum, workers=args.workers, compile=args.compile)
+    if args.config is not None:
+        try:
+            settings = json.loads(args.config.read_text())
+            if not isinstance(settings, dict) or set(settings) - set(FinetuneConfig.__dataclass_fields__):
+                raise ValueError("not a FinetuneConfig")
+        except (OSError, ValueError) as exc:
+            raise InvalidParameterError("config", "finetune", "a JSON file of FinetuneConfig settings",
+                                        str(args.config)) from exc
+        config = FinetuneConfig(**settings)
     lm = _load(args)
-    train, held = train_heldout(args.data, lm.transform)
+    train, held = train_heldout(args.data, lm.transform, args.data_cache,
+                                train_transform=lm.train_transform if args.augment else None)
+    primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     progress = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and primary:
         def progress(rec):
             sys.stderr.write(f"\r{rec['method']} step {rec['step']}/{rec['total_steps']}  loss {rec['loss']:.4f}   ")
-    result = finetune(lm, train, held, config, args.out, resume=args.resume, on_step=progress)
+    stop = {"requested": False}
+    previous = signal.signal(signal.SIGTERM, lambda *a: stop.update(requested=True))  # stop at the next step, save
+    try:
+        result = finetune(lm, train, held, config, args.out, resume=args.resume, on_step=progress,
+                          should_stop=lambda: stop["requested"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        from .distributed import cleanup
+
+        cleanup()
     if progress is not None:
         sys.stderr.write("\n")
-    return result.to_dict()
+    return result.to_dict() if primary else None
 
 
 def cmd_jobs(args) -> dict[str, Any]:
@@ -388,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("nullviz: interrupted\n")
         return 130
+    if out is None:  # a non-primary rank of a distributed run: rank 0 reports
+        return 0
     try:
         if args.json:
             print(json.dumps(out, default=str))

@@ -279,13 +279,24 @@ def check_data_spec(spec: str) -> str:
     return spec
 
 
-def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data"):
-    """(train, held-out) for 'default' (the digits' fixed split), 'cifar10', or an ImageFolder path (90/10)."""
+def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data",
+                  train_transform: Callable | None = None):
+    """(train, held-out) for 'default' (the digits' fixed split), 'cifar10', or an ImageFolder path (a seeded
+    90/10 split, the same in every process of a distributed run). ``train_transform`` (e.g. the model's timm
+    training augmentation) replaces ``transform`` for the training part only."""
+    train_tf = train_transform or transform
     if spec in ("default", "digits"):
-        return digits_dataset("train", transform), digits_dataset("heldout", transform)
+        return digits_dataset("train", train_tf), digits_dataset("heldout", transform)
     if spec == "cifar10":
-        return cifar10(Path(cache_dir) / "cifar10", transform)
-    return split_dataset(image_folder(spec, transform))
+        train, held = cifar10(Path(cache_dir) / "cifar10", transform)
+        if train_transform is not None:
+            train.transform = train_transform
+        return train, held
+    train, held = split_dataset(image_folder(spec, transform))
+    if train_transform is not None:
+        train.dataset = image_folder(spec, train_transform)  # same files, same order: the split's indices hold
+        train.classes = held.classes
+    return train, held
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -12,16 +12,25 @@ Methods, same loop and budget:
 - ``adversarial``: FGSM adversarial training at ε (pixels in [0, 1]): CE(clean) + CE(x_adv).
 
 The noise methods synthesize the epoch's δ (``nullspace`` trains on it, the controls on noise of its norm);
-every evaluation measures accuracy under *fresh* δs synthesized from the model being evaluated. AdamW with linear warm-up then cosine decay; optional freezing of
-the patch embedding or of everything but the head; bf16 autocast on CUDA; seeded and deterministic on CPU.
+every evaluation measures accuracy under *fresh* δs synthesized from the model being evaluated. AdamW with
+linear warm-up then cosine decay; optional freezing of the patch embedding or of everything but the head;
+bf16 autocast on CUDA; optional ``torch.compile``; seeded and deterministic on CPU.
 
-The run is separable for DistributedDataParallel later: ``FinetuneRun`` holds model, data, step and logging
-apart; each epoch's data order and noise seeds are functions of (seed, epoch), so a run resumes exactly; δ
-is broadcast from rank 0 when ``torch.distributed`` is initialised; only rank 0 writes logs and checkpoints.
+One loop for one process, the app's job runner and ``torchrun`` (DistributedDataParallel), cut along the
+seams of timm's ``train.py``: the distributed helpers (``nullviz.distributed``), the loader (``nullviz.loader``:
+a (seed, epoch)-determined order sharded over ranks, DataLoader workers), the step (:class:`MethodForward`,
+the module DDP wraps, so the clean and the noised pass both run through DDP's forward and its gradient
+hooks; gradient accumulation under ``no_sync``), the evaluation (held-out set sharded over ranks, counts
+all-reduced: every rank reports the same numbers) and the checkpoint saver (``nullviz.checkpoint``: atomic,
+rank 0 only). δ is computed on every rank from the same images and seed and then broadcast from rank 0: the
+ranks never idle waiting for it, no gradient has to cross the network during synthesis, and the broadcast
+makes δ bit-identical even where kernels are not deterministic (joint synthesis over every rank's images, as
+the research code does, would fit δ to more images but would add an all-reduce per synthesis step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -33,7 +42,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, InvalidParameterError
+from . import distributed as D
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CheckpointError, InvalidParameterError, NullvizError
+from .loader import EpochBatchSampler, collate, make_train_loader
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens
 from .params import Interval, Options, bounded, validate_fields
 from .robustness import fgsm
@@ -72,6 +84,9 @@ class FinetuneConfig:
     fresh_deltas: int = bounded(2, Interval(int, 0, 16))  # δs synthesized on the evaluated model
     fresh_every_epoch: bool = False  # fresh δs at every epoch's evaluation (slower), else after the last one
     amp: bool = True  # bf16 autocast, CUDA only
+    grad_accum: int = bounded(1, Interval(int, 1, 1024))  # micro-batches of batch_size per optimizer step
+    workers: int = bounded(0, Interval(int, 0, 64))  # DataLoader worker processes (0: read in this process)
+    compile: bool = False  # torch.compile the training forward
     seed: int = bounded(0, Interval(int, 0, MAX_SEED))
 
     def __post_init__(self):
@@ -97,21 +112,40 @@ class FinetuneResult:
     seconds: float
     synthesis_seconds: float
     evaluation_synthesis_seconds: float = 0.0
+    world_size: int = 1
+    images_per_second: float = 0.0  # training images per second over the whole run (all ranks)
+    resume_note: str | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.config.grad_accum * self.world_size
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.config.method, "config": asdict(self.config), "epochs_run": self.epochs_run,
                 "steps_run": self.steps_run, "stopped": self.stopped, "checkpoint": self.checkpoint,
                 "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds,
-                "evaluation_synthesis_seconds": self.evaluation_synthesis_seconds, "history": self.history}
+                "evaluation_synthesis_seconds": self.evaluation_synthesis_seconds, "world_size": self.world_size,
+                "global_batch": self.global_batch, "images_per_second": self.images_per_second,
+                "resume_note": self.resume_note, "history": self.history}
 
 
-def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+class MethodForward(torch.nn.Module):
+    """The training forward, as one module (the one DDP wraps): clean logits, or, given token noise, the
+    logits of the clean and the noised tokens as one concatenated batch (the patch embedding runs once)."""
+
+    def __init__(self, vit: torch.nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> torch.Tensor:
+        if token_noise is None:
+            return self.vit(x)
+        u = patch_tokens(self.vit, x)
+        return logits_from_patch_tokens(self.vit, torch.cat([u, u + token_noise]))
 
 
-def _collate(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[int(i)] for i in indices]
-    return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+class PeerFailedError(NullvizError, RuntimeError):
+    """Another process of a distributed run stopped (killed, out of memory…) and this one cannot go on."""
 
 
 class FinetuneRun:
@@ -132,9 +166,8 @@ class FinetuneRun:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_step, self.on_epoch = on_step or (lambda d: None), on_epoch or (lambda d: None)
         self.should_stop = should_stop or (lambda: False)
-        self.device = lm.device
-        dist = _dist()
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+        self.dist, self.device = D.init_distributed(lm.device)
+        self.rank, self.world = self.dist.rank, self.dist.world_size
 
         self.model = lm.trainable_copy().to(self.device)
         num_classes = _num_classes(train_set)
@@ -145,9 +178,16 @@ class FinetuneRun:
             self.model.to(self.device)
         self._apply_freeze()
         self.model.train()
+        self.net: torch.nn.Module = MethodForward(self.model)
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.net) if config.compile else self.net
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / (config.batch_size * self.world))
+        self.global_batch = config.batch_size * config.grad_accum * self.world
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / self.global_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.mean, self.std = lm.mean.to(self.device), lm.std.to(self.device)
@@ -161,6 +201,9 @@ class FinetuneRun:
         self.evaluation_synthesis_seconds = 0.0
         self._epoch_sums: dict[str, float] = {}
         self._last_lr = self.optimizer.param_groups[0]["lr"]
+        self.resume_note: str | None = None
+        self._images_trained = 0
+        self._train_seconds = 0.0
 
     # ---------------------------------------------------------------------------------------- pieces
     def _lr_factor(self, step: int) -> float:
@@ -178,13 +221,11 @@ class FinetuneRun:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("head"))
 
-    def _epoch_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's data order for ``epoch``: a function of (seed, epoch) alone, so resuming is exact."""
-        gen = torch.Generator().manual_seed(stream_seed("data_order", self.cfg.seed, epoch))
-        n_needed = self.steps_per_epoch * self.cfg.batch_size * self.world
-        reps = math.ceil(n_needed / len(self.train_set))
-        order = torch.cat([torch.randperm(len(self.train_set), generator=gen) for _ in range(reps)])[:n_needed]
-        return order[self.rank::self.world]
+    def batch_sampler(self, epoch: int, start_step: int = 0) -> EpochBatchSampler:
+        """This rank's micro-batches of ``epoch`` from ``start_step`` on: a function of (seed, epoch) alone."""
+        cfg = self.cfg
+        return EpochBatchSampler(len(self.train_set), cfg.seed, epoch, self.steps_per_epoch, cfg.batch_size,
+                                 cfg.grad_accum, self.rank, self.world, start_step)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.cfg.amp:
@@ -197,17 +238,14 @@ class FinetuneRun:
         n = max(1, int(round(len(self.train_set) * self.cfg.synth_fraction)))
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train_set), generator=gen)[:n]
-        x, _ = _collate(self.train_set, idx)
+        x, _ = collate(self.train_set, idx)
         was_training = self.model.training
         self.model.eval()  # our own copy: δ is fit to the model as it predicts
         try:
             res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed))
         finally:
             self.model.train(was_training)
-        delta = res.delta.to(self.device)
-        dist = _dist()
-        if dist:
-            dist.broadcast(delta, src=0)
+        delta = D.broadcast(res.delta.to(self.device).contiguous())
         return delta.detach(), res
 
     def synthesize_delta(self, seed: int) -> None:
@@ -234,38 +272,52 @@ class FinetuneRun:
         u = (torch.rand(delta.shape, generator=gen) * 2 - 1).to(delta)
         return u / u.norm() * delta.norm()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """One optimisation step of the configured method on a batch (x normalised)."""
-        cfg, model = self.cfg, self.model
-        x, y = x.to(self.device), y.to(self.device)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, clean part, noised part) of one micro-batch; every forward goes through ``self.forward``
+        (DDP's), the FGSM attack through the bare model (it needs input gradients only)."""
+        cfg = self.cfg
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         b = len(y)
         with self._autocast():
             if cfg.method in TOKEN_NOISE_METHODS:
                 period = self.global_step // (cfg.noise_every or self.steps_per_epoch)
                 noise = self.delta if cfg.method == "nullspace" else self._control_like(
                     self.delta, cfg.method, stream_seed("train_gaussian", cfg.seed, period))
-                u = patch_tokens(model, x)
-                logits = logits_from_patch_tokens(model, torch.cat([u, u + noise]))
-                loss_clean = F.cross_entropy(logits[:b].float(), y)
-                loss_noise = F.cross_entropy(logits[b:].float(), y)
+                logits = self.forward(x, noise)
             elif cfg.method == "adversarial":
                 pixels = x * self.std + self.mean
-                fn = PixelModel(model, self.mean, self.std)
-                adv = fgsm(fn, pixels, y, cfg.fgsm_eps)
-                logits = model(torch.cat([x, (adv - self.mean) / self.std]))
-                loss_clean = F.cross_entropy(logits[:b].float(), y)
-                loss_noise = F.cross_entropy(logits[b:].float(), y)
+                adv = fgsm(PixelModel(self.model, self.mean, self.std), pixels, y, cfg.fgsm_eps)
+                logits = self.forward(torch.cat([x, (adv - self.mean) / self.std]))
             else:
-                loss_clean = F.cross_entropy(model(x).float(), y)
-                loss_noise = torch.zeros((), device=self.device)
-            loss = loss_clean + loss_noise
+                logits = self.forward(x)
+                clean = F.cross_entropy(logits.float(), y)
+                return clean, clean, torch.zeros((), device=self.device)
+            loss_clean = F.cross_entropy(logits[:b].float(), y)
+            loss_noise = F.cross_entropy(logits[b:].float(), y)
+        return loss_clean + loss_noise, loss_clean, loss_noise
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step of the configured method on a batch (x normalised)."""
+        return self._optimizer_step([(x, y)])
+
+    def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Accumulate the gradients of ``grad_accum`` micro-batches (DDP synchronises on the last only), then
+        step. Logged losses are means over micro-batches and ranks."""
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it on below)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        k = len(micro_batches)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i, (x, y) in enumerate(micro_batches):
+            sync = i == k - 1 or not hasattr(self.net, "no_sync")
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                loss, clean, noise = self._loss(x, y)
+                (loss / k).backward()
+            sums += torch.tensor([float(loss.detach()), float(clean.detach()), float(noise.detach())],
+                                 dtype=torch.float64)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), "loss_clean": float(loss_clean.detach()),
-                "loss_noise": float(loss_noise.detach()), "lr": lr}
+        sums = D.all_reduce_sum(sums.to(self.device)).cpu() / (k * self.world)
+        return {"loss": float(sums[0]), "loss_clean": float(sums[1]), "loss_noise": float(sums[2]), "lr": lr}
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,8 +351,9 @@ class FinetuneRun:
             clean = fgsm_right = train_delta = 0
             fresh_right = [0] * len(fresh)
             gauss_right = [0] * len(gauss)
-            for i in range(0, n, 256):
-                x, y = _collate(self.eval_set, range(i, min(n, i + 256)))
+            mine = list(range(self.rank, n, self.world))  # this rank's share; the counts are summed below
+            for i in range(0, len(mine), 256):
+                x, y = collate(self.eval_set, mine[i:i + 256])
                 x, y = x.to(self.device), y.to(self.device)
                 clean += int((self._predict(x) == y).sum())
                 for k, d in enumerate(fresh):
@@ -313,6 +366,10 @@ class FinetuneRun:
                 fgsm_right += int((self._predict((adv - self.mean) / self.std) == y).sum())
         finally:
             self.model.train(was_training)
+        counts = D.all_reduce_sum(torch.tensor([clean, fgsm_right, train_delta, *fresh_right, *gauss_right],
+                                               dtype=torch.float64, device=self.device)).cpu().tolist()
+        clean, fgsm_right, train_delta = counts[:3]
+        fresh_right, gauss_right = counts[3:3 + len(fresh)], counts[3 + len(fresh):]
         out: dict[str, Any] = {"clean_acc": clean / n, "fgsm_acc": fgsm_right / n}
         if fresh:
             accs = [r / n for r in fresh_right]
@@ -327,49 +384,54 @@ class FinetuneRun:
     # ---------------------------------------------------------------------------------- checkpoints
     def save(self, out_dir: str | Path | None = None) -> Path | None:
         """model.safetensors + model.json (architecture, classes, data config, config, metrics, loadable by
-        ``load_model(checkpoint=…)``) + trainer_state.pt (optimizer, schedule, δ, position) for resuming."""
+        ``load_model(checkpoint=…)``) + trainer_state.pt (optimizer, schedule, δ, position) for resuming.
+        Rank 0 only; each file is written atomically (``nullviz.checkpoint``)."""
         out = Path(out_dir) if out_dir is not None else self.out_dir
-        if out is None or self.rank != 0:
+        if out is None or not self.dist.is_primary:
             return None
-        from safetensors.torch import save_file
-
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
-                  str(out / "model.safetensors"))
         side = {"arch": self.lm.name, "class_names": _class_names(self.train_set, self.lm, self.model),
                 "data_config": {**self.lm.data_config, "input_size": list(self.lm.data_config["input_size"])},
                 "finetune": asdict(self.cfg), "source_checkpoint": self.lm.checkpoint,
-                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "world_size": self.world,
                 "metrics": self.history[-1] if self.history else {}}
-        (out / "model.json").write_text(json.dumps(side, indent=2, default=str))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                    "delta": self.delta.cpu() if self.delta is not None else None,
-                    "delta_info": json.dumps(self.delta_info), "history": json.dumps(self.history),
-                    "synthesis_seconds": self.synthesis_seconds, "config": json.dumps(asdict(self.cfg)),
-                    "epoch_sums": json.dumps(self._epoch_sums)},
-                   str(out / "trainer_state.pt"))
-        return out / "model.safetensors"
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                 "world_size": self.world, "delta": self.delta.cpu() if self.delta is not None else None,
+                 "delta_info": json.dumps(self.delta_info), "history": json.dumps(self.history),
+                 "synthesis_seconds": self.synthesis_seconds, "config": json.dumps(asdict(self.cfg)),
+                 "epoch_sums": json.dumps(self._epoch_sums)}
+        return save_checkpoint(out, self.model.state_dict(), side, state)
+
+    #: Settings that may differ when a run is resumed (they change how, not what, it computes).
+    RESUMABLE_CHANGES = ("epochs", "workers", "compile", "fresh_deltas", "fresh_every_epoch", "eval_limit")
 
     def load_state(self, out_dir: str | Path) -> None:
-        """Restore weights, optimizer, schedule, δ and position from ``save``'s files."""
-        from safetensors.torch import load_file
-
+        """Restore weights, optimizer, schedule, δ and position from ``save``'s files. With the same world
+        size the run continues exactly where it stopped; with another one it continues from the same point of
+        the same epoch, at the nearest step of the new global batch, and ``resume_note`` says so."""
         out = Path(out_dir)
-        try:
-            state = torch.load(str(out / "trainer_state.pt"), map_location="cpu", weights_only=True)
-            weights = load_file(str(out / "model.safetensors"))
-        except (FileNotFoundError, RuntimeError, OSError) as exc:
-            raise CheckpointError(f"Cannot resume from {str(out)!r}: no complete nullviz run there ({exc}).") from exc
+        weights, state = load_checkpoint(out)
         saved_cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v
                                       for k, v in json.loads(state["config"]).items()})
-        if replace(saved_cfg, epochs=self.cfg.epochs) != replace(self.cfg, epochs=self.cfg.epochs):
+        same = {k: getattr(self.cfg, k) for k in self.RESUMABLE_CHANGES}
+        if replace(saved_cfg, **same) != self.cfg:
             raise CheckpointError("The run in that folder used other settings; resume it with the same ones "
-                                  "(only the number of epochs may grow).")
+                                  f"(only {', '.join(self.RESUMABLE_CHANGES)} may change).")
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world:
+            images = self.step_in_epoch * self.cfg.batch_size * self.cfg.grad_accum * saved_world
+            self.step_in_epoch = min(self.steps_per_epoch, images // self.global_batch)
+            self.global_step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            self.scheduler.last_epoch = self.global_step - 1
+            self.scheduler.step()  # the learning rate of the new position
+            self.resume_note = (f"Resumed on {self.world} process(es) a run saved on {saved_world}: it continues "
+                                f"from epoch {self.epoch + 1}, step {self.step_in_epoch} of {self.steps_per_epoch} "
+                                f"(the same images seen, to the nearest step of the new global batch "
+                                f"{self.global_batch}); it is not bit-identical to an uninterrupted run.")
         self.delta = state["delta"].to(self.device) if state["delta"] is not None else None
         self.delta_info = json.loads(state["delta_info"])
         self.history = json.loads(state["history"])
@@ -393,26 +455,56 @@ class FinetuneRun:
                 writer.writerow(record)
 
     # ------------------------------------------------------------------------------------------ loop
+    def _stop_requested(self) -> bool:
+        """Any rank's stop request stops every rank at the same step (so they all save and leave together)."""
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0], device=self.device)
+        return bool(D.all_reduce_sum(flag).item() > 0)
+
+    def _micro_batches(self, epoch: int):
+        """This rank's batches of ``epoch`` from the current step on, ``grad_accum`` micro-batches at a time."""
+        cfg = self.cfg
+        loader = make_train_loader(self.train_set, self.batch_sampler(epoch, self.step_in_epoch), cfg.workers,
+                                   pin_memory=self.device.type == "cuda", seed=stream_seed("data_order", cfg.seed, epoch))
+        group: list = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == cfg.grad_accum:
+                yield group
+                group = []
+
     def run(self) -> FinetuneResult:
+        try:
+            return self._run()
+        except RuntimeError as exc:
+            if not self.dist.distributed or isinstance(exc, NullvizError):
+                raise
+            raise PeerFailedError(
+                f"Rank {self.rank} of {self.world}: another process of this run stopped ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no message'}). The last checkpoint is in "
+                f"{str(self.out_dir)!r}: start the same command with --resume to continue from it.") from exc
+
+    def _run(self) -> FinetuneResult:
         t0 = time.perf_counter()
         cfg = self.cfg
         stopped = False
         while self.epoch < cfg.epochs:
-            indices = self._epoch_indices(self.epoch)
             if cfg.method in TOKEN_NOISE_METHODS and (self.step_in_epoch == 0 or self.delta is None):
                 self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
             if self.step_in_epoch == 0:
                 self._epoch_sums = {}
+            batches = self._micro_batches(self.epoch)
             while self.step_in_epoch < self.steps_per_epoch:
-                if self.should_stop():
+                if self._stop_requested():
                     stopped = True
                     break
                 if (cfg.method in TOKEN_NOISE_METHODS and cfg.noise_every and self.step_in_epoch
                         and self.global_step % cfg.noise_every == 0):
                     self.synthesize_delta(stream_seed("train_delta", cfg.seed, self.global_step))
-                lo = self.step_in_epoch * cfg.batch_size
-                x, y = _collate(self.train_set, indices[lo:lo + cfg.batch_size])
-                metrics = self.train_step(x, y)
+                t = time.perf_counter()
+                micro = next(batches)
+                metrics = self._optimizer_step(micro)
+                self._train_seconds += time.perf_counter() - t
+                self._images_trained += self.global_batch
                 self._last_lr = metrics["lr"]
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -427,17 +519,23 @@ class FinetuneRun:
             record = {"kind": "epoch", "method": cfg.method, "epoch": self.epoch + 1, "step": self.global_step,
                       **{k: v / self.steps_per_epoch for k, v in self._epoch_sums.items() if k != "lr"},
                       "lr": self._last_lr, **self.evaluate(None if cfg.fresh_every_epoch or self.epoch + 1 == cfg.epochs
-                                                           else 0), **self.delta_info}
+                                                           else 0), **self.delta_info,
+                      "world_size": self.world, "global_batch": self.global_batch,
+                      "images_per_second": self._images_trained / max(self._train_seconds, 1e-9)}
             self.history.append(record)
             self._log(record)
             self.on_epoch(record)
             self.epoch += 1
             self.step_in_epoch = 0
+            if self.epoch < cfg.epochs:
+                self.save()  # the last checkpoint a failed run resumes from
         checkpoint = self.save()
         return FinetuneResult(config=cfg, history=self.history, epochs_run=self.epoch, steps_run=self.global_step,
                               stopped=stopped, checkpoint=str(checkpoint) if checkpoint else None,
                               seconds=time.perf_counter() - t0, synthesis_seconds=self.synthesis_seconds,
-                              evaluation_synthesis_seconds=self.evaluation_synthesis_seconds)
+                              evaluation_synthesis_seconds=self.evaluation_synthesis_seconds,
+                              world_size=self.world, resume_note=self.resume_note,
+                              images_per_second=self._images_trained / max(self._train_seconds, 1e-9))
 
 
 def _std(values: list[float]) -> float:

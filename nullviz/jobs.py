@@ -359,9 +359,11 @@ class JobKind:
     run: Callable[[dict[str, Any], JobContext], None]
 
 
-def finetune_params(model: dict[str, Any], data: str, configs: list, data_cache: str = "data") -> dict[str, Any]:
-    """Parameters of a 'finetune' job: the model to copy, the data spec, one FinetuneConfig per run."""
-    return {"model": dict(model), "data": data, "data_cache": data_cache,
+def finetune_params(model: dict[str, Any], data: str, configs: list, data_cache: str = "data",
+                    processes: int = 1) -> dict[str, Any]:
+    """Parameters of a 'finetune' job: the model to copy, the data spec, one FinetuneConfig per run, and how
+    many processes (GPUs) each run uses (more than one: launched through torchrun with DDP)."""
+    return {"model": dict(model), "data": data, "data_cache": data_cache, "processes": int(processes),
             "configs": [c if isinstance(c, dict) else asdict(c) for c in configs]}
 
 
@@ -383,6 +385,9 @@ def _validate_finetune(params: dict[str, Any]) -> None:
     names = run_names(params["configs"])
     if len(set(names)) != len(names):
         raise InvalidParameterError("configs", "finetune job", "runs that differ in method or seed", names)
+    processes = params.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 64:
+        raise InvalidParameterError("processes", "finetune job", "an int from 1 to 64", processes)
     if not isinstance(params.get("data"), str) or not params["data"]:
         raise InvalidParameterError("data", "finetune job", "'default', 'cifar10' or an ImageFolder path",
                                     params.get("data"))
@@ -399,19 +404,76 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     configs = [FinetuneConfig(**c) for c in params["configs"]]
     total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / c.batch_size)) for c in configs)
     names = run_names(params["configs"])
-    ctx.update(steps_total=total, steps_done=0, methods=names)
+    processes = int(params.get("processes", 1))
+    if processes > 1:  # each optimizer step covers `processes` batches: fewer steps per epoch
+        total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)))
+                    for c in configs)
+    ctx.update(steps_total=total, steps_done=0, methods=names, processes=processes)
     results: dict[str, Any] = {}
     for name, cfg in zip(names, configs):
         if ctx.should_stop():
             break
         ctx.update(current=name)
-        res = finetune(lm, train, held, cfg, ctx.dir / name, on_step=lambda rec: ctx.step(),
-                       should_stop=ctx.should_stop)
-        summary = res.to_dict()
-        summary["usable"] = res.epochs_run > 0  # a run stopped before its first epoch trained nothing to use
+        if processes > 1:
+            summary = _run_with_torchrun(params, cfg, name, processes, ctx)
+        else:
+            summary = finetune(lm, train, held, cfg, ctx.dir / name, on_step=lambda rec: ctx.step(),
+                               should_stop=ctx.should_stop).to_dict()
+        summary["usable"] = summary.get("epochs_run", 0) > 0  # stopped before its first epoch: nothing to use
         results[name] = summary
         write_json_atomic(ctx.dir / "results.json", results)
     ctx.update(force=True)
+
+
+def torchrun_command(params: dict[str, Any], config_file: Path, out: Path, processes: int) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m nullviz finetune …`` for one run of a finetune job."""
+    m = params["model"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "nullviz", "finetune", "--config", str(config_file), "--data", params["data"],
+           "--data-cache", str(params.get("data_cache", "data")), "--out", str(out), "--json",
+           "--model", m.get("name", "default"), "--device", str(m.get("device", "auto"))]
+    if m.get("checkpoint"):
+        cmd += ["--checkpoint", str(m["checkpoint"])]
+    return cmd
+
+
+def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, ctx: JobContext) -> dict[str, Any]:
+    """One run on several processes: torchrun in a child process; progress from the run's log; Stop sends
+    SIGTERM, which the ranks turn into a shared stop at the next step (rank 0 saves)."""
+    out = ctx.dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.json"
+    write_json_atomic(config_file, asdict(cfg))
+    env = dict(os.environ)
+    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
+    env["OMP_NUM_THREADS"] = str(max(1, threads // processes))  # the job's share of cores, split over ranks
+    log = open(out / "torchrun.log", "w")
+    proc = subprocess.Popen(torchrun_command(params, config_file, out, processes), stdout=subprocess.PIPE,
+                            stderr=log, env=env, text=True, start_new_session=True)
+    follower, steps_seen, signalled = LogFollower(), 0, False
+    try:
+        while proc.poll() is None:
+            new = sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step")
+            if new:
+                ctx.step(new)
+                steps_seen += new
+            if ctx.should_stop() and not signalled:
+                os.killpg(proc.pid, signal.SIGTERM)
+                signalled = True
+            time.sleep(0.5)
+        stdout = proc.stdout.read() if proc.stdout else ""
+    finally:
+        log.close()
+    ctx.step(sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step"))
+    lines = [s for s in stdout.splitlines() if s.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    tail = (out / "torchrun.log").read_text(errors="replace").strip().splitlines()[-20:]
+    errors = [s for s in tail if s.startswith("nullviz: error:")]
+    if signalled:
+        return {"method": cfg.method, "config": asdict(cfg), "epochs_run": 0, "stopped": True, "history": [],
+                "checkpoint": None}
+    raise RuntimeError(errors[-1] if errors else "the distributed run failed:\n" + "\n".join(tail))
 
 
 def evaluate_params(models: list[dict[str, Any]], data: str, config) -> dict[str, Any]:

@@ -151,6 +151,12 @@ class LoadedModel:
         return create_transform(**self.data_config, is_training=False)
 
     @property
+    def train_transform(self):
+        """timm's training augmentation for this model's data config (random resized crop, flip, colour
+        jitter), then normalisation: for finetuning on natural images."""
+        return create_transform(**self.data_config, is_training=True)
+
+    @property
     def pixel_transform(self):
         """The same transform without the normalisation: a [0, 1] tensor (attacks and noise act there)."""
         return create_transform(**{**self.data_config, "mean": (0.0,) * self.in_chans,

@@ -2,11 +2,13 @@
 
 import io
 import json
+import os
 import time
 import zipfile
 from datetime import datetime
 
 import streamlit as st
+import torch
 
 from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
@@ -48,7 +50,13 @@ with st.form("ft_form"):
     source = c[0].selectbox("data", DATA_SOURCES, key="ft_source")
     folder = "" if settings.shared else c[1].text_input("ImageFolder path", key="ft_folder")
     upload = upload_widget("ImageFolder zip", "ft_zip", ["zip"], container=c[2 if not settings.shared else 1])
-    c = st.columns(3)
+    c = st.columns(4)
+    on_gpu = lm.device.type == "cuda"
+    most = max(1, torch.cuda.device_count()) if on_gpu else max(1, min(4, os.cpu_count() or 1))
+    processes = c[3].number_input("processes (GPUs)" if on_gpu else "processes", 1, most, 1, key="ft_procs",
+                                  help="More than one: each run is launched through torchrun with "
+                                       "DistributedDataParallel, one process per GPU (gloo on CPU); the global "
+                                       "batch is the batch size × processes.")
     seed = c[0].number_input("seed", 0, MAX_SEED, 0, key="ft_seed")
     n_seeds = c[2].number_input("seeds per method", 1, 10, 1, key="ft_seeds",
                                 help="Each method runs with seeds seed, seed + 1, …; with 2 or more the comparison "
@@ -91,9 +99,10 @@ if start:
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
-                                 configs, data_cache=str(settings.datasets_cache))
+                                 configs, data_cache=str(settings.datasets_cache), processes=int(processes))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
-                           + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else ""),
+                           + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
+                           + (f" · {int(processes)} processes" if processes > 1 else ""),
                            threads=job_threads())
         st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:

@@ -167,3 +167,30 @@ def test_run_names_are_unique_per_method_and_seed():
     assert run_names([{"method": "baseline", "seed": 0}, {"method": "nullspace", "seed": 0}]) == ["baseline", "nullspace"]
     assert run_names([{"method": "nullspace", "seed": 0}, {"method": "nullspace", "seed": 1},
                       {"method": "gaussian", "seed": 0}]) == ["nullspace-seed0", "nullspace-seed1", "gaussian"]
+
+
+def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    cfgs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=3, batch_size=8, synth_steps=2,
+                           synth_fraction=0.05, fresh_deltas=1, eval_limit=16)]
+    job = queue.submit("finetune", finetune_params(MODEL, "default", cfgs, processes=2), owner="a")
+    (info,) = wait_all(queue, [job], timeout=240)
+    assert info.state == "done", (info.status, (info.dir / "worker.log").read_text()[-2000:])
+    res = info.results["nullspace"]
+    assert res["world_size"] == 2 and res["global_batch"] == 16 and res["usable"]
+    assert info.status["steps_done"] == 3 and info.status["processes"] == 2
+    assert (info.dir / "nullspace" / "model.safetensors").exists()
+    long = [FinetuneConfig(method="baseline", epochs=50, steps_per_epoch=40, batch_size=8, fresh_deltas=0,
+                           eval_limit=16)]
+    job = queue.submit("finetune", finetune_params(MODEL, "default", long, processes=2), owner="a")
+    wait_for(lambda: queue.get(job.id).steps_done >= 5, timeout=240)
+    queue.stop(job.id)
+    (info,) = wait_all(queue, [job], timeout=240)
+    res = info.results.get("baseline", {})
+    assert res.get("stopped") is True and info.steps_done < 50 * 20
+
+
+def test_processes_must_be_a_small_positive_int(tmp_path):
+    queue = JobQueue(tmp_path, max_running=1)
+    with pytest.raises(InvalidParameterError, match="processes"):
+        queue.submit("finetune", finetune_params(MODEL, "default", [FinetuneConfig()], processes=0), owner="a")

@@ -331,6 +331,24 @@ def test_finetune_page_compares_methods_over_seeds(jobs_dir):
     assert any(b.label == "comparison (JSON)" for b in at.get("download_button"))
 
 
+def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
+    at = app("pages/finetune.py")
+    at.multiselect(key="ft_methods").set_value(["baseline"])
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_steps").set_value(2)
+    at.number_input(key="ft_batch").set_value(8)
+    at.number_input(key="ft_fresh").set_value(0)
+    at.number_input(key="ft_procs").set_value(2)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    wait_for_job(at, timeout=240)
+    from nullviz.jobs import JobQueue
+
+    job = JobQueue(jobs_dir, 1).get(at.session_state["ft_job_pick"])
+    assert job.params["processes"] == 2 and job.results["baseline"]["world_size"] == 2
+    assert "2 processes" in job.label
+
+
 def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(jobs_dir):
     at = app("pages/finetune.py")
     for steps in (2, 3):

@@ -1,0 +1,48 @@
+"""One rank of a 2-process gloo run, started by torchrun from tests/test_distributed.py.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/dist_worker.py OUT
+
+Each rank trains a 'nullspace' run on a slice of the digits with its own run folder OUT/rank{r} and saves
+what it saw (δ after synthesis, the evaluation history, the error if any) to OUT/seen{r}.pt.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from nullviz.data import digits_dataset  # noqa: E402
+from nullviz.distributed import cleanup  # noqa: E402
+from nullviz.finetune import FinetuneConfig, FinetuneRun  # noqa: E402
+from nullviz.models import load_model  # noqa: E402
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    rank = int(os.environ["RANK"])
+    lm = load_model("default", device="cpu")
+    train = torch.utils.data.Subset(digits_dataset("train", lm.transform), range(128))
+    held = torch.utils.data.Subset(digits_dataset("heldout", lm.transform), range(41))  # odd: uneven shards
+    cfg = FinetuneConfig(method="nullspace", epochs=2, steps_per_epoch=3, batch_size=8, synth_steps=5,
+                         fresh_deltas=2, fresh_every_epoch=True, seed=3)
+
+    run = FinetuneRun(lm, train, held, cfg, out / f"rank{rank}")
+    seen = {"rank": rank, "world": run.world}
+    try:
+        run.synthesize_delta(11)
+        seen["delta"] = run.delta.clone()
+        result = run.run()
+        seen["history"] = result.history
+    except Exception as exc:  # noqa: BLE001 — report it to the test
+        seen["error"] = f"{type(exc).__name__}: {exc}"
+    torch.save(seen, str(out / f"seen{rank}.pt"))
+    cleanup()
+    return 1 if "error" in seen else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
