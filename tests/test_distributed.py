@@ -90,7 +90,7 @@ def _finetune_cmd(out: Path, method: str, batch: int) -> list[str]:
             "--out", str(out), "--json"]
 
 
-@pytest.mark.parametrize("method", ["baseline", "nullspace"])
+@pytest.mark.parametrize("method", ["baseline", "nullspace", "gaussian", "adversarial"])
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, method):
     two = subprocess.run(TORCHRUN + _finetune_cmd(tmp_path / "two", method, 8), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=240)
@@ -119,6 +119,18 @@ def test_delta_and_evaluation_are_identical_on_both_ranks_and_only_rank_0_writes
     assert numbers[0] == numbers[1]  # every number, every epoch (the held-out set splits unevenly: 21 + 20)
     assert len(seen[0]["history"]) == 2 and "delta_acc" in seen[0]["history"][0]
     assert (tmp_path / "rank0" / "model.safetensors").exists() and not (tmp_path / "rank1").exists()
+
+
+def test_stop_and_resume_on_two_processes_is_bit_identical(tmp_path):
+    worker = str(ROOT / "tests" / "helpers" / "dist_worker.py")
+    for folder, modes in (("straight", ["straight"]), ("interrupted", ["stop", "resume"])):
+        for mode in modes:
+            proc = subprocess.run(TORCHRUN + [worker, str(tmp_path / folder), mode], cwd=ROOT, env=ENV,
+                                  capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0, (mode, proc.stderr[-2000:])
+    a = load_file(str(tmp_path / "straight" / "run" / "model.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "run" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _pid_of_rank(out: Path, rank: int) -> int | None:

@@ -1,9 +1,11 @@
 """One rank of a 2-process gloo run, started by torchrun from tests/test_distributed.py.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/dist_worker.py OUT
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/dist_worker.py OUT [MODE]
 
-Each rank trains a 'nullspace' run on a slice of the digits with its own run folder OUT/rank{r} and saves
-what it saw (δ after synthesis, the evaluation history, the error if any) to OUT/seen{r}.pt.
+MODE 'identity' (default): each rank trains a 'nullspace' run on a slice of the digits with its own run
+folder OUT/rank{r} and saves what it saw (δ after synthesis, the evaluation history, the error if any) to
+OUT/seen{r}.pt. MODE 'straight' / 'stop' / 'resume': one run in OUT/run, uninterrupted / stopped by every rank
+after step 5 / resumed from OUT/run.
 """
 
 import os
@@ -23,6 +25,7 @@ from nullviz.models import load_model  # noqa: E402
 
 def main() -> int:
     out = Path(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "identity"
     rank = int(os.environ["RANK"])
     lm = load_model("default", device="cpu")
     train = torch.utils.data.Subset(digits_dataset("train", lm.transform), range(128))
@@ -30,6 +33,16 @@ def main() -> int:
     cfg = FinetuneConfig(method="nullspace", epochs=2, steps_per_epoch=3, batch_size=8, synth_steps=5,
                          fresh_deltas=2, fresh_every_epoch=True, seed=3)
 
+    if mode != "identity":
+        cfg = FinetuneConfig(method="nullspace", epochs=2, steps_per_epoch=4, batch_size=8, synth_steps=5,
+                             fresh_deltas=0, seed=5)
+        run = FinetuneRun(lm, train, held, cfg, out / "run",
+                          should_stop=(lambda: run.global_step >= 5) if mode == "stop" else None)
+        if mode == "resume":
+            run.load_state(out / "run")
+        result = run.run()
+        cleanup()
+        return 0 if result.stopped == (mode == "stop") else 1
     run = FinetuneRun(lm, train, held, cfg, out / f"rank{rank}")
     seen = {"rank": rank, "world": run.world}
     try:
