@@ -18,7 +18,8 @@ from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_up
                             threads_per_job, valid_workspace_id)
 from nullviz.errors import NullvizError
 from nullviz.jobs import JobQueue
-from nullviz.models import LoadedModel, available_devices, load_model, resolve_device
+from nullviz.models import (COMMON_VITS, LoadedModel, architecture_facts, available_devices, load_model,
+                            resolve_device)
 
 DEFAULT_SPEC = {"name": "default", "checkpoint": None, "device": "auto"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -123,6 +124,12 @@ def current_model() -> LoadedModel:
         return cached_model(**DEFAULT_SPEC).view()
 
 
+@st.cache_data(show_spinner=False)
+def vit_catalog() -> list[tuple[str, str]]:
+    """(name, label) of the common timm ViTs, with patch-embedding shape and structural nullity."""
+    return [(f.name, f.label) for f in (architecture_facts(n) for n in COMMON_VITS)]
+
+
 def model_sidebar() -> None:
     """Sidebar form: embedded default / timm name with pretrained weights / a checkpoint, and device.
 
@@ -136,6 +143,12 @@ def model_sidebar() -> None:
                        "Upload a checkpoint" if shared else "Local checkpoint"]
             current = 0 if spec["name"] == "default" and not spec["checkpoint"] else (2 if spec["checkpoint"] else 1)
             source = st.radio("Source", sources, index=current, key="model_source")
+            catalog = vit_catalog()
+            picks = ["type a name below", *(label for _, label in catalog)]
+            pick = st.selectbox("Common ViTs", picks, key="model_pick",
+                                help="Patch embedding c·p² → D and the nullity its shape forces (from the "
+                                     "architecture alone, nothing downloaded); 'cached': the weights are in "
+                                     "this machine's Hugging Face cache and load offline.")
             name = st.text_input("timm architecture", value="" if spec["name"] == "default" else spec["name"],
                                  placeholder="vit_tiny_patch16_224", key="model_name",
                                  help="For 'timm name' and the checkpoint. Leave empty for a checkpoint "
@@ -160,7 +173,10 @@ def model_sidebar() -> None:
                     st.session_state["model_error"] = str(exc)
                     checkpoint = None
             if checkpoint is not None:
-                _switch_model(source, sources, name.strip(), checkpoint.strip(), device)
+                picked = catalog[picks.index(pick) - 1][0] if pick != picks[0] else ""
+                typed = name.strip()
+                chosen = picked if picked and (not typed or typed == spec["name"]) else typed
+                _switch_model(source, sources, chosen, checkpoint.strip(), device)
         lm = current_model()
         if st.session_state.get("model_error"):
             st.error(st.session_state["model_error"])

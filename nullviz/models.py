@@ -383,6 +383,9 @@ def _create(arch: str, pretrained: bool, **kwargs) -> torch.nn.Module:
         return nullviz_digits_vit(pretrained=pretrained, **kwargs)
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
+    cached = cached_weights_file(arch)
+    if cached is not None:  # already downloaded: no network at all, whether or not HF_HUB_OFFLINE is set
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs)
     _check_hub_reachable(arch)
     try:
         return timm.create_model(arch, pretrained=True, **kwargs)
@@ -392,6 +395,83 @@ def _create(arch: str, pretrained: bool, **kwargs) -> torch.nn.Module:
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, use "
             f"the embedded default model (name 'default'), or load a local checkpoint file "
             f"(.safetensors/.pth) into this architecture.") from exc
+
+
+#: Common timm ViTs offered by name in the app (any other timm ViT can be typed).
+COMMON_VITS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_small_patch32_224",
+               "vit_base_patch32_224", "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
+               "vit_small_patch14_reg4_dinov2", "vit_base_patch16_reg4_gap_256")
+
+
+@dataclass(frozen=True)
+class ArchitectureFacts:
+    """What a ViT's patch embedding is, from its architecture alone (built on the meta device: no weights,
+    no download): patch p, c·p² inputs → D outputs, and the nullity that shape forces, max(0, c·p² − D)
+    (trained weights can only add to it)."""
+
+    name: str
+    patch_size: int
+    in_chans: int
+    embed_dim: int
+    img_size: tuple[int, int]
+    prefix_tokens: int
+    weights_cached: bool
+
+    @property
+    def input_dim(self) -> int:
+        return self.in_chans * self.patch_size ** 2
+
+    @property
+    def structural_nullity(self) -> int:
+        return max(0, self.input_dim - self.embed_dim)
+
+    @property
+    def label(self) -> str:
+        return (f"{self.name} — {self.input_dim}→{self.embed_dim}, nullity ≥ {self.structural_nullity}"
+                + (" · cached" if self.weights_cached else ""))
+
+
+def architecture_facts(name: str) -> ArchitectureFacts:
+    """:class:`ArchitectureFacts` of a timm ViT name (raises ModelNotFoundError / NotAVisionTransformerError)."""
+    _check_is_vit_name(name)
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    _check_is_vit_module(model, name)
+    pe = model.patch_embed
+    return ArchitectureFacts(name=name, patch_size=int(pe.proj.kernel_size[0]), in_chans=int(pe.proj.in_channels),
+                             embed_dim=int(model.embed_dim), img_size=tuple(int(v) for v in pe.img_size),
+                             prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+                             weights_cached=cached_weights_file(name) is not None)
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub), as huggingface_hub itself resolves it."""
+    import os
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def cached_weights_file(arch: str) -> Path | None:
+    """The local file of ``arch``'s pretrained weights if a previous download left it in the hub cache
+    (``model.safetensors``, else ``pytorch_model.bin`` of the timm config's ``hf_hub_id``), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hub_cache_dir()))
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def _check_hub_reachable(arch: str) -> None:

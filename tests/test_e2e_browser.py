@@ -112,3 +112,30 @@ def test_exact_noise_in_the_browser(server, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "nullspace.png"))
     assert page.locator("[data-testid='stException']").count() == 0
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+
+
+def test_sidebar_loads_a_cached_timm_vit_offline(browser, tmp_path):
+    """A common ViT picked in the sidebar loads from a hub cache (written by the test) with no network and
+    without HF_HUB_OFFLINE: the pre-check used to refuse it."""
+    from nullviz.models import create_random_vit
+    from test_models import _fake_hub_cache
+
+    weights = create_random_vit("vit_tiny_patch16_224", seed=3).model.state_dict()
+    _fake_hub_cache(tmp_path / "hub", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "https://hub.invalid",
+           "NULLVIZ_DATA_DIR": str(tmp_path / "data")}
+    env.pop("HF_HUB_OFFLINE", None)
+    with streamlit_server({**env, "HF_HUB_OFFLINE": ""}) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.get_by_text("Active:").first).to_be_visible(timeout=90_000)
+        sidebar.get_by_text("timm name (pretrained, downloads)").click()
+        sidebar.locator('[data-testid="stSelectbox"]').first.click()
+        page.get_by_text("vit_tiny_patch16_224 — 768→192, nullity ≥ 576 · cached").click()
+        sidebar.get_by_role("button", name="Load model").click()
+        expect(sidebar.get_by_text("vit_tiny_patch16_224", exact=False).last).to_be_visible(timeout=60_000)
+        expect(sidebar.locator('[data-testid="stCaptionContainer"]').filter(has_text="Active:")).to_contain_text(
+            "vit_tiny_patch16_224", timeout=60_000)
+        assert sidebar.locator('[data-testid="stAlert"]').count() == 0
+        page.close()

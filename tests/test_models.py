@@ -150,6 +150,44 @@ def test_pretrained_hub_failure_is_translated(monkeypatch):
         load_model("vit_tiny_patch16_224")
 
 
+def _fake_hub_cache(root, repo: str, state: dict) -> None:
+    """A Hugging Face hub cache holding ``repo``'s model.safetensors, in the hub's own layout."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "snapshots" / commit / "model.safetensors"))
+
+
+@pytest.mark.parametrize("offline_flag", [None, "1"])
+def test_cached_pretrained_weights_load_without_a_network(tmp_path, monkeypatch, offline_flag):
+    """A timm name whose weights are in the local hub cache loads offline whether or not HF_HUB_OFFLINE is
+    set (the network pre-check used to refuse it)."""
+    import socket
+
+    from nullviz.models import cached_weights_file, create_random_vit
+
+    weights = create_random_vit("vit_tiny_patch16_224", seed=7).model.state_dict()
+    _fake_hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    if offline_flag:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline_flag)
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert cached_weights_file("vit_tiny_patch16_224") is not None
+    lm = load_model("vit_tiny_patch16_224", device="cpu")
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert cached_weights_file("vit_small_patch16_224") is None  # not cached: the hub path, as before
+
+
 def test_rectangular_patches_are_refused_with_a_clear_message():
     from nullviz.errors import UnsupportedModelError
     from nullviz.models import create_random_vit

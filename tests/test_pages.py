@@ -72,6 +72,15 @@ def test_sidebar_form_is_rendered():
     assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
 
 
+def test_sidebar_offers_common_vits_with_their_nullity():
+    """(Picking one and loading it runs in Chromium: AppTest drops the sidebar after a sidebar form submit.)"""
+    at = app()
+    options = at.selectbox(key="model_pick").options
+    assert options[0] == "type a name below"
+    assert "vit_small_patch16_224 — 768→384, nullity ≥ 384" in [o.replace(" · cached", "") for o in options]
+    assert any(o.startswith("vit_base_patch32_224 — 3072→768, nullity ≥ 2304") for o in options)
+
+
 def test_unloadable_model_falls_back_to_default_with_one_line():
     at = app_with_spec({"name": "resnet50", "checkpoint": None, "device": "auto"})
     assert not at.exception
