@@ -142,7 +142,7 @@ def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
     """A grid of attention maps [rows, cols, gh, gw] (e.g. layers × heads), each with its own scale."""
     maps = np.asarray(maps)
     rows, cols = maps.shape[:2]
-    row_labels = list(row_labels or [f"layer {i}" for i in range(rows)])
+    row_labels = list(row_labels or [f"block {i + 1}" for i in range(rows)])  # 1-based, as the depth chart
     col_labels = list(col_labels or [f"head {j}" for j in range(cols)])
     titles = [f"{row_labels[i]} · {col_labels[j]}" for i in range(rows) for j in range(cols)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,

@@ -72,7 +72,9 @@ st.plotly_chart(figures.depth_curve({"token representation ‖Δh‖/‖h‖": d
                                     "where the noise is absorbed: change per block", log_y=True), key="depth")
 
 c = st.columns(2)
-layer = c[0].slider("layer", 0, cmp.clean.layers - 1, cmp.clean.layers - 1, key="att_layer")
+block = c[0].slider("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_layer",
+                    help="Blocks are numbered from 1, as on the depth chart above.")
+layer = block - 1
 head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
 head = c[1].selectbox("head", head_opts, key="att_head")
 maps_c, maps_n = cmp.clean.cls_maps()[:, 0], cmp.noised.cls_maps()[:, 0]  # [L, H, gh, gw]
@@ -86,7 +88,7 @@ if not cmp.clean.has_class_token:
     st.info(f"The query of these maps and of the rollout is the {query}.")
 st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(),
                                     f"{'CLS' if cmp.clean.has_class_token else 'mean patch query'} → patch attention, "
-                                    f"layer {layer}, {head}"), key="triplet")
+                                    f"block {block}, {head}"), key="triplet")
 
 img = lm.to_display(x)
 img_noised = lm.to_display(x + delta.to(x)) if level == "input" else img

@@ -25,6 +25,8 @@ Robust Vision Transformers*, 2024).
 - **Model** — the architecture facts of the loaded model;
 - **Nullspace** — sample exact or optimised noise for an image and verify that the output does not move;
 - **Attention** — look inside: attention and token representations, clean vs. noised;
+- **Finetune** — train a copy of the model on nullspace noise and on its controls, and compare them;
+- **Robustness** — attacks, corruptions and noise-tolerance curves, for one model or two side by side;
 - **Learn** — the idea step by step, from a 2×3 matrix to a ViT.
 """
 )

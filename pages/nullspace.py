@@ -52,7 +52,8 @@ with st.form("ns_form"):
         tol = c[3].number_input("tolerance ε (mean Σ Δp²)", min_value=1e-5, value=DEFAULTS.tol, format="%.4f",
                                 key="ns_tol")
         c = st.columns(4)
-        steps = c[0].number_input("steps", min_value=1, max_value=5000, value=DEFAULTS.steps, key="ns_steps")
+        st.session_state.setdefault("ns_steps", DEFAULTS.steps)  # (the Learn page may preset it)
+        steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
         source = c[1].selectbox("optimise on", SYNTHESIS_SOURCES, key="ns_source",
                                 index=0 if lm.img_size[0] <= 64 else 1)
         n_images = c[2].number_input("images", min_value=1, max_value=1024, value=128, key="ns_images")
