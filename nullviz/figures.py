@@ -115,22 +115,35 @@ def synthesis_curve(steps: Sequence[int], loss: Sequence[float], mse_probs: Sequ
     return fig
 
 
+#: A difference at most this fraction of the clean quantity's range is float32 rounding, not a change.
+FLOAT32_NEGLIGIBLE = 1e-5
+
+
+def difference_label(dmax: float, span: float) -> str:
+    """How to title a difference: in words when it is zero to float32 precision."""
+    if dmax <= FLOAT32_NEGLIGIBLE * max(span, 1e-30):
+        return f"difference: zero to float32 precision (max {dmax:.0e})"
+    return f"difference (max {dmax:.2e}, {dmax / max(span, 1e-30):.1%} of the clean range)"
+
+
 def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: int = 320) -> go.Figure:
-    """Clean | noised | noised − clean maps; clean and noised share one colour scale, the difference is
-    centred on zero."""
+    """Clean | noised | noised − clean maps; clean and noised share one colour scale, the difference is drawn
+    on ± the clean map's range (never auto-scaled: float32 rounding must not fill the colour scale), and
+    titled in words when it is zero to float32 precision."""
     clean, noised = np.asarray(clean, dtype=np.float64), np.asarray(noised, dtype=np.float64)
     diff = noised - clean
     lo, hi = float(min(clean.min(), noised.min())), float(max(clean.max(), noised.max()))
-    dmax = float(np.abs(diff).max()) or 1e-12
+    dmax = float(np.abs(diff).max())
+    span = float(clean.max() - clean.min()) or max(abs(hi), 1e-12)
     spacing = 0.1
     width = (1 - 2 * spacing) / 3
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", f"difference (max {dmax:.2e})"],
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", difference_label(dmax, span)],
                         horizontal_spacing=spacing)
     fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, showscale=False), row=1, col=1)
     fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL,
                              colorbar=dict(x=2 * width + spacing + 0.01, xanchor="left", len=0.9, thickness=12)),
                   row=1, col=2)
-    fig.add_trace(go.Heatmap(z=diff, zmin=-dmax, zmax=dmax, colorscale=DIVERGING,
+    fig.add_trace(go.Heatmap(z=diff, zmin=-span, zmax=span, colorscale=DIVERGING,
                              colorbar=dict(x=1.01, xanchor="left", len=0.9, thickness=12)), row=1, col=3)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
@@ -138,18 +151,25 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
 
 
 def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
-                   col_labels: Sequence[str] | None = None, title: str = "", cell: int = 90) -> go.Figure:
-    """A grid of attention maps [rows, cols, gh, gw] (e.g. layers × heads), each with its own scale."""
+                   col_labels: Sequence[str] | None = None, title: str = "", cell: int = 90,
+                   symmetric_range: float | None = None) -> go.Figure:
+    """A grid of attention maps [rows, cols, gh, gw] (e.g. blocks × heads), each with its own scale; or, for
+    differences, all on ± ``symmetric_range`` (e.g. the clean maps' largest value) with a diverging scale,
+    the title saying so in words when the largest difference is zero to float32 precision."""
     maps = np.asarray(maps)
+    if symmetric_range is not None:
+        title = f"{title} — {difference_label(float(np.abs(maps).max()), symmetric_range)}, on ±{symmetric_range:.2g}"
     rows, cols = maps.shape[:2]
     row_labels = list(row_labels or [f"block {i + 1}" for i in range(rows)])  # 1-based, as the depth chart
     col_labels = list(col_labels or [f"head {j}" for j in range(cols)])
     titles = [f"{row_labels[i]} · {col_labels[j]}" for i in range(rows) for j in range(cols)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
                         vertical_spacing=0.03 if rows > 1 else 0.1)
+    scale = {} if symmetric_range is None else dict(zmin=-symmetric_range, zmax=symmetric_range, colorscale=DIVERGING)
     for i in range(rows):
         for j in range(cols):
-            fig.add_trace(go.Heatmap(z=maps[i, j], colorscale=SEQUENTIAL, showscale=False), row=i + 1, col=j + 1)
+            fig.add_trace(go.Heatmap(z=maps[i, j], showscale=False, **({"colorscale": SEQUENTIAL} | scale)),
+                          row=i + 1, col=j + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_annotations(font_size=9)
     fig.update_layout(title=title, height=max(200, rows * cell + 60), margin=dict(l=10, r=10, t=50, b=10))

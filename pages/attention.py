@@ -99,7 +99,8 @@ c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised"), key="roll_
 
 with st.expander(f"All layers × heads ({'CLS' if cmp.clean.has_class_token else 'mean patch query'} attention)"):
     st.plotly_chart(figures.attention_grid(maps_c.numpy(), title="clean"), key="grid_c")
-    st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean"), key="grid_d")
+    st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean",
+                                           symmetric_range=float(maps_c.max())), key="grid_d")
 
 st.subheader("Attribution")
 c = st.columns(3)

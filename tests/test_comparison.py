@@ -74,3 +74,20 @@ def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(
             cell = data["paired"][control][metric]
             assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
     assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()
+
+
+def test_difference_figures_say_when_a_change_is_float32_rounding():
+    """Difference maps used to be auto-scaled, painting rounding (1e-8) in full colour."""
+    import numpy as np
+
+    clean = np.linspace(0, 0.4, 16).reshape(4, 4)
+    rounding = clean + 3e-9 * np.sign(np.sin(np.arange(16))).reshape(4, 4)
+    fig = figures.map_triplet(clean, rounding)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[2].startswith("difference: zero to float32 precision")
+    diff = fig.data[2]
+    assert (diff.zmin, diff.zmax) == (-0.4, 0.4)  # on ± the clean range, not ± the rounding
+    real = figures.map_triplet(clean, clean + 0.02)
+    assert "5.0% of the clean range" in [a.text for a in real.layout.annotations][2]
+    grid = figures.attention_grid(np.full((2, 2, 3, 3), 1e-9), title="noised − clean", symmetric_range=0.5)
+    assert "zero to float32 precision" in grid.layout.title.text and grid.data[0].zmax == 0.5
