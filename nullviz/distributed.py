@@ -39,8 +39,7 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (or the one already initialised); the device to train on."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                        dist.get_backend())
+        info = current()
     elif launched_by_torchrun():
         from datetime import timedelta
 

@@ -315,6 +315,20 @@ def frontier_plot(frontier, height: int = 420) -> go.Figure:
     return fig
 
 
+def _interval_bars(name: str, summaries, metrics: Sequence[str], labels: Mapping[str, str],
+                   scale: Mapping[str, float], hover: bool = False) -> go.Bar:
+    """One bar per metric at a :class:`~nullviz.comparison.Summary`'s mean, its 95 % interval as error bars."""
+    k = [scale.get(m, 1.0) for m in metrics]
+    bar = dict(name=name, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(summaries, k)],
+               error_y=dict(type="data", symmetric=False,
+                            array=[(s.ci_high - s.mean) * f for s, f in zip(summaries, k)],
+                            arrayminus=[(s.mean - s.ci_low) * f for s, f in zip(summaries, k)]))
+    if hover:
+        bar.update(hoverinfo="text", hovertext=[f"{name}: {s.mean * f:.3g} (95 % CI {s.ci_low * f:.3g} … "
+                                                f"{s.ci_high * f:.3g}, n = {s.n})" for s, f in zip(summaries, k)])
+    return go.Bar(**bar)
+
+
 def method_bars(comparison, metrics: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
                 scale: Mapping[str, float] | None = None, height: int = 420) -> go.Figure:
     """Grouped bars: one group per metric, one bar per method at its mean over seeds, with the 95 % t-interval
@@ -324,14 +338,8 @@ def method_bars(comparison, metrics: Sequence[str] | None = None, labels: Mappin
     labels, scale = dict(labels or {}), dict(scale or {})
     fig = go.Figure()
     for method in comparison.runs:
-        sums = [comparison.summary(method, m) for m in metrics]
-        k = [scale.get(m, 1.0) for m in metrics]
-        fig.add_trace(go.Bar(
-            name=method, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(sums, k)],
-            error_y=dict(type="data", symmetric=False, array=[(s.ci_high - s.mean) * f for s, f in zip(sums, k)],
-                         arrayminus=[(s.mean - s.ci_low) * f for s, f in zip(sums, k)]),
-            hovertext=[f"{method}: {s.mean * f:.3g} (95 % CI {s.ci_low * f:.3g} … {s.ci_high * f:.3g}, n = {s.n})"
-                       for s, f in zip(sums, k)], hoverinfo="text"))
+        fig.add_trace(_interval_bars(method, [comparison.summary(method, m) for m in metrics], metrics, labels, scale,
+                                     hover=True))
     n = max(len(v) for v in comparison.runs.values())
     fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
                       title=f"mean over {n} seed{'s' if n != 1 else ''}" + (", 95 % intervals" if n > 1 else ""),
@@ -348,13 +356,8 @@ def paired_difference_bars(comparison, metrics: Sequence[str] | None = None,
     labels, scale = dict(labels or {}), dict(scale or {})
     fig = go.Figure()
     for control in comparison.controls:
-        diffs = [comparison.difference(control, m) for m in metrics]
-        k = [scale.get(m, 1.0) for m in metrics]
-        fig.add_trace(go.Bar(
-            name=f"{comparison.method} − {control}", x=[labels.get(m, m) for m in metrics],
-            y=[d.mean * f for d, f in zip(diffs, k)],
-            error_y=dict(type="data", symmetric=False, array=[(d.ci_high - d.mean) * f for d, f in zip(diffs, k)],
-                         arrayminus=[(d.mean - d.ci_low) * f for d, f in zip(diffs, k)])))
+        fig.add_trace(_interval_bars(f"{comparison.method} − {control}",
+                                     [comparison.difference(control, m) for m in metrics], metrics, labels, scale))
     fig.add_hline(y=0, line_width=1)
     fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
                       title=f"{comparison.method} minus each control, paired by seed (95 % intervals)",

@@ -44,13 +44,15 @@ import torch.nn.functional as F
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
+from .comparison import summarize
 from .errors import CheckpointError, InvalidParameterError, NullvizError
 from .loader import EpochBatchSampler, collate, make_train_loader
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens
 from .params import Interval, Options, bounded, validate_fields
 from .robustness import fgsm
 from .seeds import MAX_SEED, stream_seed
-from .synthesis import DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig, synthesize_for_model
+from .synthesis import (DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig, random_like,
+                        synthesize_for_model)
 
 METHODS = ("baseline", "nullspace", "gaussian", "random_start", "adversarial")
 TOKEN_NOISE_METHODS = ("nullspace", "gaussian", "random_start")
@@ -259,18 +261,14 @@ class FinetuneRun:
         self.synthesis_seconds += time.perf_counter() - t
 
     def _gaussian_like(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        g = torch.randn(delta.shape, generator=gen).to(delta)
-        return g / g.norm() * delta.norm()
+        return random_like(delta, "gaussian", torch.Generator().manual_seed(seed))
 
     def _control_like(self, delta: torch.Tensor, method: str, seed: int) -> torch.Tensor:
         """The noise a control method trains on in place of δ: Gaussian, or a fresh unoptimised random
         start (U(−1, 1) rescaled), each of δ's norm."""
         if method == "gaussian":
             return self._gaussian_like(delta, seed)
-        gen = torch.Generator().manual_seed(seed)
-        u = (torch.rand(delta.shape, generator=gen) * 2 - 1).to(delta)
-        return u / u.norm() * delta.norm()
+        return random_like(delta, "uniform", torch.Generator().manual_seed(seed))
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, clean part, noised part) of one micro-batch; every forward goes through ``self.forward``
@@ -373,7 +371,7 @@ class FinetuneRun:
         out: dict[str, Any] = {"clean_acc": clean / n, "fgsm_acc": fgsm_right / n}
         if fresh:
             accs = [r / n for r in fresh_right]
-            out.update(delta_acc=sum(accs) / len(accs), delta_acc_std=_std(accs), delta_acc_seeds=accs,
+            out.update(delta_acc=sum(accs) / len(accs), delta_acc_std=summarize(accs).std, delta_acc_seeds=accs,
                        fresh_delta_l2=sum(float(d.norm()) for d in fresh) / len(fresh))
         if gauss:
             out["gaussian_acc"] = sum(gauss_right) / (n * len(gauss))
@@ -536,14 +534,6 @@ class FinetuneRun:
                               evaluation_synthesis_seconds=self.evaluation_synthesis_seconds,
                               world_size=self.world, resume_note=self.resume_note,
                               images_per_second=self._images_trained / max(self._train_seconds, 1e-9))
-
-
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _classes(dataset) -> list | None:

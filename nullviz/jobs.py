@@ -399,15 +399,15 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     from .models import load_model
 
     m = params["model"]
-    lm = load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
-    train, held = train_heldout(params["data"], lm.transform, params.get("data_cache", "data"))
-    configs = [FinetuneConfig(**c) for c in params["configs"]]
-    total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / c.batch_size)) for c in configs)
-    names = run_names(params["configs"])
     processes = int(params.get("processes", 1))
-    if processes > 1:  # each optimizer step covers `processes` batches: fewer steps per epoch
-        total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)))
-                    for c in configs)
+    # several processes: the torchrun ranks load their own copies; this worker only counts the steps
+    lm = (load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
+          if processes == 1 else None)
+    train, held = train_heldout(params["data"], lm.transform if lm else None, params.get("data_cache", "data"))
+    configs = [FinetuneConfig(**c) for c in params["configs"]]
+    total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)))
+                for c in configs)  # FinetuneRun's steps per epoch: one global batch per step
+    names = run_names(params["configs"])
     ctx.update(steps_total=total, steps_done=0, methods=names, processes=processes)
     results: dict[str, Any] = {}
     for name, cfg in zip(names, configs):
@@ -450,13 +450,12 @@ def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, c
     log = open(out / "torchrun.log", "w")
     proc = subprocess.Popen(torchrun_command(params, config_file, out, processes), stdout=subprocess.PIPE,
                             stderr=log, env=env, text=True, start_new_session=True)
-    follower, steps_seen, signalled = LogFollower(), 0, False
+    follower, signalled = LogFollower(), False
     try:
         while proc.poll() is None:
             new = sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step")
             if new:
                 ctx.step(new)
-                steps_seen += new
             if ctx.should_stop() and not signalled:
                 os.killpg(proc.pid, signal.SIGTERM)
                 signalled = True

@@ -44,11 +44,11 @@ def images_tensor(lm: LoadedModel, dataset, limit: int | None = None) -> tuple[t
     """The first ``limit`` items of a data set of PIL images (or of already transformed tensors), as a
     normalised batch and labels on the model's device."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    tf = lm.transform
+    tf = lm.transform  # a property that builds the transform: once, not per image
     xs, ys = [], []
     for i in range(n):
         img, y = dataset[i]
-        xs.append(img if isinstance(img, torch.Tensor) else tf(img))
+        xs.append(_as_tensor(img, tf))
         ys.append(int(y))
     if not xs:
         return torch.empty(0, *lm.data_config["input_size"]), torch.empty(0, dtype=torch.long)
@@ -383,7 +383,8 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
     fit = None
     if (config.tolerance_magnitudes and "approximate" in config.tolerance_kinds and approx_delta is None
             and len(dataset) > len(y)):  # δ is fit on images after the evaluated ones
-        fit = torch.stack([_as_tensor(lm, dataset[i][0])
+        tf = lm.transform
+        fit = torch.stack([_as_tensor(dataset[i][0], tf)
                            for i in range(len(y), min(len(dataset), len(y) + FIT_IMAGES))]).to(lm.device)
     return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
                      approx_delta, fit)
@@ -393,8 +394,9 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
 FIT_IMAGES = 64
 
 
-def _as_tensor(lm: LoadedModel, img) -> torch.Tensor:
-    return img if isinstance(img, torch.Tensor) else lm.transform(img)
+def _as_tensor(img, transform) -> torch.Tensor:
+    """An item of a data set as a normalised tensor (already one, or a PIL image through ``transform``)."""
+    return img if isinstance(img, torch.Tensor) else transform(img)
 
 
 def _batched(x, y, bs):

@@ -45,7 +45,7 @@ import torch
 
 from .errors import InvalidParameterError, NoiseFileError
 from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
-from .params import Interval, Options, bounded, validate_fields
+from .params import Interval, Options, bounded, check, validate_fields
 
 LEVELS = ("encoder", "input")
 #: The frontier defaults (see SynthesisConfig); the research code's are lim 3, lr 0.1, λ 0.
@@ -399,12 +399,18 @@ def noise_controls(delta: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     noise ('gaussian'), and an unoptimised draw from δ's start distribution U(−a, a) ('random_start'):
     what separates *optimised* from merely *random* noise of that size."""
     gen = torch.Generator().manual_seed(seed + 1)
-    norm = delta.norm()
     permuted = delta.flatten()[torch.randperm(delta.numel(), generator=gen).to(delta.device)].view_as(delta)
-    gauss = torch.randn(delta.shape, generator=gen).to(delta)
-    uniform = (torch.rand(delta.shape, generator=gen) * 2 - 1).to(delta)
-    return {"permuted": permuted, "gaussian": gauss / gauss.norm() * norm,
-            "random_start": uniform / uniform.norm() * norm}
+    return {"permuted": permuted, "gaussian": random_like(delta, "gaussian", gen),
+            "random_start": random_like(delta, "uniform", gen)}
+
+
+def random_like(delta: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Noise of δ's shape, device and norm, drawn from ``gen``: Gaussian, or uniform U(−1, 1) (the
+    distribution of δ's random start, rescaled). The controls of synthesis and of finetuning both use it."""
+    check("kind", "random_like", kind, Options(("gaussian", "uniform")))
+    draw = torch.randn(delta.shape, generator=gen) if kind == "gaussian" else torch.rand(delta.shape, generator=gen) * 2 - 1
+    draw = draw.to(delta)
+    return draw / draw.norm() * delta.norm()
 
 
 @torch.no_grad()
