@@ -63,6 +63,16 @@ with st.form("ns_form"):
             help="Without this, most of x + δ lies outside [0, 1]: not an image a camera or a file can hold.")
     go = st.form_submit_button("Make noise", type="primary")
 
+
+def approximate_inputs() -> tuple[SynthesisConfig, torch.Tensor, torch.Tensor | None]:
+    """The approximate modes' settings and images: config, the images δ is fit on, the images it never sees."""
+    cfg = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
+                          lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip))
+    fit = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
+    unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
+    return cfg, fit, lm.preprocess(unseen) if unseen else None
+
+
 if go:
     try:
         if exact:
@@ -78,12 +88,8 @@ if go:
             st.session_state["current_noise"] = {"kind": "exact", "level": "input", "delta": v, "rtol": ns.rtol,
                                                  "model": lm.name, "extra": extra, "image": chosen.name}
         else:
-            level = "encoder" if mode == MODES[2] else "input"
-            cfg = SynthesisConfig(level=level, lim=float(lim), lr=float(lr), lam=float(lam), tol=float(tol),
-                                  steps=int(steps), seed=int(seed), clip=bool(clip))
-            images = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
-            unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
-            check = lm.preprocess(unseen) if unseen else None
+            cfg, images, check = approximate_inputs()
+            level = cfg.level
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
             hist = {"step": [], "loss": [], "mse": [], "agree": []}
@@ -224,15 +230,10 @@ if not exact:
         if sweep:
             try:
                 grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
-                base = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
-                                       lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed),
-                                       clip=bool(clip))
-                images = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
-                unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
+                base, images, check = approximate_inputs()
                 bar = st.progress(0.0, text="tracing…")
                 st.session_state["ns_frontier"] = frontier(
-                    lm, images, base, lams=grid["lam"], lims=grid["lim"], steps=grid["steps"],
-                    check_images=lm.preprocess(unseen) if unseen else None,
+                    lm, images, base, lams=grid["lam"], lims=grid["lim"], steps=grid["steps"], check_images=check,
                     progress=lambda k, n, p: bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, "
                                                                        f"unseen Σ Δp² {p.check_mse_probs:.1e}"))
             except NullvizError as exc:

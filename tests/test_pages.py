@@ -304,15 +304,19 @@ def wait_for_job(at, until=lambda at: bool(at.table), timeout=180):
     raise AssertionError(f"timed out; progress: {progress_text(at)!r}")
 
 
-def test_finetune_page_start_poll_stop_and_use(jobs_dir):
-    at = app("pages/finetune.py")
-    at.multiselect(key="ft_methods").set_value(["baseline", "nullspace"])
-    at.number_input(key="ft_epochs").set_value(1)
-    at.number_input(key="ft_steps").set_value(3)
-    at.number_input(key="ft_batch").set_value(16)
-    at.number_input(key="ft_synth_steps").set_value(5)
+def start_finetune(at, methods, **numbers):
+    """Pick methods, set the form's number inputs (ft_<name>) and press Start; the page must accept it."""
+    at.multiselect(key="ft_methods").set_value(list(methods))
+    for name, value in numbers.items():
+        at.number_input(key=f"ft_{name}").set_value(value)
     at.button[0].click().run()
     assert not at.exception and not at.error
+    return at
+
+
+def test_finetune_page_start_poll_stop_and_use(jobs_dir):
+    at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=3, batch=16,
+                        synth_steps=5)
     assert at.session_state["ft_job_pick"]
     wait_for_job(at)
     table = at.table[0].value
@@ -324,16 +328,8 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
 
 
 def test_finetune_page_compares_methods_over_seeds(jobs_dir):
-    at = app("pages/finetune.py")
-    at.multiselect(key="ft_methods").set_value(["baseline", "nullspace"])
-    at.number_input(key="ft_epochs").set_value(1)
-    at.number_input(key="ft_steps").set_value(2)
-    at.number_input(key="ft_batch").set_value(16)
-    at.number_input(key="ft_synth_steps").set_value(3)
-    at.number_input(key="ft_fresh").set_value(1)
-    at.number_input(key="ft_seeds").set_value(2)
-    at.button[0].click().run()
-    assert not at.exception and not at.error
+    at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=2, batch=16,
+                        synth_steps=3, fresh=1, seeds=2)
     wait_for_job(at, timeout=240)
     assert list(at.table[0].value["method"]) == ["baseline-seed0", "baseline-seed1", "nullspace-seed0",
                                                  "nullspace-seed1"]
@@ -343,15 +339,7 @@ def test_finetune_page_compares_methods_over_seeds(jobs_dir):
 
 
 def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
-    at = app("pages/finetune.py")
-    at.multiselect(key="ft_methods").set_value(["baseline"])
-    at.number_input(key="ft_epochs").set_value(1)
-    at.number_input(key="ft_steps").set_value(2)
-    at.number_input(key="ft_batch").set_value(8)
-    at.number_input(key="ft_fresh").set_value(0)
-    at.number_input(key="ft_procs").set_value(2)
-    at.button[0].click().run()
-    assert not at.exception and not at.error
+    at = start_finetune(app("pages/finetune.py"), ["baseline"], epochs=1, steps=2, batch=8, fresh=0, procs=2)
     wait_for_job(at, timeout=240)
     from nullviz.jobs import JobQueue
 
@@ -363,11 +351,7 @@ def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
 def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(jobs_dir):
     at = app("pages/finetune.py")
     for steps in (2, 3):
-        at.multiselect(key="ft_methods").set_value(["baseline"])
-        at.number_input(key="ft_epochs").set_value(1)
-        at.number_input(key="ft_steps").set_value(steps)
-        at.button[0].click().run()
-        assert not at.exception and not at.error
+        start_finetune(at, ["baseline"], epochs=1, steps=steps)
         wait_for_job(at)  # the first job's final table is showing when the second is started
     newest = app_state_queue().jobs()[0]
     assert at.selectbox(key="ft_job_pick").value == newest.id
