@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import torch
 from PIL import Image
 
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
-                            threads_per_job, valid_workspace_id)
+                            server_threads, threads_per_job, valid_workspace_id)
 from nullviz.errors import NullvizError
 from nullviz.jobs import JobQueue
 from nullviz.models import (COMMON_VITS, LoadedModel, architecture_facts, available_devices, load_model,
@@ -33,7 +34,9 @@ def server_settings() -> ServerSettings:
         overrides = dict(st.secrets.get("nullviz", {}))
     except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
         overrides = {}
-    return ServerSettings.from_env(overrides=overrides)
+    settings = ServerSettings.from_env(overrides=overrides)
+    torch.set_num_threads(server_threads(settings.max_running_jobs))  # leave the jobs' cores to the jobs
+    return settings
 
 
 @st.cache_resource(show_spinner=False)

@@ -261,3 +261,26 @@ def test_attention_page_bad_noise_upload_names_the_users_file(jobs_dir):
     at.run()
     assert not at.exception
     assert at.error[0].value.startswith("'my δ.pt' is not a nullviz noise file: it is not a PyTorch file")
+
+
+def test_the_server_leaves_the_jobs_cores_to_the_jobs(monkeypatch, server_env):
+    """Beside a running job, 2 server threads made one δ synthesis 30× slower than 1 (OpenMP pools spinning
+    against each other on the same cores)."""
+    from nullviz import deploy
+
+    for cores, jobs, expected in ((2, 1, 1), (16, 4, 1), (16, 2, 1), (3, 2, 1), (1, 1, 1)):
+        monkeypatch.setattr(deploy.os, "cpu_count", lambda cores=cores: cores)
+        assert deploy.server_threads(jobs) == expected
+        assert deploy.threads_per_job(jobs) * jobs + deploy.server_threads(jobs) <= max(cores, 1) + 1
+    monkeypatch.setattr(deploy.os, "cpu_count", lambda: 8)
+    assert (deploy.threads_per_job(3), deploy.server_threads(3)) == (2, 2)
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    try:
+        import app_state
+
+        server_env(NULLVIZ_MAX_JOBS="1")
+        app_state.server_settings()
+        assert torch.get_num_threads() == deploy.server_threads(1)
+    finally:
+        torch.set_num_threads(before)
