@@ -187,11 +187,11 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     n = max(1, round(len(sets[0]) * 0.2))
     seed = stream_seed("fresh_delta", 0, 0)
     idx = torch.randperm(len(sets[0]), generator=torch.Generator().manual_seed(seed))[:n]
-    x = torch.stack([sets[0][int(i)][0] for i in idx])
+    x = torch.stack([sets[0][int(i)][0] for i in idx]).to(run.device)
     run.model.eval()
     delta = synthesize_for_model(run.model, x, run.cfg.synthesis(seed)).delta
-    xs = torch.stack([sets[1][i][0] for i in range(len(sets[1]))])
-    ys = torch.tensor([sets[1][i][1] for i in range(len(sets[1]))])
+    xs = torch.stack([sets[1][i][0] for i in range(len(sets[1]))]).to(run.device)
+    ys = torch.tensor([sets[1][i][1] for i in range(len(sets[1]))]).to(run.device)
     acc = float((run._predict(xs, delta) == ys).float().mean())
     assert acc == pytest.approx(last["delta_acc_seeds"][0])
     only_training = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=0)).run().history[-1]
