@@ -5,7 +5,7 @@ import streamlit as st
 st.set_page_config(page_title="nullviz", page_icon=":material/blur_on:", layout="wide")
 
 with st.spinner("Loading PyTorch and timm (first start of the server only)…"):
-    from app_state import follow_deep_link, init_session, model_sidebar
+    from app_state import follow_deep_link, init_session, model_sidebar, presentation_mode, presentation_shell
 
 init_session()
 
@@ -20,5 +20,8 @@ pages = [
 ]
 nav = st.navigation(pages)
 follow_deep_link()
-model_sidebar()
+if presentation_mode():
+    presentation_shell()  # no sidebar: the model stays as chosen
+else:
+    model_sidebar()
 nav.run()

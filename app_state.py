@@ -19,10 +19,9 @@ from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_up
                             server_threads, threads_per_job, valid_workspace_id)
 from nullviz.errors import NullvizError
 from nullviz.jobs import JobQueue
-from nullviz.models import (COMMON_VITS, LoadedModel, architecture_facts, available_devices, load_model,
-                            resolve_device)
+from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
+                            embedded_model, load_model, resolve_device)
 
-DEFAULT_SPEC = {"name": "default", "checkpoint": None, "device": "auto"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -37,6 +36,12 @@ def server_settings() -> ServerSettings:
     settings = ServerSettings.from_env(overrides=overrides)
     torch.set_num_threads(server_threads(settings.max_running_jobs))  # leave the jobs' cores to the jobs
     return settings
+
+
+def default_spec() -> dict:
+    """The model every session starts on (``NULLVIZ_DEFAULT_MODEL``: the cluttered-digits ViT unless the
+    server says otherwise), and what a failed load falls back to."""
+    return {"name": server_settings().default_model, "checkpoint": None, "device": "auto"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -84,7 +89,7 @@ def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
 
 def init_session() -> None:
     """Session defaults, set once per browser session (app.py calls this before any page)."""
-    st.session_state.setdefault("model_spec", dict(DEFAULT_SPEC))
+    st.session_state.setdefault("model_spec", default_spec())
     st.session_state.setdefault("model_error", None)
     workspace()
 
@@ -97,7 +102,7 @@ def require_shell(page_file: str) -> None:
     run goes to app.py once, which sets up navigation and switches back to the page.
     """
     if "model_spec" not in st.session_state:
-        st.session_state["_deep_link"] = f"pages/{Path(page_file).name}"
+        st.session_state["_deep_link"] = (f"pages/{Path(page_file).name}", st.query_params.to_dict())
         st.switch_page("app.py")
 
 
@@ -105,7 +110,41 @@ def follow_deep_link() -> None:
     """Called by app.py after ``st.navigation``: finish a deep link that ``require_shell`` redirected."""
     target = st.session_state.pop("_deep_link", None)
     if target:
-        st.switch_page(target)
+        page, params = target
+        st.switch_page(page, query_params=params or None)  # ?present=1&step=4 survives the detour
+
+
+PRESENTATION_CSS = """<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarCollapseButton"],
+[data-testid="stExpandSidebarButton"] {display: none !important}
+[data-testid="stMainBlockContainer"] {zoom: 1.3; max-width: 100%; padding-left: 3rem; padding-right: 3rem}
+</style>"""
+
+
+def presentation_mode() -> bool:
+    """Presentation mode: for projecting in class (``?present=1`` opens it; the Learn page toggles it)."""
+    if "presentation" not in st.session_state:
+        st.session_state["presentation"] = st.query_params.get("present") == "1"
+    return bool(st.session_state["presentation"])
+
+
+def set_presentation_mode(on: bool) -> None:
+    st.session_state["presentation"] = bool(on)
+    st.session_state["learn_big"] = bool(on)  # the Learn page's toggle shows the same state
+    if on:
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
+
+
+def presentation_shell() -> None:
+    """In presentation mode every page is scaled up (text, figures and widgets alike: the whole main block is
+    zoomed, so figures keep their proportions) and the sidebar is hidden; a button leaves the mode."""
+    if not presentation_mode():
+        return
+    st.markdown(PRESENTATION_CSS, unsafe_allow_html=True)
+    st.button("Leave presentation mode", key="leave_presentation", on_click=set_presentation_mode, args=(False,),
+              icon=":material/close_fullscreen:")
 
 
 def current_model() -> LoadedModel:
@@ -116,15 +155,15 @@ def current_model() -> LoadedModel:
     shared weights. The library already leaves a model untouched; the view makes that hold by construction
     for whatever a page does, and for this session's previous run still finishing in another thread.
     """
-    spec = st.session_state.get("model_spec", DEFAULT_SPEC)
+    spec = st.session_state.get("model_spec") or default_spec()
     try:
         if spec["checkpoint"]:
             workspace().check_server_path(spec["checkpoint"], "the checkpoint")
         return cached_model(spec["name"], spec["checkpoint"], spec["device"]).view()
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)
-        st.session_state["model_spec"] = dict(DEFAULT_SPEC)
-        return cached_model(**DEFAULT_SPEC).view()
+        st.session_state["model_spec"] = default_spec()
+        return cached_model(**default_spec()).view()
 
 
 @st.cache_data(show_spinner=False)
@@ -142,17 +181,24 @@ def model_sidebar() -> None:
     with st.sidebar:
         st.subheader("Model")
         with st.form("model_form", border=False):
-            sources = ["Embedded default (digits ViT)", "timm name (pretrained, downloads)",
+            sources = ["Embedded model (offline)", "timm name (pretrained, downloads)",
                        "Upload a checkpoint" if shared else "Local checkpoint"]
-            current = 0 if spec["name"] == "default" and not spec["checkpoint"] else (2 if spec["checkpoint"] else 1)
+            embedded = embedded_model(spec["name"]) if not spec["checkpoint"] else None
+            current = 0 if embedded is not None else (2 if spec["checkpoint"] else 1)
             source = st.radio("Source", sources, index=current, key="model_source")
+            names = [m.aliases[-1] for m in EMBEDDED_MODELS.values()]
+            shown = embedded.aliases[-1] if embedded is not None else server_settings().default_model
+            embedded_pick = st.selectbox(
+                "Embedded model", names, index=names.index(shown), key="model_embedded",
+                format_func=lambda n: f"{n} — {embedded_model(n).description}",
+                help="Models that ship with nullviz, trained by the scripts in scripts/ (no network).")
             catalog = vit_catalog()
             picks = ["type a name below", *(label for _, label in catalog)]
             pick = st.selectbox("Common ViTs", picks, key="model_pick",
                                 help="Patch embedding c·p² → D and the nullity its shape forces (from the "
                                      "architecture alone, nothing downloaded); 'cached': the weights are in "
                                      "this machine's Hugging Face cache and load offline.")
-            name = st.text_input("timm architecture", value="" if spec["name"] == "default" else spec["name"],
+            name = st.text_input("timm architecture", value="" if embedded_model(spec["name"]) else spec["name"],
                                  placeholder="vit_tiny_patch16_224", key="model_name",
                                  help="For 'timm name' and the checkpoint. Leave empty for a checkpoint "
                                       "saved by nullviz (its .json sidecar names the architecture).")
@@ -179,7 +225,8 @@ def model_sidebar() -> None:
                 picked = catalog[picks.index(pick) - 1][0] if pick != picks[0] else ""
                 typed = name.strip()
                 chosen = picked if picked and (not typed or typed == spec["name"]) else typed
-                _switch_model(source, sources, chosen, checkpoint.strip(), device)
+                _switch_model(source, sources, embedded_pick if source == sources[0] else chosen, checkpoint.strip(),
+                              device)
         lm = current_model()
         if st.session_state.get("model_error"):
             st.error(st.session_state["model_error"])
@@ -192,7 +239,7 @@ def model_sidebar() -> None:
 
 def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, device: str) -> None:
     if source == sources[0]:
-        new = {"name": "default", "checkpoint": None, "device": device}
+        new = {"name": name, "checkpoint": None, "device": device}
     elif source == sources[1]:
         if not name:
             st.session_state["model_error"] = "Type a timm architecture name, e.g. vit_tiny_patch16_224."
@@ -223,6 +270,13 @@ def set_active_checkpoint(path: str, device: str | None = None) -> None:
     st.session_state["model_error"] = None
 
 
+def default_sample_for(lm: LoadedModel) -> str:
+    """The sample a page opens with: the model's own kind of image (a cluttered scene, a digit), else a photo."""
+    if lm.name == "nullviz_cluttered_vit":
+        return "scene-3"
+    return "digit-3" if lm.img_size[0] <= 64 else "chelsea"
+
+
 @dataclass
 class ChosenImage:
     name: str
@@ -234,7 +288,7 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
     lm = current_model()
     names = sample_image_names()
     if default_sample is None:
-        default_sample = "digit-3" if lm.img_size[0] <= 64 else "chelsea"  # small models: digits
+        default_sample = default_sample_for(lm)
     col1, col2 = st.columns([1, 1])
     with col1:
         sample = st.selectbox("Sample image", names, index=names.index(default_sample), key=f"{key}_sample")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -276,3 +276,204 @@ def compare(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level:
         layer_attention_js=attention_distance(clean.attention, noised.attention, "js"),
         layer_repr_change=change[1:], embed_repr_change=float(change[0]),
     )
+
+
+# ----------------------------------------------------------------------------------- research views
+def query_index(num_prefix_tokens: int, grid_size: tuple[int, int], patch: tuple[int, int] | None) -> int:
+    """Token index of a query: None → token 0 (the class token), (row, col) → that patch's token."""
+    if patch is None:
+        return 0
+    gh, gw = grid_size
+    r, c = patch
+    if not (0 <= r < gh and 0 <= c < gw):
+        raise InvalidParameterError("patch", "query_index", f"(row, col) inside the {gh}×{gw} grid", patch)
+    return num_prefix_tokens + r * gw + c
+
+
+def query_maps(attention: torch.Tensor, query: int, num_prefix_tokens: int,
+               grid_size: tuple[int, int]) -> torch.Tensor:
+    """[L, B, H, T, T] → the attention of token ``query`` to the patch tokens as [L, B, H, gh, gw]: row
+    ``query`` of the full matrix, without the prefix columns."""
+    T = attention.shape[-1]
+    if not 0 <= query < T:
+        raise InvalidParameterError("query", "query_maps", f"a token index in 0…{T - 1}", query)
+    gh, gw = grid_size
+    return attention[..., query, num_prefix_tokens:].reshape(*attention.shape[:-2], gh, gw)
+
+
+def patch_distances(grid_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """[P, P] Euclidean distance in pixels between patch centres (P = gh·gw)."""
+    gh, gw = grid_size
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], 1).double() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                            patch_size: int) -> torch.Tensor:
+    """Mean attention distance in pixels (Dosovitskiy et al. 2021, Fig. 7): for every patch query, the
+    attention-weighted distance to the patch keys, averaged over the queries. [L, B, H, T, T] → [L, B, H].
+
+    Only patch-to-patch attention has a distance; the weights are renormalised over the patch keys, so a
+    head that sends most of its mass to the class token still reports how far its patch attention reaches."""
+    n = num_prefix_tokens
+    a = attention[..., n:, n:].double()
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
+    d = patch_distances(grid_size, patch_size)
+    return (a * d).sum(-1).mean(-1).float()
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """Entropy of each attention row −Σ p log p in nats (over all keys), averaged over the queries:
+    [L, B, H, T, T] → [L, B, H]. 0 = every query looks at one token; log T = uniform attention."""
+    p = attention.double()
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1).float()
+
+
+@dataclass
+class HeadStatistics:
+    """Per layer and head, mean over images: attention distance (pixels) and entropy (nats), clean vs.
+    noised. Arrays are [layers, heads]."""
+
+    distance_clean: np.ndarray
+    distance_noised: np.ndarray
+    entropy_clean: np.ndarray
+    entropy_noised: np.ndarray
+    max_entropy: float  # log T: uniform attention
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+
+def head_statistics(clean: AttentionTrace, noised: AttentionTrace, patch_size: int) -> HeadStatistics:
+    """Attention distance and entropy per head and layer of two traces of the same images."""
+    def dist(t):
+        return mean_attention_distance(t.attention, t.num_prefix_tokens, t.grid_size, patch_size).mean(1).numpy()
+
+    return HeadStatistics(distance_clean=dist(clean), distance_noised=dist(noised),
+                          entropy_clean=attention_entropy(clean.attention).mean(1).numpy(),
+                          entropy_noised=attention_entropy(noised.attention).mean(1).numpy(),
+                          max_entropy=float(np.log(clean.tokens)))
+
+
+@dataclass
+class SetStatistics:
+    """Clean vs. noised over a set of images: per image and layer, the attention change (total variation of
+    the attention rows) and the relative representation change; mean output-query maps; head statistics."""
+
+    attention_tv: np.ndarray  # [N, L]
+    repr_change: np.ndarray  # [N, L] after each block
+    mean_map_clean: np.ndarray  # [L, gh, gw] mean over images and heads
+    mean_map_noised: np.ndarray
+    heads: HeadStatistics
+    top1_agreement: float  # share of images whose top-1 class the noise keeps
+    images: int
+    query: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "query": self.query, "top1_agreement": self.top1_agreement,
+                "attention_tv_mean": self.attention_tv.mean(0).tolist(),
+                "attention_tv_max": self.attention_tv.max(0).tolist(),
+                "repr_change_mean": self.repr_change.mean(0).tolist(),
+                "repr_change_max": self.repr_change.max(0).tolist(), "heads": self.heads.to_dict()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"attention_tv": self.attention_tv, "repr_change": self.repr_change,
+                "mean_map_clean": self.mean_map_clean, "mean_map_noised": self.mean_map_noised,
+                **{f"heads_{k}": v for k, v in self.heads.__dict__.items() if isinstance(v, np.ndarray)}}
+
+
+def _per_image(clean: AttentionTrace, noised: AttentionTrace) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] attention TV and [B, L] representation change of each image of a batch."""
+    tv = 0.5 * (clean.attention.double() - noised.attention.double()).abs().sum(-1).mean(dim=(2, 3))  # [L, B]
+    h0, h1 = clean.hidden[1:].double(), noised.hidden[1:].double()  # [L, B, T, D]
+    rc = (h1 - h0).flatten(2).norm(dim=2) / h0.flatten(2).norm(dim=2).clamp_min(1e-30)
+    return tv.T.float(), rc.T.float()
+
+
+def set_statistics(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level: str = "input",
+                   batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> SetStatistics:
+    """Clean vs. noised statistics over images ``x`` [N, C, H, W] (normalised), traced ``batch_size`` at a
+    time (one noise for all: pixel noise at level 'input', token δ at 'encoder'); ``progress(done, N)``
+    after each batch. Equal to tracing the images one at a time (tested)."""
+    check("level", "attention.set_statistics", level, Options(("input", "encoder")))
+    check("batch_size", "attention.set_statistics", batch_size, Interval(int, 1, None))
+    if x.dim() != 4 or len(x) == 0:
+        raise InvalidParameterError("x", "attention.set_statistics", "a non-empty [N, C, H, W] batch",
+                                    tuple(x.shape))
+    views = attention_views(lm)
+    tvs, rcs, agree = [], [], 0
+    sums: dict[str, Any] = {}
+    n = len(x)
+    for start in range(0, n, batch_size):
+        xb = x[start:start + batch_size].to(lm.device)
+        clean = trace(lm.model, xb, views=views)
+        if noise is None:
+            noised = clean
+        elif level == "input":
+            noised = trace(lm.model, xb + (noise if noise.dim() == 4 else noise[None]).to(xb), views=views)
+        else:
+            noised = trace(lm.model, xb, token_noise=noise, views=views)
+        tv, rc = _per_image(clean, noised)
+        tvs.append(tv)
+        rcs.append(rc)
+        agree += int((clean.logits.argmax(-1) == noised.logits.argmax(-1)).sum())
+        parts = {
+            "map_clean": clean.cls_maps().double().mean(2).sum(1),  # [L, gh, gw] summed over images
+            "map_noised": noised.cls_maps().double().mean(2).sum(1),
+            "dist_clean": mean_attention_distance(clean.attention, clean.num_prefix_tokens, clean.grid_size,
+                                                  lm.patch_size).double().sum(1),  # [L, H]
+            "dist_noised": mean_attention_distance(noised.attention, noised.num_prefix_tokens, noised.grid_size,
+                                                   lm.patch_size).double().sum(1),
+            "ent_clean": attention_entropy(clean.attention).double().sum(1),
+            "ent_noised": attention_entropy(noised.attention).double().sum(1),
+        }
+        for k, v in parts.items():
+            sums[k] = sums[k] + v if k in sums else v
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    mean = {k: (v / n).float().numpy() for k, v in sums.items()}
+    return SetStatistics(
+        attention_tv=torch.cat(tvs).numpy(), repr_change=torch.cat(rcs).numpy(),
+        mean_map_clean=mean["map_clean"], mean_map_noised=mean["map_noised"],
+        heads=HeadStatistics(mean["dist_clean"], mean["dist_noised"], mean["ent_clean"], mean["ent_noised"],
+                             float(np.log(clean.tokens))),
+        top1_agreement=agree / n, images=n, query=clean.query_label)
+
+
+@dataclass
+class NoiseContrast:
+    """Per layer, how far each noise moves the representations and the attention of the same images."""
+
+    names: list[str]
+    norms: list[float]  # L2 norm of each noise (its own level: pixels in normalised units, or tokens)
+    levels: list[str]
+    repr_change: np.ndarray  # [noises, L + 1]: after the patch embedding (+ position), then each block
+    attention_tv: np.ndarray  # [noises, L]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "norms": self.norms, "levels": self.levels,
+                "repr_change": self.repr_change.tolist(), "attention_tv": self.attention_tv.tolist()}
+
+
+def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]]) -> NoiseContrast:
+    """Trace clean ``x`` once and each named (noise, level) once: the teaching chart of the app — exact
+    nullspace noise (zero to float32 precision at every depth), an approximate δ (small, growing or not
+    with depth), and random noise of the same norm (large from the first layer)."""
+    if not noises:
+        raise InvalidParameterError("noises", "attention.noise_contrast", "at least one (noise, level)", noises)
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    views = attention_views(lm)
+    clean = trace(lm.model, x, views=views)
+    rc, tv, norms, levels = [], [], [], []
+    for name, (noise, level) in noises.items():
+        check("level", "attention.noise_contrast", level, Options(("input", "encoder")))
+        if level == "input":
+            noised = trace(lm.model, x + (noise if noise.dim() == 4 else noise[None]).to(x), views=views)
+        else:
+            noised = trace(lm.model, x, token_noise=noise, views=views)
+        rc.append(representation_change(clean.hidden, noised.hidden).numpy())
+        tv.append(attention_distance(clean.attention, noised.attention, "tv").numpy())
+        norms.append(float(noise.double().norm()))
+        levels.append(level)
+    return NoiseContrast(list(noises), norms, levels, np.stack(rc), np.stack(tv))

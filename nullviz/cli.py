@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 from .errors import InvalidParameterError, NullvizError
 
+OWN = "'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered'"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage + error
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthesize", help="optimise approximate-nullspace noise δ (encoder or input level)")
     _model_args(p)
     p.add_argument("--level", default="encoder", choices=["encoder", "input"])
-    p.add_argument("--data", default="default", help="'default' (digits train split) or an ImageFolder path")
+    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered' (train split) or an ImageFolder path")
     p.add_argument("--images", type=int, default=128, help="number of images δ is fit on")
     p.add_argument("--check-images", type=int, default=64,
                    help="images δ never sees, to judge it (digits: the held-out split; a folder: the next ones)")
@@ -79,11 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
     p.add_argument("--discard-ratio", type=float, default=0.0)
+    p.add_argument("--query", default="cls", help="the query token of the maps: 'cls' or a patch 'ROW,COL' (0-based)")
+    p.add_argument("--block", type=int, default=None, help="with --query: the block (1-based; default the last)")
+    p.add_argument("--contrast", action="store_true",
+                   help="per layer: exact nullspace noise vs the --noise δ (if a file) vs random noise of the same norms")
+    p.add_argument("--set", type=int, default=0, metavar="N",
+                   help="statistics over N images of --data (attention change, representation change, heads)")
+    p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path, for --set")
+    p.add_argument("--batch-size", type=int, default=64, help="images per traced batch, for --set")
     p.add_argument("--out", type=Path, default=None, help="write attention tensors and rollouts (.npz)")
 
     p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
     _model_args(p)
-    p.add_argument("--data", default="default", help="'default' (digits held-out split) or an ImageFolder path")
+    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered' (held-out split) or an ImageFolder path")
     p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, patchfool; or 'none'")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
     p.add_argument("--pgd-steps", type=int, default=10)
@@ -103,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--method", default="nullspace",
                    choices=["baseline", "nullspace", "gaussian", "random_start", "adversarial"])
-    p.add_argument("--data", default="default", help="'default' (digits), 'cifar10', or an ImageFolder path")
+    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered', 'cifar10', or an ImageFolder path")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
     p.add_argument("--batch-size", type=int, default=64)
@@ -154,16 +164,21 @@ def _load(args):
 
 
 def cmd_info(args) -> dict[str, Any]:
-    from .data import digits_dataset
-    from .models import DEFAULT_MODEL_NAME
+    from .data import digits_dataset, own_data
+    from .models import embedded_model
 
     lm = _load(args)
     out = lm.facts()
-    if lm.name == DEFAULT_MODEL_NAME:
+    own = embedded_model(lm.name)  # an embedded architecture (shipped weights or a finetuned checkpoint)
+    if own is not None and own.data == "digits":
         from .robustness import accuracy
 
         out["heldout_accuracy"] = accuracy(lm, digits_dataset("heldout"))
         out["heldout_images"] = len(digits_dataset("heldout"))
+    elif own is not None:  # re-measure what the training script recorded (accuracy, localisation, invariance)
+        from .cluttered import measure
+
+        out.update(measure(lm))
     return out
 
 
@@ -195,10 +210,11 @@ def cmd_nullspace(args) -> dict[str, Any]:
 
 def _fit_and_check_images(lm, data: str, n_fit: int, n_check: int):
     """Fit images from the data's train split; check images δ never sees (digits: the held-out split)."""
-    from .data import load_dataset
+    from .data import EMBEDDED_DATA, load_dataset, own_data
     from .robustness import images_tensor
 
-    if data in ("default", "digits"):
+    data = own_data(data, lm.name)
+    if data in EMBEDDED_DATA:
         x, _ = images_tensor(lm, load_dataset(data, split="train"), limit=n_fit)
         check, _ = images_tensor(lm, load_dataset(data, split="heldout"), limit=n_check)
         return x, check
@@ -265,36 +281,83 @@ def cmd_synthesize(args) -> dict[str, Any]:
     return out
 
 
+def _parse_query(text: str) -> tuple[int, int] | None:
+    if text.strip().lower() == "cls":
+        return None
+    try:
+        r, c = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise InvalidParameterError("query", "attention", "'cls' or a patch 'ROW,COL', e.g. 3,4", text) from exc
+    return r, c
+
+
 def cmd_attention(args) -> dict[str, Any]:
     import numpy as np
+    import torch
 
+    from . import attention as A
     from . import nullspace as N
-    from .attention import compare
-    from .data import resolve_image
-    from .synthesis import check_noise_fits, load_noise
+    from .data import load_dataset, own_data, resolve_image
+    from .robustness import images_tensor
+    from .synthesis import check_noise_fits, load_noise, random_like
 
     lm = _load(args)
     img = resolve_image(args.image)
     x = lm.preprocess(img.image)
+    ns = N.nullspace(lm)
+    exact = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, seed=args.seed,
+                                                       weakest=0 if ns.nullity else 8))
     if args.noise == "exact":
-        ns = N.nullspace(lm)
-        noise = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, seed=args.seed))
-        level, noise_desc = "input", f"exact nullspace noise (nullity {ns.nullity}, magnitude {args.magnitude})"
+        noise, level = exact, "input"
+        noise_desc = f"exact nullspace noise (nullity {ns.nullity}, magnitude {args.magnitude})"
     else:
         saved = load_noise(args.noise)
         check_noise_fits(lm, saved.delta, saved.level)
         noise, level, noise_desc = saved.delta, saved.level, f"{args.noise} ({saved.level} level)"
-    cmp = compare(lm, x, noise, level, args.head_fusion, args.discard_ratio)
+    cmp = A.compare(lm, x, noise, level, args.head_fusion, args.discard_ratio)
     out = {"model": lm.name, "image": img.name, "noise": noise_desc, "level": level, **cmp.to_dict()}
+    arrays = cmp.arrays()
+
+    patch = _parse_query(args.query)
+    q = A.query_index(cmp.clean.num_prefix_tokens, cmp.clean.grid_size, patch)
+    block = args.block if args.block is not None else cmp.clean.layers
+    if not 1 <= block <= cmp.clean.layers:
+        raise InvalidParameterError("block", "attention", f"a block in 1…{cmp.clean.layers}", block)
+    qc = A.query_maps(cmp.clean.attention, q, cmp.clean.num_prefix_tokens, cmp.clean.grid_size)[block - 1, 0]
+    qn = A.query_maps(cmp.noised.attention, q, cmp.noised.num_prefix_tokens, cmp.noised.grid_size)[block - 1, 0]
+    out["query_token"] = {"index": q, "patch": list(patch) if patch else None, "block": block,
+                          "map_clean_mean_of_heads": qc.mean(0).tolist(),
+                          "largest_change": float((qn - qc).abs().max())}
+    heads = A.head_statistics(cmp.clean, cmp.noised, lm.patch_size)
+    out["head_statistics"] = heads.to_dict()
+
+    if args.contrast:
+        gen = torch.Generator().manual_seed(args.seed)
+        noises = {"exact nullspace noise": (exact, "input"),
+                  "random, same norm as the exact noise": (random_like(exact, "gaussian", gen), "input")}
+        if args.noise != "exact":
+            noises["approximate δ"] = (noise, level)
+            noises["random, same norm as δ"] = (random_like(noise.cpu(), "gaussian", gen), level)
+        contrast = A.noise_contrast(lm, x, noises)
+        out["contrast"] = contrast.to_dict()
+        arrays.update({"contrast_repr_change": contrast.repr_change, "contrast_attention_tv": contrast.attention_tv})
+
+    if args.set:
+        if args.set < 1:
+            raise InvalidParameterError("set", "attention", "a number of images ≥ 1", args.set)
+        xs, _ = images_tensor(lm, load_dataset(own_data(args.data, lm.name), split="heldout"), limit=args.set)
+        stats = A.set_statistics(lm, xs, noise, level, batch_size=args.batch_size)
+        out["set"] = stats.to_dict()
+        arrays.update({f"set_{k}": v for k, v in stats.arrays().items()})
     if args.out is not None:
-        np.savez_compressed(args.out, **cmp.arrays())
+        np.savez_compressed(args.out, **arrays)
         out["out"] = str(args.out)
     return out
 
 
 def cmd_evaluate(args) -> dict[str, Any]:
     from . import robustness as R
-    from .data import load_dataset
+    from .data import load_dataset, own_data
 
     attacks = () if args.attacks.strip() in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
     try:
@@ -306,7 +369,7 @@ def cmd_evaluate(args) -> dict[str, Any]:
                           severities=R.severities_from_spec(args.severities), tolerance_magnitudes=magnitudes,
                           limit=args.limit, batch_size=args.batch_size, seed=args.seed)
     lm = _load(args)
-    dataset = load_dataset(args.data, split="heldout")
+    dataset = load_dataset(own_data(args.data, lm.name), split="heldout")
     progress = None
     if sys.stderr.isatty():
         def progress(stage, done, total):
@@ -338,7 +401,7 @@ def cmd_evaluate(args) -> dict[str, Any]:
 
 
 def cmd_finetune(args) -> dict[str, Any]:
-    from .data import train_heldout
+    from .data import own_data, train_heldout
     from .finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -358,7 +421,7 @@ def cmd_finetune(args) -> dict[str, Any]:
                                         str(args.config)) from exc
         config = FinetuneConfig(**settings)
     lm = _load(args)
-    train, held = train_heldout(args.data, lm.transform, args.data_cache,
+    train, held = train_heldout(own_data(args.data, lm.name), lm.transform, args.data_cache,
                                 train_transform=lm.train_transform if args.augment else None)
     primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     progress = None

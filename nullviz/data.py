@@ -37,23 +37,26 @@ def _digit_to_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(arr.reshape(8, 8), mode="L").convert("RGB")
 
 
+def digits_indices(split: str) -> np.ndarray:
+    """Sorted indices into scikit-learn's digits of ``split`` ('train', 'heldout' or 'all'): the fixed split."""
+    if split not in ("train", "heldout", "all"):
+        raise DataError(f"The digits split must be 'train', 'heldout' or 'all'. Got {split!r} instead.")
+    n = 1797  # len(load_digits().target), fixed by scikit-learn
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(n)
+    n_heldout = int(round(n * DIGITS_HELDOUT_FRACTION))
+    if split == "heldout":
+        return np.sort(order[:n_heldout])
+    if split == "train":
+        return np.sort(order[n_heldout:])
+    return np.arange(n)
+
+
 def digits_split(split: str) -> tuple[list[Image.Image], list[int]]:
     """The digits images and labels of ``split`` ('train', 'heldout' or 'all'), with the fixed split."""
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "heldout", "all"):
-        raise DataError(f"The digits split must be 'train', 'heldout' or 'all'. Got {split!r} instead.")
+    idx = digits_indices(split)
     digits = load_digits()
-    n = len(digits.target)
-    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(n)
-    n_heldout = int(round(n * DIGITS_HELDOUT_FRACTION))
-    if split == "heldout":
-        idx = order[:n_heldout]
-    elif split == "train":
-        idx = order[n_heldout:]
-    else:
-        idx = np.arange(n)
-    idx = np.sort(idx)
     images = [_digit_to_image(digits.images[i]) for i in idx]
     return images, [int(digits.target[i]) for i in idx]
 
@@ -97,21 +100,42 @@ def image_folder(path: str | Path, transform: Callable | None = None):
                         f"({exc}).") from exc
 
 
+#: Data sets that ship with nullviz (generated from installed packages), by spec.
+EMBEDDED_DATA = ("digits", "cluttered")
+
+
+def own_data(spec: str, model_name: str | None) -> str:
+    """'default' means the data set the model was trained on when it is an embedded model (the cluttered
+    model's cluttered scenes), the digits otherwise; any other spec is kept."""
+    if spec != "default":
+        return spec
+    from .models import embedded_model
+
+    embedded = embedded_model(model_name) if model_name else None
+    return embedded.data if embedded is not None else "digits"
+
+
 def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
-    """'default' → the digits split; anything else is an ImageFolder path."""
+    """'default'/'digits' → the digits split; 'cluttered' → the cluttered scenes of the split; anything else
+    is an ImageFolder path."""
     if spec in ("default", "digits"):
         return digits_dataset(split, transform)
+    if spec == "cluttered":
+        from .cluttered import cluttered_dataset
+
+        return cluttered_dataset(split, transform)
     return image_folder(spec, transform)
 
 
 # ------------------------------------------------------------------------------------------- samples
 def sample_image_names() -> list[str]:
     """Names of the sample images: scikit-image photographs, then a few held-out digits."""
-    return [*SAMPLE_PHOTOS, *(f"digit-{i}" for i in range(10))]
+    return [*SAMPLE_PHOTOS, *(f"digit-{i}" for i in range(10)), *(f"scene-{i}" for i in range(10))]
 
 
 def sample_image(name: str) -> Image.Image:
-    """A sample photograph from scikit-image (``'chelsea'``…) or a held-out digit (``'digit-3'``)."""
+    """A sample photograph from scikit-image (``'chelsea'``…), a held-out digit (``'digit-3'``) or a held-out
+    cluttered scene (``'scene-3'``: a 3 on a photograph, the cluttered model's own kind of image)."""
     if name.startswith("digit-"):
         try:
             wanted = int(name.split("-", 1)[1])
@@ -121,6 +145,15 @@ def sample_image(name: str) -> Image.Image:
             raise ImageLoadError(f"Unknown sample {name!r}: digits are 'digit-0' … 'digit-9'.")
         images, labels = digits_split("heldout")
         return images[labels.index(wanted)]
+    if name.startswith("scene-"):
+        from .cluttered import fixed_scenes
+
+        wanted = name.split("-", 1)[1]
+        if wanted not in [str(i) for i in range(10)]:
+            raise ImageLoadError(f"Unknown sample {name!r}: cluttered scenes are 'scene-0' … 'scene-9'.")
+        scenes = fixed_scenes("heldout")
+        first = int((scenes.labels == int(wanted)).nonzero()[0])
+        return scenes.image(first)
     if name not in SAMPLE_PHOTOS:
         raise ImageLoadError(f"Unknown sample {name!r}; choose one of {', '.join(sample_image_names())}.")
     import skimage.data
@@ -210,34 +243,47 @@ def resolve_image(spec: str | None) -> LabelledImage:
 
 
 SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
+_OWN_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
 
 
-def synthesis_images(source: str, n: int, current: Image.Image | None = None) -> list[Image.Image]:
-    """Images to optimise a shared δ on: the digits' train split (first n), the sample photos, or one image."""
-    if source == SYNTHESIS_SOURCES[0]:
-        return digits_split("train")[0][:n]
-    if source == SYNTHESIS_SOURCES[1]:
+def synthesis_sources(own: str = "digits") -> tuple[str, ...]:
+    """The image sources to optimise a shared δ on, the first being the model's own training images."""
+    return (f"{_OWN_WORDS.get(own, own)} (train split)", *SYNTHESIS_SOURCES[1:])
+
+
+def _own_images(own: str, split: str, n: int) -> list[Image.Image]:
+    return list(load_dataset(own, None, split).images[:n])
+
+
+def synthesis_images(source: str, n: int, current: Image.Image | None = None, own: str = "digits") -> list[Image.Image]:
+    """Images to optimise a shared δ on: the own data's train split (first n; the digits, or the cluttered
+    scenes), the sample photos, or one image."""
+    sources = synthesis_sources(own)
+    if source == sources[0]:
+        return _own_images(own, "train", n)
+    if source == sources[1]:
         photos = [sample_image(name) for name in SAMPLE_PHOTOS]
         return ([current] if current is not None else []) + photos[: max(0, n - (current is not None))]
-    if source == SYNTHESIS_SOURCES[2]:
+    if source == sources[2]:
         if current is None:
             raise DataError("No current image to synthesize on; pick or upload one first.")
         return [current]
-    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
 
 
-def check_images_for(source: str, n: int, current_is_small: bool = True) -> list[Image.Image] | None:
-    """Images to judge a δ fit on ``synthesis_images(source, …)``, disjoint from them: the held-out digits
-    for the digits' train split (the default model trained on that split and is surer there, so a check
-    among train digits flatters δ); for one image, the held-out digits (small models) or the sample photos.
-    None: no separate set (sample photos), so the synthesis holds out part of its images."""
-    if source == SYNTHESIS_SOURCES[0]:
-        return digits_split("heldout")[0][:n]
-    if source == SYNTHESIS_SOURCES[2]:
-        return digits_split("heldout")[0][:n] if current_is_small else [sample_image(p) for p in SAMPLE_PHOTOS]
-    if source == SYNTHESIS_SOURCES[1]:
+def check_images_for(source: str, n: int, current_is_small: bool = True, own: str = "digits") -> list[Image.Image] | None:
+    """Images to judge a δ fit on ``synthesis_images(source, …)``, disjoint from them: the own data's held-out
+    split for its train split (the embedded models trained on that split and are surer there, so a check
+    among training images flatters δ); for one image, the held-out split (small models) or the sample
+    photos. None: no separate set (sample photos), so the synthesis holds out part of its images."""
+    sources = synthesis_sources(own)
+    if source == sources[0]:
+        return _own_images(own, "heldout", n)
+    if source == sources[2]:
+        return _own_images(own, "heldout", n) if current_is_small else [sample_image(p) for p in SAMPLE_PHOTOS]
+    if source == sources[1]:
         return None
-    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(SYNTHESIS_SOURCES)}.")
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
 
 
 # ------------------------------------------------------------------------------------ training data
@@ -269,7 +315,7 @@ def cifar10(root: str | Path, transform: Callable | None = None):
 def check_data_spec(spec: str) -> str:
     """Fail now, with the reason, for a data spec a job would only reject minutes later: 'default',
     'cifar10', or a folder with at least one class sub-folder (cheap: the folder is not scanned)."""
-    if spec in ("default", "digits", "cifar10"):
+    if spec in ("default", "cifar10", *EMBEDDED_DATA):
         return spec
     path = Path(spec)
     if not path.is_dir():
@@ -281,12 +327,13 @@ def check_data_spec(spec: str) -> str:
 
 def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data",
                   train_transform: Callable | None = None):
-    """(train, held-out) for 'default' (the digits' fixed split), 'cifar10', or an ImageFolder path (a seeded
+    """(train, held-out) for 'default'/'digits' (the digits' fixed split), 'cluttered' (the fixed scenes),
+    'cifar10', or an ImageFolder path (a seeded
     90/10 split, the same in every process of a distributed run). ``train_transform`` (e.g. the model's timm
     training augmentation) replaces ``transform`` for the training part only."""
     train_tf = train_transform or transform
-    if spec in ("default", "digits"):
-        return digits_dataset("train", train_tf), digits_dataset("heldout", transform)
+    if spec in ("default", *EMBEDDED_DATA):
+        return load_dataset(spec, train_tf, "train"), load_dataset(spec, transform, "heldout")
     if spec == "cifar10":
         train, held = cifar10(Path(cache_dir) / "cifar10", transform)
         if train_transform is not None:

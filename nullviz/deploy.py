@@ -56,6 +56,17 @@ def _positive_int(name: str, value: object) -> int:
     return out
 
 
+def _embedded_name(value: str) -> str:
+    from .models import EMBEDDED_MODELS, embedded_model
+
+    found = embedded_model(value.strip())
+    if found is None:
+        raise InvalidParameterError("NULLVIZ_DEFAULT_MODEL", "ServerSettings",
+                                    f"an embedded model: {', '.join(m.aliases[-1] for m in EMBEDDED_MODELS.values())}",
+                                    value)
+    return found.aliases[-1]
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """One server's deployment settings (read once per server; see :meth:`from_env`)."""
@@ -71,13 +82,16 @@ class ServerSettings:
     #: the spot in seconds; all 15 corruptions × 5 severities on the 359 held-out digits (~285,000, about a
     #: minute) or the defaults on a ViT-B (~500,000) become jobs.
     eval_job_threshold: int = 100_000
+    #: The embedded model every session starts on ('cluttered': the 8×8-token cluttered-digits ViT, made for
+    #: attention; 'digits': the fastest one). ``NULLVIZ_DEFAULT_MODEL``.
+    default_model: str = "cluttered"
     data_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nullviz")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  overrides: Mapping[str, object] | None = None) -> "ServerSettings":
         """``NULLVIZ_SHARED``, ``NULLVIZ_MAX_JOBS``, ``NULLVIZ_MAX_JOBS_PER_SESSION``, ``NULLVIZ_MAX_UPLOAD_MB``,
-        ``NULLVIZ_MAX_EXPANDED_MB``, ``NULLVIZ_DATA_DIR``, ``NULLVIZ_EVAL_JOB_THRESHOLD``; ``overrides`` (e.g. the ``[nullviz]`` table of
+        ``NULLVIZ_MAX_EXPANDED_MB``, ``NULLVIZ_DATA_DIR``, ``NULLVIZ_EVAL_JOB_THRESHOLD``, ``NULLVIZ_DEFAULT_MODEL``; ``overrides`` (e.g. the ``[nullviz]`` table of
         ``.streamlit/secrets.toml``: shared, max_jobs, …) win over the environment. Shared mode lowers the
         defaults to a class's scale: 50 MB uploads, 500 MB unpacked, 2 jobs per session."""
         env = dict(os.environ if environ is None else environ)
@@ -96,6 +110,7 @@ class ServerSettings:
             data_root=Path(env.get("NULLVIZ_DATA_DIR") or default.data_root),
             eval_job_threshold=_positive_int("NULLVIZ_EVAL_JOB_THRESHOLD",
                                              env.get("NULLVIZ_EVAL_JOB_THRESHOLD", default.eval_job_threshold)),
+            default_model=_embedded_name(env.get("NULLVIZ_DEFAULT_MODEL") or default.default_model),
         )
 
     @property

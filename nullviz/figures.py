@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 def _rgb_uint8(img: np.ndarray) -> np.ndarray:
@@ -27,6 +28,33 @@ def amplify_noise(noise_hwc: np.ndarray) -> tuple[np.ndarray, float]:
     peak = float(np.abs(noise_hwc).max())
     gain = 0.5 / peak if peak > 0 else 1.0
     return 0.5 + np.asarray(noise_hwc) * gain, gain
+
+
+LEGEND_NAME_CHARS = 32
+
+
+def short_label(name: str, limit: int = LEGEND_NAME_CHARS) -> str:
+    """A legend-sized name: paths shortened to their file name, long names cut in the middle (the full name
+    stays in the hover text)."""
+    import re
+
+    text = re.sub(r"(?:[\w.~-]*/)+([\w.-]+)", r"…/\1", str(name))
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    return text[:half] + "…" + text[-(limit - 1 - half):]
+
+
+def legend_safe(fig: go.Figure) -> go.Figure:
+    """Legends never squeeze the plot: below it, horizontal, names shortened (full name on hover)."""
+    for trace in fig.data:
+        full = getattr(trace, "name", None)
+        if full and short_label(full) != full:
+            trace.update(name=short_label(full), legendgrouptitle=None,
+                         hovertemplate=f"{full}<br>%{{x}}: %{{y}}<extra></extra>")
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
+    fig.update_layout(margin=dict(b=max(fig.layout.margin.b or 0, 10)))
+    return fig
 
 
 def _axes_off(fig: go.Figure) -> go.Figure:
@@ -62,8 +90,16 @@ def heatmap(values: np.ndarray, title: str = "", colorscale: str = SEQUENTIAL, z
 
 
 def patch_norm_heatmap(norms: np.ndarray, height: int = 320) -> go.Figure:
-    """Per-patch L2 norm of the noise (grid of patches)."""
-    return heatmap(norms, "noise norm per patch", colorbar_title="L2", height=height, zmin=0.0)
+    """Per-patch L2 norm of the noise (grid of patches), on 0 … the largest norm: when every patch has the same
+    norm (exact noise of one magnitude), float32 rounding must not paint a pattern — the title says it."""
+    norms = np.asarray(norms, dtype=np.float64)
+    hi = float(norms.max())
+    spread = hi - float(norms.min())
+    title = ("noise norm per patch" if spread > FLOAT32_NEGLIGIBLE * max(hi, 1e-30)
+             else f"noise norm per patch: {hi:.4g} in every patch (equal to float32 precision)")
+    fig = heatmap(norms, title, colorbar_title="L2 (normalised units)", height=height, zmin=0.0)
+    fig.update_traces(zmax=hi or 1.0)
+    return fig
 
 
 def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, input_dim: int,
@@ -126,7 +162,8 @@ def difference_label(dmax: float, span: float) -> str:
     return f"difference (max {dmax:.2e}, {dmax / max(span, 1e-30):.1%} of the clean range)"
 
 
-def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: int = 320) -> go.Figure:
+def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: int = 320,
+                units: str = "attention weight") -> go.Figure:
     """Clean | noised | noised − clean maps; clean and noised share one colour scale, the difference is drawn
     on ± the clean map's range (never auto-scaled: float32 rounding must not fill the colour scale), and
     titled in words when it is zero to float32 precision."""
@@ -141,10 +178,12 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
                         horizontal_spacing=spacing)
     fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, showscale=False), row=1, col=1)
     fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL,
-                             colorbar=dict(x=2 * width + spacing + 0.01, xanchor="left", len=0.9, thickness=12)),
+                             colorbar=dict(x=2 * width + spacing + 0.01, xanchor="left", len=0.9, thickness=12,
+                                           title=dict(text=units, side="right"))),
                   row=1, col=2)
     fig.add_trace(go.Heatmap(z=diff, zmin=-span, zmax=span, colorscale=DIVERGING,
-                             colorbar=dict(x=1.01, xanchor="left", len=0.9, thickness=12)), row=1, col=3)
+                             colorbar=dict(x=1.01, xanchor="left", len=0.9, thickness=12,
+                                           title=dict(text=f"Δ {units}", side="right"))), row=1, col=3)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
     return _axes_off(fig)
@@ -152,23 +191,30 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
 
 def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
                    col_labels: Sequence[str] | None = None, title: str = "", cell: int = 90,
-                   symmetric_range: float | None = None) -> go.Figure:
-    """A grid of attention maps [rows, cols, gh, gw] (e.g. blocks × heads), each with its own scale; or, for
-    differences, all on ± ``symmetric_range`` (e.g. the clean maps' largest value) with a diverging scale,
-    the title saying so in words when the largest difference is zero to float32 precision."""
+                   symmetric_range: float | None = None, units: str = "attention weight") -> go.Figure:
+    """A grid of attention maps [rows, cols, gh, gw] (e.g. blocks × heads) on one colour scale with one colour
+    bar (0 … the largest weight, so heads compare); or, for differences, all on ± ``symmetric_range`` (e.g.
+    the clean maps' largest value) with a diverging scale, the title saying so in words when the largest
+    difference is zero to float32 precision."""
     maps = np.asarray(maps)
     if symmetric_range is not None:
         title = f"{title} — {difference_label(float(np.abs(maps).max()), symmetric_range)}, on ±{symmetric_range:.2g}"
+        scale = dict(zmin=-symmetric_range, zmax=symmetric_range, colorscale=DIVERGING)
+        units = f"Δ {units}"
+    else:
+        scale = dict(zmin=0.0, zmax=float(maps.max()) or 1.0, colorscale=SEQUENTIAL)
     rows, cols = maps.shape[:2]
     row_labels = list(row_labels or [f"block {i + 1}" for i in range(rows)])  # 1-based, as the depth chart
     col_labels = list(col_labels or [f"head {j}" for j in range(cols)])
     titles = [f"{row_labels[i]} · {col_labels[j]}" for i in range(rows) for j in range(cols)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
                         vertical_spacing=0.03 if rows > 1 else 0.1)
-    scale = {} if symmetric_range is None else dict(zmin=-symmetric_range, zmax=symmetric_range, colorscale=DIVERGING)
     for i in range(rows):
         for j in range(cols):
-            fig.add_trace(go.Heatmap(z=maps[i, j], showscale=False, **({"colorscale": SEQUENTIAL} | scale)),
+            first = i == 0 and j == 0
+            fig.add_trace(go.Heatmap(z=maps[i, j], showscale=first, **scale,
+                                     colorbar=dict(title=dict(text=units, side="right"), thickness=12)
+                                     if first else None),
                           row=i + 1, col=j + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_annotations(font_size=9)
@@ -177,17 +223,125 @@ def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
 
 
 def overlay(image: np.ndarray, grid_map: np.ndarray, title: str = "", opacity: float = 0.55,
-            height: int = 320) -> go.Figure:
-    """A patch-grid map (e.g. rollout) stretched over the image it belongs to."""
+            height: int = 320, units: str = "attention weight", signed: bool = False,
+            marker: tuple[int, int] | None = None, pickable: bool = False) -> go.Figure:
+    """A map (a patch grid, e.g. rollout, or a pixel map, e.g. an attribution) stretched over the image it
+    belongs to, with a colour bar in ``units``; ``signed`` draws it on a symmetric diverging scale;
+    ``marker`` outlines one cell (row, col) of the grid, e.g. the query patch; ``pickable`` adds an invisible
+    point at each cell's centre (customdata (row, col)) for click selection."""
     img = _rgb_uint8(image)
     h, w = img.shape[:2]
     gm = np.asarray(grid_map, dtype=np.float64)
     gh, gw = gm.shape
     fig = go.Figure(go.Image(z=img))
+    scale = dict(colorscale="Inferno")
+    if signed:
+        peak = float(np.abs(gm).max()) or 1e-12
+        scale = dict(colorscale=DIVERGING, zmin=-peak, zmax=peak)
     fig.add_trace(go.Heatmap(z=gm, x0=w / gw / 2 - 0.5, dx=w / gw, y0=h / gh / 2 - 0.5, dy=h / gh,
-                             colorscale="Inferno", opacity=opacity, showscale=True))
+                             opacity=opacity, showscale=True, **scale,
+                             colorbar=dict(title=dict(text=units, side="right"), thickness=12)))
+    if marker is not None:
+        r, c = marker
+        fig.add_shape(type="rect", x0=c * w / gw - 0.5, x1=(c + 1) * w / gw - 0.5, y0=r * h / gh - 0.5,
+                      y1=(r + 1) * h / gh - 0.5, line=dict(color="cyan", width=3))
+    if pickable:
+        rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+        fig.add_trace(go.Scatter(x=(cols.ravel() + 0.5) * w / gw - 0.5, y=(rows.ravel() + 0.5) * h / gh - 0.5,
+                                 mode="markers", marker=dict(size=14, opacity=0.01), showlegend=False,
+                                 customdata=np.stack([rows.ravel(), cols.ravel()], 1),
+                                 hovertemplate="patch (%{customdata[0]}, %{customdata[1]}): click to query"
+                                               "<extra></extra>"))
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
     return _axes_off(fig)
+
+
+def attention_matrix(matrix: np.ndarray, num_prefix_tokens: int, title: str = "", height: int = 520,
+                     query: int | None = None) -> go.Figure:
+    """The full T×T attention matrix of one layer and head (rows: queries, columns: keys; rows sum to 1),
+    tokens named (CLS / register r / patch (row, col) on hover), the chosen query's row outlined."""
+    m = np.asarray(matrix, dtype=np.float64)
+    T = m.shape[0]
+    gw = int(round((T - num_prefix_tokens) ** 0.5))
+    names = [("CLS" if i == 0 else f"prefix {i}") if i < num_prefix_tokens
+             else f"patch ({(i - num_prefix_tokens) // gw}, {(i - num_prefix_tokens) % gw})" for i in range(T)]
+    fig = go.Figure(go.Heatmap(z=m, x=list(range(T)), y=list(range(T)), colorscale=SEQUENTIAL, zmin=0.0,
+                               customdata=np.array([[f"{names[i]} → {names[j]}" for j in range(T)] for i in range(T)]),
+                               hovertemplate="%{customdata}: %{z:.3g}<extra></extra>",
+                               colorbar=dict(title=dict(text="attention weight", side="right"), thickness=12)))
+    if query is not None:
+        fig.add_shape(type="rect", x0=-0.5, x1=T - 0.5, y0=query - 0.5, y1=query + 0.5,
+                      line=dict(color="cyan", width=2))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="key token", yaxis_title="query token")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    return fig
+
+
+def head_statistics_plot(stats, height: int = 360) -> go.Figure:
+    """Per head, by depth: mean attention distance (pixels; the ViT paper's figure) and entropy (nats), clean
+    as filled dots and noised as open circles. ``stats``: a :class:`nullviz.attention.HeadStatistics`."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["mean attention distance", "attention entropy"],
+                        horizontal_spacing=0.1)
+    L, H = stats.distance_clean.shape
+    for col, (clean, noised, unit) in enumerate(((stats.distance_clean, stats.distance_noised, "pixels"),
+                                                 (stats.entropy_clean, stats.entropy_noised, "nats")), start=1):
+        for values, label, symbol, colour in ((clean, "clean", "circle", PALETTE[0]),
+                                              (noised, "noised", "circle-open", PALETTE[1])):
+            x = np.repeat(np.arange(1, L + 1), H)
+            fig.add_trace(go.Scatter(x=x, y=values.reshape(-1), mode="markers", name=label, legendgroup=label,
+                                     showlegend=col == 1,
+                                     marker=dict(symbol=symbol, size=9 if label == "clean" else 13, color=colour),
+                                     customdata=np.tile(np.arange(H), L),
+                                     hovertemplate=f"block %{{x}} · head %{{customdata}}: %{{y:.4g}} {unit} "
+                                                   f"({label})<extra></extra>"),
+                          row=1, col=col)
+        fig.update_yaxes(title_text=unit, row=1, col=col)
+        fig.update_xaxes(title_text="block", dtick=1, row=1, col=col)
+    fig.add_hline(y=stats.max_entropy, line_dash="dot", row=1, col=2,
+                  annotation_text="uniform (log T)", annotation_position="bottom right")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return legend_safe(fig)
+
+
+def change_distribution(values: np.ndarray, title: str, yaxis_title: str, height: int = 340) -> go.Figure:
+    """Per block, the distribution over images of a change ([N, L]) as box plots, log scale (zeros drawn at
+    the float32 floor, said in the title)."""
+    v = np.asarray(values, dtype=np.float64)
+    floor = 1e-9
+    zeros = int((v <= floor).sum())
+    fig = go.Figure()
+    for layer in range(v.shape[1]):
+        fig.add_trace(go.Box(y=np.maximum(v[:, layer], floor), name=f"{layer + 1}", boxpoints="outliers",
+                             showlegend=False))
+    note = f" · {zeros} values ≤ 1e-9 drawn at 1e-9" if zeros else ""
+    fig.update_layout(title=f"{title} ({v.shape[0]} images){note}", xaxis_title="block", yaxis_title=yaxis_title,
+                      yaxis_type="log", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def noise_contrast_plot(contrast, height: int = 380) -> go.Figure:
+    """The teaching chart: per depth, how much each noise moves the token representations (left) and the
+    attention (right), log scale. ``contrast``: a :class:`nullviz.attention.NoiseContrast`."""
+    floor = 1e-9
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=["token representations ‖Δh‖/‖h‖", "attention (total variation)"])
+    for k, name in enumerate(contrast.names):
+        label = f"{name} (‖·‖ {contrast.norms[k]:.3g}, {contrast.levels[k]})"
+        rc = np.maximum(contrast.repr_change[k], floor)
+        tv = np.maximum(contrast.attention_tv[k], floor)
+        fig.add_trace(go.Scatter(x=list(range(len(rc))), y=rc, mode="lines+markers", name=label, legendgroup=name,
+                                 line=dict(color=PALETTE[k % len(PALETTE)])), row=1, col=1)
+        fig.add_trace(go.Scatter(x=list(range(1, len(tv) + 1)), y=tv, mode="lines+markers", name=label,
+                                 legendgroup=name, showlegend=False, line=dict(color=PALETTE[k % len(PALETTE)])),
+                      row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="block (0 = patch embedding + position)", dtick=1, row=1, col=1)
+    fig.update_xaxes(title_text="block", dtick=1, row=1, col=2)
+    fig.update_layout(title=f"exact vs approximate vs random noise, layer by layer (values ≤ {floor:g} drawn at "
+                            f"{floor:g})", height=height, margin=dict(l=10, r=10, t=60, b=10))
+    return legend_safe(fig)
 
 
 def depth_curve(series: Mapping[str, Sequence[float]], title: str = "change per layer", yaxis_title: str = "",
@@ -198,7 +352,8 @@ def depth_curve(series: Mapping[str, Sequence[float]], title: str = "change per 
         fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers", name=name))
     fig.update_layout(title=title, xaxis_title="block", yaxis_title=yaxis_title, height=height,
                       yaxis_type="log" if log_y else "linear", margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    fig.update_xaxes(dtick=1)
+    return legend_safe(fig)
 
 
 def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], title: str = "",
@@ -206,7 +361,7 @@ def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], 
     fig = go.Figure([go.Bar(name=name, x=list(categories), y=list(vals)) for name, vals in series.items()])
     fig.update_layout(barmode="group", title=title, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    return legend_safe(fig)
 
 
 def attribution_pair(clean: np.ndarray, noised: np.ndarray, method: str, height: int = 320) -> go.Figure:
@@ -215,7 +370,9 @@ def attribution_pair(clean: np.ndarray, noised: np.ndarray, method: str, height:
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{method}: clean", f"{method}: noised"],
                         horizontal_spacing=0.04)
     fig.add_trace(go.Heatmap(z=clean, zmin=-peak, zmax=peak, colorscale=DIVERGING, showscale=False), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=noised, zmin=-peak, zmax=peak, colorscale=DIVERGING), row=1, col=2)
+    fig.add_trace(go.Heatmap(z=noised, zmin=-peak, zmax=peak, colorscale=DIVERGING,
+                             colorbar=dict(title=dict(text="attribution to the logit", side="right"), thickness=12)),
+                  row=1, col=2)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
     return _axes_off(fig)
@@ -268,7 +425,7 @@ def tolerance_plot(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float
                                      name=f"{kind} · {model}", line=dict(dash=dashes[m_i % len(dashes)])))
     fig.update_layout(title=f"noise tolerance: {metric} vs. noise size", xaxis_title="‖noise‖₂ (normalised units)",
                       yaxis_title=metric, yaxis_range=[0, 1.02], height=height, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    return legend_safe(fig)
 
 
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str, y_keys: Sequence[str],
@@ -283,7 +440,7 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_ke
                                          name=f"{run} · {key}", line=dict(dash=dashes[r_i % len(dashes)])))
     fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    return legend_safe(fig)
 
 
 def frontier_plot(frontier, height: int = 420) -> go.Figure:

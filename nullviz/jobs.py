@@ -394,7 +394,7 @@ def _validate_finetune(params: dict[str, Any]) -> None:
 
 
 def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
-    from .data import train_heldout
+    from .data import own_data, train_heldout
     from .finetune import FinetuneConfig, finetune
     from .models import load_model
 
@@ -403,7 +403,8 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     # several processes: the torchrun ranks load their own copies; this worker only counts the steps
     lm = (load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
           if processes == 1 else None)
-    train, held = train_heldout(params["data"], lm.transform if lm else None, params.get("data_cache", "data"))
+    data = own_data(params["data"], lm.name if lm else m.get("name"))
+    train, held = train_heldout(data, lm.transform if lm else None, params.get("data_cache", "data"))
     configs = [FinetuneConfig(**c) for c in params["configs"]]
     total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)))
                 for c in configs)  # FinetuneRun's steps per epoch: one global batch per step
@@ -491,12 +492,12 @@ def _validate_evaluate(params: dict[str, Any]) -> None:
 
 def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
     from . import robustness as R
-    from .data import load_dataset
+    from .data import load_dataset, own_data
     from .models import load_model
 
     cfg = R.config_from_dict(params["config"])
-    dataset = load_dataset(params["data"], split="heldout")
     specs = params["models"]
+    dataset = load_dataset(own_data(params["data"], specs[0].get("name")), split="heldout")
     ctx.update(steps_total=len(specs), steps_done=0)
     reports = []
     for k, m in enumerate(specs):

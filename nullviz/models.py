@@ -48,18 +48,67 @@ DEFAULT_DATA_CONFIG: dict[str, Any] = dict(input_size=(3, 32, 32), interpolation
                                            crop_mode="center")
 
 
-@register_model
-def nullviz_digits_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """nullviz's embedded default ViT (registered with timm so every timm path knows the name)."""
-    args = {**DEFAULT_ARCH, **kwargs}
+#: The second embedded model, made for looking at attention: 64×64 cluttered digits (``nullviz.cluttered``),
+#: 8×8 patches → an 8×8 token grid, 3·8² = 192 inputs embedded in D = 96 (nullity ≥ 96).
+CLUTTERED_MODEL_NAME = "nullviz_cluttered_vit"
+CLUTTERED_MODEL_DIR = ASSETS / "cluttered_model"
+CLUTTERED_ARCH: dict[str, Any] = dict(img_size=64, patch_size=8, in_chans=3, num_classes=10, embed_dim=96,
+                                      depth=6, num_heads=4, mlp_ratio=2.0, global_pool="token")
+CLUTTERED_DATA_CONFIG: dict[str, Any] = {**DEFAULT_DATA_CONFIG, "input_size": (3, 64, 64)}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships with nullviz: its weights folder, architecture, data config and own data set."""
+
+    name: str
+    directory: Path
+    arch: dict[str, Any]
+    data_config: dict[str, Any]
+    data: str  # the data spec of the set it was trained on ('digits', 'cluttered'): 'default' data means this
+    aliases: tuple[str, ...]
+    description: str
+    class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL_NAME: EmbeddedModel(DEFAULT_MODEL_NAME, DEFAULT_MODEL_DIR, DEFAULT_ARCH, DEFAULT_DATA_CONFIG,
+                                      "digits", ("default", "digits"),
+                                      "32×32 digits, a 4×4 token grid: the fastest model"),
+    CLUTTERED_MODEL_NAME: EmbeddedModel(CLUTTERED_MODEL_NAME, CLUTTERED_MODEL_DIR, CLUTTERED_ARCH,
+                                        CLUTTERED_DATA_CONFIG, "cluttered", ("cluttered",),
+                                        "64×64 digits on photographs, an 8×8 token grid: made for attention"),
+}
+
+
+def embedded_model(name: str | None) -> EmbeddedModel | None:
+    """The embedded model a name or alias means, else None."""
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name]
+    return next((m for m in EMBEDDED_MODELS.values() if name in m.aliases), None)
+
+
+def _build_embedded(spec: EmbeddedModel, pretrained: bool, **kwargs) -> VisionTransformer:
+    args = {**spec.arch, **kwargs}
     model = VisionTransformer(**args)
-    model.pretrained_cfg = {**DEFAULT_DATA_CONFIG, "num_classes": args["num_classes"],
-                            "architecture": DEFAULT_MODEL_NAME}
+    model.pretrained_cfg = {**spec.data_config, "num_classes": args["num_classes"], "architecture": spec.name}
     if pretrained:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(DEFAULT_MODEL_DIR / "model.safetensors")))
+        model.load_state_dict(load_file(str(spec.directory / "model.safetensors")))
     return model
+
+
+@register_model
+def nullviz_digits_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """nullviz's embedded digits ViT (registered with timm so every timm path knows the name)."""
+    return _build_embedded(EMBEDDED_MODELS[DEFAULT_MODEL_NAME], pretrained, **kwargs)
+
+
+@register_model
+def nullviz_cluttered_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """nullviz's embedded cluttered-digits ViT (8×8 token grid), registered with timm."""
+    return _build_embedded(EMBEDDED_MODELS[CLUTTERED_MODEL_NAME], pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- device
@@ -144,6 +193,11 @@ class LoadedModel:
     @property
     def is_default(self) -> bool:
         return self.name == DEFAULT_MODEL_NAME and self.checkpoint is None
+
+    @property
+    def is_embedded(self) -> bool:
+        """One of the models that ship with nullviz, with its own weights (not a checkpoint)."""
+        return self.name in EMBEDDED_MODELS and self.checkpoint is None
 
     @property
     def transform(self):
@@ -300,7 +354,7 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     arch = _resolve_arch_name(name, sidecar)
     _check_is_vit_name(arch)
 
-    if arch != DEFAULT_MODEL_NAME:
+    if arch not in EMBEDDED_MODELS:
         with torch.device("meta"):  # architecture check without allocating or downloading anything
             _check_is_vit_module(timm.create_model(arch, pretrained=False), arch)
 
@@ -326,8 +380,8 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
         data_config[key] = tuple(float(v) for v in data_config[key])
     class_names = sidecar.get("class_names") or _class_names(arch, model)
     info = {}
-    if arch == DEFAULT_MODEL_NAME and checkpoint is None:
-        info = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    if arch in EMBEDDED_MODELS and checkpoint is None:
+        info = json.loads((EMBEDDED_MODELS[arch].directory / "config.json").read_text())
     return LoadedModel(model=model, name=arch, device=dev, data_config=data_config,
                        class_names=list(class_names), checkpoint=str(checkpoint) if checkpoint else None,
                        info=info)
@@ -352,9 +406,10 @@ def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
 def _resolve_arch_name(name: str | None, sidecar: dict) -> str:
     if name in (None, "", "default") and sidecar.get("arch"):
         return sidecar["arch"]
-    if name in DEFAULT_ALIASES or name in (None, ""):
+    if name in (None, ""):
         return DEFAULT_MODEL_NAME
-    return name
+    embedded = embedded_model(name)
+    return embedded.name if embedded is not None else name
 
 
 def _check_is_vit_name(arch: str) -> None:
@@ -379,8 +434,8 @@ def _check_is_vit_module(model: torch.nn.Module, arch: str) -> None:
 
 
 def _create(arch: str, pretrained: bool, **kwargs) -> torch.nn.Module:
-    if arch == DEFAULT_MODEL_NAME:
-        return nullviz_digits_vit(pretrained=pretrained, **kwargs)
+    if arch in EMBEDDED_MODELS:
+        return _build_embedded(EMBEDDED_MODELS[arch], pretrained, **kwargs)
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
     cached = cached_weights_file(arch)
@@ -571,8 +626,8 @@ def _load_state(model: torch.nn.Module, state: dict, arch: str, path: str | Path
 
 
 def _class_names(arch: str, model: torch.nn.Module) -> list[str]:
-    if arch == DEFAULT_MODEL_NAME:
-        return json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["class_names"]
+    if arch in EMBEDDED_MODELS:
+        return list(EMBEDDED_MODELS[arch].class_names)
     n = int(getattr(model, "num_classes", 0))
     try:
         from timm.data import ImageNetInfo, infer_imagenet_subset

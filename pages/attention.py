@@ -5,15 +5,20 @@ import json
 
 import numpy as np
 import streamlit as st
+import torch
 
-from app_state import current_model, figure_html, image_picker, require_shell, server_settings, show_error
+from app_state import (current_model, figure_html, image_picker, require_shell, server_settings, show_error,
+                       upload_widget, workspace)
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.attention import compare
+from nullviz.attention import (compare, head_statistics, noise_contrast, query_index, query_maps,
+                               set_statistics)
 from nullviz.attribution import METHODS, attribute
+from nullviz.data import extract_image_folder_zip, image_folder, load_dataset, own_data
 from nullviz.errors import NullvizError
 from nullviz.deploy import check_upload_size
-from nullviz.synthesis import check_noise_fits, load_noise_bytes
+from nullviz.robustness import images_tensor
+from nullviz.synthesis import check_noise_fits, load_noise_bytes, random_like
 
 require_shell(__file__)
 
@@ -71,36 +76,184 @@ st.plotly_chart(figures.depth_curve({"token representation ‖Δh‖/‖h‖": d
                                      "attention total variation": d["layer_attention_distance"]},
                                     "where the noise is absorbed: change per block", log_y=True), key="depth")
 
-c = st.columns(2)
-block = c[0].slider("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_layer",
-                    help="Blocks are numbered from 1, as on the depth chart above.")
-layer = block - 1
-head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
-head = c[1].selectbox("head", head_opts, key="att_head")
-maps_c, maps_n = cmp.clean.cls_maps()[:, 0], cmp.noised.cls_maps()[:, 0]  # [L, H, gh, gw]
-if head == head_opts[0]:
-    mc, mn = maps_c[layer].mean(0), maps_n[layer].mean(0)
-else:
-    h = int(head.split()[1])
-    mc, mn = maps_c[layer, h], maps_n[layer, h]
-query = cmp.clean.query_label
-if not cmp.clean.has_class_token:
-    st.info(f"The query of these maps and of the rollout is the {query}.")
-st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(),
-                                    f"{'CLS' if cmp.clean.has_class_token else 'mean patch query'} → patch attention, "
-                                    f"block {block}, {head}"), key="triplet")
-
 img = lm.to_display(x)
 img_noised = lm.to_display(x + delta.to(x)) if level == "input" else img
-rc, rn = (m[0].numpy() for m in cmp.rollout_maps())
-c = st.columns(2)
-c[0].plotly_chart(figures.overlay(img, rc, "rollout, clean"), key="roll_c")
-c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised"), key="roll_n")
+QUERY = cmp.clean.query_label
+OUTPUT_QUERY = "CLS" if cmp.clean.has_class_token else "mean patch query"
+if not cmp.clean.has_class_token:
+    st.info(f"The query of the output maps and of the rollout is the {QUERY}.")
 
-with st.expander(f"All layers × heads ({'CLS' if cmp.clean.has_class_token else 'mean patch query'} attention)"):
-    st.plotly_chart(figures.attention_grid(maps_c.numpy(), title="clean"), key="grid_c")
-    st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean",
-                                           symmetric_range=float(maps_c.max())), key="grid_d")
+
+@st.fragment
+def block_view() -> None:
+    """One block and head, the output query's attention: a fragment, so moving the slider reruns only this."""
+    c = st.columns(2)
+    block = c[0].slider("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_layer",
+                        help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
+    layer = block - 1
+    head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
+    head = c[1].selectbox("head", head_opts, key="att_head")
+    maps_c, maps_n = cmp.clean.cls_maps()[:, 0], cmp.noised.cls_maps()[:, 0]  # [L, H, gh, gw]
+    if head == head_opts[0]:
+        mc, mn = maps_c[layer].mean(0), maps_n[layer].mean(0)
+    else:
+        h = int(head.split()[1])
+        mc, mn = maps_c[layer, h], maps_n[layer, h]
+    st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(), f"{OUTPUT_QUERY} → patch attention, block {block}, {head}"),
+                    key="triplet")
+    rc, rn = (m[0].numpy() for m in cmp.rollout_maps())
+    c = st.columns(2)
+    c[0].plotly_chart(figures.overlay(img, rc, "rollout, clean", units="rollout weight"), key="roll_c")
+    c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised", units="rollout weight"), key="roll_n")
+    with st.expander(f"All blocks × heads ({OUTPUT_QUERY} attention)"):
+        st.plotly_chart(figures.attention_grid(maps_c.numpy(), title="clean"), key="grid_c")
+        st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean",
+                                               symmetric_range=float(maps_c.max())), key="grid_d")
+
+
+block_view()
+
+st.subheader("Any query token, and the full attention matrix")
+TOKENS = cmp.clean.tokens
+GH, GW = cmp.clean.grid_size
+PREFIX = cmp.clean.num_prefix_tokens
+QUERY_OPTIONS = (["CLS"] if cmp.clean.has_class_token else []) + [f"patch ({r}, {c})" for r in range(GH) for c in range(GW)]
+
+
+def _query_patch(label: str) -> tuple[int, int] | None:
+    if label == "CLS":
+        return None
+    r, c = label[len("patch ("):-1].split(", ")
+    return int(r), int(c)
+
+
+def _clicked_patch(custom) -> str | None:
+    """The patch a click on the query overlay picked (its point's customdata (row, col)), or None."""
+    values = list(custom.values()) if isinstance(custom, dict) else list(custom or [])
+    try:
+        r, c = (int(v) for v in values[:2])
+    except (TypeError, ValueError):
+        return None
+    label = f"patch ({r}, {c})"
+    return label if label in QUERY_OPTIONS else None
+
+
+@st.fragment
+def query_view() -> None:
+    """Attention of a chosen query token (picked from the list or by clicking a patch on the image)."""
+    pick = st.session_state.get("att_query_pick")
+    points = (pick or {}).get("selection", {}).get("points", []) if pick else []
+    clicked = _clicked_patch(points[0].get("customdata")) if points else None
+    if clicked is not None:
+        if clicked != st.session_state.get("_att_query_applied"):
+            st.session_state["att_query"] = clicked
+            st.session_state["_att_query_applied"] = clicked
+    c = st.columns(3)
+    label = c[0].selectbox("query token", QUERY_OPTIONS, key="att_query",
+                           help="Or click a patch on the left image below.")
+    block = c[1].slider("block ", 1, cmp.clean.layers, cmp.clean.layers, key="att_q_layer")
+    head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
+    head = c[2].selectbox("head ", head_opts, key="att_q_head")
+    patch = _query_patch(label)
+    q = query_index(PREFIX, (GH, GW), patch)
+    maps = [query_maps(t.attention, q, PREFIX, (GH, GW))[block - 1, 0] for t in (cmp.clean, cmp.noised)]
+    mats = [t.attention[block - 1, 0] for t in (cmp.clean, cmp.noised)]  # [H, T, T]
+    if head == head_opts[0]:
+        maps, mats = [m.mean(0) for m in maps], [m.mean(0) for m in mats]
+    else:
+        h = int(head.split()[1])
+        maps, mats = [m[h] for m in maps], [m[h] for m in mats]
+    c = st.columns(2)
+    c[0].plotly_chart(figures.overlay(img, maps[0].numpy(), f"{label} → patches, clean (click a patch)",
+                                      marker=patch, pickable=True),
+                      key="att_query_pick", on_select="rerun", selection_mode="points")
+    c[1].plotly_chart(figures.map_triplet(maps[0].numpy(), maps[1].numpy(), "clean · noised · difference"),
+                      key="att_query_triplet")
+    with st.expander(f"Full {TOKENS}×{TOKENS} attention matrix, block {block}, {head}"):
+        st.plotly_chart(figures.attention_matrix(mats[0].numpy(), PREFIX, f"clean, block {block}, {head}", query=q),
+                        key="att_matrix")
+        diff = (mats[1] - mats[0]).abs().max().item()
+        st.caption(f"Noised − clean, largest entry: {diff:.1e} "
+                   f"({figures.difference_label(diff, float(mats[0].max()))}). Row {q} is the query above.")
+
+
+query_view()
+
+st.subheader("Heads by depth")
+stats = head_statistics(cmp.clean, cmp.noised, lm.patch_size)
+st.plotly_chart(figures.head_statistics_plot(stats), key="att_heads")
+st.caption("Mean attention distance: for every patch query, the attention-weighted distance in pixels to the "
+           "patches it attends to (weights renormalised over the patches), averaged over the queries — the ViT "
+           "paper's measure of how far a head looks. Entropy: how spread each attention row is (0 = one token, "
+           "log T = uniform). Filled: clean, open: noised.")
+
+st.subheader("Exact vs approximate vs random noise, layer by layer")
+gen = torch.Generator().manual_seed(0)
+ns_c = N.nullspace(lm)
+if source == "fresh exact nullspace noise" or (noise is not None and noise.get("kind") == "exact" and source != "upload a noise file"):
+    exact_noise = delta
+    noises = {"exact nullspace noise": (exact_noise, "input")}
+else:
+    exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0, weakest=0 if ns_c.nullity else 8))
+    if level == "input":  # the same norm as δ, so the lines differ in structure, not size
+        exact_noise = exact_noise * (delta.norm() / exact_noise.norm().clamp_min(1e-30))
+    noises = {"exact nullspace noise": (exact_noise, "input"), "approximate δ": (delta, level)}
+noises["random, same norm as " + ("δ" if len(noises) > 1 else "the exact noise")] = (
+    random_like(delta.float().cpu(), "gaussian", gen), level)
+contrast = noise_contrast(lm, x, noises)
+st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
+st.caption("Exact nullspace noise never reaches the tokens (float32 rounding at every depth); an approximate δ "
+           "moves them a little; random noise of the same norm moves them from the first block on."
+           + ("" if len(noises) > 2 else " Synthesize an approximate δ on the Nullspace page to add it here."))
+
+st.subheader("Over a set of images")
+with st.form("att_set_form"):
+    c = st.columns(3)
+    own = own_data("default", lm.name)
+    set_source = c[0].selectbox("images", [f"{own} (held-out split)", "upload a zip of an ImageFolder"],
+                                key="att_set_source")
+    n_images = c[1].number_input("how many", 1, 1000, 64, key="att_set_n")
+    batch = c[2].number_input("batch size", 1, 512, 64, key="att_set_batch")
+    zip_up = upload_widget("ImageFolder zip (for the upload option)", "att_set_zip", ["zip"])
+    run_set = st.form_submit_button("Compute statistics")
+if run_set:
+    try:
+        if set_source.startswith("upload"):
+            if zip_up is None:
+                raise NullvizError("Choose a zip of an ImageFolder (one sub-folder of images per class) to upload.")
+            settings = server_settings()
+            check_upload_size(zip_up.name, zip_up.size, settings.max_upload_mb)
+            folder = extract_image_folder_zip(zip_up.getvalue(), workspace().new_upload_folder(),
+                                              max_bytes=settings.max_expanded_mb * 2**20, max_files=settings.max_zip_files)
+            dataset = image_folder(folder)
+        else:
+            dataset = load_dataset(own, split="heldout")
+        xs, _ = images_tensor(lm, dataset, limit=int(n_images))
+        bar = st.progress(0.0, text="tracing…")
+        result = set_statistics(lm, xs, delta, level, batch_size=int(batch),
+                                progress=lambda done, n: bar.progress(done / n, text=f"{done}/{n} images"))
+        bar.empty()
+        st.session_state["att_set"] = {"stats": result, "noise": source, "model": lm.name}
+    except NullvizError as exc:
+        show_error(exc)
+done = st.session_state.get("att_set")
+if done and done["model"] == lm.name:
+    r = done["stats"]
+    st.markdown(f"**{r.images} images**, noise: {done['noise']} · top-1 kept on **{r.top1_agreement:.1%}** of them.")
+    c = st.columns(2)
+    c[0].plotly_chart(figures.change_distribution(r.attention_tv, "attention change per block", "total variation"),
+                      key="att_set_tv")
+    c[1].plotly_chart(figures.change_distribution(r.repr_change, "representation change per block", "‖Δh‖/‖h‖"),
+                      key="att_set_rc")
+    st.plotly_chart(figures.map_triplet(r.mean_map_clean[-1], r.mean_map_noised[-1],
+                                        f"mean {OUTPUT_QUERY} attention over the set, last block"), key="att_set_maps")
+    st.plotly_chart(figures.head_statistics_plot(r.heads), key="att_set_heads")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **r.arrays())
+    c = st.columns(2)
+    c[0].download_button("set statistics (.npz)", buf.getvalue(), "attention_set.npz", "application/octet-stream")
+    c[1].download_button("set statistics (JSON)", json.dumps(r.to_dict(), indent=2), "attention_set.json",
+                         "application/json")
 
 st.subheader("Attribution")
 c = st.columns(3)
@@ -125,8 +278,14 @@ if st.button("Compute attributions", key="att_go"):
         show_error(exc)
 if "att_result" in st.session_state:
     m, a_clean, a_noised = st.session_state["att_result"]
-    fig = figures.attribution_pair(a_clean.heatmap()[0].numpy(), a_noised.heatmap()[0].numpy(), m)
-    st.plotly_chart(fig, key="attr")
+    h_clean, h_noised = a_clean.heatmap()[0].numpy(), a_noised.heatmap()[0].numpy()
+    c = st.columns(2)
+    c[0].plotly_chart(figures.overlay(img, h_clean, f"{m}, clean, over the image", signed=True, opacity=0.6,
+                                      units="attribution to the logit"), key="attr_over_c")
+    c[1].plotly_chart(figures.overlay(img_noised, h_noised, f"{m}, noised, over the image", signed=True, opacity=0.6,
+                                      units="attribution to the logit"), key="attr_over_n")
+    with st.expander("Side by side, without the image"):
+        st.plotly_chart(figures.attribution_pair(h_clean, h_noised, m), key="attr")
     if a_clean.convergence_delta is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "

@@ -13,7 +13,7 @@ import torch
 from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.data import check_data_spec, extract_image_folder_zip
+from nullviz.data import check_data_spec, extract_image_folder_zip, own_data
 from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
 from nullviz.finetune import METHODS, FinetuneConfig
@@ -33,7 +33,9 @@ st.title("Nullspace-augmented finetuning")
 st.caption("Each run trains a copy of the active model in a process of its own; the model other pages use is "
            "never modified. Runs go on when you close the tab, and come back when you open this page again.")
 
-DATA_SOURCES = ["default digits", *([] if settings.shared else ["ImageFolder path"]), "upload a zip of an ImageFolder",
+OWN_DATA = own_data("default", lm.name)
+OWN_SOURCE = "cluttered digits (the model's own)" if OWN_DATA == "cluttered" else "default digits"
+DATA_SOURCES = [OWN_SOURCE, *([] if settings.shared else ["ImageFolder path"]), "upload a zip of an ImageFolder",
                 "CIFAR-10"]
 with st.form("ft_form"):
     c = st.columns(4)
@@ -68,9 +70,10 @@ with st.form("ft_form"):
 
 
 def _data_spec() -> str:
-    """The job's data: 'default', 'cifar10', or a folder (typed in local mode, unpacked from a zip upload)."""
-    if source == "default digits":
-        return "default"
+    """The job's data: the model's own ('digits' or 'cluttered'), 'cifar10', or a folder (typed in local mode,
+    unpacked from a zip upload)."""
+    if source == OWN_SOURCE:
+        return OWN_DATA
     if source == "CIFAR-10":
         return "cifar10"
     if source == "ImageFolder path":

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_state import DEFAULT_SPEC, cached_model, require_shell
+from app_state import cached_model, default_sample_for, default_spec, require_shell
 from nullviz import figures
 from nullviz.data import sample_image
 from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
@@ -21,7 +21,8 @@ that the encoder barely reacts while the noise stays large — an *approximate* 
 noise makes the model more robust (Liu, Singh, Li, Wang, *Approximate Nullspace Augmented Finetuning for
 Robust Vision Transformers*, 2024).
 
-**Try it:** pick a model in the sidebar (the embedded digits ViT works offline), then
+**Try it:** pick a model in the sidebar (the two embedded ViTs — digits on photographs with an 8×8 token
+grid, and plain 32×32 digits — work offline), then
 - **Model** — the architecture facts of the loaded model;
 - **Nullspace** — sample exact or optimised noise for an image and verify that the output does not move;
 - **Attention** — look inside: attention and token representations, clean vs. noised;
@@ -33,21 +34,22 @@ Robust Vision Transformers*, 2024).
 
 
 @st.cache_data(show_spinner=False)
-def _picture():
-    lm = cached_model(**DEFAULT_SPEC)
-    x = lm.preprocess(sample_image("digit-3"))
+def _picture(spec: dict):
+    lm = cached_model(**spec)
+    x = lm.preprocess(sample_image(default_sample_for(lm)))
     ns = nullspace(lm)
     v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
     report = verify_invariance(lm, x, v, ns)
     fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
                                 lm.to_display(x + v), height=300)
-    return fig, report
+    kind = "cluttered-digits ViT (a 3 on a photograph it never saw)" if lm.name == "nullviz_cluttered_vit" else "digits ViT"
+    return fig, report, kind
 
 
-fig, report = _picture()
+fig, report, model_name = _picture(default_spec())
 st.plotly_chart(fig, width="stretch")
 st.caption(
-    f"The embedded digits ViT, a held-out '3', and noise from its patch-embedding nullspace. "
+    f"The embedded {model_name}, and noise from its patch-embedding nullspace. "
     f"Prediction before: {report.top1_clean}, after: {report.top1_noised}; relative logit change "
     f"{report.rel_logit_change:.1e} (float32 rounding)."
 )

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from app_state import current_model, require_shell
-from nullviz.data import digits_dataset
+from nullviz.cluttered import measure as measure_cluttered
+from nullviz.data import digits_dataset, own_data
 from nullviz.robustness import accuracy
 
 require_shell(__file__)
@@ -35,11 +36,22 @@ st.table({"property": ["grid", "prefix tokens", "mean", "std", "interpolation"],
                     ", ".join(f"{v:.3f}" for v in facts["mean"]), ", ".join(f"{v:.3f}" for v in facts["std"]),
                     str(lm.data_config.get("interpolation", ""))]})
 
-if lm.name == "nullviz_digits_vit" and facts["num_classes"] == 10:
+if lm.is_embedded and own_data("default", lm.name) == "digits":
     if st.button("Measure held-out accuracy (digits)"):
         held = digits_dataset("heldout")
         acc = accuracy(lm, held)
         st.success(f"Held-out top-1 accuracy: {acc:.2%} on {len(held)} images the model never trained on.")
+elif lm.is_embedded:
+    if st.button("Measure held-out accuracy and where attention falls (cluttered scenes)"):
+        with st.spinner("1000 held-out scenes…"):
+            m = measure_cluttered(lm)
+        loc = m["localization"]
+        st.success(f"Held-out top-1 accuracy: {m['heldout_accuracy']:.2%} on {m['heldout_images']} scenes "
+                   f"(held-out digits on photographs training never used).")
+        st.table({"attention": ["last block, CLS (mean of heads)", "rollout"],
+                  "share inside the digit's box": [f"{loc[k]['mass_inside']:.1%}" for k in ("last_layer", "rollout")],
+                  "box's share of the image": [f"{loc[k]['box_share']:.1%}" for k in ("last_layer", "rollout")],
+                  "ratio (1 = spread evenly)": [f"{loc[k]['ratio']:.2f}×" for k in ("last_layer", "rollout")]})
 if lm.info:
-    with st.expander("How the embedded default model was made"):
+    with st.expander("How this embedded model was made"):
         st.json(lm.info)

@@ -9,7 +9,7 @@ import torch
 from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.data import SYNTHESIS_SOURCES, check_images_for, synthesis_images
+from nullviz.data import check_images_for, own_data, synthesis_images, synthesis_sources
 from nullviz.errors import NullvizError
 from nullviz.synthesis import (SynthesisConfig, clipped_delta, frontier, noise_effect, parse_sweep, split_fit_check,
                                synthesize)
@@ -21,6 +21,8 @@ DEFAULTS = SynthesisConfig()
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
 
 lm = current_model()
+OWN = own_data("default", lm.name)  # the model's own training images: digits, or the cluttered scenes
+SOURCES = synthesis_sources(OWN)
 st.title("Nullspace noise")
 chosen = image_picker("ns")
 x = lm.preprocess(chosen.image)
@@ -54,7 +56,7 @@ with st.form("ns_form"):
         c = st.columns(4)
         st.session_state.setdefault("ns_steps", DEFAULTS.steps)  # (the Learn page may preset it)
         steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
-        source = c[1].selectbox("optimise on", SYNTHESIS_SOURCES, key="ns_source",
+        source = c[1].selectbox("optimise on", SOURCES, key="ns_source",
                                 index=0 if lm.img_size[0] <= 64 else 1)
         n_images = c[2].number_input("images", min_value=1, max_value=1024, value=128, key="ns_images")
         seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="ns_seed_approx")
@@ -68,8 +70,8 @@ def approximate_inputs() -> tuple[SynthesisConfig, torch.Tensor, torch.Tensor | 
     """The approximate modes' settings and images: config, the images δ is fit on, the images it never sees."""
     cfg = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
                           lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip))
-    fit = lm.preprocess(synthesis_images(source, int(n_images), chosen.image))
-    unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64)
+    fit = lm.preprocess(synthesis_images(source, int(n_images), chosen.image, own=OWN))
+    unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64, own=OWN)
     return cfg, fit, lm.preprocess(unseen) if unseen else None
 
 
@@ -107,7 +109,7 @@ if go:
             bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s"
                          + (" (inside ε on unseen images)" if result.reached_tolerance else ""))
             chart.empty()
-            in_fit = (source == SYNTHESIS_SOURCES[2] or (check is None and bool(
+            in_fit = (source == SOURCES[2] or (check is None and bool(
                 (split_fit_check(len(images), cfg.check_fraction, cfg.seed)[0] == 0).any())))
             st.session_state["current_noise"] = {"kind": "approximate", "level": level, "delta": result.delta,
                                                  "model": lm.name, "result": result, "image": chosen.name,
@@ -157,7 +159,7 @@ else:
     with left:
         gh, gw = lm.grid_size
         st.plotly_chart(figures.heatmap(delta.norm(dim=1).reshape(gh, gw).numpy(), "‖δ‖ per patch token",
-                                        colorbar_title="L2"), key="tokennorm")
+                                        colorbar_title="L2 (token units)"), key="tokennorm")
 with right:
     st.plotly_chart(figures.topk_bars(probs_clean, probs_noised, lm.class_names), key="topk")
 

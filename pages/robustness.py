@@ -5,14 +5,14 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (DEFAULT_SPEC, cached_model, current_model, job_queue, job_threads, require_shell,
+from app_state import (default_spec, cached_model, current_model, job_queue, job_threads, require_shell,
                        server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz import robustness as R
-from nullviz.data import load_dataset
+from nullviz.data import EMBEDDED_DATA, load_dataset, own_data
 from nullviz.errors import JobNotFoundError, NullvizError
 from nullviz.jobs import evaluate_params
-from nullviz.models import PixelModel
+from nullviz.models import PixelModel, embedded_model
 
 
 require_shell(__file__)
@@ -36,10 +36,13 @@ with st.form("rob_form"):
                                      placeholder=st.session_state.get("last_finetuned_checkpoint")
                                      or "/path/model.safetensors")
     c = st.columns(3)
+    own = own_data("default", lm_a.name)
+    own_words = "the cluttered scenes' held-out split" if own == "cluttered" else "the digits' held-out split"
     data_spec = "default" if shared else c[0].text_input(
-        "data set", value="default", key="rob_data", help="'default' = the digits' held-out split, or an ImageFolder directory")
+        "data set", value="default", key="rob_data",
+        help=f"'default' = the model's own data ({own_words}); 'digits', 'cluttered', or an ImageFolder directory")
     if shared:
-        c[0].caption("Data: the digits' held-out split (server folders are off on this shared server).")
+        c[0].caption(f"Data: {own_words} (server folders are off on this shared server).")
     limit = c[1].number_input("images (limit)", min_value=1, max_value=100_000, value=128, key="rob_limit")
     batch = c[2].number_input("batch size", min_value=1, max_value=4096, value=128, key="rob_batch")
     c = st.columns(4)
@@ -72,7 +75,10 @@ if go:
     try:
         models = [lm_a]
         if other == "the embedded default model":
-            models.append(cached_model(**{**DEFAULT_SPEC, "device": str(lm_a.device)}))
+            # the embedded model of the active model's architecture (a finetuned cluttered checkpoint is compared
+            # with the cluttered model), else the server's default
+            base = lm_a.name if embedded_model(lm_a.name) is not None else default_spec()["name"]
+            models.append(cached_model(base, None, str(lm_a.device)))
         elif other == "a checkpoint":
             path = other_path.strip() or st.session_state.get("last_finetuned_checkpoint") or ""
             if not path:
@@ -84,8 +90,8 @@ if go:
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
-        data_name = data_spec.strip()
-        if data_name not in ("default", "digits"):
+        data_name = own_data(data_spec.strip(), lm_a.name)
+        if data_name not in EMBEDDED_DATA:
             data_name = str(ws.check_server_path(data_name, "the data set"))
         dataset = load_dataset(data_name, split="heldout")
         params = [sum(p.numel() for p in m.model.parameters()) for m in models]

@@ -11,7 +11,6 @@ training or model selection: it is evaluated once, at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -21,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _training import adamw_warmup_cosine, save_embedded  # noqa: E402
 from nullviz import data  # noqa: E402
 from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,  # noqa: E402
                             nullviz_digits_vit)
@@ -67,15 +68,9 @@ def main(argv=None) -> int:
     y_train = torch.tensor(train_y)
 
     model = nullviz_digits_vit(pretrained=False)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total = steps_per_epoch * args.epochs
-    warmup = 5 * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+    opt, sched = adamw_warmup_cosine(model, args.lr, args.weight_decay, 5 * steps_per_epoch,
+                                     steps_per_epoch * args.epochs)
 
     t0 = time.perf_counter()
     model.train()
@@ -105,10 +100,6 @@ def main(argv=None) -> int:
     acc = (logits.argmax(1) == torch.tensor(held_y)).float().mean().item()
     print(f"held-out top-1: {acc:.4f} on {len(held_y)} images; trained in {train_seconds:.0f}s")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out / "model.safetensors"))
     config = {
         "arch": DEFAULT_MODEL_NAME,
         "arch_kwargs": DEFAULT_ARCH,
@@ -121,7 +112,7 @@ def main(argv=None) -> int:
         "heldout_accuracy_at_training": round(acc, 4),
         "train_seconds_cpu_1_thread": round(train_seconds, 1),
     }
-    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_embedded(args.out, model, config)
     return 0 if acc >= 0.97 else 1
 
 

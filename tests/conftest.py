@@ -13,6 +13,10 @@ sys.path.insert(0, str(ROOT))
 
 from nullviz.models import create_random_vit, load_model  # noqa: E402
 
+#: The app's pages are tested on the fastest embedded model (the digits ViT); tests of the cluttered model, the
+#: app's shipped default, set NULLVIZ_DEFAULT_MODEL themselves. Set before app_state reads the settings.
+os.environ.setdefault("NULLVIZ_DEFAULT_MODEL", "digits")
+
 #: CI runs everything on CPU; on a GPU machine, NULLVIZ_TEST_DEVICE=cuda runs the model fixtures there.
 DEVICE = os.environ.get("NULLVIZ_TEST_DEVICE", "cpu")
 

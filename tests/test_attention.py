@@ -29,7 +29,7 @@ def test_extraction_leaves_outputs_flags_and_hooks_unchanged(default_lm, digit_x
     snap = state_snapshot(model)
     before = default_lm.predict(digit_x)
     t = trace(model, digit_x)
-    torch.testing.assert_close(t.logits, before)
+    torch.testing.assert_close(t.logits, before.cpu())  # a trace's tensors are on the CPU
     assert _fused_flags(model) == flags
     assert_state_equal(model, snap)
     for m in model.modules():
@@ -55,12 +55,13 @@ def test_flags_and_hooks_restored_on_error(default_lm):
 def test_maps_equal_independent_qk_computation(tiny_lm):
     model = tiny_lm.model
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    t = trace(model, x)
+    t = trace(model, x.to(tiny_lm.device))
     for layer, blk in enumerate(model.blocks):
-        h = blk.norm1(t.hidden[layer])
+        h = torch.nn.functional.layer_norm(t.hidden[layer], blk.norm1.normalized_shape, blk.norm1.weight.cpu(),
+                                           blk.norm1.bias.cpu(), blk.norm1.eps)
         B, T, C = h.shape
         heads = blk.attn.num_heads
-        qkv = h @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
+        qkv = h @ blk.attn.qkv.weight.cpu().T + blk.attn.qkv.bias.cpu()
         q, k, _ = qkv.reshape(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
         expected = ((q @ k.transpose(-1, -2)) / (C // heads) ** 0.5).softmax(-1)
         torch.testing.assert_close(t.attention[layer], expected, atol=1e-5, rtol=1e-4)
@@ -205,3 +206,84 @@ def test_odd_geometry_vit():
     cmp = compare(lm, x, v)
     assert cmp.clean.cls_maps().shape == (2, 1, 2, 5, 3) and cmp.clean.num_prefix_tokens == 2
     assert float(cmp.layer_repr_change.max()) < 1e-5
+
+
+# ----------------------------------------------------------------------------------- research views
+from nullviz.attention import (attention_entropy, head_statistics, mean_attention_distance,  # noqa: E402
+                               noise_contrast, patch_distances, query_index, query_maps, set_statistics)
+
+
+def test_query_maps_are_rows_of_the_full_matrix(default_lm, digit_x):
+    t = trace(default_lm.model, digit_x)
+    assert torch.equal(query_maps(t.attention, 0, 1, t.grid_size), t.cls_maps())  # token 0 is CLS
+    q = query_index(1, t.grid_size, (2, 3))
+    assert q == 1 + 2 * 4 + 3
+    maps = query_maps(t.attention, q, 1, t.grid_size)
+    assert torch.equal(maps.flatten(-2), t.attention[..., q, 1:])
+    with pytest.raises(InvalidParameterError):
+        query_index(1, t.grid_size, (4, 0))
+    with pytest.raises(InvalidParameterError):
+        query_maps(t.attention, 17, 1, t.grid_size)
+
+
+def test_mean_attention_distance_and_entropy_by_hand():
+    # 1 prefix token + a 1×2 grid of 8-pixel patches: patches are 8 pixels apart
+    assert torch.equal(patch_distances((1, 2), 8), torch.tensor([[0.0, 8.0], [8.0, 0.0]], dtype=torch.float64))
+    a = torch.tensor([[0.5, 0.25, 0.25],   # CLS row: not a patch query, ignored by the distance
+                      [0.5, 0.5, 0.0],     # patch 0 looks only at itself among patches: distance 0
+                      [0.2, 0.2, 0.6]])    # patch 1: 0.2/0.8 of its patch attention is 8 px away → 2 px
+    att = a.view(1, 1, 1, 3, 3)
+    d = mean_attention_distance(att, 1, (1, 2), 8)
+    assert d.shape == (1, 1, 1) and d.item() == pytest.approx((0.0 + 2.0) / 2)
+    h = attention_entropy(att).item()
+    ent = lambda row: -sum(p * np.log(p) for p in row if p > 0)  # noqa: E731
+    assert h == pytest.approx((ent([0.5, 0.25, 0.25]) + ent([0.5, 0.5]) + ent([0.2, 0.2, 0.6])) / 3)
+    uniform = torch.full((1, 1, 1, 5, 5), 0.2)
+    assert attention_entropy(uniform).item() == pytest.approx(np.log(5))
+    assert attention_entropy(torch.eye(5).view(1, 1, 1, 5, 5)).item() == pytest.approx(0.0)
+
+
+def test_set_statistics_batched_equal_the_per_image_loop(tiny_lm):
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.3
+    seen = []
+    batched = set_statistics(tiny_lm, x, v, batch_size=2, progress=lambda done, n: seen.append((done, n)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    singles = [set_statistics(tiny_lm, x[i:i + 1], v, batch_size=1) for i in range(5)]
+    np.testing.assert_allclose(batched.attention_tv, np.concatenate([s.attention_tv for s in singles]), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(batched.repr_change, np.concatenate([s.repr_change for s in singles]), rtol=1e-4)
+    np.testing.assert_allclose(batched.mean_map_clean, np.mean([s.mean_map_clean for s in singles], 0), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(batched.heads.distance_noised, np.mean([s.heads.distance_noised for s in singles], 0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(batched.heads.entropy_clean, np.mean([s.heads.entropy_clean for s in singles], 0),
+                               rtol=1e-5)
+    # each image's numbers equal compare() on that image alone
+    one = compare(tiny_lm, x[3:4], v)
+    np.testing.assert_allclose(batched.attention_tv[3], one.layer_attention_distance.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(batched.repr_change[3], one.layer_repr_change.numpy(), rtol=1e-4)
+    assert batched.images == 5 and 0 <= batched.top1_agreement <= 1
+
+
+def test_head_statistics_of_identical_traces_match(default_lm, digit_x):
+    t = trace(default_lm.model, digit_x)
+    s = head_statistics(t, t, default_lm.patch_size)
+    assert s.distance_clean.shape == (4, 4) and np.array_equal(s.distance_clean, s.distance_noised)
+    assert (s.entropy_clean >= 0).all() and (s.entropy_clean <= s.max_entropy + 1e-6).all()
+    # 4×4 grid of 8-pixel patches: no patch is farther than 3·√2·8 ≈ 34 px from another
+    assert (s.distance_clean >= 0).all() and (s.distance_clean <= 3 * np.sqrt(2) * 8).all()
+
+
+def test_noise_contrast_exact_vs_random(default_lm, digit_x):
+    from nullviz.synthesis import random_like
+
+    ns = N.nullspace(default_lm)
+    v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=2.0, seed=0))
+    r = random_like(v, "gaussian", torch.Generator().manual_seed(0))
+    c = noise_contrast(default_lm, digit_x, {"exact": (v, "input"), "random": (r, "input")})
+    assert c.repr_change.shape == (2, 5) and c.attention_tv.shape == (2, 4)
+    assert c.norms[0] == pytest.approx(c.norms[1], rel=1e-5)
+    assert c.repr_change[0].max() < 1e-5 and c.repr_change[1].min() > 1e-2
+    with pytest.raises(InvalidParameterError):
+        noise_contrast(default_lm, digit_x, {})

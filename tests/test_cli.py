@@ -65,7 +65,37 @@ def test_attention_json_and_npz(capsys, tmp_path):
         assert z["attention_clean"].shape == (4, 1, 4, 17, 17) and z["rollout_noised"].shape == (1, 17, 17)
 
 
+def test_attention_research_views(capsys, tmp_path):
+    out = run_json(capsys, "attention", "--image", "digit-2", "--query", "1,2", "--block", "2", "--contrast",
+                   "--set", "12", "--batch-size", "5", "--out", str(tmp_path / "maps.npz"))
+    q = out["query_token"]
+    assert q["index"] == 1 + 1 * 4 + 2 and q["block"] == 2 and len(q["map_clean_mean_of_heads"]) == 4
+    assert q["largest_change"] < 1e-5  # exact noise: the query's attention does not move
+    assert len(out["head_statistics"]["distance_clean"]) == 4 and len(out["head_statistics"]["entropy_noised"][0]) == 4
+    names = out["contrast"]["names"]
+    assert names[0] == "exact nullspace noise" and names[1].startswith("random")
+    assert max(out["contrast"]["repr_change"][0]) < 1e-5 < min(out["contrast"]["repr_change"][1][1:])
+    assert out["set"]["images"] == 12 and len(out["set"]["attention_tv_mean"]) == 4
+    with np.load(tmp_path / "maps.npz") as z:
+        assert z["set_attention_tv"].shape == (12, 4) and z["contrast_repr_change"].shape == (2, 5)
+
+
+def test_info_re_measures_the_cluttered_model(capsys):
+    import json as _json
+
+    from nullviz.models import CLUTTERED_MODEL_DIR
+
+    out = run_json(capsys, "info", "--model", "cluttered")
+    recorded = _json.loads((CLUTTERED_MODEL_DIR / "config.json").read_text())
+    assert out["heldout_accuracy"] == recorded["heldout_accuracy"] and out["heldout_images"] == 1000
+    assert out["localization"]["last_layer"]["ratio"] == pytest.approx(recorded["localization"]["last_layer"]["ratio"],
+                                                                       abs=2e-4)
+    assert out["nullspace"]["nullity"] == 96
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["attention", "--query", "9,9"], "inside the 4×4 grid"),
+    (["attention", "--query", "middle"], "'cls' or a patch"),
     (["info", "--model", "resnet50"], "not a plain Vision Transformer"),
     (["info", "--model", "no_such_model"], "Unknown model name"),
     (["info", "--checkpoint", "/nonexistent/x.pth"], "does not exist"),

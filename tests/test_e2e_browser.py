@@ -131,11 +131,57 @@ def test_sidebar_loads_a_cached_timm_vit_offline(browser, tmp_path):
         sidebar = page.locator('[data-testid="stSidebar"]')
         expect(sidebar.get_by_text("Active:").first).to_be_visible(timeout=90_000)
         sidebar.get_by_text("timm name (pretrained, downloads)").click()
-        sidebar.locator('[data-testid="stSelectbox"]').first.click()
+        sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Common ViTs").click()
         page.get_by_text("vit_tiny_patch16_224 — 768→192, nullity ≥ 576 · cached").click()
         sidebar.get_by_role("button", name="Load model").click()
         expect(sidebar.get_by_text("vit_tiny_patch16_224", exact=False).last).to_be_visible(timeout=60_000)
         expect(sidebar.locator('[data-testid="stCaptionContainer"]').filter(has_text="Active:")).to_contain_text(
             "vit_tiny_patch16_224", timeout=60_000)
         assert sidebar.locator('[data-testid="stAlert"]').count() == 0
+        page.close()
+
+
+def test_presentation_mode_deep_link_steps_and_leave(server, browser):
+    """/learn?present=1&step=4 opens step 4 presenting: no sidebar, everything zoomed; Back goes to step 3 (in
+    the URL too); leaving brings the sidebar back."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server + "/learn?present=1&step=4")
+    page.get_by_role("heading", name="4 · Beyond linear: the approximate nullspace").wait_for(timeout=90_000)
+    assert page.get_by_text("Step 4 of 4").count() == 1
+    expect(page.locator("[data-testid='stSidebar']")).to_be_hidden()
+    zoom = page.evaluate("getComputedStyle(document.querySelector(\"[data-testid='stMainBlockContainer']\")).zoom")
+    assert float(zoom) == pytest.approx(1.3)
+    page.get_by_role("button", name="← Back").click()
+    page.get_by_role("heading", name="3 · One patch, then the whole image").wait_for(timeout=60_000)
+    page.wait_for_function("location.search.includes('step=3')", timeout=30_000)
+    page.get_by_role("button", name="Leave presentation mode").click()
+    expect(page.locator("[data-testid='stSidebar']")).to_be_visible(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_cluttered_default_pick_a_query_patch_by_clicking(browser, tmp_path):
+    """The app's shipped default (the cluttered-digits ViT, 8×8 tokens): clicking a patch on the query overlay
+    makes it the query token."""
+    with streamlit_server({"NULLVIZ_DEFAULT_MODEL": "cluttered", "NULLVIZ_DATA_DIR": str(tmp_path / "data")}) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url + "/attention")
+        page.get_by_text("Prediction clean").first.wait_for(timeout=90_000)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.locator('[data-testid="stCaptionContainer"]').filter(has_text="Active:")).to_contain_text(
+            "nullviz_cluttered_vit", timeout=60_000)
+        chart = page.locator(".st-key-att_query_pick .js-plotly-plot")
+        chart.scroll_into_view_if_needed(timeout=60_000)
+        page.wait_for_function("document.querySelector('.st-key-att_query_pick .js-plotly-plot')._fullLayout",
+                               timeout=60_000)
+        # screen position of patch (5, 2)'s centre, from plotly's own axes
+        x, y = page.evaluate("""() => {
+            const gd = document.querySelector('.st-key-att_query_pick .js-plotly-plot');
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+            return [box.left + xa._offset + xa.l2p(2.5 * 8 - 0.5), box.top + ya._offset + ya.l2p(5.5 * 8 - 0.5)];
+        }""")
+        page.mouse.click(x, y)
+        fresh = "[data-stale='false']"  # the rerun's elements (the fragment keeps the old ones until it is done)
+        expect(page.locator(f".st-key-att_query_pick{fresh}")).to_contain_text("patch (5, 2) → patches",
+                                                                            timeout=60_000)
+        assert page.locator("[data-testid='stException']").count() == 0
         page.close()

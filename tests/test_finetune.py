@@ -192,8 +192,9 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     delta = synthesize_for_model(run.model, x, run.cfg.synthesis(seed)).delta
     xs = torch.stack([sets[1][i][0] for i in range(len(sets[1]))]).to(run.device)
     ys = torch.tensor([sets[1][i][1] for i in range(len(sets[1]))]).to(run.device)
-    acc = float((run._predict(xs, delta) == ys).float().mean())
-    assert acc == pytest.approx(last["delta_acc_seeds"][0])
+    acc = float((run._predict(xs, delta.to(run.device)) == ys).float().mean())
+    # exact on the CPU; CUDA's reductions are not bit-reproducible, so a re-derived δ may flip an image or two
+    assert acc == pytest.approx(last["delta_acc_seeds"][0], abs=0 if run.device.type == "cpu" else 0.02)
     only_training = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=0)).run().history[-1]
     assert "delta_acc" not in only_training and "train_delta_acc" in only_training
     # fresh δs after the last epoch only, unless asked for at every epoch

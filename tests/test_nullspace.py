@@ -25,7 +25,8 @@ def test_default_model_exact_invariance(default_lm, digit_x):
     v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=3.0, seed=1))
     report = _assert_invariant(default_lm, digit_x, v)
     # and the same logits under torch.testing's float32 defaults
-    torch.testing.assert_close(default_lm.predict(digit_x + v), default_lm.predict(digit_x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(default_lm.predict(digit_x + v.to(digit_x)), default_lm.predict(digit_x), rtol=1e-5,
+                               atol=1e-5)
     assert report.noise_linf_pixels == pytest.approx(report.noise_linf * 0.5)  # std 0.5
 
 
@@ -77,8 +78,8 @@ def test_projector_properties(tiny_lm):
 
 
 def test_patchify_matches_conv(tiny_lm):
-    x = torch.randn(2, 3, 32, 32)
     W = tiny_lm.model.patch_embed.proj.weight.reshape(64, -1)
+    x = torch.randn(2, 3, 32, 32).to(W)
     ours = N.patchify(x, 8) @ W.T + tiny_lm.model.patch_embed.proj.bias
     timm_tokens = tiny_lm.model.patch_embed(x)
     torch.testing.assert_close(ours, timm_tokens, atol=1e-5, rtol=1e-5)
@@ -118,7 +119,7 @@ def test_feasible_noise_stays_in_box_and_null(default_lm, image):
     v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=2.0))
     assert N.verify_invariance(default_lm, x, v).clipped_fraction > 0  # plain noise leaves the box
     f = N.feasible_noise(default_lm, ns, x, v)
-    pixels = default_lm.denormalize(x[0] + f.noise)
+    pixels = default_lm.denormalize(x[0] + f.noise.to(x))
     assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
     assert f.max_box_violation <= 1e-6
     assert 0.2 < f.kept_norm_fraction <= 1.0

@@ -65,7 +65,8 @@ def app_with_spec(spec: dict) -> AppTest:
 
 def test_sidebar_form_is_rendered():
     at = app()
-    assert at.radio(key="model_source").value.startswith("Embedded default")
+    assert at.radio(key="model_source").value.startswith("Embedded model")
+    assert at.selectbox(key="model_embedded").value == "digits"  # the tests' default (conftest)
     assert {w.key for w in at.text_input} >= {"model_name", "model_checkpoint"}
     assert at.selectbox(key="model_device").value == "auto"
     assert load_button(at) is not None
@@ -85,7 +86,7 @@ def test_unloadable_model_falls_back_to_default_with_one_line():
     at = app_with_spec({"name": "resnet50", "checkpoint": None, "device": "auto"})
     assert not at.exception
     assert "not a plain Vision Transformer" in at.sidebar.error[0].value
-    assert at.session_state["model_spec"]["name"] == "default"
+    assert at.session_state["model_spec"]["name"] == "digits"  # the server default (conftest)
     assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
 
 
@@ -209,6 +210,55 @@ def test_attention_page_fresh_exact_noise_shows_zero_change():
     assert not at.exception
 
 
+def test_attention_page_research_views():
+    at = app("pages/attention.py")
+    assert at.selectbox(key="att_query").value == "CLS"
+    at.selectbox(key="att_query").set_value("patch (1, 2)").run()
+    assert not at.exception
+    at.slider(key="att_q_layer").set_value(2).run()
+    at.selectbox(key="att_q_head").set_value("head 3").run()
+    assert not at.exception
+    subheaders = [h.value for h in at.subheader]
+    for needle in ("Any query token", "Heads by depth", "Exact vs approximate vs random", "Over a set of images"):
+        assert any(needle in h for h in subheaders), needle
+    assert any("Row 7 is the query" in c.value for c in at.caption)  # patch (1, 2) of a 4×4 grid: token 1 + 4 + 2
+    at.number_input(key="att_set_n").set_value(24)
+    at.number_input(key="att_set_batch").set_value(10)
+    [b for b in at.button if b.label == "Compute statistics"][0].click().run()
+    assert not at.exception and not at.error
+    assert any("**24 images**" in m.value and "top-1 kept on **100.0%**" in m.value for m in at.markdown)
+    assert {"set statistics (.npz)", "set statistics (JSON)"} <= {b.label for b in at.get("download_button")}
+
+
+def test_attention_set_statistics_zip_without_upload_is_a_clear_message():
+    at = app("pages/attention.py")
+    at.selectbox(key="att_set_source").set_value("upload a zip of an ImageFolder")
+    [b for b in at.button if b.label == "Compute statistics"][0].click().run()
+    assert not at.exception and "Choose a zip" in at.error[0].value
+
+
+def test_app_opens_on_the_cluttered_model_by_default(monkeypatch, tmp_path):
+    from conftest import _fresh_server
+
+    _fresh_server(monkeypatch, tmp_path, NULLVIZ_DEFAULT_MODEL="cluttered")
+    try:
+        at = app()
+        assert "cluttered-digits ViT" in at.main.caption[-1].value
+        assert at.session_state["model_spec"]["name"] == "cluttered"
+        at.switch_page("pages/attention.py").run()
+        assert not at.exception
+        assert at.selectbox(key="att_sample").value == "scene-3"
+        assert "patch (7, 7)" in at.selectbox(key="att_query").options
+        at.switch_page("pages/finetune.py").run()
+        assert at.selectbox(key="ft_source").value == "cluttered digits (the model's own)"
+        at.switch_page("pages/model.py").run()
+        assert any("cluttered scenes" in b.label for b in at.button)
+    finally:
+        import app_state
+
+        app_state.server_settings.clear()
+
+
 def test_learn_page_walkthrough():
     at = app("pages/learn.py")
     assert "Rank–nullity: rank **2** + nullity **1**" in " ".join(m.value for m in at.markdown)
@@ -219,13 +269,40 @@ def test_learn_page_walkthrough():
     at.number_input(key="learn_index").set_value(5).run()
     rel = [float(v) for v in at.table[0].value["relative logit change"]]
     assert max(rel) < 1e-5
-    at.toggle(key="learn_big").set_value(True).run()
-    assert not at.exception
     at.button(key="learn_go").click().run()
     assert not at.exception
     assert at.session_state["ns_mode"] == "Approximate — encoder level"
     assert at.title[0].value == "Nullspace noise"  # switched, with the approximate mode preset
     assert at.number_input(key="ns_steps").value == 100
+
+
+def test_learn_presentation_mode_is_numbered_steps_with_next_and_back():
+    at = app("pages/learn.py")
+    assert len(at.header) == 4  # the whole lesson, one scroll
+    at.toggle(key="learn_big").set_value(True).run()
+    assert not at.exception and not at.warning
+    assert [h.value for h in at.header] == ["1 · A small linear map"] and at.session_state["presentation"]
+    assert at.query_params["present"] == "1"
+    at.button(key="learn_next").click().run()
+    assert [h.value for h in at.header] == ["2 · The patch embedding is such a matrix"]
+    assert at.query_params["step"] == "2"
+    at.button(key="learn_back").click().run()
+    assert at.header[0].value.startswith("1 ·") and at.button(key="learn_back").disabled
+    at.toggle(key="learn_big").set_value(False).run()
+    assert not at.session_state["presentation"]
+
+
+def test_learn_step_deep_link_opens_step_4_presenting():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["present"] = "1"
+    at.query_params["step"] = "4"
+    at.run()
+    at.switch_page("pages/learn.py").run()
+    assert not at.exception
+    assert [h.value for h in at.header] == ["4 · Beyond linear: the approximate nullspace"]
+    assert at.session_state["presentation"] and at.button(key="learn_next").disabled
+    at.button(key="learn_go").click().run()  # the lesson's last step still links on
+    assert at.title[0].value == "Nullspace noise"
 
 
 def test_learn_page_links_to_finetune():

@@ -1,0 +1,144 @@
+"""Attention extraction and the Attention page's interaction, as ratios and latencies in one run.
+
+    python bench/bench_attention.py [--device cpu|cuda] [--browser] [--before PATH]
+
+- ``nullviz.attention.trace`` (every block's attention *and* output tokens, and the logits) ÷ timm's own
+  ``timm.utils.AttentionExtract`` (torch.fx, fused attention off: attention only) on the same model and batch:
+  the digits ViT b64, the cluttered ViT b64, ViT-Ti/16 b16 (random weights). Alternating pairs, medians.
+- the Attention page's main interaction, server side (what a new noise seed costs the server): exact
+  noise + clean/noised trace + rollout + every map + head statistics + the exact/random contrast, per
+  embedded model, in ms (median of 15).
+- ``--browser``: the same interaction in Chromium (type a new seed, wait for the rerun to finish), median of
+  10 per embedded model as the server's default; ``--before PATH`` also runs it against another checkout
+  (e.g. a ``git worktree`` of the previous commit) for a before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_core import paired_ratio, print_table, timeit  # noqa: E402
+from nullviz import nullspace as N  # noqa: E402
+from nullviz.attention import (attention_views, compare, head_statistics, noise_contrast, trace,  # noqa: E402
+                               unfused_attention)
+from nullviz.models import create_random_vit, load_model  # noqa: E402
+from nullviz.synthesis import random_like  # noqa: E402
+
+
+def extract_ratio(lm, x: torch.Tensor, label: str) -> dict:
+    from timm.utils import AttentionExtract
+
+    views = attention_views(lm)
+    theirs_model = copy.deepcopy(lm.model).eval()
+    out = {}
+    with unfused_attention(theirs_model), torch.no_grad():
+        for method in ("fx", "hook"):  # fx prunes all after the last softmax; hook runs the whole forward
+            theirs = AttentionExtract(theirs_model, method=method)
+            ref = theirs(x)
+            ours = trace(lm.model, x, views=views)
+            assert torch.allclose(torch.stack(list(ref.values())).float().cpu(), ours.attention, atol=1e-5)
+            r, t_ours, t_theirs = paired_ratio(lambda: trace(lm.model, x, views=views), lambda: theirs(x), repeat=15)
+            out.update({f"{label}_trace_ms": t_ours * 1e3, f"{label}_AttentionExtract_{method}_ms": t_theirs * 1e3,
+                        f"{label}_trace_over_AttentionExtract_{method}": r})
+    return out
+
+
+def interaction(lm) -> float:
+    """The work of one 'new seed' on the Attention page, server side (the page's library calls)."""
+    ns = N.nullspace(lm)
+    x = lm.preprocess(__import__("nullviz.data", fromlist=["sample_image"]).sample_image(
+        "scene-3" if lm.name == "nullviz_cluttered_vit" else "digit-3"))
+    seed = [0]
+
+    def once():
+        seed[0] += 1
+        v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=seed[0]))
+        cmp = compare(lm, x, v)
+        cmp.rollout_maps()
+        cmp.clean.cls_maps(), cmp.noised.cls_maps()
+        head_statistics(cmp.clean, cmp.noised, lm.patch_size)
+        noise_contrast(lm, x, {"exact": (v, "input"),
+                               "random": (random_like(v, "gaussian", torch.Generator().manual_seed(0)), "input")})
+
+    return timeit(once, repeat=15, warmup=3)
+
+
+def browser_latency(root: Path, model: str, rounds: int = 10) -> float:
+    from bench_server import ARGS, CHROMIUM, RUN_COUNTER, Server, wait_idle
+    from playwright.sync_api import sync_playwright
+
+    server = Server(Path(tempfile.mkdtemp(prefix="nullviz-bench-")), NULLVIZ_DEFAULT_MODEL=model)
+    if root != ROOT:  # another checkout: restart the server from there
+        server.stop()
+        import subprocess
+
+        server.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.headless", "true",
+             "--server.port", str(server.port), "--server.address", "127.0.0.1"], cwd=root,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        time.sleep(8)
+    times = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url + "/attention", timeout=300_000)
+            page.get_by_text("Prediction clean").first.wait_for(timeout=300_000)
+            wait_idle(page, 300_000)
+            box = page.get_by_label("seed")
+            for seed in range(1, rounds + 3):
+                box.fill(str(seed))
+                done = page.evaluate(RUN_COUNTER)
+                t = time.perf_counter()
+                box.press("Enter")
+                page.wait_for_function(f"window.__nullvizRuns > {done}", timeout=120_000)
+                wait_idle(page)
+                if seed > 2:  # the first two warm the caches
+                    times.append(time.perf_counter() - t)
+            assert page.locator("[data-testid='stException']").count() == 0
+            browser.close()
+    finally:
+        server.stop()
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--browser", action="store_true")
+    ap.add_argument("--before", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2 if args.device == "cpu" else torch.get_num_threads())
+    out = {"device": args.device}
+    digits = load_model("digits", device=args.device)
+    cluttered = load_model("cluttered", device=args.device)
+    g = torch.Generator().manual_seed(0)
+    out.update(extract_ratio(digits, torch.randn(64, 3, 32, 32, generator=g).to(digits.device), "digits_b64"))
+    out.update(extract_ratio(cluttered, torch.randn(64, 3, 64, 64, generator=g).to(cluttered.device), "cluttered_b64"))
+    tiny = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=10, device=args.device)
+    out.update(extract_ratio(tiny, torch.randn(16, 3, 224, 224, generator=g).to(tiny.device), "vit_ti16_b16"))
+    out["interaction_digits_ms"] = interaction(digits) * 1e3
+    out["interaction_cluttered_ms"] = interaction(cluttered) * 1e3
+    if args.browser:
+        for model in ("digits", "cluttered"):
+            out[f"chromium_new_seed_{model}_s"] = browser_latency(ROOT, model)
+        if args.before is not None:
+            out["chromium_new_seed_before_digits_s"] = browser_latency(args.before.resolve(), "digits")
+    print_table(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

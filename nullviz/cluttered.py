@@ -1,0 +1,215 @@
+"""Cluttered digits: a handwritten digit at a random place and size on a crop of a photograph, box known.
+
+The embedded digits model sees 32×32 digits as a 4×4 grid of tokens; there is nothing to *find*. These
+64×64 scenes give an 8×8 token grid with an object somewhere in it, so attention maps can be checked against
+where the object is (``box_attention_ratio``). Everything is generated from data that ships with the
+installed packages: scikit-learn's 8×8 digits (its fixed train/held-out split, ``nullviz.data``) drawn
+bright over dimmed crops of scikit-image's sample photographs; held-out scenes use held-out digits on
+photographs that training never used, so the held-out accuracy measures digits *and* clutter never seen.
+Generation is seeded and batched on the CPU (the same pixels on every machine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import DataError
+
+CANVAS = 64
+DIGIT_SIDES = (22, 38)  # the digit's side in pixels: uniform in [22, 38)
+TRAIN_BACKGROUNDS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "camera", "coins", "moon", "grass",
+                     "gravel", "brick", "cell", "clock", "text")
+HELDOUT_BACKGROUNDS = ("chelsea", "cat", "immunohistochemistry", "retina", "page", "colorwheel")
+HELDOUT_SCENES = 1000
+TRAIN_SCENES = 4000  # the fixed training set (finetuning, fit images); the training script draws fresh scenes
+SPLIT_SEEDS = {"train": 0, "heldout": 1}
+ALPHA_IN_BOX = 0.25  # a pixel belongs to the digit's box where the digit's opacity exceeds this
+
+
+@dataclass
+class Scenes:
+    """A batch of scenes: ``pixels`` [B, 3, 64, 64] in [0, 1] (8-bit values), ``labels`` [B], ``boxes`` [B, 4]
+    as (x0, y0, x1, y1) pixel bounds, end exclusive."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def images(self) -> list[Image.Image]:
+        arr = (self.pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a, mode="RGB") for a in arr]
+
+    def image(self, i: int) -> Image.Image:
+        return Scenes(self.pixels[i:i + 1], self.labels[i:i + 1], self.boxes[i:i + 1]).images()[0]
+
+
+@lru_cache(maxsize=2)
+def _backgrounds(split: str) -> tuple[torch.Tensor, ...]:
+    """The split's photographs as [3, H, W] float tensors, the shorter side brought to 256 pixels."""
+    import skimage.data
+
+    names = TRAIN_BACKGROUNDS if split == "train" else HELDOUT_BACKGROUNDS
+    out = []
+    for name in names:
+        arr = np.asarray(getattr(skimage.data, name)())
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        img = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float() / 255
+        scale = 256 / min(img.shape[1:])
+        size = (round(img.shape[1] * scale), round(img.shape[2] * scale))
+        out.append(F.interpolate(img[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0])
+    return tuple(out)
+
+
+@lru_cache(maxsize=2)
+def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's 8×8 digits as opacities in [0, 1], and their labels."""
+    from sklearn.datasets import load_digits
+
+    from .data import digits_indices
+
+    d = load_digits()
+    idx = digits_indices(split)
+    return torch.from_numpy(d.images[idx] / 16.0).float(), torch.from_numpy(d.target[idx]).long()
+
+
+def render(split: str, n: int, generator: torch.Generator) -> Scenes:
+    """``n`` scenes from the ``split``'s digits and photographs, drawn with ``generator`` (CPU)."""
+    if split not in SPLIT_SEEDS:
+        raise DataError(f"The cluttered digits split must be 'train' or 'heldout'. Got {split!r} instead.")
+    digits, labels = _digits(split)
+    photos = _backgrounds(split)
+    g = generator
+    pick = torch.randint(len(digits), (n,), generator=g)
+    photo = torch.randint(len(photos), (n,), generator=g)
+    u = torch.rand(n, 10, generator=g)
+    pixels = torch.empty(n, 3, CANVAS, CANVAS)
+    boxes = torch.empty(n, 4, dtype=torch.long)
+    for i in range(n):
+        bg_img = photos[int(photo[i])]
+        h, w = bg_img.shape[1:]
+        side = int(48 + u[i, 0] * (min(h, w) - 48))  # a crop of 48…256 pixels: fine to coarse texture
+        top, left = int(u[i, 1] * (h - side)), int(u[i, 2] * (w - side))
+        bg = F.interpolate(bg_img[None, :, top:top + side, left:left + side], size=(CANVAS, CANVAS),
+                           mode="bilinear", antialias=True, align_corners=False)[0]
+        if u[i, 3] < 0.5:
+            bg = bg.flip(-1)
+        bg = bg * (0.2 + 0.35 * u[i, 4])  # dimmed: the digit stays the brightest thing in the scene
+        s = int(DIGIT_SIDES[0] + u[i, 5] * (DIGIT_SIDES[1] - DIGIT_SIDES[0]))
+        alpha = F.interpolate(digits[int(pick[i])][None, None], size=(s, s), mode="bicubic",
+                              align_corners=False)[0, 0].clamp(0, 1)
+        x0, y0 = int(u[i, 6] * (CANVAS - s + 1)), int(u[i, 7] * (CANVAS - s + 1))
+        colour = 0.7 + 0.3 * torch.rand(3, generator=g)
+        a = torch.zeros(CANVAS, CANVAS)
+        a[y0:y0 + s, x0:x0 + s] = alpha
+        pixels[i] = bg * (1 - a) + colour[:, None, None] * a
+        ys, xs = torch.nonzero(a > ALPHA_IN_BOX, as_tuple=True)
+        boxes[i] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    pixels = (pixels.clamp(0, 1) * 255).round() / 255
+    return Scenes(pixels, labels[pick], boxes)
+
+
+@lru_cache(maxsize=2)
+def fixed_scenes(split: str) -> Scenes:
+    """The fixed scenes of a split (held-out: 1000, train: 4000), the same on every call and machine."""
+    if split not in SPLIT_SEEDS:
+        raise DataError(f"The cluttered digits split must be 'train' or 'heldout'. Got {split!r} instead.")
+    n = HELDOUT_SCENES if split == "heldout" else TRAIN_SCENES
+    return render(split, n, torch.Generator().manual_seed(SPLIT_SEEDS[split]))
+
+
+def cluttered_dataset(split: str = "heldout", transform: Callable | None = None):
+    """The fixed scenes of ``split`` as a data set of PIL images (with ``boxes`` beside them)."""
+    from .data import DIGITS_CLASS_NAMES, ImageListDataset
+
+    scenes = fixed_scenes(split)
+    ds = ImageListDataset(scenes.images(), scenes.labels.tolist(), DIGITS_CLASS_NAMES, transform)
+    ds.boxes = scenes.boxes
+    return ds
+
+
+def box_mask(boxes: torch.Tensor, grid: tuple[int, int], img_size: tuple[int, int]) -> torch.Tensor:
+    """[B, gh·gw] share of each patch's area that lies inside each image's box (0…1)."""
+    gh, gw = grid
+    ph, pw = img_size[0] / gh, img_size[1] / gw
+    rows = torch.arange(gh, dtype=torch.float32)
+    cols = torch.arange(gw, dtype=torch.float32)
+    b = boxes.float()
+
+    def overlap(lo, hi, start, size):  # [B, n] length of [start, start + size) ∩ [lo, hi)
+        return (torch.minimum(hi[:, None], start[None] + size) - torch.maximum(lo[:, None], start[None])).clamp(min=0)
+
+    oy = overlap(b[:, 1], b[:, 3], rows * ph, ph) / ph
+    ox = overlap(b[:, 0], b[:, 2], cols * pw, pw) / pw
+    return (oy[:, :, None] * ox[:, None, :]).reshape(len(b), gh * gw)
+
+
+def box_attention_ratio(attention: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int],
+                        img_size: tuple[int, int]) -> dict[str, float]:
+    """How much more of the attention falls inside the object's box than the box's share of the image.
+
+    ``attention``: [B, gh·gw] non-negative weights over the patches (e.g. the last layer's CLS row without the
+    prefix tokens, or rollout). Each row is renormalised over the patches; the mass inside is the
+    area-weighted sum over the patches the box covers. Ratio = mean mass inside / mean box area share
+    (1 = attention spread evenly; the goal for a model that *finds* the digit is ≥ 2)."""
+    w = attention.float()
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+    mask = box_mask(boxes, grid, img_size)
+    inside = (w * mask).sum(1)
+    share = mask.mean(1)
+    return {"mass_inside": float(inside.mean()), "box_share": float(share.mean()),
+            "ratio": float(inside.mean() / share.mean()),
+            "ratio_per_image_median": float((inside / share).median())}
+
+
+def localization(lm, scenes: Scenes | None = None, batch_size: int = 250) -> dict[str, dict[str, float]]:
+    """The attention-in-box ratio of a model on scenes (default: the held-out scenes): for the last layer's
+    output-query attention (mean over heads) and for attention rollout. A model that *finds* the digit
+    puts far more than the box's share of its attention inside the box."""
+    from .attention import attention_views, cls_attention_maps, rollout, rollout_map, trace
+
+    scenes = scenes if scenes is not None else fixed_scenes("heldout")
+    last, rolled = [], []
+    views = attention_views(lm)
+    for start in range(0, len(scenes), batch_size):
+        x = lm.normalize(scenes.pixels[start:start + batch_size]).to(lm.device)
+        tr = trace(lm.model, x, views=views)
+        last.append(cls_attention_maps(tr.attention[-1:], tr.num_prefix_tokens, tr.grid_size,
+                                       tr.has_class_token)[0].mean(1).flatten(1))
+        rolled.append(rollout_map(rollout(tr.attention), tr.num_prefix_tokens, tr.grid_size,
+                                  tr.has_class_token).flatten(1))
+    grid, size = lm.grid_size, lm.img_size
+    return {"last_layer": box_attention_ratio(torch.cat(last), scenes.boxes, grid, size),
+            "rollout": box_attention_ratio(torch.cat(rolled), scenes.boxes, grid, size)}
+
+
+def measure(lm) -> dict:
+    """What the embedded cluttered model is recorded with (its ``config.json``) and ``nullviz info``
+    re-measures: held-out accuracy, the attention-in-box ratios, and the exact-nullspace invariance on the
+    first held-out scene (largest |Δ logit| under nullspace noise of L2 norm 1 per patch)."""
+    from . import nullspace as N
+    from .robustness import accuracy
+
+    scenes = fixed_scenes("heldout")
+    held = cluttered_dataset("heldout")
+    loc = localization(lm, scenes)
+    ns = N.nullspace(lm)
+    x = lm.normalize(scenes.pixels[:1]).to(lm.device)
+    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
+    report = N.verify_invariance(lm, x, v, ns)
+    return {"heldout_accuracy": round(float(accuracy(lm, held)), 4),
+            "heldout_images": len(held),
+            "localization": {k: {m: round(val, 4) for m, val in d.items()} for k, d in loc.items()},
+            "nullspace": {"nullity": ns.nullity, "noise_l2": round(report.noise_l2, 4),
+                          "max_abs_logit_change": report.max_abs_logit_change,
+                          "rel_logit_change": report.rel_logit_change}}

@@ -1,0 +1,108 @@
+"""The cluttered-digits scenes and the embedded model made from them (8×8 token grid)."""
+
+import json
+
+import pytest
+import torch
+
+from nullviz import cluttered as C
+from nullviz.data import digits_indices, load_dataset, own_data, sample_image, train_heldout
+from nullviz.errors import DataError
+from nullviz.models import CLUTTERED_MODEL_DIR, load_model
+
+
+@pytest.fixture(scope="module")
+def cluttered_lm():
+    return load_model("cluttered", device="cpu")
+
+
+def test_scenes_are_seeded_and_boxes_hold_the_digit():
+    a = C.render("train", 12, torch.Generator().manual_seed(5))
+    b = C.render("train", 12, torch.Generator().manual_seed(5))
+    assert torch.equal(a.pixels, b.pixels) and torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels)
+    assert a.pixels.shape == (12, 3, 64, 64) and a.pixels.min() >= 0 and a.pixels.max() <= 1
+    assert torch.equal(a.pixels, (a.pixels * 255).round() / 255)  # 8-bit values: the PNG path loses nothing
+    x0, y0, x1, y1 = a.boxes.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 64).all() and (y1 <= 64).all()
+    side = torch.maximum(x1 - x0, y1 - y0)
+    assert (side >= 8).all() and (side <= C.DIGIT_SIDES[1]).all()
+    # the digit is drawn brighter than the dimmed photograph: the box holds the brightest pixels
+    for i in range(12):
+        img = a.pixels[i].max(0).values
+        inside = img[y0[i]:y1[i], x0[i]:x1[i]].max()
+        assert inside >= img.max() - 1e-6
+
+
+def test_held_out_scenes_use_held_out_digits_and_unseen_photographs():
+    assert not set(C.TRAIN_BACKGROUNDS) & set(C.HELDOUT_BACKGROUNDS)
+    assert not set(digits_indices("train")) & set(digits_indices("heldout"))
+    held = C.fixed_scenes("heldout")
+    assert len(held) == C.HELDOUT_SCENES and torch.equal(held.pixels, C.fixed_scenes("heldout").pixels)
+    assert set(held.labels.tolist()) == set(range(10))
+    with pytest.raises(DataError):
+        C.render("test", 1, torch.Generator())
+
+
+def test_box_mask_and_ratio_by_hand():
+    # a 4×4 grid of 16-pixel patches on a 64×64 image; box (16, 16)–(40, 48) covers patch rows 1–2 fully and
+    # columns 1 fully, 2 half: area share (24·32)/(64·64) = 0.1875
+    boxes = torch.tensor([[16, 16, 40, 48]])
+    mask = C.box_mask(boxes, (4, 4), (64, 64)).reshape(4, 4)
+    expected = torch.zeros(4, 4)
+    expected[1:3, 1] = 1.0
+    expected[1:3, 2] = 0.5
+    assert torch.allclose(mask, expected)
+    uniform = torch.ones(1, 16)
+    r = C.box_attention_ratio(uniform, boxes, (4, 4), (64, 64))
+    assert r["box_share"] == pytest.approx(0.1875) and r["ratio"] == pytest.approx(1.0)
+    focused = torch.zeros(1, 16)
+    focused[0, 1 * 4 + 1] = 1.0  # all attention on a patch fully inside the box
+    r = C.box_attention_ratio(focused, boxes, (4, 4), (64, 64))
+    assert r["mass_inside"] == pytest.approx(1.0) and r["ratio"] == pytest.approx(1 / 0.1875)
+
+
+def test_own_data_follows_the_embedded_model():
+    assert own_data("default", "nullviz_cluttered_vit") == "cluttered"
+    assert own_data("default", "cluttered") == "cluttered"
+    assert own_data("default", "nullviz_digits_vit") == "digits"
+    assert own_data("default", "vit_tiny_patch16_224") == "digits"
+    assert own_data("/some/folder", "nullviz_cluttered_vit") == "/some/folder"
+    held = load_dataset("cluttered", split="heldout")
+    assert len(held) == C.HELDOUT_SCENES and held.boxes.shape == (C.HELDOUT_SCENES, 4)
+    train, held2 = train_heldout("cluttered")
+    assert len(train) == C.TRAIN_SCENES and len(held2) == C.HELDOUT_SCENES
+    img = sample_image("scene-7")
+    assert img.size == (64, 64)
+
+
+def test_the_eval_transform_sees_exactly_the_generated_pixels(cluttered_lm):
+    held = C.fixed_scenes("heldout")
+    ds = C.cluttered_dataset("heldout", cluttered_lm.transform)
+    x = torch.stack([ds[i][0] for i in range(8)])
+    assert torch.allclose(x, cluttered_lm.normalize(held.pixels[:8]), atol=1e-6)
+
+
+def test_cluttered_model_has_an_exact_nullspace(cluttered_lm):
+    from nullviz import nullspace as N
+
+    assert cluttered_lm.grid_size == (8, 8) and cluttered_lm.embed_dim == 96
+    ns = N.nullspace(cluttered_lm)
+    assert ns.nullity == 96
+    x = cluttered_lm.preprocess(sample_image("scene-3"))
+    v = N.sample_noise(ns, cluttered_lm.img_size, N.NoiseSpec(magnitude=3.0, seed=1))
+    report = N.verify_invariance(cluttered_lm, x, v, ns)
+    assert report.rel_logit_change < 1e-5 and report.top1_clean == report.top1_noised
+
+
+def test_recorded_figures_are_reproduced_by_the_code(cluttered_lm):
+    """config.json holds what the training script measured; the library re-measures it from the weights."""
+    recorded = json.loads((CLUTTERED_MODEL_DIR / "config.json").read_text())
+    measured = C.measure(cluttered_lm)
+    assert measured["heldout_accuracy"] == recorded["heldout_accuracy"]
+    assert measured["heldout_accuracy"] >= 0.95
+    for kind in ("last_layer", "rollout"):
+        for key in ("mass_inside", "box_share", "ratio"):
+            assert measured["localization"][kind][key] == pytest.approx(recorded["localization"][kind][key], abs=2e-4)
+    assert measured["localization"]["last_layer"]["ratio"] >= 2.0
+    assert measured["nullspace"]["nullity"] == recorded["nullspace"]["nullity"] == 96
+    assert measured["nullspace"]["rel_logit_change"] < 1e-5

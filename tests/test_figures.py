@@ -1,0 +1,68 @@
+"""Figures that tell the truth: units on every colour bar, rounding said in words, legends that never squeeze."""
+
+import numpy as np
+import pytest
+
+from nullviz import figures
+
+
+def _colorbar_titles(fig):
+    return [t.colorbar.title.text for t in fig.data
+            if t.type == "heatmap" and t.showscale is not False and t.colorbar.title.text is not None]
+
+
+def test_every_heatmap_figure_has_a_colour_bar_with_units():
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 2, 4, 4))
+    built = {
+        "map_triplet": figures.map_triplet(maps[0, 0], maps[0, 1]),
+        "attention_grid": figures.attention_grid(maps),
+        "attention_grid_diff": figures.attention_grid(maps - maps, symmetric_range=1.0),
+        "overlay": figures.overlay(rng.random((32, 32, 3)), maps[0, 0]),
+        "attribution_pair": figures.attribution_pair(maps[0, 0], maps[1, 0], "saliency"),
+        "patch_norms": figures.patch_norm_heatmap(maps[0, 0]),
+        "matrix": figures.attention_matrix(rng.random((17, 17)), 1),
+    }
+    for name, fig in built.items():
+        titles = _colorbar_titles(fig)
+        assert titles and all(titles), name
+    assert _colorbar_titles(built["attention_grid"]) == ["attention weight"]  # one shared scale, one bar
+    assert _colorbar_titles(built["attention_grid_diff"]) == ["Δ attention weight"]
+
+
+def test_equal_patch_norms_are_said_in_words_not_painted():
+    norms = np.full((4, 4), 1.0) + np.random.default_rng(0).uniform(-1e-7, 1e-7, (4, 4))
+    fig = figures.patch_norm_heatmap(norms)
+    assert "equal to float32 precision" in fig.layout.title.text
+    assert fig.data[0].zmin == 0.0 and fig.data[0].zmax == pytest.approx(norms.max())
+    varied = figures.patch_norm_heatmap(np.linspace(0.5, 2, 16).reshape(4, 4))
+    assert varied.layout.title.text == "noise norm per patch"
+
+
+def test_legends_never_squeeze_the_plot():
+    path = "/tmp/nullviz/jobs/0123456789abcdef/nullspace-seed3/checkpoints/model.safetensors"
+    fig = figures.training_curves({path: {"epoch": [1, 2], "clean_acc": [0.5, 0.6]}}, "epoch", ["clean_acc"])
+    trace = fig.data[0]
+    assert len(trace.name) <= figures.LEGEND_NAME_CHARS and trace.name.startswith("…/model.safetensors")
+    assert path in trace.hovertemplate  # the full name on hover
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # below the plot, not beside it
+    assert figures.short_label("baseline · clean_acc") == "baseline · clean_acc"
+    long = figures.short_label("x" * 80)
+    assert len(long) == figures.LEGEND_NAME_CHARS and "…" in long
+
+
+def test_depth_and_statistics_figures_number_blocks_from_one():
+    from nullviz.attention import HeadStatistics, NoiseContrast
+
+    depth = figures.depth_curve({"a": [1.0, 2.0, 3.0]})
+    assert list(depth.data[0].x) == [1, 2, 3]
+    stats = HeadStatistics(np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 2)), float(np.log(17)))
+    fig = figures.head_statistics_plot(stats)
+    assert sorted(set(fig.data[0].x)) == [1, 2, 3]
+    contrast = NoiseContrast(["exact", "random"], [1.0, 1.0], ["input", "input"], np.array([[0.0] * 4, [0.1] * 4]),
+                             np.array([[0.0] * 3, [0.2] * 3]))
+    fig = figures.noise_contrast_plot(contrast)
+    assert list(fig.data[1].x) == [1, 2, 3] and list(fig.data[0].x) == [0, 1, 2, 3]
+    assert min(fig.data[0].y) == pytest.approx(1e-9)  # exact zeros drawn at the floor the title names
+    box = figures.change_distribution(np.zeros((5, 3)), "attention change", "TV")
+    assert "15 values ≤ 1e-9" in box.layout.title.text and [t.name for t in box.data] == ["1", "2", "3"]
