@@ -147,7 +147,7 @@ def test_presentation_mode_deep_link_steps_and_leave(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/learn?present=1&step=4")
     page.get_by_role("heading", name="4 · Beyond linear: the approximate nullspace").wait_for(timeout=90_000)
-    assert page.get_by_text("Step 4 of 4").count() == 1
+    expect(page.get_by_text("Step 4 of 4")).to_be_visible(timeout=30_000)
     expect(page.locator("[data-testid='stSidebar']")).to_be_hidden()
     zoom = page.evaluate("getComputedStyle(document.querySelector(\"[data-testid='stMainBlockContainer']\")).zoom")
     assert float(zoom) == pytest.approx(1.3)
