@@ -106,6 +106,8 @@ def test_sidebar_rejects_non_vit_without_traceback(server, browser):
 def test_exact_noise_in_the_browser(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/nullspace")
+    page.get_by_text("Choose a kind of noise and press").wait_for(timeout=90_000)  # the page's run is done
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     page.get_by_role("button", name="Make noise").click(timeout=60_000)
     expect(page.get_by_text("relative logit change").first).to_be_visible(timeout=90_000)
     page.get_by_text("Verification").scroll_into_view_if_needed()
