@@ -130,7 +130,6 @@ def presentation_mode() -> bool:
 
 def set_presentation_mode(on: bool) -> None:
     st.session_state["presentation"] = bool(on)
-    st.session_state["learn_big"] = bool(on)  # the Learn page's toggle shows the same state
     if on:
         st.query_params["present"] = "1"
     else:
@@ -186,8 +185,8 @@ def model_sidebar() -> None:
             embedded = embedded_model(spec["name"]) if not spec["checkpoint"] else None
             current = 0 if embedded is not None else (2 if spec["checkpoint"] else 1)
             source = st.radio("Source", sources, index=current, key="model_source")
-            names = [m.aliases[-1] for m in EMBEDDED_MODELS.values()]
-            shown = embedded.aliases[-1] if embedded is not None else server_settings().default_model
+            names = [m.short_name for m in EMBEDDED_MODELS.values()]
+            shown = embedded.short_name if embedded is not None else server_settings().default_model
             embedded_pick = st.selectbox(
                 "Embedded model", names, index=names.index(shown), key="model_embedded",
                 format_func=lambda n: f"{n} — {embedded_model(n).description}",
@@ -272,8 +271,9 @@ def set_active_checkpoint(path: str, device: str | None = None) -> None:
 
 def default_sample_for(lm: LoadedModel) -> str:
     """The sample a page opens with: the model's own kind of image (a cluttered scene, a digit), else a photo."""
-    if lm.name == "nullviz_cluttered_vit":
-        return "scene-3"
+    own = embedded_model(lm.name)
+    if own is not None:
+        return own.sample
     return "digit-3" if lm.img_size[0] <= 64 else "chelsea"
 
 

@@ -33,7 +33,8 @@ from bench_core import paired_ratio, print_table, timeit  # noqa: E402
 from nullviz import nullspace as N  # noqa: E402
 from nullviz.attention import (attention_views, compare, head_statistics, noise_contrast, trace,  # noqa: E402
                                unfused_attention)
-from nullviz.models import create_random_vit, load_model  # noqa: E402
+from nullviz.data import sample_image  # noqa: E402
+from nullviz.models import create_random_vit, embedded_model, load_model  # noqa: E402
 from nullviz.synthesis import random_like  # noqa: E402
 
 
@@ -58,8 +59,7 @@ def extract_ratio(lm, x: torch.Tensor, label: str) -> dict:
 def interaction(lm) -> float:
     """The work of one 'new seed' on the Attention page, server side (the page's library calls)."""
     ns = N.nullspace(lm)
-    x = lm.preprocess(__import__("nullviz.data", fromlist=["sample_image"]).sample_image(
-        "scene-3" if lm.name == "nullviz_cluttered_vit" else "digit-3"))
+    x = lm.preprocess(sample_image(embedded_model(lm.name).sample))
     seed = [0]
 
     def once():

@@ -183,6 +183,11 @@ def rollout_map(rolled: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[i
     return _output_query(rolled, num_prefix_tokens, class_token)[:, num_prefix_tokens:].reshape(-1, gh, gw)
 
 
+def _row_tv(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Total variation ½Σ|p − q| between matching attention rows: [..., T, T] → [..., T]."""
+    return 0.5 * (p - q).abs().sum(-1)
+
+
 def attention_distance(clean: torch.Tensor, noised: torch.Tensor, metric: str = "tv") -> torch.Tensor:
     """Per-layer distance between two attention tensors [L, B, H, T, T]: mean over batch, heads and query
     tokens of the total variation ('tv', ½Σ|p − q|) or Jensen–Shannon divergence ('js', in nats)."""
@@ -192,7 +197,7 @@ def attention_distance(clean: torch.Tensor, noised: torch.Tensor, metric: str = 
                                     tuple(noised.shape))
     p, q = clean.double(), noised.double()
     if metric == "tv":
-        d = 0.5 * (p - q).abs().sum(-1)
+        d = _row_tv(p, q)
     else:
         m = 0.5 * (p + q)
         kl = lambda a, b: (a * (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log())).sum(-1)  # noqa: E731
@@ -204,6 +209,13 @@ def representation_change(clean: torch.Tensor, noised: torch.Tensor) -> torch.Te
     """Relative change ‖h' − h‖ / ‖h‖ of the token representations at each depth ([L+1, B, T, D] → [L+1])."""
     diff = (noised.double() - clean.double()).flatten(1).norm(dim=1)
     return (diff / clean.double().flatten(1).norm(dim=1).clamp_min(1e-30)).float()
+
+
+def _noised_trace(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor, level: str, views: ViewPool) -> AttentionTrace:
+    """Trace x with one noise: added to the pixels (normalised, level 'input') or to the patch tokens ('encoder')."""
+    if level == "input":
+        return trace(lm.model, x + (noise if noise.dim() == 4 else noise.unsqueeze(0)).to(x), views=views)
+    return trace(lm.model, x, token_noise=noise, views=views)
 
 
 @dataclass
@@ -260,13 +272,7 @@ def compare(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level:
     x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
     views = attention_views(lm)
     clean = trace(lm.model, x, views=views)
-    if noise is None:
-        noised = clean
-    elif level == "input":
-        v = noise if noise.dim() == 4 else noise.unsqueeze(0)
-        noised = trace(lm.model, x + v.to(x), views=views)
-    else:
-        noised = trace(lm.model, x, token_noise=noise, views=views)
+    noised = clean if noise is None else _noised_trace(lm, x, noise, level, views)
     change = representation_change(clean.hidden, noised.hidden)
     return AttentionComparison(
         clean=clean, noised=noised,
@@ -345,14 +351,17 @@ class HeadStatistics:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
 
 
+def _head_terms(t: AttentionTrace, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer, image and head [L, B, H]: mean attention distance (pixels) and entropy (nats) of a trace."""
+    return (mean_attention_distance(t.attention, t.num_prefix_tokens, t.grid_size, patch_size),
+            attention_entropy(t.attention))
+
+
 def head_statistics(clean: AttentionTrace, noised: AttentionTrace, patch_size: int) -> HeadStatistics:
     """Attention distance and entropy per head and layer of two traces of the same images."""
-    def dist(t):
-        return mean_attention_distance(t.attention, t.num_prefix_tokens, t.grid_size, patch_size).mean(1).numpy()
-
-    return HeadStatistics(distance_clean=dist(clean), distance_noised=dist(noised),
-                          entropy_clean=attention_entropy(clean.attention).mean(1).numpy(),
-                          entropy_noised=attention_entropy(noised.attention).mean(1).numpy(),
+    (dc, ec), (dn, en) = _head_terms(clean, patch_size), _head_terms(noised, patch_size)
+    return HeadStatistics(distance_clean=dc.mean(1).numpy(), distance_noised=dn.mean(1).numpy(),
+                          entropy_clean=ec.mean(1).numpy(), entropy_noised=en.mean(1).numpy(),
                           max_entropy=float(np.log(clean.tokens)))
 
 
@@ -385,7 +394,7 @@ class SetStatistics:
 
 def _per_image(clean: AttentionTrace, noised: AttentionTrace) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L] attention TV and [B, L] representation change of each image of a batch."""
-    tv = 0.5 * (clean.attention.double() - noised.attention.double()).abs().sum(-1).mean(dim=(2, 3))  # [L, B]
+    tv = _row_tv(clean.attention.double(), noised.attention.double()).mean(dim=(2, 3))  # [L, B]
     h0, h1 = clean.hidden[1:].double(), noised.hidden[1:].double()  # [L, B, T, D]
     rc = (h1 - h0).flatten(2).norm(dim=2) / h0.flatten(2).norm(dim=2).clamp_min(1e-30)
     return tv.T.float(), rc.T.float()
@@ -408,25 +417,17 @@ def set_statistics(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None,
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size].to(lm.device)
         clean = trace(lm.model, xb, views=views)
-        if noise is None:
-            noised = clean
-        elif level == "input":
-            noised = trace(lm.model, xb + (noise if noise.dim() == 4 else noise[None]).to(xb), views=views)
-        else:
-            noised = trace(lm.model, xb, token_noise=noise, views=views)
+        noised = clean if noise is None else _noised_trace(lm, xb, noise, level, views)
         tv, rc = _per_image(clean, noised)
         tvs.append(tv)
         rcs.append(rc)
         agree += int((clean.logits.argmax(-1) == noised.logits.argmax(-1)).sum())
-        parts = {
-            "map_clean": clean.cls_maps().double().mean(2).sum(1),  # [L, gh, gw] summed over images
+        (dc, ec), (dn, en) = _head_terms(clean, lm.patch_size), _head_terms(noised, lm.patch_size)
+        parts = {  # sums over the batch's images: [L, gh, gw] maps, [L, H] head terms
+            "map_clean": clean.cls_maps().double().mean(2).sum(1),
             "map_noised": noised.cls_maps().double().mean(2).sum(1),
-            "dist_clean": mean_attention_distance(clean.attention, clean.num_prefix_tokens, clean.grid_size,
-                                                  lm.patch_size).double().sum(1),  # [L, H]
-            "dist_noised": mean_attention_distance(noised.attention, noised.num_prefix_tokens, noised.grid_size,
-                                                   lm.patch_size).double().sum(1),
-            "ent_clean": attention_entropy(clean.attention).double().sum(1),
-            "ent_noised": attention_entropy(noised.attention).double().sum(1),
+            "dist_clean": dc.double().sum(1), "dist_noised": dn.double().sum(1),
+            "ent_clean": ec.double().sum(1), "ent_noised": en.double().sum(1),
         }
         for k, v in parts.items():
             sums[k] = sums[k] + v if k in sums else v
@@ -468,10 +469,7 @@ def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[tor
     rc, tv, norms, levels = [], [], [], []
     for name, (noise, level) in noises.items():
         check("level", "attention.noise_contrast", level, Options(("input", "encoder")))
-        if level == "input":
-            noised = trace(lm.model, x + (noise if noise.dim() == 4 else noise[None]).to(x), views=views)
-        else:
-            noised = trace(lm.model, x, token_noise=noise, views=views)
+        noised = _noised_trace(lm, x, noise, level, views)
         rc.append(representation_change(clean.hidden, noised.hidden).numpy())
         tv.append(attention_distance(clean.attention, noised.attention, "tv").numpy())
         norms.append(float(noise.double().norm()))

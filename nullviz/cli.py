@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthesize", help="optimise approximate-nullspace noise δ (encoder or input level)")
     _model_args(p)
     p.add_argument("--level", default="encoder", choices=["encoder", "input"])
-    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered' (train split) or an ImageFolder path")
+    p.add_argument("--data", default="default", help=f"{OWN} (train split) or an ImageFolder path")
     p.add_argument("--images", type=int, default=128, help="number of images δ is fit on")
     p.add_argument("--check-images", type=int, default=64,
                    help="images δ never sees, to judge it (digits: the held-out split; a folder: the next ones)")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
     _model_args(p)
-    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered' (held-out split) or an ImageFolder path")
+    p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path")
     p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, patchfool; or 'none'")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
     p.add_argument("--pgd-steps", type=int, default=10)
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--method", default="nullspace",
                    choices=["baseline", "nullspace", "gaussian", "random_start", "adversarial"])
-    p.add_argument("--data", default="default", help="'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered', 'cifar10', or an ImageFolder path")
+    p.add_argument("--data", default="default", help=f"{OWN}, 'cifar10', or an ImageFolder path")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
     p.add_argument("--batch-size", type=int, default=64)
@@ -164,7 +164,7 @@ def _load(args):
 
 
 def cmd_info(args) -> dict[str, Any]:
-    from .data import digits_dataset, own_data
+    from .data import digits_dataset
     from .models import embedded_model
 
     lm = _load(args)

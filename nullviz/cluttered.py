@@ -122,10 +122,14 @@ def render(split: str, n: int, generator: torch.Generator) -> Scenes:
 @lru_cache(maxsize=2)
 def fixed_scenes(split: str) -> Scenes:
     """The fixed scenes of a split (held-out: 1000, train: 4000), the same on every call and machine."""
-    if split not in SPLIT_SEEDS:
-        raise DataError(f"The cluttered digits split must be 'train' or 'heldout'. Got {split!r} instead.")
     n = HELDOUT_SCENES if split == "heldout" else TRAIN_SCENES
-    return render(split, n, torch.Generator().manual_seed(SPLIT_SEEDS[split]))
+    return render(split, n, torch.Generator().manual_seed(SPLIT_SEEDS.get(split, 0)))  # render checks split
+
+
+@lru_cache(maxsize=2)
+def _fixed_images(split: str) -> tuple[Image.Image, ...]:
+    """The fixed scenes as PIL images, made once per process (every page and job reads the same ones)."""
+    return tuple(fixed_scenes(split).images())
 
 
 def cluttered_dataset(split: str = "heldout", transform: Callable | None = None):
@@ -133,7 +137,7 @@ def cluttered_dataset(split: str = "heldout", transform: Callable | None = None)
     from .data import DIGITS_CLASS_NAMES, ImageListDataset
 
     scenes = fixed_scenes(split)
-    ds = ImageListDataset(scenes.images(), scenes.labels.tolist(), DIGITS_CLASS_NAMES, transform)
+    ds = ImageListDataset(_fixed_images(split), scenes.labels.tolist(), DIGITS_CLASS_NAMES, transform)
     ds.boxes = scenes.boxes
     return ds
 

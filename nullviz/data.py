@@ -243,12 +243,13 @@ def resolve_image(spec: str | None) -> LabelledImage:
 
 
 SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
-_OWN_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
+#: How the pages name the embedded data sets.
+EMBEDDED_DATA_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
 
 
 def synthesis_sources(own: str = "digits") -> tuple[str, ...]:
     """The image sources to optimise a shared δ on, the first being the model's own training images."""
-    return (f"{_OWN_WORDS.get(own, own)} (train split)", *SYNTHESIS_SOURCES[1:])
+    return (f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)", *SYNTHESIS_SOURCES[1:])
 
 
 def _own_images(own: str, split: str, n: int) -> list[Image.Image]:

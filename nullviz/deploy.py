@@ -62,9 +62,9 @@ def _embedded_name(value: str) -> str:
     found = embedded_model(value.strip())
     if found is None:
         raise InvalidParameterError("NULLVIZ_DEFAULT_MODEL", "ServerSettings",
-                                    f"an embedded model: {', '.join(m.aliases[-1] for m in EMBEDDED_MODELS.values())}",
+                                    f"an embedded model: {', '.join(m.short_name for m in EMBEDDED_MODELS.values())}",
                                     value)
-    return found.aliases[-1]
+    return found.short_name
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from .errors import (CheckpointError, InvalidParameterError, ModelNotFoundError,
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
 DEFAULT_MODEL_NAME = "nullviz_digits_vit"
-DEFAULT_ALIASES = ("default", DEFAULT_MODEL_NAME)
 
 #: Architecture of the embedded default: 32×32 RGB digits, 8×8 patches (3·8² = 192 inputs) embedded in
 #: D = 96 dimensions, so the patch embedding has a nullspace of dimension ≥ 96 (like ViT-Ti/16's 576).
@@ -68,16 +67,23 @@ class EmbeddedModel:
     data: str  # the data spec of the set it was trained on ('digits', 'cluttered'): 'default' data means this
     aliases: tuple[str, ...]
     description: str
+    sample: str  # the sample image a page opens with: the model's own kind of image
     class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
+
+    @property
+    def short_name(self) -> str:
+        """The name users type and settings store ('digits', 'cluttered'): the last alias."""
+        return self.aliases[-1]
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL_NAME: EmbeddedModel(DEFAULT_MODEL_NAME, DEFAULT_MODEL_DIR, DEFAULT_ARCH, DEFAULT_DATA_CONFIG,
                                       "digits", ("default", "digits"),
-                                      "32×32 digits, a 4×4 token grid: the fastest model"),
+                                      "32×32 digits, a 4×4 token grid: the fastest model", "digit-3"),
     CLUTTERED_MODEL_NAME: EmbeddedModel(CLUTTERED_MODEL_NAME, CLUTTERED_MODEL_DIR, CLUTTERED_ARCH,
                                         CLUTTERED_DATA_CONFIG, "cluttered", ("cluttered",),
-                                        "64×64 digits on photographs, an 8×8 token grid: made for attention"),
+                                        "64×64 digits on photographs, an 8×8 token grid: made for attention",
+                                        "scene-3"),
 }
 
 
@@ -193,11 +199,6 @@ class LoadedModel:
     @property
     def is_default(self) -> bool:
         return self.name == DEFAULT_MODEL_NAME and self.checkpoint is None
-
-    @property
-    def is_embedded(self) -> bool:
-        """One of the models that ship with nullviz, with its own weights (not a checkpoint)."""
-        return self.name in EMBEDDED_MODELS and self.checkpoint is None
 
     @property
     def transform(self):

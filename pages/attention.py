@@ -190,9 +190,8 @@ st.caption("Mean attention distance: for every patch query, the attention-weight
 st.subheader("Exact vs approximate vs random noise, layer by layer")
 gen = torch.Generator().manual_seed(0)
 ns_c = N.nullspace(lm)
-if source == "fresh exact nullspace noise" or (noise is not None and noise.get("kind") == "exact" and source != "upload a noise file"):
-    exact_noise = delta
-    noises = {"exact nullspace noise": (exact_noise, "input")}
+if source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page" and noise["kind"] == "exact"):
+    noises = {"exact nullspace noise": (delta, "input")}
 else:
     exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0, weakest=0 if ns_c.nullity else 8))
     if level == "input":  # the same norm as δ, so the lines differ in structure, not size

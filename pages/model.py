@@ -4,7 +4,8 @@ import streamlit as st
 
 from app_state import current_model, require_shell
 from nullviz.cluttered import measure as measure_cluttered
-from nullviz.data import digits_dataset, own_data
+from nullviz.data import digits_dataset
+from nullviz.models import embedded_model
 from nullviz.robustness import accuracy
 
 require_shell(__file__)
@@ -36,12 +37,14 @@ st.table({"property": ["grid", "prefix tokens", "mean", "std", "interpolation"],
                     ", ".join(f"{v:.3f}" for v in facts["mean"]), ", ".join(f"{v:.3f}" for v in facts["std"]),
                     str(lm.data_config.get("interpolation", ""))]})
 
-if lm.is_embedded and own_data("default", lm.name) == "digits":
+# an embedded architecture (shipped weights, or a checkpoint finetuned from them) with its 10 classes
+own = embedded_model(lm.name) if facts["num_classes"] == 10 else None
+if own is not None and own.data == "digits":
     if st.button("Measure held-out accuracy (digits)"):
         held = digits_dataset("heldout")
         acc = accuracy(lm, held)
         st.success(f"Held-out top-1 accuracy: {acc:.2%} on {len(held)} images the model never trained on.")
-elif lm.is_embedded:
+elif own is not None:
     if st.button("Measure held-out accuracy and where attention falls (cluttered scenes)"):
         with st.spinner("1000 held-out scenes…"):
             m = measure_cluttered(lm)

@@ -9,7 +9,7 @@ from app_state import (default_spec, cached_model, current_model, job_queue, job
                        server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz import robustness as R
-from nullviz.data import EMBEDDED_DATA, load_dataset, own_data
+from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, own_data
 from nullviz.errors import JobNotFoundError, NullvizError
 from nullviz.jobs import evaluate_params
 from nullviz.models import PixelModel, embedded_model
@@ -37,7 +37,7 @@ with st.form("rob_form"):
                                      or "/path/model.safetensors")
     c = st.columns(3)
     own = own_data("default", lm_a.name)
-    own_words = "the cluttered scenes' held-out split" if own == "cluttered" else "the digits' held-out split"
+    own_words = f"the {EMBEDDED_DATA_WORDS[own]}' held-out split"
     data_spec = "default" if shared else c[0].text_input(
         "data set", value="default", key="rob_data",
         help=f"'default' = the model's own data ({own_words}); 'digits', 'cluttered', or an ImageFolder directory")
