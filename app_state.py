@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
-from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
-                            server_threads, threads_per_job, valid_workspace_id)
+from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, keep_freed_memory,
+                            new_workspace_id, server_threads, threads_per_job, valid_workspace_id)
 from nullviz.errors import NullvizError
 from nullviz.jobs import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
@@ -35,6 +35,7 @@ def server_settings() -> ServerSettings:
         overrides = {}
     settings = ServerSettings.from_env(overrides=overrides)
     torch.set_num_threads(server_threads(settings.max_running_jobs))  # leave the jobs' cores to the jobs
+    keep_freed_memory()  # requests reuse freed memory instead of page-faulting it in again
     return settings
 
 

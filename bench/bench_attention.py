@@ -1,10 +1,15 @@
 """Attention extraction and the Attention page's interaction, as ratios and latencies in one run.
 
-    python bench/bench_attention.py [--device cpu|cuda] [--browser] [--before PATH]
+    python bench/bench_attention.py [--device cpu|cuda] [--browser] [--before PATH] [--glibc-defaults]
+
+Runs with the allocator setting the app and the CLI use (:func:`nullviz.deploy.keep_freed_memory`), or with
+glibc's defaults (``--glibc-defaults``); the README gives both.
 
 - ``nullviz.attention.trace`` (every block's attention *and* output tokens, and the logits) ÷ timm's own
-  ``timm.utils.AttentionExtract`` (torch.fx, fused attention off: attention only) on the same model and batch:
-  the digits ViT b64, the cluttered ViT b64, ViT-Ti/16 b16 (random weights). Alternating pairs, medians.
+  ``timm.utils.AttentionExtract`` (fused attention off) on the same model and batch — fx with its default
+  names (attention only), hook, and fx asked for the same outputs as trace — for the digits ViT b64, the
+  cluttered ViT b64, ViT-Ti/16 b16 (random weights); and the hooked pass (trace before the direct pass) ÷
+  fx. Alternating pairs, medians.
 - the Attention page's main interaction, server side (what a new noise seed costs the server): exact
   noise + clean/noised trace + rollout + every map + head statistics + the exact/random contrast, per
   embedded model, in ms (median of 15).
@@ -34,25 +39,43 @@ from nullviz import nullspace as N  # noqa: E402
 from nullviz.attention import (attention_views, compare, head_statistics, noise_contrast, trace,  # noqa: E402
                                unfused_attention)
 from nullviz.data import sample_image  # noqa: E402
+from nullviz.deploy import keep_freed_memory  # noqa: E402
 from nullviz.models import create_random_vit, embedded_model, load_model  # noqa: E402
 from nullviz.synthesis import random_like  # noqa: E402
 
 
+SAME_OUTPUTS = [r"blocks\.\d+\.attn\.softmax$", r"norm_pre$", r"blocks\.\d+\.add_1$", r"head$"]
+
+
 def extract_ratio(lm, x: torch.Tensor, label: str) -> dict:
+    """trace ÷ AttentionExtract three ways: fx with its default names (attention only; the graph is cut after
+    the last softmax), hook (the whole forward, attention kept), and fx asked for what trace returns
+    (attention, the first block's input, every block's output, the logits). Also the hooked pass (the
+    previous trace) ÷ fx, for a before/after in one run."""
     from timm.utils import AttentionExtract
 
     views = attention_views(lm)
     theirs_model = copy.deepcopy(lm.model).eval()
     out = {}
     with unfused_attention(theirs_model), torch.no_grad():
-        for method in ("fx", "hook"):  # fx prunes all after the last softmax; hook runs the whole forward
-            theirs = AttentionExtract(theirs_model, method=method)
+        extractors = {"fx": AttentionExtract(theirs_model, method="fx"),
+                      "hook": AttentionExtract(theirs_model, method="hook"),
+                      "fx_same_outputs": AttentionExtract(theirs_model, names=SAME_OUTPUTS, method="fx",
+                                                          use_regex=True)}
+        ours = trace(lm.model, x, views=views)
+        for method, theirs in extractors.items():
             ref = theirs(x)
-            ours = trace(lm.model, x, views=views)
-            assert torch.allclose(torch.stack(list(ref.values())).float().cpu(), ours.attention, atol=1e-5)
+            softmax = [v for k, v in ref.items() if k.endswith(("softmax", "attn_drop"))]
+            assert torch.allclose(torch.stack(softmax).float().cpu(), ours.attention, atol=1e-5)
+            if method == "fx_same_outputs":
+                assert len(ref) == 2 * ours.layers + 2
+                assert torch.allclose(ref["head"].float().cpu(), ours.logits, atol=1e-4)
             r, t_ours, t_theirs = paired_ratio(lambda: trace(lm.model, x, views=views), lambda: theirs(x), repeat=15)
             out.update({f"{label}_trace_ms": t_ours * 1e3, f"{label}_AttentionExtract_{method}_ms": t_theirs * 1e3,
                         f"{label}_trace_over_AttentionExtract_{method}": r})
+        r, t_hooks, _ = paired_ratio(lambda: trace(lm.model, x, views=views, method="hooks"),
+                                     lambda: extractors["fx"](x), repeat=15)
+        out.update({f"{label}_hooked_trace_ms": t_hooks * 1e3, f"{label}_hooked_trace_over_AttentionExtract_fx": r})
     return out
 
 
@@ -119,9 +142,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--browser", action="store_true")
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="keep glibc's malloc defaults (the app and the CLI set deploy.keep_freed_memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2 if args.device == "cpu" else torch.get_num_threads())
-    out = {"device": args.device}
+    out = {"device": args.device,
+           "allocator": "glibc defaults" if args.glibc_defaults or not keep_freed_memory() else "keep_freed_memory"}
     digits = load_model("digits", device=args.device)
     cluttered = load_model("cluttered", device=args.device)
     g = torch.Generator().manual_seed(0)

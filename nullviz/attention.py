@@ -2,11 +2,11 @@
 
 timm's ``Attention`` uses fused ``scaled_dot_product_attention``, which never materialises the attention
 matrix. :func:`trace` therefore runs on a private module tree over the model's own weights
-(:func:`~nullviz.models.shared_weights_view`, borrowed from a :class:`~nullviz.models.ViewPool`): on that
-view ``fused_attn`` is off, and the trace hooks each block's ``attn_drop`` (identity in eval) for the softmax
-output and each block for its output tokens, removing the hooks before it hands the view back. Hooks and
-flags live on the borrowed view alone, so any number of threads can trace the one cached model at once,
-each seeing only its own tensors, and the cached model is never touched.
+(:func:`~nullviz.models.shared_weights_view`, borrowed from a :class:`~nullviz.models.ViewPool`): in eval
+mode, with ``fused_attn`` off, and — for blocks other than timm's standard one — hooks on each block's
+``attn_drop`` and output, removed before it hands the view back (:mod:`nullviz.tracing` has both passes).
+Flags and hooks live on the borrowed view alone, so any number of threads can trace the one cached model
+at once, each seeing only its own tensors, and the cached model is never touched.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .errors import InvalidParameterError
-from .models import LoadedModel, ViewPool, logits_from_patch_tokens, patch_tokens
+from .models import LoadedModel, ViewPool
 from .params import Interval, Options, check
+from .tracing import direct_pass, hooked_pass, supports_direct_pass
 
 
 @contextlib.contextmanager
@@ -102,32 +103,29 @@ def attention_views(lm: LoadedModel) -> ViewPool:
 
 @torch.no_grad()
 def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None,
-          views: ViewPool | None = None) -> AttentionTrace:
+          views: ViewPool | None = None, method: str = "auto") -> AttentionTrace:
     """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
     every block's attention probabilities and output tokens. ``model`` itself is never modified (eval-mode
     numbers, whatever mode the caller's model is in); ``views`` (see :func:`attention_views`) lends a
-    prepared view of it instead of making one."""
+    prepared view of it instead of making one. ``method``: 'direct' (timm's standard blocks, computed from
+    their weights), 'hooks' (any block: the model's own forward, hooked) or 'auto' (direct where it
+    applies); see :mod:`nullviz.tracing`."""
+    check("method", "attention.trace", method, Options(("auto", "direct", "hooks")))
     blocks = list(getattr(model, "blocks", []))
     if not blocks or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "attn_drop"):
         raise InvalidParameterError("model", "attention.trace", "a timm ViT whose blocks have .attn.attn_drop",
                                     type(model).__name__)
+    direct = supports_direct_pass(model)
+    if method == "direct" and not direct:
+        raise InvalidParameterError("method", "attention.trace",
+                                    "'hooks' or 'auto' for blocks other than timm's standard Block", method)
     pool = views if views is not None else ViewPool(model, _prepare_for_trace)
-    attn: list[torch.Tensor] = []
-    hidden: list[torch.Tensor] = []
     with pool.borrow() as view:  # private while borrowed: its flags and hooks are this call's alone
-        handles = [view.blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach()))]
-        try:
-            for blk in view.blocks:
-                handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach())))
-                handles.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
-            u = patch_tokens(view, x)
-            logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u))
-        finally:
-            for h in handles:
-                h.remove()
+        run = direct_pass if direct and method != "hooks" else hooked_pass
+        out = run(view, x, token_noise)
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
-    return AttentionTrace(attention=torch.stack(attn).float().cpu(), hidden=torch.stack(hidden).float().cpu(),
-                          logits=logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+    return AttentionTrace(attention=out.attention.float().cpu(), hidden=out.hidden.float().cpu(),
+                          logits=out.logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
                           grid_size=(gh, gw), has_class_token=has_class_token(model))
 
 

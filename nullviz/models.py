@@ -667,15 +667,19 @@ def patch_tokens(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return u.flatten(1, 2) if u.dim() == 4 else u
 
 
-def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """f_ψ(f_φ(u)): everything after the patch embedding, on [B, N, D] tokens (noise can be added to u)."""
+def block_input(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The first block's input from [B, N, D] patch tokens: prefix tokens, position embedding, norm_pre."""
     if getattr(model, "dynamic_img_size", False):
         gh, gw = model.patch_embed.grid_size
         tokens = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
     x = model._pos_embed(tokens)
     x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    x = model.blocks(x)
+    return model.norm_pre(x)
+
+
+def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """f_ψ(f_φ(u)): everything after the patch embedding, on [B, N, D] tokens (noise can be added to u)."""
+    x = model.blocks(block_input(model, tokens))
     x = model.norm(x)
     return model.forward_head(x)
 

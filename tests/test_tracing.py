@@ -1,0 +1,145 @@
+"""The two encoder passes behind attention.trace agree on every ViT variant the direct pass claims."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+
+from nullviz.attention import trace
+from nullviz.errors import InvalidParameterError
+from nullviz.models import shared_weights_view
+from nullviz.tracing import _Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
+
+VARIANTS = {
+    "plain": {},
+    "qk_norm": {"qk_norm": True},
+    "layer_scale": {"init_values": 0.1},
+    "registers": {"reg_tokens": 4, "no_embed_class": True},
+    "avg_pool_no_class_token": {"class_token": False, "global_pool": "avg"},
+    "gelu_tanh": {"act_layer": "gelu_tanh"},
+    "relu_mlp_pre_norm": {"act_layer": "relu", "pre_norm": True},
+    "dynamic_img_size": {"dynamic_img_size": True},
+}
+
+
+def _vit(seed: int = 0, **kwargs) -> VisionTransformer:
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=5,
+                              **kwargs).eval()
+    with torch.no_grad():  # trained-looking weights: LayerNorm affine and biases away from their init
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_direct_pass_equals_the_hooked_forward(variant):
+    model = _vit(**VARIANTS[variant])
+    assert supports_direct_pass(model)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(16, 48, generator=torch.Generator().manual_seed(2))
+    for token_noise in (None, noise):
+        direct = trace(model, x, token_noise=token_noise, method="direct")
+        hooked = trace(model, x, token_noise=token_noise, method="hooks")
+        for name in ("attention", "hidden", "logits"):
+            torch.testing.assert_close(getattr(direct, name), getattr(hooked, name), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(trace(model, x).logits, model(x), atol=2e-5, rtol=1e-5)
+
+
+def test_auto_uses_the_direct_pass_for_standard_blocks_and_hooks_otherwise(monkeypatch):
+    calls = []
+    monkeypatch.setattr("nullviz.attention.direct_pass", lambda *a: calls.append("direct") or direct_pass(*a))
+    monkeypatch.setattr("nullviz.attention.hooked_pass", lambda *a: calls.append("hooks") or hooked_pass(*a))
+    x = torch.randn(2, 3, 32, 32)
+    trace(_vit(), x)
+    post_norm = _vit(block_fn=ResPostBlock)
+    assert not supports_direct_pass(post_norm)
+    t = trace(post_norm, x)
+    assert calls == ["direct", "hooks"]
+    torch.testing.assert_close(t.logits, post_norm(x), atol=2e-5, rtol=1e-5)
+    with pytest.raises(InvalidParameterError, match="standard Block"):
+        trace(post_norm, x, method="direct")
+    with pytest.raises(InvalidParameterError, match="method"):
+        trace(post_norm, x, method="fx")
+
+
+def test_gated_attention_takes_the_hooked_pass():
+    model = _vit()
+    blk = model.blocks[1]
+    gated = Attention(48, num_heads=3, qkv_bias=True)
+    gated.gate = torch.nn.Linear(48, 48)  # timm's gated attention multiplies the heads' output by a gate
+    blk.attn = gated.eval()
+    assert not supports_direct_pass(model)
+
+
+def test_direct_pass_returns_one_tensor_per_quantity_and_rows_sum_to_one():
+    view = shared_weights_view(_vit())
+    out = direct_pass(view, torch.randn(4, 3, 32, 32))
+    assert out.attention.shape == (3, 4, 3, 17, 17) and out.hidden.shape == (4, 4, 17, 48)
+    assert out.attention.is_contiguous() and out.hidden.is_contiguous()
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(3, 4, 3, 17))
+
+
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+def test_linears_equal_torch_with_onednn_packed_plain_and_without(gelu, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(96, 192)
+    view = torch.nn.Sequential(layer)
+    x = torch.randn(130, 96, generator=g)
+    with torch.no_grad():
+        expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
+        linear = _Linears(view, x)
+        torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(linear(x[:7], layer, gelu), expected[:7], atol=1e-5, rtol=1e-5)  # other M
+        layer.weight.mul_(2.0)  # changed in place: the packed copy must follow (its version moved)
+        expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
+        torch.testing.assert_close(_Linears(view, x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        monkeypatch.setattr("nullviz.tracing.PACKED_WEIGHTS_MAX_BYTES", 0)
+        unpacked = torch.nn.Sequential(layer)  # a new view: decides afresh, too big to pack now
+        linear = _Linears(unpacked, x)
+        assert linear.packed is None
+        torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        monkeypatch.setattr("nullviz.tracing.onednn_linear_available", lambda: False)
+        torch.testing.assert_close(_Linears(view, x)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
+
+
+def test_onednn_probe_is_a_bool():
+    assert onednn_linear_available() in (True, False)
+
+
+_FAULTS = """
+import resource, sys, torch
+torch.set_num_threads(1)
+from nullviz.attention import attention_views, trace
+from nullviz.deploy import keep_freed_memory
+from nullviz.models import load_model
+applied = keep_freed_memory({"NULLVIZ_KEEP_FREED_MEMORY": sys.argv[1]})
+lm = load_model("digits")
+views = attention_views(lm)
+x = torch.randn(64, 3, 32, 32)
+for _ in range(5):
+    trace(lm.model, x, views=views)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    trace(lm.model, x, views=views)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_traces():
+    """glibc's defaults page-fault a warm trace's memory in again on every call; the server's setting
+    keeps it (counted in fresh processes: the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    runs = {}
+    for flag in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, flag], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout.split()
+        runs[flag] = (out[0] == "True", float(out[1]))
+    if not runs["1"][0]:
+        pytest.skip("not glibc: the allocator setting does not apply")
+    assert runs["0"][0] is False
+    assert runs["1"][1] < 20 < runs["0"][1], runs
