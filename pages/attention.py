@@ -250,9 +250,10 @@ if done and done["model"] == lm.name:
     buf = io.BytesIO()
     np.savez_compressed(buf, **r.arrays())
     c = st.columns(2)
-    c[0].download_button("set statistics (.npz)", buf.getvalue(), "attention_set.npz", "application/octet-stream")
+    c[0].download_button("set statistics (.npz)", buf.getvalue(), "attention_set.npz", "application/octet-stream",
+                         on_click="ignore")
     c[1].download_button("set statistics (JSON)", json.dumps(r.to_dict(), indent=2), "attention_set.json",
-                         "application/json")
+                         "application/json", on_click="ignore")
 
 st.subheader("Attribution")
 c = st.columns(3)
@@ -295,8 +296,11 @@ arrays = cmp.arrays()
 buf = io.BytesIO()
 np.savez_compressed(buf, **arrays)
 c = st.columns(3)
-c[0].download_button("attention + rollouts (.npz)", buf.getvalue(), "attention.npz", "application/octet-stream")
-c[1].download_button("per-layer numbers (JSON)", json.dumps(d, indent=2), "attention.json", "application/json")
+c[0].download_button("attention + rollouts (.npz)", buf.getvalue(), "attention.npz", "application/octet-stream",
+                     on_click="ignore")
+c[1].download_button("per-layer numbers (JSON)", json.dumps(d, indent=2), "attention.json", "application/json",
+                     on_click="ignore")
 c[2].download_button("depth curve (HTML)", figure_html(figures.depth_curve(
-    {"repr change": d["layer_repr_change"], "attention TV": d["layer_attention_distance"]})), "depth.html", "text/html")
+    {"repr change": d["layer_repr_change"], "attention TV": d["layer_attention_distance"]})), "depth.html",
+    "text/html", on_click="ignore")
 st.caption("Every chart's toolbar (camera icon) saves it as PNG.")

@@ -258,7 +258,7 @@ if len(by_method) >= 2:
         st.caption("One seed per method: no intervals. Run 2 or more seeds per method to see how much of a "
                    "difference is the seed's.")
     st.download_button("comparison (JSON)", json.dumps(comparison.to_dict(), indent=2, default=float),
-                       "comparison.json", "application/json", key=f"dl_cmp_{job.id}")
+                       "comparison.json", "application/json", key=f"dl_cmp_{job.id}", on_click="ignore")
 
 st.subheader("Download and use")
 for method, res in results.items():
@@ -266,7 +266,7 @@ for method, res in results.items():
     c = st.columns(3)
     log = run_dir / "log.jsonl"
     c[1].download_button(f"{method}: run log (JSON lines)", log.read_bytes() if log.exists() else b"",
-                         f"{method}_log.jsonl", key=f"dl_log_{job.id}_{method}")
+                         f"{method}_log.jsonl", key=f"dl_log_{job.id}_{method}", on_click="ignore")
     if not res.get("usable") or not res.get("checkpoint"):
         c[0].caption(f"{method}: stopped before its first epoch ended; there is no trained model to use.")
         continue
@@ -275,7 +275,7 @@ for method, res in results.items():
         for name in ("model.safetensors", "model.json"):
             zf.write(run_dir / name, name)
     c[0].download_button(f"{method}: checkpoint (.zip)", buf.getvalue(), f"{method}_checkpoint.zip",
-                         key=f"dl_ck_{job.id}_{method}")
+                         key=f"dl_ck_{job.id}_{method}", on_click="ignore")
     if c[2].button(f"Use the {method} model", key=f"use_{job.id}_{method}"):
         try:
             set_active_checkpoint(res["checkpoint"], str(lm.device))

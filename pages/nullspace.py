@@ -219,8 +219,26 @@ if res is not None:
         st.info("No images were held out (δ was fit on a single image and no other set was available), so "
                 "nothing here says how δ does on images it never saw.")
 
-if not exact:
-    with st.expander("The frontier: how large can δ be and stay invisible on images it never saw?"):
+def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
+    """One synthesis per (λ, lim, steps) of the sweep, on the fit and check images of the settings above."""
+    grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
+    base, images, check = approximate_inputs()
+    bar = st.progress(0.0, text="tracing…")
+
+    def progress(k, n, p):
+        bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, "
+                                 f"unseen Σ Δp² {p.check_mse_probs:.1e}")
+
+    st.session_state["ns_frontier"] = frontier(lm, images, base, lams=grid["lam"], lims=grid["lim"],
+                                               steps=grid["steps"], check_images=check, progress=progress)
+
+
+@st.fragment
+def frontier_panel() -> None:
+    """The λ/lim/steps sweep: a fragment, so tracing the frontier reruns only this panel, not the page's
+    verification of the noise above."""
+    with (st.container(key="ns_frontier_panel"),
+          st.expander("The frontier: how large can δ be and stay invisible on images it never saw?")):
         st.caption("Each point is one synthesis with the settings above except the swept ones, on the same fit "
                    "and check images; the controls (same norm, same images) show what *optimised* buys.")
         with st.form("ns_frontier_form"):
@@ -231,13 +249,7 @@ if not exact:
             sweep = st.form_submit_button("Trace the frontier")
         if sweep:
             try:
-                grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
-                base, images, check = approximate_inputs()
-                bar = st.progress(0.0, text="tracing…")
-                st.session_state["ns_frontier"] = frontier(
-                    lm, images, base, lams=grid["lam"], lims=grid["lim"], steps=grid["steps"], check_images=check,
-                    progress=lambda k, n, p: bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, "
-                                                                       f"unseen Σ Δp² {p.check_mse_probs:.1e}"))
+                trace_frontier(lams_text, lims_text, steps_text)
             except NullvizError as exc:
                 show_error(exc)
         front = st.session_state.get("ns_frontier")
@@ -248,7 +260,11 @@ if not exact:
                         + (f"**‖δ‖ = {best.noise_l2:.3g}** ({best.label}; travelled {best.travelled_l2:.3g} from its "
                            f"start)" if best else "**none** of these settings."))
             st.download_button("frontier (JSON)", json.dumps(front.to_dict(), indent=2), "frontier.json",
-                               "application/json", key="dl_frontier")
+                               "application/json", key="dl_frontier", on_click="ignore")
+
+
+if not exact:
+    frontier_panel()
 
 if exact or level == "input":
     ns = N.nullspace(lm, noise.get("rtol"))
@@ -276,4 +292,4 @@ downloads = [("noise tensor (.pt)", buf.getvalue(), f"noise_{level}.pt", "applic
 if level == "input":
     downloads.insert(0, ("noised image (PNG)", png_bytes(lm.to_display(x + delta.to(x))), "noised.png", "image/png"))
 for col, (label, payload, filename, mime) in zip(st.columns(len(downloads)), downloads):
-    col.download_button(label, payload, filename, mime)
+    col.download_button(label, payload, filename, mime, on_click="ignore")

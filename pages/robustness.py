@@ -222,5 +222,6 @@ for name, px in ex.items():
 st.subheader("Download")
 c = st.columns(2)
 c[0].download_button("results (CSV)", R.rows_to_csv([row for r in reports for row in r.to_rows()]),
-                     "robustness.csv", "text/csv")
-c[1].download_button("results (JSON)", R.report_json(reports), "robustness.json", "application/json")
+                     "robustness.csv", "text/csv", on_click="ignore")
+c[1].download_button("results (JSON)", R.report_json(reports), "robustness.json", "application/json",
+                     on_click="ignore")

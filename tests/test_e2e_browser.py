@@ -187,3 +187,60 @@ def test_cluttered_default_pick_a_query_patch_by_clicking(browser, tmp_path):
                                                                             timeout=60_000)
         assert page.locator("[data-testid='stException']").count() == 0
         page.close()
+
+
+#: Records the visible elements outside a container that Streamlit marks stale (what a rerun of the whole page
+#: does to everything it redraws); a fragment's rerun leaves them alone.
+STALE_OUTSIDE = """(key) => {
+  window.__staleOutside = [];
+  new MutationObserver((ms) => { for (const m of ms) {
+      const el = m.target;
+      const visible = (el.innerText || '').trim() !== '' || el.querySelector('canvas, svg, img');
+      if (el.getAttribute('data-stale') === 'true' && visible && !el.closest('.st-key-' + key))
+        window.__staleOutside.push((el.innerText || '').trim().slice(0, 60)); } })
+    .observe(document.body, {attributes: true, subtree: true, attributeFilter: ['data-stale']});
+}"""
+
+#: Counts finished script runs (full or fragment).
+RUNS = """() => {
+  window.__runs = 0;
+  const app = document.querySelector("[data-testid='stApp']");
+  let last = app.getAttribute("data-test-script-state");
+  new MutationObserver(() => {
+    const now = app.getAttribute("data-test-script-state");
+    if (last === "running" && now === "notRunning") window.__runs += 1;
+    last = now;
+  }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+}"""
+
+
+def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, browser):
+    """Tracing the frontier is a fragment: the noise, charts and numbers above it are not redrawn (a full
+    rerun, the control, marks them stale); downloading its JSON reruns nothing."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.goto(server + "/nullspace")
+    page.get_by_text("Approximate — encoder level").click()
+    page.get_by_label("steps", exact=True).fill("20")
+    page.get_by_label("images", exact=True).fill("24")
+    page.get_by_role("button", name="Make noise").click()
+    page.get_by_text("The frontier: how large").wait_for(timeout=120_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
+    page.evaluate(STALE_OUTSIDE, "ns_frontier_panel")
+    page.get_by_text("The frontier: how large").click()
+    page.get_by_label("λ values").fill("0, 1")
+    page.locator(".st-key-ns_sweep_steps input").fill("10")
+    page.get_by_role("button", name="Trace the frontier").click()
+    page.get_by_text("Largest δ within ε = ").wait_for(timeout=120_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
+    assert page.evaluate("window.__staleOutside") == []
+    page.evaluate(RUNS)
+    with page.expect_download(timeout=30_000) as download:
+        page.get_by_role("button", name="frontier (JSON)").click()
+    assert download.value.suggested_filename == "frontier.json"
+    page.wait_for_timeout(1500)  # a rerun would have started by now
+    assert page.evaluate("window.__runs") == 0
+    page.get_by_role("button", name="Make noise").click()  # the control: a full rerun marks the page stale
+    page.wait_for_function("window.__staleOutside.length > 0", timeout=120_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()

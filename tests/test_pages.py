@@ -21,6 +21,14 @@ def app(page: str | None = None) -> AppTest:
     return at
 
 
+def downloads(at) -> list:
+    """The page's download buttons; a download never reruns the page (``on_click="ignore"``): the results it
+    offers stay on screen and a long page is not recomputed for a file the browser already has."""
+    buttons = at.get("download_button")
+    assert all(b.proto.ignore_rerun for b in buttons), [b.proto.label for b in buttons if not b.proto.ignore_rerun]
+    return buttons
+
+
 def png_bytes(size=(48, 40), color=(120, 30, 200)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
@@ -116,7 +124,7 @@ def test_nullspace_upload_exact_noise_verified():
     assert float(metric(at, "relative logit change").value) < 1e-5
     assert metric(at, "top-1 kept").value == "yes"
     assert "after clip + 8-bit PNG" in [m.label for m in at.metric]
-    assert len(at.get("download_button")) == 4
+    assert len(downloads(at)) == 4
     assert at.session_state["current_noise"]["kind"] == "exact"
 
 
@@ -164,6 +172,7 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     front = at.session_state["ns_frontier"]
     assert [p.lam for p in front.points] == [0.0, 1.0] and front.num_check_images == 64
     assert any("Largest δ within ε" in m.value for m in at.markdown)
+    assert "frontier (JSON)" in {b.proto.label for b in downloads(at)}
     at.text_input(key="ns_sweep_lams").set_value("0, a lot")
     [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
     assert not at.exception and len(at.error) == 1 and "comma-separated numbers" in at.error[0].value
@@ -227,7 +236,7 @@ def test_attention_page_research_views():
     [b for b in at.button if b.label == "Compute statistics"][0].click().run()
     assert not at.exception and not at.error
     assert any("**24 images**" in m.value and "top-1 kept on **100.0%**" in m.value for m in at.markdown)
-    assert {"set statistics (.npz)", "set statistics (JSON)"} <= {b.label for b in at.get("download_button")}
+    assert {"set statistics (.npz)", "set statistics (JSON)"} <= {b.proto.label for b in downloads(at)}
 
 
 def test_attention_set_statistics_zip_without_upload_is_a_clear_message():
@@ -325,7 +334,7 @@ def test_robustness_page_two_models():
     table = at.table[0].value
     assert list(table["evaluation"]) == ["clean", "fgsm", "pgd", "corruption mean"]
     assert list(table["Δ (2 − 1)"]) == ["+0.0%"] * 4  # the same model twice
-    assert len(at.get("download_button")) == 2
+    assert len(downloads(at)) == 2
     assert len(at.get("plotly_chart")) >= 5
 
 
@@ -398,7 +407,7 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     wait_for_job(at)
     table = at.table[0].value
     assert list(table["method"]) == ["baseline", "nullspace"]
-    assert len(at.get("download_button")) == 5  # comparison JSON + per run: log and checkpoint
+    assert len(downloads(at)) == 5  # comparison JSON + per run: log and checkpoint
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
     assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
     assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
@@ -412,7 +421,7 @@ def test_finetune_page_compares_methods_over_seeds(jobs_dir):
                                                  "nullspace-seed1"]
     keys = [c.proto.id for c in at.get("plotly_chart")]
     assert any("ft_compare" in k for k in keys) and any("ft_paired" in k for k in keys)
-    assert any(b.label == "comparison (JSON)" for b in at.get("download_button"))
+    assert any(b.proto.label == "comparison (JSON)" for b in downloads(at))
 
 
 def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
