@@ -26,6 +26,7 @@ from nullviz import nullspace as N  # noqa: E402
 from nullviz.attention import attention_views, rollout, trace  # noqa: E402
 from nullviz.attribution import attribute  # noqa: E402
 from nullviz.data import digits_dataset, sample_image  # noqa: E402
+from nullviz.deploy import keep_freed_memory  # noqa: E402
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
 from nullviz.robustness import images_tensor  # noqa: E402
 from nullviz.synthesis import SynthesisConfig, _Batches, _noised_logits  # noqa: E402
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    out: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "keep_freed_memory": keep_freed_memory()}  # as the app server and the CLI run
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
 
