@@ -5,15 +5,17 @@ Two interchangeable passes over a borrowed, eval-mode view of the model (same nu
 - :func:`direct_pass`, for timm's standard pre-norm ``Block`` (``Attention`` + ``Mlp``, as in ViT, DeiT and
   ViTs with registers, LayerScale or q/k-norm). It computes each block from the module's own weights and
   norms, writing the softmax and the block outputs straight into the [L, …] tensors it returns (no per-layer
-  tensors to keep and stack), keeping q, k, v, the scores and the context in buffers reused across layers,
-  and — on a CPU with oneDNN — running the linear layers through oneDNN with the MLP's GELU fused in
-  (on a 2-core CPU oneDNN's float32 GEMM takes about half of the default BLAS path's time at these shapes;
-  ``bench/bench_attention.py``). Why not timm's ``AttentionExtract``: it keeps each block's tensors and
-  runs the model's own layers, so it cannot do any of the three.
+  tensors to keep and stack), applying the scale inside the score product, keeping q, k, v, the scores and
+  the context in buffers reused across layers, and — on a CPU with oneDNN — running the linear layers
+  through oneDNN with the MLP's GELU fused in and the weights packed once per view (on a 2-core CPU
+  oneDNN's float32 GEMM takes about half of the default BLAS path's time at these shapes;
+  ``bench/bench_attention.py``). timm's ``AttentionExtract`` keeps each block's tensors and runs the
+  model's own layers, so it can do none of these.
 - :func:`hooked_pass`, for any other block: the model's own forward with hooks on ``attn_drop`` (the
   softmax output when fused attention is off) and on every block.
 
-Both return float tensors on the model's device; :func:`~nullviz.attention.trace` moves them to the CPU.
+Both return tensors in the model's dtype on its device; :func:`~nullviz.attention.trace` makes them float32
+on the CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .models import block_input, patch_tokens
+from .models import block_input, logits_from_patch_tokens, patch_tokens
 
 
 class EncoderPass(NamedTuple):
@@ -72,7 +74,8 @@ class _Linears:
             if packed is None:  # first pass on this view: pack only if the weights are small
                 size = sum(m.weight.numel() * m.weight.element_size() for m in view.modules()
                            if isinstance(m, torch.nn.Linear))
-                packed = view.__dict__["_nullviz_packed_linears"] = {} if size <= PACKED_WEIGHTS_MAX_BYTES else False
+                packed = {} if size <= PACKED_WEIGHTS_MAX_BYTES else False
+                view.__dict__["_nullviz_packed_linears"] = packed
             self.packed = None if packed is False else packed
 
     def __call__(self, x: torch.Tensor, layer: torch.nn.Linear, gelu: str | None = None) -> torch.Tensor:
@@ -92,16 +95,19 @@ class _Linears:
 
 
 def supports_direct_pass(model: torch.nn.Module) -> bool:
-    """True when every block is timm's standard ``Block`` with ``Attention`` (no output gate) and ``Mlp``."""
+    """True when every block is timm's standard ``Block`` with ``Attention`` (no output gate) and ``Mlp``, all
+    with the same heads."""
     try:
         from timm.layers import Attention, Mlp
         from timm.models.vision_transformer import Block
     except ImportError:  # pragma: no cover - timm is a dependency; an old layout means the hooked pass
         return False
     blocks = list(getattr(model, "blocks", []))
-    return bool(blocks) and all(
-        type(b) is Block and type(b.attn) is Attention and type(b.mlp) is Mlp
-        and getattr(b.attn, "gate", None) is None for b in blocks)
+    if not blocks or not all(type(b) is Block and type(b.attn) is Attention and type(b.mlp) is Mlp
+                             and getattr(b.attn, "gate", None) is None for b in blocks):
+        return False
+    shape = (blocks[0].attn.num_heads, blocks[0].attn.head_dim)  # one [L, B, H, T, T] tensor needs equal heads
+    return all((b.attn.num_heads, b.attn.head_dim) == shape for b in blocks)
 
 
 def _gelu_kind(act: torch.nn.Module) -> str | None:
@@ -151,8 +157,6 @@ def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tenso
 @torch.no_grad()
 def hooked_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> EncoderPass:
     """The model's own forward, hooked (see the module doc); every hook is removed before it returns."""
-    from .models import logits_from_patch_tokens
-
     attn: list[torch.Tensor] = []
     hidden: list[torch.Tensor] = []
     handles = [view.blocks[0].register_forward_pre_hook(lambda m, args: hidden.append(args[0].detach()))]

@@ -65,12 +65,14 @@ def test_auto_uses_the_direct_pass_for_standard_blocks_and_hooks_otherwise(monke
         trace(post_norm, x, method="fx")
 
 
-def test_gated_attention_takes_the_hooked_pass():
+def test_gated_attention_or_unequal_heads_take_the_hooked_pass():
     model = _vit()
-    blk = model.blocks[1]
     gated = Attention(48, num_heads=3, qkv_bias=True)
     gated.gate = torch.nn.Linear(48, 48)  # timm's gated attention multiplies the heads' output by a gate
-    blk.attn = gated.eval()
+    model.blocks[1].attn = gated.eval()
+    assert not supports_direct_pass(model)
+    model = _vit()
+    model.blocks[1].attn = Attention(48, num_heads=4, qkv_bias=True).eval()
     assert not supports_direct_pass(model)
 
 
