@@ -21,6 +21,7 @@ import torch
 from .errors import InvalidParameterError
 from .models import LoadedModel, ViewPool
 from .params import Interval, Options, check
+from .synthesis import random_like
 from .tracing import direct_pass, hooked_pass, supports_direct_pass
 
 
@@ -453,6 +454,31 @@ class NoiseContrast:
     def to_dict(self) -> dict[str, Any]:
         return {"names": self.names, "norms": self.norms, "levels": self.levels,
                 "repr_change": self.repr_change.tolist(), "attention_tv": self.attention_tv.tolist()}
+
+
+def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] | None = None,
+                    seed: int = 0) -> dict[str, tuple[torch.Tensor, str]]:
+    """The noises of :func:`noise_contrast`, as the Attention page and ``nullviz attention --contrast`` both
+    draw them: the exact nullspace noise (pixel level), the approximate δ with its level if there is one,
+    and Gaussian noise of the same norm and level as each (``seed``). A pixel-level δ gets the exact noise
+    rescaled to its norm, so the lines differ in structure, not size, and one random control serves both."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def control(noise: torch.Tensor) -> torch.Tensor:
+        return random_like(noise.float().cpu(), "gaussian", gen)
+
+    if approximate is None:
+        return {"exact nullspace noise": (exact, "input"),
+                "random, same norm as the exact noise": (control(exact), "input")}
+    delta, level = approximate
+    if level == "input":
+        noises = {"exact nullspace noise": (exact * (delta.norm() / exact.norm().clamp_min(1e-30)).to(exact), "input")}
+    else:
+        noises = {"exact nullspace noise": (exact, "input"),
+                  "random, same norm as the exact noise": (control(exact), "input")}
+    noises["approximate δ"] = (delta, level)
+    noises["random, same norm as δ"] = (control(delta), level)
+    return noises
 
 
 def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]]) -> NoiseContrast:

@@ -293,13 +293,12 @@ def _parse_query(text: str) -> tuple[int, int] | None:
 
 def cmd_attention(args) -> dict[str, Any]:
     import numpy as np
-    import torch
 
     from . import attention as A
     from . import nullspace as N
     from .data import load_dataset, own_data, resolve_image
     from .robustness import images_tensor
-    from .synthesis import check_noise_fits, load_noise, random_like
+    from .synthesis import check_noise_fits, load_noise
 
     lm = _load(args)
     img = resolve_image(args.image)
@@ -332,12 +331,7 @@ def cmd_attention(args) -> dict[str, Any]:
     out["head_statistics"] = heads.to_dict()
 
     if args.contrast:
-        gen = torch.Generator().manual_seed(args.seed)
-        noises = {"exact nullspace noise": (exact, "input"),
-                  "random, same norm as the exact noise": (random_like(exact, "gaussian", gen), "input")}
-        if args.noise != "exact":
-            noises["approximate δ"] = (noise, level)
-            noises["random, same norm as δ"] = (random_like(noise.cpu(), "gaussian", gen), level)
+        noises = A.contrast_noises(exact, None if args.noise == "exact" else (noise, level), seed=args.seed)
         contrast = A.noise_contrast(lm, x, noises)
         out["contrast"] = contrast.to_dict()
         arrays.update({"contrast_repr_change": contrast.repr_change, "contrast_attention_tv": contrast.attention_tv})

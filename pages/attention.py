@@ -5,20 +5,19 @@ import json
 
 import numpy as np
 import streamlit as st
-import torch
 
 from app_state import (current_model, figure_html, image_picker, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.attention import (compare, head_statistics, noise_contrast, query_index, query_maps,
+from nullviz.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index, query_maps,
                                set_statistics)
 from nullviz.attribution import METHODS, attribute
 from nullviz.data import extract_image_folder_zip, image_folder, load_dataset, own_data
 from nullviz.errors import NullvizError
 from nullviz.deploy import check_upload_size
 from nullviz.robustness import images_tensor
-from nullviz.synthesis import check_noise_fits, load_noise_bytes, random_like
+from nullviz.synthesis import check_noise_fits, load_noise_bytes
 
 require_shell(__file__)
 
@@ -188,17 +187,12 @@ st.caption("Mean attention distance: for every patch query, the attention-weight
            "log T = uniform). Filled: clean, open: noised.")
 
 st.subheader("Exact vs approximate vs random noise, layer by layer")
-gen = torch.Generator().manual_seed(0)
-ns_c = N.nullspace(lm)
 if source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page" and noise["kind"] == "exact"):
-    noises = {"exact nullspace noise": (delta, "input")}
+    noises = contrast_noises(delta)
 else:
+    ns_c = N.nullspace(lm)
     exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0, weakest=0 if ns_c.nullity else 8))
-    if level == "input":  # the same norm as δ, so the lines differ in structure, not size
-        exact_noise = exact_noise * (delta.norm() / exact_noise.norm().clamp_min(1e-30))
-    noises = {"exact nullspace noise": (exact_noise, "input"), "approximate δ": (delta, level)}
-noises["random, same norm as " + ("δ" if len(noises) > 1 else "the exact noise")] = (
-    random_like(delta.float().cpu(), "gaussian", gen), level)
+    noises = contrast_noises(exact_noise, (delta, level))
 contrast = noise_contrast(lm, x, noises)
 st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
 st.caption("Exact nullspace noise never reaches the tokens (float32 rounding at every depth); an approximate δ "

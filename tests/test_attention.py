@@ -287,3 +287,54 @@ def test_noise_contrast_exact_vs_random(default_lm, digit_x):
     assert c.repr_change[0].max() < 1e-5 and c.repr_change[1].min() > 1e-2
     with pytest.raises(InvalidParameterError):
         noise_contrast(default_lm, digit_x, {})
+
+
+def test_contrast_noises_page_and_cli_draw_the_same(default_lm, digit_x):
+    from nullviz.attention import contrast_noises
+
+    ns = N.nullspace(default_lm)
+    exact = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
+    alone = contrast_noises(exact)
+    assert list(alone) == ["exact nullspace noise", "random, same norm as the exact noise"]
+    assert [lvl for _, lvl in alone.values()] == ["input", "input"]
+    torch.testing.assert_close(alone["random, same norm as the exact noise"][0].norm(), exact.norm())
+
+    pixel_delta = 3.0 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(1))
+    pixel = contrast_noises(exact, (pixel_delta, "input"), seed=4)
+    assert list(pixel) == ["exact nullspace noise", "approximate δ", "random, same norm as δ"]
+    for noise, _ in pixel.values():  # one norm: the lines differ in structure, not size
+        torch.testing.assert_close(noise.norm(), pixel_delta.norm())
+    moved = default_lm.predict(digit_x + pixel["exact nullspace noise"][0].to(digit_x))
+    assert (moved - default_lm.predict(digit_x)).abs().max() < 1e-4  # rescaled, still in the nullspace
+
+    token_delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(2))
+    token = contrast_noises(exact, (token_delta, "encoder"), seed=4)
+    assert list(token) == ["exact nullspace noise", "random, same norm as the exact noise", "approximate δ",
+                           "random, same norm as δ"]
+    assert token["exact nullspace noise"][0] is exact
+    assert [lvl for _, lvl in token.values()] == ["input", "input", "encoder", "encoder"]
+    torch.testing.assert_close(token["random, same norm as δ"][0].norm(), token_delta.norm())
+    again = contrast_noises(exact, (token_delta, "encoder"), seed=4)
+    assert all(torch.equal(token[k][0], again[k][0]) for k in token)  # seeded
+
+
+def test_cli_contrast_uses_the_library_noises(capsys, default_lm, digit_x, tmp_path):
+    """`nullviz attention --contrast` with a saved δ: the same noises and numbers as the library call."""
+    import json
+
+    from nullviz.attention import contrast_noises
+    from nullviz.cli import main
+    from nullviz.data import sample_image
+
+    delta = 0.05 * torch.randn(16, 96, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / "delta.pt"
+    torch.save({"delta": delta, "meta": {"level": "encoder"}, "format": "nullviz-noise-1"}, path)
+    assert main(["attention", "--model", "digits", "--image", "digit-3", "--noise", str(path), "--contrast",
+                 "--seed", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["contrast"]
+    ns = N.nullspace(default_lm)
+    exact = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=1.0, seed=5))
+    x = default_lm.preprocess(sample_image("digit-3"))
+    expected = noise_contrast(default_lm, x, contrast_noises(exact, (delta, "encoder"), seed=5))
+    assert out["names"] == expected.names
+    np.testing.assert_allclose(out["repr_change"], expected.repr_change, rtol=1e-5, atol=1e-7)

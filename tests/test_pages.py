@@ -208,6 +208,22 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     assert len(at.get("plotly_chart")) >= 6
 
 
+def test_attention_page_contrast_with_an_approximate_delta():
+    """An encoder-level δ from the Nullspace page: the contrast chart draws exact noise, δ and a random control
+    of each one's norm (the library's contrast_noises, as the CLI)."""
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.number_input(key="ns_steps").set_value(5)
+    at.number_input(key="ns_images").set_value(8)
+    at.button[0].click().run()
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and not at.error
+    chart = [c for c in at.get("plotly_chart") if "att_contrast" in c.proto.id][0]
+    names = {trace["legendgroup"] for trace in json.loads(chart.proto.spec)["data"]}  # full names
+    assert names == {"exact nullspace noise", "random, same norm as the exact noise", "approximate δ",
+                     "random, same norm as δ"}, names
+
+
 def test_attention_page_fresh_exact_noise_shows_zero_change():
     at = app("pages/attention.py")
     assert at.radio(key="att_source").value == "fresh exact nullspace noise"
