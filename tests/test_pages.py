@@ -230,6 +230,8 @@ def test_attention_page_fresh_exact_noise_shows_zero_change():
     text = at.markdown[0].value
     value = float(text.rsplit("**", 2)[-2])
     assert value < 1e-5
+    assert {b.proto.label for b in downloads(at)} == {"attention + rollouts (.npz)", "per-layer numbers (JSON)",
+                                                      "depth curve (HTML)"}
     at.slider(key="att_layer").set_value(1).run()
     at.selectbox(key="att_head").set_value("head 1").run()
     assert not at.exception
