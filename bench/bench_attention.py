@@ -36,12 +36,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_core import paired_ratio, print_table, timeit  # noqa: E402
 from nullviz import nullspace as N  # noqa: E402
-from nullviz.attention import (attention_views, compare, head_statistics, noise_contrast, trace,  # noqa: E402
-                               unfused_attention)
+from nullviz.attention import (attention_views, compare, contrast_noises, head_statistics,  # noqa: E402
+                               noise_contrast, trace, unfused_attention)
 from nullviz.data import sample_image  # noqa: E402
 from nullviz.deploy import keep_freed_memory  # noqa: E402
 from nullviz.models import create_random_vit, embedded_model, load_model  # noqa: E402
-from nullviz.synthesis import random_like  # noqa: E402
 
 
 SAME_OUTPUTS = [r"blocks\.\d+\.attn\.softmax$", r"norm_pre$", r"blocks\.\d+\.add_1$", r"head$"]
@@ -92,8 +91,7 @@ def interaction(lm) -> float:
         cmp.rollout_maps()
         cmp.clean.cls_maps(), cmp.noised.cls_maps()
         head_statistics(cmp.clean, cmp.noised, lm.patch_size)
-        noise_contrast(lm, x, {"exact": (v, "input"),
-                               "random": (random_like(v, "gaussian", torch.Generator().manual_seed(0)), "input")})
+        noise_contrast(lm, x, contrast_noises(v), clean=cmp.clean)
 
     return timeit(once, repeat=15, warmup=3)
 

@@ -481,15 +481,21 @@ def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] |
     return noises
 
 
-def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]]) -> NoiseContrast:
+def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]],
+                   clean: AttentionTrace | None = None) -> NoiseContrast:
     """Trace clean ``x`` once and each named (noise, level) once: the teaching chart of the app — exact
     nullspace noise (zero to float32 precision at every depth), an approximate δ (small, growing or not
-    with depth), and random noise of the same norm (large from the first layer)."""
+    with depth), and random noise of the same norm (large from the first layer). ``clean``: x's clean trace
+    if the caller has it already (e.g. :func:`compare`'s), so it is not traced again."""
     if not noises:
         raise InvalidParameterError("noises", "attention.noise_contrast", "at least one (noise, level)", noises)
     x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
     views = attention_views(lm)
-    clean = trace(lm.model, x, views=views)
+    if clean is None:
+        clean = trace(lm.model, x, views=views)
+    elif clean.logits.shape[0] != x.shape[0]:
+        raise InvalidParameterError("clean", "attention.noise_contrast", f"the trace of x's {x.shape[0]} images",
+                                    f"a trace of {clean.logits.shape[0]}")
     rc, tv, norms, levels = [], [], [], []
     for name, (noise, level) in noises.items():
         check("level", "attention.noise_contrast", level, Options(("input", "encoder")))

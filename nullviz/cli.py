@@ -332,7 +332,7 @@ def cmd_attention(args) -> dict[str, Any]:
 
     if args.contrast:
         noises = A.contrast_noises(exact, None if args.noise == "exact" else (noise, level), seed=args.seed)
-        contrast = A.noise_contrast(lm, x, noises)
+        contrast = A.noise_contrast(lm, x, noises, clean=cmp.clean)
         out["contrast"] = contrast.to_dict()
         arrays.update({"contrast_repr_change": contrast.repr_change, "contrast_attention_tv": contrast.attention_tv})
 

@@ -193,7 +193,7 @@ else:
     ns_c = N.nullspace(lm)
     exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0, weakest=0 if ns_c.nullity else 8))
     noises = contrast_noises(exact_noise, (delta, level))
-contrast = noise_contrast(lm, x, noises)
+contrast = noise_contrast(lm, x, noises, clean=cmp.clean)
 st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
 st.caption("Exact nullspace noise never reaches the tokens (float32 rounding at every depth); an approximate δ "
            "moves them a little; random noise of the same norm moves them from the first block on."

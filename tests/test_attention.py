@@ -287,6 +287,12 @@ def test_noise_contrast_exact_vs_random(default_lm, digit_x):
     assert c.repr_change[0].max() < 1e-5 and c.repr_change[1].min() > 1e-2
     with pytest.raises(InvalidParameterError):
         noise_contrast(default_lm, digit_x, {})
+    clean = compare(default_lm, digit_x, v).clean  # a clean trace the caller has: not traced again
+    reused = noise_contrast(default_lm, digit_x, {"exact": (v, "input"), "random": (r, "input")}, clean=clean)
+    np.testing.assert_array_equal(reused.repr_change, c.repr_change)
+    np.testing.assert_array_equal(reused.attention_tv, c.attention_tv)
+    with pytest.raises(InvalidParameterError, match="clean"):
+        noise_contrast(default_lm, digit_x.repeat(2, 1, 1, 1), {"exact": (v, "input")}, clean=clean)
 
 
 def test_contrast_noises_page_and_cli_draw_the_same(default_lm, digit_x):
