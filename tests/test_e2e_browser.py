@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
+from bench.bench_server import RUN_COUNTER  # the script-run counter the latency benches use
 from conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -201,17 +202,6 @@ STALE_OUTSIDE = """(key) => {
     .observe(document.body, {attributes: true, subtree: true, attributeFilter: ['data-stale']});
 }"""
 
-#: Counts finished script runs (full or fragment).
-RUNS = """() => {
-  window.__runs = 0;
-  const app = document.querySelector("[data-testid='stApp']");
-  let last = app.getAttribute("data-test-script-state");
-  new MutationObserver(() => {
-    const now = app.getAttribute("data-test-script-state");
-    if (last === "running" && now === "notRunning") window.__runs += 1;
-    last = now;
-  }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
-}"""
 
 
 def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, browser):
@@ -233,12 +223,12 @@ def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, brow
     page.get_by_text("Largest δ within ε = ").wait_for(timeout=120_000)
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
     assert page.evaluate("window.__staleOutside") == []
-    page.evaluate(RUNS)
+    runs = page.evaluate(RUN_COUNTER)
     with page.expect_download(timeout=30_000) as download:
         page.get_by_role("button", name="frontier (JSON)").click()
     assert download.value.suggested_filename == "frontier.json"
     page.wait_for_timeout(1500)  # a rerun would have started by now
-    assert page.evaluate("window.__runs") == 0
+    assert page.evaluate(RUN_COUNTER) == runs
     page.get_by_role("button", name="Make noise").click()  # the control: a full rerun marks the page stale
     page.wait_for_function("window.__staleOutside.length > 0", timeout=120_000)
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
