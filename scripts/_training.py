@@ -1,12 +1,38 @@
-"""What the embedded models' training scripts share: AdamW with warm-up + cosine, and how weights are saved."""
+"""What the embedded models' training scripts share: their common options, seeding, AdamW with warm-up +
+cosine, and how weights are saved."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
+
+
+def training_parser(description: str, epochs: int, batch_size: int, out: Path) -> argparse.ArgumentParser:
+    """The options every training script takes (each with its own defaults); a script adds its own."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def seed_deterministic(seed: int, threads: int) -> None:
+    """Seeded, deterministic kernels, a fixed thread count: the same weights from the same command."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+
+
+def normalisation(data_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data config's mean and std as [1, 3, 1, 1] tensors, to normalise pixel batches."""
+    return (torch.tensor(data_config["mean"]).view(1, 3, 1, 1), torch.tensor(data_config["std"]).view(1, 3, 1, 1))
 
 
 def adamw_warmup_cosine(model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int,

@@ -12,7 +12,6 @@ cluttered`` re-measures all three from the shipped weights. Deterministic for a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -25,29 +24,21 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _training import adamw_warmup_cosine, save_embedded  # noqa: E402
+from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,  # noqa: E402
+                       training_parser)
 from nullviz import cluttered, data  # noqa: E402
 from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR,  # noqa: E402
                             CLUTTERED_MODEL_NAME, load_model, nullviz_cluttered_vit)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=60)
+    ap = training_parser(__doc__.splitlines()[0], epochs=60, batch_size=128, out=CLUTTERED_MODEL_DIR)
     ap.add_argument("--scenes-per-epoch", type=int, default=4096)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=CLUTTERED_MODEL_DIR)
     args = ap.parse_args(argv)
 
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(args.threads)
-    mean = torch.tensor(CLUTTERED_DATA_CONFIG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(CLUTTERED_DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    seed_deterministic(args.seed, args.threads)
+    mean, std = normalisation(CLUTTERED_DATA_CONFIG)
 
     model = nullviz_cluttered_vit(pretrained=False)
     steps_per_epoch = math.ceil(args.scenes_per_epoch / args.batch_size)

@@ -10,7 +10,6 @@ training or model selection: it is evaluated once, at the end.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _training import adamw_warmup_cosine, save_embedded  # noqa: E402
+from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,  # noqa: E402
+                       training_parser)
 from nullviz import data  # noqa: E402
 from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,  # noqa: E402
                             nullviz_digits_vit)
@@ -42,26 +42,16 @@ def random_affine(pixels: torch.Tensor, gen: torch.Generator, max_deg=12.0, max_
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=120)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
-    args = ap.parse_args(argv)
+    args = training_parser(__doc__.splitlines()[0], epochs=120, batch_size=64, out=DEFAULT_MODEL_DIR).parse_args(argv)
 
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # identical float reductions on every machine → identical weights
+    seed_deterministic(args.seed, threads=1)  # identical float reductions on every machine → identical weights
     gen = torch.Generator().manual_seed(args.seed)
 
     from timm.data import create_transform
 
     pixel_cfg = {**DEFAULT_DATA_CONFIG, "mean": (0.0,) * 3, "std": (1.0,) * 3}
     to_pixels = create_transform(**pixel_cfg, is_training=False)
-    mean = torch.tensor(DEFAULT_DATA_CONFIG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(DEFAULT_DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    mean, std = normalisation(DEFAULT_DATA_CONFIG)
 
     train_imgs, train_y = data.digits_split("train")
     x_train = torch.stack([to_pixels(im) for im in train_imgs])
