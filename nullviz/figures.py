@@ -31,6 +31,8 @@ def amplify_noise(noise_hwc: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 LEGEND_NAME_CHARS = 32
+#: Where a log-scale change chart draws values that are zero to float32 precision (the charts say so).
+CHANGE_FLOOR = 1e-9
 
 
 def short_label(name: str, limit: int = LEGEND_NAME_CHARS) -> str:
@@ -308,7 +310,7 @@ def change_distribution(values: np.ndarray, title: str, yaxis_title: str, height
     """Per block, the distribution over images of a change ([N, L]) as box plots, log scale (zeros drawn at
     the float32 floor, said in the title)."""
     v = np.asarray(values, dtype=np.float64)
-    floor = 1e-9
+    floor = CHANGE_FLOOR
     zeros = int((v <= floor).sum())
     fig = go.Figure()
     for layer in range(v.shape[1]):
@@ -323,7 +325,7 @@ def change_distribution(values: np.ndarray, title: str, yaxis_title: str, height
 def noise_contrast_plot(contrast, height: int = 380) -> go.Figure:
     """The teaching chart: per depth, how much each noise moves the token representations (left) and the
     attention (right), log scale. ``contrast``: a :class:`nullviz.attention.NoiseContrast`."""
-    floor = 1e-9
+    floor = CHANGE_FLOOR
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["token representations ‖Δh‖/‖h‖", "attention (total variation)"])
     for k, name in enumerate(contrast.names):
