@@ -5,6 +5,7 @@ import streamlit as st
 from app_state import cached_model, default_sample_for, default_spec, require_shell
 from nullviz import figures
 from nullviz.data import sample_image
+from nullviz.models import embedded_model
 from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 
 require_shell(__file__)
@@ -42,7 +43,9 @@ def _picture(spec: dict):
     report = verify_invariance(lm, x, v, ns)
     fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
                                 lm.to_display(x + v), height=300)
-    kind = "cluttered-digits ViT (a 3 on a photograph it never saw)" if lm.name == "nullviz_cluttered_vit" else "digits ViT"
+    own = embedded_model(lm.name)
+    kind = ("cluttered-digits ViT (a 3 on a photograph it never saw)" if own is not None and own.data == "cluttered"
+            else "digits ViT")
     return fig, report, kind
 
 
