@@ -34,7 +34,6 @@ def server_settings() -> ServerSettings:
     except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
         overrides = {}
     settings = ServerSettings.from_env(overrides=overrides)
-    torch.set_num_threads(server_threads(settings.max_running_jobs))  # leave the jobs' cores to the jobs
     keep_freed_memory()  # requests reuse freed memory instead of page-faulting it in again
     return settings
 
@@ -88,11 +87,21 @@ def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
     return _cached_model(name, checkpoint, str(resolve_device(device)))
 
 
+def fit_threads_to_jobs() -> None:
+    """Every script run: the server's torch threads are the cores the running jobs leave (all of them while no
+    job runs); set before the page computes anything."""
+    settings = server_settings()
+    wanted = server_threads(settings.max_running_jobs, job_queue().running())
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
 def init_session() -> None:
     """Session defaults, set once per browser session (app.py calls this before any page)."""
     st.session_state.setdefault("model_spec", default_spec())
     st.session_state.setdefault("model_error", None)
     workspace()
+    fit_threads_to_jobs()
 
 
 def require_shell(page_file: str) -> None:

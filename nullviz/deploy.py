@@ -34,12 +34,14 @@ def threads_per_job(max_running_jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max_running_jobs)
 
 
-def server_threads(max_running_jobs: int) -> int:
+def server_threads(max_running_jobs: int, running_jobs: int | None = None) -> int:
     """Torch intra-op threads for the app server itself: the cores the running jobs leave, at least 1.
-    Requests already run in parallel (one script thread per session); an OpenMP pool that shares its cores
-    with a job's pool spins against it instead. Measured on 2 cores beside a running finetuning job, one
-    default δ synthesis (200 steps, 128 images) took 222 s with 2 server threads and 7.6 s with 1 (5.3 s alone)."""
-    return max(1, (os.cpu_count() or 1) - threads_per_job(max_running_jobs) * max_running_jobs)
+    ``running_jobs``: how many run now (None: as many as may run). With no job running the server takes
+    every core; an OpenMP pool that shares its cores with a job's pool spins against it instead. Measured on
+    2 cores beside a running finetuning job, one default δ synthesis (200 steps, 128 images) took 222 s with 2
+    server threads and 7.6 s with 1 (5.3 s alone)."""
+    running = max_running_jobs if running_jobs is None else min(max(0, running_jobs), max_running_jobs)
+    return max(1, (os.cpu_count() or 1) - threads_per_job(max_running_jobs) * running)
 
 
 #: glibc malloc settings of a server or CLI process (see :func:`keep_freed_memory`).

@@ -274,13 +274,20 @@ def test_the_server_leaves_the_jobs_cores_to_the_jobs(monkeypatch, server_env):
         assert deploy.threads_per_job(jobs) * jobs + deploy.server_threads(jobs) <= max(cores, 1) + 1
     monkeypatch.setattr(deploy.os, "cpu_count", lambda: 8)
     assert (deploy.threads_per_job(3), deploy.server_threads(3)) == (2, 2)
+    # with fewer jobs running than may run, the server takes what they leave: every core while none runs
+    assert [deploy.server_threads(3, running) for running in (0, 1, 2, 3, 7)] == [8, 6, 4, 2, 2]
     monkeypatch.undo()
     before = torch.get_num_threads()
     try:
         import app_state
 
         server_env(NULLVIZ_MAX_JOBS="1")
-        app_state.server_settings()
-        assert torch.get_num_threads() == deploy.server_threads(1)
+        torch.set_num_threads(1)
+        app_state.fit_threads_to_jobs()  # no job runs: every core
+        assert torch.get_num_threads() == deploy.server_threads(1, 0) == (deploy.os.cpu_count() or 1)
+        monkeypatch.setattr(app_state.JobQueue, "running", lambda self: 1)
+        app_state.fit_threads_to_jobs()  # one job runs: the cores it leaves
+        cores = deploy.os.cpu_count() or 1
+        assert torch.get_num_threads() == deploy.server_threads(1, 1) == max(1, cores - deploy.threads_per_job(1))
     finally:
         torch.set_num_threads(before)
