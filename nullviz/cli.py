@@ -56,9 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--level", default="encoder", choices=["encoder", "input"])
     p.add_argument("--data", default="default", help=f"{OWN} (train split) or an ImageFolder path")
-    p.add_argument("--images", type=int, default=128, help="number of images δ is fit on")
-    p.add_argument("--check-images", type=int, default=64,
-                   help="images δ never sees, to judge it (digits: the held-out split; a folder: the next ones)")
+    p.add_argument("--images", type=int, default=None,
+                   help="at most this many training images to draw δ's minibatches from (default: all of them)")
+    p.add_argument("--validation-images", type=int, default=256,
+                   help="training images δ is not fit on, which choose when to stop and which δ to keep")
+    p.add_argument("--check-images", type=int, default=256,
+                   help="test images δ and every choice never see, which the verdict is about (the held-out split)")
     p.add_argument("--steps", type=int, default=None, help="default: SynthesisConfig's")
     p.add_argument("--lr", type=float, default=None, help="default: SynthesisConfig's")
     p.add_argument("--lim", type=float, default=None, help="default: SynthesisConfig's")
@@ -208,18 +211,35 @@ def cmd_nullspace(args) -> dict[str, Any]:
     return out
 
 
-def _fit_and_check_images(lm, data: str, n_fit: int, n_check: int):
-    """Fit images from the data's train split; check images δ never sees (digits: the held-out split)."""
-    from .data import EMBEDDED_DATA, load_dataset, own_data
+def _synthesis_tensors(lm, data: str, n_fit: int | None, n_val: int, n_check: int):
+    """Fit pool, validation and test images of a synthesis, as tensors, and what each set is: the embedded
+    data's training split (less a fixed validation draw) and held-out split; a folder's training part (less a
+    seeded validation draw) and its held-out 10 %."""
+    import torch
+
+    from .data import EMBEDDED_DATA, own_data, synthesis_sets, synthesis_sources, train_heldout
     from .robustness import images_tensor
 
     data = own_data(data, lm.name)
     if data in EMBEDDED_DATA:
-        x, _ = images_tensor(lm, load_dataset(data, split="train"), limit=n_fit)
-        check, _ = images_tensor(lm, load_dataset(data, split="heldout"), limit=n_check)
-        return x, check
-    both, _ = images_tensor(lm, load_dataset(data, split="train"), limit=n_fit + n_check)
-    return both[:n_fit], both[n_fit:]
+        sets = synthesis_sets(synthesis_sources(data)[0], None, own=data, n_test=n_check)
+        fit = sets.fit[:n_fit] if n_fit is not None else sets.fit
+        val = sets.validation[:n_val]
+        used = dict(sets.used)
+        if len(fit) < len(sets.fit) or len(val) < len(sets.validation):
+            used["fit"] = f"{len(fit):,} training images (--images), drawn as minibatches"
+            used["validation"] = f"{len(val)} other training images, never fit on: they choose δ"
+        return lm.preprocess(fit), lm.preprocess(val) if val else None, lm.preprocess(sets.test), used
+    train, held = train_heldout(data, lm.transform)
+    pool, _ = images_tensor(lm, train, limit=None if n_fit is None else n_fit + n_val)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(12345))
+    n_val = min(n_val, len(pool) // 5)
+    val, fit = pool[order[:n_val].sort().values], pool[order[n_val:].sort().values]
+    test, _ = images_tensor(lm, held, limit=n_check)
+    used = {"fit": f"{len(fit):,} images of {data}'s training part (90 %), drawn as minibatches",
+            "validation": f"{n_val} other images of its training part, never fit on: they choose δ",
+            "test": f"{len(test)} images of its held-out 10 %: the verdict is about these"}
+    return fit, val if n_val else None, test, used
 
 
 def _sweep_grid(items: list[str]) -> dict[str, tuple]:
@@ -236,17 +256,21 @@ def _sweep_grid(items: list[str]) -> dict[str, tuple]:
 
 
 def cmd_synthesize(args) -> dict[str, Any]:
-    from .synthesis import SynthesisConfig, frontier, synthesize
+    from .synthesis import SynthesisConfig, default_synthesis_config, frontier, synthesize
 
     given = {k: getattr(args, k) for k in ("lim", "lr", "lam", "tol", "steps", "batch_size")
              if getattr(args, k) is not None}
-    config = SynthesisConfig(level=args.level, seed=args.seed, clip=args.clip, **given)
+    given.update(level=args.level, seed=args.seed, clip=args.clip)
+    SynthesisConfig(**given)  # bad settings fail before the model loads
     grid = _sweep_grid(args.sweep) if args.sweep else None
-    for name, value in (("images", args.images), ("check-images", args.check_images)):
-        if value < (1 if name == "images" else 0):
+    for name, value, least in (("images", args.images, 1), ("check-images", args.check_images, 0),
+                               ("validation-images", args.validation_images, 0)):
+        if value is not None and value < least:
             raise InvalidParameterError(name, "synthesize", "a positive number of images", value)
     lm = _load(args)
-    x, check = _fit_and_check_images(lm, args.data, args.images, args.check_images)
+    config = default_synthesis_config(lm.name, **given)  # the model's measured defaults, then the options
+    x, validation, check, used = _synthesis_tensors(lm, args.data, args.images, args.validation_images,
+                                                    args.check_images)
     if grid is not None:
         def tick(k, n, point):
             if sys.stderr.isatty():
@@ -254,7 +278,8 @@ def cmd_synthesize(args) -> dict[str, Any]:
                                  f"{point.check_mse_probs:.2e}   ")
 
         result = frontier(lm, x, config, lams=grid.get("lam", (config.lam,)), lims=grid.get("lim"),
-                          steps=grid.get("steps"), check_images=check if len(check) else None, progress=tick)
+                          steps=grid.get("steps"), check_images=check if len(check) else None, progress=tick,
+                          validation_images=validation, images_used=used)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         out = result.to_dict()
@@ -269,7 +294,8 @@ def cmd_synthesize(args) -> dict[str, Any]:
         def progress(s):
             sys.stderr.write(f"\rstep {s.step + 1}/{config.steps}  loss {s.loss:.4f}  Σ Δp² {s.mse_probs:.4f}  "
                              f"agreement {s.agreement:.3f}")
-    result = synthesize(lm, x, config, callback=progress, check_images=check if len(check) else None)
+    result = synthesize(lm, x, config, callback=progress, check_images=check if len(check) else None,
+                        validation_images=validation, images_used=used)
     if progress is not None:
         sys.stderr.write("\n")
     out = result.to_dict()

@@ -27,6 +27,10 @@ DIGIT_SIDES = (22, 38)  # the digit's side in pixels: uniform in [22, 38)
 TRAIN_BACKGROUNDS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "camera", "coins", "moon", "grass",
                      "gravel", "brick", "cell", "clock", "text")
 HELDOUT_BACKGROUNDS = ("chelsea", "cat", "immunohistochemistry", "retina", "page", "colorwheel")
+#: Training photographs whose scenes validate a synthesis and are never in its fit pool: the held-out scenes
+#: are on photographs training never used, so validation images on photographs the fit never saw tell how δ
+#: does there far better than more scenes on the fit's own photographs (measured: ``bench/bench_frontier.py``).
+VALIDATION_BACKGROUNDS = ("rocket", "brick", "text")
 HELDOUT_SCENES = 1000
 TRAIN_SCENES = 4000  # the fixed training set (finetuning, fit images); the training script draws fresh scenes
 SPLIT_SEEDS = {"train": 0, "heldout": 1}
@@ -41,6 +45,7 @@ class Scenes:
     pixels: torch.Tensor
     labels: torch.Tensor
     boxes: torch.Tensor
+    backgrounds: torch.Tensor | None = None  # [B] index into the split's photographs
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +56,10 @@ class Scenes:
 
     def image(self, i: int) -> Image.Image:
         return Scenes(self.pixels[i:i + 1], self.labels[i:i + 1], self.boxes[i:i + 1]).images()[0]
+
+    def subset(self, idx: torch.Tensor) -> "Scenes":
+        return Scenes(self.pixels[idx], self.labels[idx], self.boxes[idx],
+                      None if self.backgrounds is None else self.backgrounds[idx])
 
 
 @lru_cache(maxsize=2)
@@ -116,7 +125,7 @@ def render(split: str, n: int, generator: torch.Generator) -> Scenes:
         ys, xs = torch.nonzero(a > ALPHA_IN_BOX, as_tuple=True)
         boxes[i] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     pixels = (pixels.clamp(0, 1) * 255).round() / 255
-    return Scenes(pixels, labels[pick], boxes)
+    return Scenes(pixels, labels[pick], boxes, photo)
 
 
 @lru_cache(maxsize=2)
@@ -130,6 +139,18 @@ def fixed_scenes(split: str) -> Scenes:
 def _fixed_images(split: str) -> tuple[Image.Image, ...]:
     """The fixed scenes as PIL images, made once per process (every page and job reads the same ones)."""
     return tuple(fixed_scenes(split).images())
+
+
+def synthesis_fit_validation(n_validation: int) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The fixed training scenes cut for a synthesis: the fit pool (scenes on every training photograph but
+    VALIDATION_BACKGROUNDS) and the first ``n_validation`` scenes on those photographs."""
+    scenes = fixed_scenes("train")
+    held_bg = torch.tensor([TRAIN_BACKGROUNDS.index(name) for name in VALIDATION_BACKGROUNDS])
+    is_val = torch.isin(scenes.backgrounds, held_bg)
+    images = _fixed_images("train")
+    fit = [images[i] for i in (~is_val).nonzero()[:, 0].tolist()]
+    val = [images[i] for i in is_val.nonzero()[:, 0].tolist()[:n_validation]]
+    return fit, val
 
 
 def cluttered_dataset(split: str = "heldout", transform: Callable | None = None):

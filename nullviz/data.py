@@ -287,6 +287,87 @@ def check_images_for(source: str, n: int, current_is_small: bool = True, own: st
     raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
 
 
+#: Images a synthesis on the own data selects δ on (training images it is not fit on), and judges it on.
+SYNTHESIS_VALIDATION_IMAGES = 256
+SYNTHESIS_TEST_IMAGES = 256
+#: The validation images are a fixed draw from the training split, the same for every synthesis seed.
+VALIDATION_SEED = 12345
+
+
+@dataclass(frozen=True)
+class SynthesisSets:
+    """Which images a synthesis uses for what. ``fit``: the pool δ's minibatches are drawn from;
+    ``validation``: training images δ is never fit on, which decide when to stop and which δ to keep (None:
+    the synthesis holds some of ``fit`` out itself, if there are enough); ``test``: images that neither δ nor
+    any choice saw, which every verdict is about (None: the synthesis holds some of ``fit`` out).
+    ``used`` says what each set is, in words."""
+
+    fit: list[Image.Image]
+    validation: list[Image.Image] | None
+    test: list[Image.Image] | None
+    used: dict[str, str]
+
+
+def own_train_validation(own: str, n_validation: int = SYNTHESIS_VALIDATION_IMAGES) -> tuple[list, list]:
+    """The own data's training split cut into the fit pool and a fixed validation draw (disjoint). The
+    cluttered scenes validate on scenes of training photographs the pool leaves out (see
+    ``cluttered.VALIDATION_BACKGROUNDS``); the digits on a seeded draw of training digits."""
+    if own == "cluttered":
+        from .cluttered import synthesis_fit_validation
+
+        return synthesis_fit_validation(n_validation)
+    train = list(load_dataset(own, None, "train").images)
+    n_val = min(n_validation, len(train) // 5)
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))
+    val_idx = set(order[:n_val].tolist())
+    return [im for i, im in enumerate(train) if i not in val_idx], [train[i] for i in sorted(val_idx)]
+
+
+def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "digits",
+                   current_is_small: bool = True, n_test: int = SYNTHESIS_TEST_IMAGES) -> SynthesisSets:
+    """The fit, validation and test images of a synthesis on ``source`` (one of :func:`synthesis_sources`).
+
+    The own data: δ is fit on minibatches drawn from the whole training split except a fixed validation draw,
+    and judged on the held-out split (digits: held-out digits; cluttered: held-out digits on photographs
+    training never used). The sample photos and a single image are too few to hold much out: the result says
+    what was held out, and gives no verdict on fewer unseen images than it needs."""
+    sources = synthesis_sources(own)
+    words = EMBEDDED_DATA_WORDS.get(own, own)
+    if source == sources[0]:
+        fit, val = own_train_validation(own)
+        test = _own_images(own, "heldout", n_test)
+        unseen = ("held-out digits on photographs training never used" if own == "cluttered"
+                  else f"held-out {words}")
+        if own == "cluttered":
+            from .cluttered import VALIDATION_BACKGROUNDS
+
+            where = (f"training scenes on photographs the fit pool leaves out ({', '.join(VALIDATION_BACKGROUNDS)})")
+            pool = f"{len(fit):,} training scenes (every training photograph but those {len(VALIDATION_BACKGROUNDS)})"
+        else:
+            where = f"other training {words} (a fixed draw)"
+            pool = f"{len(fit):,} training {words} (the whole training split but the validation draw)"
+        return SynthesisSets(fit, val, test, {
+            "fit": f"{pool}, drawn as minibatches",
+            "validation": f"{len(val)} {where}, never fit on: they decide when to stop and how large δ may be",
+            "test": f"{len(test)} {unseen}: δ and every choice never saw them; the verdict is about these"})
+    if source == sources[1]:
+        photos = [sample_image(name) for name in SAMPLE_PHOTOS]
+        fit = ([current] if current is not None else []) + photos
+        return SynthesisSets(fit, None, None, {"fit": f"the current image and the {len(photos)} sample photographs"
+                                               if current is not None else f"the {len(photos)} sample photographs"})
+    if source == sources[2]:
+        if current is None:
+            raise DataError("No current image to synthesize on; pick or upload one first.")
+        if current_is_small:
+            test = _own_images(own, "heldout", n_test)
+            what = f"{len(test)} held-out {words}"
+        else:
+            test = [sample_image(p) for p in SAMPLE_PHOTOS]
+            what = f"the {len(test)} sample photographs"
+        return SynthesisSets([current], None, test, {"fit": "the current image alone", "test": what})
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
+
+
 # ------------------------------------------------------------------------------------ training data
 def split_dataset(dataset, heldout_fraction: float = 0.1, seed: int = 0):
     """A fixed random train/held-out split of any data set (the paper holds out 10 %)."""

@@ -47,7 +47,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .comparison import summarize
 from .errors import CheckpointError, InvalidParameterError, NullvizError
 from .loader import EpochBatchSampler, collate, make_train_loader
-from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens
+from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 from .params import Interval, Options, bounded, validate_fields
 from .robustness import fgsm
 from .seeds import MAX_SEED, stream_seed
@@ -143,7 +143,7 @@ class MethodForward(torch.nn.Module):
         if token_noise is None:
             return self.vit(x)
         u = patch_tokens(self.vit, x)
-        return logits_from_patch_tokens(self.vit, torch.cat([u, u + token_noise]))
+        return logits_from_patch_tokens(self.vit, torch.cat([u, u + token_noise]), token_grid(self.vit, x))
 
 
 class PeerFailedError(NullvizError, RuntimeError):
@@ -321,7 +321,8 @@ class FinetuneRun:
     def _predict(self, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> torch.Tensor:
         if token_noise is None:
             return self.model(x).argmax(-1)
-        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + token_noise).argmax(-1)
+        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + token_noise,
+                                        token_grid(self.model, x)).argmax(-1)
 
     def evaluate(self, fresh_deltas: int | None = None) -> dict[str, Any]:
         """Held-out accuracy of the model as it is now.

@@ -75,6 +75,15 @@ class EmbeddedModel:
         """The name users type and settings store ('digits', 'cluttered'): the last alias."""
         return self.aliases[-1]
 
+    @property
+    def synthesis_defaults(self) -> dict[str, Any]:
+        """The approximate-nullspace settings measured for this model (its ``config.json``'s "synthesis":
+        chosen on validation images by ``bench/bench_frontier.py``); empty when none were recorded."""
+        path = self.directory / "config.json"
+        if not path.is_file():
+            return {}
+        return dict(json.loads(path.read_text()).get("synthesis", {}).get("config", {}))
+
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL_NAME: EmbeddedModel(DEFAULT_MODEL_NAME, DEFAULT_MODEL_DIR, DEFAULT_ARCH, DEFAULT_DATA_CONFIG,
@@ -667,19 +676,36 @@ def patch_tokens(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return u.flatten(1, 2) if u.dim() == 4 else u
 
 
-def block_input(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """The first block's input from [B, N, D] patch tokens: prefix tokens, position embedding, norm_pre."""
+def token_grid(model: VisionTransformer, x: torch.Tensor) -> tuple[int, int]:
+    """The token grid of images x: from their own height and width when the model takes any size
+    (``dynamic_img_size``), else the model's fixed grid."""
+    pe = model.patch_embed
+    if getattr(model, "dynamic_img_size", False) and hasattr(pe, "dynamic_feat_size"):
+        gh, gw = pe.dynamic_feat_size(tuple(x.shape[-2:]))
+        return int(gh), int(gw)
+    return tuple(int(g) for g in pe.grid_size)
+
+
+def block_input(model: VisionTransformer, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """The first block's input from [B, N, D] patch tokens: prefix tokens, position embedding, norm_pre.
+    ``grid``: the tokens' (rows, columns) (:func:`token_grid` of the images they came from); a model with
+    ``dynamic_img_size`` interpolates its position embedding to it. Without it, the model's default grid."""
     if getattr(model, "dynamic_img_size", False):
-        gh, gw = model.patch_embed.grid_size
+        gh, gw = grid if grid is not None else model.patch_embed.grid_size
+        if gh * gw != tokens.shape[1]:
+            raise InvalidParameterError("grid", "block_input", f"a token grid of {tokens.shape[1]} tokens (pass "
+                                        f"token_grid(model, x) of the images)", (gh, gw))
         tokens = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
     x = model._pos_embed(tokens)
     x = model.patch_drop(x)
     return model.norm_pre(x)
 
 
-def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """f_ψ(f_φ(u)): everything after the patch embedding, on [B, N, D] tokens (noise can be added to u)."""
-    x = model.blocks(block_input(model, tokens))
+def logits_from_patch_tokens(model: VisionTransformer, tokens: torch.Tensor,
+                             grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """f_ψ(f_φ(u)): everything after the patch embedding, on [B, N, D] tokens (noise can be added to u);
+    ``grid`` as for :func:`block_input`."""
+    x = model.blocks(block_input(model, tokens, grid))
     x = model.norm(x)
     return model.forward_head(x)
 
@@ -705,4 +731,5 @@ class PixelModel(torch.nn.Module):
         x = (pixels - self.mean) / self.std
         if self.token_noise is None:
             return self.model(x)
-        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + self.token_noise)
+        return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + self.token_noise,
+                                        token_grid(self.model, x))

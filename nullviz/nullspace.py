@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidParameterError
-from .models import LoadedModel, logits_from_patch_tokens, patch_tokens
+from .models import LoadedModel, logits_from_patch_tokens, patch_tokens, token_grid
 from .params import Interval, Options, check
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
@@ -365,7 +365,7 @@ def verify_invariance(lm: LoadedModel, x: torch.Tensor, v: torch.Tensor,
                                     tuple(v.shape))
     batch = torch.cat([x, x + v, quantize_8bit(lm, x + v), quantize_8bit(lm, x)])
     tokens = patch_tokens(lm.model, batch)
-    logits = logits_from_patch_tokens(lm.model, tokens).float()
+    logits = logits_from_patch_tokens(lm.model, tokens, token_grid(lm.model, batch)).float()
     t0, t1 = tokens[0], tokens[1]
     l0, l1, lq, lb = logits
     rel = lambda a, b: float((a - b).norm() / b.norm().clamp_min(1e-30))  # noqa: E731

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .models import block_input, logits_from_patch_tokens, patch_tokens
+from .models import block_input, logits_from_patch_tokens, patch_tokens, token_grid
 
 
 class EncoderPass(NamedTuple):
@@ -119,7 +119,7 @@ def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tenso
     """The encoder block by block from the view's weights (see the module doc); ``view`` must be in eval
     mode and satisfy :func:`supports_direct_pass`. Dropout and drop-path are identities in eval and skipped."""
     u = patch_tokens(view, x)
-    h0 = block_input(view, u if token_noise is None else u + token_noise.to(u))
+    h0 = block_input(view, u if token_noise is None else u + token_noise.to(u), token_grid(view, x))
     blocks = view.blocks
     B, T, D = h0.shape
     L = len(blocks)
@@ -165,7 +165,8 @@ def hooked_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tenso
             handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attn.append(o.detach())))
             handles.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
         u = patch_tokens(view, x)
-        logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u))
+        logits = logits_from_patch_tokens(view, u if token_noise is None else u + token_noise.to(u),
+                                          token_grid(view, x))
     finally:
         for h in handles:
             h.remove()

@@ -9,18 +9,19 @@ import torch
 from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.data import check_images_for, own_data, synthesis_images, synthesis_sources
+from nullviz.data import own_data, synthesis_sets, synthesis_sources
 from nullviz.errors import NullvizError
-from nullviz.synthesis import (SynthesisConfig, clipped_delta, frontier, noise_effect, parse_sweep, split_fit_check,
-                               synthesize)
+from nullviz.models import LoadedModel
+from nullviz.synthesis import (MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
+                               frontier, noise_effect, parse_sweep, probs_change, split_fit_check, split_fit_validation, synthesize)
 
 require_shell(__file__)
 
 NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
-DEFAULTS = SynthesisConfig()
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
 
 lm = current_model()
+DEFAULTS = default_synthesis_config(lm.name)  # the model's own measured λ where it has one
 OWN = own_data("default", lm.name)  # the model's own training images: digits, or the cluttered scenes
 SOURCES = synthesis_sources(OWN)
 st.title("Nullspace noise")
@@ -58,7 +59,9 @@ with st.form("ns_form"):
         steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
         source = c[1].selectbox("optimise on", SOURCES, key="ns_source",
                                 index=0 if lm.img_size[0] <= 64 else 1)
-        n_images = c[2].number_input("images", min_value=1, max_value=1024, value=128, key="ns_images")
+        batch = c[2].number_input("batch (images per step)", min_value=1, max_value=1024, value=DEFAULTS.batch_size,
+                                  key="ns_batch", help="δ is fit on minibatches of this many images, drawn from "
+                                                       "all the images the source offers.")
         seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="ns_seed_approx")
         clip = mode == MODES[3] and st.checkbox(
             "keep x + δ a valid image (optimise for clip(x + δ) to [0, 1])", key="ns_clip",
@@ -66,13 +69,41 @@ with st.form("ns_form"):
     go = st.form_submit_button("Make noise", type="primary")
 
 
-def approximate_inputs() -> tuple[SynthesisConfig, torch.Tensor, torch.Tensor | None]:
-    """The approximate modes' settings and images: config, the images δ is fit on, the images it never sees."""
+@st.cache_resource(show_spinner="Preparing the training images…", max_entries=2)
+def _own_set_tensors(_lm: LoadedModel, key: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
+    """The own data's fit pool, validation draw and test images as tensors, and the model's clean logits of
+    the pool: made once per model and shared read-only by every session (the same for every synthesis)."""
+    sets = synthesis_sets(SOURCES[0], None, own=OWN)
+    fit = _lm.preprocess(sets.fit)
+    return fit, _lm.preprocess(sets.validation), _lm.preprocess(sets.test), sets.used, clean_logits(_lm.model, fit)
+
+
+def approximate_inputs() -> tuple:
+    """The approximate modes' settings and images: config, the images δ is fit on, the images that select δ
+    (None: held out of the fit images), the images it is judged on (None: held out), what each set is, and the
+    fit images' clean logits when they are kept for every synthesis (None: computed as drawn)."""
     cfg = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
-                          lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip))
-    fit = lm.preprocess(synthesis_images(source, int(n_images), chosen.image, own=OWN))
-    unseen = check_images_for(source, 64, current_is_small=lm.img_size[0] <= 64, own=OWN)
-    return cfg, fit, lm.preprocess(unseen) if unseen else None
+                          lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
+                          batch_size=int(batch), check_every=DEFAULTS.check_every)
+    if source == SOURCES[0]:
+        fit, val, test, used, logits = _own_set_tensors(lm, (lm.name, lm.checkpoint, str(lm.device), OWN))
+        return cfg, fit, val, test, used, logits
+    sets = synthesis_sets(source, chosen.image, own=OWN, current_is_small=lm.img_size[0] <= 64)
+    return (cfg, lm.preprocess(sets.fit), None if sets.validation is None else lm.preprocess(sets.validation),
+            None if sets.test is None else lm.preprocess(sets.test), sets.used, None)
+
+
+def current_image_in_fit(cfg: SynthesisConfig, n_fit: int, test_given: bool) -> bool:
+    """Is the current image among those δ was fit on? (It is the first of the sample-photo source.)"""
+    if source == SOURCES[2]:
+        return True
+    if source != SOURCES[1]:
+        return False
+    keep = split_fit_check(n_fit, cfg.check_fraction, cfg.seed)[0] if not test_given else torch.arange(n_fit)
+    if not bool((keep == 0).any()):
+        return False
+    position = int((keep == 0).nonzero()[0])
+    return bool((split_fit_validation(len(keep), cfg.validation_fraction, cfg.seed)[0] == position).any())
 
 
 if go:
@@ -90,7 +121,7 @@ if go:
             st.session_state["current_noise"] = {"kind": "exact", "level": "input", "delta": v, "rtol": ns.rtol,
                                                  "model": lm.name, "extra": extra, "image": chosen.name}
         else:
-            cfg, images, check = approximate_inputs()
+            cfg, images, validation, check, used, logits = approximate_inputs()
             level = cfg.level
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
@@ -105,12 +136,12 @@ if go:
                     chart.plotly_chart(figures.synthesis_curve(hist["step"], hist["loss"], hist["mse"],
                                                                hist["agree"], cfg.tol), key=f"live_{s.step}")
 
-            result = synthesize(lm, images, cfg, callback=on_step, check_images=check)
-            bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s"
-                         + (" (inside ε on unseen images)" if result.reached_tolerance else ""))
+            result = synthesize(lm, images, cfg, callback=on_step, check_images=check, validation_images=validation,
+                                images_used=used, fit_logits=logits)
+            bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s · {result.verdict} on "
+                                   f"the unseen images")
             chart.empty()
-            in_fit = (source == SOURCES[2] or (check is None and bool(
-                (split_fit_check(len(images), cfg.check_fraction, cfg.seed)[0] == 0).any())))
+            in_fit = current_image_in_fit(cfg, len(images), check is not None)
             st.session_state["current_noise"] = {"kind": "approximate", "level": level, "delta": result.delta,
                                                  "model": lm.name, "result": result, "image": chosen.name,
                                                  "image_in_fit": in_fit}
@@ -173,13 +204,19 @@ if res is not None:
 st.subheader("Verification")
 if res is not None:
     st.markdown(f"**This image** ({chosen.name})")
-c = st.columns(4)
+c = st.columns(5 if res is not None and level == "input" else 4)
 c[0].metric("relative logit change", f"{metrics['rel_logit_change']:.2e}")
 c[1].metric("max |Δ logit|", f"{metrics['max_abs_logit_change']:.2e}")
 c[2].metric("top-1 kept", "yes" if metrics["top1_unchanged"] else "no",
             f"{lm.class_name(metrics['top1_clean'])} → {lm.class_name(metrics['top1_noised'])}", **NOTE)
+if res is not None:
+    image_mse = probs_change(probs_clean, probs_noised)
+    metrics["image_mse_probs"] = image_mse
+    c[3].metric("Σ Δp² on this image", f"{image_mse:.2e}",
+                f"inside ε = {res.config.tol:g}" if image_mse < res.config.tol else f"outside ε = {res.config.tol:g}",
+                **NOTE)
 if level == "input":
-    c[3].metric("after clip + 8-bit PNG", f"{metrics['quantized_rel_logit_change']:.2e}",
+    c[-1].metric("after clip + 8-bit PNG", f"{metrics['quantized_rel_logit_change']:.2e}",
                 "top-1 kept" if metrics["quantized_top1_unchanged"] else "top-1 changed", **NOTE)
     st.caption(f"‖W v‖ / (σ_max‖v‖) = {metrics['residual_ratio']:.1e} · {metrics['clipped_fraction']:.1%} of pixel "
                f"values leave [0, 1] before saving · quantising the clean image alone changes the logits by "
@@ -195,23 +232,34 @@ if res is not None:
     c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)",
                 f"travelled {res.travelled_l2:.3g} from its random start (‖δ₀‖ {res.start_l2:.3g})", **NOTE)
     c[1].metric("steps", res.steps_run, f"λ {res.config.lam:g}, lim {res.config.lim:g}", **NOTE)
-    fit_n, check_n = res.num_images, res.num_check_images
-    st.markdown(f"**The {fit_n} images δ was fit on**")
+    fit_n, check_n, val_n = res.num_images, res.num_check_images, res.num_validation_images
+    with st.container(key="ns_images_used"):
+        st.markdown("**Which images each number is about**\n\n" + "\n".join(
+            f"- *{role}*: {text}" for role, text in res.images_used.items()))
+    st.markdown(f"**The {fit_n:,} images δ was fit on**" + (f" (measured on {min(fit_n, 256)} of them)"
+                                                           if fit_n > 256 else ""))
     c = st.columns(4)
     c[0].metric("mean Σ Δp²", f"{res.mse_probs:.2e}", f"permuted δ: {res.permuted_mse_probs:.2e}", **NOTE)
     c[1].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)
     c[2].metric("mean ‖Δ logits‖", f"{res.logit_distance:.3g}")
+    if val_n:
+        c[3].metric(f"validation ({val_n} images): mean Σ Δp²", f"{res.validation_mse_probs:.2e}",
+                    f"top-1 agreement {res.validation_agreement:.1%}; they chose δ", **NOTE)
     if check_n:
         st.markdown(f"**{check_n} images δ never saw** — what invisibility means")
         c = st.columns(4)
         c[0].metric("mean Σ Δp² (ε)", f"{res.check_mse_probs:.2e}",
-                    "inside ε" if res.reached_tolerance else f"outside ε = {res.config.tol:g}", **NOTE)
+                    res.verdict if res.verdict != "outside ε" else f"outside ε = {res.config.tol:g}", **NOTE)
         c[1].metric("top-1 agreement", f"{res.check_agreement:.1%}", f"permuted δ: {res.check_permuted_agreement:.1%}",
                     **NOTE)
         c[2].metric("mean ‖Δ logits‖", f"{res.check_logit_distance:.3g}")
         c[3].metric("controls of the same norm (Σ Δp²)", f"{res.check_permuted_mse_probs:.2e}",
                     f"Gaussian {res.check_gaussian_mse_probs:.2e} · random start {res.check_random_start_mse_probs:.2e}",
                     **NOTE)
+        if check_n < MIN_VERDICT_IMAGES:
+            st.info(f"Only {check_n} unseen image{'s' if check_n != 1 else ''}: too few for a verdict (it needs "
+                    f"{MIN_VERDICT_IMAGES}; one image moves the mean by more than ε tells apart). Optimise on the "
+                    f"model's own training images, or upload a folder, for a verdict.")
         if not res.beats_permuted_on_check:
             st.warning("On images it never saw, this δ is **no more invisible than its own entries in random "
                        "places**: it is not an approximate-nullspace direction, only small. Raise λ or the steps.")
@@ -222,7 +270,7 @@ if res is not None:
 def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
     """One synthesis per (λ, lim, steps) of the sweep, on the fit and check images of the settings above."""
     grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
-    base, images, check = approximate_inputs()
+    base, images, validation, check, _, logits = approximate_inputs()
     bar = st.progress(0.0, text="tracing…")
 
     def progress(k, n, p):
@@ -230,7 +278,8 @@ def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
                                  f"unseen Σ Δp² {p.check_mse_probs:.1e}")
 
     st.session_state["ns_frontier"] = frontier(lm, images, base, lams=grid["lam"], lims=grid["lim"],
-                                               steps=grid["steps"], check_images=check, progress=progress)
+                                               steps=grid["steps"], check_images=check, progress=progress,
+                                               validation_images=validation, fit_logits=logits)
 
 
 @st.fragment

@@ -223,3 +223,26 @@ def test_default_model_loads_and_classifies_deterministically(default_lm):
     x = lm2.preprocess(data.sample_image("digit-7"))
     assert int(lm2.predict(x).argmax()) == 7
     np.testing.assert_array_equal(lm2.predict(x).numpy(), default_lm.predict(x).numpy())
+
+
+def test_token_grid_comes_from_the_input_shape():
+    """A dynamic-size model fed 16×64 pixels (2×8 tokens: as many as its default 4×4 grid) gets the position
+    embedding of a 2×8 grid, as its own forward does; the default grid is refused only when the counts differ."""
+    import timm
+
+    from nullviz.errors import InvalidParameterError
+    from nullviz.models import PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64, depth=2,
+                          num_heads=2, num_classes=5, dynamic_img_size=True).eval()
+    x = torch.randn(2, 3, 16, 64)
+    with torch.no_grad():
+        u = patch_tokens(m, x)
+        assert token_grid(m, x) == (2, 8) and u.shape[1] == 16
+        assert torch.equal(logits_from_patch_tokens(m, u, token_grid(m, x)), m(x))
+        assert (logits_from_patch_tokens(m, u) - m(x)).abs().max() > 1e-5  # the default 4×4 grid is another one
+        pm = PixelModel(m, torch.zeros(3), torch.ones(3), token_noise=torch.zeros(16, 64))
+        assert torch.allclose(pm(x), m(x), atol=1e-6)
+        with pytest.raises(InvalidParameterError, match="token grid"):
+            logits_from_patch_tokens(m, patch_tokens(m, torch.randn(1, 3, 16, 32)))

@@ -8,6 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
+from nullviz.synthesis import default_synthesis_config
 
 TIMEOUT = 120
 
@@ -143,7 +144,7 @@ def test_nullspace_feasible_and_approximate_runs():
     assert not at.exception and "feasible variant kept" in at.main.caption[0].value
     at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
     at.number_input(key="ns_steps").set_value(15)
-    at.number_input(key="ns_images").set_value(16)
+    at.number_input(key="ns_batch").set_value(16)
     at.button[0].click().run()
     assert not at.exception and not at.error
     assert int(metric(at, "steps").value) <= 15
@@ -155,22 +156,29 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     at = app("pages/nullspace.py")
     at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
     at.number_input(key="ns_steps").set_value(20)
-    at.number_input(key="ns_images").set_value(24)
+    at.number_input(key="ns_batch").set_value(24)
     at.button[0].click().run()
     assert not at.exception and not at.error
     texts = " ".join(m.value for m in at.markdown)
     assert "**This image**" in texts and "not among the images δ was fit on" in texts
-    assert "**The 24 images δ was fit on**" in texts and "**64 images δ never saw**" in texts
+    assert "**The 1,182 images δ was fit on** (measured on 256 of them)" in texts
+    assert "**256 images δ never saw**" in texts
+    used = " ".join(m.value for m in at.markdown if "Which images" in m.value)
+    assert "1,182 training digits" in used and "256 other training digits" in used and "256 held-out digits" in used
     assert "travelled" in metric(at, "‖δ‖₂ (relative)").delta
     assert "Gaussian" in metric(at, "controls of the same norm (Σ Δp²)").delta
+    assert "ε" in metric(at, "Σ Δp² on this image").delta  # the image's own verdict beside the set's
+    assert "they chose δ" in metric(at, "validation (256 images): mean Σ Δp²").delta
     res = at.session_state["current_noise"]["result"]
-    assert res.num_check_images == 64 and res.config.lam == 0.5
+    assert res.num_check_images == 256 and res.num_validation_images == 256 and res.num_images == 1182
+    assert res.config.lam == default_synthesis_config("nullviz_digits_vit").lam and res.config.batch_size == 24
     at.text_input(key="ns_sweep_lams").set_value("0, 1")
     at.text_input(key="ns_sweep_steps").set_value("10")
     [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
     assert not at.exception and not at.error
     front = at.session_state["ns_frontier"]
-    assert [p.lam for p in front.points] == [0.0, 1.0] and front.num_check_images == 64
+    assert [p.lam for p in front.points] == [0.0, 1.0] and front.num_check_images == 256
+    assert front.num_validation_images == 256
     assert any("Largest δ within ε" in m.value for m in at.markdown)
     assert "frontier (JSON)" in {b.proto.label for b in downloads(at)}
     at.text_input(key="ns_sweep_lams").set_value("0, a lot")
@@ -185,7 +193,7 @@ def test_nullspace_unoptimised_delta_is_flagged():
     at.number_input(key="ns_lam").set_value(0.0)
     at.number_input(key="ns_lim").set_value(3.0)
     at.number_input(key="ns_tol").set_value(5.0)
-    at.number_input(key="ns_images").set_value(16)
+    at.number_input(key="ns_batch").set_value(16)
     at.button[0].click().run()
     assert not at.exception
     res = at.session_state["current_noise"]["result"]
@@ -214,7 +222,7 @@ def test_attention_page_contrast_with_an_approximate_delta():
     at = app("pages/nullspace.py")
     at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
     at.number_input(key="ns_steps").set_value(5)
-    at.number_input(key="ns_images").set_value(8)
+    at.number_input(key="ns_batch").set_value(8)
     at.button[0].click().run()
     at.switch_page("pages/attention.py").run()
     assert not at.exception and not at.error

@@ -9,7 +9,15 @@ from nullviz.errors import InvalidParameterError, NoiseFileError
 from nullviz.params import constraints_of
 from nullviz.robustness import images_tensor
 from nullviz.synthesis import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
-                               load_noise, noise_controls, noise_effect, split_fit_check, synthesize)
+                               load_noise, noise_controls, noise_effect, split_fit_check, split_fit_validation,
+                               synthesize)
+
+
+def fit_indices(n: int, seed: int, check_fraction: float = 0.25, validation_fraction: float = 0.2) -> torch.Tensor:
+    """The images a synthesis of n given images is fit on: the test and then the validation images held out."""
+    keep, _ = split_fit_check(n, check_fraction, seed)
+    sub, _ = split_fit_validation(len(keep), validation_fraction, seed)
+    return keep[sub]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +50,12 @@ def test_seed_reproduces_and_differs(default_lm, digits_x):
     assert not torch.equal(a.delta, c.delta)
 
 
-def test_tolerance_stops_early_on_all_images(default_lm, digits_x):
-    """λ = 0 keeps the research code's rule: stop once the fit images are inside ε."""
+def test_tolerance_stops_early_on_the_validation_images(default_lm, digits_x):
+    """λ = 0 keeps the research code's rule, judged on images δ is not fit on: stop once the batch and the
+    validation images are inside ε."""
     res = synthesize(default_lm, digits_x, SynthesisConfig(**{**RESEARCH_CODE, "steps": 300}, tol=0.02, batch_size=8))
-    assert res.reached_tolerance and res.steps_run < 300
-    assert res.mse_probs < 0.02  # the criterion holds over all images, not just the last batch
+    assert res.steps_run < 300 and res.selected_on == "validation"
+    assert res.validation_mse_probs < 0.02  # the criterion holds over the validation images, not just a batch
 
 
 def test_lambda_keeps_delta_larger(default_lm, digits_x):
@@ -92,7 +101,7 @@ def test_save_load_round_trip(default_lm, digits_x, tmp_path):
     assert saved.meta["model_name"] == default_lm.name and saved.meta["config"]["lim"] == 1.0
     assert saved.meta["mse_probs"] == res.mse_probs
     check_noise_fits(default_lm, saved.delta, saved.level)
-    fit, _ = split_fit_check(len(digits_x), 0.25, 0)  # mse_probs is about the fit images
+    fit = fit_indices(len(digits_x), 0)  # mse_probs is about the fit images
     again = evaluate_noise(default_lm, digits_x[fit], saved.delta, saved.level)
     assert again["mse_probs"] == pytest.approx(res.mse_probs, rel=1e-5)
     eff = noise_effect(default_lm, digits_x[0], saved.delta, "encoder")
@@ -125,7 +134,7 @@ def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, 
     """x + δ left 65 % of its values outside [0, 1]; clipping dropped agreement from 1.00 to 0.24."""
     from nullviz.synthesis import clipped_delta, pixel_bounds
 
-    fit, _ = split_fit_check(len(digits_x), 0.25, 0)
+    fit = fit_indices(len(digits_x), 0)
     free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0))
     assert free.extra["out_of_range_fraction"] > 0.3 and free.to_dict()["clipped"] is False
     clipped_view = evaluate_noise(default_lm, digits_x[fit], free.delta, "input", clip=True)
@@ -154,8 +163,10 @@ def test_fit_and_check_images_never_overlap():
 
 def test_check_metrics_are_an_independent_evaluation_on_unseen_images(default_lm, digits_x):
     res = synthesize(default_lm, digits_x, SynthesisConfig(steps=30, seed=1))
-    fit, check = split_fit_check(len(digits_x), 0.25, 1)
-    assert res.num_images == len(fit) and res.num_check_images == len(check) == 8
+    _, check = split_fit_check(len(digits_x), 0.25, 1)
+    fit = fit_indices(len(digits_x), 1)
+    assert res.num_images == len(fit) == 19 and res.num_check_images == len(check) == 8
+    assert res.num_validation_images == 5
     on_check = evaluate_noise(default_lm, digits_x[check], res.delta, "encoder")
     on_fit = evaluate_noise(default_lm, digits_x[fit], res.delta, "encoder")
     assert res.check_mse_probs == pytest.approx(on_check["mse_probs"], rel=1e-5, abs=1e-9)

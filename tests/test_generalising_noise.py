@@ -1,0 +1,129 @@
+"""δ is fit, selected and judged on three disjoint sets of images (issue: noise on images it never saw)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nullviz import data
+from nullviz.robustness import images_tensor
+from nullviz.synthesis import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier, probs_change,
+                               split_fit_validation, synthesize)
+
+
+@pytest.fixture(scope="module")
+def digit_sets(default_lm):
+    train, _ = images_tensor(default_lm, data.digits_dataset("train"), limit=200)
+    held, _ = images_tensor(default_lm, data.digits_dataset("heldout"), limit=64)
+    return train[:150], train[150:200], held
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in x.flatten(1)}
+
+
+def test_own_data_sets_are_disjoint_and_say_what_they_are():
+    sets = data.synthesis_sets(data.synthesis_sources("digits")[0], None, own="digits")
+    fit, val, test = (np.stack([np.asarray(im) for im in s]) for s in (sets.fit, sets.validation, sets.test))
+    n_train = len(data.digits_indices("train"))
+    assert len(fit) + len(val) == n_train and len(val) == data.SYNTHESIS_VALIDATION_IMAGES
+    assert len(test) == min(data.SYNTHESIS_TEST_IMAGES, len(data.digits_indices("heldout")))
+    # the validation draw is a fixed part of the training split, apart from the fit pool
+    train = np.stack([np.asarray(im) for im in data.digits_split("train")[0]])
+    order = np.random.default_rng(data.VALIDATION_SEED).permutation(n_train)
+    val_idx = np.sort(order[:len(val)])
+    assert np.array_equal(val, train[val_idx])
+    assert np.array_equal(fit, np.delete(train, val_idx, axis=0))
+    assert set(sets.used) == {"fit", "validation", "test"}
+    assert "held-out" in sets.used["test"] and "never fit on" in sets.used["validation"]
+
+
+def test_test_images_cannot_change_delta(default_lm, digit_sets):
+    """δ and every choice depend on the fit and validation images only: judging it on other images changes
+    nothing but the judgement."""
+    fit, val, held = digit_sets
+    cfg = SynthesisConfig(steps=30, seed=3, batch_size=32, check_every=5)
+    a = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held[:32])
+    b = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held[32:])
+    assert torch.equal(a.delta, b.delta) and a.steps_run == b.steps_run
+    assert a.check_mse_probs != b.check_mse_probs
+    assert a.selected_on == "validation" and a.num_validation_images == len(val)
+
+
+def test_kept_delta_is_inside_the_selection_threshold_on_validation(default_lm, digit_sets):
+    fit, val, held = digit_sets
+    for lam, margin in ((0.5, 1.0), (3.0, 0.5)):  # λ 3 pushes δ past ε: it is shrunk back inside
+        cfg = SynthesisConfig(steps=40, lam=lam, selection_margin=margin, batch_size=32, seed=1)
+        r = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held)
+        assert r.validation_mse_probs < cfg.tol * margin
+        assert 0 < r.shrunk_to <= 1
+    assert r.shrunk_to < 1  # the λ = 3 run needed shrinking (its own numbers say so)
+
+
+def test_minibatches_cover_the_pool(default_lm, digit_sets):
+    """δ is fit on minibatches drawn from the whole pool, not on its first batch."""
+    fit, val, _ = digit_sets
+    cfg = SynthesisConfig(steps=6, batch_size=50, tol=1e-9, seed=0)
+    whole = synthesize(default_lm, fit, cfg, validation_images=val, check_images=val)
+    first = synthesize(default_lm, fit[:50], cfg, validation_images=val, check_images=val)
+    assert not torch.equal(whole.delta, first.delta)
+    assert whole.num_images == 150
+
+
+def test_without_validation_images_part_of_the_fit_images_is_held_out(default_lm, digit_sets):
+    fit, _, held = digit_sets
+    r = synthesize(default_lm, fit[:40], SynthesisConfig(steps=5, seed=0), check_images=held)
+    keep, val = split_fit_validation(40, 0.2, 0)
+    assert r.num_validation_images == len(val) == 8 and r.num_images == len(keep) == 32
+    tiny = synthesize(default_lm, fit[:5], SynthesisConfig(steps=3, seed=0), check_images=held)
+    assert tiny.num_validation_images == 0 and tiny.selected_on == "fit"
+    assert "too few" in tiny.images_used["validation"]
+
+
+def test_no_verdict_on_too_few_unseen_images(default_lm, digit_sets):
+    fit, val, held = digit_sets
+    few = synthesize(default_lm, fit, SynthesisConfig(steps=5), validation_images=val,
+                     check_images=held[:MIN_VERDICT_IMAGES - 1])
+    assert few.verdict.startswith("no verdict") and str(MIN_VERDICT_IMAGES) in few.verdict
+    enough = synthesize(default_lm, fit, SynthesisConfig(steps=5), validation_images=val,
+                        check_images=held[:MIN_VERDICT_IMAGES])
+    assert enough.verdict in ("inside ε", "outside ε")
+    assert enough.to_dict()["verdict"] == enough.verdict
+
+
+def test_frontier_chooses_on_validation_not_on_the_test_images(default_lm, digit_sets):
+    fit, val, held = digit_sets
+    front = frontier(default_lm, fit, SynthesisConfig(steps=10, batch_size=32), lams=(0.0, 1.0, 4.0),
+                     validation_images=val, check_images=held)
+    best = front.allowed()
+    assert front.num_validation_images == len(val) and front.to_dict()["chosen_on"] == "validation images"
+    inside = [p for p in front.points if p.validation_mse_probs <= front.tol]
+    assert best is (max(inside, key=lambda p: p.noise_l2) if inside else None)
+
+
+def test_embedded_models_carry_their_measured_defaults():
+    for name in ("nullviz_digits_vit", "nullviz_cluttered_vit"):
+        cfg = default_synthesis_config(name)
+        assert cfg.selection_margin <= 1.0 and cfg.steps >= 1
+    assert default_synthesis_config("vit_small_patch16_224") == SynthesisConfig()
+    assert default_synthesis_config("nullviz_cluttered_vit", lam=0.25).lam == 0.25
+
+
+def test_probs_change_by_hand():
+    assert probs_change([0.5, 0.5], [0.75, 0.25]) == pytest.approx(0.125)
+    assert probs_change([1.0, 0.0], [1.0, 0.0]) == 0.0
+
+
+def test_kept_clean_logits_give_the_same_delta(default_lm, digit_sets):
+    """The page keeps the pool's clean logits for every synthesis: δ is the same as computing them as drawn."""
+    from nullviz.errors import InvalidParameterError
+    from nullviz.synthesis import clean_logits
+
+    fit, val, held = digit_sets
+    cfg = SynthesisConfig(steps=12, batch_size=32, seed=2)
+    plain = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held)
+    kept = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held,
+                      fit_logits=clean_logits(default_lm.model, fit))
+    assert torch.allclose(plain.delta, kept.delta, atol=1e-5)
+    with pytest.raises(InvalidParameterError, match="one per image"):
+        synthesize(default_lm, fit, cfg, validation_images=val, check_images=held,
+                   fit_logits=clean_logits(default_lm.model, fit[:10]))
