@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lams", type=float, nargs="+", default=list(LAMS))
     ap.add_argument("--record", action="store_true", help="write the chosen λ into each model's config.json")
+    ap.add_argument("--settings", nargs="+", default=["research", "before", "now"],
+                    choices=["research", "before", "now"], help="which rows to measure")
+    ap.add_argument("--no-frontier", action="store_true", help="only the rows, no λ sweep")
     ap.add_argument("--out", type=Path, default=Path("bench/out/frontier"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -64,7 +67,10 @@ def main(argv=None) -> int:
             f"now: λ {now.lam:g}, {now.steps} steps, batch {now.batch_size}, kept inside "
             f"{now.selection_margin:g}·ε on validation": (now, True)}
         rows, out[short] = [], {"images_used": used, "defaults": asdict(now), "settings": {}}
+        keys = dict(zip(settings, ("research", "before", "now")))
         for name, (cfg, with_validation) in settings.items():
+            if keys[name] not in args.settings:
+                continue
             runs = []
             for seed in args.seeds:
                 c = replace(cfg, seed=seed)
@@ -81,6 +87,9 @@ def main(argv=None) -> int:
             out[short]["settings"][name] = runs
             rows.append(row(name, runs))
             print(rows[-1], flush=True)
+        if args.no_frontier:
+            text.append("\n".join([f"### {short}: {len(fit):,} fit · {len(val)} validation · {len(test)} test", *rows]))
+            continue
         base = replace(now, seed=args.seeds[0])
         front = frontier(lm, fit, base, lams=tuple(args.lams), validation_images=val, check_images=test,
                          images_used=used)

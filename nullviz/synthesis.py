@@ -397,7 +397,7 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
 
 
 #: Fit-image metrics (mse_probs, agreement, the permuted control) are measured on at most this many of them.
-FIT_METRIC_IMAGES = 256
+FIT_METRIC_IMAGES = 128
 
 
 #: The pool keeps every fit image's clean tokens and logits once computed, up to this many bytes.
@@ -583,8 +583,8 @@ def _keep_if_larger(best, model, batches: _Batches, delta: torch.Tensor, cfg: Sy
 
 
 def _largest_scale_inside(model, batches: _Batches, delta: torch.Tensor, cfg: SynthesisConfig,
-                          iterations: int = 6) -> float:
-    """The largest s in (0, 1] (to 2⁻⁶) with s·δ inside the selection threshold on ``batches`` (0: none):
+                          iterations: int = 5) -> float:
+    """The largest s in (0, 1] (to 2⁻⁵) with s·δ inside the selection threshold on ``batches`` (0: none):
     a δ that λ pushed just past ε is shrunk along its own direction rather than thrown away."""
     limit = cfg.tol * cfg.selection_margin
     lo, hi = 0.0, 1.0

@@ -12,7 +12,7 @@ from nullviz import nullspace as N
 from nullviz.data import own_data, synthesis_sets, synthesis_sources
 from nullviz.errors import NullvizError
 from nullviz.models import LoadedModel
-from nullviz.synthesis import (MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
+from nullviz.synthesis import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
                                frontier, noise_effect, parse_sweep, probs_change, split_fit_check, split_fit_validation, synthesize)
 
 require_shell(__file__)
@@ -236,8 +236,8 @@ if res is not None:
     with st.container(key="ns_images_used"):
         st.markdown("**Which images each number is about**\n\n" + "\n".join(
             f"- *{role}*: {text}" for role, text in res.images_used.items()))
-    st.markdown(f"**The {fit_n:,} images δ was fit on**" + (f" (measured on {min(fit_n, 256)} of them)"
-                                                           if fit_n > 256 else ""))
+    st.markdown(f"**The {fit_n:,} images δ was fit on**" + (f" (measured on {FIT_METRIC_IMAGES} of them)"
+                                                           if fit_n > FIT_METRIC_IMAGES else ""))
     c = st.columns(4)
     c[0].metric("mean Σ Δp²", f"{res.mse_probs:.2e}", f"permuted δ: {res.permuted_mse_probs:.2e}", **NOTE)
     c[1].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)

@@ -161,7 +161,7 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     assert not at.exception and not at.error
     texts = " ".join(m.value for m in at.markdown)
     assert "**This image**" in texts and "not among the images δ was fit on" in texts
-    assert "**The 1,182 images δ was fit on** (measured on 256 of them)" in texts
+    assert "**The 1,182 images δ was fit on** (measured on 128 of them)" in texts
     assert "**256 images δ never saw**" in texts
     used = " ".join(m.value for m in at.markdown if "Which images" in m.value)
     assert "1,182 training digits" in used and "256 other training digits" in used and "256 held-out digits" in used
