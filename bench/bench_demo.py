@@ -7,7 +7,9 @@
    with nothing happening (per cent of one core, from /proc; goal < 2 %).
 3. The approximate mode (encoder level) at its defaults on the default model: click *Make noise*, time until
    the result's verification is drawn (browser seconds, and the synthesis's own seconds shown on the page).
-4. The same synthesis from the command line (``python -m nullviz synthesize`` at its defaults, same model),
+4. The Finetune page's default run (its three methods, the form's defaults) started with *Start*, watched
+   until its final table shows (goal ≤ 2 minutes).
+5. The same synthesis from the command line (``python -m nullviz synthesize`` at its defaults, same model),
    timed by the process; the ratio page ÷ CLI (goal ≤ 1.3).
 """
 
@@ -88,6 +90,14 @@ def main(argv=None) -> int:
             done = [re.search(r"steps in ([\d.]+)s", c) for c in caption]
             out["page_synthesis_own_s"] = float(next(m.group(1) for m in done if m)) if any(done) else float("nan")
             out["page_exceptions"] = page.locator("[data-testid='stException']").count()
+            page.goto(f"{url}/finetune")
+            page.get_by_role("button", name="Start").wait_for(timeout=120_000)
+            page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Start").click()
+            page.get_by_text("Final numbers").wait_for(timeout=900_000)
+            out["finetune_default_run_browser_s"] = time.perf_counter() - t0
+            out["finetune_exceptions"] = page.locator("[data-testid='stException']").count()
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -430,18 +430,43 @@ def tolerance_plot(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float
     return legend_safe(fig)
 
 
+#: Words for the metrics a finetuning run logs (legends say these, never the keys).
+METRIC_WORDS = {"clean_acc": "clean accuracy", "fgsm_acc": "FGSM accuracy", "delta_acc": "accuracy under fresh δs",
+                "train_delta_acc": "accuracy under its training δ", "gaussian_acc": "accuracy under Gaussian noise",
+                "loss": "loss", "clean_loss": "clean loss", "noised_loss": "noised loss"}
+
+
+def metric_words(key: str) -> str:
+    return METRIC_WORDS.get(key, key.replace("_acc", " accuracy").replace("_", " "))
+
+
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str, y_keys: Sequence[str],
                     title: str = "", yaxis_title: str = "", height: int = 340) -> go.Figure:
-    """Several runs on the same axes: for each run and each metric in ``y_keys``, one line over ``x_key``."""
+    """Several runs on the same axes: for each run and each metric in ``y_keys``, one line over ``x_key``,
+    named in words ("baseline · clean accuracy"). Epochs are whole numbers on the axis; with three or fewer
+    points each is labelled with its value, and accuracies sit on 0–1 (a single epoch is a labelled point,
+    not a dot on an axis of 0–2)."""
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    most = 0
     for r_i, (run, hist) in enumerate(histories.items()):
         for key in y_keys:
             if key in hist and len(hist[key]):
-                fig.add_trace(go.Scatter(x=list(hist[x_key]), y=list(hist[key]), mode="lines+markers",
-                                         name=f"{run} · {key}", line=dict(dash=dashes[r_i % len(dashes)])))
+                xs, ys = list(hist[x_key]), list(hist[key])
+                most = max(most, len(xs))
+                few = len(xs) <= 3
+                fig.add_trace(go.Scatter(
+                    x=xs, y=ys, mode="lines+markers+text" if few else "lines+markers",
+                    text=[f"{v:.1%}" if key.endswith("_acc") and v is not None else
+                          (f"{v:.3g}" if v is not None else "") for v in ys] if few else None,
+                    textposition="top center", marker=dict(size=9 if few else 6),
+                    name=f"{run} · {metric_words(key)}", line=dict(dash=dashes[r_i % len(dashes)])))
     fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
+    if x_key == "epoch":
+        fig.update_xaxes(dtick=1, tick0=1, range=[0.5, max(most, 1) + 0.5])
+    if all(k.endswith("_acc") for k in y_keys):
+        fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
     return legend_safe(fig)
 
 

@@ -150,12 +150,18 @@ class JobInfo:
         return self.state in FINAL_STATES
 
     @property
-    def steps_done(self) -> int:
-        return int(self.status.get("steps_done", 0))
+    def steps_done(self) -> float:
+        """Work done: steps, or for finetuning every phase's work in training steps (``work_plan``)."""
+        return float(self.status.get("steps_done", 0))
 
     @property
-    def steps_total(self) -> int:
-        return int(self.status.get("steps_total", 0))
+    def steps_total(self) -> float:
+        return float(self.status.get("steps_total", 0))
+
+    @property
+    def phase(self) -> str:
+        """What the job does now, in words ("nullspace · synthesizing δ"); empty before it starts."""
+        return str(self.status.get("current", ""))
 
     @property
     def eta_seconds(self) -> float | None:
@@ -290,9 +296,9 @@ class JobContext:
             write_json_atomic(self.dir / "status.json", self.status)
             self._last_write = now
 
-    def step(self, n: int = 1) -> None:
-        """n more steps done (status.json is rewritten at most once a second)."""
-        self.update(force=False, steps_done=int(self.status.get("steps_done", 0)) + n)
+    def step(self, n: float = 1) -> None:
+        """n more steps (units of work) done (status.json is rewritten at most once a second)."""
+        self.update(force=False, steps_done=float(self.status.get("steps_done", 0)) + n)
 
 
 def _acquire_slot(ctx: JobContext, root: Path, max_running: int) -> int | None:
@@ -406,20 +412,30 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     data = own_data(params["data"], lm.name if lm else m.get("name"))
     train, held = train_heldout(data, lm.transform if lm else None, params.get("data_cache", "data"))
     configs = [FinetuneConfig(**c) for c in params["configs"]]
-    total = sum(c.epochs * (c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)))
-                for c in configs)  # FinetuneRun's steps per epoch: one global batch per step
+    plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
+                         len(held)) for c in configs]  # FinetuneRun's steps per epoch: one global batch per step
     names = run_names(params["configs"])
-    ctx.update(steps_total=total, steps_done=0, methods=names, processes=processes)
+    ctx.update(steps_total=sum(sum(p.values()) for p in plans), steps_done=0, methods=names, processes=processes)
     results: dict[str, Any] = {}
-    for name, cfg in zip(names, configs):
+    done_before = 0.0
+    for name, cfg, plan in zip(names, configs, plans):
         if ctx.should_stop():
             break
         ctx.update(current=name)
+
+        def work(phase: str, units: float, name=name) -> None:
+            if ctx.status.get("current") != f"{name} · {phase}":
+                ctx.status["current"] = f"{name} · {phase}"
+            ctx.step(units)
+
         if processes > 1:
             summary = _run_with_torchrun(params, cfg, name, processes, ctx)
         else:
-            summary = finetune(lm, train, held, cfg, ctx.dir / name, on_step=lambda rec: ctx.step(),
+            summary = finetune(lm, train, held, cfg, ctx.dir / name, on_work=work,
                                should_stop=ctx.should_stop).to_dict()
+        done_before += sum(plan.values())
+        if not ctx.should_stop():  # the plan's estimate of this run's work is spent: line the count up with it
+            ctx.update(force=False, steps_done=done_before)
         summary["usable"] = summary.get("epochs_run", 0) > 0  # stopped before its first epoch: nothing to use
         results[name] = summary
         write_json_atomic(ctx.dir / "results.json", results)
@@ -451,12 +467,16 @@ def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, c
     log = open(out / "torchrun.log", "w")
     proc = subprocess.Popen(torchrun_command(params, config_file, out, processes), stdout=subprocess.PIPE,
                             stderr=log, env=env, text=True, start_new_session=True)
+    from .finetune import TRAIN_STEP_COST
+
     follower, signalled = LogFollower(), False
+    per_step = TRAIN_STEP_COST[cfg.method]  # the ranks' δ synthesis and evaluation are added when the run ends
+    ctx.update(current=f"{name} · {processes} processes")
     try:
         while proc.poll() is None:
             new = sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step")
             if new:
-                ctx.step(new)
+                ctx.step(new * per_step)
             if ctx.should_stop() and not signalled:
                 os.killpg(proc.pid, signal.SIGTERM)
                 signalled = True
@@ -464,7 +484,7 @@ def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, c
         stdout = proc.stdout.read() if proc.stdout else ""
     finally:
         log.close()
-    ctx.step(sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step"))
+    ctx.step(per_step * sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step"))
     lines = [s for s in stdout.splitlines() if s.startswith("{")]
     if lines:
         return json.loads(lines[-1])

@@ -34,19 +34,22 @@ st.caption("Each run trains a copy of the active model in a process of its own; 
            "never modified. Runs go on when you close the tab, and come back when you open this page again.")
 
 OWN_DATA = own_data("default", lm.name)
+#: The form's defaults: a run small enough to watch in class (≤ 2 minutes for three methods on a 2-core CPU,
+#: ``bench/bench_demo.py``); researchers raise them.
+SMALL_RUN = {"epochs": 2, "steps": 15, "synth_steps": 30, "fresh": 1, "eval": 500}
 OWN_SOURCE = "cluttered digits (the model's own)" if OWN_DATA == "cluttered" else "default digits"
 DATA_SOURCES = [OWN_SOURCE, *([] if settings.shared else ["ImageFolder path"]), "upload a zip of an ImageFolder",
                 "CIFAR-10"]
 with st.form("ft_form"):
     c = st.columns(4)
     methods = c[0].multiselect("methods", list(METHODS), default=["baseline", "nullspace", "gaussian"], key="ft_methods")
-    epochs = c[1].number_input("epochs", 1, 1000, 3, key="ft_epochs")
-    steps = c[2].number_input("steps per epoch (0 = full pass)", 0, 100_000, 0, key="ft_steps")
+    epochs = c[1].number_input("epochs", 1, 1000, SMALL_RUN["epochs"], key="ft_epochs")
+    steps = c[2].number_input("steps per epoch (0 = full pass)", 0, 100_000, SMALL_RUN["steps"], key="ft_steps")
     batch = c[3].number_input("batch size", 1, 4096, 64, key="ft_batch")
     c = st.columns(4)
     lr = c[0].number_input("learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="ft_lr")
     freeze = c[1].selectbox("freeze", ["none", "patch_embed", "all_but_head"], key="ft_freeze")
-    synth_steps = c[2].number_input("δ synthesis steps", 1, 5000, 50, key="ft_synth_steps")
+    synth_steps = c[2].number_input("δ synthesis steps", 1, 5000, SMALL_RUN["synth_steps"], key="ft_synth_steps")
     fgsm_eps = c[3].number_input("FGSM ε (/255)", 0.0, 255.0, 8.0, key="ft_eps")
     c = st.columns(3)
     source = c[0].selectbox("data", DATA_SOURCES, key="ft_source")
@@ -63,9 +66,12 @@ with st.form("ft_form"):
     n_seeds = c[2].number_input("seeds per method", 1, 10, 1, key="ft_seeds",
                                 help="Each method runs with seeds seed, seed + 1, …; with 2 or more the comparison "
                                      "below shows 95 % intervals and paired differences.")
-    fresh = c[1].number_input("fresh δs for the final evaluation", 0, 16, 2, key="ft_fresh",
+    fresh = c[1].number_input("fresh δs for the final evaluation", 0, 16, SMALL_RUN["fresh"], key="ft_fresh",
                               help="Accuracy under δ is measured with δs synthesized from the finished model, on "
                                    "training images, averaged over this many seeds (0: only the δ it trained on).")
+    eval_limit = st.number_input("held-out images evaluated each epoch (0 = all)", 0, 1_000_000, SMALL_RUN["eval"],
+                                 key="ft_eval_limit", help="The first this many of the held-out split; every "
+                                 "method is measured on the same ones.")
     start = st.form_submit_button("Start", type="primary")
 
 
@@ -98,7 +104,8 @@ if start:
                                f"{settings.max_jobs_per_workspace} per session. Stop one or wait for it to end.")
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
-                                  fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k)
+                                  fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
+                                  eval_limit=int(eval_limit) or None)
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
@@ -113,9 +120,12 @@ if start:
 
 jobs = [j for j in queue.jobs(ws.id) if j.kind == "finetune"]
 if not jobs:
-    st.info("Pick methods and press **Start**. " + (
-        "The defaults (3 epochs on the 4,000 cluttered training scenes) take about 100 s per method on a 2-core CPU."
-        if OWN_DATA == "cluttered" else "The defaults (3 epochs on the digits) take about 20 s per method on CPU."))
+    st.info("Pick methods and press **Start**. The defaults are a small run to see the method work: "
+            f"{SMALL_RUN['epochs']} epochs of {SMALL_RUN['steps']} steps, δ synthesized in {SMALL_RUN['synth_steps']} "
+            f"steps, measured on {SMALL_RUN['eval']} held-out images — " + (
+                "about 100 s for the three methods on a 2-core CPU with the cluttered model. "
+                if OWN_DATA == "cluttered" else "about 30 s for the three methods on a 2-core CPU with the digits. ")
+            + "Set steps per epoch to 0 for full passes over the training set.")
     st.stop()
 
 # ----------------------------------------------------------------------------------------------- job list
@@ -155,8 +165,9 @@ def _draw_progress(job) -> None:
     else:
         eta = job.eta_seconds
         current = job.status.get("current", "")
-        st.progress(min(done / total, 1.0), text=f"{job.state} · {current} · step {done}/{total}"
-                    + (f" · ETA {eta:.0f}s" if eta is not None else ""))
+        st.progress(min(done / total, 1.0), text=f"{job.state} · {current} · {min(done / total, 1.0):.0%}"
+                    + (f" · ETA {eta:.0f} s" if eta is not None else "")
+                    + (" (δ synthesis, training and evaluation all counted)" if job.state == "running" else ""))
     if job.message:
         (st.error if job.state == "failed" else st.info)(job.message)
 

@@ -211,7 +211,7 @@ def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, brow
     page.goto(server + "/nullspace")
     page.get_by_text("Approximate — encoder level").click()
     page.get_by_label("steps", exact=True).fill("20")
-    page.get_by_label("images", exact=True).fill("24")
+    page.get_by_label("batch (images per step)", exact=True).fill("24")
     page.get_by_role("button", name="Make noise").click()
     page.get_by_text("The frontier: how large").wait_for(timeout=120_000)
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)

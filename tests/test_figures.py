@@ -43,10 +43,22 @@ def test_legends_never_squeeze_the_plot():
     path = "/tmp/nullviz/jobs/0123456789abcdef/nullspace-seed3/checkpoints/model.safetensors"
     fig = figures.training_curves({path: {"epoch": [1, 2], "clean_acc": [0.5, 0.6]}}, "epoch", ["clean_acc"])
     trace = fig.data[0]
-    assert len(trace.name) <= figures.LEGEND_NAME_CHARS and trace.name.startswith("…/model.safetensors")
+    assert len(trace.name) <= figures.LEGEND_NAME_CHARS and trace.name.startswith("…/model.safet")
+    assert trace.name.endswith("clean accuracy")  # words, not the key 'clean_acc'
     assert path in trace.hovertemplate  # the full name on hover
     assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # below the plot, not beside it
     assert figures.short_label("baseline · clean_acc") == "baseline · clean_acc"
+
+
+def test_few_epochs_are_labelled_points_on_a_sensible_axis():
+    one = figures.training_curves({"baseline": {"epoch": [1], "clean_acc": [0.93], "fgsm_acc": [0.41]}}, "epoch",
+                                  ["clean_acc", "fgsm_acc"], "held-out accuracy", "accuracy")
+    assert [t.name for t in one.data] == ["baseline · clean accuracy", "baseline · FGSM accuracy"]
+    assert "text" in one.data[0].mode and list(one.data[0].text) == ["93.0%"]
+    assert tuple(one.layout.xaxis.range) == (0.5, 1.5) and one.layout.xaxis.dtick == 1  # not an axis of 0–2
+    assert tuple(one.layout.yaxis.range) == (0, 1.08)
+    many = figures.training_curves({"b": {"epoch": list(range(1, 9)), "clean_acc": [0.5] * 8}}, "epoch", ["clean_acc"])
+    assert "text" not in many.data[0].mode
     long = figures.short_label("x" * 80)
     assert len(long) == figures.LEGEND_NAME_CHARS and "…" in long
 

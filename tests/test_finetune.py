@@ -213,3 +213,29 @@ def test_logged_learning_rate_is_the_one_the_step_used(default_lm, sets):
     run.run()
     assert [r["lr"] for r in steps] == pytest.approx([0.5e-3, 1e-3, 1e-3])
     assert run.history[-1]["lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("method", ["baseline", "nullspace"])
+def test_progress_counts_synthesis_training_and_evaluation(default_lm, sets, method):
+    """The work a run reports, phase by phase, is what its plan says (the progress bar's total): δ synthesis
+    and evaluation move the bar, not only the training steps."""
+    from nullviz.finetune import PHASES
+
+    train, held = sets
+    cfg = small(method, epochs=2, steps_per_epoch=3, synth_steps=4, fresh_deltas=1, eval_limit=40)
+    seen: dict[str, float] = {}
+    order: list[str] = []
+
+    def work(phase, units):
+        seen[phase] = seen.get(phase, 0.0) + units
+        if not order or order[-1] != phase:
+            order.append(phase)
+
+    finetune(default_lm, train, held, cfg, on_work=work)
+    plan = cfg.work_plan(3, len(held))
+    assert set(seen) == set(PHASES) and set(plan) == set(PHASES)
+    for phase in PHASES:
+        assert seen[phase] == pytest.approx(plan[phase], rel=1e-9), phase
+    # the order a user sees: (δ,) training, evaluating — and δ again for the fresh ones at the end
+    assert order[order.index("training") + 1] in ("evaluating", "synthesizing δ")
+    assert order[-1] == "evaluating"
