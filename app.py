@@ -1,8 +1,12 @@
 """nullviz — entry point: navigation, session defaults and the model sidebar (pages are in pages/)."""
 
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="nullviz", page_icon=":material/blur_on:", layout="wide")
+# The tab's icon ships with the app (a Material-icon favicon is fetched from fonts.gstatic.com by every browser)
+ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
+st.set_page_config(page_title="nullviz", page_icon=ICON, layout="wide")
 
 with st.spinner("Loading PyTorch and timm (first start of the server only)…"):
     from app_state import follow_deep_link, init_session, model_sidebar, presentation_mode, presentation_shell

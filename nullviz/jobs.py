@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -215,6 +216,8 @@ class JobQueue:
                                     stdout=log, stderr=log, start_new_session=True,
                                     cwd=str(Path(__file__).resolve().parent.parent))
         self._children.append(proc)
+        # reaped the moment it exits, whether or not anyone looks at the queue again (no <defunct> workers)
+        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
         write_json_atomic(job_dir / "status.json", {"state": "queued", "pid": proc.pid})
         return self._info(job_dir)
 

@@ -234,3 +234,20 @@ def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, brow
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
     assert page.locator("[data-testid='stException']").count() == 0
     page.close()
+
+
+def test_no_request_leaves_the_servers_origin(server, browser):
+    """Every request of a page load — the app's, its icons', its fonts', the Nullspace page's figures — goes to
+    the server itself (a classroom without internet; no student's browser calls a third party)."""
+    page = browser.new_page()
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    page.goto(server + "/nullspace")
+    page.get_by_text("Choose a kind of noise and press").wait_for(timeout=90_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    page.get_by_role("button", name="Make noise").click()
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=60_000)
+    page.wait_for_timeout(1500)  # late requests (favicon, fonts) have gone out by now
+    foreign = [u for u in seen if not u.startswith((server, "data:", "blob:"))]
+    assert seen and foreign == []
+    page.close()

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,18 @@ def test_processes_must_be_a_small_positive_int(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     with pytest.raises(InvalidParameterError, match="processes"):
         queue.submit("finetune", finetune_params(MODEL, "default", [FinetuneConfig()], processes=0), owner="a")
+
+
+def test_a_finished_worker_is_reaped_without_anyone_looking(tmp_path):
+    """The server never has to list the jobs again for a finished worker to go: no <defunct> processes."""
+    queue = JobQueue(tmp_path, max_running=1)
+    cfgs = [FinetuneConfig(method="baseline", epochs=1, steps_per_epoch=1, batch_size=8, fresh_deltas=0,
+                           eval_limit=8)]
+    job = queue.submit("finetune", finetune_params(MODEL, "default", cfgs), owner="a")
+    pid = queue._children[-1].pid
+
+    def gone() -> bool:  # reaped: no such process any more (a zombie keeps its /proc entry, state Z)
+        return not Path(f"/proc/{pid}").exists()
+
+    wait_for(gone, timeout=240)  # note: queue.jobs() is never called in between
+    assert (job.dir / "status.json").exists()
