@@ -131,26 +131,42 @@ def topk_bars(probs_clean: Sequence[float], probs_noised: Sequence[float], class
     if int(pn.argmax()) not in order:
         order.append(int(pn.argmax()))
     names = [class_names[i] if i < len(class_names) else f"class {i}" for i in order]
-    fig = go.Figure([go.Bar(name=labels[0], x=names, y=pc[order]), go.Bar(name=labels[1], x=names, y=pn[order])])
+
+    def bar(name, values):  # every bar carries its value: a probability of 0.001 is no visible bar on 0–1
+        return go.Bar(name=name, x=names, y=values, text=[f"{v:.1%}" if v >= 0.001 else f"{v:.0e}" for v in values],
+                      textposition="outside", cliponaxis=False)
+
+    fig = go.Figure([bar(labels[0], pc[order]), bar(labels[1], pn[order])])
     fig.update_layout(barmode="group", title="top-k class probabilities", yaxis_title="probability", xaxis_type="category",
-                      yaxis_range=[0, 1], height=height, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+                      yaxis_range=[0, 1.12], yaxis_tickformat=".0%", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return legend_safe(fig)
 
 
 def synthesis_curve(steps: Sequence[int], loss: Sequence[float], mse_probs: Sequence[float],
-                    agreement: Sequence[float], tol: float | None = None, height: int = 320) -> go.Figure:
-    """Loss and the stopping criterion (mean Σ Δp²) over synthesis steps; top-1 agreement on the right."""
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=list(steps), y=list(loss), name="loss L(δ)", mode="lines"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=list(steps), y=list(mse_probs), name="mean Σ Δp²", mode="lines"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=list(steps), y=list(agreement), name="top-1 agreement", mode="lines",
-                             line=dict(dash="dot")), secondary_y=True)
+                    agreement: Sequence[float], tol: float | None = None, height: int = 380) -> go.Figure:
+    """Above: the stopping criterion (mean Σ Δp², log axis) against the tolerance ε, and top-1 agreement (0–100 %,
+    right). Below: the loss L(δ) on a linear axis of its own — with λ > 0 it is negative (−λ log‖δ‖), which a
+    log axis cannot draw. Every line its own colour and dash."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.08,
+                        specs=[[{"secondary_y": True}], [{}]])
+    xs = list(steps)
+    fig.add_trace(go.Scatter(x=xs, y=[max(v, CHANGE_FLOOR) for v in mse_probs], name="mean Σ Δp² (batch)",
+                             mode="lines", line=dict(color="#1f77b4")), row=1, col=1, secondary_y=False)
+    fig.add_trace(go.Scatter(x=xs, y=list(agreement), name="top-1 agreement", mode="lines",
+                             line=dict(color="#2ca02c", dash="dot")), row=1, col=1, secondary_y=True)
     if tol is not None:
-        fig.add_hline(y=tol, line_dash="dot", line_color="crimson", annotation_text=f"tolerance ε = {tol:g}")
-    fig.update_yaxes(type="log", title_text="loss / Σ Δp²", secondary_y=False)
-    fig.update_yaxes(range=[0, 1.05], title_text="agreement", secondary_y=True)
-    fig.update_layout(title="synthesis", xaxis_title="step", height=height, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]] if xs else [0, 1], y=[tol, tol], name=f"tolerance ε = {tol:g}",
+                                 mode="lines", line=dict(color="crimson", dash="dash", width=1.5), hoverinfo="skip"),
+                      row=1, col=1, secondary_y=False)
+    fig.add_trace(go.Scatter(x=xs, y=list(loss), name="loss L(δ) = ‖Δlogits‖ − λ log‖δ‖", mode="lines",
+                             line=dict(color="#7f7f7f")), row=2, col=1)
+    fig.update_yaxes(type="log", title_text="Σ Δp²", exponentformat="power", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", title_text="agreement",
+                     row=1, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="loss", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(title="synthesis", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return legend_safe(fig)
 
 
 #: A difference at most this fraction of the clean quantity's range is float32 rounding, not a change.

@@ -78,3 +78,21 @@ def test_depth_and_statistics_figures_number_blocks_from_one():
     assert min(fig.data[0].y) == pytest.approx(1e-9)  # exact zeros drawn at the floor the title names
     box = figures.change_distribution(np.zeros((5, 3)), "attention change", "TV")
     assert "15 values ≤ 1e-9" in box.layout.title.text and [t.name for t in box.data] == ["1", "2", "3"]
+
+
+def test_synthesis_chart_draws_a_negative_loss_and_tells_its_lines_apart():
+    """With λ > 0 the loss is negative: it has a linear axis of its own (on the log axis it had no line);
+    ε and agreement differ in colour and dash; agreement ticks are round percentages."""
+    fig = figures.synthesis_curve([0, 1, 2], [0.4, -0.5, -1.2], [0.05, 0.02, 0.004], [0.9, 0.95, 1.0], tol=0.01)
+    by_name = {t.name: t for t in fig.data}
+    loss = next(t for n, t in by_name.items() if n.startswith("loss"))
+    assert loss.yaxis == "y3" and fig.layout.yaxis3.type != "log" and min(loss.y) < 0
+    eps = next(t for n, t in by_name.items() if n.startswith("tolerance ε"))
+    agree = by_name["top-1 agreement"]
+    assert (eps.line.color, eps.line.dash) != (agree.line.color, agree.line.dash)
+    assert fig.layout.yaxis.type == "log" and list(fig.layout.yaxis2.tickvals) == [0, 0.25, 0.5, 0.75, 1]
+
+
+def test_topk_bars_label_every_probability():
+    fig = figures.topk_bars([0.998, 0.001, 0.0005, 0.0005], [0.997, 0.002, 0.0005, 0.0005], ["a", "b", "c", "d"], k=3)
+    assert list(fig.data[0].text) == ["99.8%", "0.1%", "5e-04"] and fig.data[0].textposition == "outside"
