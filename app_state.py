@@ -5,6 +5,7 @@ Only UI plumbing lives here; every computation is a call into ``nullviz``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +312,22 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
         except NullvizError as exc:
             st.error(f"{upload.name}: {exc} Showing the sample image instead.")
     return ChosenImage(sample, sample_image(sample))
+
+
+def fingerprint(*parts) -> str:
+    """A short digest of what a result was computed from (tensors, images, names and numbers): a page keeps
+    it beside a stored result and shows the result only while its inputs are still the current ones."""
+    digest = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            digest.update(part.detach().float().cpu().contiguous().numpy().tobytes())
+        elif isinstance(part, Image.Image):
+            digest.update(f"{part.mode}{part.size}".encode())
+            digest.update(part.tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def show_error(exc: Exception) -> None:

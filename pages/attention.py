@@ -6,7 +6,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (current_model, figure_html, image_picker, require_shell, server_settings, show_error,
+from app_state import (current_model, figure_html, fingerprint, image_picker, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
 from nullviz import nullspace as N
@@ -58,6 +58,7 @@ else:
             st.stop()
 
 x = lm.preprocess(chosen.image)
+INPUTS = fingerprint(lm.name, lm.checkpoint, chosen.name, chosen.image, level, delta)  # what results are about
 c = st.columns(2)
 fusion = c[0].selectbox("rollout head fusion", ["mean", "max", "min"], key="att_fusion")
 discard = c[1].slider("rollout discard ratio", 0.0, 0.95, 0.0, 0.05, key="att_discard")
@@ -87,7 +88,12 @@ if not cmp.clean.has_class_token:
 def block_view() -> None:
     """One block and head, the output query's attention: a fragment, so moving the slider reruns only this."""
     c = st.columns(2)
-    block = c[0].slider("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_layer",
+    layers = cmp.clean.layers
+    # the slider's state is set here, not by a default value: a default beside a kept state let the slider show
+    # one block while the charts used another after the noise source changed
+    if not isinstance(st.session_state.get("att_layer"), int) or not 1 <= st.session_state["att_layer"] <= layers:
+        st.session_state["att_layer"] = layers
+    block = c[0].slider("block", 1, layers, key="att_layer",
                         help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
     layer = block - 1
     head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
@@ -267,11 +273,15 @@ if st.button("Compute attributions", key="att_go"):
             a_clean = attribute(lm, pixels, method, target, steps=int(steps))
             a_noised = attribute(lm, pixels, method, target if target is not None else a_clean.target[0],
                                  token_noise=delta, steps=int(steps))
-        st.session_state["att_result"] = (method, a_clean, a_noised)
+        st.session_state["att_result"] = (method, a_clean, a_noised, INPUTS)
     except NullvizError as exc:
         show_error(exc)
-if "att_result" in st.session_state:
-    m, a_clean, a_noised = st.session_state["att_result"]
+stored = st.session_state.get("att_result")
+if stored is not None and stored[3] != INPUTS:
+    st.info("The last attributions were for another image, noise or model; press **Compute attributions** for "
+            "these.")
+elif stored is not None:
+    m, a_clean, a_noised, _ = stored
     h_clean, h_noised = a_clean.heatmap()[0].numpy(), a_noised.heatmap()[0].numpy()
     c = st.columns(2)
     c[0].plotly_chart(figures.overlay(img, h_clean, f"{m}, clean, over the image", signed=True, opacity=0.6,

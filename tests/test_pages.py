@@ -522,3 +522,36 @@ def test_nullspace_empty_and_huge_uploads_are_one_line():
     at.file_uploader[0].set_value(("huge.png", buf.getvalue(), "image/png"))
     at.run()
     assert not at.exception and "more than the" in at.error[0].value
+
+
+def _triplet_title(at) -> str:
+    chart = [c for c in at.get("plotly_chart") if "triplet" in c.proto.id][0]
+    return json.loads(chart.proto.spec)["layout"]["title"]["text"]
+
+
+def test_attention_views_follow_their_inputs():
+    """Attributions are shown only for the image and noise they were computed for (a new upload used to get
+    the previous image's map and completeness numbers); the block slider and the charts show the same block
+    after the noise source changes (the slider showed block 4 while the charts drew block 2)."""
+    import torch
+
+    at = app("pages/attention.py")
+    at.slider(key="att_layer").set_value(2).run()
+    assert "block 2" in _triplet_title(at)
+    at.selectbox(key="att_method").set_value("saliency")
+    at.button(key="att_go").click().run()
+    assert not at.exception and any("saliency, clean" in c.proto.spec for c in at.get("plotly_chart"))
+    at.file_uploader(key="att_upload").upload("photo.png", png_bytes(), "image/png").run()  # a new image
+    assert not at.exception
+    assert any("for another image, noise or model" in i.value for i in at.info)
+    assert not any("saliency, clean" in c.proto.spec for c in at.get("plotly_chart"))
+    at.button(key="att_go").click().run()  # computed again: shown again
+    assert any("saliency, clean" in c.proto.spec for c in at.get("plotly_chart"))
+
+    at.radio(key="att_source").set_value("upload a noise file").run()  # no file yet: the page stops there
+    buf = io.BytesIO()
+    torch.save({"delta": torch.zeros(3, 32, 32), "meta": {"level": "input"}, "format": "nullviz-noise-1"}, buf)
+    at.file_uploader(key="att_noise_file").upload("zero.pt", buf.getvalue(), "application/octet-stream").run()
+    assert not at.exception and not at.error
+    assert f"block {at.slider(key='att_layer').value}" in _triplet_title(at)
+    assert any("for another image, noise or model" in i.value for i in at.info)  # another noise: not shown
