@@ -89,10 +89,11 @@ def block_view() -> None:
     """One block and head, the output query's attention: a fragment, so moving the slider reruns only this."""
     c = st.columns(2)
     layers = cmp.clean.layers
-    # the slider's state is set here, not by a default value: a default beside a kept state let the slider show
-    # one block while the charts used another after the noise source changed
-    if not isinstance(st.session_state.get("att_layer"), int) or not 1 <= st.session_state["att_layer"] <= layers:
-        st.session_state["att_layer"] = layers
+    # The slider's value is written into its state at every run, never left to a default: after a run that
+    # stopped before the slider (the noise source changed, no file yet) the browser drew the slider at its
+    # default while the kept state (another block) drew the charts.
+    kept = st.session_state.get("att_layer")
+    st.session_state["att_layer"] = kept if isinstance(kept, int) and 1 <= kept <= layers else layers
     block = c[0].slider("block", 1, layers, key="att_layer",
                         help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
     layer = block - 1

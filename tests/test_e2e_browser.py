@@ -251,3 +251,35 @@ def test_no_request_leaves_the_servers_origin(server, browser):
     foreign = [u for u in seen if not u.startswith((server, "data:", "blob:"))]
     assert seen and foreign == []
     page.close()
+
+
+def test_block_slider_and_charts_show_the_same_block_after_the_noise_source_changes(server, browser, tmp_path):
+    """Block 2 chosen, then the noise source switched to a file (the page stops until one is uploaded), then a
+    file: the slider used to be drawn at its default while the charts drew block 2."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"delta": torch.zeros(3, 32, 32), "meta": {"level": "input"}, "format": "nullviz-noise-1"}, buf)
+    noise_file = tmp_path / "zero.pt"
+    noise_file.write_bytes(buf.getvalue())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server + "/attention")
+    page.get_by_text("Any query token").wait_for(timeout=90_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+    slider = page.locator(".st-key-att_layer input[type=range]")
+    slider.focus()
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator(".gtitle").filter(has_text="patch attention, block 2")).to_have_count(1, timeout=60_000)
+    page.get_by_text("upload a noise file").click()
+    page.get_by_text("Upload a noise file saved from").wait_for(timeout=60_000)
+    page.locator(".st-key-att_noise_file input[type='file']").set_input_files(str(noise_file))
+    page.get_by_text("Any query token").wait_for(timeout=60_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+    shown = int(slider.input_value())
+    expect(page.locator(".gtitle").filter(has_text=f"patch attention, block {shown},")).to_have_count(1, timeout=30_000)
+    assert shown == 2
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
