@@ -195,6 +195,13 @@ def model_sidebar() -> None:
                        "Upload a checkpoint" if shared else "Local checkpoint"]
             embedded = embedded_model(spec["name"]) if not spec["checkpoint"] else None
             current = 0 if embedded is not None else (2 if spec["checkpoint"] else 1)
+            if st.session_state.pop("_model_spec_changed", False):  # a page switched the model: show it here
+                st.session_state["model_source"] = sources[current]
+                if embedded is not None:
+                    st.session_state["model_embedded"] = embedded.short_name
+                st.session_state["model_name"] = "" if embedded_model(spec["name"]) else spec["name"]
+                if not shared:
+                    st.session_state["model_checkpoint"] = spec["checkpoint"] or ""
             source = st.radio("Source", sources, index=current, key="model_source")
             names = [m.short_name for m in EMBEDDED_MODELS.values()]
             shown = embedded.short_name if embedded is not None else server_settings().default_model
@@ -278,6 +285,7 @@ def set_active_checkpoint(path: str, device: str | None = None) -> None:
     spec = st.session_state["model_spec"]
     st.session_state["model_spec"] = {"name": "default", "checkpoint": path, "device": device or spec["device"]}
     st.session_state["model_error"] = None
+    st.session_state["_model_spec_changed"] = True  # the sidebar's widgets follow at the next run
 
 
 def default_sample_for(lm: LoadedModel) -> str:

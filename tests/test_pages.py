@@ -437,6 +437,23 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
     assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
     assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
+    assert at.session_state["_model_spec_changed"]  # the sidebar follows at its next run (next test)
+
+
+def test_sidebar_follows_a_model_a_page_switched_to():
+    """'Use this model' (a page) switches the model: the sidebar then shows a local checkpoint and its path, not
+    "Embedded model" with an empty path. (A first run: AppTest drops the sidebar on reruns, see above.)"""
+    path = str(ROOT / "assets" / "default_model" / "model.safetensors")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["model_spec"] = {"name": "default", "checkpoint": path, "device": "cpu"}
+    at.session_state["model_source"] = "Embedded model (offline)"  # what the sidebar's widgets kept
+    at.session_state["model_checkpoint"] = ""
+    at.session_state["_model_spec_changed"] = True
+    at.run()
+    assert not at.exception
+    assert at.radio(key="model_source").value == "Local checkpoint"
+    assert at.text_input(key="model_checkpoint").value == path and at.text_input(key="model_name").value == ""
+    assert "model.safetensors" in at.sidebar.caption[-1].value
 
 
 def test_finetune_page_compares_methods_over_seeds(jobs_dir):
