@@ -520,12 +520,14 @@ def _interval_bars(name: str, summaries, metrics: Sequence[str], labels: Mapping
     """One bar per metric at a :class:`~nullviz.comparison.Summary`'s mean, its 95 % interval as error bars."""
     k = [scale.get(m, 1.0) for m in metrics]
     bar = dict(name=name, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(summaries, k)],
-               error_y=dict(type="data", symmetric=False,
-                            array=[(s.ci_high - s.mean) * f for s, f in zip(summaries, k)],
-                            arrayminus=[(s.mean - s.ci_low) * f for s, f in zip(summaries, k)]))
+               error_y=dict(type="data", symmetric=False,  # n < 2: no interval, so no error bar at all
+                            array=[(s.ci_high - s.mean) * f if s.has_interval else 0 for s, f in zip(summaries, k)],
+                            arrayminus=[(s.mean - s.ci_low) * f if s.has_interval else 0
+                                        for s, f in zip(summaries, k)]))
     if hover:
-        bar.update(hoverinfo="text", hovertext=[f"{name}: {s.mean * f:.3g} (95 % CI {s.ci_low * f:.3g} … "
-                                                f"{s.ci_high * f:.3g}, n = {s.n})" for s, f in zip(summaries, k)])
+        bar.update(hoverinfo="text", hovertext=[
+            f"{name}: {s.mean * f:.3g} (95 % CI {s.ci_low * f:.3g} … {s.ci_high * f:.3g}, n = {s.n})"
+            if s.has_interval else f"{name}: {s.mean * f:.3g} (n = {s.n}: no interval)" for s, f in zip(summaries, k)])
     return go.Bar(**bar)
 
 

@@ -19,10 +19,61 @@ def test_summary_is_the_t_interval_by_hand():
     assert s.mean == 3.0 and s.std == pytest.approx(math.sqrt(2.5)) and s.n == 5
     half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4)
     assert (s.ci_low, s.ci_high) == (pytest.approx(3 - half), pytest.approx(3 + half))
-    one = summarize([0.7])
-    assert one.ci_low == one.ci_high == 0.7 and one.std == 0.0
+    one = summarize([0.7])  # one value says nothing about its spread: no interval, no test (not a zero-width one)
+    assert one.ci_low is None and one.ci_high is None and one.p_value is None and not one.has_interval
+    assert one.n == 1 and one.mean == 0.7
     with pytest.raises(InvalidParameterError):
         summarize([])
+
+
+def test_missing_values_are_counted_not_dropped_silently():
+    s = summarize([0.5, None, float("nan"), 0.7])
+    assert s.n == 2 and s.n_missing == 2 and s.to_dict()["n_missing"] == 2
+
+
+def test_paired_t_test_by_hand():
+    """d = (0.05, 0.02, 0.05): t = mean / (sd / √3) with 2 degrees of freedom."""
+    from scipy.stats import ttest_1samp
+
+    d = summarize([0.05, 0.02, 0.05])
+    assert d.p_value == pytest.approx(ttest_1samp([0.05, 0.02, 0.05], 0).pvalue, rel=1e-9)
+
+
+def test_holm_on_a_worked_example():
+    """p = (0.01, 0.04, 0.03, 0.005) over m = 4: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06,
+    0.04·1 = 0.04 → kept monotone: 0.06; None stays outside the family."""
+    from nullviz.comparison import holm
+
+    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": None})
+    assert adj == {"d": pytest.approx(0.02), "a": pytest.approx(0.03), "c": pytest.approx(0.06),
+                   "b": pytest.approx(0.06), "e": None}
+    assert holm({"x": 0.6, "y": 0.5}) == {"y": 1.0, "x": 1.0}  # capped at 1
+
+
+def test_primary_measures_are_unadjusted_and_the_rest_holm_adjusted():
+    runs = {"nullspace": {s: {"acc": 0.90 + 0.01 * s, "fgsm": 0.5 + 0.02 * s, "mce": 1.0} for s in range(4)},
+            "baseline": {s: {"acc": 0.88 + 0.012 * s, "fgsm": 0.47 + 0.02 * s, "mce": 1.0 + 0.01 * s}
+                         for s in range(4)},
+            "gaussian": {s: {"acc": 0.89 + 0.01 * s, "fgsm": 0.5 + 0.018 * s, "mce": 0.99} for s in range(4)}}
+    cmp = compare_methods(runs, ["acc", "fgsm", "mce"], "nullspace", primary=["fgsm"])
+    adj = cmp.adjusted_p()
+    raw = {(c, m): cmp.difference(c, m).p_value for c in cmp.controls for m in cmp.metrics}
+    assert adj[("baseline", "fgsm")] == raw[("baseline", "fgsm")]  # primary: as it is
+    from nullviz.comparison import holm
+
+    family = holm({k: v for k, v in raw.items() if k[1] != "fgsm"})
+    assert all(adj[k] == family[k] for k in family) and len(family) == 4
+    d = cmp.to_dict()
+    assert d["primary"] == ["fgsm"] and d["secondary"] == ["acc", "mce"] and "Holm" in d["correction"]
+    assert d["paired"]["gaussian"]["acc"]["p_adjusted"] == adj[("gaussian", "acc")]
+    with pytest.raises(InvalidParameterError, match="primary"):
+        compare_methods(runs, ["acc"], "nullspace", primary=["nope"])
+
+
+def test_one_seed_draws_no_error_bars():
+    runs = {"nullspace": {0: {"acc": 0.9}}, "baseline": {0: {"acc": 0.88}}}
+    bars = figures.method_bars(compare_methods(runs, ["acc"], "nullspace"))
+    assert list(bars.data[0].error_y.array) == [0] and list(bars.data[0].error_y.arrayminus) == [0]
 
 
 def test_paired_difference_pairs_by_seed():
@@ -73,6 +124,10 @@ def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(
         for metric in paper_table.METRICS:
             cell = data["paired"][control][metric]
             assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
+            assert ("p_adjusted" in cell) and (metric in paper_table.PRIMARY) == (metric in data["primary"])
+    assert data["primary"] == list(paper_table.PRIMARY) and "Holm" in data["correction"]
+    assert "Primary measures (declared before the runs): FGSM, mCE" in text and "Holm-adjusted" in text
+    assert "(n 2)" in text  # n shown everywhere
     assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()
 
 
