@@ -23,10 +23,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_server import wait_healthy  # noqa: E402
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -60,13 +63,7 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{args.port}"
     out: dict[str, float] = {}
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(url, 600)  # the first run of run.sh installs the environment
         pid = server_pid(args.port)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)

@@ -41,6 +41,18 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
+def wait_healthy(url: str, seconds: float) -> None:
+    """Until the Streamlit server at ``url`` answers its health check (RuntimeError after ``seconds``)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"streamlit did not start at {url} within {seconds:.0f} s")
+
+
 class Server:
     """`streamlit run app.py` on a free port with its own NULLVIZ_DATA_DIR."""
 
@@ -56,14 +68,7 @@ class Server:
              "--server.port", str(self.port), "--server.address", "127.0.0.1"],
             cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
             env={**os.environ, "NULLVIZ_DATA_DIR": str(data_dir), **env})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("streamlit did not start")
+        wait_healthy(self.url, 120)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
