@@ -377,6 +377,7 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
              approx_delta: torch.Tensor | None = None) -> RobustnessReport:
     """Run the configured evaluations batched on the model's device; stoppable between batches (the
     report then holds what finished, with ``stopped=True``)."""
+    check_classes_match(lm, dataset)
     x, y = images_tensor(lm, dataset, config.limit)
     if len(y) == 0:
         raise InvalidParameterError("dataset", "evaluate", "a non-empty data set", 0)
@@ -388,6 +389,21 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
                            for i in range(len(y), min(len(dataset), len(y) + FIT_IMAGES))]).to(lm.device)
     return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
                      approx_delta, fit)
+
+
+def check_classes_match(lm: LoadedModel, dataset) -> None:
+    """Refuse to score a model on images of other classes (a 1,000-class ImageNet ViT on the 10 digits): every
+    number would be about labels the model does not predict. Data sets that name their classes (ImageFolder,
+    the embedded data) are checked by count."""
+    classes = getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+    k = int(getattr(lm.model, "num_classes", 0) or len(lm.class_names))
+    if classes and len(classes) != k:
+        from .errors import DataError
+
+        raise DataError(f"{lm.name} predicts {k:,} classes but the data set has {len(classes):,} "
+                        f"({', '.join(map(str, list(classes)[:5]))}{', …' if len(classes) > 5 else ''}): its accuracy "
+                        f"there would mean nothing. Evaluate it on images of its own classes (an ImageFolder with one "
+                        f"folder per class, in the model's class order), or finetune it on this data first.")
 
 
 #: How many images an evaluation's own input-level δ is fit on (never among the images it scores).

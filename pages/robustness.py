@@ -94,6 +94,8 @@ if go:
         if data_name not in EMBEDDED_DATA:
             data_name = str(ws.check_server_path(data_name, "the data set"))
         dataset = load_dataset(data_name, split="heldout")
+        for m in models:  # before any job starts: a 1,000-class model is never scored on the 10 digits
+            R.check_classes_match(m, dataset)
         params = [sum(p.numel() for p in m.model.parameters()) for m in models]
         if R.evaluation_size(len(dataset), cfg, params) > server_settings().eval_job_threshold:
             specs = [{"name": m.name, "checkpoint": m.checkpoint, "device": str(m.device)} for m in models]

@@ -191,3 +191,14 @@ def test_specs():
         R.severities_from_spec("0-9")
     with pytest.raises(InvalidParameterError):
         R.corruptions_from_spec("fog,rain")
+
+
+def test_a_model_is_never_scored_on_images_of_other_classes():
+    """A 1,000-class ViT on the 10 digits: a clear refusal, not an accuracy about labels it does not predict."""
+    from nullviz.errors import DataError
+    from nullviz.models import create_random_vit
+
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=8, embed_dim=64, depth=1,
+                           num_heads=2, num_classes=1000)
+    with pytest.raises(DataError, match="predicts 1,000 classes but the data set has 10"):
+        R.evaluate(lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm",), limit=8))
