@@ -223,7 +223,7 @@ def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
         scale = dict(zmin=0.0, zmax=float(maps.max()) or 1.0, colorscale=SEQUENTIAL)
     rows, cols = maps.shape[:2]
     row_labels = list(row_labels or [f"block {i + 1}" for i in range(rows)])  # 1-based, as the depth chart
-    col_labels = list(col_labels or [f"head {j}" for j in range(cols)])
+    col_labels = list(col_labels or [f"head {j + 1}" for j in range(cols)])  # 1-based, as blocks
     titles = [f"{row_labels[i]} · {col_labels[j]}" for i in range(rows) for j in range(cols)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
                         vertical_spacing=0.03 if rows > 1 else 0.1)
@@ -310,7 +310,7 @@ def head_statistics_plot(stats, height: int = 360) -> go.Figure:
             fig.add_trace(go.Scatter(x=x, y=values.reshape(-1), mode="markers", name=label, legendgroup=label,
                                      showlegend=col == 1,
                                      marker=dict(symbol=symbol, size=9 if label == "clean" else 13, color=colour),
-                                     customdata=np.tile(np.arange(H), L),
+                                     customdata=np.tile(np.arange(1, H + 1), L),  # heads from 1, as blocks
                                      hovertemplate=f"block %{{x}} · head %{{customdata}}: %{{y:.4g}} {unit} "
                                                    f"({label})<extra></extra>"),
                           row=1, col=col)

@@ -97,13 +97,13 @@ def block_view() -> None:
     block = c[0].slider("block", 1, layers, key="att_layer",
                         help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
     layer = block - 1
-    head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
+    head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]  # from 1, as blocks
     head = c[1].selectbox("head", head_opts, key="att_head")
     maps_c, maps_n = cmp.clean.cls_maps()[:, 0], cmp.noised.cls_maps()[:, 0]  # [L, H, gh, gw]
     if head == head_opts[0]:
         mc, mn = maps_c[layer].mean(0), maps_n[layer].mean(0)
     else:
-        h = int(head.split()[1])
+        h = int(head.split()[1]) - 1
         mc, mn = maps_c[layer, h], maps_n[layer, h]
     st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(), f"{OUTPUT_QUERY} → patch attention, block {block}, {head}"),
                     key="triplet")
@@ -158,7 +158,7 @@ def query_view() -> None:
     label = c[0].selectbox("query token", QUERY_OPTIONS, key="att_query",
                            help="Or click a patch on the left image below.")
     block = c[1].slider("block ", 1, cmp.clean.layers, cmp.clean.layers, key="att_q_layer")
-    head_opts = ["mean of heads"] + [f"head {h}" for h in range(cmp.clean.heads)]
+    head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]
     head = c[2].selectbox("head ", head_opts, key="att_q_head")
     patch = _query_patch(label)
     q = query_index(PREFIX, (GH, GW), patch)
@@ -167,7 +167,7 @@ def query_view() -> None:
     if head == head_opts[0]:
         maps, mats = [m.mean(0) for m in maps], [m.mean(0) for m in mats]
     else:
-        h = int(head.split()[1])
+        h = int(head.split()[1]) - 1
         maps, mats = [m[h] for m in maps], [m[h] for m in mats]
     c = st.columns(2)
     c[0].plotly_chart(figures.overlay(img, maps[0].numpy(), f"{label} → patches, clean (click a patch)",

@@ -96,3 +96,9 @@ def test_synthesis_chart_draws_a_negative_loss_and_tells_its_lines_apart():
 def test_topk_bars_label_every_probability():
     fig = figures.topk_bars([0.998, 0.001, 0.0005, 0.0005], [0.997, 0.002, 0.0005, 0.0005], ["a", "b", "c", "d"], k=3)
     assert list(fig.data[0].text) == ["99.8%", "0.1%", "5e-04"] and fig.data[0].textposition == "outside"
+
+
+def test_heads_are_numbered_from_one_like_blocks():
+    grid = figures.attention_grid(np.random.default_rng(0).random((2, 3, 4, 4)), title="clean")
+    titles = [a.text for a in grid.layout.annotations]
+    assert "block 1 · head 1" in titles and "block 2 · head 3" in titles and not any("head 0" in t for t in titles)
