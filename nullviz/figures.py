@@ -47,6 +47,11 @@ def short_label(name: str, limit: int = LEGEND_NAME_CHARS) -> str:
     return text[:half] + "…" + text[-(limit - 1 - half):]
 
 
+def readable(values, decimals: int = 4) -> list[float]:
+    """Numbers as a person reads them: rounded, and a rounded −0.0 (a tiny negative float error) shown as 0."""
+    return [float(v) + 0.0 for v in np.round(np.asarray(values, dtype=np.float64), decimals).ravel()]
+
+
 def legend_safe(fig: go.Figure) -> go.Figure:
     """Legends never squeeze the plot: below it, horizontal, names shortened (full name on hover)."""
     for trace in fig.data:

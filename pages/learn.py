@@ -55,9 +55,9 @@ def step_1() -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.linear_map_3d(mn.basis, x, v + w, height=H), key="learn_3d")
     with right:
-        st.markdown(f"**A x** = {np.round(A @ x, 4).tolist()}")
-        st.markdown(f"**A (x + t·n)** = {np.round(A @ (x + v), 4).tolist()}  — identical: n is in the nullspace")
-        st.markdown(f"**A (x + t·n + s·r)** = {np.round(A @ (x + v + w), 4).tolist()}"
+        st.markdown(f"**A x** = {figures.readable(A @ x)}")
+        st.markdown(f"**A (x + t·n)** = {figures.readable(A @ (x + v))}  — identical: n is in the nullspace")
+        st.markdown(f"**A (x + t·n + s·r)** = {figures.readable(A @ (x + v + w))}"
                     + ("  — moved by the non-null part" if mn.rank and s else ""))
         st.markdown(f"Rank–nullity: rank **{mn.rank}** + nullity **{mn.nullity}** = **3** inputs. "
                     f"The nullspace is {['the point 0', 'a line', 'a plane', 'all of R³'][mn.nullity]}.")

@@ -102,3 +102,7 @@ def test_heads_are_numbered_from_one_like_blocks():
     grid = figures.attention_grid(np.random.default_rng(0).random((2, 3, 4, 4)), title="clean")
     titles = [a.text for a in grid.layout.annotations]
     assert "block 1 · head 1" in titles and "block 2 · head 3" in titles and not any("head 0" in t for t in titles)
+
+
+def test_readable_numbers_have_no_negative_zero():
+    assert [str(v) for v in figures.readable([-1e-9, 2.00004, -0.5])] == ["0.0", "2.0", "-0.5"]

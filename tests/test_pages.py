@@ -296,6 +296,14 @@ def test_app_opens_on_the_cluttered_model_by_default(monkeypatch, tmp_path):
 
 def test_learn_page_walkthrough():
     at = app("pages/learn.py")
+    for key, value in (("learn_x0", -2.0), ("learn_x1", -0.5), ("learn_x2", 0.5), ("learn_t", 0.3)):
+        at.slider(key=key).set_value(value)
+    at.run()  # A(x + t·n) is (−1.5, −4e-17): shown as 0.0, not −0.0
+    assert any("**A (x + t·n)** = [-1.5, 0.0]" in m.value for m in at.markdown)
+    assert not any("-0.0" in m.value for m in at.markdown)
+    for key, value in (("learn_x0", 1.0), ("learn_x1", 0.5), ("learn_x2", -0.5), ("learn_t", 1.0)):
+        at.slider(key=key).set_value(value)
+    at.run()
     assert "Rank–nullity: rank **2** + nullity **1**" in " ".join(m.value for m in at.markdown)
     at.selectbox(key="learn_preset").set_value("rank 1 (a plane of null vectors)").run()
     assert "nullity **2**" in " ".join(m.value for m in at.markdown)
