@@ -530,7 +530,7 @@ def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
 
         def progress(stage, done, total, k=k):
             ctx.update(force=False, current=f"model {k + 1}/{len(specs)} · {stage} {done}/{total}",
-                       fraction=(k + done / max(total, 1)) / len(specs))
+                       fraction=(k + cfg.fraction_done(stage, done, total)) / len(specs))
 
         reports.append(R.evaluate(lm, dataset, cfg, progress=progress, should_stop=ctx.should_stop))
         write_text_atomic(ctx.dir / "reports.json", R.report_json(reports))

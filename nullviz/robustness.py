@@ -254,6 +254,28 @@ class EvalConfig:
         if self.limit is not None:
             check("limit", "EvalConfig", self.limit, Interval(int, 1, None))
 
+    def work_plan(self) -> dict[str, float]:
+        """Each stage's share of an evaluation, in forward passes over the images (an attack step is a forward
+        and a backward: 3): what one progress bar over the whole evaluation counts."""
+        steps = {"fgsm": 1, "pgd": self.pgd_steps, "patch": self.patch_steps}
+        plan = {"clean": 1.0}
+        plan.update({a: 3.0 * steps[a] + 1 for a in self.attacks})
+        if self.corruptions:
+            plan["corruptions"] = 2.0 * len(self.corruptions) * len(self.severities)  # corrupting ≈ one pass
+        if self.tolerance_magnitudes:
+            plan["tolerance"] = float(len(self.tolerance_magnitudes) * len(self.tolerance_kinds))
+        return plan
+
+    def fraction_done(self, stage: str, done: int, total: int) -> float:
+        """How far the whole evaluation is when ``stage`` reports done of total (0 … 1): the stages before it
+        and its own part, weighted by :meth:`work_plan` — not each stage's own bar (which read full at every
+        stage's end)."""
+        plan = self.work_plan()
+        names = list(plan)
+        before = sum(plan[k] for k in names[:names.index(stage)]) if stage in plan else 0.0
+        own = plan.get(stage, 0.0) * min(1.0, done / max(total, 1))
+        return min(1.0, (before + own) / sum(plan.values()))
+
 
 @dataclass
 class RobustnessReport:

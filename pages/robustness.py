@@ -109,8 +109,9 @@ if go:
             for k, lm in enumerate(models):
 
                 def progress(stage, done, total, k=k):
-                    bar.progress(min(1.0, (k + done / max(total, 1)) / len(models)),
-                                 text=f"model {k + 1}/{len(models)} · {stage}: {done}/{total}")
+                    overall = (k + cfg.fraction_done(stage, done, total)) / len(models)
+                    bar.progress(overall, text=f"model {k + 1}/{len(models)} · {stage}: {done}/{total} · "
+                                               f"{overall:.0%} of the evaluation")
 
                 reports.append(R.evaluate(lm, dataset, cfg, progress=progress))
             bar.progress(1.0, text="done")

@@ -202,3 +202,16 @@ def test_a_model_is_never_scored_on_images_of_other_classes():
                            num_heads=2, num_classes=1000)
     with pytest.raises(DataError, match="predicts 1,000 classes but the data set has 10"):
         R.evaluate(lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm",), limit=8))
+
+
+def test_one_progress_bar_over_every_stage(default_lm):
+    """The bar moves through the whole evaluation: it never reads full at the end of one stage (it read
+    'fgsm: 128/128' full, then again for every stage), and each stage weighs what it costs."""
+    cfg = R.EvalConfig(attacks=("fgsm", "pgd"), pgd_steps=10, corruptions=("fog",), severities=(1, 3), limit=16)
+    seen: list[float] = []
+    report = R.evaluate(default_lm, digits_dataset("heldout"), cfg,
+                        progress=lambda stage, done, total: seen.append(cfg.fraction_done(stage, done, total)))
+    assert report.attacks and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    plan = cfg.work_plan()
+    assert cfg.fraction_done("fgsm", 16, 16) == pytest.approx((plan["clean"] + plan["fgsm"]) / sum(plan.values()))
+    assert cfg.fraction_done("fgsm", 16, 16) < 0.2 and plan["pgd"] == 31  # ten attack steps outweigh one
