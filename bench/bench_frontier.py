@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/frontier"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     text, out = [], {}
     for short in args.models:
         spec = embedded_model(short)
@@ -120,8 +121,7 @@ def main(argv=None) -> int:
                                    "test_mse_probs": round(best.check_mse_probs, 5),
                                    "noise_l2": round(best.noise_l2, 1)}
             path.write_text(json.dumps(config, indent=2) + "\n")
-        figures.frontier_plot(front).write_html(f"{args.out}-{short}.html", include_plotlyjs="cdn") \
-            if args.out.parent.mkdir(parents=True, exist_ok=True) is None else None
+        figures.frontier_plot(front).write_html(f"{args.out}-{short}.html", include_plotlyjs="cdn")
     Path(f"{args.out}.md").write_text("\n\n".join(text) + "\n")
     Path(f"{args.out}.json").write_text(json.dumps(out, indent=1, default=str))
     return 0
