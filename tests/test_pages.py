@@ -518,7 +518,7 @@ def test_finetune_page_stop_button_and_reopen(jobs_dir):
     assert not any(b.label.startswith("Use the") for b in at.button)  # nothing trained: nothing to use
 
 
-def test_finetune_page_defaults_are_a_small_run():
+def test_finetune_page_defaults_are_a_small_run(jobs_dir):  # no jobs yet: the page explains its defaults
     """The form opens on a run small enough to watch (measured ≤ 2 minutes for its three methods on the cluttered
     model, bench/bench_demo.py), and says what it is."""
     at = app("pages/finetune.py")
