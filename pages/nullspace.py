@@ -2,6 +2,7 @@
 
 import io
 import json
+from dataclasses import replace
 
 import streamlit as st
 import torch
@@ -82,9 +83,10 @@ def approximate_inputs() -> tuple:
     """The approximate modes' settings and images: config, the images δ is fit on, the images that select δ
     (None: held out of the fit images), the images it is judged on (None: held out), what each set is, and the
     fit images' clean logits when they are kept for every synthesis (None: computed as drawn)."""
-    cfg = SynthesisConfig(level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
-                          lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
-                          batch_size=int(batch), check_every=DEFAULTS.check_every)
+    # the model's measured settings (selection margin, look interval…) with the form's values over them
+    cfg = replace(DEFAULTS, level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
+                  lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
+                  batch_size=int(batch))
     if source == SOURCES[0]:
         fit, val, test, used, logits = _own_set_tensors(lm, (lm.name, lm.checkpoint, str(lm.device), OWN))
         return cfg, fit, val, test, used, logits

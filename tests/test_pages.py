@@ -171,7 +171,9 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     assert "they chose δ" in metric(at, "validation (256 images): mean Σ Δp²").delta
     res = at.session_state["current_noise"]["result"]
     assert res.num_check_images == 256 and res.num_validation_images == 256 and res.num_images == 1182
-    assert res.config.lam == default_synthesis_config("nullviz_digits_vit").lam and res.config.batch_size == 24
+    measured = default_synthesis_config("nullviz_digits_vit")
+    assert res.config.lam == measured.lam and res.config.batch_size == 24
+    assert res.config.selection_margin == measured.selection_margin and res.config.check_every == measured.check_every
     at.text_input(key="ns_sweep_lams").set_value("0, 1")
     at.text_input(key="ns_sweep_steps").set_value("10")
     [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
