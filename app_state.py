@@ -128,7 +128,8 @@ def follow_deep_link() -> None:
 PRESENTATION_CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarCollapseButton"],
 [data-testid="stExpandSidebarButton"] {display: none !important}
-[data-testid="stMainBlockContainer"] {zoom: 1.3; max-width: 100%; padding-left: 3rem; padding-right: 3rem}
+html {font-size: 130%}
+[data-testid="stMainBlockContainer"] {max-width: 100%; padding-left: 3rem; padding-right: 3rem}
 </style>"""
 
 
@@ -148,8 +149,11 @@ def set_presentation_mode(on: bool) -> None:
 
 
 def presentation_shell() -> None:
-    """In presentation mode every page is scaled up (text, figures and widgets alike: the whole main block is
-    zoomed, so figures keep their proportions) and the sidebar is hidden; a button leaves the mode."""
+    """In presentation mode every page is scaled up and the sidebar is hidden; a button leaves the mode.
+
+    Text and widgets grow with the root font size (Streamlit sizes them in rem); figures and tables keep laying
+    themselves out at the width they are given. A CSS ``zoom`` would scale them after Plotly and the data grid
+    measured their container, so they came out 1.3× wider than the screen and were cut at the right."""
     if not presentation_mode():
         return
     st.markdown(PRESENTATION_CSS, unsafe_allow_html=True)

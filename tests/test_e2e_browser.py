@@ -145,21 +145,62 @@ def test_sidebar_loads_a_cached_timm_vit_offline(browser, tmp_path):
 
 
 def test_presentation_mode_deep_link_steps_and_leave(server, browser):
-    """/learn?present=1&step=4 opens step 4 presenting: no sidebar, everything zoomed; Back goes to step 3 (in
-    the URL too); leaving brings the sidebar back."""
+    """/learn?present=1&step=4 opens step 4 presenting: no sidebar, larger text; Back goes to step 3 (in the URL
+    too); leaving brings the sidebar back."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/learn?present=1&step=4")
     page.get_by_role("heading", name="4 · Beyond linear: the approximate nullspace").wait_for(timeout=90_000)
     expect(page.get_by_text("Step 4 of 4")).to_be_visible(timeout=30_000)
     expect(page.locator("[data-testid='stSidebar']")).to_be_hidden()
-    zoom = page.evaluate("getComputedStyle(document.querySelector(\"[data-testid='stMainBlockContainer']\")).zoom")
-    assert float(zoom) == pytest.approx(1.3)
+    root_font = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+    assert root_font == pytest.approx(16 * 1.3)
     page.get_by_role("button", name="← Back").click()
     page.get_by_role("heading", name="3 · One patch, then the whole image").wait_for(timeout=60_000)
     page.wait_for_function("location.search.includes('step=3')", timeout=30_000)
     page.get_by_role("button", name="Leave presentation mode").click()
     expect(page.locator("[data-testid='stSidebar']")).to_be_visible(timeout=60_000)
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+FIT_MEASURE = """() => {
+  const W = window.innerWidth, boxes = [];
+  for (const el of document.querySelectorAll('.js-plotly-plot, [data-testid=stDataFrame], [data-testid=stTable]'))
+    boxes.push({kind: el.classList.contains('js-plotly-plot') ? 'figure' : el.dataset.testid,
+                left: el.getBoundingClientRect().left, right: el.getBoundingClientRect().right,
+                overflow: el.scrollWidth - el.clientWidth});
+  const images = [...document.querySelectorAll('.js-plotly-plot image')].map(e => e.getBoundingClientRect().right);
+  return {W, boxes, images};
+}"""
+
+
+@pytest.mark.parametrize("viewport", [(1280, 720), (1920, 1080)])
+def test_presentation_mode_fits_the_screen(server, browser, tmp_path, viewport):
+    """Presenting at a projector's 1280×720 and 1920×1080: no figure or table of any Learn step reaches past the
+    viewport, every one of step 2's eight basis patches and step 3's three images is inside it (with CSS zoom
+    the figures were laid out and then scaled 1.3×: the spectrum was cut, 6 of 8 patches showed). Screenshots
+    of each step are kept in the test's folder."""
+    width, height = viewport
+    page = browser.new_page(viewport={"width": width, "height": height})
+    expected = {1: (1, 0), 2: (2, 8), 3: (1, 3)}  # step: (figures, images inside figures)
+    for step, (n_figures, n_images) in expected.items():
+        page.goto(f"{server}/learn?present=1&step={step}")
+        page.get_by_text(f"Step {step} of 4").wait_for(timeout=90_000)
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {n_figures}",
+                               timeout=90_000)
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot image').length >= {n_images}",
+                               timeout=30_000)
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+        expect(page.locator("[data-testid='stSidebar']")).to_be_hidden()
+        page.screenshot(path=tmp_path / f"step{step}-{width}x{height}.png")
+        fit = page.evaluate(FIT_MEASURE)
+        assert fit["W"] == width
+        assert len([b for b in fit["boxes"] if b["kind"] == "figure"]) == n_figures
+        for box in fit["boxes"]:
+            assert box["left"] >= 0 and box["right"] <= width, (step, box)
+            assert box["overflow"] <= 12, (step, box)  # a table scrolled sideways hides a column
+        assert len(fit["images"]) == n_images and all(right <= width for right in fit["images"]), (step, fit)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
 
 
 def test_cluttered_default_pick_a_query_patch_by_clicking(browser, tmp_path):
