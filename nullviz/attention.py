@@ -455,6 +455,32 @@ class NoiseContrast:
         return {"names": self.names, "norms": self.norms, "levels": self.levels,
                 "repr_change": self.repr_change.tolist(), "attention_tv": self.attention_tv.tolist()}
 
+    def ratio_to_control(self, name: str, control: str) -> float:
+        """How much ``name`` moves the last block's tokens, as a multiple of how much ``control`` moves them."""
+        i, j = self.names.index(name), self.names.index(control)
+        return float(self.repr_change[i, -1] / max(float(self.repr_change[j, -1]), 1e-30))
+
+    def describe(self) -> str:
+        """The chart in words, from what was measured (never a fixed sentence: an approximate δ that moves the
+        tokens as much as random noise of its norm must not be called small)."""
+        parts = []
+        if "exact nullspace noise" in self.names:
+            peak = float(self.repr_change[self.names.index("exact nullspace noise")].max())
+            parts.append(f"Exact nullspace noise moves the tokens by at most {peak:.1e} of their norm at any depth"
+                         + (" (float32 rounding)." if peak < 1e-5 else "."))
+        if "approximate δ" in self.names and "random, same norm as δ" in self.names:
+            r = self.ratio_to_control("approximate δ", "random, same norm as δ")
+            verdict = ("far less than" if r < 0.2 else "less than" if r < 0.8 else "about as much as" if r < 1.25
+                       else "more than")
+            parts.append(f"At the last block the approximate δ moves them {r:.2f}× as much as random noise of its "
+                         f"norm: {verdict} random noise.")
+        for control, whose in (("random, same norm as the exact noise", "the exact noise's"),
+                               ("random, same norm as δ", "δ's")):
+            if control in self.names:
+                last = float(self.repr_change[self.names.index(control), -1])
+                parts.append(f"Random noise of {whose} norm moves them by {last:.1e} of their norm at the last block.")
+        return " ".join(parts)
+
 
 def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] | None = None,
                     seed: int = 0) -> dict[str, tuple[torch.Tensor, str]]:

@@ -30,7 +30,7 @@ def amplify_noise(noise_hwc: np.ndarray) -> tuple[np.ndarray, float]:
     return 0.5 + np.asarray(noise_hwc) * gain, gain
 
 
-LEGEND_NAME_CHARS = 32
+LEGEND_NAME_CHARS = 48  # a horizontal legend below the plot wraps whole entries; longer names are cut
 #: Where a log-scale change chart draws values that are zero to float32 precision (the charts say so).
 CHANGE_FLOOR = 1e-9
 
@@ -64,9 +64,19 @@ def legend_safe(fig: go.Figure) -> go.Figure:
     return fig
 
 
+def _square_cells(fig: go.Figure, n_subplots: int) -> go.Figure:
+    """Every subplot's cells square (a patch grid is square): each y axis tied to its own x axis, and the axes'
+    domains shrink to fit (``constrain="domain"``) instead of their ranges growing past the data."""
+    for i in range(1, n_subplots + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", constrain="domain")
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain")
+    return fig
+
+
 def _axes_off(fig: go.Figure) -> go.Figure:
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="")
     return fig
 
 
@@ -118,10 +128,12 @@ def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, 
     fig = go.Figure(go.Scatter(x=idx, y=np.maximum(s, floor), mode="lines+markers", marker=dict(size=3),
                                name="σ_i"))
     if len(s):
+        # opposite corners: the threshold's label at the left, under its line (the spectrum starts high there),
+        # the rank cut's at the top, left of its line; both at the top right overlapped on flat spectra
         fig.add_hline(y=rtol * s[0], line_dash="dot", line_color="crimson",
-                      annotation_text=f"rtol·σ_max = {rtol * s[0]:.2e}")
+                      annotation_text=f"rtol·σ_max = {rtol * s[0]:.2e}", annotation_position="bottom left")
         fig.add_vline(x=rank + 0.5, line_dash="dash", line_color="gray",
-                      annotation_text=f"rank {rank}, nullity {input_dim - rank}")
+                      annotation_text=f"rank {rank}, nullity {input_dim - rank}", annotation_position="top left")
     fig.update_layout(title=f"singular values of W ({len(s)} of {input_dim} inputs)", height=height,
                       xaxis_title="index i", yaxis_title="σ_i", yaxis_type="log",
                       margin=dict(l=10, r=10, t=40, b=10))
@@ -197,7 +209,8 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
     span = float(clean.max() - clean.min()) or max(abs(hi), 1e-12)
     spacing = 0.1
     width = (1 - 2 * spacing) / 3
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", difference_label(dmax, span)],
+    # the verdict on its own line: on one line it ran into the "noised" title in a half-width column
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["clean", "noised", difference_label(dmax, span).replace(": ", ":<br>", 1)],
                         horizontal_spacing=spacing)
     fig.add_trace(go.Heatmap(z=clean, zmin=lo, zmax=hi, colorscale=SEQUENTIAL, showscale=False), row=1, col=1)
     fig.add_trace(go.Heatmap(z=noised, zmin=lo, zmax=hi, colorscale=SEQUENTIAL,
@@ -208,8 +221,8 @@ def map_triplet(clean: np.ndarray, noised: np.ndarray, title: str = "", height: 
                              colorbar=dict(x=1.01, xanchor="left", len=0.9, thickness=12,
                                            title=dict(text=f"Δ {units}", side="right"))), row=1, col=3)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
-    return _axes_off(fig)
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=80, b=10))
+    return _square_cells(_axes_off(fig), 3)
 
 
 def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
@@ -242,7 +255,7 @@ def attention_grid(maps: np.ndarray, row_labels: Sequence[str] | None = None,
     fig.update_yaxes(autorange="reversed")
     fig.update_annotations(font_size=9)
     fig.update_layout(title=title, height=max(200, rows * cell + 60), margin=dict(l=10, r=10, t=50, b=10))
-    return _axes_off(fig)
+    return _square_cells(_axes_off(fig), rows * cols)
 
 
 def overlay(image: np.ndarray, grid_map: np.ndarray, title: str = "", opacity: float = 0.55,
@@ -297,7 +310,9 @@ def attention_matrix(matrix: np.ndarray, num_prefix_tokens: int, title: str = ""
                       line=dict(color="cyan", width=2))
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis_title="key token", yaxis_title="query token")
-    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    # square, on exactly the tokens: with the ranges free, keeping the aspect stretched them to start at −20
+    fig.update_xaxes(range=[-0.5, T - 0.5], constrain="domain")
+    fig.update_yaxes(range=[T - 0.5, -0.5], scaleanchor="x", constrain="domain")
     return fig
 
 

@@ -202,8 +202,7 @@ else:
     noises = contrast_noises(exact_noise, (delta, level))
 contrast = noise_contrast(lm, x, noises, clean=cmp.clean)
 st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
-st.caption("Exact nullspace noise never reaches the tokens (float32 rounding at every depth); an approximate δ "
-           "moves them a little; random noise of the same norm moves them from the first block on."
+st.caption(contrast.describe()
            + ("" if len(noises) > 2 else " Synthesize an approximate δ on the Nullspace page to add it here."))
 
 st.subheader("Over a set of images")

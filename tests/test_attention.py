@@ -344,3 +344,23 @@ def test_cli_contrast_uses_the_library_noises(capsys, default_lm, digit_x, tmp_p
     expected = noise_contrast(default_lm, x, contrast_noises(exact, (delta, "encoder"), seed=5))
     assert out["names"] == expected.names
     np.testing.assert_allclose(out["repr_change"], expected.repr_change, rtol=1e-5, atol=1e-7)
+
+
+def test_contrast_caption_says_what_was_measured():
+    """The caption comes from the numbers: a δ that moves the tokens as much as random noise of its norm is
+    said to, one that barely moves them is said to move them far less (the page used a fixed 'a little')."""
+    from nullviz.attention import NoiseContrast
+
+    names = ["exact nullspace noise", "random, same norm as the exact noise", "approximate δ", "random, same norm as δ"]
+
+    def contrast(delta_change):
+        repr_change = np.array([[1e-7] * 3, [0.1] * 3, [delta_change] * 3, [0.2] * 3])
+        return NoiseContrast(names, [1.0] * 4, ["input"] * 4, repr_change, np.zeros((4, 2)))
+
+    loud, quiet = contrast(0.19), contrast(0.004)
+    assert loud.ratio_to_control("approximate δ", "random, same norm as δ") == pytest.approx(0.95)
+    assert "0.95× as much as random noise of its norm: about as much as random noise" in loud.describe()
+    assert "0.02× as much" in quiet.describe() and "far less than random noise" in quiet.describe()
+    assert "at most 1.0e-07" in quiet.describe() and "float32 rounding" in quiet.describe()
+    only_exact = NoiseContrast(names[:2], [1.0] * 2, ["input"] * 2, np.array([[0.0] * 3, [0.1] * 3]), np.zeros((2, 2)))
+    assert "approximate" not in only_exact.describe() and "1.0e-01" in only_exact.describe()

@@ -106,3 +106,26 @@ def test_heads_are_numbered_from_one_like_blocks():
 
 def test_readable_numbers_have_no_negative_zero():
     assert [str(v) for v in figures.readable([-1e-9, 2.00004, -0.5])] == ["0.0", "2.0", "-0.5"]
+
+
+def test_grids_and_matrices_keep_square_cells_on_exactly_their_tokens():
+    """The attention matrix's axes span its tokens and nothing else (they started at −20 / −50 when the aspect
+    lock widened the range); patch-grid subplots keep square cells by shrinking their domain."""
+    m = np.full((17, 17), 1 / 17)
+    fig = figures.attention_matrix(m, 1)
+    assert tuple(fig.layout.xaxis.range) == (-0.5, 16.5) and tuple(fig.layout.yaxis.range) == (16.5, -0.5)
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.xaxis.constrain == "domain"
+    grid = figures.attention_grid(np.random.default_rng(0).random((2, 3, 4, 4)))
+    assert [grid.layout[f"yaxis{'' if i == 1 else i}"].scaleanchor for i in range(1, 7)] == \
+        ["x", "x2", "x3", "x4", "x5", "x6"]
+    triplet = figures.map_triplet(np.eye(4), np.eye(4))
+    assert triplet.layout.yaxis3.scaleanchor == "x3"
+    assert triplet.layout.annotations[2].text.startswith("difference:<br>")  # its verdict on a line of its own
+
+
+def test_spectrum_labels_sit_in_opposite_corners():
+    """'rank r, nullity n' and 'rtol·σ_max' overlapped at the top right on a flat spectrum (ViT-S/16)."""
+    fig = figures.singular_spectrum([1.0] * 384, 384, 1e-5, 768)
+    positions = {a.text.split(" ")[0]: (a.yanchor, a.xanchor) for a in fig.layout.annotations}
+    assert positions["rank"] != positions["rtol·σ_max"]
+    assert fig.layout.annotations[0].x != fig.layout.annotations[1].x
