@@ -39,7 +39,8 @@ def save_checkpoint(out: Path, weights: dict[str, torch.Tensor], sidecar: dict[s
     step = int(trainer_state["global_step"])
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     replace_atomically(out / "model.safetensors",
-                       lambda p: save_file(weights, str(p), metadata={"global_step": str(step)}))
+                       lambda p: save_file(weights, str(p), metadata={"global_step": str(step),
+                                                                       "arch": str(sidecar.get("arch", ""))}))
     replace_atomically(out / "model.json",
                        lambda p: p.write_text(json.dumps({**sidecar, "global_step": step}, indent=2, default=str)))
     replace_atomically(out / "trainer_state.pt", lambda p: torch.save(trainer_state, str(p)))

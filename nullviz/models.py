@@ -361,6 +361,14 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     """
     dev = resolve_device(device)
     sidecar = _read_sidecar(checkpoint) if checkpoint is not None else {}
+    state = None
+    if checkpoint is not None and name in (None, "", "default") and not sidecar.get("arch"):
+        # a file on its own (an upload has no sidecar): the architecture its header records, else the
+        # embedded model whose every weight shape it matches (a finetuned cluttered model is not the digits')
+        state = _read_checkpoint(checkpoint)
+        arch_in_file = _safetensors_arch(checkpoint) or _embedded_arch_matching(state)
+        if arch_in_file:
+            sidecar = {**sidecar, "arch": arch_in_file}
     arch = _resolve_arch_name(name, sidecar)
     _check_is_vit_name(arch)
 
@@ -369,7 +377,7 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
             _check_is_vit_module(timm.create_model(arch, pretrained=False), arch)
 
     if checkpoint is not None:
-        state = _read_checkpoint(checkpoint)
+        state = state if state is not None else _read_checkpoint(checkpoint)
         num_classes = _num_classes_in(state)
         kwargs = dict(sidecar.get("arch_kwargs", {}))
         if num_classes is not None:
@@ -568,6 +576,32 @@ def _read_sidecar(checkpoint: str | Path) -> dict:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"The checkpoint's metadata {str(side)!r} is not valid JSON ({exc}).") from exc
     return {}
+
+
+def _safetensors_arch(path: str | Path) -> str | None:
+    """The architecture a nullviz-saved .safetensors file names in its header (None for other files)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("arch") or None
+    except Exception:  # noqa: BLE001 — a corrupt header: _read_checkpoint says so in its own words
+        return None
+
+
+def _embedded_arch_matching(state: dict[str, torch.Tensor]) -> str | None:
+    """The embedded model whose weights have exactly these names and shapes (the head may differ in its
+    number of classes), else None."""
+    for spec in EMBEDDED_MODELS.values():
+        with torch.device("meta"):
+            reference = VisionTransformer(**spec.arch).state_dict()
+        if set(reference) != set(state):
+            continue
+        if all(tuple(reference[k].shape) == tuple(state[k].shape) for k in reference if not k.startswith("head.")):
+            return spec.name
+    return None
 
 
 def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

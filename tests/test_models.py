@@ -246,3 +246,31 @@ def test_token_grid_comes_from_the_input_shape():
         assert torch.allclose(pm(x), m(x), atol=1e-6)
         with pytest.raises(InvalidParameterError, match="token grid"):
             logits_from_patch_tokens(m, patch_tokens(m, torch.randn(1, 3, 16, 32)))
+
+
+@pytest.mark.parametrize("kind", ["bare safetensors", "pth", "nullviz-saved, sidecar lost"])
+def test_a_checkpoint_file_alone_names_its_architecture(tmp_path, kind):
+    """An uploaded file has no sidecar: a finetuned cluttered model was loaded into the digits architecture
+    and refused. Its architecture now comes from the file: the header nullviz writes, or the embedded model
+    whose every weight shape it matches."""
+    from nullviz.checkpoint import save_checkpoint
+    from nullviz.models import CLUTTERED_MODEL_NAME
+
+    cluttered = load_model("cluttered", device="cpu")
+    weights = {k: v.clone() for k, v in cluttered.model.state_dict().items()}
+    if kind == "bare safetensors":
+        path = tmp_path / "finetuned.safetensors"
+        save_file(weights, str(path))
+    elif kind == "pth":
+        path = tmp_path / "finetuned.pth"
+        torch.save(weights, str(path))
+    else:
+        path = save_checkpoint(tmp_path / "run", weights, {"arch": CLUTTERED_MODEL_NAME}, {"global_step": 3})
+        path.with_suffix(".json").unlink()
+    lm = load_model("default", checkpoint=path, device="cpu")
+    assert lm.name == CLUTTERED_MODEL_NAME and lm.img_size == (64, 64)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(lm.model(x), cluttered.model(x))
+    digits_file = tmp_path / "digits.safetensors"
+    save_file({k: v.clone() for k, v in load_model("default", device="cpu").model.state_dict().items()}, str(digits_file))
+    assert load_model("default", checkpoint=digits_file, device="cpu").name == DEFAULT_MODEL_NAME
