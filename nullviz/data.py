@@ -86,6 +86,13 @@ def digits_dataset(split: str = "heldout", transform: Callable | None = None) ->
     return ImageListDataset(images, labels, DIGITS_CLASS_NAMES, transform)
 
 
+def sample_photos_dataset(transform: Callable | None = None) -> ImageListDataset:
+    """The sample photographs as an unlabelled set (label −1): the images a model without data of its own is
+    shown on, for measures that need no labels (attention statistics)."""
+    return ImageListDataset([sample_image(name) for name in SAMPLE_PHOTOS], [-1] * len(SAMPLE_PHOTOS),
+                            ["unlabelled"], transform)
+
+
 def image_folder(path: str | Path, transform: Callable | None = None):
     """A torchvision ``ImageFolder`` (one sub-directory per class) with the model's transform."""
     from torchvision.datasets import ImageFolder
@@ -104,15 +111,33 @@ def image_folder(path: str | Path, transform: Callable | None = None):
 EMBEDDED_DATA = ("digits", "cluttered")
 
 
-def own_data(spec: str, model_name: str | None) -> str:
-    """'default' means the data set the model was trained on when it is an embedded model (the cluttered
-    model's cluttered scenes), the digits otherwise; any other spec is kept."""
-    if spec != "default":
-        return spec
+def model_own_data(model_name: str | None) -> str | None:
+    """The embedded data set a model was trained on ('digits', 'cluttered'), or None for any other model (a timm
+    / ImageNet ViT has no training images of its own here: the 32-px digits are not its data)."""
     from .models import embedded_model
 
-    embedded = embedded_model(model_name) if model_name else None
-    return embedded.data if embedded is not None else "digits"
+    if not model_name:
+        return "digits"
+    embedded = embedded_model(model_name)
+    return embedded.data if embedded is not None else None
+
+
+def no_own_data_message(model_name: str) -> str:
+    return (f"{model_name} has no training images of its own in nullviz (only the embedded models do: the digits "
+            f"and the cluttered scenes are not its classes). Give it images of its own classes: an ImageFolder "
+            f"(a folder, or a zip uploaded on the page), or CIFAR-10 with a new classifier head.")
+
+
+def own_data(spec: str, model_name: str | None) -> str:
+    """'default' means the data set the model was trained on: an embedded model's own (the digits, the
+    cluttered model's scenes); any other spec is kept. A model without data of its own has no default: a
+    :class:`DataError` says what to give instead (it used to get the digits, silently)."""
+    if spec != "default":
+        return spec
+    own = model_own_data(model_name)
+    if own is None:
+        raise DataError(no_own_data_message(str(model_name)))
+    return own
 
 
 def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
@@ -243,48 +268,19 @@ def resolve_image(spec: str | None) -> LabelledImage:
 
 
 SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
+PHOTOS_SOURCE, ONE_IMAGE_SOURCE = SYNTHESIS_SOURCES[1:]
 #: How the pages name the embedded data sets.
 EMBEDDED_DATA_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
 
 
-def synthesis_sources(own: str = "digits") -> tuple[str, ...]:
-    """The image sources to optimise a shared δ on, the first being the model's own training images."""
-    return (f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)", *SYNTHESIS_SOURCES[1:])
+def synthesis_sources(own: str | None = "digits") -> tuple[str, ...]:
+    """The image sources to optimise a shared δ on, the first being the model's own training images if it has
+    any (``own`` None: a model without data of its own starts from the sample photographs)."""
+    return ((f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)",) if own else ()) + SYNTHESIS_SOURCES[1:]
 
 
 def _own_images(own: str, split: str, n: int) -> list[Image.Image]:
     return list(load_dataset(own, None, split).images[:n])
-
-
-def synthesis_images(source: str, n: int, current: Image.Image | None = None, own: str = "digits") -> list[Image.Image]:
-    """Images to optimise a shared δ on: the own data's train split (first n; the digits, or the cluttered
-    scenes), the sample photos, or one image."""
-    sources = synthesis_sources(own)
-    if source == sources[0]:
-        return _own_images(own, "train", n)
-    if source == sources[1]:
-        photos = [sample_image(name) for name in SAMPLE_PHOTOS]
-        return ([current] if current is not None else []) + photos[: max(0, n - (current is not None))]
-    if source == sources[2]:
-        if current is None:
-            raise DataError("No current image to synthesize on; pick or upload one first.")
-        return [current]
-    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
-
-
-def check_images_for(source: str, n: int, current_is_small: bool = True, own: str = "digits") -> list[Image.Image] | None:
-    """Images to judge a δ fit on ``synthesis_images(source, …)``, disjoint from them: the own data's held-out
-    split for its train split (the embedded models trained on that split and are surer there, so a check
-    among training images flatters δ); for one image, the held-out split (small models) or the sample
-    photos. None: no separate set (sample photos), so the synthesis holds out part of its images."""
-    sources = synthesis_sources(own)
-    if source == sources[0]:
-        return _own_images(own, "heldout", n)
-    if source == sources[2]:
-        return _own_images(own, "heldout", n) if current_is_small else [sample_image(p) for p in SAMPLE_PHOTOS]
-    if source == sources[1]:
-        return None
-    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
 
 
 #: Images a synthesis on the own data selects δ on (training images it is not fit on), and judges it on.
@@ -333,7 +329,7 @@ def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "
     what was held out, and gives no verdict on fewer unseen images than it needs."""
     sources = synthesis_sources(own)
     words = EMBEDDED_DATA_WORDS.get(own, own)
-    if source == sources[0]:
+    if own and source == sources[0]:
         fit, val = own_train_validation(own)
         test = _own_images(own, "heldout", n_test)
         unseen = ("held-out digits on photographs training never used" if own == "cluttered"
@@ -350,15 +346,15 @@ def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "
             "fit": f"{pool}, drawn as minibatches",
             "validation": f"{len(val)} {where}, never fit on: they decide when to stop and how large δ may be",
             "test": f"{len(test)} {unseen}: δ and every choice never saw them; the verdict is about these"})
-    if source == sources[1]:
+    if source == PHOTOS_SOURCE:
         photos = [sample_image(name) for name in SAMPLE_PHOTOS]
         fit = ([current] if current is not None else []) + photos
         return SynthesisSets(fit, None, None, {"fit": f"the current image and the {len(photos)} sample photographs"
                                                if current is not None else f"the {len(photos)} sample photographs"})
-    if source == sources[2]:
+    if source == ONE_IMAGE_SOURCE:
         if current is None:
             raise DataError("No current image to synthesize on; pick or upload one first.")
-        if current_is_small:
+        if current_is_small and own:
             test = _own_images(own, "heldout", n_test)
             what = f"{len(test)} held-out {words}"
         else:

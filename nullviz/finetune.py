@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .comparison import summarize
-from .errors import CheckpointError, InvalidParameterError, NullvizError
+from .errors import CheckpointError, DataError, InvalidParameterError, NullvizError
 from .loader import EpochBatchSampler, collate, make_train_loader
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 from .params import Interval, Options, bounded, validate_fields
@@ -101,6 +101,9 @@ class FinetuneConfig:
     grad_accum: int = bounded(1, Interval(int, 1, 1024))  # micro-batches of batch_size per optimizer step
     workers: int = bounded(0, Interval(int, 0, 64))  # DataLoader worker processes (0: read in this process)
     compile: bool = False  # torch.compile the training forward
+    # a new classifier head when the data's classes are not the model's: said explicitly, so a 1,000-class
+    # ImageNet ViT is never quietly retrained as a 10-digit classifier
+    new_head: bool = False
     seed: int = bounded(0, Interval(int, 0, MAX_SEED))
 
     def __post_init__(self):
@@ -208,6 +211,7 @@ class FinetuneRun:
         self.model = lm.trainable_copy().to(self.device)
         num_classes = _num_classes(train_set)
         if num_classes is not None and num_classes != self.model.num_classes:
+            check_head(lm.name, self.model.num_classes, num_classes, config.new_head)
             with torch.random.fork_rng(devices=[]):  # a seeded new head without touching the global RNG
                 torch.manual_seed(stream_seed("head_init", config.seed))
                 self.model.reset_classifier(num_classes)
@@ -576,6 +580,25 @@ class FinetuneRun:
                               evaluation_synthesis_seconds=self.evaluation_synthesis_seconds,
                               world_size=self.world, resume_note=self.resume_note,
                               images_per_second=self._images_trained / max(self._train_seconds, 1e-9))
+
+
+def check_head(model_name: str, model_classes: int, data_classes: int | None, new_head: bool) -> None:
+    """Refuse to finetune a model on data of another number of classes unless a new head was asked for."""
+    if data_classes is not None and data_classes != model_classes and not new_head:
+        raise DataError(f"{model_name} predicts {model_classes:,} classes but the training data has {data_classes:,}: "
+                        f"finetuning it there needs a new classifier head (new_head=True, --new-head, or the page's "
+                        f"'new classifier head' box), or data of its own classes.")
+
+
+def data_class_count(spec: str) -> int | None:
+    """How many classes a data spec holds, without reading its images: 10 for the embedded sets and CIFAR-10,
+    the class folders of an ImageFolder (None if it cannot be read: the data loader will say why)."""
+    if spec in ("digits", "cluttered", "cifar10"):
+        return 10
+    try:
+        return sum(1 for p in Path(spec).iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return None
 
 
 def _classes(dataset) -> list | None:

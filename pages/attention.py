@@ -13,7 +13,8 @@ from nullviz import nullspace as N
 from nullviz.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index, query_maps,
                                set_statistics)
 from nullviz.attribution import METHODS, attribute
-from nullviz.data import extract_image_folder_zip, image_folder, load_dataset, own_data
+from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
+                          sample_photos_dataset)
 from nullviz.errors import NullvizError
 from nullviz.deploy import check_upload_size
 from nullviz.robustness import images_tensor
@@ -94,8 +95,12 @@ def block_view() -> None:
     # default while the kept state (another block) drew the charts.
     kept = st.session_state.get("att_layer")
     st.session_state["att_layer"] = kept if isinstance(kept, int) and 1 <= kept <= layers else layers
-    block = c[0].slider("block", 1, layers, key="att_layer",
-                        help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
+    if layers > 1:
+        block = c[0].slider("block", 1, layers, key="att_layer",
+                            help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
+    else:  # a slider needs two ends
+        block = 1
+        c[0].caption("block 1 (the model's only block)")
     layer = block - 1
     head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]  # from 1, as blocks
     head = c[1].selectbox("head", head_opts, key="att_head")
@@ -157,7 +162,11 @@ def query_view() -> None:
     c = st.columns(3)
     label = c[0].selectbox("query token", QUERY_OPTIONS, key="att_query",
                            help="Or click a patch on the left image below.")
-    block = c[1].slider("block ", 1, cmp.clean.layers, cmp.clean.layers, key="att_q_layer")
+    if cmp.clean.layers > 1:
+        block = c[1].slider("block ", 1, cmp.clean.layers, cmp.clean.layers, key="att_q_layer")
+    else:
+        block = 1
+        c[1].caption("block 1 (the model's only block)")
     head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]
     head = c[2].selectbox("head ", head_opts, key="att_q_head")
     patch = _query_patch(label)
@@ -208,9 +217,11 @@ st.caption(contrast.describe()
 st.subheader("Over a set of images")
 with st.form("att_set_form"):
     c = st.columns(3)
-    own = own_data("default", lm.name)
-    set_source = c[0].selectbox("images", [f"{own} (held-out split)", "upload a zip of an ImageFolder"],
-                                key="att_set_source")
+    own = model_own_data(lm.name)
+    first = f"{own} (held-out split)" if own else f"the {len(SAMPLE_PHOTOS)} sample photographs"
+    set_source = c[0].selectbox("images", [first, "upload a zip of an ImageFolder"], key="att_set_source",
+                                help=None if own else f"{lm.name} has no images of its own here; upload a zip of "
+                                "its kind of images for more than the sample photographs.")
     n_images = c[1].number_input("how many", 1, 1000, 64, key="att_set_n")
     batch = c[2].number_input("batch size", 1, 512, 64, key="att_set_batch")
     zip_up = upload_widget("ImageFolder zip (for the upload option)", "att_set_zip", ["zip"])
@@ -226,19 +237,20 @@ if run_set:
                                               max_bytes=settings.max_expanded_mb * 2**20, max_files=settings.max_zip_files)
             dataset = image_folder(folder)
         else:
-            dataset = load_dataset(own, split="heldout")
+            dataset = load_dataset(own, split="heldout") if own else sample_photos_dataset()
         xs, _ = images_tensor(lm, dataset, limit=int(n_images))
         bar = st.progress(0.0, text="tracing…")
         result = set_statistics(lm, xs, delta, level, batch_size=int(batch),
                                 progress=lambda done, n: bar.progress(done / n, text=f"{done}/{n} images"))
         bar.empty()
-        st.session_state["att_set"] = {"stats": result, "noise": source, "model": lm.name}
+        which = f"from {zip_up.name}" if set_source.startswith("upload") else set_source
+        st.session_state["att_set"] = {"stats": result, "noise": source, "model": lm.name, "which": which}
     except NullvizError as exc:
         show_error(exc)
 done = st.session_state.get("att_set")
 if done and done["model"] == lm.name:
     r = done["stats"]
-    st.markdown(f"**{r.images} images**, noise: {done['noise']} · top-1 kept on **{r.top1_agreement:.1%}** of them.")
+    st.markdown(f"**{r.images} images** ({done.get('which', '')}), noise: {done['noise']} · top-1 kept on **{r.top1_agreement:.1%}** of them.")
     c = st.columns(2)
     c[0].plotly_chart(figures.change_distribution(r.attention_tv, "attention change per block", "total variation"),
                       key="att_set_tv")

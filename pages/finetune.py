@@ -13,10 +13,10 @@ import torch
 from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.data import check_data_spec, extract_image_folder_zip, own_data
+from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
 from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
-from nullviz.finetune import METHODS, FinetuneConfig
+from nullviz.finetune import METHODS, FinetuneConfig, check_head, data_class_count
 from nullviz.comparison import compare_methods
 from nullviz.jobs import LogFollower, finetune_params, run_names, thin
 from nullviz.seeds import MAX_SEED
@@ -33,12 +33,13 @@ st.title("Nullspace-augmented finetuning")
 st.caption("Each run trains a copy of the active model in a process of its own; the model other pages use is "
            "never modified. Runs go on when you close the tab, and come back when you open this page again.")
 
-OWN_DATA = own_data("default", lm.name)
+OWN_DATA = model_own_data(lm.name)  # None: a model without training images of its own
 #: The form's defaults: a run small enough to watch in class (≤ 2 minutes for three methods on a 2-core CPU,
 #: ``bench/bench_demo.py``); researchers raise them.
 SMALL_RUN = {"epochs": 2, "steps": 15, "synth_steps": 30, "fresh": 1, "eval": 500}
 OWN_SOURCE = "cluttered digits (the model's own)" if OWN_DATA == "cluttered" else "default digits"
-DATA_SOURCES = [OWN_SOURCE, *([] if settings.shared else ["ImageFolder path"]), "upload a zip of an ImageFolder",
+DATA_SOURCES = [*([OWN_SOURCE] if OWN_DATA else []), *([] if settings.shared else ["ImageFolder path"]),
+                "upload a zip of an ImageFolder",
                 "CIFAR-10"]
 with st.form("ft_form"):
     c = st.columns(4)
@@ -72,7 +73,13 @@ with st.form("ft_form"):
     eval_limit = st.number_input("held-out images evaluated each epoch (0 = all)", 0, 1_000_000, SMALL_RUN["eval"],
                                  key="ft_eval_limit", help="The first this many of the held-out split; every "
                                  "method is measured on the same ones.")
+    new_head = st.checkbox("new classifier head for the data's classes", key="ft_new_head",
+                           value=False, help=f"{lm.name} predicts {lm.model.num_classes:,} classes. Data with another "
+                           "number of classes needs a new head (trained from a seeded start); without this box such a "
+                           "run is refused.")
     start = st.form_submit_button("Start", type="primary")
+if not OWN_DATA:
+    st.info(no_own_data_message(lm.name))
 
 
 def _data_spec() -> str:
@@ -105,9 +112,10 @@ if start:
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
-                                  eval_limit=int(eval_limit) or None)
+                                  eval_limit=int(eval_limit) or None, new_head=bool(new_head))
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
+        check_head(lm.name, lm.model.num_classes, data_class_count(data), bool(new_head))
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
                                  configs, data_cache=str(settings.datasets_cache), processes=int(processes))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
@@ -124,7 +132,8 @@ if not jobs:
             f"{SMALL_RUN['epochs']} epochs of {SMALL_RUN['steps']} steps, δ synthesized in {SMALL_RUN['synth_steps']} "
             f"steps, measured on {SMALL_RUN['eval']} held-out images — " + (
                 "about 100 s for the three methods on a 2-core CPU with the cluttered model. "
-                if OWN_DATA == "cluttered" else "about 30 s for the three methods on a 2-core CPU with the digits. ")
+                if OWN_DATA == "cluttered" else "about 30 s for the three methods on a 2-core CPU with the digits. "
+                if OWN_DATA == "digits" else "")
             + "Set steps per epoch to 0 for full passes over the training set.")
     st.stop()
 

@@ -10,7 +10,7 @@ import torch
 from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
-from nullviz.data import own_data, synthesis_sets, synthesis_sources
+from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
 from nullviz.errors import NullvizError
 from nullviz.models import LoadedModel
 from nullviz.synthesis import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
@@ -23,7 +23,7 @@ MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder leve
 
 lm = current_model()
 DEFAULTS = default_synthesis_config(lm.name)  # the model's own measured λ where it has one
-OWN = own_data("default", lm.name)  # the model's own training images: digits, or the cluttered scenes
+OWN = model_own_data(lm.name)  # the model's own training images (digits, cluttered scenes), or None (timm)
 SOURCES = synthesis_sources(OWN)
 st.title("Nullspace noise")
 chosen = image_picker("ns")
@@ -59,7 +59,9 @@ with st.form("ns_form"):
         st.session_state.setdefault("ns_steps", DEFAULTS.steps)  # (the Learn page may preset it)
         steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
         source = c[1].selectbox("optimise on", SOURCES, key="ns_source",
-                                index=0 if lm.img_size[0] <= 64 else 1)
+                                help=None if OWN else f"{lm.name} has no training images of its own here: δ is fit "
+                                "on the sample photographs (or the current image), and gets a verdict only on "
+                                f"{MIN_VERDICT_IMAGES} or more images it never saw.")
         batch = c[2].number_input("batch (images per step)", min_value=1, max_value=1024, value=DEFAULTS.batch_size,
                                   key="ns_batch", help="δ is fit on minibatches of this many images, drawn from "
                                                        "all the images the source offers.")
@@ -87,7 +89,7 @@ def approximate_inputs() -> tuple:
     cfg = replace(DEFAULTS, level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
                   lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
                   batch_size=int(batch))
-    if source == SOURCES[0]:
+    if OWN and source == SOURCES[0]:
         fit, val, test, used, logits = _own_set_tensors(lm, (lm.name, lm.checkpoint, str(lm.device), OWN))
         return cfg, fit, val, test, used, logits
     sets = synthesis_sets(source, chosen.image, own=OWN, current_is_small=lm.img_size[0] <= 64)
@@ -97,9 +99,9 @@ def approximate_inputs() -> tuple:
 
 def current_image_in_fit(cfg: SynthesisConfig, n_fit: int, test_given: bool) -> bool:
     """Is the current image among those δ was fit on? (It is the first of the sample-photo source.)"""
-    if source == SOURCES[2]:
+    if source == ONE_IMAGE_SOURCE:
         return True
-    if source != SOURCES[1]:
+    if source != PHOTOS_SOURCE:
         return False
     keep = split_fit_check(n_fit, cfg.check_fraction, cfg.seed)[0] if not test_given else torch.arange(n_fit)
     if not bool((keep == 0).any()):

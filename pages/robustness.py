@@ -9,7 +9,7 @@ from app_state import (default_spec, cached_model, current_model, job_queue, job
                        server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz import robustness as R
-from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, own_data
+from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
 from nullviz.errors import JobNotFoundError, NullvizError
 from nullviz.jobs import evaluate_params
 from nullviz.models import PixelModel, embedded_model
@@ -36,13 +36,15 @@ with st.form("rob_form"):
                                      placeholder=st.session_state.get("last_finetuned_checkpoint")
                                      or "/path/model.safetensors")
     c = st.columns(3)
-    own = own_data("default", lm_a.name)
-    own_words = f"the {EMBEDDED_DATA_WORDS[own]}' held-out split"
+    own = model_own_data(lm_a.name)
+    own_words = f"the {EMBEDDED_DATA_WORDS[own]}' held-out split" if own else "none: it has no data of its own here"
     data_spec = "default" if shared else c[0].text_input(
-        "data set", value="default", key="rob_data",
+        "data set", value="default" if own else "", key="rob_data", placeholder="/path/to/imagefolder",
         help=f"'default' = the model's own data ({own_words}); 'digits', 'cluttered', or an ImageFolder directory")
     if shared:
         c[0].caption(f"Data: {own_words} (server folders are off on this shared server).")
+    if not own:
+        c[0].caption(no_own_data_message(lm_a.name))
     limit = c[1].number_input("images (limit)", min_value=1, max_value=100_000, value=128, key="rob_limit")
     batch = c[2].number_input("batch size", min_value=1, max_value=4096, value=128, key="rob_batch")
     c = st.columns(4)
@@ -90,6 +92,8 @@ if go:
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
+        if not data_spec.strip():
+            raise NullvizError("Type the path of an ImageFolder of the model's own classes (one folder per class).")
         data_name = own_data(data_spec.strip(), lm_a.name)
         if data_name not in EMBEDDED_DATA:
             data_name = str(ws.check_server_path(data_name, "the data set"))

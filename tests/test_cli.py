@@ -176,3 +176,18 @@ def test_bad_sweep_is_one_line(capsys):
     code = main(["synthesize", "--sweep", "lam=0,x"])
     err = capsys.readouterr().err
     assert code != 0 and len(err.strip().splitlines()) == 1 and "comma-separated numbers" in err
+
+
+def test_a_model_without_its_own_data_is_told_what_to_give(capsys, tmp_path):
+    """`synthesize`, `finetune` and `evaluate` on a 1,000-class ViT with the default data: one line saying it
+    has no images of its own (it used to get the 32-px digits); asked for the digits, finetuning is refused
+    without --new-head."""
+    from test_pages import _imagenet_like_checkpoint
+
+    ckpt = _imagenet_like_checkpoint(tmp_path)
+    for args in (["synthesize", "--steps", "2"], ["evaluate", "--limit", "4"], ["finetune", "--epochs", "1"]):
+        assert main([*args, "--checkpoint", ckpt]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "has no training images of its own" in err and "\n" not in err, (args, err)
+    assert main(["finetune", "--checkpoint", ckpt, "--data", "digits", "--epochs", "1", "--steps-per-epoch", "1"]) == 2
+    assert "predicts 1,000 classes but the training data has 10" in capsys.readouterr().err

@@ -65,7 +65,9 @@ def test_own_data_follows_the_embedded_model():
     assert own_data("default", "nullviz_cluttered_vit") == "cluttered"
     assert own_data("default", "cluttered") == "cluttered"
     assert own_data("default", "nullviz_digits_vit") == "digits"
-    assert own_data("default", "vit_tiny_patch16_224") == "digits"
+    with pytest.raises(DataError, match="vit_tiny_patch16_224 has no training images of its own"):
+        own_data("default", "vit_tiny_patch16_224")  # an ImageNet ViT never silently gets the digits
+    assert own_data("digits", "vit_tiny_patch16_224") == "digits"  # asked for by name: kept
     assert own_data("/some/folder", "nullviz_cluttered_vit") == "/some/folder"
     held = load_dataset("cluttered", split="heldout")
     assert len(held) == C.HELDOUT_SCENES and held.boxes.shape == (C.HELDOUT_SCENES, 4)

@@ -128,10 +128,30 @@ def test_new_class_count_gets_a_seeded_head_without_touching_global_rng(default_
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    a = FinetuneRun(default_lm, ds, ds, small("baseline"))
+    a = FinetuneRun(default_lm, ds, ds, small("baseline", new_head=True))
     assert torch.equal(torch.rand(1), expected)
-    b = FinetuneRun(default_lm, ds, ds, small("baseline"))
+    b = FinetuneRun(default_lm, ds, ds, small("baseline", new_head=True))
     assert a.model.num_classes == 3 and torch.equal(a.model.head.weight, b.model.head.weight)
+
+
+def test_other_classes_are_refused_without_an_explicit_new_head(default_lm, tmp_path):
+    """A model is never quietly retrained on data of another number of classes (a 1,000-class ViT on the 10
+    digits): the run, the page and the CLI say what to do instead."""
+    from nullviz.errors import DataError
+    from nullviz.finetune import check_head, data_class_count
+
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
+    ds.classes = ["a", "b", "c"]
+    with pytest.raises(DataError, match="predicts 10 classes but the training data has 3: .*new classifier head"):
+        FinetuneRun(default_lm, ds, ds, small("baseline"))
+    with pytest.raises(DataError, match="predicts 1,000 classes but the training data has 10"):
+        check_head("vit_small_patch16_224", 1000, data_class_count("digits"), new_head=False)
+    check_head("vit_small_patch16_224", 1000, 10, new_head=True)
+    check_head("nullviz_digits_vit", 10, data_class_count("cluttered"), new_head=False)
+    for name in ("cat", "dog", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("not a class")
+    assert data_class_count(str(tmp_path)) == 2 and data_class_count(str(tmp_path / "missing")) is None
 
 
 def test_seed_streams_never_share_a_draw():

@@ -582,3 +582,57 @@ def test_attention_views_follow_their_inputs():
     assert not at.exception and not at.error
     assert f"block {at.slider(key='att_layer').value}" in _triplet_title(at)
     assert any("for another image, noise or model" in i.value for i in at.info)  # another noise: not shown
+
+
+# ------------------------------------------------------------------ a model without data of its own
+def _imagenet_like_checkpoint(tmp_path) -> str:
+    """A small random 1,000-class timm ViT saved as a checkpoint its sidecar describes (no network)."""
+    from safetensors.torch import save_file
+
+    from nullviz.models import create_random_vit
+
+    arch_kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2)
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=1000, **arch_kwargs)
+    path = tmp_path / "imagenet_like.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": arch_kwargs}))
+    return str(path)
+
+
+def test_a_model_without_its_own_data_never_gets_the_digits(tmp_path):
+    """A 1,000-class ViT: the Nullspace page fits δ on the sample photographs (no verdict on too few unseen
+    images), the Attention page's set is the sample photographs, the Finetune page offers no 'default digits'
+    and says why, and the Robustness page asks for a folder of the model's classes."""
+    from nullviz.data import SAMPLE_PHOTOS
+
+    at = app_with_spec({"name": "default", "checkpoint": _imagenet_like_checkpoint(tmp_path), "device": "cpu"})
+    assert not at.exception and "vit_tiny_patch16_224" in at.sidebar.caption[-1].value
+
+    at.switch_page("pages/nullspace.py").run()
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    assert at.selectbox(key="ns_source").options[0] == "sample photos"
+    assert not any("digits" in o for o in at.selectbox(key="ns_source").options)
+    at.number_input(key="ns_steps").set_value(3)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    page_text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "inside ε" not in page_text.replace("not inside ε", "")  # 0 unseen images: no verdict
+
+    at.switch_page("pages/attention.py").run()
+    assert at.selectbox(key="att_set_source").value == f"the {len(SAMPLE_PHOTOS)} sample photographs"
+    [b for b in at.button if b.label == "Compute statistics"][0].click().run()
+    assert not at.exception and not at.error
+    assert any(f"**{len(SAMPLE_PHOTOS)} images** (the {len(SAMPLE_PHOTOS)} sample photographs)" in m.value
+               for m in at.markdown)
+
+    at.switch_page("pages/finetune.py").run()
+    assert not any("digits" in o for o in at.selectbox(key="ft_source").options)
+    assert any("has no training images of its own" in i.value for i in at.info)
+
+    at.switch_page("pages/robustness.py").run()
+    assert at.text_input(key="rob_data").value == ""
+    [b for b in at.button if b.label == "Evaluate"][0].click().run()
+    assert not at.exception and "ImageFolder of the model's own classes" in at.error[0].value
+    at.text_input(key="rob_data").set_value("digits")
+    [b for b in at.button if b.label == "Evaluate"][0].click().run()
+    assert not at.exception and "predicts 1,000 classes but the data set has 10" in at.error[0].value
