@@ -133,6 +133,13 @@ html {font-size: 130%}
 </style>"""
 
 
+#: Wide enough for the longest model entry ("vit_small_patch14_reg4_dinov2 — 588→384, nullity ≥ 204 · cached"):
+#: at Streamlit's 300 px the lists cut every entry's end, "cached" included. Still resizable by dragging.
+SIDEBAR_CSS = """<style>
+section[data-testid="stSidebar"] {width: 30rem !important; min-width: 30rem}
+</style>"""
+
+
 def presentation_mode() -> bool:
     """Presentation mode: for projecting in class (``?present=1`` opens it; the Learn page toggles it)."""
     if "presentation" not in st.session_state:
@@ -193,6 +200,7 @@ def model_sidebar() -> None:
     spec = st.session_state["model_spec"]
     shared = server_settings().shared
     with st.sidebar:
+        st.markdown(SIDEBAR_CSS, unsafe_allow_html=True)
         st.subheader("Model")
         with st.form("model_form", border=False):
             sources = ["Embedded model (offline)", "timm name (pretrained, downloads)",

@@ -88,10 +88,10 @@ class EmbeddedModel:
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL_NAME: EmbeddedModel(DEFAULT_MODEL_NAME, DEFAULT_MODEL_DIR, DEFAULT_ARCH, DEFAULT_DATA_CONFIG,
                                       "digits", ("default", "digits"),
-                                      "32×32 digits, a 4×4 token grid: the fastest model", "digit-3"),
+                                      "32×32 digits, 4×4 tokens: the fastest", "digit-3"),
     CLUTTERED_MODEL_NAME: EmbeddedModel(CLUTTERED_MODEL_NAME, CLUTTERED_MODEL_DIR, CLUTTERED_ARCH,
                                         CLUTTERED_DATA_CONFIG, "cluttered", ("cluttered",),
-                                        "64×64 digits on photographs, an 8×8 token grid: made for attention",
+                                        "64×64 digits on photos, 8×8 tokens: for attention",
                                         "scene-3"),
 }
 

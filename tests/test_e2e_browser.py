@@ -144,6 +144,28 @@ def test_sidebar_loads_a_cached_timm_vit_offline(browser, tmp_path):
         page.close()
 
 
+def test_sidebar_shows_every_model_entry_whole(server, browser):
+    """Every entry of the sidebar's model lists fits its row, with ' · cached' added (at Streamlit's 300 px
+    sidebar the common-ViT entries were cut before their nullity, 'cached' never showed)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_text("Common ViTs").wait_for(timeout=90_000)
+    for index in (0, 1):  # the embedded models, the common ViTs
+        sidebar.locator("[data-testid='stSelectbox']").nth(index).click()
+        page.wait_for_selector("[role='option']", timeout=10_000)
+        rows = page.evaluate("""() => [...document.querySelectorAll('[role=option]')].map(o => {
+            const text = o.querySelector('div') || o, ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = getComputedStyle(text).font;
+            return [o.innerText, ctx.measureText(o.innerText.replace(' · cached', '') + ' · cached').width,
+                    text.clientWidth]})""")
+        assert len(rows) >= 2
+        cut = [(label, round(need), room) for label, need, room in rows if need > room]
+        assert cut == [], cut
+        page.keyboard.press("Escape")
+    page.close()
+
+
 def test_presentation_mode_deep_link_steps_and_leave(server, browser):
     """/learn?present=1&step=4 opens step 4 presenting: no sidebar, larger text; Back goes to step 3 (in the URL
     too); leaving brings the sidebar back."""
