@@ -334,6 +334,12 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
     return ChosenImage(sample, sample_image(sample))
 
 
+def model_key(lm: LoadedModel) -> str:
+    """Which model a stored result is about: the architecture and the checkpoint (two checkpoints of one
+    architecture are different models)."""
+    return f"{lm.name}|{lm.checkpoint or ''}"
+
+
 def fingerprint(*parts) -> str:
     """A short digest of what a result was computed from (tensors, images, names and numbers): a page keeps
     it beside a stored result and shows the result only while its inputs are still the current ones."""

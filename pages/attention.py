@@ -6,7 +6,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (current_model, figure_html, fingerprint, image_picker, require_shell, server_settings, show_error,
+from app_state import (current_model, figure_html, fingerprint, image_picker, model_key, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
 from nullviz import nullspace as N
@@ -26,7 +26,7 @@ lm = current_model()
 st.title("Attention, clean vs. noised")
 
 noise = st.session_state.get("current_noise")
-carried = noise is not None and noise.get("model") == lm.name and "current_image" in st.session_state
+carried = noise is not None and noise.get("model") == model_key(lm) and "current_image" in st.session_state
 sources = (["noise from the Nullspace page"] if carried else []) + ["fresh exact nullspace noise", "upload a noise file"]
 source = st.radio("Noise", sources, horizontal=True, key="att_source")
 
@@ -244,11 +244,12 @@ if run_set:
                                 progress=lambda done, n: bar.progress(done / n, text=f"{done}/{n} images"))
         bar.empty()
         which = f"from {zip_up.name}" if set_source.startswith("upload") else set_source
-        st.session_state["att_set"] = {"stats": result, "noise": source, "model": lm.name, "which": which}
+        st.session_state["att_set"] = {"stats": result, "noise": source, "which": which,
+                                       "inputs": fingerprint(model_key(lm), delta, level)}
     except NullvizError as exc:
         show_error(exc)
 done = st.session_state.get("att_set")
-if done and done["model"] == lm.name:
+if done and done["inputs"] == fingerprint(model_key(lm), delta, level):  # same model and noise, else gone
     r = done["stats"]
     st.markdown(f"**{r.images} images** ({done.get('which', '')}), noise: {done['noise']} · top-1 kept on **{r.top1_agreement:.1%}** of them.")
     c = st.columns(2)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import streamlit as st
 import torch
 
-from app_state import current_model, figure_html, image_picker, png_bytes, require_shell, show_error
+from app_state import current_model, figure_html, image_picker, model_key, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
@@ -123,7 +123,7 @@ if go:
                 extra = {"feasible_kept_norm_fraction": feas.kept_norm_fraction,
                          "feasible_max_box_violation": feas.max_box_violation}
             st.session_state["current_noise"] = {"kind": "exact", "level": "input", "delta": v, "rtol": ns.rtol,
-                                                 "model": lm.name, "extra": extra, "image": chosen.name}
+                                                 "model": model_key(lm), "extra": extra, "image": chosen.name}
         else:
             cfg, images, validation, check, used, logits = approximate_inputs()
             level = cfg.level
@@ -147,13 +147,13 @@ if go:
             chart.empty()
             in_fit = current_image_in_fit(cfg, len(images), check is not None)
             st.session_state["current_noise"] = {"kind": "approximate", "level": level, "delta": result.delta,
-                                                 "model": lm.name, "result": result, "image": chosen.name,
+                                                 "model": model_key(lm), "result": result, "image": chosen.name,
                                                  "image_in_fit": in_fit}
     except NullvizError as exc:
         show_error(exc)
 
 noise = st.session_state.get("current_noise")
-if noise is not None and noise["model"] != lm.name:
+if noise is not None and noise["model"] != model_key(lm):
     st.info("The noise in memory was made for another model; make new noise for this one.")
     noise = None
 if noise is None:

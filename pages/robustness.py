@@ -1,12 +1,13 @@
 """Robustness: adversarial attacks, natural corruptions and noise tolerance, for one or two models."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from app_state import (default_spec, cached_model, current_model, job_queue, job_threads, require_shell,
-                       server_settings, show_error, workspace)
+                       model_key, server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz import robustness as R
 from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
@@ -70,7 +71,7 @@ def store_results(models, dataset, cfg, reports) -> None:
         preds[f"{k + 1}. {reports[k].model}"] = {
             name: R.predict_pixels(fn, px.to(lm.device)).cpu().tolist() for name, px in ex.items() if name[0] != "_"}
     st.session_state["rob_results"] = {"reports": reports, "examples": ex, "preds": preds,
-                                       "class_names": models[0].class_names}
+                                       "class_names": models[0].class_names, "model": model_key(models[0])}
 
 
 if go:
@@ -165,6 +166,10 @@ if job_id:
         show_error(exc)
 
 res = st.session_state.get("rob_results")
+if res and res.get("model") != model_key(lm_a):  # kept (switching back shows them), never shown for another model
+    st.info(f"The last evaluation was of {res['reports'][0].model}, not the active model {lm_a.name}"
+            + (f" from `{Path(lm_a.checkpoint).name}`" if lm_a.checkpoint else "") + ": evaluate again for it.")
+    res = None
 if not res:
     st.info("Choose the evaluations and press **Evaluate**. Defaults finish in seconds on CPU for the default model; "
             "large evaluations run as background jobs.")

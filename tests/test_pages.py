@@ -636,3 +636,84 @@ def test_a_model_without_its_own_data_never_gets_the_digits(tmp_path):
     at.text_input(key="rob_data").set_value("digits")
     [b for b in at.button if b.label == "Evaluate"][0].click().run()
     assert not at.exception and "predicts 1,000 classes but the data set has 10" in at.error[0].value
+
+
+# ------------------------------------------------------------- every view follows its inputs
+def _same_architecture_checkpoint(tmp_path) -> str:
+    """The digits model's weights, slightly changed, as a checkpoint: same architecture name, another model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nullviz.models import load_model
+
+    state = {k: v.clone() for k, v in load_model("default", device="cpu").model.state_dict().items()}
+    state["head.bias"] += torch.linspace(-1, 1, state["head.bias"].numel())
+    path = tmp_path / "other_digits.safetensors"
+    save_file(state, str(path))
+    return str(path)
+
+
+def _figure(at, key):
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart") if key in c.proto.id][0]
+
+
+def test_nullspace_page_results_follow_the_image_and_the_model(tmp_path):
+    """The noise is kept (it is image-agnostic), every view of it is recomputed for a new image, and a model
+    change — also another checkpoint of the same architecture — hides it rather than showing it as this
+    model's (it compared architecture names only)."""
+    at = app("pages/nullspace.py")
+    at.button[0].click().run()
+    before = _figure(at, "triplet")
+    topk_before = _figure(at, "topk")
+    at.selectbox(key="ns_sample").set_value("digit-5").run()
+    assert not at.exception
+    after = _figure(at, "triplet")
+    assert before["data"][0]["z"] != after["data"][0]["z"]  # the original image shown is the new one
+    assert _figure(at, "topk") != topk_before  # its predictions too
+    assert before["data"][1]["z"] == after["data"][1]["z"]  # the same noise
+    at.session_state["model_spec"] = {"name": "default", "checkpoint": _same_architecture_checkpoint(tmp_path),
+                                      "device": "cpu"}
+    at.run()
+    assert not at.exception
+    assert any("made for another model" in i.value for i in at.info)
+    assert not [c for c in at.get("plotly_chart") if "triplet" in c.proto.id]
+
+
+def test_robustness_results_are_never_shown_for_another_model(tmp_path):
+    at = app("pages/robustness.py")
+    at.number_input(key="rob_limit").set_value(8)
+    at.multiselect(key="rob_attacks").set_value(["fgsm"])
+    at.multiselect(key="rob_corr").set_value([])
+    at.text_input(key="rob_tol").set_value("")
+    at.button[0].click().run()
+    assert not at.exception and at.table
+    at.session_state["model_spec"] = {"name": "default", "checkpoint": _same_architecture_checkpoint(tmp_path),
+                                      "device": "cpu"}
+    at.run()
+    assert not at.exception and not at.table and not at.get("plotly_chart")
+    assert any("The last evaluation was of nullviz_digits_vit, not the active model" in i.value for i in at.info)
+    at.session_state["model_spec"] = {"name": "digits", "checkpoint": None, "device": "cpu"}
+    at.run()
+    assert at.table  # kept: switching back shows them again
+
+
+def test_attention_set_statistics_follow_the_noise():
+    at = app("pages/attention.py")
+    [b for b in at.button if b.label == "Compute statistics"][0].click().run()
+    assert not at.exception and any("**64 images**" in m.value for m in at.markdown)
+    at.switch_page("pages/nullspace.py").run()
+    at.number_input(key="ns_magnitude").set_value(3.0)
+    at.button[0].click().run()  # new noise
+    at.switch_page("pages/attention.py").run()
+    at.radio(key="att_source").set_value("noise from the Nullspace page").run()
+    assert not at.exception and not any("**64 images**" in m.value for m in at.markdown)
+
+
+def test_model_and_learn_pages_follow_the_model():
+    at = app("pages/model.py")
+    assert metric(at, "Width D").value == "96" and metric(at, "Patch size").value == "8×8"
+    at.session_state["model_spec"] = {"name": "cluttered", "checkpoint": None, "device": "cpu"}
+    at.run()
+    assert metric(at, "Parameters").value != "320,554"
+    at.switch_page("pages/learn.py").run()
+    assert any("nullviz_cluttered_vit" in m.value for m in at.markdown)
