@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh
 ensure_venv requirements.txt
-exec .venv/bin/python -m streamlit run app.py "$@"
+exec .venv/bin/python -m streamlit run server.py "$@"  # app.py, served (server.py says why)

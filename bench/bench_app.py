@@ -1,4 +1,4 @@
-"""App start to first render: `streamlit run app.py` → health endpoint → home heading and its figure in Chromium.
+"""App start to first render: `streamlit run server.py` → health endpoint → home heading and its figure in Chromium.
 
     python bench/bench_app.py
 """
@@ -23,7 +23,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"), "--server.headless",
                              "true", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -106,7 +106,7 @@ def browser_latency(root: Path, model: str, rounds: int = 10) -> float:
         import subprocess
 
         server.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", str(root / "server.py"), "--server.headless", "true",
              "--server.port", str(server.port), "--server.address", "127.0.0.1"], cwd=root,
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(8)

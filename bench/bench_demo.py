@@ -44,7 +44,7 @@ def server_pid(port: int) -> int:
     """The Python process that listens on the port (run.sh execs it)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines():
-        if "streamlit run app.py" in line and f"--server.port {port}" in line:
+        if "streamlit run server.py" in line and f"--server.port {port}" in line:
             return int(line.split()[0])
     raise RuntimeError("server process not found")
 

@@ -1,4 +1,4 @@
-"""The app as a shared server, measured with real Chromium against `streamlit run app.py` on this machine.
+"""The app as a shared server, measured with real Chromium against `streamlit run server.py` on this machine.
 
     python bench/bench_server.py watched [--rounds 2]      # finetuning: watched in Chromium ÷ unwatched
     python bench/bench_server.py load [--sessions 8] [--seconds 120]   # N sessions looping exact noise + attention
@@ -54,7 +54,7 @@ def wait_healthy(url: str, seconds: float) -> None:
 
 
 class Server:
-    """`streamlit run app.py` on a free port with its own NULLVIZ_DATA_DIR."""
+    """`streamlit run server.py` on a free port with its own NULLVIZ_DATA_DIR."""
 
     def __init__(self, data_dir: Path, **env):
         with socket.socket() as s:
@@ -64,7 +64,7 @@ class Server:
         self.log = data_dir / "server.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"), "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1"],
             cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
             env={**os.environ, "NULLVIZ_DATA_DIR": str(data_dir), **env})

@@ -1,4 +1,4 @@
-"""End to end: `streamlit run app.py` on a free local port, driven by real headless Chromium (Playwright)."""
+"""End to end: `streamlit run server.py` on a free local port, driven by real headless Chromium (Playwright)."""
 
 import contextlib
 import os
@@ -33,10 +33,10 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(env: dict | None = None):
-    """`streamlit run app.py` on a free local port (with extra environment variables); yields its URL."""
+    """`streamlit run server.py` on a free local port (with extra environment variables); yields its URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
@@ -314,6 +314,25 @@ def test_no_request_leaves_the_servers_origin(server, browser):
     foreign = [u for u in seen if not u.startswith((server, "data:", "blob:"))]
     assert seen and foreign == []
     page.close()
+
+
+def test_deep_links_make_no_failed_requests(server, browser):
+    """Opening a page at its own address (a teacher's link, a reload): Streamlit's browser code asked
+    /learn/_stcore/health and /learn/_stcore/host-config first, two 404s per load (streamlit#7074); server.py
+    tells it the server is at the root."""
+    for path, heading in (("/learn?present=1&step=2", "2 · The patch embedding is such a matrix"),
+                          ("/attention", "Attention, clean vs. noised"), ("/", "nullviz")):
+        page = browser.new_page()
+        failed: list[tuple[int, str]] = []
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: failed.append((0, r.url)))
+        page.goto(server + path)
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+        page.wait_for_timeout(1000)
+        assert failed == [], (path, failed)
+        assert page.evaluate("window.__streamlit.BACKEND_BASE_URL") == server + "/"
+        page.close()
 
 
 def test_block_slider_and_charts_show_the_same_block_after_the_noise_source_changes(server, browser, tmp_path):

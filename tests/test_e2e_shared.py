@@ -1,4 +1,4 @@
-"""End to end, shared mode: `NULLVIZ_SHARED=1 streamlit run app.py`, two Chromium contexts (two students)."""
+"""End to end, shared mode: `NULLVIZ_SHARED=1 streamlit run server.py`, two Chromium contexts (two students)."""
 
 import pytest
 from playwright.sync_api import expect

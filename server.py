@@ -1,0 +1,75 @@
+"""The web server `bash run.sh` starts: Streamlit serving app.py, plus one fix for links into a page.
+
+Opened at a page's own address (``/learn?present=1&step=4``, or a reload of ``/attention``), Streamlit's
+browser code looks for its server first under that page's path: ``/learn/_stcore/health`` and ``/learn/_stcore/
+host-config`` both answered 404 on every such load (streamlit/streamlit#7074), a log full of errors in a
+classroom's browsers. The pages' HTML now names the server's root as the place to connect to
+(``window.__streamlit.BACKEND_BASE_URL``, Streamlit's documented hook for hosts), so the browser asks the root
+only. Everything else is Streamlit's own server: ``streamlit run server.py`` finds ``app`` below.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+from starlette.middleware import Middleware
+
+ROOT = Path(__file__).resolve().parent
+
+
+def base_url_script() -> bytes:
+    """Before Streamlit's own scripts: the server is at this origin's root (or at ``server.baseUrlPath`` when
+    one is set), whatever the page's path."""
+    base = "/" + str(st.config.get_option("server.baseUrlPath") or "").strip("/")
+    base = base if base.endswith("/") else base + "/"
+    return ("<script>window.__streamlit = Object.assign(window.__streamlit || {}, "
+            f"{{BACKEND_BASE_URL: window.location.origin + {base!r}}});</script>").encode()
+
+
+ASSET_PARTS = ("/_stcore/", "/static/", "/media/", "/component/", "/app/static/")
+
+
+def _is_asset(path: str) -> bool:
+    """Streamlit's own files and endpoints (scripts, fonts, media, the websocket): never a page."""
+    return any(part in path for part in ASSET_PARTS) or path.rsplit("/", 1)[-1].count(".") > 0
+
+
+class ServerAtRoot:
+    """ASGI middleware: puts :func:`base_url_script` at the top of every HTML page the server sends."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET" or _is_asset(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        # a page's HTML (8 KB) uncompressed, so the script can go in: Streamlit's gzip sits inside this middleware
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
+        start, body = None, []
+
+        async def capture(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                if not headers.get(b"content-type", b"").startswith(b"text/html"):
+                    start = False  # not a page: pass everything through untouched
+                    await send(message)
+                    return
+                start = message
+                return
+            if start is False:
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            html = b"".join(body).replace(b"<head>", b"<head>" + base_url_script(), 1)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(html)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": html})
+
+        await self.app(scope, receive, capture)
+
+
+app = st.App(ROOT / "app.py", middleware=[Middleware(ServerAtRoot)])
