@@ -332,8 +332,7 @@ def cmd_attention(args) -> dict[str, Any]:
     img = resolve_image(args.image)
     x = lm.preprocess(img.image)
     ns = N.nullspace(lm)
-    exact = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, seed=args.seed,
-                                                       weakest=0 if ns.nullity else 8))
+    exact = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, seed=args.seed))
     if args.noise == "exact":
         noise, level = exact, "input"
         noise_desc = f"exact nullspace noise (nullity {ns.nullity}, magnitude {args.magnitude})"

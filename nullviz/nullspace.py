@@ -196,6 +196,13 @@ def nullspace(lm_or_model: LoadedModel | torch.nn.Module, rtol: float | None = N
 
 
 # --------------------------------------------------------------------------------------------- sampling
+
+
+#: A full-rank model's stand-in for nullspace noise: its this many weakest singular directions (every page, the
+#: command line and the benches draw it the same way through NoiseSpec's default).
+FULL_RANK_WEAKEST = 8
+
+
 @dataclass(frozen=True)
 class NoiseSpec:
     """How to draw exact nullspace noise: magnitude in normalised units, per-patch L2 or image L∞."""
@@ -204,13 +211,16 @@ class NoiseSpec:
     norm: str = "l2_patch"
     shared: bool = False  # one pattern for every patch instead of an independent draw per patch
     seed: int = 0
-    weakest: int = 0  # with nullity 0: draw from the k weakest directions instead ("approximately null")
+    # with nullity 0 (a full-rank patch embedding): draw from the k weakest directions instead ("approximately
+    # null"); None: the app's one policy, FULL_RANK_WEAKEST of them (0: no noise at all for a full-rank model)
+    weakest: int | None = None
 
     def __post_init__(self):
         check("magnitude", "NoiseSpec", self.magnitude, Interval(float, 0.0, None, closed="left"))
         check("norm", "NoiseSpec", self.norm, Options(("l2_patch", "linf")))
         check("seed", "NoiseSpec", self.seed, Interval(int, 0, None))
-        check("weakest", "NoiseSpec", self.weakest, Interval(int, 0, None))
+        if self.weakest is not None:
+            check("weakest", "NoiseSpec", self.weakest, Interval(int, 0, None))
 
 
 def sample_noise(ns: Nullspace, image_size: tuple[int, int], spec: NoiseSpec = NoiseSpec()) -> torch.Tensor:
@@ -227,8 +237,8 @@ def sample_noise(ns: Nullspace, image_size: tuple[int, int], spec: NoiseSpec = N
     n_patches = (H // p) * (W // p)
     if ns.nullity > 0:
         directions = ns.basis
-    elif spec.weakest > 0:
-        directions, _ = ns.weakest_directions(spec.weakest)
+    elif (FULL_RANK_WEAKEST if spec.weakest is None else spec.weakest) > 0:
+        directions, _ = ns.weakest_directions(FULL_RANK_WEAKEST if spec.weakest is None else spec.weakest)
     else:
         return torch.zeros(ns.spectrum.in_chans, H, W)
     gen = torch.Generator().manual_seed(spec.seed)

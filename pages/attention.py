@@ -42,8 +42,7 @@ else:
         magnitude = c[0].number_input("magnitude (normalised units)", min_value=0.0, value=1.0, key="att_mag")
         seed = c[1].number_input("seed", min_value=0, value=0, key="att_seed")
         ns = N.nullspace(lm)
-        delta = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=float(magnitude), seed=int(seed),
-                                                           weakest=0 if ns.nullity else 8))
+        delta = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=float(magnitude), seed=int(seed)))
     else:
         up = st.file_uploader("noise file (.pt saved by nullviz)", key="att_noise_file")
         if up is not None:
@@ -207,7 +206,7 @@ if source == "fresh exact nullspace noise" or (source == "noise from the Nullspa
     noises = contrast_noises(delta)
 else:
     ns_c = N.nullspace(lm)
-    exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0, weakest=0 if ns_c.nullity else 8))
+    exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
     noises = contrast_noises(exact_noise, (delta, level))
 contrast = noise_contrast(lm, x, noises, clean=cmp.clean)
 st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")

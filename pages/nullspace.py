@@ -115,7 +115,7 @@ if go:
         if exact:
             ns = N.nullspace(lm, spec_rtol)
             v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=float(magnitude), norm=norm, shared=shared,
-                                                           seed=int(seed), weakest=0 if ns.nullity else 8))
+                                                           seed=int(seed)))
             extra = {}
             if mode == MODES[1] and ns.nullity > 0:
                 feas = N.feasible_noise(lm, ns, x, v)

@@ -191,3 +191,22 @@ def test_a_model_without_its_own_data_is_told_what_to_give(capsys, tmp_path):
         assert "has no training images of its own" in err and "\n" not in err, (args, err)
     assert main(["finetune", "--checkpoint", ckpt, "--data", "digits", "--epochs", "1", "--steps-per-epoch", "1"]) == 2
     assert "predicts 1,000 classes but the training data has 10" in capsys.readouterr().err
+
+
+def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(capsys, tmp_path):
+    """`nullviz nullspace` on a full-rank patch embedding returned all-zero noise where the pages show the
+    weakest-direction noise: the policy was copied into every caller but this one (now NoiseSpec's default)."""
+    from safetensors.torch import save_file
+
+    from nullviz.models import create_random_vit
+
+    kwargs = dict(img_size=32, patch_size=4, embed_dim=64, depth=1, num_heads=2, num_classes=10)  # 48 → 64
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, **kwargs)
+    path = tmp_path / "full_rank.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": kwargs}))
+    out = run_json(capsys, "nullspace", "--checkpoint", str(path), "--image", "digit-3", "--out",
+                   str(tmp_path / "v.pt"))
+    assert out["nullity"] == 0
+    v = torch.load(tmp_path / "v.pt", weights_only=True)
+    assert v.abs().max() > 0

@@ -45,10 +45,12 @@ def test_full_rank_vit_b16_has_nullity_zero():
     ns = N.nullspace(lm)
     assert (ns.input_dim, ns.rank, ns.nullity) == (768, 768, 0)
     assert ns.basis.shape == (768, 0)
-    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0))
+    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0, weakest=0))
     assert torch.count_nonzero(v) == 0 and not torch.isnan(v).any()
     weak = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0, weakest=8))
     assert weak.abs().max() > 0
+    # the one policy every caller gets by default: the FULL_RANK_WEAKEST weakest directions
+    assert torch.equal(N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=1.0)), weak)
     # a looser tolerance counts the weakest directions as null
     s = ns.spectrum.singular_values
     loose = N.nullspace(lm, rtol=float(s[-4] / s[0]) * 1.0001)
