@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches per optimizer step (global batch = batch size × grad-accum × processes)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes that decode images")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--eval-synth-steps", type=int, default=200,
+                   help="steps of the evaluation δs (fixed settings, the same for every run compared)")
     p.add_argument("--new-head", action="store_true",
                    help="train a new classifier head when the data's classes are not the model's (otherwise refused)")
     p.add_argument("--augment", action="store_true",
@@ -432,7 +434,7 @@ def cmd_finetune(args) -> dict[str, Any]:
                             synth_lam=args.synth_lam, synth_lim=args.synth_lim,
                             fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed,
                             grad_accum=args.grad_accum, workers=args.workers, compile=args.compile,
-                            new_head=args.new_head)
+                            new_head=args.new_head, eval_synth_steps=args.eval_synth_steps)
     if args.config is not None:
         try:
             settings = json.loads(args.config.read_text())

@@ -469,6 +469,7 @@ def tolerance_plot(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float
 #: Words for the metrics a finetuning run logs (legends say these, never the keys).
 METRIC_WORDS = {"clean_acc": "clean accuracy", "fgsm_acc": "FGSM accuracy", "delta_acc": "accuracy under fresh δs",
                 "train_delta_acc": "accuracy under its training δ", "gaussian_acc": "accuracy under Gaussian noise",
+                "start_delta_acc": "accuracy under the start's δ", "nullspace_size": "nullspace size",
                 "loss": "loss", "clean_loss": "clean loss", "noised_loss": "noised loss"}
 
 
@@ -538,11 +539,12 @@ def frontier_plot(frontier, height: int = 420) -> go.Figure:
 def _interval_bars(name: str, summaries, metrics: Sequence[str], labels: Mapping[str, str],
                    scale: Mapping[str, float], hover: bool = False) -> go.Bar:
     """One bar per metric at a :class:`~nullviz.comparison.Summary`'s mean, its 95 % interval as error bars."""
-    k = [scale.get(m, 1.0) for m in metrics]
+    k = [scale.get(m, 1.0) for m in metrics]  # a negative scale flips a measure (lower is better → up is better)
     bar = dict(name=name, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(summaries, k)],
                error_y=dict(type="data", symmetric=False,  # n < 2: no interval, so no error bar at all
-                            array=[(s.ci_high - s.mean) * f if s.has_interval else 0 for s, f in zip(summaries, k)],
-                            arrayminus=[(s.mean - s.ci_low) * f if s.has_interval else 0
+                            array=[max(s.ci_high * f, s.ci_low * f) - s.mean * f if s.has_interval else 0
+                                   for s, f in zip(summaries, k)],
+                            arrayminus=[s.mean * f - min(s.ci_high * f, s.ci_low * f) if s.has_interval else 0
                                         for s, f in zip(summaries, k)]))
     if hover:
         bar.update(hoverinfo="text", hovertext=[
@@ -571,17 +573,23 @@ def method_bars(comparison, metrics: Sequence[str] | None = None, labels: Mappin
 
 def paired_difference_bars(comparison, metrics: Sequence[str] | None = None,
                            labels: Mapping[str, str] | None = None, scale: Mapping[str, float] | None = None,
-                           height: int = 420) -> go.Figure:
+                           height: int = 420, lower_is_better: Sequence[str] = ()) -> go.Figure:
     """``comparison.method`` minus each control, paired by seed: bars at the mean difference with 95 %
-    intervals; a bar whose interval crosses 0 is no evidence either way."""
+    intervals; a bar whose interval crosses 0 is no evidence either way. Up is better for every measure: a
+    ``lower_is_better`` one (an error) is drawn as control minus method, and its label says so."""
     metrics = list(metrics or comparison.metrics)
     labels, scale = dict(labels or {}), dict(scale or {})
+    for m in lower_is_better:
+        if m in metrics:
+            scale[m] = -scale.get(m, 1.0)
+            labels[m] = f"{labels.get(m, m)} (reduction)"
     fig = go.Figure()
     for control in comparison.controls:
         fig.add_trace(_interval_bars(f"{comparison.method} − {control}",
                                      [comparison.difference(control, m) for m in metrics], metrics, labels, scale))
     fig.add_hline(y=0, line_width=1)
     fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      title=f"{comparison.method} minus each control, paired by seed (95 % intervals)",
+                      title=f"{comparison.method} against each control, paired by seed (95 % intervals; up "
+                            f"is better for every measure)",
                       legend=dict(orientation="h", y=-0.2))
     return fig

@@ -55,6 +55,18 @@ from .synthesis import (DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, Syn
                         synthesize_for_model)
 
 METHODS = ("baseline", "nullspace", "gaussian", "random_start", "adversarial")
+#: One yardstick for every run compared. Evaluation δs use these settings whatever a run trained with (a run's
+#: own λ gave its "under δ" figure larger, more visible δs), are fit on EVAL_FIT_FRACTION of the training
+#: images and kept as the largest δ inside ε on EVAL_VALIDATION_IMAGES other training images: that δ's norm is
+#: the model's *nullspace size*. All drawn from the run's seed alone, so runs that differ only in training
+#: settings draw the same images.
+EVAL_SYNTHESIS = dict(level="encoder", lim=DEFAULT_LIM, lr=DEFAULT_LR, lam=DEFAULT_LAM, tol=0.01)
+EVAL_FIT_FRACTION = 0.1
+EVAL_VALIDATION_IMAGES = 128
+#: Gaussian controls at fixed norms: these multiples of the *starting* model's mean patch-token norm (on the
+#: validation draw), the same noise for every run from that start (it was each model's own δ norm, so a model
+#: whose approximate nullspace grew was tested with larger noise).
+GAUSSIAN_GRID = (0.25, 0.5, 1.0)
 TOKEN_NOISE_METHODS = ("nullspace", "gaussian", "random_start")
 FREEZE = ("none", "patch_embed", "all_but_head")
 
@@ -101,6 +113,9 @@ class FinetuneConfig:
     grad_accum: int = bounded(1, Interval(int, 1, 1024))  # micro-batches of batch_size per optimizer step
     workers: int = bounded(0, Interval(int, 0, 64))  # DataLoader worker processes (0: read in this process)
     compile: bool = False  # torch.compile the training forward
+    # the evaluation δs' synthesis steps: an evaluation setting, the same for every run compared (a run's own
+    # synth_* settings only shape the δ it trains on)
+    eval_synth_steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
     # a new classifier head when the data's classes are not the model's: said explicitly, so a 1,000-class
     # ImageNet ViT is never quietly retrained as a 10-digit classifier
     new_head: bool = False
@@ -120,22 +135,27 @@ class FinetuneConfig:
             per_epoch = 1 + ((steps_per_epoch - 1) // self.noise_every if self.noise_every else 0)
             deltas = self.epochs * per_epoch
         fresh_epochs = self.epochs if self.fresh_every_epoch else 1
-        fresh = self.fresh_deltas * fresh_epochs
+        fresh = self.fresh_deltas * fresh_epochs + 1  # + the starting model's δ, made once
         n = eval_images if self.eval_limit is None else min(self.eval_limit, eval_images)
-        return {"synthesizing δ": (deltas + fresh) * self.synth_steps * SYNTHESIS_STEP_COST,
+        return {"synthesizing δ": (deltas * self.synth_steps + fresh * self.eval_synth_steps) * SYNTHESIS_STEP_COST,
                 "training": self.epochs * steps_per_epoch * TRAIN_STEP_COST[self.method],
                 "evaluating": self.epochs * n * self.eval_passes(fresh=self.fresh_deltas) * EVAL_PASS_COST_PER_IMAGE
                 / self.batch_size}
 
     def eval_passes(self, fresh: int) -> int:
-        """Forward passes per held-out image in one evaluation: clean, each fresh δ and its Gaussian, the
-        training δ, FGSM (attack and prediction: three)."""
+        """Forward passes per held-out image in one evaluation: clean, each fresh δ, the starting model's δ,
+        the Gaussian grid, the training δ, FGSM (attack and prediction: three)."""
         noise = self.method in TOKEN_NOISE_METHODS
-        return 1 + 2 * max(fresh, 1 if noise else 0) + (1 if noise else 0) + 3
+        return 1 + fresh + 1 + len(GAUSSIAN_GRID) + (1 if noise else 0) + 3
 
     def synthesis(self, seed: int) -> SynthesisConfig:
+        """The δ this run trains on (its own settings)."""
         return SynthesisConfig(level="encoder", lim=self.synth_lim, lr=self.synth_lr, lam=self.synth_lam,
                                tol=self.synth_tol, steps=self.synth_steps, seed=seed)
+
+    def evaluation_synthesis(self, seed: int) -> SynthesisConfig:
+        """The δs every evaluation measures with: fixed settings, whatever the run trained with."""
+        return SynthesisConfig(**EVAL_SYNTHESIS, steps=self.eval_synth_steps, seed=seed)
 
 
 @dataclass
@@ -200,6 +220,7 @@ class FinetuneRun:
             raise InvalidParameterError("train_set", "FinetuneRun", "non-empty training and held-out sets",
                                         (len(train_set), len(eval_set)))
         self.lm, self.cfg = lm, config
+        self._reference: dict[str, Any] | None = None  # the evaluation's fixed noises (see _yardstick)
         self.train_set, self.eval_set = train_set, eval_set
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_step, self.on_epoch = on_step or (lambda d: None), on_epoch or (lambda d: None)
@@ -272,25 +293,63 @@ class FinetuneRun:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def _synthesize(self, seed: int) -> tuple[torch.Tensor, Any]:
-        """A δ from the model as it is now, on ``synth_fraction`` of the training images; the images and δ's
-        random start are drawn from ``seed``. Under DDP every rank gets rank 0's δ."""
-        n = max(1, int(round(len(self.train_set) * self.cfg.synth_fraction)))
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self.train_set), generator=gen)[:n]
-        x, _ = collate(self.train_set, idx)
-        was_training = self.model.training
-        self.model.eval()  # our own copy: δ is fit to the model as it predicts
+    def _synthesize(self, seed: int, evaluation: bool = False, model: torch.nn.Module | None = None
+                    ) -> tuple[torch.Tensor, Any]:
+        """A δ from the model as it is now (or from ``model``), the images and δ's random start drawn from
+        ``seed``. Training δs: the run's own settings on ``synth_fraction`` of the training images.
+        Evaluation δs (``evaluation``): the fixed EVAL_SYNTHESIS settings on EVAL_FIT_FRACTION of them, kept as
+        the largest δ inside ε on a validation draw of others. Under DDP every rank gets rank 0's δ."""
+        model = self.model if model is None else model
+        fit_idx, val_idx = self._synthesis_images(seed, evaluation)
+        x, _ = collate(self.train_set, fit_idx)
+        val = collate(self.train_set, val_idx)[0].to(self.device) if len(val_idx) else None
+        cfg = self.cfg.evaluation_synthesis(seed) if evaluation else self.cfg.synthesis(seed)
+        was_training = model.training
+        if was_training:
+            model.eval()  # our own copy: δ is fit to the model as it predicts (the untouched start is left alone)
         cost = SYNTHESIS_STEP_COST
         try:
-            res = synthesize_for_model(self.model, x.to(self.device), self.cfg.synthesis(seed),
+            res = synthesize_for_model(model, x.to(self.device), cfg, validation_images=val,
                                        callback=lambda s: self.on_work("synthesizing δ", cost))
         finally:
-            self.model.train(was_training)
-        if res.steps_run < self.cfg.synth_steps:  # stopped inside ε early: the planned work is done
-            self.on_work("synthesizing δ", (self.cfg.synth_steps - res.steps_run) * cost)
+            if was_training:
+                model.train()
+        if res.steps_run < cfg.steps:  # stopped inside ε early: the planned work is done
+            self.on_work("synthesizing δ", (cfg.steps - res.steps_run) * cost)
         delta = D.broadcast(res.delta.to(self.device).contiguous())
         return delta.detach(), res
+
+    def _synthesis_images(self, seed: int, evaluation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the training images a δ is fit on, and (evaluation δs only) of those that select it."""
+        n = len(self.train_set)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        if not evaluation:
+            return order[:max(1, int(round(n * self.cfg.synth_fraction)))], order[:0]
+        n_fit = max(1, int(round(n * EVAL_FIT_FRACTION)))
+        n_val = min(EVAL_VALIDATION_IMAGES, max(0, n - n_fit) // 2)
+        return order[:n_fit], order[n_fit:n_fit + n_val]
+
+    def _yardstick(self) -> dict[str, Any]:
+        """What every evaluation of this run shares with every run from the same start and seed: the starting
+        model's δ (transferred: how the finetuned model copes with the noise the original could not see) and
+        the Gaussian grid's norms. Made once, on the untouched model."""
+        if self._reference is None:
+            start = self.lm.model  # read only: δ's gradient alone is taken (no weight is touched or switched)
+            if next(start.parameters()).device != self.device:  # another GPU of a DDP run: a copy on this one
+                import copy
+
+                start = copy.deepcopy(start).to(self.device)
+            delta, res = self._synthesize(stream_seed("start_delta", self.cfg.seed), evaluation=True, model=start)
+            _, val_idx = self._synthesis_images(stream_seed("start_delta", self.cfg.seed), True)
+            with torch.no_grad():
+                x = collate(self.train_set, val_idx if len(val_idx) else torch.arange(min(64, len(self.train_set))))[0]
+                norm = float(patch_tokens(start, x.to(self.device)).flatten(1).norm(dim=1).mean())
+            gen = torch.Generator().manual_seed(stream_seed("eval_gaussian", self.cfg.seed))
+            direction = torch.randn(delta.shape, generator=gen).to(delta)
+            direction = direction / direction.norm()
+            self._reference = {"start_delta": delta, "start_delta_l2": res.noise_l2, "token_norm": norm,
+                               "gaussians": {m: direction * (m * norm) for m in GAUSSIAN_GRID}}
+        return self._reference
 
     def synthesize_delta(self, seed: int) -> None:
         """The δ the coming steps train on (every method makes one, so every run is measured alike)."""
@@ -380,10 +439,12 @@ class FinetuneRun:
         """
         t = time.perf_counter()
         count = self.cfg.fresh_deltas if fresh_deltas is None else fresh_deltas
-        fresh = [self._synthesize(stream_seed("fresh_delta", self.cfg.seed, k))[0] for k in range(count)]
+        made = [self._synthesize(stream_seed("fresh_delta", self.cfg.seed, k), evaluation=True) for k in range(count)]
+        fresh = [d for d, _ in made]
+        ref = self._yardstick()
         self.evaluation_synthesis_seconds += time.perf_counter() - t
-        references = fresh or ([self.delta] if self.delta is not None else [])
-        gauss = [self._gaussian_like(d, stream_seed("eval_gaussian", self.cfg.seed, k)) for k, d in enumerate(references)]
+        gauss = list(ref["gaussians"].values())
+        fixed = [ref["start_delta"], *gauss]  # the same noise for every run from this start
         was_training = self.model.training
         self.model.eval()
         try:
@@ -391,7 +452,7 @@ class FinetuneRun:
             fn = PixelModel(self.model, self.mean, self.std)
             clean = fgsm_right = train_delta = 0
             fresh_right = [0] * len(fresh)
-            gauss_right = [0] * len(gauss)
+            fixed_right = [0] * len(fixed)
             mine = list(range(self.rank, n, self.world))  # this rank's share; the counts are summed below
             per_image = self.cfg.eval_passes(fresh=self.cfg.fresh_deltas) * EVAL_PASS_COST_PER_IMAGE / self.cfg.batch_size
             for i in range(0, len(mine), 256):
@@ -401,25 +462,32 @@ class FinetuneRun:
                 clean += int((self._predict(x) == y).sum())
                 for k, d in enumerate(fresh):
                     fresh_right[k] += int((self._predict(x, d) == y).sum())
-                for k, g in enumerate(gauss):
-                    gauss_right[k] += int((self._predict(x, g) == y).sum())
+                for k, g in enumerate(fixed):
+                    fixed_right[k] += int((self._predict(x, g) == y).sum())
                 if self.delta is not None:
                     train_delta += int((self._predict(x, self.delta) == y).sum())
                 adv = fgsm(fn, x * self.std + self.mean, y, self.cfg.fgsm_eps)
                 fgsm_right += int((self._predict((adv - self.mean) / self.std) == y).sum())
         finally:
             self.model.train(was_training)
-        counts = D.all_reduce_sum(torch.tensor([clean, fgsm_right, train_delta, *fresh_right, *gauss_right],
+        counts = D.all_reduce_sum(torch.tensor([clean, fgsm_right, train_delta, *fresh_right, *fixed_right],
                                                dtype=torch.float64, device=self.device)).cpu().tolist()
         clean, fgsm_right, train_delta = counts[:3]
-        fresh_right, gauss_right = counts[3:3 + len(fresh)], counts[3 + len(fresh):]
-        out: dict[str, Any] = {"clean_acc": clean / n, "fgsm_acc": fgsm_right / n}
+        fresh_right, fixed_right = counts[3:3 + len(fresh)], counts[3 + len(fresh):]
+        out: dict[str, Any] = {"clean_acc": clean / n, "fgsm_acc": fgsm_right / n,
+                               "start_delta_acc": fixed_right[0] / n}
+        for m, right in zip(GAUSSIAN_GRID, fixed_right[1:]):
+            out[f"gaussian_acc@{m:g}"] = right / n
+        out["gaussian_acc"] = out[f"gaussian_acc@{GAUSSIAN_GRID[-1]:g}"]  # the headline: one token norm
+        out.update(start_delta_l2=ref["start_delta_l2"], token_norm=ref["token_norm"])
         if fresh:
             accs = [r / n for r in fresh_right]
+            sizes = [float(d.norm()) for d in fresh]
             out.update(delta_acc=sum(accs) / len(accs), delta_acc_std=summarize(accs).std, delta_acc_seeds=accs,
-                       fresh_delta_l2=sum(float(d.norm()) for d in fresh) / len(fresh))
-        if gauss:
-            out["gaussian_acc"] = sum(gauss_right) / (n * len(gauss))
+                       fresh_delta_l2=sum(sizes) / len(sizes),
+                       # the largest δ inside ε on training images it was not fit on, in token norms
+                       nullspace_size=sum(sizes) / len(sizes) / ref["token_norm"],
+                       nullspace_size_validation_mse=sum(r.validation_mse_probs or 0.0 for _, r in made) / len(made))
         if self.delta is not None:
             out["train_delta_acc"] = train_delta / n
         return out

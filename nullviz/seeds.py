@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .params import Interval, Options, check
 
-STREAMS = ("data_order", "head_init", "train_delta", "train_gaussian", "fresh_delta", "eval_gaussian")
+STREAMS = ("data_order", "head_init", "train_delta", "train_gaussian", "fresh_delta", "eval_gaussian", "start_delta")
 STREAM_BITS, SEED_BITS, INDEX_BITS = 3, 13, 16
 MAX_SEED = 2 ** SEED_BITS - 1
 INDEX_PERIOD = 2 ** INDEX_BITS

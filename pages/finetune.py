@@ -70,9 +70,13 @@ with st.form("ft_form"):
     fresh = c[1].number_input("fresh δs for the final evaluation", 0, 16, SMALL_RUN["fresh"], key="ft_fresh",
                               help="Accuracy under δ is measured with δs synthesized from the finished model, on "
                                    "training images, averaged over this many seeds (0: only the δ it trained on).")
-    eval_limit = st.number_input("held-out images evaluated each epoch (0 = all)", 0, 1_000_000, SMALL_RUN["eval"],
-                                 key="ft_eval_limit", help="The first this many of the held-out split; every "
-                                 "method is measured on the same ones.")
+    c = st.columns(2)
+    eval_limit = c[0].number_input("held-out images evaluated each epoch (0 = all)", 0, 1_000_000, SMALL_RUN["eval"],
+                                   key="ft_eval_limit", help="The first this many of the held-out split; every "
+                                   "method is measured on the same ones.")
+    eval_synth_steps = c[1].number_input("evaluation δ steps", 1, 5000, SMALL_RUN["synth_steps"], key="ft_eval_steps",
+                                         help="Steps of the δs every run is measured with (fixed λ, ε and images: "
+                                              "the same yardstick for every method, whatever it trained with).")
     new_head = st.checkbox("new classifier head for the data's classes", key="ft_new_head",
                            value=False, help=f"{lm.name} predicts {lm.model.num_classes:,} classes. Data with another "
                            "number of classes needs a new head (trained from a seeded start); without this box such a "
@@ -112,7 +116,8 @@ if start:
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
-                                  eval_limit=int(eval_limit) or None, new_head=bool(new_head))
+                                  eval_limit=int(eval_limit) or None, new_head=bool(new_head),
+                                  eval_synth_steps=int(eval_synth_steps))
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
         check_head(lm.name, lm.model.num_classes, data_class_count(data), bool(new_head))
@@ -161,7 +166,8 @@ def _follow(job) -> dict:
 
 def _epoch_series(epochs: dict) -> dict:
     return {m: {"epoch": [r["epoch"] for r in recs],
-                **{k: [r.get(k) for r in recs] for k in ("clean_acc", "delta_acc", "train_delta_acc", "gaussian_acc", "fgsm_acc")}}
+                **{k: [r.get(k) for r in recs] for k in ("clean_acc", "delta_acc", "train_delta_acc", "start_delta_acc",
+                                                         "gaussian_acc", "fgsm_acc")}}
             for m, recs in epochs.items()}
 
 
@@ -233,31 +239,37 @@ results = job.results
 if not results:
     st.stop()
 cache = _follow(job)
-rows = {"method": [], "epochs": [], "clean": [], "under fresh δ": [], "Gaussian, same norm": [], "FGSM": [],
-        "under its training δ": [], "‖δ‖": []}
+rows = {"method": [], "epochs": [], "clean": [], "under fresh δ": [], "nullspace size": [],
+        "under the start's δ": [], "Gaussian, 1 token norm": [], "FGSM": [], "under its training δ": [], "‖δ‖": []}
 for method, res in results.items():
     last = res["history"][-1] if res.get("history") else {}
     rows["method"].append(method + (" (stopped)" if res.get("stopped") else ""))
     rows["epochs"].append(res.get("epochs_run", 0))
-    for col, key in (("clean", "clean_acc"), ("under fresh δ", "delta_acc"), ("Gaussian, same norm", "gaussian_acc"),
-                     ("FGSM", "fgsm_acc"), ("under its training δ", "train_delta_acc")):
+    for col, key in (("clean", "clean_acc"), ("under fresh δ", "delta_acc"), ("under the start's δ", "start_delta_acc"),
+                     ("Gaussian, 1 token norm", "gaussian_acc"), ("FGSM", "fgsm_acc"),
+                     ("under its training δ", "train_delta_acc")):
         rows[col].append(f"{last[key]:.1%}" if key in last else "—")
+    rows["nullspace size"].append(f"{last['nullspace_size']:.2f}" if "nullspace_size" in last else "—")
     rows["‖δ‖"].append(f"{last['delta_l2']:.1f}" if "delta_l2" in last else "—")
 st.subheader("Final numbers")
 st.table(rows)
-st.caption("All on held-out images. **Under fresh δ**: mean over a few δs synthesized from the finished model on "
-           "training images (the approximate nullspace of *this* model, on images δ never saw). **Gaussian**: "
-           "noise of the same norm, from a random stream no training draw uses. **Under its training δ**: the "
-           "δ the last epoch trained on, fit to an earlier model; shown apart, it reads optimistic.")
+st.caption("All on held-out images, every run measured with the same yardstick (the same δ settings, images and "
+           "noises, whatever it trained with). **Under fresh δ**: mean over δs synthesized from the finished model "
+           "on training images at fixed settings, each kept as the largest δ inside ε on other training images. "
+           "**Nullspace size**: that δ's norm in units of the starting model's mean patch-token norm — larger is "
+           "a larger approximate nullspace. **Under the start's δ**: the δ of the model before finetuning. "
+           "**Gaussian**: noise of one token norm, the same for every run. **Under its training δ**: the δ the last "
+           "epoch trained on, fit to an earlier model; shown apart, it reads optimistic.")
 if cache["epochs"]:
     st.plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch",
-                                            ["train_delta_acc", "delta_acc", "gaussian_acc"],
-                                            "held-out accuracy under δ: the epoch's training δ, fresh δs (after the "
-                                            "last epoch) and Gaussian noise of δ's norm", "accuracy"),
+                                            ["train_delta_acc", "delta_acc", "start_delta_acc", "gaussian_acc"],
+                                            "held-out accuracy under noise: the epoch's training δ, fresh δs (after "
+                                            "the last epoch), the start's δ and Gaussian noise of one token norm",
+                                            "accuracy"),
                     key="ft_noise_acc")
 
-COMPARED = {"clean_acc": "clean", "delta_acc": "under fresh δ", "gaussian_acc": "Gaussian, same norm",
-            "fgsm_acc": "FGSM"}
+COMPARED = {"clean_acc": "clean", "delta_acc": "under fresh δ", "start_delta_acc": "under the start's δ",
+            "gaussian_acc": "Gaussian, 1 token norm", "fgsm_acc": "FGSM"}
 by_method: dict = {}
 for res in results.values():
     last = res["history"][-1] if res.get("history") else None
