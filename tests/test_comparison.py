@@ -100,6 +100,15 @@ def test_compare_methods_and_figures():
     assert bars.data[0].y[0] == pytest.approx(91.0)
     paired = figures.paired_difference_bars(cmp)
     assert [t.name for t in paired.data] == ["nullspace − baseline", "nullspace − gaussian"]
+    # up is better for every measure: an error is drawn as its reduction, its interval flipped with it
+    err_runs = {m: {s: {"acc": r["acc"], "err": 1 - r["acc"]} for s, r in v.items()} for m, v in runs.items()}
+    both = compare_methods(err_runs, ["acc", "err"], "nullspace")
+    flipped = figures.paired_difference_bars(both, lower_is_better=("err",))
+    acc_bar, err_bar = flipped.data[0].y
+    assert err_bar == pytest.approx(acc_bar) and err_bar > 0
+    assert list(flipped.data[0].x) == ["acc", "err (reduction)"]
+    assert flipped.data[0].error_y.array[1] == pytest.approx(flipped.data[0].error_y.array[0])
+    assert "up is better for every measure" in flipped.layout.title.text
     with pytest.raises(InvalidParameterError):
         compare_methods(runs, ["acc"], "adversarial")
 
@@ -110,7 +119,7 @@ def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(
 
     out = tmp_path / "table"
     paper_table.main(["--epochs", "1", "--seeds", "0", "1", "--steps-per-epoch", "1", "--synth-steps", "2",
-                      "--limit", "24", "--fresh", "1", "--out", str(out)])
+                      "--limit", "24", "--fresh", "1", "--severities", "3", "--out", str(out)])
     text = (tmp_path / "table.md").read_text()
     header = "| model | " + " | ".join(paper_table.METRICS) + " |"
     assert header in text
@@ -126,7 +135,7 @@ def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(
             assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
             assert ("p_adjusted" in cell) and (metric in paper_table.PRIMARY) == (metric in data["primary"])
     assert data["primary"] == list(paper_table.PRIMARY) and "Holm" in data["correction"]
-    assert "Primary measures (declared before the runs): FGSM, mCE" in text and "Holm-adjusted" in text
+    assert "Primary measures (declared before the runs): FGSM, pooled CE" in text and "Holm-adjusted" in text
     assert "(n 2)" in text  # n shown everywhere
     assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()
 

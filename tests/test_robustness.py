@@ -143,6 +143,18 @@ def test_relative_corruption_error_states_what_it_leaves_out():
     assert other.value is None and "severities" in other.excluded["snow"]
 
 
+def test_pooled_corruption_error_on_a_hand_example():
+    """Σ err / Σ reference err over every corruption × severity both have: (0.2+0.1+0.1+0.2+0.5+0.5) /
+    (0+0+0.2+0.4+0.1+0.1) = 1.6 / 0.8 → 200, where the mean of per-corruption ratios leaves fog out."""
+    ref = _report({"fog": [1.0, 1.0], "snow": [0.8, 0.6], "pixelate": [0.9, 0.9]})
+    model = _report({"fog": [0.8, 0.9], "snow": [0.9, 0.8], "pixelate": [0.5, 0.5], "contrast": [0.0, 0.0]})
+    assert model.pooled_corruption_error(ref) == pytest.approx(100 * 1.6 / 0.8)
+    assert ref.pooled_corruption_error(ref) == pytest.approx(100.0)
+    assert _report({"fog": [1.0, 1.0]}).pooled_corruption_error(_report({"fog": [1.0, 1.0]})) == 100.0
+    assert _report({"fog": [0.5, 0.5]}).pooled_corruption_error(_report({"fog": [1.0, 1.0]})) is None
+    assert _report({"fog": [0.5] * 3}, severities=(1, 2, 3)).pooled_corruption_error(ref) is None
+
+
 def test_tolerance_curves_never_score_the_images_delta_was_fit_on(default_lm, monkeypatch):
     """δ was fit on the first 64 evaluated images and scored on them (agreement 1.000 there, 0.95–0.99 elsewhere)."""
     fits = []
