@@ -112,7 +112,7 @@ def wait_idle(page, timeout_ms=120_000) -> None:
 
 def default_job_params() -> dict:
     """The Finetune page's defaults, as the page submits them."""
-    configs = [FinetuneConfig(method=m, epochs=3, batch_size=64, lr=1e-4, synth_steps=50, fgsm_eps=8 / 255, seed=0)
+    configs = [FinetuneConfig(method=m, epochs=3, batch_size=64, lr=1e-4, synth_steps=50, eval_synth_steps=50, fgsm_eps=8 / 255, seed=0)
                for m in ("baseline", "nullspace", "gaussian")]
     return finetune_params({"name": "nullviz_digits_vit", "checkpoint": None, "device": "cpu"}, "default", configs)
 
@@ -265,7 +265,7 @@ def bench_load(sessions: int, seconds: float) -> None:
 def bench_queue() -> None:
     root = Path(tempfile.mkdtemp(prefix="nullviz-queue-"))
     queue = JobQueue(root, max_running=1)
-    configs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=20, batch_size=64, synth_steps=10)]
+    configs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=20, batch_size=64, synth_steps=10, eval_synth_steps=10)]
     params = finetune_params({"name": "default", "device": "cpu"}, "default", configs)
     t0 = time.time()
     jobs = [queue.submit("finetune", params, label=f"request {k + 1}", threads=os.cpu_count()) for k in range(3)]

@@ -147,7 +147,7 @@ def test_evaluate_json(capsys, tmp_path):
 
 def test_finetune_json(capsys, tmp_path):
     out = run_json(capsys, "finetune", "--method", "nullspace", "--epochs", "1", "--steps-per-epoch", "3",
-                   "--batch-size", "16", "--synth-steps", "5", "--out", str(tmp_path / "run"))
+                   "--batch-size", "16", "--synth-steps", "5", "--eval-synth-steps", "5", "--out", str(tmp_path / "run"))
     assert out["method"] == "nullspace" and out["epochs_run"] == 1
     for key in ("clean_acc", "delta_acc", "train_delta_acc", "gaussian_acc", "fgsm_acc", "loss"):
         assert key in out["history"][0]

@@ -74,7 +74,7 @@ def test_dataloader_workers_read_the_same_batches(small_sets):
 
 @pytest.mark.parametrize("method", ["baseline", "nullspace"])
 def test_gradient_accumulation_equals_the_larger_batch(default_lm, small_sets, method):
-    base = dict(method=method, epochs=1, steps_per_epoch=3, synth_steps=5, fresh_deltas=0, seed=1)
+    base = dict(method=method, epochs=1, steps_per_epoch=3, synth_steps=5, eval_synth_steps=5, fresh_deltas=0, seed=1)
     big = FinetuneRun(default_lm, *small_sets, FinetuneConfig(batch_size=16, **base))
     acc = FinetuneRun(default_lm, *small_sets, FinetuneConfig(batch_size=8, grad_accum=2, **base))
     big.run(), acc.run()
@@ -86,7 +86,7 @@ def test_gradient_accumulation_equals_the_larger_batch(default_lm, small_sets, m
 
 def _finetune_cmd(out: Path, method: str, batch: int) -> list[str]:
     return ["-m", "nullviz", "finetune", "--method", method, "--epochs", "1", "--steps-per-epoch", "3",
-            "--batch-size", str(batch), "--synth-steps", "5", "--fresh-deltas", "1", "--seed", "2",
+            "--batch-size", str(batch), "--synth-steps", "5", "--eval-synth-steps", "5", "--fresh-deltas", "1", "--seed", "2",
             "--out", str(out), "--json"]
 
 
@@ -151,7 +151,7 @@ def _pid_of_rank(out: Path, rank: int) -> int | None:
 def test_a_killed_rank_fails_with_a_clear_message_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["-m", "nullviz", "finetune", "--method", "nullspace", "--epochs", "3", "--steps-per-epoch", "30",
-            "--batch-size", "8", "--synth-steps", "5", "--fresh-deltas", "0", "--out", str(out), "--json"]
+            "--batch-size", "8", "--synth-steps", "5", "--eval-synth-steps", "5", "--fresh-deltas", "0", "--out", str(out), "--json"]
     proc = subprocess.Popen(TORCHRUN + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     killed_at = None

@@ -19,7 +19,7 @@ def sets(default_lm):
 
 
 def small(method, **kw):
-    base = dict(method=method, epochs=1, steps_per_epoch=3, batch_size=16, lr=1e-3, synth_steps=5,
+    base = dict(method=method, epochs=1, steps_per_epoch=3, batch_size=16, lr=1e-3, synth_steps=5, eval_synth_steps=5,
                 synth_fraction=0.2, seed=0)
     return FinetuneConfig(**{**base, **kw})
 

@@ -16,7 +16,7 @@ MODEL = {"name": "default", "device": "cpu"}
 
 
 def params(steps=2, epochs=1, methods=("baseline",)):
-    cfgs = [FinetuneConfig(method=m, epochs=epochs, steps_per_epoch=steps, batch_size=8, synth_steps=2,
+    cfgs = [FinetuneConfig(method=m, epochs=epochs, steps_per_epoch=steps, batch_size=8, synth_steps=2, eval_synth_steps=2,
                            synth_fraction=0.02, eval_limit=16) for m in methods]
     return finetune_params(MODEL, "default", cfgs)
 
@@ -172,7 +172,7 @@ def test_run_names_are_unique_per_method_and_seed():
 
 def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
-    cfgs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=3, batch_size=8, synth_steps=2,
+    cfgs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=3, batch_size=8, synth_steps=2, eval_synth_steps=2,
                            synth_fraction=0.05, fresh_deltas=1, eval_limit=16)]
     job = queue.submit("finetune", finetune_params(MODEL, "default", cfgs, processes=2), owner="a")
     (info,) = wait_all(queue, [job], timeout=240)

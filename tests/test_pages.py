@@ -438,7 +438,7 @@ def start_finetune(at, methods, **numbers):
 
 def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=3, batch=16,
-                        synth_steps=5)
+                        synth_steps=5, eval_steps=5)
     assert at.session_state["ft_job_pick"]
     wait_for_job(at)
     table = at.table[0].value
@@ -468,7 +468,7 @@ def test_sidebar_follows_a_model_a_page_switched_to():
 
 def test_finetune_page_compares_methods_over_seeds(jobs_dir):
     at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=2, batch=16,
-                        synth_steps=3, fresh=1, seeds=2)
+                        synth_steps=3, eval_steps=3, fresh=1, seeds=2)
     wait_for_job(at, timeout=240)
     assert list(at.table[0].value["method"]) == ["baseline-seed0", "baseline-seed1", "nullspace-seed0",
                                                  "nullspace-seed1"]
