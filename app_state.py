@@ -334,6 +334,14 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
     return ChosenImage(sample, sample_image(sample))
 
 
+def block_slider(container, label: str, layers: int, key: str, **kwargs) -> int:
+    """A 1-based block picker; a one-block model gets a caption instead (a slider needs two ends)."""
+    if layers > 1:
+        return container.slider(label, 1, layers, key=key, **kwargs)
+    container.caption("block 1 (the model's only block)")
+    return 1
+
+
 def model_key(lm: LoadedModel) -> str:
     """Which model a stored result is about: the architecture and the checkpoint (two checkpoints of one
     architecture are different models)."""

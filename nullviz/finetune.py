@@ -31,6 +31,7 @@ the research code does, would fit δ to more images but would add an all-reduce 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import math
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .comparison import summarize
+from .data import EMBEDDED_DATA
 from .errors import CheckpointError, DataError, InvalidParameterError, NullvizError
 from .loader import EpochBatchSampler, collate, make_train_loader
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
@@ -336,8 +338,6 @@ class FinetuneRun:
         if self._reference is None:
             start = self.lm.model  # read only: δ's gradient alone is taken (no weight is touched or switched)
             if next(start.parameters()).device != self.device:  # another GPU of a DDP run: a copy on this one
-                import copy
-
                 start = copy.deepcopy(start).to(self.device)
             delta, res = self._synthesize(stream_seed("start_delta", self.cfg.seed), evaluation=True, model=start)
             _, val_idx = self._synthesis_images(stream_seed("start_delta", self.cfg.seed), True)
@@ -661,7 +661,7 @@ def check_head(model_name: str, model_classes: int, data_classes: int | None, ne
 def data_class_count(spec: str) -> int | None:
     """How many classes a data spec holds, without reading its images: 10 for the embedded sets and CIFAR-10,
     the class folders of an ImageFolder (None if it cannot be read: the data loader will say why)."""
-    if spec in ("digits", "cluttered", "cifar10"):
+    if spec in (*EMBEDDED_DATA, "cifar10"):
         return 10
     try:
         return sum(1 for p in Path(spec).iterdir() if p.is_dir() and not p.name.startswith("."))

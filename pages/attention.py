@@ -6,7 +6,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (current_model, figure_html, fingerprint, image_picker, model_key, require_shell, server_settings, show_error,
+from app_state import (block_slider, current_model, figure_html, fingerprint, image_picker, model_key, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
 from nullviz import nullspace as N
@@ -94,12 +94,8 @@ def block_view() -> None:
     # default while the kept state (another block) drew the charts.
     kept = st.session_state.get("att_layer")
     st.session_state["att_layer"] = kept if isinstance(kept, int) and 1 <= kept <= layers else layers
-    if layers > 1:
-        block = c[0].slider("block", 1, layers, key="att_layer",
-                            help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
-    else:  # a slider needs two ends
-        block = 1
-        c[0].caption("block 1 (the model's only block)")
+    block = block_slider(c[0], "block", layers, "att_layer",
+                         help="Blocks are numbered from 1 everywhere (depth charts, grids, statistics).")
     layer = block - 1
     head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]  # from 1, as blocks
     head = c[1].selectbox("head", head_opts, key="att_head")
@@ -161,11 +157,7 @@ def query_view() -> None:
     c = st.columns(3)
     label = c[0].selectbox("query token", QUERY_OPTIONS, key="att_query",
                            help="Or click a patch on the left image below.")
-    if cmp.clean.layers > 1:
-        block = c[1].slider("block ", 1, cmp.clean.layers, cmp.clean.layers, key="att_q_layer")
-    else:
-        block = 1
-        c[1].caption("block 1 (the model's only block)")
+    block = block_slider(c[1], "block ", cmp.clean.layers, "att_q_layer", value=cmp.clean.layers)
     head_opts = ["mean of heads"] + [f"head {h + 1}" for h in range(cmp.clean.heads)]
     head = c[2].selectbox("head ", head_opts, key="att_q_head")
     patch = _query_patch(label)
