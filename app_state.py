@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from nullviz import figures
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, keep_freed_memory,
                             new_workspace_id, server_threads, threads_per_job, valid_workspace_id)
@@ -22,6 +23,7 @@ from nullviz.errors import NullvizError
 from nullviz.jobs import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
                             embedded_model, load_model, resolve_device)
+from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -86,6 +88,31 @@ def _cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel
 def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
     """One LoadedModel per (name, checkpoint, resolved device), shared by all sessions: never mutate it."""
     return _cached_model(name, checkpoint, str(resolve_device(device)))
+
+
+@st.cache_data(show_spinner=False)
+def home_picture(spec: dict):
+    """The Home page's live picture: the default model's sample, exact nullspace noise, and its proof."""
+    lm = cached_model(**spec)
+    x = lm.preprocess(sample_image(default_sample_for(lm)))
+    ns = nullspace(lm)
+    v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
+    report = verify_invariance(lm, x, v, ns)
+    fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
+                                lm.to_display(x + v), height=300)
+    own = embedded_model(lm.name)
+    kind = ("cluttered-digits ViT (a 3 on a photograph it never saw)" if own is not None and own.data == "cluttered"
+            else "digits ViT")
+    return fig, report, kind
+
+
+def warm_start() -> str:
+    """At server start, before the first visitor: the default model and the Home page's picture into the
+    shared caches, so the first session draws at once (server.py runs this in a thread of its own). Returns the
+    model's name."""
+    spec = default_spec()
+    home_picture(spec)
+    return spec["name"]
 
 
 def fit_threads_to_jobs() -> None:

@@ -6,8 +6,16 @@ host-config`` both answered 404 on every such load (streamlit/streamlit#7074), a
 classroom's browsers. The pages' HTML now names the server's root as the place to connect to
 (``window.__streamlit.BACKEND_BASE_URL``, Streamlit's documented hook for hosts), so the browser asks the root
 only. Everything else is Streamlit's own server: ``streamlit run server.py`` finds ``app`` below.
+
+It also starts warm: as soon as the server is up, a thread of its own imports the library and loads the default
+model and the Home page's picture into the shared caches, so the first visitor does not wait for them.
 """
 
+import contextlib
+import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import streamlit as st
@@ -72,4 +80,22 @@ class ServerAtRoot:
         await self.app(scope, receive, capture)
 
 
-app = st.App(ROOT / "app.py", middleware=[Middleware(ServerAtRoot)])
+def _warm() -> None:
+    t0 = time.perf_counter()
+    try:
+        import app_state  # torch, timm, plotly and the library: what every page imports
+
+        name = app_state.warm_start()
+        sys.stderr.write(f"nullviz: default model {name!r} and the Home picture ready "
+                         f"{time.perf_counter() - t0:.1f} s after start\n")
+    except Exception:  # the first visitor then loads it and sees the error as a message, as without warming
+        sys.stderr.write("nullviz: warming the default model failed:\n" + traceback.format_exc())
+
+
+@contextlib.asynccontextmanager
+async def warm_start(_app):
+    threading.Thread(target=_warm, name="nullviz-warm-start", daemon=True).start()
+    yield None
+
+
+app = st.App(ROOT / "app.py", middleware=[Middleware(ServerAtRoot)], lifespan=warm_start)

@@ -31,16 +31,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_core import paired_ratio, print_table, timeit  # noqa: E402
-from nullviz import nullspace as N  # noqa: E402
-from nullviz.attention import (attention_views, compare, contrast_noises, head_statistics,  # noqa: E402
+from bench_core import paired_ratio, print_table, timeit
+from nullviz import nullspace as N
+from nullviz.attention import (attention_views, compare, contrast_noises, head_statistics,
                                noise_contrast, trace, unfused_attention)
-from nullviz.data import sample_image  # noqa: E402
-from nullviz.deploy import keep_freed_memory  # noqa: E402
-from nullviz.models import create_random_vit, embedded_model, load_model  # noqa: E402
+from nullviz.data import sample_image
+from nullviz.deploy import keep_freed_memory
+from nullviz.models import create_random_vit, embedded_model, load_model
 
 
 SAME_OUTPUTS = [r"blocks\.\d+\.attn\.softmax$", r"norm_pre$", r"blocks\.\d+\.add_1$", r"head$"]

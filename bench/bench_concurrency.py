@@ -13,18 +13,15 @@ reports, in one run:
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nullviz import nullspace as N  # noqa: E402
-from nullviz.attention import compare  # noqa: E402
-from nullviz.models import create_random_vit, load_model  # noqa: E402
+from nullviz import nullspace as N
+from nullviz.attention import compare
+from nullviz.models import create_random_vit, load_model
 
 
 def main() -> int:

@@ -14,22 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nullviz import nullspace as N  # noqa: E402
-from nullviz.attention import attention_views, rollout, trace  # noqa: E402
-from nullviz.attribution import attribute  # noqa: E402
-from nullviz.data import digits_dataset, sample_image  # noqa: E402
-from nullviz.deploy import keep_freed_memory  # noqa: E402
-from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
-from nullviz.robustness import images_tensor  # noqa: E402
-from nullviz.synthesis import SynthesisConfig, _Batches, _noised_logits  # noqa: E402
+from nullviz import nullspace as N
+from nullviz.attention import attention_views, rollout, trace
+from nullviz.attribution import attribute
+from nullviz.data import digits_dataset, sample_image
+from nullviz.deploy import keep_freed_memory
+from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens
+from nullviz.robustness import images_tensor
+from nullviz.synthesis import SynthesisConfig, CleanBatches, noised_logits
 
 
 def _once(fn) -> float:
@@ -104,13 +102,13 @@ def synthesis_ratios(lm, x: torch.Tensor, label: str) -> dict:
     """Our synthesis step vs. one plain forward+backward (weights' grads too) of the same batch."""
     model = lm.model
     cfg = SynthesisConfig(level="encoder")
-    batches = _Batches(model, x, "encoder", len(x))
+    batches = CleanBatches(model, x, "encoder", len(x))
     tokens, _, clean_logits = batches[0]
     delta = torch.zeros(tokens.shape[1:], device=x.device, requires_grad=True)
     trainable = lm.trainable_copy().eval()
 
     def ours():
-        noised = _noised_logits(model, tokens, delta, cfg.level)
+        noised = noised_logits(model, tokens, delta, cfg.level)
         loss = (noised - clean_logits).norm(dim=-1).mean()
         torch.autograd.grad(loss, delta)
 

@@ -21,14 +21,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.bench_server import wait_healthy  # noqa: E402
+from bench_server import wait_healthy
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench_core import print_table  # noqa: E402
+from bench_core import print_table
 
 
 def finetune_rate(processes: int, out: Path) -> float:

@@ -10,19 +10,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import device_from_argv, paired_ratio, print_table  # noqa: E402
-from nullviz.data import digits_dataset  # noqa: E402
-from nullviz.finetune import FinetuneConfig, FinetuneRun, finetune  # noqa: E402
-from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens  # noqa: E402
+from bench_core import device_from_argv, paired_ratio, print_table
+from nullviz.data import digits_dataset
+from nullviz.finetune import FinetuneConfig, FinetuneRun, finetune
+from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens
 
 
 def step_ratios(lm, train, held, x, y, label: str) -> dict:

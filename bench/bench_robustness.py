@@ -5,18 +5,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import device_from_argv, paired_ratio, print_table, timeit  # noqa: E402
-from nullviz import robustness as R  # noqa: E402
-from nullviz.data import digits_dataset  # noqa: E402
-from nullviz.models import PixelModel, create_random_vit, load_model  # noqa: E402
+from bench_core import device_from_argv, paired_ratio, print_table, timeit
+from nullviz import robustness as R
+from nullviz.attacks import fgsm, pgd
+from nullviz.data import digits_dataset
+from nullviz.models import PixelModel, create_random_vit, load_model
 
 
 def attack_rates(lm, px, y, label: str) -> dict:
@@ -25,9 +23,9 @@ def attack_rates(lm, px, y, label: str) -> dict:
     fn = PixelModel.of(lm)
     n = len(y)
     t_clean = timeit(lambda: R.predict_pixels(fn, px), repeat=5)
-    t_fgsm = timeit(lambda: R.fgsm(fn, px, y), repeat=5)
+    t_fgsm = timeit(lambda: fgsm(fn, px, y), repeat=5)
     ta = torchattacks.PGD(fn, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
-    ratio, t_pgd, t_ta = paired_ratio(lambda: R.pgd(fn, px, y, steps=10), lambda: ta(px, y), repeat=5, warmup=1)
+    ratio, t_pgd, t_ta = paired_ratio(lambda: pgd(fn, px, y, steps=10), lambda: ta(px, y), repeat=5, warmup=1)
     return {f"{label}_clean_img_per_s": n / t_clean, f"{label}_fgsm_img_per_s": n / t_fgsm,
             f"{label}_pgd10_img_per_s": n / t_pgd, f"{label}_torchattacks_pgd10_img_per_s": n / t_ta,
             f"{label}_pgd10_ours_over_torchattacks_time": ratio}

@@ -32,10 +32,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from nullviz.finetune import FinetuneConfig  # noqa: E402
-from nullviz.jobs import JobQueue, finetune_params  # noqa: E402
+from nullviz.finetune import FinetuneConfig
+from nullviz.jobs import JobQueue, finetune_params
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -89,21 +88,8 @@ class Server:
             self.proc.kill()
 
 
-#: Counts finished script runs (the app root's script state going from 'running' back to 'notRunning'),
-#: however short the run: returns the count so far.
-RUN_COUNTER = """() => {
-  if (window.__nullvizRuns === undefined) {
-    window.__nullvizRuns = 0;
-    const app = document.querySelector("[data-testid='stApp']");
-    let last = app.getAttribute("data-test-script-state");
-    new MutationObserver(() => {
-      const now = app.getAttribute("data-test-script-state");
-      if (last === "running" && now === "notRunning") window.__nullvizRuns += 1;
-      last = now;
-    }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
-  }
-  return window.__nullvizRuns;
-}"""
+#: Counts finished script runs in a page (bench/run_counter.js: the benches and the browser tests share it).
+RUN_COUNTER = (Path(__file__).parent / "run_counter.js").read_text()
 
 
 def wait_idle(page, timeout_ms=120_000) -> None:

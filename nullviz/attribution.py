@@ -3,6 +3,10 @@
 Attributions are taken with respect to pixels in [0, 1]: :class:`PixelModel` puts the model's normalisation
 (and, optionally, a fixed noise: pixel-space or token-level δ) inside the attributed function. Integrated
 Gradients reports captum's convergence delta, its own completeness check: Σ attributions − (f(x) − f(0)).
+
+One class per method in :data:`ATTRIBUTION_METHODS` (captum's pattern: the same ``attribute`` call for every
+method, options in one settings object); the Attention page and the command line take names and labels from
+it, so another method is one class here (with :func:`register_attribution`) and its test.
 """
 
 from __future__ import annotations
@@ -15,7 +19,89 @@ import torch
 from .models import LoadedModel, PixelModel
 from .params import Interval, Options, check
 
-METHODS = ("integrated_gradients", "saliency", "smoothgrad", "occlusion")
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Every method's options (each reads its own): IG's path steps, the batch of inputs per forward, and
+    SmoothGrad's samples, noise std and seed."""
+
+    steps: int = 32
+    internal_batch_size: int = 16
+    smoothgrad_samples: int = 16
+    smoothgrad_std: float = 0.1
+    seed: int = 0
+    patch_size: int = 16  # Occlusion's window: one patch
+
+
+class AttributionMethod:
+    """``method(fn, inputs, target, settings)`` → (attributions like ``inputs``, completeness deltas or None);
+    ``fn`` maps [0, 1] pixels to logits (a :class:`PixelModel`), ``inputs`` requires grad."""
+
+    name: str
+    label: str
+
+    def __call__(self, fn, inputs: torch.Tensor, target: torch.Tensor, settings: AttributionSettings
+                 ) -> tuple[torch.Tensor, list[float] | None]:
+        raise NotImplementedError
+
+
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {}
+
+
+def register_attribution(cls: type[AttributionMethod]) -> type[AttributionMethod]:
+    if cls.name in ATTRIBUTION_METHODS:
+        raise ValueError(f"an attribution method named {cls.name!r} is registered already")
+    ATTRIBUTION_METHODS[cls.name] = cls()
+    return cls
+
+
+@register_attribution
+class IntegratedGradientsMethod(AttributionMethod):
+    name, label = "integrated_gradients", "Integrated Gradients"
+
+    def __call__(self, fn, inputs, target, settings):
+        from captum.attr import IntegratedGradients
+
+        attr, d = IntegratedGradients(fn).attribute(inputs, baselines=torch.zeros_like(inputs), target=target,
+                                                    n_steps=settings.steps,
+                                                    internal_batch_size=settings.internal_batch_size,
+                                                    return_convergence_delta=True)
+        return attr, [float(v) for v in d]
+
+
+@register_attribution
+class SaliencyMethod(AttributionMethod):
+    name, label = "saliency", "Saliency (gradient)"
+
+    def __call__(self, fn, inputs, target, settings):
+        from captum.attr import Saliency
+
+        return Saliency(fn).attribute(inputs, target=target, abs=False), None
+
+
+@register_attribution
+class SmoothGradMethod(AttributionMethod):
+    name, label = "smoothgrad", "SmoothGrad"
+
+    def __call__(self, fn, inputs, target, settings):
+        return _smoothgrad(fn, inputs.detach(), target, settings.smoothgrad_samples, settings.smoothgrad_std,
+                           settings.internal_batch_size, settings.seed), None
+
+
+@register_attribution
+class OcclusionMethod(AttributionMethod):
+    name, label = "occlusion", "Occlusion (one patch at a time)"
+
+    def __call__(self, fn, inputs, target, settings):
+        from captum.attr import Occlusion
+
+        p, c = settings.patch_size, inputs.shape[1]
+        return Occlusion(fn).attribute(inputs, sliding_window_shapes=(c, p, p), strides=(c, p, p), baselines=0.0,
+                                       target=target, perturbations_per_eval=settings.internal_batch_size), None
+
+
+METHODS = tuple(ATTRIBUTION_METHODS)
 
 
 @dataclass
@@ -45,7 +131,7 @@ def attribute(lm: LoadedModel, pixels: torch.Tensor, method: str = "integrated_g
     ``pixels`` is [C, H, W] or [B, C, H, W] (noised input: pass the noised pixels, or the clean pixels and a
     token-level ``token_noise``). The model's mode and weights are untouched.
     """
-    check("method", "attribute", method, Options(METHODS))
+    check("method", "attribute", method, Options(tuple(ATTRIBUTION_METHODS)))
     check("steps", "attribute", steps, Interval(int, 2, 1024))
     check("internal_batch_size", "attribute", internal_batch_size, Interval(int, 1, 4096))
     check("smoothgrad_samples", "attribute", smoothgrad_samples, Interval(int, 1, 1024))
@@ -58,30 +144,14 @@ def attribute(lm: LoadedModel, pixels: torch.Tensor, method: str = "integrated_g
 
 def _attribute(lm, pixels, method, target, token_noise, steps, internal_batch_size, sg_samples, sg_std,
                seed) -> Attribution:
-    from captum.attr import IntegratedGradients, Occlusion, Saliency
-
     pixels = (pixels if pixels.dim() == 4 else pixels.unsqueeze(0)).to(lm.device, torch.float32)
     fn = PixelModel.of(lm, token_noise)  # reads lm.model, an eval-mode frozen module: nothing to switch
     with torch.no_grad():
         pred = fn(pixels).argmax(-1)
     targets = pred.tolist() if target is None else [int(target)] * pixels.shape[0]
     tgt = torch.tensor(targets, device=lm.device)
-    inputs = pixels.clone().requires_grad_(True)
-    delta = None
-    if method == "integrated_gradients":
-        attr, d = IntegratedGradients(fn).attribute(inputs, baselines=torch.zeros_like(inputs), target=tgt,
-                                                    n_steps=steps, internal_batch_size=internal_batch_size,
-                                                    return_convergence_delta=True)
-        delta = [float(v) for v in d]
-    elif method == "saliency":
-        attr = Saliency(fn).attribute(inputs, target=tgt, abs=False)
-    elif method == "smoothgrad":
-        attr = _smoothgrad(fn, pixels, tgt, sg_samples, sg_std, internal_batch_size, seed)
-    else:
-        p = lm.patch_size
-        c = pixels.shape[1]
-        attr = Occlusion(fn).attribute(inputs, sliding_window_shapes=(c, p, p), strides=(c, p, p),
-                                       baselines=0.0, target=tgt, perturbations_per_eval=internal_batch_size)
+    settings = AttributionSettings(steps, internal_batch_size, sg_samples, sg_std, seed, lm.patch_size)
+    attr, delta = ATTRIBUTION_METHODS[method](fn, pixels.clone().requires_grad_(True), tgt, settings)
     return Attribution(method=method, attributions=attr.detach().float().cpu(), target=targets,
                        convergence_delta=delta)
 

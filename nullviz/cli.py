@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
     _model_args(p)
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path")
-    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd, patchfool; or 'none'")
+    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attack names (fgsm, pgd, …; a wrong name lists them all), or 'none'")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--pgd-alpha", type=float, default=2 / 255)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="nullspace-augmented finetuning (or a control) on a copy of the model")
     _model_args(p)
     p.add_argument("--method", default="nullspace",
-                   choices=["baseline", "nullspace", "gaussian", "random_start", "adversarial"])
+                   help="nullspace (the paper's), or a control: baseline, gaussian, … (a wrong name lists them all)")
     p.add_argument("--data", default="default", help=f"{OWN}, 'cifar10', or an ImageFolder path")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
@@ -190,10 +190,10 @@ def cmd_info(args) -> dict[str, Any]:
 
 
 def cmd_nullspace(args) -> dict[str, Any]:
-    import torch
 
     from . import nullspace as N
     from .data import resolve_image
+    from .noisefile import save_noise
 
     lm = _load(args)
     ns = N.nullspace(lm, args.rtol)
@@ -210,7 +210,8 @@ def cmd_nullspace(args) -> dict[str, Any]:
     out.update(report.to_dict())
     out["top1_class"] = lm.class_name(report.top1_clean)
     if args.out is not None:
-        torch.save(v.cpu(), str(args.out))
+        save_noise(args.out, v, {"level": "input", "kind": "exact", "model": lm.name, "rtol": ns.rtol,
+                                 "magnitude": args.magnitude, "norm": args.norm, "seed": args.seed})
         out["out"] = str(args.out)
     return out
 
@@ -221,11 +222,11 @@ def _synthesis_tensors(lm, data: str, n_fit: int | None, n_val: int, n_check: in
     seeded validation draw) and its held-out 10 %."""
     import torch
 
-    from .data import EMBEDDED_DATA, own_data, synthesis_sets, synthesis_sources, train_heldout
+    from .data import DataSpec, own_data, synthesis_sets, synthesis_sources, train_heldout
     from .robustness import images_tensor
 
     data = own_data(data, lm.name)
-    if data in EMBEDDED_DATA:
+    if DataSpec.parse(data).embedded:
         sets = synthesis_sets(synthesis_sources(data)[0], None, own=data, n_test=n_check)
         fit = sets.fit[:n_fit] if n_fit is not None else sets.fit
         val = sets.validation[:n_val]
@@ -328,7 +329,8 @@ def cmd_attention(args) -> dict[str, Any]:
     from . import nullspace as N
     from .data import load_dataset, own_data, resolve_image
     from .robustness import images_tensor
-    from .synthesis import check_noise_fits, load_noise
+    from .noisefile import load_noise
+    from .synthesis import check_noise_fits
 
     lm = _load(args)
     img = resolve_image(args.image)
@@ -520,3 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
     return 0
+
+
+def console_main() -> None:
+    """The ``nullviz`` command (and ``python -m nullviz``): a process of its own tunes its allocator, then runs."""
+    from .deploy import keep_freed_memory
+
+    keep_freed_memory()  # a command, a job or a torchrun rank: reuse freed memory instead of faulting it in again
+    raise SystemExit(main())

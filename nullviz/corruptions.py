@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from io import BytesIO
+from typing import Sequence
 
 import numpy as np
 
@@ -199,7 +200,7 @@ def _filter(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     from skimage.filters import gaussian
 
     if sigma <= 0:
@@ -219,7 +220,7 @@ def _clipped_zoom(x: np.ndarray, zoom: float) -> np.ndarray:
     return out[th:th + h, tl:tl + w]
 
 
-def _motion_trail(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
+def motion_trail(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
     """ImageMagick's MotionBlurImage: a one-sided trail of 2r + 1 shifted copies weighted by a Gaussian of σ
     along ``angle`` (degrees); edges repeat (the re-implementation in ``imagecorruptions``)."""
     width = int(2 * round(radius) + 1)
@@ -293,7 +294,7 @@ def _defocus_blur(x, c, rng, scale):
     return _filter(x, _disk(c[0] * scale, c[1]))
 
 
-def _glass_blur(x, c, rng, scale):
+def glass_blur(x, c, rng, scale):
     """Blur, locally scramble pixels, blur: ImageNet-C's reference (hendrycks/robustness) step by step. Its
     "swap" ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` acts on numpy views, so it *copies* x[h', w'] onto
     x[h, w] and leaves x[h', w'] as it was; the copies run in order, each reading the image as the earlier
@@ -302,7 +303,7 @@ def _glass_blur(x, c, rng, scale):
     sigma, iterations = c[0] * scale, c[2]
     delta = max(1, int(round(c[1] * scale)))
     h, w, ch = x.shape
-    x = np.floor(_gaussian(x, sigma) * 255) / 255
+    x = np.floor(gaussian_blur(x, sigma) * 255) / 255
     order = list(range(h * w))
     rows = range(h - delta, delta, -1)
     cols = range(w - delta, delta, -1)
@@ -315,11 +316,11 @@ def _glass_blur(x, c, rng, scale):
                 k += 1
                 order[r * w + q] = order[(r + dy) * w + (q + dx)]
     x = x.reshape(h * w, ch)[order].reshape(h, w, ch)
-    return _gaussian(x, sigma)
+    return gaussian_blur(x, sigma)
 
 
 def _motion_blur(x, c, rng, scale):
-    return _motion_trail(x, c[0] * scale, c[1] * scale, rng.uniform(-45, 45))
+    return motion_trail(x, c[0] * scale, c[1] * scale, rng.uniform(-45, 45))
 
 
 def _zoom_blur(x, c, rng, scale):
@@ -336,7 +337,7 @@ def _snow(x, c, rng, scale):
     layer = _clipped_zoom(layer, c[2])
     layer[layer < c[3]] = 0
     layer = np.round(np.clip(layer, 0, 1) * 255) / 255  # the reference blurs an 8-bit image
-    layer = _motion_trail(layer.astype(np.float32), c[4] * scale, c[5] * scale, rng.uniform(-135, -45))
+    layer = motion_trail(layer.astype(np.float32), c[4] * scale, c[5] * scale, rng.uniform(-135, -45))
     x = c[6] * x + (1 - c[6]) * np.maximum(x, _gray(x) * 1.5 + 0.5)
     return x + layer + np.rot90(layer, k=2)
 
@@ -425,7 +426,44 @@ def _jpeg_compression(x, c, rng, scale):
 
 _FUNCTIONS = {
     "gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise, "impulse_noise": _impulse_noise,
-    "defocus_blur": _defocus_blur, "glass_blur": _glass_blur, "motion_blur": _motion_blur,
+    "defocus_blur": _defocus_blur, "glass_blur": glass_blur, "motion_blur": _motion_blur,
     "zoom_blur": _zoom_blur, "snow": _snow, "fog": _fog, "brightness": _brightness, "contrast": _contrast,
     "elastic_transform": _elastic_transform, "pixelate": _pixelate, "jpeg_compression": _jpeg_compression,
 }
+
+
+# -- Is every corruption a severity scale? (the measurement behind SEVERITY_ORDER; scripts/corruption_scale.py)
+
+#: Photographs that ship with scikit-image, used to check that severities order the damage.
+SCALE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
+
+
+def scale_photos(size: int, names: Sequence[str] = SCALE_PHOTOS) -> list[np.ndarray]:
+    """The scikit-image photographs, centre-cropped square and resized to ``size`` (float RGB in [0, 1])."""
+    from skimage import data
+    from skimage.transform import resize
+
+    out = []
+    for name in names:
+        a = getattr(data, name)()[..., :3]
+        h, w = a.shape[:2]
+        s = min(h, w)
+        a = a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out.append(resize(a, (size, size), anti_aliasing=True).astype(np.float32))
+    return out
+
+
+def ssim_by_severity(images: Sequence[np.ndarray], name: str) -> list[float]:
+    """Mean SSIM of ``images`` to their corrupted versions at severities 1–5 (one seed per image)."""
+    from skimage.metrics import structural_similarity
+
+    return [float(np.mean([structural_similarity(im, corrupt_image(im, name, s, np.random.default_rng(k)),
+                                                 channel_axis=-1, data_range=1.0)
+                           for k, im in enumerate(images)])) for s in range(1, 6)]
+
+
+def is_severity_scale(values: Sequence[float], rise: float, span: float | None) -> bool:
+    """Whether a similarity (or accuracy) ladder falls with severity: no step more than ``rise`` *less* damaging
+    than the one before, and (``span``) severity 5 at least ``span`` below severity 1."""
+    monotone = all(b <= a + rise for a, b in zip(values, values[1:]))
+    return monotone and (span is None or values[-1] <= values[0] - span)

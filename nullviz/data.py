@@ -109,6 +109,47 @@ def image_folder(path: str | Path, transform: Callable | None = None):
 
 #: Data sets that ship with nullviz (generated from installed packages), by spec.
 EMBEDDED_DATA = ("digits", "cluttered")
+DOWNLOADED_DATA = ("cifar10",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data spec string names, parsed in one place: ``default`` (the model's own data, resolved by
+    :func:`own_data`), an embedded set (``digits``, ``cluttered``), ``cifar10`` (downloaded once), or an
+    ImageFolder path. ``str(spec)`` gives the string back."""
+
+    kind: str  # "default" | "digits" | "cluttered" | "cifar10" | "folder"
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: "str | DataSpec") -> "DataSpec":
+        if isinstance(spec, DataSpec):
+            return spec
+        if not isinstance(spec, str) or not spec.strip():
+            raise DataError(f"No data given ({spec!r}): name 'default', {', '.join(map(repr, EMBEDDED_DATA))}, "
+                            f"'cifar10' or an ImageFolder folder.")
+        if spec in ("default", *EMBEDDED_DATA, *DOWNLOADED_DATA):
+            return cls(spec)
+        return cls("folder", Path(spec))
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "folder" else self.kind
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind in EMBEDDED_DATA
+
+    def class_count(self) -> int | None:
+        """How many classes it holds, without reading its images: 10 for the embedded sets and CIFAR-10, the
+        class folders of an ImageFolder (None if it cannot be read, or for 'default' before it is resolved)."""
+        if self.embedded or self.kind == "cifar10":
+            return 10
+        if self.kind != "folder":
+            return None
+        try:
+            return sum(1 for p in self.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return None
 
 
 def model_own_data(model_name: str | None) -> str | None:
@@ -132,7 +173,7 @@ def own_data(spec: str, model_name: str | None) -> str:
     """'default' means the data set the model was trained on: an embedded model's own (the digits, the
     cluttered model's scenes); any other spec is kept. A model without data of its own has no default: a
     :class:`DataError` says what to give instead (it used to get the digits, silently)."""
-    if spec != "default":
+    if DataSpec.parse(spec).kind != "default":
         return spec
     own = model_own_data(model_name)
     if own is None:
@@ -143,13 +184,16 @@ def own_data(spec: str, model_name: str | None) -> str:
 def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
     """'default'/'digits' → the digits split; 'cluttered' → the cluttered scenes of the split; anything else
     is an ImageFolder path."""
-    if spec in ("default", "digits"):
+    parsed = DataSpec.parse(spec)
+    if parsed.kind in ("default", "digits"):
         return digits_dataset(split, transform)
-    if spec == "cluttered":
+    if parsed.kind == "cluttered":
         from .cluttered import cluttered_dataset
 
         return cluttered_dataset(split, transform)
-    return image_folder(spec, transform)
+    if parsed.kind == "cifar10":
+        raise DataError("CIFAR-10 comes as (train, held-out): load it with train_heldout('cifar10').")
+    return image_folder(parsed.path, transform)
 
 
 # ------------------------------------------------------------------------------------------- samples
@@ -393,9 +437,10 @@ def cifar10(root: str | Path, transform: Callable | None = None):
 def check_data_spec(spec: str) -> str:
     """Fail now, with the reason, for a data spec a job would only reject minutes later: 'default',
     'cifar10', or a folder with at least one class sub-folder (cheap: the folder is not scanned)."""
-    if spec in ("default", "cifar10", *EMBEDDED_DATA):
+    parsed = DataSpec.parse(spec)
+    if parsed.kind != "folder":
         return spec
-    path = Path(spec)
+    path = parsed.path
     if not path.is_dir():
         raise DataError(f"The data folder {str(path)!r} does not exist or is not a directory.")
     if not any(child.is_dir() for child in path.iterdir()):
@@ -410,16 +455,17 @@ def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str |
     90/10 split, the same in every process of a distributed run). ``train_transform`` (e.g. the model's timm
     training augmentation) replaces ``transform`` for the training part only."""
     train_tf = train_transform or transform
-    if spec in ("default", *EMBEDDED_DATA):
-        return load_dataset(spec, train_tf, "train"), load_dataset(spec, transform, "heldout")
-    if spec == "cifar10":
+    parsed = DataSpec.parse(spec)
+    if parsed.kind == "default" or parsed.embedded:
+        return load_dataset(parsed, train_tf, "train"), load_dataset(parsed, transform, "heldout")
+    if parsed.kind == "cifar10":
         train, held = cifar10(Path(cache_dir) / "cifar10", transform)
         if train_transform is not None:
             train.transform = train_transform
         return train, held
-    train, held = split_dataset(image_folder(spec, transform))
+    train, held = split_dataset(image_folder(parsed.path, transform))
     if train_transform is not None:
-        train.dataset = image_folder(spec, train_transform)  # same files, same order: the split's indices hold
+        train.dataset = image_folder(parsed.path, train_transform)  # same files, same order: the split's indices hold
         train.classes = held.classes
     return train, held
 

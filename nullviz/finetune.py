@@ -41,22 +41,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed as D
+from .attacks import fgsm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .comparison import summarize
-from .data import EMBEDDED_DATA
+from .data import DataSpec
 from .errors import CheckpointError, DataError, InvalidParameterError, NullvizError
+from .finetune_methods import FINETUNE_METHODS
 from .loader import EpochBatchSampler, collate, make_train_loader
 from .models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 from .params import Interval, Options, bounded, validate_fields
-from .robustness import fgsm
 from .seeds import MAX_SEED, stream_seed
-from .synthesis import (DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig, random_like,
+from .synthesis import (DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig,
                         synthesize_for_model)
 
-METHODS = ("baseline", "nullspace", "gaussian", "random_start", "adversarial")
+METHODS = tuple(FINETUNE_METHODS)
 #: One yardstick for every run compared. Evaluation δs use these settings whatever a run trained with (a run's
 #: own λ gave its "under δ" figure larger, more visible δs), are fit on EVAL_FIT_FRACTION of the training
 #: images and kept as the largest δ inside ε on EVAL_VALIDATION_IMAGES other training images: that δ's norm is
@@ -69,7 +69,7 @@ EVAL_VALIDATION_IMAGES = 128
 #: validation draw), the same noise for every run from that start (it was each model's own δ norm, so a model
 #: whose approximate nullspace grew was tested with larger noise).
 GAUSSIAN_GRID = (0.25, 0.5, 1.0)
-TOKEN_NOISE_METHODS = ("nullspace", "gaussian", "random_start")
+TOKEN_NOISE_METHODS = tuple(name for name, m in FINETUNE_METHODS.items() if m.uses_delta)
 FREEZE = ("none", "patch_embed", "all_but_head")
 
 
@@ -79,7 +79,7 @@ FREEZE = ("none", "patch_embed", "all_but_head")
 #: (0.285 s a batch pass): a training step is 1 pass (baseline), 2 (clean + noised: the noise methods) or
 #: 2.5 (adversarial: the attack, then clean + adversarial); a δ step (one batch forward+backward to δ alone)
 #: 0.55; one image through one evaluation forward 0.225 / batch (0.93–1.0 ms).
-TRAIN_STEP_COST = {"baseline": 1.0, "nullspace": 2.0, "gaussian": 2.0, "random_start": 2.0, "adversarial": 2.5}
+TRAIN_STEP_COST = {name: m.step_cost for name, m in FINETUNE_METHODS.items()}
 SYNTHESIS_STEP_COST = 0.55
 EVAL_PASS_COST_PER_IMAGE = 0.225
 PHASES = ("synthesizing δ", "training", "evaluating")
@@ -361,39 +361,13 @@ class FinetuneRun:
                            "delta_check_mse_probs": res.check_mse_probs, "delta_travelled_l2": res.travelled_l2}
         self.synthesis_seconds += time.perf_counter() - t
 
-    def _gaussian_like(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
-        return random_like(delta, "gaussian", torch.Generator().manual_seed(seed))
-
-    def _control_like(self, delta: torch.Tensor, method: str, seed: int) -> torch.Tensor:
-        """The noise a control method trains on in place of δ: Gaussian, or a fresh unoptimised random
-        start (U(−1, 1) rescaled), each of δ's norm."""
-        if method == "gaussian":
-            return self._gaussian_like(delta, seed)
-        return random_like(delta, "uniform", torch.Generator().manual_seed(seed))
-
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, clean part, noised part) of one micro-batch; every forward goes through ``self.forward``
-        (DDP's), the FGSM attack through the bare model (it needs input gradients only)."""
-        cfg = self.cfg
+        """(loss, clean part, noised part) of one micro-batch, by the configured method
+        (:mod:`nullviz.finetune_methods`); every forward goes through ``self.forward`` (DDP's), the FGSM attack
+        through the bare model (it needs input gradients only)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        b = len(y)
         with self._autocast():
-            if cfg.method in TOKEN_NOISE_METHODS:
-                period = self.global_step // (cfg.noise_every or self.steps_per_epoch)
-                noise = self.delta if cfg.method == "nullspace" else self._control_like(
-                    self.delta, cfg.method, stream_seed("train_gaussian", cfg.seed, period))
-                logits = self.forward(x, noise)
-            elif cfg.method == "adversarial":
-                pixels = x * self.std + self.mean
-                adv = fgsm(PixelModel(self.model, self.mean, self.std), pixels, y, cfg.fgsm_eps)
-                logits = self.forward(torch.cat([x, (adv - self.mean) / self.std]))
-            else:
-                logits = self.forward(x)
-                clean = F.cross_entropy(logits.float(), y)
-                return clean, clean, torch.zeros((), device=self.device)
-            loss_clean = F.cross_entropy(logits[:b].float(), y)
-            loss_noise = F.cross_entropy(logits[b:].float(), y)
-        return loss_clean + loss_noise, loss_clean, loss_noise
+            return FINETUNE_METHODS[self.cfg.method].loss(self, x, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step of the configured method on a batch (x normalised)."""
@@ -661,12 +635,7 @@ def check_head(model_name: str, model_classes: int, data_classes: int | None, ne
 def data_class_count(spec: str) -> int | None:
     """How many classes a data spec holds, without reading its images: 10 for the embedded sets and CIFAR-10,
     the class folders of an ImageFolder (None if it cannot be read: the data loader will say why)."""
-    if spec in (*EMBEDDED_DATA, "cifar10"):
-        return 10
-    try:
-        return sum(1 for p in Path(spec).iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return None
+    return DataSpec.parse(spec).class_count()
 
 
 def _classes(dataset) -> list | None:

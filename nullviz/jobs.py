@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .atomic import write_json_atomic, write_text_atomic
 from .errors import InvalidParameterError, JobNotFoundError, NullvizError
 from .params import Interval, check
 
@@ -43,17 +44,6 @@ STATUS_INTERVAL_S = 1.0  # the worker rewrites status.json at most this often (p
 
 
 # ------------------------------------------------------------------------------------------ file helpers
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, default=str))
-
-
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())

@@ -31,6 +31,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from .checkpoint import read_sidecar, read_weights, recorded_arch
 from .errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
                      PretrainedWeightsUnavailableError, UnsupportedModelError)
 
@@ -360,13 +361,13 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
       (or the architecture recorded in the checkpoint's JSON sidecar).
     """
     dev = resolve_device(device)
-    sidecar = _read_sidecar(checkpoint) if checkpoint is not None else {}
+    sidecar = read_sidecar(checkpoint) if checkpoint is not None else {}
     state = None
     if checkpoint is not None and name in (None, "", "default") and not sidecar.get("arch"):
         # a file on its own (an upload has no sidecar): the architecture its header records, else the
         # embedded model whose every weight shape it matches (a finetuned cluttered model is not the digits')
-        state = _read_checkpoint(checkpoint)
-        arch_in_file = _safetensors_arch(checkpoint) or _embedded_arch_matching(state)
+        state = read_weights(checkpoint)
+        arch_in_file = recorded_arch(checkpoint) or _embedded_arch_matching(state)
         if arch_in_file:
             sidecar = {**sidecar, "arch": arch_in_file}
     arch = _resolve_arch_name(name, sidecar)
@@ -377,7 +378,7 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
             _check_is_vit_module(timm.create_model(arch, pretrained=False), arch)
 
     if checkpoint is not None:
-        state = state if state is not None else _read_checkpoint(checkpoint)
+        state = state if state is not None else read_weights(checkpoint)
         num_classes = _num_classes_in(state)
         kwargs = dict(sidecar.get("arch_kwargs", {}))
         if num_classes is not None:
@@ -568,29 +569,6 @@ def _check_hub_reachable(arch: str) -> None:
             f"(.safetensors/.pth) into this architecture.") from exc
 
 
-def _read_sidecar(checkpoint: str | Path) -> dict:
-    side = Path(checkpoint).with_suffix(".json")
-    if side.is_file():
-        try:
-            return json.loads(side.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"The checkpoint's metadata {str(side)!r} is not valid JSON ({exc}).") from exc
-    return {}
-
-
-def _safetensors_arch(path: str | Path) -> str | None:
-    """The architecture a nullviz-saved .safetensors file names in its header (None for other files)."""
-    if Path(path).suffix.lower() != ".safetensors":
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("arch") or None
-    except Exception:  # noqa: BLE001 — a corrupt header: _read_checkpoint says so in its own words
-        return None
-
-
 def _embedded_arch_matching(state: dict[str, torch.Tensor]) -> str | None:
     """The embedded model whose weights have exactly these names and shapes (the head may differ in its
     number of classes), else None."""
@@ -602,45 +580,6 @@ def _embedded_arch_matching(state: dict[str, torch.Tensor]) -> str | None:
         if all(tuple(reference[k].shape) == tuple(state[k].shape) for k in reference if not k.startswith("head.")):
             return spec.name
     return None
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The checkpoint file {str(path)!r} does not exist.")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"The checkpoint file {str(path)!r} is empty.")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            raise CheckpointError(f"Unsupported checkpoint type {suffix!r} for {path.name!r}: use "
-                                  f".safetensors, .pth or .pt.")
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 — safetensors/pickle raise many types for corrupt files
-        raise CheckpointError(f"Could not read checkpoint {path.name!r}: the file is corrupt or not a "
-                              f"PyTorch/safetensors checkpoint ({type(exc).__name__}).") from exc
-    return _unwrap_state_dict(state, path.name)
-
-
-def _unwrap_state_dict(state: Any, label: str) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model", "model_state", "model_state_dict", "module", "ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{label!r} holds no state_dict of tensors (looked under 'state_dict', 'model', "
-                              f"'module').")
-    prefix = "module."
-    if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 def _num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
@@ -761,8 +700,11 @@ class PixelModel(torch.nn.Module):
     def of(cls, lm: LoadedModel, token_noise: torch.Tensor | None = None) -> "PixelModel":
         return cls(lm.model, lm.mean, lm.std, token_noise)
 
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels - self.mean) / self.std
+        x = self.normalize(pixels)
         if self.token_noise is None:
             return self.model(x)
         return logits_from_patch_tokens(self.model, patch_tokens(self.model, x) + self.token_noise,

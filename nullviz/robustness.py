@@ -25,15 +25,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import nullspace as N
+from .attacks import ATTACKS, make_attack
+from .attention import attention_views
 from .corruptions import CORRUPTIONS, CorruptionNotApplicableError, corrupt_image
 from .errors import InvalidParameterError
 from .models import LoadedModel, PixelModel
 from .params import Interval, Options, bounded, check, validate_fields
 
-ATTACKS = ("fgsm", "pgd", "patchfool")
 NOISE_KINDS = ("exact", "approximate", "gaussian", "uniform")
 
 Progress = Callable[[str, int, int], None]
@@ -75,86 +75,6 @@ def accuracy(lm: LoadedModel, dataset, batch_size: int = 256, limit: int | None 
 def predict_pixels(fn: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted classes of [0, 1] pixel batches."""
     return torch.cat([fn(pixels[i:i + batch_size]).argmax(-1) for i in range(0, len(pixels), batch_size)])
-
-
-# -------------------------------------------------------------------------------------------- attacks
-def _input_grad(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(fn(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
-
-
-def fgsm(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255) -> torch.Tensor:
-    """FGSM (Goodfellow et al. 2015): x + ε·sign(∇ₓ CE), clipped to [0, 1]. ``pixels``: [B, C, H, W] in [0, 1]."""
-    check("eps", "fgsm", eps, Interval(float, 0.0, None))
-    grad = _input_grad(fn, pixels, labels)
-    return (pixels + eps * grad.sign()).clamp(0, 1).detach()
-
-
-def pgd(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255,
-        alpha: float = 2 / 255, steps: int = 10, norm: str = "linf", random_start: bool = True,
-        seed: int = 0) -> torch.Tensor:
-    """PGD (Madry et al. 2018) in the L∞ or L2 ball of radius ε around ``pixels`` (in [0, 1]), step α."""
-    check("eps", "pgd", eps, Interval(float, 0.0, None))
-    check("alpha", "pgd", alpha, Interval(float, 0.0, None))
-    check("steps", "pgd", steps, Interval(int, 1, 10_000))
-    check("norm", "pgd", norm, Options(("linf", "l2")))
-    x0 = pixels.detach()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    if random_start and eps > 0:
-        if norm == "linf":
-            start = (torch.rand(x0.shape, generator=gen) * 2 - 1) * eps
-        else:
-            d = torch.randn(x0.shape, generator=gen)
-            r = torch.rand(x0.shape[0], generator=gen).view(-1, 1, 1, 1)
-            start = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * r * eps
-        x = (x0 + start.to(x0)).clamp(0, 1)
-    else:
-        x = x0.clone()
-    for _ in range(steps):
-        grad = _input_grad(fn, x, labels)
-        if norm == "linf":
-            x = x + alpha * grad.sign()
-            x = torch.min(torch.max(x, x0 - eps), x0 + eps)
-        else:
-            g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            x = x + alpha * g
-            d = x - x0
-            scale = (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
-            x = x0 + d * scale
-        x = x.clamp(0, 1).detach()
-    return x
-
-
-@torch.no_grad()
-def most_attended_patch(model: torch.nn.Module, x: torch.Tensor, views=None) -> torch.Tensor:
-    """Index of the patch that receives the most attention (mean over layers, heads and query tokens)."""
-    from .attention import trace
-
-    t = trace(model, x, views=views)
-    received = t.attention.mean(dim=(0, 2, 3))[:, t.num_prefix_tokens:]  # [B, patches]
-    return received.argmax(-1)
-
-
-def patch_attack(lm: LoadedModel, pixels: torch.Tensor, labels: torch.Tensor, steps: int = 30,
-                 alpha: float = 0.1) -> torch.Tensor:
-    """PatchFool-style attack: perturb only the most-attended patch, unbounded within [0, 1] pixels."""
-    check("steps", "patch_attack", steps, Interval(int, 1, 10_000))
-    fn = PixelModel.of(lm)
-    p = lm.patch_size
-    gh, gw = lm.grid_size
-    from .attention import attention_views
-
-    idx = most_attended_patch(lm.model, lm.normalize(pixels), attention_views(lm)).cpu()
-    mask = torch.zeros(pixels.shape[0], 1, gh, gw)
-    mask[torch.arange(len(idx)), 0, idx // gw, idx % gw] = 1.0
-    mask = F.interpolate(mask, scale_factor=p, mode="nearest").to(pixels)
-    x = pixels.detach().clone()
-    for _ in range(steps):
-        grad = _input_grad(fn, x, labels)
-        x = (x + alpha * grad.sign() * mask).clamp(0, 1).detach()
-    return x
 
 
 # ---------------------------------------------------------------------------------------- corruptions
@@ -257,9 +177,8 @@ class EvalConfig:
     def work_plan(self) -> dict[str, float]:
         """Each stage's share of an evaluation, in forward passes over the images (an attack step is a forward
         and a backward: 3): what one progress bar over the whole evaluation counts."""
-        steps = {"fgsm": 1, "pgd": self.pgd_steps, "patch": self.patch_steps}
         plan = {"clean": 1.0}
-        plan.update({a: 3.0 * steps[a] + 1 for a in self.attacks})
+        plan.update({a: 3.0 * make_attack(a, self).gradient_steps + 1 for a in self.attacks})
         if self.corruptions:
             plan["corruptions"] = 2.0 * len(self.corruptions) * len(self.severities)  # corrupting ≈ one pass
         if self.tolerance_magnitudes:
@@ -471,7 +390,9 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
     report.seconds["clean"] = time.perf_counter() - t
     progress("clean", n, n)
 
+    views = attention_views(lm)
     for name in cfg.attacks:
+        attack = make_attack(name, cfg, views)
         t = time.perf_counter()
         correct = 0
         success = 0
@@ -480,12 +401,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             if should_stop():
                 report.stopped = True
                 return report
-            if name == "fgsm":
-                adv = fgsm(fn, xb, yb, cfg.eps)
-            elif name == "pgd":
-                adv = pgd(fn, xb, yb, cfg.eps, cfg.pgd_alpha, cfg.pgd_steps, cfg.pgd_norm, seed=cfg.seed + i)
-            else:
-                adv = patch_attack(lm, xb, yb, cfg.patch_steps)
+            adv = attack(fn, xb, yb, seed=cfg.seed + i)
             pred = predict_pixels(fn, adv, cfg.batch_size)
             was_right = clean_pred[i:i + len(yb)] == yb
             correct += int((pred == yb).sum())
@@ -565,14 +481,9 @@ def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, sever
     pixels = lm.denormalize(x)
     fn = PixelModel.of(lm)
     out = {"clean": pixels.cpu(), "_labels": y.cpu()}
+    views = attention_views(lm)
     for name in config.attacks:
-        if name == "fgsm":
-            out[name] = fgsm(fn, pixels, y, config.eps).cpu()
-        elif name == "pgd":
-            out[name] = pgd(fn, pixels, y, config.eps, config.pgd_alpha, config.pgd_steps, config.pgd_norm,
-                            seed=config.seed).cpu()
-        else:
-            out[name] = patch_attack(lm, pixels, y, config.patch_steps).cpu()
+        out[name] = make_attack(name, config, views)(fn, pixels, y, seed=config.seed).cpu()
     for name in config.corruptions:
         try:
             out[name] = corrupt(pixels, name, severity, seed=config.seed).cpu()

@@ -52,6 +52,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import InvalidParameterError, NoiseFileError
+from .noisefile import save_noise
 from .models import LoadedModel, logits_from_patch_tokens, patch_tokens, token_grid
 from .params import Interval, Options, bounded, check, validate_fields
 
@@ -188,58 +189,8 @@ class SynthesisResult:
         return d
 
     def save(self, path: str | Path) -> Path:
-        """Save δ and its metadata (``torch.load(weights_only=True)`` can read it back)."""
-        path = Path(path)
-        torch.save({"delta": self.delta.contiguous(), "meta": self.metadata(), "format": "nullviz-noise-1"},
-                   str(path))
-        return path
-
-
-@dataclass
-class SavedNoise:
-    """A δ read back from disk, with the metadata it was saved with."""
-
-    delta: torch.Tensor
-    level: str
-    meta: dict[str, Any]
-
-
-def load_noise(path: str | Path) -> SavedNoise:
-    """Read a δ saved by :meth:`SynthesisResult.save` (or by ``nullviz nullspace --out``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NoiseFileError(f"The noise file {str(path)!r} does not exist.")
-    return load_noise_bytes(path.read_bytes(), path.name)
-
-
-def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
-    """:func:`load_noise` for an upload: the file's bytes and the name the user knows it by (messages use
-    that name, never a temporary file's). Loaded with ``weights_only=True``: tensors and plain data only."""
-    import io
-    import pickle
-    import zipfile
-
-    label = Path(name).name
-    if not data:
-        raise NoiseFileError(f"{label!r} is empty (0 bytes); upload a .pt noise file saved by nullviz.")
-    not_torch = (f"{label!r} is not a nullviz noise file: it is not a PyTorch file (save noise with nullviz's "
-                 f"download button or --out).")
-    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip; old torch a raw pickle
-        raise NoiseFileError(not_torch)
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        raise NoiseFileError(not_torch) from exc
-    except Exception as exc:  # noqa: BLE001 — torch raises many types for foreign or damaged files
-        raise NoiseFileError(f"{label!r} is not a nullviz noise file: it could not be read as one "
-                             f"({type(exc).__name__}).") from exc
-    if isinstance(obj, torch.Tensor):  # a bare input-space tensor (``nullviz nullspace --out``)
-        return SavedNoise(obj.float(), "input", {"level": "input", "kind": "exact"})
-    if not isinstance(obj, dict) or not isinstance(obj.get("delta"), torch.Tensor):
-        raise NoiseFileError(f"{label!r} holds no 'delta' tensor; save noise with nullviz first.")
-    meta = dict(obj.get("meta") or {})
-    level = meta.get("level", "input" if obj["delta"].dim() == 3 else "encoder")
-    return SavedNoise(obj["delta"].float(), level, meta)
+        """Save δ and its metadata as a nullviz noise file (:mod:`nullviz.noisefile`)."""
+        return save_noise(path, self.delta, self.metadata())
 
 
 def check_noise_fits(lm: LoadedModel, delta: torch.Tensor, level: str) -> None:
@@ -269,7 +220,7 @@ def _prob_metrics(noised: torch.Tensor, clean_probs: torch.Tensor) -> tuple[floa
     return float(mse), float(agree)
 
 
-class _Batches:
+class CleanBatches:
     """Clean inputs (images or tokens) and their clean logits, computed once, cycled in fixed order.
     ``bounds`` (input level, clip): the valid range (lo, hi) of normalised pixels, [C, 1, 1] each."""
 
@@ -289,7 +240,7 @@ class _Batches:
         return self.chunks[step % len(self.chunks)]
 
 
-def _noised_logits(model, inp: torch.Tensor, delta: torch.Tensor, level: str, bounds=None) -> torch.Tensor:
+def noised_logits(model, inp: torch.Tensor, delta: torch.Tensor, level: str, bounds=None) -> torch.Tensor:
     if level != "input":
         return logits_from_patch_tokens(model, inp + delta)
     noised = inp + delta
@@ -417,7 +368,7 @@ class _Pool:
         self.gen = torch.Generator().manual_seed(seed + 104729)
         self.order: torch.Tensor = torch.arange(0)
         self.pos = 0
-        self.fixed = _Batches(model, images, level, batch_size, bounds) if len(images) <= batch_size else None
+        self.fixed = CleanBatches(model, images, level, batch_size, bounds) if len(images) <= batch_size else None
         with torch.no_grad():
             first = images[:1] if level == "input" else patch_tokens(model, images[:1])
             norms = [(xb if level == "input" else patch_tokens(model, xb)).flatten(1).norm(dim=1)
@@ -429,7 +380,7 @@ class _Pool:
             self.cache = {"done": torch.zeros(len(images), dtype=torch.bool)}
 
     def _clean(self, idx: torch.Tensor):
-        b = _Batches(self.model, self.images[idx.to(self.images.device)], self.level, len(idx), self.bounds)
+        b = CleanBatches(self.model, self.images[idx.to(self.images.device)], self.level, len(idx), self.bounds)
         return b[0]
 
     def next(self):
@@ -466,13 +417,13 @@ class _Pool:
         inp = self.images[dev_idx] if self.level == "input" else c["inp"][dev_idx]
         return inp, c["probs"][dev_idx], c["logits"][dev_idx]
 
-    def measured(self) -> _Batches:
+    def measured(self) -> CleanBatches:
         """A fixed set of at most FIT_METRIC_IMAGES fit images for the fit-image metrics."""
         if self.fixed is not None:
             return self.fixed
         n = min(len(self.images), FIT_METRIC_IMAGES)
         idx = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))[:n].sort().values
-        return _Batches(self.model, self.images[idx.to(self.images.device)], self.level, max(self.batch_size, 256),
+        return CleanBatches(self.model, self.images[idx.to(self.images.device)], self.level, max(self.batch_size, 256),
                         self.bounds)
 
 
@@ -482,7 +433,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     device = images.device
     clip_bounds = bounds if cfg.clip else None
     pool = _Pool(model, images, cfg.level, cfg.batch_size, clip_bounds, cfg.seed, fit_logits)
-    validation = (_Batches(model, validation_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
+    validation = (CleanBatches(model, validation_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
                   if len(validation_images) else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = ((torch.rand(pool.shape, generator=gen) * 2 - 1) * cfg.lim).to(device)
@@ -501,7 +452,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
         for group in opt.param_groups:
             group["lr"] = lr
         inp, clean_probs, clean_logits = pool.next()
-        noised = _noised_logits(model, inp, delta, cfg.level, clip_bounds).float()
+        noised = noised_logits(model, inp, delta, cfg.level, clip_bounds).float()
         dist = (noised - clean_logits).norm(dim=-1).mean()
         norm = delta.norm()
         loss = dist - cfg.lam * torch.log(norm) if cfg.lam > 0 else dist
@@ -546,7 +497,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
         v = _evaluate_delta(model, validation, delta, cfg.level)
         val.update(validation_mse_probs=v["mse"], validation_agreement=v["agree"])
     if check_images.shape[0]:
-        cb = _Batches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
+        cb = CleanBatches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
         c = _evaluate_delta(model, cb, delta, cfg.level)
         cp, cg, cr = (_evaluate_delta(model, cb, controls[k], cfg.level) for k in ("permuted", "gaussian", "random_start"))
         check.update(check_mse_probs=c["mse"], check_agreement=c["agree"], check_logit_distance=c["dist"],
@@ -572,7 +523,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     )
 
 
-def _keep_if_larger(best, model, batches: _Batches, delta: torch.Tensor, cfg: SynthesisConfig):
+def _keep_if_larger(best, model, batches: CleanBatches, delta: torch.Tensor, cfg: SynthesisConfig):
     """The frontier rule: keep δ if it is larger than the best so far and the selection images are inside ε."""
     norm = float(delta.norm())
     if best is not None and norm <= best[0]:
@@ -582,7 +533,7 @@ def _keep_if_larger(best, model, batches: _Batches, delta: torch.Tensor, cfg: Sy
     return best
 
 
-def _largest_scale_inside(model, batches: _Batches, delta: torch.Tensor, cfg: SynthesisConfig,
+def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg: SynthesisConfig,
                           iterations: int = 5) -> float:
     """The largest s in (0, 1] (to 2⁻⁵) with s·δ inside the selection threshold on ``batches`` (0: none):
     a δ that λ pushed just past ε is shrunk along its own direction rather than thrown away."""
@@ -604,13 +555,14 @@ def noise_controls(delta: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed + 1)
     permuted = delta.flatten()[torch.randperm(delta.numel(), generator=gen).to(delta.device)].view_as(delta)
     return {"permuted": permuted, "gaussian": random_like(delta, "gaussian", gen),
-            "random_start": random_like(delta, "uniform", gen)}
+            "random_start": random_like(delta, "random_start", gen)}
 
 
 def random_like(delta: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Noise of δ's shape, device and norm, drawn from ``gen``: Gaussian, or uniform U(−1, 1) (the
-    distribution of δ's random start, rescaled). The controls of synthesis and of finetuning both use it."""
-    check("kind", "random_like", kind, Options(("gaussian", "uniform")))
+    """Noise of δ's shape, device and norm, drawn from ``gen``: ``'gaussian'``, or ``'random_start'`` — uniform
+    U(−1, 1), the distribution of δ's random start, rescaled. The controls of synthesis and of finetuning (and
+    their names) are these."""
+    check("kind", "random_like", kind, Options(("gaussian", "random_start")))
     draw = torch.randn(delta.shape, generator=gen) if kind == "gaussian" else torch.rand(delta.shape, generator=gen) * 2 - 1
     draw = draw.to(delta)
     return draw / draw.norm() * delta.norm()
@@ -630,10 +582,10 @@ def _validity(images: torch.Tensor, delta: torch.Tensor, bounds, clip: bool) -> 
 
 
 @torch.no_grad()
-def _evaluate_delta(model, batches: _Batches, delta: torch.Tensor, level: str) -> dict[str, float]:
+def _evaluate_delta(model, batches: CleanBatches, delta: torch.Tensor, level: str) -> dict[str, float]:
     n = dist = mse = agree = 0.0
     for inp, clean_probs, clean_logits in batches.chunks:
-        noised = _noised_logits(model, inp, delta, level, batches.bounds).float()
+        noised = noised_logits(model, inp, delta, level, batches.bounds).float()
         b = inp.shape[0]
         m, a = _prob_metrics(noised, clean_probs)
         dist += float((noised - clean_logits).norm(dim=-1).sum())
@@ -650,7 +602,7 @@ def evaluate_noise(lm: LoadedModel, images: torch.Tensor, delta: torch.Tensor, l
     sees clip(x + δ) to valid pixels (input level)."""
     check_noise_fits(lm, delta, level)
     bounds = pixel_bounds(lm) if clip and level == "input" else None
-    batches = _Batches(lm.model, images.to(lm.device), level, batch_size, bounds)
+    batches = CleanBatches(lm.model, images.to(lm.device), level, batch_size, bounds)
     out = _evaluate_delta(lm.model, batches, delta.to(lm.device), level)
     return {"mean_logit_distance": out["dist"], "mse_probs": out["mse"], "agreement": out["agree"]}
 

@@ -60,7 +60,7 @@ def onednn_linear_available() -> bool:
         return False
 
 
-class _Linears:
+class Linears:
     """How one direct pass runs the linear layers: oneDNN on a float32 CPU tensor (GELU fused; weights
     packed once per view and re-packed when the weights change in place, i.e. their version moves), else
     F.linear."""
@@ -132,7 +132,7 @@ def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tenso
     q, k, v = (torch.empty(B, H, T, hd, **like) for _ in range(3))
     context = torch.empty(B * H, T, hd, **like)
     mid = torch.empty(B, T, D, **like)
-    linear = _Linears(view, h0)
+    linear = Linears(view, h0)
     for i, blk in enumerate(blocks):
         a, m, h = blk.attn, blk.mlp, hidden[i]
         qkv = linear(blk.norm1(h).reshape(B * T, D), a.qkv).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)

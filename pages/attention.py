@@ -12,13 +12,14 @@ from nullviz import figures
 from nullviz import nullspace as N
 from nullviz.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index, query_maps,
                                set_statistics)
-from nullviz.attribution import METHODS, attribute
+from nullviz.attribution import ATTRIBUTION_METHODS, attribute
 from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
                           sample_photos_dataset)
 from nullviz.errors import NullvizError
 from nullviz.deploy import check_upload_size
 from nullviz.robustness import images_tensor
-from nullviz.synthesis import check_noise_fits, load_noise_bytes
+from nullviz.noisefile import load_noise_bytes
+from nullviz.synthesis import check_noise_fits
 
 require_shell(__file__)
 
@@ -261,7 +262,8 @@ if done and done["inputs"] == fingerprint(model_key(lm), delta, level):  # same 
 
 st.subheader("Attribution")
 c = st.columns(3)
-method = c[0].selectbox("method", METHODS, key="att_method")
+method = c[0].selectbox("method", list(ATTRIBUTION_METHODS), key="att_method",
+                        format_func=lambda name: ATTRIBUTION_METHODS[name].label)
 target_opts = ["predicted class"] + list(lm.class_names)
 target_name = c[1].selectbox("class", target_opts, key="att_target")
 steps = c[2].number_input("IG steps", min_value=2, max_value=256, value=32, key="att_steps")

@@ -16,7 +16,8 @@ from nullviz import figures
 from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
 from nullviz.deploy import check_upload_size
 from nullviz.errors import NullvizError
-from nullviz.finetune import METHODS, FinetuneConfig, check_head, data_class_count
+from nullviz.finetune import FinetuneConfig, check_head, data_class_count
+from nullviz.finetune_methods import FINETUNE_METHODS
 from nullviz.comparison import compare_methods
 from nullviz.jobs import LogFollower, finetune_params, run_names, thin
 from nullviz.seeds import MAX_SEED
@@ -43,7 +44,8 @@ DATA_SOURCES = [*([OWN_SOURCE] if OWN_DATA else []), *([] if settings.shared els
                 "CIFAR-10"]
 with st.form("ft_form"):
     c = st.columns(4)
-    methods = c[0].multiselect("methods", list(METHODS), default=["baseline", "nullspace", "gaussian"], key="ft_methods")
+    methods = c[0].multiselect("methods", list(FINETUNE_METHODS), default=["baseline", "nullspace", "gaussian"],
+                               key="ft_methods", format_func=lambda name: FINETUNE_METHODS[name].label)
     epochs = c[1].number_input("epochs", 1, 1000, SMALL_RUN["epochs"], key="ft_epochs")
     steps = c[2].number_input("steps per epoch (0 = full pass)", 0, 100_000, SMALL_RUN["steps"], key="ft_steps")
     batch = c[3].number_input("batch size", 1, 4096, 64, key="ft_batch")

@@ -2,11 +2,7 @@
 
 import streamlit as st
 
-from app_state import cached_model, default_sample_for, default_spec, require_shell
-from nullviz import figures
-from nullviz.data import sample_image
-from nullviz.models import embedded_model
-from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+from app_state import default_spec, home_picture, require_shell
 
 require_shell(__file__)
 
@@ -34,22 +30,7 @@ grid, and plain 32×32 digits — work offline), then
 )
 
 
-@st.cache_data(show_spinner=False)
-def _picture(spec: dict):
-    lm = cached_model(**spec)
-    x = lm.preprocess(sample_image(default_sample_for(lm)))
-    ns = nullspace(lm)
-    v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
-    report = verify_invariance(lm, x, v, ns)
-    fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
-                                lm.to_display(x + v), height=300)
-    own = embedded_model(lm.name)
-    kind = ("cluttered-digits ViT (a 3 on a photograph it never saw)" if own is not None and own.data == "cluttered"
-            else "digits ViT")
-    return fig, report, kind
-
-
-fig, report, model_name = _picture(default_spec())
+fig, report, model_name = home_picture(default_spec())
 st.plotly_chart(fig, width="stretch")
 st.caption(
     f"The embedded {model_name}, and noise from its patch-embedding nullspace. "

@@ -1,6 +1,5 @@
 """Nullspace: exact, feasible-exact and optimised (approximate) noise for one image, with the proof."""
 
-import io
 import json
 from dataclasses import replace
 
@@ -13,6 +12,7 @@ from nullviz import nullspace as N
 from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
 from nullviz.errors import NullvizError
 from nullviz.models import LoadedModel
+from nullviz.noisefile import noise_bytes
 from nullviz.synthesis import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
                                frontier, noise_effect, parse_sweep, probs_change, split_fit_check, split_fit_validation, synthesize)
 
@@ -335,10 +335,8 @@ if exact or level == "input":
                   "relative logit change": [f"{p['rel_logit_change']:.2e}" for p in parts.values()]})
 
 st.subheader("Download")
-buf = io.BytesIO()
-torch.save({"delta": noise["delta"].contiguous(), "meta": {k: v for k, v in metrics.items() if not isinstance(v, list)},
-            "format": "nullviz-noise-1"}, buf)
-downloads = [("noise tensor (.pt)", buf.getvalue(), f"noise_{level}.pt", "application/octet-stream"),
+downloads = [("noise tensor (.pt)", noise_bytes(delta, {k: v for k, v in metrics.items() if not isinstance(v, list)}),
+              f"noise_{level}.pt", "application/octet-stream"),
              ("metrics (JSON)", json.dumps(metrics, default=str, indent=2), "metrics.json", "application/json"),
              ("top-k chart (HTML)", figure_html(figures.topk_bars(probs_clean, probs_noised, lm.class_names)),
               "topk.html", "text/html")]

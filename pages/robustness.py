@@ -49,7 +49,8 @@ with st.form("rob_form"):
     limit = c[1].number_input("images (limit)", min_value=1, max_value=100_000, value=128, key="rob_limit")
     batch = c[2].number_input("batch size", min_value=1, max_value=4096, value=128, key="rob_batch")
     c = st.columns(4)
-    attacks = c[0].multiselect("attacks", list(R.ATTACKS), default=["fgsm", "pgd"], key="rob_attacks")
+    attacks = c[0].multiselect("attacks", list(R.ATTACKS), default=["fgsm", "pgd"], key="rob_attacks",
+                               format_func=lambda name: R.ATTACKS[name].label)
     eps255 = c[1].number_input("ε (/255)", min_value=0.0, max_value=255.0, value=8.0, key="rob_eps")
     steps = c[2].number_input("PGD steps", min_value=1, max_value=200, value=10, key="rob_steps")
     norm = c[3].selectbox("PGD norm", ["linf", "l2"], key="rob_norm")

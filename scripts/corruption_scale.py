@@ -12,40 +12,11 @@ before it, or severity 5 is not at least 0.05 SSIM below severity 1. This is the
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nullviz.corruptions import CORRUPTIONS, corrupt_image  # noqa: E402
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
-
-
-def photos(size: int, names=PHOTOS) -> list[np.ndarray]:
-    """The scikit-image photographs, centre-cropped square and resized to ``size`` (float RGB in [0, 1])."""
-    from skimage import data
-    from skimage.transform import resize
-
-    out = []
-    for name in names:
-        a = getattr(data, name)()[..., :3]
-        h, w = a.shape[:2]
-        s = min(h, w)
-        a = a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        out.append(resize(a, (size, size), anti_aliasing=True).astype(np.float32))
-    return out
-
-
-def ssim_ladder(images: list[np.ndarray], name: str) -> list[float]:
-    from skimage.metrics import structural_similarity
-
-    return [float(np.mean([structural_similarity(im, corrupt_image(im, name, s, np.random.default_rng(k)),
-                                                 channel_axis=-1, data_range=1.0)
-                           for k, im in enumerate(images)])) for s in range(1, 6)]
+from nullviz.corruptions import CORRUPTIONS, is_severity_scale, scale_photos, ssim_by_severity
 
 
 def accuracy_ladder(name: str, limit: int) -> list[float]:
@@ -58,11 +29,6 @@ def accuracy_ladder(name: str, limit: int) -> list[float]:
     return R.evaluate(lm, digits_dataset("heldout"), cfg).corruptions[name]
 
 
-def is_scale(values: list[float], rise: float, span: float | None) -> bool:
-    monotone = all(b <= a + rise for a, b in zip(values, values[1:]))
-    return monotone and (span is None or values[-1] <= values[0] - span)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224])
@@ -73,18 +39,18 @@ def main(argv=None) -> int:
     lines = ["| corruption | " + " | ".join(f"SSIM {s} px (sev 1–5)" for s in args.sizes)
              + (" | accuracy 32 px digits (sev 1–5)" if args.digits else "") + " |",
              "|---" * (1 + len(args.sizes) + bool(args.digits)) + "|"]
-    images = {size: photos(size) for size in args.sizes}
+    images = {size: scale_photos(size) for size in args.sizes}
     flagged = []
     for name in CORRUPTIONS:
         cells = []
         for size in args.sizes:
-            ladder = ssim_ladder(images[size], name)
-            ok = is_scale(ladder, 0.01, 0.05)
+            ladder = ssim_by_severity(images[size], name)
+            ok = is_severity_scale(ladder, 0.01, 0.05)
             flagged += [] if ok else [f"{name} SSIM {size}px"]
             cells.append(" ".join(f"{v:.2f}" for v in ladder) + ("" if ok else " ✗"))
         if args.digits:
             ladder = accuracy_ladder(name, args.digits)
-            ok = is_scale(ladder, 0.02, None)
+            ok = is_severity_scale(ladder, 0.02, None)
             flagged += [] if ok else [f"{name} accuracy"]
             cells.append(" ".join(f"{v:.2f}" for v in ladder) + ("" if ok else " ✗"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

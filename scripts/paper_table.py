@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nullviz import figures  # noqa: E402
-from nullviz import robustness as R  # noqa: E402
-from nullviz.comparison import compare_methods  # noqa: E402
-from nullviz.data import digits_dataset  # noqa: E402
-from nullviz.finetune import FinetuneConfig, FinetuneRun  # noqa: E402
-from nullviz.models import load_model  # noqa: E402
+from nullviz import figures
+from nullviz import robustness as R
+from nullviz.comparison import compare_methods
+from nullviz.data import digits_dataset
+from nullviz.finetune import FinetuneConfig, FinetuneRun
+from nullviz.models import load_model
 
 METRICS = ("clean", "under δ", "under the start's δ", "nullspace size", "Gaussian", "FGSM", "PGD-10", "FGSM 2/255",
            "PGD-10 2/255", "PatchFool", "pooled CE", "mCE", "corruption acc", "tolerance AUC")

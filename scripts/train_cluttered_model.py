@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,  # noqa: E402
+from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,
                        training_parser)
-from nullviz import cluttered, data  # noqa: E402
-from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR,  # noqa: E402
+from nullviz import cluttered, data
+from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR,
                             CLUTTERED_MODEL_NAME, load_model, nullviz_cluttered_vit)
 
 

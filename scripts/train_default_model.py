@@ -11,20 +11,17 @@ training or model selection: it is evaluated once, at the end.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,  # noqa: E402
+from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,
                        training_parser)
-from nullviz import data  # noqa: E402
-from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,  # noqa: E402
+from nullviz import data
+from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,
                             nullviz_digits_vit)
 
 

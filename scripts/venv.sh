@@ -2,7 +2,9 @@
 #
 # The environment lives in .venv inside the checkout, made by the system's own Python 3 (Debian's and
 # Ubuntu's /usr/bin/python3 refuse `pip install` outside a virtual environment, PEP 668). Packages are
-# installed once per content of the requirements files; later runs start at once.
+# installed once per content of the requirements files and pyproject.toml; later runs start at once. The
+# nullviz package itself is an editable install of this checkout (the `nullviz` command, `import nullviz` from
+# anywhere), so edits take effect without reinstalling.
 
 nullviz_python() {
   if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
@@ -25,10 +27,12 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE
       exit 2
     fi
   fi
-  stamp=".venv/.nullviz-installed-$(basename "$req")-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
+  stamp=".venv/.nullviz-installed-$(basename "$req")-$(cat "$req" requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     echo "nullviz: installing $req into .venv (first run only; several minutes, ~7 GB with CUDA-enabled torch)" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "setuptools>=64"  # builds the editable install
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     rm -f ".venv/.nullviz-installed-$(basename "$req")-"*
     touch "$stamp"
   fi

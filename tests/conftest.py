@@ -1,15 +1,20 @@
 """Shared fixtures: the embedded default model and small seeded random ViTs (no network anywhere)."""
 
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from nullviz.models import create_random_vit, load_model  # noqa: E402
 
@@ -38,6 +43,19 @@ def digit_x(default_lm):
     from nullviz.data import sample_image
 
     return default_lm.preprocess(sample_image("digit-3"))
+
+
+def wait_until(condition, timeout: float = 120, interval: float = 0.1, describe=lambda: "timed out"):
+    """Poll ``condition()`` until it returns something true (returned) or ``timeout`` seconds pass
+    (AssertionError with ``describe()``): the one wait of the tests on other processes (jobs, servers, ranks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(describe())
+        time.sleep(interval)
 
 
 def state_snapshot(model: torch.nn.Module) -> dict:
@@ -86,3 +104,77 @@ def jobs_dir(server_env):
 def shared_server(server_env):
     """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap, its files in a temporary folder."""
     return server_env(NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")
+
+
+# -- A real server and a real browser (tests marked `browser`)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class ServerURL(str):
+    """A running test server's address; ``log`` is the path of everything the server printed."""
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict | None = None):
+    """`streamlit run server.py` (as run.sh starts it) on a free local port, with extra environment variables;
+    yields its URL once it answers its health check."""
+    port = _free_port()
+    log = Path(tempfile.mkdtemp(prefix="nullviz-server-")) / "server.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"), "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.log = log
+    try:
+        wait_until(lambda: _healthy(url) or proc.poll() is not None, 90, 0.3)
+    except AssertionError:
+        pass
+    if not _healthy(url):
+        proc.kill()
+        pytest.fail("streamlit did not start: " + url.output())
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium through Playwright (never `playwright install`); one for the whole run."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            raise RuntimeError("Chromium is required for the browser tests in CI (apt-get install -y chromium)")
+        pytest.skip("Debian chromium is not installed here")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

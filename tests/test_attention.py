@@ -364,3 +364,20 @@ def test_contrast_caption_says_what_was_measured():
     assert "at most 1.0e-07" in quiet.describe() and "float32 rounding" in quiet.describe()
     only_exact = NoiseContrast(names[:2], [1.0] * 2, ["input"] * 2, np.array([[0.0] * 3, [0.1] * 3]), np.zeros((2, 2)))
     assert "approximate" not in only_exact.describe() and "1.0e-01" in only_exact.describe()
+
+
+def test_attribution_methods_are_one_registry_with_one_call(default_lm, digit_x):
+    from nullviz.attribution import (ATTRIBUTION_METHODS, AttributionSettings, SaliencyMethod,
+                                     register_attribution)
+    from nullviz.models import PixelModel
+
+    assert tuple(ATTRIBUTION_METHODS) == METHODS and all(m.label for m in ATTRIBUTION_METHODS.values())
+    fn = PixelModel.of(default_lm)
+    pixels = default_lm.denormalize(digit_x).clone().requires_grad_(True)
+    target = fn(pixels).argmax(-1)
+    settings = AttributionSettings(steps=4, internal_batch_size=8, smoothgrad_samples=2, patch_size=8)
+    for name, method in ATTRIBUTION_METHODS.items():
+        attr, delta = method(fn, pixels, target, settings)
+        assert attr.shape == pixels.shape and (delta is not None) == (name == "integrated_gradients")
+    with pytest.raises(ValueError, match="registered already"):
+        register_attribution(SaliencyMethod)

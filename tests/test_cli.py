@@ -8,6 +8,7 @@ import torch
 
 from conftest import ROOT
 from nullviz.cli import main
+from nullviz.noisefile import load_noise
 
 
 def run_json(capsys, *args):
@@ -33,8 +34,9 @@ def test_nullspace_json_and_out(capsys, tmp_path):
     assert (out["rank"], out["nullity"], out["input_dim"], out["embed_dim"]) == (96, 96, 192, 96)
     assert len(out["singular_values"]) == 96
     assert out["rel_logit_change"] < 1e-5 and out["max_abs_logit_change"] < 1e-4 and out["top1_unchanged"]
-    v = torch.load(tmp_path / "v.pt", weights_only=True)
-    assert v.shape == (3, 32, 32)
+    saved = load_noise(tmp_path / "v.pt")  # the one noise file format: the Attention page reads it back
+    assert saved.delta.shape == (3, 32, 32) and saved.level == "input" and saved.meta["kind"] == "exact"
+    assert torch.load(tmp_path / "v.pt", weights_only=True)["format"] == "nullviz-noise-1"
     feas = run_json(capsys, "nullspace", "--feasible", "--image", "chelsea")
     assert feas["feasible_max_box_violation"] <= 1e-6 and feas["clipped_fraction"] == 0.0
 
@@ -104,6 +106,8 @@ def test_info_re_measures_the_cluttered_model(capsys):
     (["synthesize", "--steps", "0"], "steps"),
     (["attention", "--noise", "/nonexistent.pt"], "does not exist"),
     (["info", "--device", "tpu9"], "device"),
+    (["evaluate", "--attacks", "cw", "--limit", "2"], "'fgsm', 'pgd', 'patchfool'"),  # the registry's names
+    (["finetune", "--method", "mixup"], "'baseline', 'nullspace', 'gaussian', 'random_start', 'adversarial'"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, needle):
@@ -208,5 +212,4 @@ def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(cap
     out = run_json(capsys, "nullspace", "--checkpoint", str(path), "--image", "digit-3", "--out",
                    str(tmp_path / "v.pt"))
     assert out["nullity"] == 0
-    v = torch.load(tmp_path / "v.pt", weights_only=True)
-    assert v.abs().max() > 0
+    assert load_noise(tmp_path / "v.pt").delta.abs().max() > 0

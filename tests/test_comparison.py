@@ -2,16 +2,15 @@
 
 import json
 import math
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from nullviz import figures
 from nullviz.comparison import compare_methods, paired_difference, summarize
 from nullviz.errors import InvalidParameterError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_summary_is_the_t_interval_by_hand():
@@ -114,27 +113,28 @@ def test_compare_methods_and_figures():
 
 
 def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import paper_table
-
+    """The script as a user runs it (its own process, the installed package)."""
     out = tmp_path / "table"
-    paper_table.main(["--epochs", "1", "--seeds", "0", "1", "--steps-per-epoch", "1", "--synth-steps", "2",
-                      "--limit", "24", "--fresh", "1", "--severities", "3", "--out", str(out)])
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_table.py"), "--epochs", "1", "--seeds", "0", "1",
+                    "--steps-per-epoch", "1", "--synth-steps", "2", "--limit", "24", "--fresh", "1",
+                    "--severities", "3", "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
     text = (tmp_path / "table.md").read_text()
-    header = "| model | " + " | ".join(paper_table.METRICS) + " |"
-    assert header in text
-    for name in paper_table.METHODS:
-        assert f"| {name} | " in text
-    for variant in paper_table.VARIANTS:
-        assert f"**{variant} minus each control**" in text
     data = json.loads((tmp_path / "table.json").read_text())
-    assert set(data["runs"]) == set(paper_table.METHODS) and set(data["runs"]["baseline"]) == {"0", "1"}
+    methods = ("baseline", "gaussian", "random_start", "adversarial", "nullspace", "nullspace λ=2")
+    assert "nullspace size" in data["metrics"] and "pooled CE" in data["metrics"] and "PatchFool" in data["metrics"]
+    header = "| model | " + " | ".join(data["metrics"]) + " |"
+    assert header in text
+    for name in methods:
+        assert f"| {name} | " in text
+    for variant in ("nullspace", "nullspace λ=2"):
+        assert f"**{variant} minus each control**" in text
+    assert set(data["runs"]) == set(methods) and set(data["runs"]["baseline"]) == {"0", "1"}
     for control in ("baseline", "gaussian", "random_start", "adversarial"):
-        for metric in paper_table.METRICS:
+        for metric in data["metrics"]:
             cell = data["paired"][control][metric]
             assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
-            assert ("p_adjusted" in cell) and (metric in paper_table.PRIMARY) == (metric in data["primary"])
-    assert data["primary"] == list(paper_table.PRIMARY) and "Holm" in data["correction"]
+            assert ("p_adjusted" in cell) and (metric in ("FGSM", "pooled CE")) == (metric in data["primary"])
+    assert data["primary"] == ["FGSM", "pooled CE"] and "Holm" in data["correction"]
     assert "Primary measures (declared before the runs): FGSM, pooled CE" in text and "Holm-adjusted" in text
     assert "(n 2)" in text  # n shown everywhere
     assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()

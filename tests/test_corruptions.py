@@ -1,42 +1,37 @@
 """Corruptions are severity scales at the image's resolution (issue: ImageNet-C parameters on 32-px images)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from nullviz import corruptions as C
 from nullviz import robustness as R
-from nullviz.corruptions import CORRUPTIONS, CorruptionNotApplicableError, corrupt_image
+from nullviz.corruptions import (CORRUPTIONS, CorruptionNotApplicableError, corrupt_image, is_severity_scale,
+                                 scale_photos, ssim_by_severity)
 from nullviz.data import digits_dataset
 from nullviz.models import create_random_vit
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from corruption_scale import is_scale, photos, ssim_ladder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def photos_32():
-    return photos(32, ("astronaut", "coffee", "chelsea", "rocket"))
+    return scale_photos(32, ("astronaut", "coffee", "chelsea", "rocket"))
 
 
 @pytest.fixture(scope="module")
 def photos_224():
-    return photos(224, ("astronaut", "coffee", "chelsea"))
+    return scale_photos(224, ("astronaut", "coffee", "chelsea"))
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_every_corruption_is_a_severity_scale_at_32_px(photos_32, name):
-    ladder = ssim_ladder(photos_32, name)
-    assert is_scale(ladder, rise=0.015, span=0.04), ladder
+    ladder = ssim_by_severity(photos_32, name)
+    assert is_severity_scale(ladder, rise=0.015, span=0.04), ladder
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_every_corruption_is_a_severity_scale_at_224_px(photos_224, name):
-    ladder = ssim_ladder(photos_224, name)
-    assert is_scale(ladder, rise=0.015, span=0.04), ladder
+    ladder = ssim_by_severity(photos_224, name)
+    assert is_severity_scale(ladder, rise=0.015, span=0.04), ladder
 
 
 def test_accuracy_never_rises_with_severity_at_32_px(default_lm):
@@ -45,7 +40,7 @@ def test_accuracy_never_rises_with_severity_at_32_px(default_lm):
     report = R.evaluate(default_lm, digits_dataset("heldout"), cfg)
     assert not report.corruption_skipped
     for name, accs in report.corruptions.items():
-        assert is_scale(accs, rise=0.02, span=None), (name, accs)
+        assert is_severity_scale(accs, rise=0.02, span=None), (name, accs)
     # where the digits are not immune, severity 5 is clearly worse than severity 1
     # (glass blur is not among them: as the reference computes it — pixels copied, not swapped — it moves few
     # enough pixels that the digits keep 97–98 % at every severity)
@@ -65,12 +60,12 @@ def test_no_two_severities_give_the_same_image(photos_32, photos_224, size, name
 
 def test_motion_blur_uses_sigma():
     """corrupt-tta's motion blur ignored σ: its severities 2–4 (same radius) were bit-identical."""
-    img = photos(224, ("astronaut",))[0]
-    trails = [C._motion_trail(img, 15, sigma, 30.0) for sigma in (5, 8, 12)]
+    img = scale_photos(224, ("astronaut",))[0]
+    trails = [C.motion_trail(img, 15, sigma, 30.0) for sigma in (5, 8, 12)]
     assert not np.array_equal(trails[0], trails[1]) and not np.array_equal(trails[1], trails[2])
     # the trail is one-sided and normalised: a constant image stays constant
     flat = np.full((40, 40, 3), 0.25, np.float32)
-    np.testing.assert_allclose(C._motion_trail(flat, 6, 2, 10.0), flat, atol=1e-6)
+    np.testing.assert_allclose(C.motion_trail(flat, 6, 2, 10.0), flat, atol=1e-6)
 
 
 def _elastic_displacement(size: int, severity: int) -> float:
@@ -147,7 +142,7 @@ class _Draws:
 def test_glass_blur_copies_pixels_as_the_reference_does():
     """ImageNet-C's reference scrambles with ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views: a copy
     of x[h', w'] onto x[h, w] (x[h', w'] keeps its value), in order; its first blur is truncated to uint8."""
-    from nullviz.corruptions import _gaussian, _glass_blur
+    from nullviz.corruptions import gaussian_blur, glass_blur
 
     rng = np.random.default_rng(7)
     x = rng.random((12, 10, 3)).astype(np.float32)
@@ -155,26 +150,26 @@ def test_glass_blur_copies_pixels_as_the_reference_does():
     n = len(range(12 - delta, delta, -1)) * len(range(10 - delta, delta, -1))
     draws = rng.integers(-delta, delta, size=2 * n * iterations).tolist()
 
-    ref = np.uint8(_gaussian(x, sigma) * 255)  # the reference, line by line
+    ref = np.uint8(gaussian_blur(x, sigma) * 255)  # the reference, line by line
     it = iter(np.array(draws).reshape(-1, 2))
     for _ in range(iterations):
         for h in range(12 - delta, delta, -1):
             for w in range(10 - delta, delta, -1):
                 dx, dy = next(it)
                 ref[h, w], ref[h + dy, w + dx] = ref[h + dy, w + dx], ref[h, w]
-    ref = _gaussian(ref / 255.0, sigma)
+    ref = gaussian_blur(ref / 255.0, sigma)
 
-    ours = _glass_blur(x, (sigma, delta, iterations), _Draws(draws), 1.0)
+    ours = glass_blur(x, (sigma, delta, iterations), _Draws(draws), 1.0)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
     swapped = ref  # and it is not the true swap the code used to do: that gives another image
     assert not np.allclose(_swap_version(x, sigma, delta, iterations, draws), swapped, atol=1e-3)
 
 
 def _swap_version(x, sigma, delta, iterations, draws):
-    from nullviz.corruptions import _gaussian
+    from nullviz.corruptions import gaussian_blur
 
     h_, w_, ch = x.shape
-    y = np.floor(_gaussian(x, sigma) * 255) / 255
+    y = np.floor(gaussian_blur(x, sigma) * 255) / 255
     order = list(range(h_ * w_))
     it = iter(np.array(draws).reshape(-1, 2))
     for _ in range(iterations):
@@ -183,4 +178,4 @@ def _swap_version(x, sigma, delta, iterations, draws):
                 dx, dy = next(it)
                 a, b = r * w_ + q, (r + dy) * w_ + (q + dx)
                 order[a], order[b] = order[b], order[a]
-    return _gaussian(y.reshape(h_ * w_, ch)[order].reshape(h_, w_, ch), sigma)
+    return gaussian_blur(y.reshape(h_ * w_, ch)[order].reshape(h_, w_, ch), sigma)

@@ -134,3 +134,20 @@ def test_split_and_zip_folder(tmp_path):
         zf.writestr("../escape.txt", "x")
     with pytest.raises(DataError, match="unsafe path"):
         data.extract_image_folder_zip(evil.getvalue(), tmp_path / "z")
+
+
+def test_a_data_spec_is_parsed_in_one_place(tmp_path):
+    from nullviz.data import DataSpec
+
+    assert [DataSpec.parse(s).kind for s in ("default", "digits", "cluttered", "cifar10")] == \
+        ["default", "digits", "cluttered", "cifar10"]
+    folder = DataSpec.parse(str(tmp_path))
+    assert folder.kind == "folder" and folder.path == tmp_path and str(folder) == str(tmp_path)
+    assert folder.class_count() == 0
+    (tmp_path / "cat").mkdir(), (tmp_path / "dog").mkdir(), (tmp_path / ".hidden").mkdir()
+    assert folder.class_count() == 2
+    assert DataSpec.parse("digits").embedded and not DataSpec.parse("cifar10").embedded
+    assert DataSpec.parse("cifar10").class_count() == 10 and DataSpec.parse("default").class_count() is None
+    assert DataSpec.parse(str(tmp_path / "missing")).class_count() is None
+    with pytest.raises(DataError, match="No data given"):
+        DataSpec.parse("  ")

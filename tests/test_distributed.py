@@ -13,15 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
-from nullviz.checkpoint import load_checkpoint, replace_atomically, save_checkpoint
+from conftest import ROOT, wait_until
+from nullviz.atomic import replace_atomically
+from nullviz.checkpoint import load_checkpoint, save_checkpoint
 from nullviz.data import digits_dataset
 from nullviz.errors import CheckpointError
 from nullviz.finetune import FinetuneConfig, FinetuneRun
@@ -154,18 +154,19 @@ def test_a_killed_rank_fails_with_a_clear_message_and_the_run_resumes(tmp_path):
             "--batch-size", "8", "--synth-steps", "5", "--eval-synth-steps", "5", "--fresh-deltas", "0", "--out", str(out), "--json"]
     proc = subprocess.Popen(TORCHRUN + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    killed_at = None
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
+    def mid_epoch_rank_1():  # (step, pid) once the run is in its second epoch, or the run's end
         log = out / "log.jsonl"
         recs = [json.loads(s) for s in log.read_text().splitlines() if s.strip()] if log.exists() else []
         if recs and recs[-1]["kind"] == "step" and recs[-1]["epoch"] == 1 and recs[-1]["step"] >= 32:
             pid = _pid_of_rank(out, 1)
-            if pid:
-                os.kill(pid, signal.SIGKILL)  # mid-epoch, one rank
-                killed_at = recs[-1]["step"]
-                break
-        time.sleep(0.02)
+            return (recs[-1]["step"], pid) if pid else None
+        return proc.poll() is not None
+
+    found = wait_until(mid_epoch_rank_1, 180, 0.02)
+    killed_at = None
+    if found is not True:
+        killed_at, pid = found
+        os.kill(pid, signal.SIGKILL)  # mid-epoch, one rank
     _, err = proc.communicate(timeout=180)
     assert killed_at is not None, "the run ended before a rank could be killed"
     assert proc.returncode != 0

@@ -1,64 +1,14 @@
 """End to end: `streamlit run server.py` on a free local port, driven by real headless Chromium (Playwright)."""
 
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import re
 
 import pytest
 from playwright.sync_api import expect
 
-from bench.bench_server import RUN_COUNTER  # the script-run counter the latency benches use
-from conftest import ROOT
+from conftest import ROOT, streamlit_server, wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-if not os.path.exists(CHROMIUM):
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is required for the browser test in CI (apt-get install -y chromium)")
-    pytest.skip("Debian chromium is not installed here", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def streamlit_server(env: dict | None = None):
-    """`streamlit run server.py` on a free local port (with extra environment variables); yields its URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+RUN_COUNTER = (ROOT / "bench" / "run_counter.js").read_text()  # the script-run counter the latency benches use
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +17,12 @@ def server():
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+def test_server_loads_the_default_model_before_the_first_visitor(server):
+    """server.py warms the shared caches at start (issue: first figure of a fresh server); the log says so."""
+    ready = wait_until(lambda: re.search(r"nullviz: default model '(\w+)' and the Home picture ready", server.output()),
+                       120, 0.2, server.output)
+    assert ready.group(1) == os.environ["NULLVIZ_DEFAULT_MODEL"]
+    assert "warming the default model failed" not in server.output()
 
 
 def test_open_app_switch_to_model_page_and_screenshot(server, browser, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from test_e2e_browser import browser, streamlit_server  # noqa: F401 — the browser fixture is shared
+from conftest import streamlit_server
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import torch
 from conftest import assert_state_equal, state_snapshot
 from nullviz.data import digits_dataset
 from nullviz.errors import CheckpointError, InvalidParameterError
+from nullviz import finetune_methods
 from nullviz.finetune import METHODS, FinetuneConfig, FinetuneRun, finetune
+from nullviz.finetune_methods import FINETUNE_METHODS
 from nullviz.models import load_model
 from nullviz.params import constraints_of
 
@@ -168,8 +170,9 @@ def test_seed_streams_never_share_a_draw():
     # and the draws themselves: the old collision is gone
     run_seed = 0
     ref = torch.ones(4, 8)
-    drawn_train = [FinetuneRun._gaussian_like(None, ref, stream_seed("train_gaussian", run_seed, p)) for p in range(40)]
-    drawn_eval = [FinetuneRun._gaussian_like(None, ref, stream_seed("eval_gaussian", run_seed, k)) for k in range(8)]
+    gaussian = FINETUNE_METHODS["gaussian"]
+    drawn_train = [gaussian.training_noise(ref, stream_seed("train_gaussian", run_seed, p)) for p in range(40)]
+    drawn_eval = [gaussian.training_noise(ref, stream_seed("eval_gaussian", run_seed, k)) for k in range(8)]
     assert not any(torch.equal(a, b) for a in drawn_train for b in drawn_eval)
     with pytest.raises(InvalidParameterError):
         stream_seed("train_gaussian", MAX_SEED + 1, 0)
@@ -182,9 +185,10 @@ def test_training_and_evaluation_use_their_own_streams(default_lm, sets, monkeyp
 
     run = FinetuneRun(default_lm, sets[0], sets[1], small("gaussian", epochs=1, steps_per_epoch=2, fresh_deltas=2))
     synth_seeds, gauss_seeds = [], []
-    real_synth, real_gauss = run._synthesize, run._gaussian_like
+    real_synth, real_random_like = run._synthesize, finetune_methods.random_like
     monkeypatch.setattr(run, "_synthesize", lambda seed, **kw: synth_seeds.append(seed) or real_synth(seed, **kw))
-    monkeypatch.setattr(run, "_gaussian_like", lambda d, seed: gauss_seeds.append(seed) or real_gauss(d, seed))
+    monkeypatch.setattr(finetune_methods, "random_like",
+                        lambda d, kind, gen: gauss_seeds.append(gen.initial_seed()) or real_random_like(d, kind, gen))
     run.run()
     assert synth_seeds == [stream_seed("train_delta", 0, 0), stream_seed("fresh_delta", 0, 0),
                            stream_seed("fresh_delta", 0, 1), stream_seed("start_delta", 0)]

@@ -3,10 +3,10 @@
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from nullviz.errors import InvalidParameterError, JobNotFoundError
 from nullviz.finetune import FinetuneConfig
@@ -22,28 +22,20 @@ def params(steps=2, epochs=1, methods=("baseline",)):
 
 
 def wait_all(queue, jobs, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        infos = [queue.get(j.id) for j in jobs]
-        if all(i.finished for i in infos):
-            return infos
-        time.sleep(0.2)
-    raise AssertionError([(i.id, i.state, i.status) for i in infos])
+    def infos():
+        return [queue.get(j.id) for j in jobs]
 
+    def finished():
+        now = infos()
+        return now if all(i.finished for i in now) else None
 
-def wait_for(cond, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
+    return wait_until(finished, timeout, 0.2, lambda: [(i.id, i.state, i.status) for i in infos()])
 
 
 def test_three_requests_one_slot_run_in_order_one_at_a_time(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     jobs = [queue.submit("finetune", params(), owner="alice", label=f"job {k}", threads=1) for k in range(3)]
-    wait_for(lambda: queue.running() == 1)
+    wait_until(lambda: queue.running() == 1)
     positions = [queue.position(queue.get(j.id)) for j in jobs]
     assert positions[0] is None or positions[0] == 1  # the first starts (or is about to)
     assert [p for p in positions if p is not None] == sorted(p for p in positions if p is not None)
@@ -76,7 +68,7 @@ def test_stop_running_and_queued_jobs(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     long = queue.submit("finetune", params(steps=100_000), owner="carol", threads=1)
     queued = queue.submit("finetune", params(), owner="carol", threads=1)
-    wait_for(lambda: queue.get(long.id).steps_done >= 1 or queue.get(long.id).status.get("current"))
+    wait_until(lambda: queue.get(long.id).steps_done >= 1 or queue.get(long.id).status.get("current"))
     assert queue.get(queued.id).state == "queued" and queue.position(queue.get(queued.id)) == 1
     queue.stop(queued.id, "carol")
     queue.stop(long.id, "carol")
@@ -91,10 +83,10 @@ def test_a_killed_worker_is_reported_and_frees_its_slot(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     victim = queue.submit("finetune", params(steps=100_000), owner="dave", threads=1)
     nxt = queue.submit("finetune", params(), owner="dave", threads=1)
-    wait_for(lambda: queue.get(victim.id).state == "running")
+    wait_until(lambda: queue.get(victim.id).state == "running")
     assert os.getsid(victim.status["pid"]) != os.getsid(0)  # its own session: outlives the server
     os.kill(victim.status["pid"], signal.SIGKILL)
-    wait_for(lambda: queue.get(victim.id).state == "failed")
+    wait_until(lambda: queue.get(victim.id).state == "failed")
     assert "ended unexpectedly" in queue.get(victim.id).message
     (done,) = wait_all(queue, [nxt])
     assert done.state == "done"
@@ -103,7 +95,7 @@ def test_a_killed_worker_is_reported_and_frees_its_slot(tmp_path):
 def test_sigterm_stops_cleanly(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     job = queue.submit("finetune", params(steps=100_000), owner="erin", threads=1)
-    wait_for(lambda: queue.get(job.id).steps_done >= 1)
+    wait_until(lambda: queue.get(job.id).steps_done >= 1)
     os.kill(job.status["pid"], signal.SIGTERM)
     (info,) = wait_all(queue, [job])
     assert info.state == "stopped" and (info.dir / "baseline" / "model.safetensors").exists()
@@ -185,7 +177,7 @@ def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_pat
     long = [FinetuneConfig(method="baseline", epochs=50, steps_per_epoch=40, batch_size=8, fresh_deltas=0,
                            eval_limit=16)]
     job = queue.submit("finetune", finetune_params(MODEL, "default", long, processes=2), owner="a")
-    wait_for(lambda: queue.get(job.id).steps_done >= 5, timeout=240)
+    wait_until(lambda: queue.get(job.id).steps_done >= 5, timeout=240)
     queue.stop(job.id)
     (info,) = wait_all(queue, [job], timeout=240)
     res = info.results.get("baseline", {})
@@ -209,5 +201,5 @@ def test_a_finished_worker_is_reaped_without_anyone_looking(tmp_path):
     def gone() -> bool:  # reaped: no such process any more (a zombie keeps its /proc entry, state Z)
         return not Path(f"/proc/{pid}").exists()
 
-    wait_for(gone, timeout=240)  # note: queue.jobs() is never called in between
+    wait_until(gone, timeout=240)  # note: queue.jobs() is never called in between
     assert (job.dir / "status.json").exists()

@@ -2,12 +2,11 @@
 
 import io
 import json
-import time
 
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 from nullviz.synthesis import default_synthesis_config
 
 TIMEOUT = 120
@@ -416,14 +415,13 @@ def progress_text(at) -> str:
 def wait_for_job(at, until=lambda at: bool(at.table), timeout=180):
     """Rerun the page until ``until`` holds (by default: the finished job's table; the job runs in its
     own process)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def rerun_done():
         at.run()
         assert not at.exception, at.exception
-        if until(at):
-            return at
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; progress: {progress_text(at)!r}")
+        return until(at)
+
+    wait_until(rerun_done, timeout, 0.5, lambda: f"timed out; progress: {progress_text(at)!r}")
+    return at
 
 
 def start_finetune(at, methods, **numbers):

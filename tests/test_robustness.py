@@ -4,6 +4,7 @@ import torch
 
 from conftest import assert_state_equal, state_snapshot
 from nullviz import robustness as R
+from nullviz.attacks import ATTACKS, PGD, Attack, fgsm, make_attack, patchfool, pgd, register_attack
 from nullviz.data import digits_dataset
 from nullviz.errors import InvalidParameterError
 from nullviz.models import PixelModel
@@ -18,7 +19,7 @@ def batch(default_lm):
 def test_fgsm_at_zero_eps_is_clean(default_lm, batch):
     px, y = batch
     fn = PixelModel.of(default_lm)
-    adv = R.fgsm(fn, px, y, eps=0.0)
+    adv = fgsm(fn, px, y, eps=0.0)
     assert torch.equal(adv, px.clamp(0, 1))
     report = R.evaluate(default_lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm",), eps=0.0, limit=48))
     assert report.attacks["fgsm"]["robust_acc"] == report.clean_acc
@@ -30,7 +31,7 @@ def test_fgsm_matches_torchattacks(default_lm, batch):
 
     px, y = batch
     fn = PixelModel.of(default_lm)
-    ours = R.fgsm(fn, px, y, 8 / 255)
+    ours = fgsm(fn, px, y, 8 / 255)
     theirs = torchattacks.FGSM(fn, eps=8 / 255)(px, y)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
     assert float((ours - px).abs().max()) <= 8 / 255 + 1e-6
@@ -41,7 +42,7 @@ def test_pgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(default_lm, batch, 
     px, y = batch
     fn = PixelModel.of(default_lm)
     eps = 8 / 255 if norm == "linf" else 1.0
-    adv = R.pgd(fn, px, y, eps=eps, alpha=eps / 4, steps=10, norm=norm)
+    adv = pgd(fn, px, y, eps=eps, alpha=eps / 4, steps=10, norm=norm)
     d = (adv - px).flatten(1)
     if norm == "linf":
         assert float(d.abs().max()) <= eps + 1e-6
@@ -50,17 +51,39 @@ def test_pgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(default_lm, batch, 
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1
     acc_pgd = float((R.predict_pixels(fn, adv) == y).float().mean())
     if norm == "linf":
-        acc_fgsm = float((R.predict_pixels(fn, R.fgsm(fn, px, y, eps)) == y).float().mean())
+        acc_fgsm = float((R.predict_pixels(fn, fgsm(fn, px, y, eps)) == y).float().mean())
         assert acc_pgd <= acc_fgsm
     assert acc_pgd < float((R.predict_pixels(fn, px) == y).float().mean())
 
 
 def test_patch_attack_changes_only_one_patch(default_lm, batch):
     px, y = batch
-    adv = R.patch_attack(default_lm, px[:8], y[:8], steps=5)
+    adv = patchfool(PixelModel.of(default_lm), px[:8], y[:8], steps=5)
     changed = (adv - px[:8]).abs().sum(1)  # [B, H, W]
     per_patch = changed.unfold(1, 8, 8).unfold(2, 8, 8).sum((-1, -2))  # [B, gh, gw]
     assert ((per_patch > 0).flatten(1).sum(1) <= 1).all()
+
+
+def test_every_attack_has_one_call_and_is_weighed_in_the_progress(default_lm, batch):
+    """One registry: each attack is built from an evaluation's settings and called as attack(fn, pixels,
+    labels, seed); the progress plan weighs each by its gradient steps (PatchFool used to raise KeyError)."""
+    px, y = batch
+    fn = PixelModel.of(default_lm)
+    cfg = R.EvalConfig(attacks=tuple(ATTACKS), pgd_steps=3, patch_steps=2)
+    plan = cfg.work_plan()
+    assert set(ATTACKS) == {"fgsm", "pgd", "patchfool"} and list(plan)[1:] == list(ATTACKS)
+    assert (plan["fgsm"], plan["pgd"], plan["patchfool"]) == (4.0, 10.0, 7.0)
+    for name in ATTACKS:
+        attack = make_attack(name, cfg)
+        assert isinstance(attack, Attack) and attack.label and attack.name == name
+        adv = attack(fn, px[:4], y[:4], seed=0)
+        assert adv.shape == px[:4].shape and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    torch.testing.assert_close(make_attack("pgd", cfg)(fn, px[:4], y[:4], seed=5),
+                               pgd(fn, px[:4], y[:4], cfg.eps, cfg.pgd_alpha, 3, "linf", seed=5))
+    with pytest.raises(InvalidParameterError, match="attack"):
+        make_attack("cw", cfg)
+    with pytest.raises(ValueError, match="registered already"):
+        register_attack(PGD)
 
 
 @pytest.mark.parametrize("name", R.CORRUPTIONS)

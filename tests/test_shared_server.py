@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
@@ -11,12 +10,12 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 from nullviz.data import extract_image_folder_zip, load_image_bytes
 from nullviz.deploy import ServerSettings, Workspace, new_workspace_id
 from nullviz.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError, ServerPathRefusedError,
                             UploadTooLargeError)
-from nullviz.synthesis import load_noise_bytes
+from nullviz.noisefile import load_noise_bytes
 
 TIMEOUT = 120
 
@@ -248,9 +247,7 @@ def test_two_sessions_interleaved_on_attention_while_a_job_runs(jobs_dir):
     import app_state
 
     queue, job_id = app_state.job_queue(), starter.session_state["ft_job_pick"]
-    deadline = time.time() + 60
-    while time.time() < deadline and not queue.get(job_id).finished:
-        time.sleep(0.2)
+    wait_until(lambda: queue.get(job_id).finished, 60, 0.2)
     assert queue.get(job_id).state in ("stopped", "cancelled")
 
 

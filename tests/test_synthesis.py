@@ -6,10 +6,11 @@ import torch
 from conftest import assert_state_equal, state_snapshot
 from nullviz import data
 from nullviz.errors import InvalidParameterError, NoiseFileError
+from nullviz.noisefile import load_noise, load_noise_bytes
 from nullviz.params import constraints_of
 from nullviz.robustness import images_tensor
 from nullviz.synthesis import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
-                               load_noise, noise_controls, noise_effect, split_fit_check, split_fit_validation,
+                               noise_controls, noise_effect, split_fit_check, split_fit_validation,
                                synthesize)
 
 
@@ -227,3 +228,22 @@ def test_frontier_larger_lambda_gives_larger_delta_on_shared_images(tiny_lm):
 
     fig = figures.frontier_plot(front)
     assert {t.name for t in fig.data} >= {"optimised δ", "δ permuted", "Gaussian, same norm", "random start, same norm"}
+
+
+def test_one_noise_file_format_round_trips_and_refuses_what_is_not_one(tmp_path):
+    from nullviz.noisefile import NOISE_FORMAT, noise_bytes, save_noise
+
+    delta = torch.arange(12.0).reshape(3, 2, 2)
+    path = save_noise(tmp_path / "d.pt", delta, {"level": "input", "kind": "exact", "seed": 3})
+    saved = load_noise(path)
+    assert torch.equal(saved.delta, delta) and saved.level == "input" and saved.meta["seed"] == 3
+    assert load_noise_bytes(path.read_bytes(), "d.pt").meta == saved.meta
+    assert torch.load(path, weights_only=True)["format"] == NOISE_FORMAT
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left beside it
+    with pytest.raises(NoiseFileError, match="level"):
+        noise_bytes(delta, {"kind": "exact"})
+    bare = tmp_path / "bare.pt"  # what `nullviz nullspace --out` wrote before: still read, as input-level δ
+    torch.save(delta, bare)
+    assert load_noise(bare).level == "input"
+    with pytest.raises(NoiseFileError, match="not a PyTorch file"):
+        load_noise_bytes(b"hello", "notes.txt")

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 from nullviz.attention import trace
 from nullviz.errors import InvalidParameterError
 from nullviz.models import shared_weights_view
-from nullviz.tracing import _Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
+from nullviz.tracing import Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
 
 VARIANTS = {
     "plain": {},
@@ -92,23 +92,36 @@ def test_linears_equal_torch_with_onednn_packed_plain_and_without(gelu, monkeypa
     x = torch.randn(130, 96, generator=g)
     with torch.no_grad():
         expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
-        linear = _Linears(view, x)
+        linear = Linears(view, x)
         torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(linear(x[:7], layer, gelu), expected[:7], atol=1e-5, rtol=1e-5)  # other M
         layer.weight.mul_(2.0)  # changed in place: the packed copy must follow (its version moved)
         expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
-        torch.testing.assert_close(_Linears(view, x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
         monkeypatch.setattr("nullviz.tracing.PACKED_WEIGHTS_MAX_BYTES", 0)
         unpacked = torch.nn.Sequential(layer)  # a new view: decides afresh, too big to pack now
-        linear = _Linears(unpacked, x)
+        linear = Linears(unpacked, x)
         assert linear.packed is None
         torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
         monkeypatch.setattr("nullviz.tracing.onednn_linear_available", lambda: False)
-        torch.testing.assert_close(_Linears(view, x)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
+        torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
 
 
-def test_onednn_probe_is_a_bool():
-    assert onednn_linear_available() in (True, False)
+def test_onednn_probe_says_no_when_the_op_is_missing_or_wrong(monkeypatch):
+    """The probe decides between oneDNN and F.linear: it must say no whenever oneDNN is absent, raises, or gives
+    other numbers than F.linear (the plain path is then always correct)."""
+    probe = onednn_linear_available.__wrapped__  # the probe itself, not its once-per-process answer
+    if torch.backends.mkldnn.is_available():
+        assert probe() is True  # this torch's oneDNN agrees with F.linear here
+    ops = torch.ops.mkldnn
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda x, w, b, *rest: real(x, w, b, *rest) * 1.001)
+    assert probe() is False
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: (_ for _ in ()).throw(RuntimeError("no such op")))
+    assert probe() is False
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert probe() is False
 
 
 _FAULTS = """

@@ -12,15 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from nullviz.data import digits_dataset  # noqa: E402
-from nullviz.distributed import cleanup  # noqa: E402
-from nullviz.finetune import FinetuneConfig, FinetuneRun  # noqa: E402
-from nullviz.models import load_model  # noqa: E402
+from nullviz.data import digits_dataset
+from nullviz.distributed import cleanup
+from nullviz.finetune import FinetuneConfig, FinetuneRun
+from nullviz.models import load_model
 
 
 def main() -> int:
