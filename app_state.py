@@ -17,13 +17,13 @@ from PIL import Image
 
 from nullviz import figures
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
-from nullviz.deploy import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, keep_freed_memory,
+from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, keep_freed_memory,
                             new_workspace_id, server_threads, threads_per_job, valid_workspace_id)
-from nullviz.errors import NullvizError
-from nullviz.jobs import JobQueue
+from nullviz.core.errors import NullvizError
+from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
                             embedded_model, load_model, resolve_device)
-from nullviz.nullspace import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -111,6 +111,7 @@ def warm_start() -> str:
     shared caches, so the first session draws at once (server.py runs this in a thread of its own). Returns the
     model's name."""
     spec = default_spec()
+    job_queue()  # every session's first run reads the jobs folder through it
     home_picture(spec)
     return spec["name"]
 

@@ -7,13 +7,13 @@ classroom's browsers. The pages' HTML now names the server's root as the place t
 (``window.__streamlit.BACKEND_BASE_URL``, Streamlit's documented hook for hosts), so the browser asks the root
 only. Everything else is Streamlit's own server: ``streamlit run server.py`` finds ``app`` below.
 
-It also starts warm: as soon as the server is up, a thread of its own imports the library and loads the default
-model and the Home page's picture into the shared caches, so the first visitor does not wait for them.
+It also starts warm: before it reports ready, it imports the library and loads the default model and the Home
+page's picture into the shared caches (in a worker thread), so the first visitor does not wait for them.
 """
 
+import asyncio
 import contextlib
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -94,7 +94,7 @@ def _warm() -> None:
 
 @contextlib.asynccontextmanager
 async def warm_start(_app):
-    threading.Thread(target=_warm, name="nullviz-warm-start", daemon=True).start()
+    await asyncio.to_thread(_warm)  # before the server says it is ready: its first visitor gets a figure at once
     yield None
 
 

@@ -2,10 +2,10 @@
 
     python bench/bench_attention.py [--device cpu|cuda] [--browser] [--before PATH] [--glibc-defaults]
 
-Runs with the allocator setting the app and the CLI use (:func:`nullviz.deploy.keep_freed_memory`), or with
+Runs with the allocator setting the app and the CLI use (:func:`nullviz.server.settings.keep_freed_memory`), or with
 glibc's defaults (``--glibc-defaults``); the README gives both.
 
-- ``nullviz.attention.trace`` (every block's attention *and* output tokens, and the logits) ÷ timm's own
+- ``nullviz.inspection.attention.trace`` (every block's attention *and* output tokens, and the logits) ÷ timm's own
   ``timm.utils.AttentionExtract`` (fused attention off) on the same model and batch — fx with its default
   names (attention only), hook, and fx asked for the same outputs as trace — for the digits ViT b64, the
   cluttered ViT b64, ViT-Ti/16 b16 (random weights); and the hooked pass (trace before the direct pass) ÷
@@ -33,11 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench_core import paired_ratio, print_table, timeit
-from nullviz import nullspace as N
-from nullviz.attention import (attention_views, compare, contrast_noises, head_statistics,
+from nullviz.noise import exact as N
+from nullviz.inspection.attention import (attention_views, compare, contrast_noises, head_statistics,
                                noise_contrast, trace, unfused_attention)
 from nullviz.data import sample_image
-from nullviz.deploy import keep_freed_memory
+from nullviz.server.settings import keep_freed_memory
 from nullviz.models import create_random_vit, embedded_model, load_model
 
 

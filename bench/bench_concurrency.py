@@ -19,8 +19,8 @@ import time
 import torch
 
 
-from nullviz import nullspace as N
-from nullviz.attention import compare
+from nullviz.noise import exact as N
+from nullviz.inspection.attention import compare
 from nullviz.models import create_random_vit, load_model
 
 

@@ -58,7 +58,7 @@ def loader_rate(folder: Path, workers: int) -> float:
     from timm.data import create_transform, resolve_data_config
 
     from nullviz.data import image_folder
-    from nullviz.loader import EpochBatchSampler, make_train_loader
+    from nullviz.train.loader import EpochBatchSampler, make_train_loader
 
     with __import__("torch").device("meta"):
         cfg = resolve_data_config(model=timm.create_model("vit_small_patch16_224"))

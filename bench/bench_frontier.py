@@ -25,7 +25,7 @@ import torch
 from nullviz import figures
 from nullviz.data import synthesis_sets, synthesis_sources
 from nullviz.models import embedded_model, load_model
-from nullviz.synthesis import RESEARCH_CODE, SynthesisConfig, default_synthesis_config, frontier, synthesize
+from nullviz.noise.approximate import RESEARCH_CODE, SynthesisConfig, default_synthesis_config, frontier, synthesize
 
 LAMS = (0.1, 0.3, 0.5, 0.8, 1.2)
 

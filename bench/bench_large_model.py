@@ -20,12 +20,12 @@ from dataclasses import replace
 
 import torch
 
-from nullviz import nullspace as N
-from nullviz.attention import compare, set_statistics
-from nullviz.attribution import attribute
+from nullviz.noise import exact as N
+from nullviz.inspection.attention import compare, set_statistics
+from nullviz.inspection.attribution import attribute
 from nullviz.data import PHOTOS_SOURCE, SAMPLE_PHOTOS, sample_image, synthesis_sets
 from nullviz.models import create_random_vit
-from nullviz.synthesis import default_synthesis_config, synthesize
+from nullviz.noise.approximate import default_synthesis_config, synthesize
 
 
 def _sync(device: torch.device) -> None:

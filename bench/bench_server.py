@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from nullviz.finetune import FinetuneConfig
-from nullviz.jobs import JobQueue, finetune_params
+from nullviz.train.finetune import FinetuneConfig
+from nullviz.jobs.queue import JobQueue, finetune_params
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -121,7 +121,7 @@ def wait_job(queue: JobQueue, job_id: str, timeout=900):
 def bench_watched(rounds: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    from nullviz.deploy import ServerSettings, threads_per_job
+    from nullviz.server.settings import ServerSettings, threads_per_job
 
     data = Path(tempfile.mkdtemp(prefix="nullviz-bench-"))
     server = Server(data)

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InvalidParameterError, NullvizError
+from nullviz.core.errors import InvalidParameterError, NullvizError
+
 
 OWN = "'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered'"
 
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from .models import load_model
+    from nullviz.models import load_model
 
     if not args.model.strip():
         raise InvalidParameterError("--model", "nullviz", "'default' or a timm ViT name (e.g. vit_tiny_patch16_224)",
@@ -171,19 +172,19 @@ def _load(args):
 
 
 def cmd_info(args) -> dict[str, Any]:
-    from .data import digits_dataset
-    from .models import embedded_model
+    from nullviz.data import digits_dataset
+    from nullviz.models import embedded_model
 
     lm = _load(args)
     out = lm.facts()
     own = embedded_model(lm.name)  # an embedded architecture (shipped weights or a finetuned checkpoint)
     if own is not None and own.data == "digits":
-        from .robustness import accuracy
+        from nullviz.robustness.evaluation import accuracy
 
         out["heldout_accuracy"] = accuracy(lm, digits_dataset("heldout"))
         out["heldout_images"] = len(digits_dataset("heldout"))
     elif own is not None:  # re-measure what the training script recorded (accuracy, localisation, invariance)
-        from .cluttered import measure
+        from nullviz.robustness.cluttered_report import measure
 
         out.update(measure(lm))
     return out
@@ -191,9 +192,9 @@ def cmd_info(args) -> dict[str, Any]:
 
 def cmd_nullspace(args) -> dict[str, Any]:
 
-    from . import nullspace as N
-    from .data import resolve_image
-    from .noisefile import save_noise
+    from nullviz.noise import exact as N
+    from nullviz.data import resolve_image
+    from nullviz.noise.files import save_noise
 
     lm = _load(args)
     ns = N.nullspace(lm, args.rtol)
@@ -222,8 +223,8 @@ def _synthesis_tensors(lm, data: str, n_fit: int | None, n_val: int, n_check: in
     seeded validation draw) and its held-out 10 %."""
     import torch
 
-    from .data import DataSpec, own_data, synthesis_sets, synthesis_sources, train_heldout
-    from .robustness import images_tensor
+    from nullviz.data import DataSpec, own_data, synthesis_sets, synthesis_sources, train_heldout
+    from nullviz.robustness.evaluation import images_tensor
 
     data = own_data(data, lm.name)
     if DataSpec.parse(data).embedded:
@@ -248,7 +249,7 @@ def _synthesis_tensors(lm, data: str, n_fit: int | None, n_val: int, n_check: in
 
 
 def _sweep_grid(items: list[str]) -> dict[str, tuple]:
-    from .synthesis import parse_sweep
+    from nullviz.noise.approximate import parse_sweep
 
     spec = {}
     for item in items:
@@ -261,7 +262,7 @@ def _sweep_grid(items: list[str]) -> dict[str, tuple]:
 
 
 def cmd_synthesize(args) -> dict[str, Any]:
-    from .synthesis import SynthesisConfig, default_synthesis_config, frontier, synthesize
+    from nullviz.noise.approximate import SynthesisConfig, default_synthesis_config, frontier, synthesize
 
     given = {k: getattr(args, k) for k in ("lim", "lr", "lam", "tol", "steps", "batch_size")
              if getattr(args, k) is not None}
@@ -289,7 +290,7 @@ def cmd_synthesize(args) -> dict[str, Any]:
             sys.stderr.write("\n")
         out = result.to_dict()
         if args.html is not None:
-            from . import figures
+            from nullviz import figures
 
             figures.frontier_plot(result).write_html(str(args.html), include_plotlyjs="cdn")
             out["html"] = str(args.html)
@@ -325,12 +326,12 @@ def _parse_query(text: str) -> tuple[int, int] | None:
 def cmd_attention(args) -> dict[str, Any]:
     import numpy as np
 
-    from . import attention as A
-    from . import nullspace as N
-    from .data import load_dataset, own_data, resolve_image
-    from .robustness import images_tensor
-    from .noisefile import load_noise
-    from .synthesis import check_noise_fits
+    from nullviz.inspection import attention as A
+    from nullviz.noise import exact as N
+    from nullviz.data import load_dataset, own_data, resolve_image
+    from nullviz.robustness.evaluation import images_tensor
+    from nullviz.noise.files import load_noise
+    from nullviz.noise.approximate import check_noise_fits
 
     lm = _load(args)
     img = resolve_image(args.image)
@@ -381,8 +382,8 @@ def cmd_attention(args) -> dict[str, Any]:
 
 
 def cmd_evaluate(args) -> dict[str, Any]:
-    from . import robustness as R
-    from .data import load_dataset, own_data
+    from nullviz.robustness import evaluation as R
+    from nullviz.data import load_dataset, own_data
 
     attacks = () if args.attacks.strip() in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
     try:
@@ -406,7 +407,7 @@ def cmd_evaluate(args) -> dict[str, Any]:
     if args.reference is not None and config.corruptions:
         from dataclasses import replace
 
-        from .models import load_model
+        from nullviz.models import load_model
 
         if args.reference == "default":
             ref_lm = load_model("default", device=args.device)
@@ -426,8 +427,8 @@ def cmd_evaluate(args) -> dict[str, Any]:
 
 
 def cmd_finetune(args) -> dict[str, Any]:
-    from .data import own_data, train_heldout
-    from .finetune import FinetuneConfig, finetune
+    from nullviz.data import own_data, train_heldout
+    from nullviz.train.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -461,7 +462,7 @@ def cmd_finetune(args) -> dict[str, Any]:
                           should_stop=lambda: stop["requested"])
     finally:
         signal.signal(signal.SIGTERM, previous)
-        from .distributed import cleanup
+        from nullviz.train.distributed import cleanup
 
         cleanup()
     if progress is not None:
@@ -470,8 +471,8 @@ def cmd_finetune(args) -> dict[str, Any]:
 
 
 def cmd_jobs(args) -> dict[str, Any]:
-    from .deploy import ServerSettings
-    from .jobs import JobQueue
+    from nullviz.server.settings import ServerSettings
+    from nullviz.jobs.queue import JobQueue
 
     env = {"NULLVIZ_DATA_DIR": args.data_dir} if args.data_dir else None
     settings = ServerSettings.from_env(env)
@@ -526,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     """The ``nullviz`` command (and ``python -m nullviz``): a process of its own tunes its allocator, then runs."""
-    from .deploy import keep_freed_memory
+    from nullviz.server.settings import keep_freed_memory
 
     keep_freed_memory()  # a command, a job or a torchrun rank: reuse freed memory instead of faulting it in again
     raise SystemExit(main())

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -318,7 +319,7 @@ def attention_matrix(matrix: np.ndarray, num_prefix_tokens: int, title: str = ""
 
 def head_statistics_plot(stats, height: int = 360) -> go.Figure:
     """Per head, by depth: mean attention distance (pixels; the ViT paper's figure) and entropy (nats), clean
-    as filled dots and noised as open circles. ``stats``: a :class:`nullviz.attention.HeadStatistics`."""
+    as filled dots and noised as open circles. ``stats``: a :class:`nullviz.inspection.attention.HeadStatistics`."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["mean attention distance", "attention entropy"],
                         horizontal_spacing=0.1)
     L, H = stats.distance_clean.shape
@@ -360,7 +361,7 @@ def change_distribution(values: np.ndarray, title: str, yaxis_title: str, height
 
 def noise_contrast_plot(contrast, height: int = 380) -> go.Figure:
     """The teaching chart: per depth, how much each noise moves the token representations (left) and the
-    attention (right), log scale. ``contrast``: a :class:`nullviz.attention.NoiseContrast`."""
+    attention (right), log scale. ``contrast``: a :class:`nullviz.inspection.attention.NoiseContrast`."""
     floor = CHANGE_FLOOR
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["token representations ‖Δh‖/‖h‖", "attention (total variation)"])
@@ -510,7 +511,7 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_ke
 def frontier_plot(frontier, height: int = 420) -> go.Figure:
     """‖δ‖ vs held-out mean Σ Δp² (log scale) for each synthesized δ of a sweep, with the three controls of
     the same norm on the same images, the tolerance ε as a line, and the largest δ it allows starred.
-    ``frontier``: a :class:`nullviz.synthesis.Frontier`."""
+    ``frontier``: a :class:`nullviz.noise.approximate.Frontier`."""
     pts = sorted(frontier.points, key=lambda p: p.noise_l2)
     x = [p.noise_l2 for p in pts]
     floor = 1e-7  # Σ Δp² can be 0.0 to float precision; draw it at the floor of the log axis
@@ -538,7 +539,7 @@ def frontier_plot(frontier, height: int = 420) -> go.Figure:
 
 def _interval_bars(name: str, summaries, metrics: Sequence[str], labels: Mapping[str, str],
                    scale: Mapping[str, float], hover: bool = False) -> go.Bar:
-    """One bar per metric at a :class:`~nullviz.comparison.Summary`'s mean, its 95 % interval as error bars."""
+    """One bar per metric at a :class:`~nullviz.train.comparison.Summary`'s mean, its 95 % interval as error bars."""
     k = [scale.get(m, 1.0) for m in metrics]  # a negative scale flips a measure (lower is better → up is better)
     bar = dict(name=name, x=[labels.get(m, m) for m in metrics], y=[s.mean * f for s, f in zip(summaries, k)],
                error_y=dict(type="data", symmetric=False,  # n < 2: no interval, so no error bar at all
@@ -557,7 +558,7 @@ def method_bars(comparison, metrics: Sequence[str] | None = None, labels: Mappin
                 scale: Mapping[str, float] | None = None, height: int = 420) -> go.Figure:
     """Grouped bars: one group per metric, one bar per method at its mean over seeds, with the 95 % t-interval
     of the mean as error bars (none for a single seed). ``comparison``: a
-    :class:`nullviz.comparison.MethodComparison`; ``scale`` multiplies a metric (e.g. 100 for %)."""
+    :class:`nullviz.train.comparison.MethodComparison`; ``scale`` multiplies a metric (e.g. 100 for %)."""
     metrics = list(metrics or comparison.metrics)
     labels, scale = dict(labels or {}), dict(scale or {})
     fig = go.Figure()

@@ -14,13 +14,13 @@ from app_state import (current_model, job_queue, job_threads, require_shell, ser
                        show_error, upload_widget, workspace)
 from nullviz import figures
 from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
-from nullviz.deploy import check_upload_size
-from nullviz.errors import NullvizError
-from nullviz.finetune import FinetuneConfig, check_head, data_class_count
-from nullviz.finetune_methods import FINETUNE_METHODS
-from nullviz.comparison import compare_methods
-from nullviz.jobs import LogFollower, finetune_params, run_names, thin
-from nullviz.seeds import MAX_SEED
+from nullviz.server.settings import check_upload_size
+from nullviz.core.errors import NullvizError
+from nullviz.train.finetune import FinetuneConfig, check_head, data_class_count
+from nullviz.train.methods import FINETUNE_METHODS
+from nullviz.train.comparison import compare_methods
+from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
+from nullviz.core.seeds import MAX_SEED
 
 require_shell(__file__)
 

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_state import current_model, default_sample_for, presentation_mode, require_shell, set_presentation_mode
 from nullviz import figures
-from nullviz import nullspace as N
+from nullviz.noise import exact as N
 from nullviz.data import sample_image, sample_image_names
 
 require_shell(__file__)

@@ -6,7 +6,7 @@ embedded model's held-out accuracy by severity at 32 px.
 SSIM: mean over six photographs that ship with scikit-image, centre-cropped and resized; one seed per image.
 A ladder is flagged when a severity is more than 0.01 SSIM (or 0.02 accuracy) *less* damaging than the one
 before it, or severity 5 is not at least 0.05 SSIM below severity 1. This is the measurement behind
-``nullviz.corruptions.SEVERITY_ORDER``.
+``nullviz.robustness.corruptions.SEVERITY_ORDER``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 
-from nullviz.corruptions import CORRUPTIONS, is_severity_scale, scale_photos, ssim_by_severity
+from nullviz.robustness.corruptions import CORRUPTIONS, is_severity_scale, scale_photos, ssim_by_severity
 
 
 def accuracy_ladder(name: str, limit: int) -> list[float]:
-    from nullviz import robustness as R
+    from nullviz.robustness import evaluation as R
     from nullviz.data import digits_dataset
     from nullviz.models import load_model
 

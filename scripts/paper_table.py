@@ -33,10 +33,10 @@ from pathlib import Path
 
 
 from nullviz import figures
-from nullviz import robustness as R
-from nullviz.comparison import compare_methods
+from nullviz.robustness import evaluation as R
+from nullviz.train.comparison import compare_methods
 from nullviz.data import digits_dataset
-from nullviz.finetune import FinetuneConfig, FinetuneRun
+from nullviz.train.finetune import FinetuneConfig, FinetuneRun
 from nullviz.models import load_model
 
 METRICS = ("clean", "under δ", "under the start's δ", "nullspace size", "Gaussian", "FGSM", "PGD-10", "FGSM 2/255",

@@ -2,7 +2,7 @@
 
     python scripts/train_cluttered_model.py     # writes assets/cluttered_model/{model.safetensors,config.json}
 
-Every epoch draws fresh scenes (``nullviz.cluttered.render``: training digits over crops of the training
+Every epoch draws fresh scenes (``nullviz.data.scenes.render``: training digits over crops of the training
 photographs, seeded by (seed, epoch)); the held-out scenes (held-out digits on photographs training never
 used) are evaluated once, at the end, through the same timm eval transform the app uses. The script also
 records what the model is for: the share of the last layer's CLS attention and of rollout that falls inside
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,
                        training_parser)
-from nullviz import cluttered, data
+from nullviz import data
+from nullviz.data import scenes as cluttered
 from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR,
                             CLUTTERED_MODEL_NAME, load_model, nullviz_cluttered_vit)
 
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         "data_config": CLUTTERED_DATA_CONFIG,
         "class_names": list(data.DIGITS_CLASS_NAMES),
         "dataset": "cluttered digits: scikit-learn load_digits drawn at 22-37 px on 64x64 crops of "
-                   "scikit-image photographs (nullviz.cluttered; held-out digits on held-out photographs)",
+                   "scikit-image photographs (nullviz.data.scenes; held-out digits on held-out photographs)",
         "split": {"digits_seed": data.DIGITS_SPLIT_SEED, "train_backgrounds": list(cluttered.TRAIN_BACKGROUNDS),
                   "heldout_backgrounds": list(cluttered.HELDOUT_BACKGROUNDS),
                   "heldout_scenes": cluttered.HELDOUT_SCENES},

@@ -1,8 +1,8 @@
-"""Every file another process reads is replaced whole (nullviz.atomic): jobs, checkpoints, noise files."""
+"""Every file another process reads is replaced whole (nullviz.core.atomic): jobs, checkpoints, noise files."""
 
 import pytest
 
-from nullviz.atomic import replace_atomically, write_json_atomic, write_text_atomic
+from nullviz.core.atomic import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):

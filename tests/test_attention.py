@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz import nullspace as N
-from nullviz.attention import (attention_distance, cls_attention_maps, compare, representation_change, rollout,
+from nullviz.noise import exact as N
+from nullviz.inspection.attention import (attention_distance, cls_attention_maps, compare, representation_change, rollout,
                                trace, unfused_attention)
-from nullviz.attribution import METHODS, attribute
+from nullviz.inspection.attribution import METHODS, attribute
 from nullviz.data import sample_image
-from nullviz.errors import InvalidParameterError
+from nullviz.core.errors import InvalidParameterError
 
 
 def _fused_flags(model):
@@ -145,7 +145,7 @@ def test_attribution_leaves_torch_global_rng_alone(default_lm, digit_x, method):
 
 def test_vit_without_class_token_maps_the_mean_patch_query():
     """Patch 0's attention row used to be labelled as the CLS map (and the rollout's)."""
-    from nullviz.attention import rollout_map
+    from nullviz.inspection.attention import rollout_map
     from nullviz.models import create_random_vit
 
     lm = create_random_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=2,
@@ -209,7 +209,7 @@ def test_odd_geometry_vit():
 
 
 # ----------------------------------------------------------------------------------- research views
-from nullviz.attention import (attention_entropy, head_statistics, mean_attention_distance,  # noqa: E402
+from nullviz.inspection.attention import (attention_entropy, head_statistics, mean_attention_distance,  # noqa: E402
                                noise_contrast, patch_distances, query_index, query_maps, set_statistics)
 
 
@@ -276,7 +276,7 @@ def test_head_statistics_of_identical_traces_match(default_lm, digit_x):
 
 
 def test_noise_contrast_exact_vs_random(default_lm, digit_x):
-    from nullviz.synthesis import random_like
+    from nullviz.noise.approximate import random_like
 
     ns = N.nullspace(default_lm)
     v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=2.0, seed=0))
@@ -296,7 +296,7 @@ def test_noise_contrast_exact_vs_random(default_lm, digit_x):
 
 
 def test_contrast_noises_page_and_cli_draw_the_same(default_lm, digit_x):
-    from nullviz.attention import contrast_noises
+    from nullviz.inspection.attention import contrast_noises
 
     ns = N.nullspace(default_lm)
     exact = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
@@ -328,7 +328,7 @@ def test_cli_contrast_uses_the_library_noises(capsys, default_lm, digit_x, tmp_p
     """`nullviz attention --contrast` with a saved δ: the same noises and numbers as the library call."""
     import json
 
-    from nullviz.attention import contrast_noises
+    from nullviz.inspection.attention import contrast_noises
     from nullviz.cli import main
     from nullviz.data import sample_image
 
@@ -349,7 +349,7 @@ def test_cli_contrast_uses_the_library_noises(capsys, default_lm, digit_x, tmp_p
 def test_contrast_caption_says_what_was_measured():
     """The caption comes from the numbers: a δ that moves the tokens as much as random noise of its norm is
     said to, one that barely moves them is said to move them far less (the page used a fixed 'a little')."""
-    from nullviz.attention import NoiseContrast
+    from nullviz.inspection.attention import NoiseContrast
 
     names = ["exact nullspace noise", "random, same norm as the exact noise", "approximate δ", "random, same norm as δ"]
 
@@ -367,7 +367,7 @@ def test_contrast_caption_says_what_was_measured():
 
 
 def test_attribution_methods_are_one_registry_with_one_call(default_lm, digit_x):
-    from nullviz.attribution import (ATTRIBUTION_METHODS, AttributionSettings, SaliencyMethod,
+    from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, AttributionSettings, SaliencyMethod,
                                      register_attribution)
     from nullviz.models import PixelModel
 

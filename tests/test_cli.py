@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT
 from nullviz.cli import main
-from nullviz.noisefile import load_noise
+from nullviz.noise.files import load_noise
 
 
 def run_json(capsys, *args):
@@ -52,6 +52,7 @@ def test_synthesize_json_and_round_trip(capsys, tmp_path):
     assert att["level"] == "encoder" and len(att["layer_repr_change"]) == 4 and att["query"] == "CLS"
 
 
+@pytest.mark.slow
 def test_synthesize_input_level_says_whether_it_is_an_image(capsys):
     free = run_json(capsys, "synthesize", "--level", "input", "--images", "8", "--steps", "5")
     assert free["clipped"] is False and free["out_of_range_fraction"] > 0.3
@@ -82,6 +83,7 @@ def test_attention_research_views(capsys, tmp_path):
         assert z["set_attention_tv"].shape == (12, 4) and z["contrast_repr_change"].shape == (2, 5)
 
 
+@pytest.mark.slow
 def test_info_re_measures_the_cluttered_model(capsys):
     import json as _json
 
@@ -126,6 +128,7 @@ class _no_raise:
         return False
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     ok = subprocess.run([sys.executable, "-m", "nullviz", "info", "--json"], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
@@ -149,6 +152,7 @@ def test_evaluate_json(capsys, tmp_path):
     assert rel["relative_corruption_error_left_out"] == {} and set(rel["relative_corruption_error_per_corruption"]) == {"fog"}
 
 
+@pytest.mark.slow
 def test_finetune_json(capsys, tmp_path):
     out = run_json(capsys, "finetune", "--method", "nullspace", "--epochs", "1", "--steps-per-epoch", "3",
                    "--batch-size", "16", "--synth-steps", "5", "--eval-synth-steps", "5", "--out", str(tmp_path / "run"))

@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from nullviz import cluttered as C
+from nullviz.data import scenes as C
+from nullviz.inspection.localization import box_attention_ratio, box_mask
+from nullviz.robustness.cluttered_report import measure
 from nullviz.data import digits_indices, load_dataset, own_data, sample_image, train_heldout
-from nullviz.errors import DataError
+from nullviz.core.errors import DataError
 from nullviz.models import CLUTTERED_MODEL_DIR, load_model
 
 
@@ -47,20 +49,21 @@ def test_box_mask_and_ratio_by_hand():
     # a 4×4 grid of 16-pixel patches on a 64×64 image; box (16, 16)–(40, 48) covers patch rows 1–2 fully and
     # columns 1 fully, 2 half: area share (24·32)/(64·64) = 0.1875
     boxes = torch.tensor([[16, 16, 40, 48]])
-    mask = C.box_mask(boxes, (4, 4), (64, 64)).reshape(4, 4)
+    mask = box_mask(boxes, (4, 4), (64, 64)).reshape(4, 4)
     expected = torch.zeros(4, 4)
     expected[1:3, 1] = 1.0
     expected[1:3, 2] = 0.5
     assert torch.allclose(mask, expected)
     uniform = torch.ones(1, 16)
-    r = C.box_attention_ratio(uniform, boxes, (4, 4), (64, 64))
+    r = box_attention_ratio(uniform, boxes, (4, 4), (64, 64))
     assert r["box_share"] == pytest.approx(0.1875) and r["ratio"] == pytest.approx(1.0)
     focused = torch.zeros(1, 16)
     focused[0, 1 * 4 + 1] = 1.0  # all attention on a patch fully inside the box
-    r = C.box_attention_ratio(focused, boxes, (4, 4), (64, 64))
+    r = box_attention_ratio(focused, boxes, (4, 4), (64, 64))
     assert r["mass_inside"] == pytest.approx(1.0) and r["ratio"] == pytest.approx(1 / 0.1875)
 
 
+@pytest.mark.slow
 def test_own_data_follows_the_embedded_model():
     assert own_data("default", "nullviz_cluttered_vit") == "cluttered"
     assert own_data("default", "cluttered") == "cluttered"
@@ -85,7 +88,7 @@ def test_the_eval_transform_sees_exactly_the_generated_pixels(cluttered_lm):
 
 
 def test_cluttered_model_has_an_exact_nullspace(cluttered_lm):
-    from nullviz import nullspace as N
+    from nullviz.noise import exact as N
 
     assert cluttered_lm.grid_size == (8, 8) and cluttered_lm.embed_dim == 96
     ns = N.nullspace(cluttered_lm)
@@ -96,10 +99,11 @@ def test_cluttered_model_has_an_exact_nullspace(cluttered_lm):
     assert report.rel_logit_change < 1e-5 and report.top1_clean == report.top1_noised
 
 
+@pytest.mark.slow
 def test_recorded_figures_are_reproduced_by_the_code(cluttered_lm):
     """config.json holds what the training script measured; the library re-measures it from the weights."""
     recorded = json.loads((CLUTTERED_MODEL_DIR / "config.json").read_text())
-    measured = C.measure(cluttered_lm)
+    measured = measure(cluttered_lm)
     assert measured["heldout_accuracy"] == recorded["heldout_accuracy"]
     assert measured["heldout_accuracy"] >= 0.95
     for kind in ("last_layer", "rollout"):

@@ -1,11 +1,13 @@
 """The Nullspace page on the cluttered model synthesizes with every measured setting of that model."""
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, _fresh_server
-from nullviz.synthesis import default_synthesis_config
+from nullviz.noise.approximate import default_synthesis_config
 
 
+@pytest.mark.slow
 def test_the_page_uses_the_cluttered_models_measured_selection_margin(monkeypatch, tmp_path):
     """The page once rebuilt its config from the form alone and lost the model's ε/2 margin: δ was kept inside ε
     on validation and came out outside ε on the unseen scenes (seen in Chromium)."""

@@ -9,8 +9,8 @@ import pytest
 from conftest import ROOT
 
 from nullviz import figures
-from nullviz.comparison import compare_methods, paired_difference, summarize
-from nullviz.errors import InvalidParameterError
+from nullviz.train.comparison import compare_methods, paired_difference, summarize
+from nullviz.core.errors import InvalidParameterError
 
 
 def test_summary_is_the_t_interval_by_hand():
@@ -41,7 +41,7 @@ def test_paired_t_test_by_hand():
 def test_holm_on_a_worked_example():
     """p = (0.01, 0.04, 0.03, 0.005) over m = 4: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06,
     0.04·1 = 0.04 → kept monotone: 0.06; None stays outside the family."""
-    from nullviz.comparison import holm
+    from nullviz.train.comparison import holm
 
     adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": None})
     assert adj == {"d": pytest.approx(0.02), "a": pytest.approx(0.03), "c": pytest.approx(0.06),
@@ -58,7 +58,7 @@ def test_primary_measures_are_unadjusted_and_the_rest_holm_adjusted():
     adj = cmp.adjusted_p()
     raw = {(c, m): cmp.difference(c, m).p_value for c in cmp.controls for m in cmp.metrics}
     assert adj[("baseline", "fgsm")] == raw[("baseline", "fgsm")]  # primary: as it is
-    from nullviz.comparison import holm
+    from nullviz.train.comparison import holm
 
     family = holm({k: v for k, v in raw.items() if k[1] != "fgsm"})
     assert all(adj[k] == family[k] for k in family) and len(family) == 4
@@ -112,6 +112,7 @@ def test_compare_methods_and_figures():
         compare_methods(runs, ["acc"], "adversarial")
 
 
+@pytest.mark.slow
 def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(tmp_path):
     """The script as a user runs it (its own process, the installed package)."""
     out = tmp_path / "table"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nullviz import corruptions as C
-from nullviz import robustness as R
-from nullviz.corruptions import (CORRUPTIONS, CorruptionNotApplicableError, corrupt_image, is_severity_scale,
+from nullviz.robustness import corruptions as C
+from nullviz.robustness import evaluation as R
+from nullviz.robustness.corruptions import (CORRUPTIONS, CorruptionNotApplicableError, corrupt_image, is_severity_scale,
                                  scale_photos, ssim_by_severity)
 from nullviz.data import digits_dataset
 from nullviz.models import create_random_vit
@@ -29,11 +29,13 @@ def test_every_corruption_is_a_severity_scale_at_32_px(photos_32, name):
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
+@pytest.mark.slow
 def test_every_corruption_is_a_severity_scale_at_224_px(photos_224, name):
     ladder = ssim_by_severity(photos_224, name)
     assert is_severity_scale(ladder, rise=0.015, span=0.04), ladder
 
 
+@pytest.mark.slow
 def test_accuracy_never_rises_with_severity_at_32_px(default_lm):
     """The embedded model on 200 held-out digits: accuracy by severity falls (or saturates), for all 15."""
     cfg = R.EvalConfig(attacks=(), corruptions=CORRUPTIONS, limit=200)
@@ -142,7 +144,7 @@ class _Draws:
 def test_glass_blur_copies_pixels_as_the_reference_does():
     """ImageNet-C's reference scrambles with ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views: a copy
     of x[h', w'] onto x[h, w] (x[h', w'] keeps its value), in order; its first blur is truncated to uint8."""
-    from nullviz.corruptions import gaussian_blur, glass_blur
+    from nullviz.robustness.corruptions import gaussian_blur, glass_blur
 
     rng = np.random.default_rng(7)
     x = rng.random((12, 10, 3)).astype(np.float32)
@@ -166,7 +168,7 @@ def test_glass_blur_copies_pixels_as_the_reference_does():
 
 
 def _swap_version(x, sigma, delta, iterations, draws):
-    from nullviz.corruptions import gaussian_blur
+    from nullviz.robustness.corruptions import gaussian_blur
 
     h_, w_, ch = x.shape
     y = np.floor(gaussian_blur(x, sigma) * 255) / 255

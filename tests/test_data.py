@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from nullviz import data
-from nullviz.errors import DataError, ImageLoadError
+from nullviz.core.errors import DataError, ImageLoadError
 
 
 def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:

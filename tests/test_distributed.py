@@ -20,13 +20,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, wait_until
-from nullviz.atomic import replace_atomically
-from nullviz.checkpoint import load_checkpoint, save_checkpoint
+from nullviz.core.atomic import replace_atomically
+from nullviz.train.checkpoint import load_checkpoint, save_checkpoint
 from nullviz.data import digits_dataset
-from nullviz.errors import CheckpointError
-from nullviz.finetune import FinetuneConfig, FinetuneRun
-from nullviz.loader import EpochBatchSampler, make_train_loader
-from nullviz.seeds import stream_seed
+from nullviz.core.errors import CheckpointError
+from nullviz.train.finetune import FinetuneConfig, FinetuneRun
+from nullviz.train.loader import EpochBatchSampler, make_train_loader
+from nullviz.core.seeds import stream_seed
+
+pytestmark = pytest.mark.distributed  # torchrun with two gloo processes
 
 ATOL = 2e-6
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

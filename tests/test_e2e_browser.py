@@ -8,6 +8,8 @@ from playwright.sync_api import expect
 
 from conftest import ROOT, streamlit_server, wait_until
 
+pytestmark = pytest.mark.browser  # a real server driven by Chromium
+
 RUN_COUNTER = (ROOT / "bench" / "run_counter.js").read_text()  # the script-run counter the latency benches use
 
 

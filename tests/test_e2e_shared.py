@@ -5,6 +5,8 @@ from playwright.sync_api import expect
 
 from conftest import streamlit_server
 
+pytestmark = pytest.mark.browser  # a real shared server, two Chromium contexts
+
 
 @pytest.fixture(scope="module")
 def shared_url(tmp_path_factory):

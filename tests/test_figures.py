@@ -64,7 +64,7 @@ def test_few_epochs_are_labelled_points_on_a_sensible_axis():
 
 
 def test_depth_and_statistics_figures_number_blocks_from_one():
-    from nullviz.attention import HeadStatistics, NoiseContrast
+    from nullviz.inspection.attention import HeadStatistics, NoiseContrast
 
     depth = figures.depth_curve({"a": [1.0, 2.0, 3.0]})
     assert list(depth.data[0].x) == [1, 2, 3]

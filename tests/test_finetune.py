@@ -5,12 +5,12 @@ import torch
 
 from conftest import assert_state_equal, state_snapshot
 from nullviz.data import digits_dataset
-from nullviz.errors import CheckpointError, InvalidParameterError
-from nullviz import finetune_methods
-from nullviz.finetune import METHODS, FinetuneConfig, FinetuneRun, finetune
-from nullviz.finetune_methods import FINETUNE_METHODS
+from nullviz.core.errors import CheckpointError, InvalidParameterError
+from nullviz.train import methods as finetune_methods
+from nullviz.train.finetune import METHODS, FinetuneConfig, FinetuneRun, finetune
+from nullviz.train.methods import FINETUNE_METHODS
 from nullviz.models import load_model
-from nullviz.params import constraints_of
+from nullviz.core.params import constraints_of
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def small(method, **kw):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch(default_lm, sets, method):
     run = FinetuneRun(default_lm, sets[0], sets[1], small(method, lr=5e-4, steps_per_epoch=12))
     run.synthesize_delta(seed=0)
@@ -55,6 +56,7 @@ def test_cached_model_untouched(default_lm, sets, tmp_path):
     assert not default_lm.model.training and not any(p.requires_grad for p in default_lm.model.parameters())
 
 
+@pytest.mark.slow
 def test_history_metrics_logs_and_checkpoint(default_lm, sets, tmp_path):
     seen = []
     res = finetune(default_lm, sets[0], sets[1], small("nullspace", epochs=2), tmp_path, on_epoch=seen.append)
@@ -74,6 +76,7 @@ def test_history_metrics_logs_and_checkpoint(default_lm, sets, tmp_path):
     assert lm2.predict(x).shape == (4, 10)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_reproduce_the_same_state(default_lm, sets, tmp_path):
     cfg = small("nullspace", epochs=2, steps_per_epoch=4)
     straight = FinetuneRun(default_lm, sets[0], sets[1], cfg, tmp_path / "a")
@@ -97,6 +100,7 @@ def test_stop_and_resume_reproduce_the_same_state(default_lm, sets, tmp_path):
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_errors(default_lm, sets, tmp_path):
     with pytest.raises(CheckpointError, match="no complete nullviz run"):
         finetune(default_lm, sets[0], sets[1], small("baseline"), tmp_path / "empty", resume=True)
@@ -139,8 +143,8 @@ def test_new_class_count_gets_a_seeded_head_without_touching_global_rng(default_
 def test_other_classes_are_refused_without_an_explicit_new_head(default_lm, tmp_path):
     """A model is never quietly retrained on data of another number of classes (a 1,000-class ViT on the 10
     digits): the run, the page and the CLI say what to do instead."""
-    from nullviz.errors import DataError
-    from nullviz.finetune import check_head, data_class_count
+    from nullviz.core.errors import DataError
+    from nullviz.train.finetune import check_head, data_class_count
 
     ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
     ds.classes = ["a", "b", "c"]
@@ -159,7 +163,7 @@ def test_other_classes_are_refused_without_an_explicit_new_head(default_lm, tmp_
 def test_seed_streams_never_share_a_draw():
     """The Gaussian control trained on seed*7919 + period and was evaluated with seed + 17: seed 0, period 17
     trained on the evaluation noise. Now every (stream, seed, index) has its own seed, by construction."""
-    from nullviz.seeds import INDEX_PERIOD, MAX_SEED, STREAMS, stream_seed
+    from nullviz.core.seeds import INDEX_PERIOD, MAX_SEED, STREAMS, stream_seed
 
     train = {stream_seed("train_gaussian", s, p) for s in range(200) for p in range(500)}
     evaluation = {stream_seed("eval_gaussian", s, k) for s in range(200) for k in range(17)}
@@ -180,8 +184,9 @@ def test_seed_streams_never_share_a_draw():
         FinetuneConfig(seed=MAX_SEED + 1)
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_use_their_own_streams(default_lm, sets, monkeypatch):
-    from nullviz.seeds import stream_seed
+    from nullviz.core.seeds import stream_seed
 
     run = FinetuneRun(default_lm, sets[0], sets[1], small("gaussian", epochs=1, steps_per_epoch=2, fresh_deltas=2))
     synth_seeds, gauss_seeds = [], []
@@ -195,11 +200,12 @@ def test_training_and_evaluation_use_their_own_streams(default_lm, sets, monkeyp
     assert gauss_seeds == [stream_seed("train_gaussian", 0, 0)] * 2  # the evaluation's Gaussians: a fixed grid
 
 
+@pytest.mark.slow
 def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default_lm, sets):
     """The headline 'under δ' figure is the mean over δs synthesized from the final model on training images;
     the δ the run trained on is reported apart."""
-    from nullviz.synthesis import synthesize_for_model
-    from nullviz.seeds import stream_seed
+    from nullviz.noise.approximate import synthesize_for_model
+    from nullviz.core.seeds import stream_seed
 
     run = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=3))
     res = run.run()
@@ -209,7 +215,7 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     assert last["delta_acc_std"] >= 0 and "train_delta_acc" in last
     # re-derive the first fresh δ independently and check its accuracy: the evaluation's fixed settings, fit on
     # EVAL_FIT_FRACTION of the training images and selected on a validation draw of others
-    from nullviz.finetune import EVAL_FIT_FRACTION, EVAL_VALIDATION_IMAGES
+    from nullviz.train.finetune import EVAL_FIT_FRACTION, EVAL_VALIDATION_IMAGES
 
     seed = stream_seed("fresh_delta", 0, 0)
     order = torch.randperm(len(sets[0]), generator=torch.Generator().manual_seed(seed))
@@ -234,6 +240,7 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     assert "delta_acc" in every[0] and every[1]["delta_acc"] == two[1]["delta_acc"]
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_is_the_one_the_step_used(default_lm, sets):
     """It was read after scheduler.step(): the next step's rate."""
     steps = []
@@ -245,10 +252,11 @@ def test_logged_learning_rate_is_the_one_the_step_used(default_lm, sets):
 
 
 @pytest.mark.parametrize("method", ["baseline", "nullspace"])
+@pytest.mark.slow
 def test_progress_counts_synthesis_training_and_evaluation(default_lm, sets, method):
     """The work a run reports, phase by phase, is what its plan says (the progress bar's total): δ synthesis
     and evaluation move the bar, not only the training steps."""
-    from nullviz.finetune import PHASES
+    from nullviz.train.finetune import PHASES
 
     train, held = sets
     cfg = small(method, epochs=2, steps_per_epoch=3, synth_steps=4, fresh_deltas=1, eval_limit=40)
@@ -270,11 +278,12 @@ def test_progress_counts_synthesis_training_and_evaluation(default_lm, sets, met
     assert order[-1] == "evaluating"
 
 
+@pytest.mark.slow
 def test_same_weights_same_evaluation_whatever_the_training_settings(default_lm, sets):
     """One yardstick: runs that leave the weights unchanged but differ in method, λ and lim report
     identical evaluation numbers — fresh δs, the starting model's δ, the Gaussian grid, FGSM, nullspace size.
     Before, the fresh δs used each run's own λ and the Gaussian each run's own δ norm."""
-    from nullviz.finetune import GAUSSIAN_GRID
+    from nullviz.train.finetune import GAUSSIAN_GRID
 
     # lr 1e-30 (it must be > 0): Adam's step is about lr, far below float32 rounding of the weights
     common = dict(epochs=1, steps_per_epoch=1, lr=1e-30, weight_decay=0.0, fresh_deltas=1, eval_synth_steps=8)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from nullviz import data
-from nullviz.robustness import images_tensor
-from nullviz.synthesis import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier, probs_change,
+from nullviz.robustness.evaluation import images_tensor
+from nullviz.noise.approximate import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier, probs_change,
                                split_fit_validation, synthesize)
 
 
@@ -37,6 +37,7 @@ def test_own_data_sets_are_disjoint_and_say_what_they_are():
     assert "held-out" in sets.used["test"] and "never fit on" in sets.used["validation"]
 
 
+@pytest.mark.slow
 def test_test_images_cannot_change_delta(default_lm, digit_sets):
     """δ and every choice depend on the fit and validation images only: judging it on other images changes
     nothing but the judgement."""
@@ -49,6 +50,7 @@ def test_test_images_cannot_change_delta(default_lm, digit_sets):
     assert a.selected_on == "validation" and a.num_validation_images == len(val)
 
 
+@pytest.mark.slow
 def test_kept_delta_is_inside_the_selection_threshold_on_validation(default_lm, digit_sets):
     fit, val, held = digit_sets
     for lam, margin in ((0.5, 1.0), (3.0, 0.5)):  # λ 3 pushes δ past ε: it is shrunk back inside
@@ -79,6 +81,7 @@ def test_without_validation_images_part_of_the_fit_images_is_held_out(default_lm
     assert "too few" in tiny.images_used["validation"]
 
 
+@pytest.mark.slow
 def test_no_verdict_on_too_few_unseen_images(default_lm, digit_sets):
     fit, val, held = digit_sets
     few = synthesize(default_lm, fit, SynthesisConfig(steps=5), validation_images=val,
@@ -90,6 +93,7 @@ def test_no_verdict_on_too_few_unseen_images(default_lm, digit_sets):
     assert enough.to_dict()["verdict"] == enough.verdict
 
 
+@pytest.mark.slow
 def test_frontier_chooses_on_validation_not_on_the_test_images(default_lm, digit_sets):
     fit, val, held = digit_sets
     front = frontier(default_lm, fit, SynthesisConfig(steps=10, batch_size=32), lams=(0.0, 1.0, 4.0),
@@ -113,10 +117,11 @@ def test_probs_change_by_hand():
     assert probs_change([1.0, 0.0], [1.0, 0.0]) == 0.0
 
 
+@pytest.mark.slow
 def test_kept_clean_logits_give_the_same_delta(default_lm, digit_sets):
     """The page keeps the pool's clean logits for every synthesis: δ is the same as computing them as drawn."""
-    from nullviz.errors import InvalidParameterError
-    from nullviz.synthesis import clean_logits
+    from nullviz.core.errors import InvalidParameterError
+    from nullviz.noise.approximate import clean_logits
 
     fit, val, held = digit_sets
     cfg = SynthesisConfig(steps=12, batch_size=32, seed=2)

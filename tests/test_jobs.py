@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import wait_until
 
-from nullviz.errors import InvalidParameterError, JobNotFoundError
-from nullviz.finetune import FinetuneConfig
-from nullviz.jobs import JobQueue, LogFollower, finetune_params, thin
+from nullviz.core.errors import InvalidParameterError, JobNotFoundError
+from nullviz.train.finetune import FinetuneConfig
+from nullviz.jobs.queue import JobQueue, LogFollower, finetune_params, thin
+
+pytestmark = pytest.mark.slow  # real job processes
 
 MODEL = {"name": "default", "device": "cpu"}
 
@@ -139,7 +141,7 @@ def test_thin_keeps_ends_and_bounds_points():
 
 def test_cli_lists_and_stops_the_servers_jobs(tmp_path, capsys):
     from nullviz.cli import main
-    from nullviz.deploy import ServerSettings
+    from nullviz.server.settings import ServerSettings
 
     settings = ServerSettings.from_env({"NULLVIZ_DATA_DIR": str(tmp_path)})
     queue = JobQueue(settings.jobs_root, max_running=1)
@@ -155,13 +157,14 @@ def test_cli_lists_and_stops_the_servers_jobs(tmp_path, capsys):
 
 
 def test_run_names_are_unique_per_method_and_seed():
-    from nullviz.jobs import run_names
+    from nullviz.jobs.queue import run_names
 
     assert run_names([{"method": "baseline", "seed": 0}, {"method": "nullspace", "seed": 0}]) == ["baseline", "nullspace"]
     assert run_names([{"method": "nullspace", "seed": 0}, {"method": "nullspace", "seed": 1},
                       {"method": "gaussian", "seed": 0}]) == ["nullspace-seed0", "nullspace-seed1", "gaussian"]
 
 
+@pytest.mark.distributed
 def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_path):
     queue = JobQueue(tmp_path, max_running=1)
     cfgs = [FinetuneConfig(method="nullspace", epochs=1, steps_per_epoch=3, batch_size=8, synth_steps=2, eval_synth_steps=2,

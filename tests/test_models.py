@@ -7,10 +7,10 @@ from safetensors.torch import save_file
 
 from conftest import assert_state_equal, state_snapshot
 from nullviz import data
-from nullviz.errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
+from nullviz.core.errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
                             PretrainedWeightsUnavailableError)
 from nullviz.models import DEFAULT_MODEL_NAME, load_model, resolve_device
-from nullviz.robustness import accuracy
+from nullviz.robustness.evaluation import accuracy
 
 
 def test_default_model_facts(default_lm):
@@ -189,7 +189,7 @@ def test_cached_pretrained_weights_load_without_a_network(tmp_path, monkeypatch,
 
 
 def test_rectangular_patches_are_refused_with_a_clear_message():
-    from nullviz.errors import UnsupportedModelError
+    from nullviz.core.errors import UnsupportedModelError
     from nullviz.models import create_random_vit
 
     with pytest.raises(UnsupportedModelError, match="rectangular 8×4 patches"):
@@ -230,7 +230,7 @@ def test_token_grid_comes_from_the_input_shape():
     embedding of a 2×8 grid, as its own forward does; the default grid is refused only when the counts differ."""
     import timm
 
-    from nullviz.errors import InvalidParameterError
+    from nullviz.core.errors import InvalidParameterError
     from nullviz.models import PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 
     torch.manual_seed(0)
@@ -253,7 +253,7 @@ def test_a_checkpoint_file_alone_names_its_architecture(tmp_path, kind):
     """An uploaded file has no sidecar: a finetuned cluttered model was loaded into the digits architecture
     and refused. Its architecture now comes from the file: the header nullviz writes, or the embedded model
     whose every weight shape it matches."""
-    from nullviz.checkpoint import save_checkpoint
+    from nullviz.train.checkpoint import save_checkpoint
     from nullviz.models import CLUTTERED_MODEL_NAME
 
     cluttered = load_model("cluttered", device="cpu")

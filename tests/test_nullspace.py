@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz import nullspace as N
+from nullviz.noise import exact as N
 from nullviz.data import sample_image
-from nullviz.errors import InvalidParameterError
+from nullviz.core.errors import InvalidParameterError
 from nullviz.models import create_random_vit
 
 
@@ -30,7 +30,8 @@ def test_default_model_exact_invariance(default_lm, digit_x):
     assert report.noise_linf_pixels == pytest.approx(report.noise_linf * 0.5)  # std 0.5
 
 
-@pytest.mark.parametrize("name,nullity", [("vit_tiny_patch16_224", 576), ("vit_base_patch32_224", 2304)])
+@pytest.mark.parametrize("name,nullity", [("vit_tiny_patch16_224", 576),
+                                          pytest.param("vit_base_patch32_224", 2304, marks=pytest.mark.slow)])
 def test_random_timm_vits_exact_invariance(name, nullity):
     lm = create_random_vit(name, seed=0)
     ns = N.nullspace(lm)

@@ -3,11 +3,12 @@
 import io
 import json
 
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_until
-from nullviz.synthesis import default_synthesis_config
+from nullviz.noise.approximate import default_synthesis_config
 
 TIMEOUT = 120
 
@@ -136,6 +137,7 @@ def test_nullspace_bad_upload_is_one_clear_message():
     assert "not an image" in at.error[0].value and "sample image instead" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_nullspace_feasible_and_approximate_runs():
     at = app("pages/nullspace.py")
     at.radio(key="ns_mode").set_value("Exact, valid image (feasible)").run()
@@ -151,6 +153,7 @@ def test_nullspace_feasible_and_approximate_runs():
     assert at.session_state["current_noise"]["level"] == "encoder"
 
 
+@pytest.mark.slow
 def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces_the_frontier():
     at = app("pages/nullspace.py")
     at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
@@ -187,6 +190,7 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     assert not at.exception and len(at.error) == 1 and "comma-separated numbers" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_nullspace_unoptimised_delta_is_flagged():
     """λ = 0 with a huge ε stops at once: δ is its random start, and the page says it is only small."""
     at = app("pages/nullspace.py")
@@ -217,6 +221,7 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     assert len(at.get("plotly_chart")) >= 6
 
 
+@pytest.mark.slow
 def test_attention_page_contrast_with_an_approximate_delta():
     """An encoder-level δ from the Nullspace page: the contrast chart draws exact noise, δ and a random control
     of each one's norm (the library's contrast_noises, as the CLI)."""
@@ -246,6 +251,7 @@ def test_attention_page_fresh_exact_noise_shows_zero_change():
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_attention_page_research_views():
     at = app("pages/attention.py")
     assert at.selectbox(key="att_query").value == "CLS"
@@ -357,6 +363,7 @@ def test_learn_page_links_to_finetune():
     assert at.multiselect(key="ft_methods").value == ["baseline", "nullspace"]
 
 
+@pytest.mark.slow
 def test_robustness_page_two_models():
     at = app("pages/robustness.py")
     assert not at.exception
@@ -373,6 +380,7 @@ def test_robustness_page_two_models():
     assert len(at.get("plotly_chart")) >= 5
 
 
+@pytest.mark.slow
 def test_robustness_page_large_evaluation_runs_as_a_job(server_env):
     jobs_dir = server_env(NULLVIZ_EVAL_JOB_THRESHOLD="1") / "jobs"  # this small evaluation counts as large
     at = app("pages/robustness.py")
@@ -434,6 +442,7 @@ def start_finetune(at, methods, **numbers):
     return at
 
 
+@pytest.mark.slow
 def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=3, batch=16,
                         synth_steps=5, eval_steps=5)
@@ -464,6 +473,7 @@ def test_sidebar_follows_a_model_a_page_switched_to():
     assert "model.safetensors" in at.sidebar.caption[-1].value
 
 
+@pytest.mark.slow
 def test_finetune_page_compares_methods_over_seeds(jobs_dir):
     at = start_finetune(app("pages/finetune.py"), ["baseline", "nullspace"], epochs=1, steps=2, batch=16,
                         synth_steps=3, eval_steps=3, fresh=1, seeds=2)
@@ -475,16 +485,19 @@ def test_finetune_page_compares_methods_over_seeds(jobs_dir):
     assert any(b.proto.label == "comparison (JSON)" for b in downloads(at))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
     at = start_finetune(app("pages/finetune.py"), ["baseline"], epochs=1, steps=2, batch=8, fresh=0, procs=2)
     wait_for_job(at, timeout=240)
-    from nullviz.jobs import JobQueue
+    from nullviz.jobs.queue import JobQueue
 
     job = JobQueue(jobs_dir, 1).get(at.session_state["ft_job_pick"])
     assert job.params["processes"] == 2 and job.results["baseline"]["world_size"] == 2
     assert "2 processes" in job.label
 
 
+@pytest.mark.slow
 def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(jobs_dir):
     at = app("pages/finetune.py")
     for steps in (2, 3):
@@ -501,6 +514,7 @@ def app_state_queue():
     return app_state.job_queue()
 
 
+@pytest.mark.slow
 def test_finetune_page_stop_button_and_reopen(jobs_dir):
     at = app("pages/finetune.py")
     at.multiselect(key="ft_methods").set_value(["baseline"])
@@ -554,6 +568,7 @@ def _triplet_title(at) -> str:
     return json.loads(chart.proto.spec)["layout"]["title"]["text"]
 
 
+@pytest.mark.slow
 def test_attention_views_follow_their_inputs():
     """Attributions are shown only for the image and noise they were computed for (a new upload used to get
     the previous image's map and completeness numbers); the block slider and the charts show the same block
@@ -695,6 +710,7 @@ def test_robustness_results_are_never_shown_for_another_model(tmp_path):
     assert at.table  # kept: switching back shows them again
 
 
+@pytest.mark.slow
 def test_attention_set_statistics_follow_the_noise():
     at = app("pages/attention.py")
     [b for b in at.button if b.label == "Compute statistics"][0].click().run()

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz import robustness as R
-from nullviz.attacks import ATTACKS, PGD, Attack, fgsm, make_attack, patchfool, pgd, register_attack
+from nullviz.robustness import evaluation as R
+from nullviz.robustness.attacks import ATTACKS, PGD, Attack, fgsm, make_attack, patchfool, pgd, register_attack
 from nullviz.data import digits_dataset
-from nullviz.errors import InvalidParameterError
+from nullviz.core.errors import InvalidParameterError
 from nullviz.models import PixelModel
 
 
@@ -114,6 +114,7 @@ def test_exact_noise_tolerance_curve_is_flat(default_lm, batch):
     assert curves["gaussian"]["agreement"][-1] < 1.0 and curves["uniform"]["agreement"][-1] < 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_full_report_and_exports(default_lm):
     snap = state_snapshot(default_lm.model)
     cfg = R.EvalConfig(attacks=("fgsm", "pgd"), corruptions=("fog", "contrast"), severities=(1, 5),
@@ -178,6 +179,7 @@ def test_pooled_corruption_error_on_a_hand_example():
     assert _report({"fog": [0.5] * 3}, severities=(1, 2, 3)).pooled_corruption_error(ref) is None
 
 
+@pytest.mark.slow
 def test_tolerance_curves_never_score_the_images_delta_was_fit_on(default_lm, monkeypatch):
     """δ was fit on the first 64 evaluated images and scored on them (agreement 1.000 there, 0.95–0.99 elsewhere)."""
     fits = []
@@ -197,6 +199,7 @@ def test_tolerance_curves_never_score_the_images_delta_was_fit_on(default_lm, mo
     assert "approximate" in tiny.tolerance_skipped
 
 
+@pytest.mark.slow
 def test_approximate_delta_beats_random_noise_of_same_norm(default_lm, batch):
     px, y = batch
     report = R.evaluate(default_lm, digits_dataset("heldout"),
@@ -230,7 +233,7 @@ def test_specs():
 
 def test_a_model_is_never_scored_on_images_of_other_classes():
     """A 1,000-class ViT on the 10 digits: a clear refusal, not an accuracy about labels it does not predict."""
-    from nullviz.errors import DataError
+    from nullviz.core.errors import DataError
     from nullviz.models import create_random_vit
 
     lm = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=8, embed_dim=64, depth=1,

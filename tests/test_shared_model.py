@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from nullviz import nullspace as N
-from nullviz.attention import compare, trace
-from nullviz.attribution import attribute
+from nullviz.noise import exact as N
+from nullviz.inspection.attention import compare, trace
+from nullviz.inspection.attribution import attribute
 from nullviz.models import PixelModel, shared_weights_view
-from nullviz.robustness import EvalConfig, corrupt, evaluate, fgsm, patch_attack, pgd
-from nullviz.synthesis import SynthesisConfig, noise_effect, synthesize
+from nullviz.robustness.attacks import fgsm, patchfool, pgd
+from nullviz.robustness.evaluation import EvalConfig, corrupt, evaluate
+from nullviz.noise.approximate import SynthesisConfig, noise_effect, synthesize
 
 from conftest import assert_state_equal, state_snapshot
 
@@ -70,7 +71,7 @@ def _operations(lm):
         "occlusion": lambda: attribute(lm, pixels[:1], "occlusion").attributions,
         "fgsm": lambda: fgsm(fn, pixels, labels),
         "pgd": lambda: pgd(fn, pixels, labels, steps=3, seed=4),
-        "patch_attack": lambda: patch_attack(lm, pixels, labels, steps=3),
+        "patchfool": lambda: patchfool(fn, pixels, labels, steps=3),
         "corrupt": lambda: corrupt(pixels, "gaussian_noise", 3, seed=7),
         "evaluate": lambda: torch.tensor(evaluate(lm, dataset, EvalConfig(attacks=("fgsm",), corruptions=("shot_noise",),
                                                                          severities=(2,), batch_size=2)).to_rows()[1]["value"]),
@@ -142,7 +143,7 @@ def test_trace_does_not_depend_on_the_callers_mode(tiny_lm):
 
 
 def test_view_pool_lends_each_view_to_one_caller_and_reuses_it(tiny_lm):
-    from nullviz.attention import attention_views
+    from nullviz.inspection.attention import attention_views
 
     pool = attention_views(tiny_lm)
     assert attention_views(tiny_lm.view()) is pool  # one pool per loaded model, shared by its per-run views

@@ -12,10 +12,10 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_until
 from nullviz.data import extract_image_folder_zip, load_image_bytes
-from nullviz.deploy import ServerSettings, Workspace, new_workspace_id
-from nullviz.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError, ServerPathRefusedError,
+from nullviz.server.settings import ServerSettings, Workspace, new_workspace_id
+from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError, ServerPathRefusedError,
                             UploadTooLargeError)
-from nullviz.noisefile import load_noise_bytes
+from nullviz.noise.files import load_noise_bytes
 
 TIMEOUT = 120
 
@@ -123,6 +123,7 @@ def test_decompression_bomb_is_an_image_load_error(bomb_png):
         load_image_bytes(bomb_png)
 
 
+@pytest.mark.slow
 def test_cli_bomb_and_empty_model_are_one_line_exit_2(bomb_png, tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_png)
@@ -157,7 +158,7 @@ def test_streamlit_config_keeps_the_watcher_out_and_stats_off():
     for ignored in (".venv/lib/python3.11/site-packages/torch/__init__.py", "venv/lib/python3.11/site-packages/x.py",
                     "data/cifar10/batch.bin", "runs/finetune/log.jsonl", "assets/default_model/config.json"):
         assert blacklist.is_blacklisted(str(ROOT / ignored)), ignored
-    for watched in ("app.py", "pages/home.py", "nullviz/models.py"):
+    for watched in ("app.py", "pages/home.py", "nullviz/models/loading.py", "nullviz/data/sets.py"):
         assert not blacklist.is_blacklisted(str(ROOT / watched)), watched
 
 
@@ -223,6 +224,7 @@ def test_oversized_image_upload_is_a_message(shared_server):
     assert not at.exception and "at most 1 MB" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_two_sessions_interleaved_on_attention_while_a_job_runs(jobs_dir):
     """Two sessions on the Attention page, their runs interleaved, while a finetuning job trains.
 
@@ -263,7 +265,7 @@ def test_attention_page_bad_noise_upload_names_the_users_file(jobs_dir):
 def test_the_server_leaves_the_jobs_cores_to_the_jobs(monkeypatch, server_env):
     """Beside a running job, 2 server threads made one δ synthesis 30× slower than 1 (OpenMP pools spinning
     against each other on the same cores)."""
-    from nullviz import deploy
+    from nullviz.server import settings as deploy
 
     for cores, jobs, expected in ((2, 1, 1), (16, 4, 1), (16, 2, 1), (3, 2, 1), (1, 1, 1)):
         monkeypatch.setattr(deploy.os, "cpu_count", lambda cores=cores: cores)

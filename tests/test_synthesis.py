@@ -5,11 +5,11 @@ import torch
 
 from conftest import assert_state_equal, state_snapshot
 from nullviz import data
-from nullviz.errors import InvalidParameterError, NoiseFileError
-from nullviz.noisefile import load_noise, load_noise_bytes
-from nullviz.params import constraints_of
-from nullviz.robustness import images_tensor
-from nullviz.synthesis import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
+from nullviz.core.errors import InvalidParameterError, NoiseFileError
+from nullviz.noise.files import load_noise, load_noise_bytes
+from nullviz.core.params import constraints_of
+from nullviz.robustness.evaluation import images_tensor
+from nullviz.noise.approximate import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
                                noise_controls, noise_effect, split_fit_check, split_fit_validation,
                                synthesize)
 
@@ -87,7 +87,7 @@ def test_synthesis_leaves_model_untouched(default_lm, digits_x):
 
 
 def test_trainable_model_gets_no_weight_grads(default_lm, digits_x):
-    from nullviz.synthesis import synthesize_for_model
+    from nullviz.noise.approximate import synthesize_for_model
 
     model = default_lm.trainable_copy()
     synthesize_for_model(model, digits_x, SynthesisConfig(steps=3, tol=1e-9))
@@ -131,9 +131,10 @@ def test_empty_images(default_lm):
         synthesize(default_lm, torch.empty(0, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, digits_x):
     """x + δ left 65 % of its values outside [0, 1]; clipping dropped agreement from 1.00 to 0.24."""
-    from nullviz.synthesis import clipped_delta, pixel_bounds
+    from nullviz.noise.approximate import clipped_delta, pixel_bounds
 
     fit = fit_indices(len(digits_x), 0)
     free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0))
@@ -231,7 +232,7 @@ def test_frontier_larger_lambda_gives_larger_delta_on_shared_images(tiny_lm):
 
 
 def test_one_noise_file_format_round_trips_and_refuses_what_is_not_one(tmp_path):
-    from nullviz.noisefile import NOISE_FORMAT, noise_bytes, save_noise
+    from nullviz.noise.files import NOISE_FORMAT, noise_bytes, save_noise
 
     delta = torch.arange(12.0).reshape(3, 2, 2)
     path = save_noise(tmp_path / "d.pt", delta, {"level": "input", "kind": "exact", "seed": 3})

@@ -7,10 +7,10 @@ import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
-from nullviz.attention import trace
-from nullviz.errors import InvalidParameterError
+from nullviz.inspection.attention import trace
+from nullviz.core.errors import InvalidParameterError
 from nullviz.models import shared_weights_view
-from nullviz.tracing import Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
+from nullviz.inspection.tracing import Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
 
 VARIANTS = {
     "plain": {},
@@ -50,8 +50,8 @@ def test_direct_pass_equals_the_hooked_forward(variant):
 
 def test_auto_uses_the_direct_pass_for_standard_blocks_and_hooks_otherwise(monkeypatch):
     calls = []
-    monkeypatch.setattr("nullviz.attention.direct_pass", lambda *a: calls.append("direct") or direct_pass(*a))
-    monkeypatch.setattr("nullviz.attention.hooked_pass", lambda *a: calls.append("hooks") or hooked_pass(*a))
+    monkeypatch.setattr("nullviz.inspection.attention.direct_pass", lambda *a: calls.append("direct") or direct_pass(*a))
+    monkeypatch.setattr("nullviz.inspection.attention.hooked_pass", lambda *a: calls.append("hooks") or hooked_pass(*a))
     x = torch.randn(2, 3, 32, 32)
     trace(_vit(), x)
     post_norm = _vit(block_fn=ResPostBlock)
@@ -98,12 +98,12 @@ def test_linears_equal_torch_with_onednn_packed_plain_and_without(gelu, monkeypa
         layer.weight.mul_(2.0)  # changed in place: the packed copy must follow (its version moved)
         expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
         torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
-        monkeypatch.setattr("nullviz.tracing.PACKED_WEIGHTS_MAX_BYTES", 0)
+        monkeypatch.setattr("nullviz.inspection.tracing.PACKED_WEIGHTS_MAX_BYTES", 0)
         unpacked = torch.nn.Sequential(layer)  # a new view: decides afresh, too big to pack now
         linear = Linears(unpacked, x)
         assert linear.packed is None
         torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
-        monkeypatch.setattr("nullviz.tracing.onednn_linear_available", lambda: False)
+        monkeypatch.setattr("nullviz.inspection.tracing.onednn_linear_available", lambda: False)
         torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
 
 
@@ -127,8 +127,8 @@ def test_onednn_probe_says_no_when_the_op_is_missing_or_wrong(monkeypatch):
 _FAULTS = """
 import resource, sys, torch
 torch.set_num_threads(1)
-from nullviz.attention import attention_views, trace
-from nullviz.deploy import keep_freed_memory
+from nullviz.inspection.attention import attention_views, trace
+from nullviz.server.settings import keep_freed_memory
 from nullviz.models import load_model
 applied = keep_freed_memory({"NULLVIZ_KEEP_FREED_MEMORY": sys.argv[1]})
 lm = load_model("digits")
@@ -143,6 +143,7 @@ print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 1
 """
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_traces():
     """glibc's defaults page-fault a warm trace's memory in again on every call; the server's setting
     keeps it (counted in fresh processes: the setting is process-wide)."""

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from nullviz.data import digits_dataset
-from nullviz.distributed import cleanup
-from nullviz.finetune import FinetuneConfig, FinetuneRun
+from nullviz.train.distributed import cleanup
+from nullviz.train.finetune import FinetuneConfig, FinetuneRun
 from nullviz.models import load_model
 
 

@@ -1,0 +1,143 @@
+"""Single images: the sample photographs that ship with scikit-image, sample digits and scenes, and
+uploads and files (checked against decompression bombs), all as PIL RGB images."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nullviz.core.errors import ImageLoadError
+
+from .digits import ImageListDataset, digits_split
+from .scenes import fixed_scenes
+
+
+#: Pixel budget for uploads (a 12k × 12k photo is 144 MP): protects the app against decompression bombs.
+MAX_IMAGE_PIXELS = 50_000_000
+
+#: Sample photographs that ship inside scikit-image (name -> skimage.data function name).
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "immunohistochemistry")
+def sample_photos_dataset(transform: Callable | None = None) -> ImageListDataset:
+    """The sample photographs as an unlabelled set (label −1): the images a model without data of its own is
+    shown on, for measures that need no labels (attention statistics)."""
+    return ImageListDataset([sample_image(name) for name in SAMPLE_PHOTOS], [-1] * len(SAMPLE_PHOTOS),
+                            ["unlabelled"], transform)
+
+
+# ------------------------------------------------------------------------------------------- samples
+def sample_image_names() -> list[str]:
+    """Names of the sample images: scikit-image photographs, then a few held-out digits."""
+    return [*SAMPLE_PHOTOS, *(f"digit-{i}" for i in range(10)), *(f"scene-{i}" for i in range(10))]
+
+
+def sample_image(name: str) -> Image.Image:
+    """A sample photograph from scikit-image (``'chelsea'``…), a held-out digit (``'digit-3'``) or a held-out
+    cluttered scene (``'scene-3'``: a 3 on a photograph, the cluttered model's own kind of image)."""
+    if name.startswith("digit-"):
+        try:
+            wanted = int(name.split("-", 1)[1])
+        except ValueError:
+            wanted = -1
+        if wanted not in range(10):
+            raise ImageLoadError(f"Unknown sample {name!r}: digits are 'digit-0' … 'digit-9'.")
+        images, labels = digits_split("heldout")
+        return images[labels.index(wanted)]
+    if name.startswith("scene-"):
+        wanted = name.split("-", 1)[1]
+        if wanted not in [str(i) for i in range(10)]:
+            raise ImageLoadError(f"Unknown sample {name!r}: cluttered scenes are 'scene-0' … 'scene-9'.")
+        scenes = fixed_scenes("heldout")
+        first = int((scenes.labels == int(wanted)).nonzero()[0])
+        return scenes.image(first)
+    if name not in SAMPLE_PHOTOS:
+        raise ImageLoadError(f"Unknown sample {name!r}; choose one of {', '.join(sample_image_names())}.")
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    return _array_to_rgb(arr)
+
+
+def _array_to_rgb(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12)).round().astype(np.uint8)
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return Image.fromarray(arr[..., :3])
+
+
+# ------------------------------------------------------------------------------------------- uploads
+def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an uploaded image into an RGB PIL image.
+
+    Applies EXIF orientation, converts grayscale / RGBA (onto white) / palette / CMYK / 16-bit to 8-bit
+    RGB, refuses images over ``max_pixels`` before decoding them (decompression bombs), and turns every
+    decoding failure into :class:`ImageLoadError` with a reason a user understands.
+    """
+    if not data:
+        raise ImageLoadError("The file is empty (0 bytes); upload a PNG, JPEG, BMP, GIF, TIFF or WebP image.")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError("The file is not an image this tool can read; upload a PNG, JPEG, BMP, GIF, "
+                             "TIFF or WebP image.") from exc
+    except Image.DecompressionBombError as exc:  # PIL refuses > 2× its own limit already while opening
+        raise ImageLoadError(f"The image is too large to open safely ({exc}); at most {max_pixels:,} pixels "
+                             f"are allowed, downscale it first.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageLoadError(f"The image is {width}×{height} = {width * height:,} pixels, more than the "
+                             f"{max_pixels:,} allowed; downscale it first.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        return _to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
+
+
+def load_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Like :func:`load_image_bytes`, from a path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"The image file {str(path)!r} does not exist.")
+    return load_image_bytes(path.read_bytes(), max_pixels)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return _array_to_rgb(arr)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An image with a display name, for pages and the command line."""
+
+    name: str
+    image: Image.Image
+
+
+def resolve_image(spec: str | None) -> LabelledImage:
+    """``None``/'sample' → the first sample; a sample name; or a path to an image file."""
+    if spec in (None, "", "sample"):
+        spec = SAMPLE_PHOTOS[1]
+    if spec in sample_image_names():
+        return LabelledImage(spec, sample_image(spec))
+    return LabelledImage(Path(spec).name, load_image_file(spec))

@@ -1,0 +1,351 @@
+"""Data sets by spec (``default``, the embedded sets, ``cifar10``, an ImageFolder), the model's own data, the
+fit / validation / test images of a synthesis, training splits, and uploaded zips of folders. Everything
+yields PIL RGB images (or tensors made by the model's own timm transform), so the same preprocessing path
+serves the embedded models, a pretrained ImageNet ViT and a user's checkpoint."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from nullviz.core.errors import DataError, UploadTooLargeError
+from nullviz.models import embedded_model
+
+from .digits import digits_dataset
+from .images import MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, load_image_file, sample_image
+from .scenes import VALIDATION_BACKGROUNDS, cluttered_dataset, synthesis_fit_validation
+
+
+def image_folder(path: str | Path, transform: Callable | None = None):
+    """A torchvision ``ImageFolder`` (one sub-directory per class) with the model's transform."""
+    from torchvision.datasets import ImageFolder
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"The data folder {str(path)!r} does not exist or is not a directory.")
+    try:
+        return ImageFolder(str(path), transform=transform, loader=lambda p: load_image_file(p))
+    except (FileNotFoundError, RuntimeError) as exc:  # torchvision: no class folders / no valid files
+        raise DataError(f"{str(path)!r} is not an ImageFolder: it needs one sub-folder of images per class "
+                        f"({exc}).") from exc
+
+
+#: Data sets that ship with nullviz (generated from installed packages), by spec.
+EMBEDDED_DATA = ("digits", "cluttered")
+DOWNLOADED_DATA = ("cifar10",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data spec string names, parsed in one place: ``default`` (the model's own data, resolved by
+    :func:`own_data`), an embedded set (``digits``, ``cluttered``), ``cifar10`` (downloaded once), or an
+    ImageFolder path. ``str(spec)`` gives the string back."""
+
+    kind: str  # "default" | "digits" | "cluttered" | "cifar10" | "folder"
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: "str | DataSpec") -> "DataSpec":
+        if isinstance(spec, DataSpec):
+            return spec
+        if not isinstance(spec, str) or not spec.strip():
+            raise DataError(f"No data given ({spec!r}): name 'default', {', '.join(map(repr, EMBEDDED_DATA))}, "
+                            f"'cifar10' or an ImageFolder folder.")
+        if spec in ("default", *EMBEDDED_DATA, *DOWNLOADED_DATA):
+            return cls(spec)
+        return cls("folder", Path(spec))
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "folder" else self.kind
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind in EMBEDDED_DATA
+
+    def class_count(self) -> int | None:
+        """How many classes it holds, without reading its images: 10 for the embedded sets and CIFAR-10, the
+        class folders of an ImageFolder (None if it cannot be read, or for 'default' before it is resolved)."""
+        if self.embedded or self.kind == "cifar10":
+            return 10
+        if self.kind != "folder":
+            return None
+        try:
+            return sum(1 for p in self.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return None
+
+
+def model_own_data(model_name: str | None) -> str | None:
+    """The embedded data set a model was trained on ('digits', 'cluttered'), or None for any other model (a timm
+    / ImageNet ViT has no training images of its own here: the 32-px digits are not its data)."""
+    if not model_name:
+        return "digits"
+    embedded = embedded_model(model_name)
+    return embedded.data if embedded is not None else None
+
+
+def no_own_data_message(model_name: str) -> str:
+    return (f"{model_name} has no training images of its own in nullviz (only the embedded models do: the digits "
+            f"and the cluttered scenes are not its classes). Give it images of its own classes: an ImageFolder "
+            f"(a folder, or a zip uploaded on the page), or CIFAR-10 with a new classifier head.")
+
+
+def own_data(spec: str, model_name: str | None) -> str:
+    """'default' means the data set the model was trained on: an embedded model's own (the digits, the
+    cluttered model's scenes); any other spec is kept. A model without data of its own has no default: a
+    :class:`DataError` says what to give instead (it used to get the digits, silently)."""
+    if DataSpec.parse(spec).kind != "default":
+        return spec
+    own = model_own_data(model_name)
+    if own is None:
+        raise DataError(no_own_data_message(str(model_name)))
+    return own
+
+
+def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
+    """'default'/'digits' → the digits split; 'cluttered' → the cluttered scenes of the split; anything else
+    is an ImageFolder path."""
+    parsed = DataSpec.parse(spec)
+    if parsed.kind in ("default", "digits"):
+        return digits_dataset(split, transform)
+    if parsed.kind == "cluttered":
+        return cluttered_dataset(split, transform)
+    if parsed.kind == "cifar10":
+        raise DataError("CIFAR-10 comes as (train, held-out): load it with train_heldout('cifar10').")
+    return image_folder(parsed.path, transform)
+
+
+SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
+PHOTOS_SOURCE, ONE_IMAGE_SOURCE = SYNTHESIS_SOURCES[1:]
+#: How the pages name the embedded data sets.
+EMBEDDED_DATA_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
+
+
+def synthesis_sources(own: str | None = "digits") -> tuple[str, ...]:
+    """The image sources to optimise a shared δ on, the first being the model's own training images if it has
+    any (``own`` None: a model without data of its own starts from the sample photographs)."""
+    return ((f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)",) if own else ()) + SYNTHESIS_SOURCES[1:]
+
+
+def _own_images(own: str, split: str, n: int) -> list[Image.Image]:
+    return list(load_dataset(own, None, split).images[:n])
+
+
+#: Images a synthesis on the own data selects δ on (training images it is not fit on), and judges it on.
+SYNTHESIS_VALIDATION_IMAGES = 256
+SYNTHESIS_TEST_IMAGES = 256
+#: The validation images are a fixed draw from the training split, the same for every synthesis seed.
+VALIDATION_SEED = 12345
+
+
+@dataclass(frozen=True)
+class SynthesisSets:
+    """Which images a synthesis uses for what. ``fit``: the pool δ's minibatches are drawn from;
+    ``validation``: training images δ is never fit on, which decide when to stop and which δ to keep (None:
+    the synthesis holds some of ``fit`` out itself, if there are enough); ``test``: images that neither δ nor
+    any choice saw, which every verdict is about (None: the synthesis holds some of ``fit`` out).
+    ``used`` says what each set is, in words."""
+
+    fit: list[Image.Image]
+    validation: list[Image.Image] | None
+    test: list[Image.Image] | None
+    used: dict[str, str]
+
+
+def own_train_validation(own: str, n_validation: int = SYNTHESIS_VALIDATION_IMAGES) -> tuple[list, list]:
+    """The own data's training split cut into the fit pool and a fixed validation draw (disjoint). The
+    cluttered scenes validate on scenes of training photographs the pool leaves out (see
+    ``cluttered.VALIDATION_BACKGROUNDS``); the digits on a seeded draw of training digits."""
+    if own == "cluttered":
+        return synthesis_fit_validation(n_validation)
+    train = list(load_dataset(own, None, "train").images)
+    n_val = min(n_validation, len(train) // 5)
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))
+    val_idx = set(order[:n_val].tolist())
+    return [im for i, im in enumerate(train) if i not in val_idx], [train[i] for i in sorted(val_idx)]
+
+
+def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "digits",
+                   current_is_small: bool = True, n_test: int = SYNTHESIS_TEST_IMAGES) -> SynthesisSets:
+    """The fit, validation and test images of a synthesis on ``source`` (one of :func:`synthesis_sources`).
+
+    The own data: δ is fit on minibatches drawn from the whole training split except a fixed validation draw,
+    and judged on the held-out split (digits: held-out digits; cluttered: held-out digits on photographs
+    training never used). The sample photos and a single image are too few to hold much out: the result says
+    what was held out, and gives no verdict on fewer unseen images than it needs."""
+    sources = synthesis_sources(own)
+    words = EMBEDDED_DATA_WORDS.get(own, own)
+    if own and source == sources[0]:
+        fit, val = own_train_validation(own)
+        test = _own_images(own, "heldout", n_test)
+        unseen = ("held-out digits on photographs training never used" if own == "cluttered"
+                  else f"held-out {words}")
+        if own == "cluttered":
+            where = (f"training scenes on photographs the fit pool leaves out ({', '.join(VALIDATION_BACKGROUNDS)})")
+            pool = f"{len(fit):,} training scenes (every training photograph but those {len(VALIDATION_BACKGROUNDS)})"
+        else:
+            where = f"other training {words} (a fixed draw)"
+            pool = f"{len(fit):,} training {words} (the whole training split but the validation draw)"
+        return SynthesisSets(fit, val, test, {
+            "fit": f"{pool}, drawn as minibatches",
+            "validation": f"{len(val)} {where}, never fit on: they decide when to stop and how large δ may be",
+            "test": f"{len(test)} {unseen}: δ and every choice never saw them; the verdict is about these"})
+    if source == PHOTOS_SOURCE:
+        photos = [sample_image(name) for name in SAMPLE_PHOTOS]
+        fit = ([current] if current is not None else []) + photos
+        return SynthesisSets(fit, None, None, {"fit": f"the current image and the {len(photos)} sample photographs"
+                                               if current is not None else f"the {len(photos)} sample photographs"})
+    if source == ONE_IMAGE_SOURCE:
+        if current is None:
+            raise DataError("No current image to synthesize on; pick or upload one first.")
+        if current_is_small and own:
+            test = _own_images(own, "heldout", n_test)
+            what = f"{len(test)} held-out {words}"
+        else:
+            test = [sample_image(p) for p in SAMPLE_PHOTOS]
+            what = f"the {len(test)} sample photographs"
+        return SynthesisSets([current], None, test, {"fit": "the current image alone", "test": what})
+    raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
+
+
+# ------------------------------------------------------------------------------------ training data
+def split_dataset(dataset, heldout_fraction: float = 0.1, seed: int = 0):
+    """A fixed random train/held-out split of any data set (the paper holds out 10 %)."""
+    n = len(dataset)
+    n_held = max(1, int(round(n * heldout_fraction)))
+    if n - n_held < 1:
+        raise DataError(f"The data set has only {n} images; it needs at least 2 to split into train and held-out.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    train = torch.utils.data.Subset(dataset, sorted(order[n_held:]))
+    held = torch.utils.data.Subset(dataset, sorted(order[:n_held]))
+    train.classes = held.classes = getattr(dataset, "classes", None)
+    return train, held
+
+
+def cifar10(root: str | Path, transform: Callable | None = None):
+    """CIFAR-10 (train, test) through torchvision; downloads once into ``root``."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        return (CIFAR10(str(root), train=True, transform=transform, download=True),
+                CIFAR10(str(root), train=False, transform=transform, download=True))
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise DataError(f"CIFAR-10 could not be downloaded into {str(root)!r} (no network? {exc}). Use the "
+                        f"default digits or an ImageFolder directory instead.") from exc
+
+
+def check_data_spec(spec: str) -> str:
+    """Fail now, with the reason, for a data spec a job would only reject minutes later: 'default',
+    'cifar10', or a folder with at least one class sub-folder (cheap: the folder is not scanned)."""
+    parsed = DataSpec.parse(spec)
+    if parsed.kind != "folder":
+        return spec
+    path = parsed.path
+    if not path.is_dir():
+        raise DataError(f"The data folder {str(path)!r} does not exist or is not a directory.")
+    if not any(child.is_dir() for child in path.iterdir()):
+        raise DataError(f"{str(path)!r} is not an ImageFolder: it needs one sub-folder of images per class.")
+    return spec
+
+
+def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data",
+                  train_transform: Callable | None = None):
+    """(train, held-out) for 'default'/'digits' (the digits' fixed split), 'cluttered' (the fixed scenes),
+    'cifar10', or an ImageFolder path (a seeded
+    90/10 split, the same in every process of a distributed run). ``train_transform`` (e.g. the model's timm
+    training augmentation) replaces ``transform`` for the training part only."""
+    train_tf = train_transform or transform
+    parsed = DataSpec.parse(spec)
+    if parsed.kind == "default" or parsed.embedded:
+        return load_dataset(parsed, train_tf, "train"), load_dataset(parsed, transform, "heldout")
+    if parsed.kind == "cifar10":
+        train, held = cifar10(Path(cache_dir) / "cifar10", transform)
+        if train_transform is not None:
+            train.transform = train_transform
+        return train, held
+    train, held = split_dataset(image_folder(parsed.path, transform))
+    if train_transform is not None:
+        train.dataset = image_folder(parsed.path, train_transform)  # same files, same order: the split's indices hold
+        train.classes = held.classes
+    return train, held
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def extract_image_folder_zip(data: bytes, dest: str | Path, max_bytes: int = 1024 * 2**20, max_files: int = 50_000,
+                             max_image_pixels: int | None = None) -> Path:
+    """Unpack an uploaded zip of an ImageFolder into ``dest`` and return the folder that holds the classes.
+
+    Everything is checked before a byte is written: every member's path must stay inside ``dest``
+    (``Path.is_relative_to``, not a string prefix), no links, at most ``max_files`` members, a declared
+    total of at most ``max_bytes``, and every image's declared size within ``max_image_pixels`` (read from
+    its header). The copy then counts the real bytes too, so a zip that lies about its sizes stops at the
+    limit and leaves nothing behind.
+    """
+    import shutil
+    import zipfile
+
+    max_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DataError("The upload is not a valid zip file.") from exc
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > max_files:
+            raise UploadTooLargeError(f"The zip holds {len(members):,} files; at most {max_files:,} are accepted.")
+        declared = sum(m.file_size for m in members)
+        if declared > max_bytes:
+            raise UploadTooLargeError(f"The zip unpacks to {declared / 2**20:,.0f} MB; at most "
+                                      f"{max_bytes / 2**20:,.0f} MB are accepted.")
+        for m in zf.infolist():
+            target = (root / m.filename).resolve()
+            if not target.is_relative_to(root) or target == root and not m.is_dir():
+                raise DataError(f"The zip contains an unsafe path {m.filename!r}.")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DataError(f"The zip contains a link ({m.filename!r}); links are not accepted.")
+        for m in members:
+            if Path(m.filename).suffix.lower() in _IMAGE_SUFFIXES:
+                try:
+                    with zf.open(m) as f, Image.open(f) as img:
+                        w, h = img.size
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                    continue  # ImageFolder skips or reports unreadable files later
+                if w * h > max_pixels:
+                    raise UploadTooLargeError(f"{m.filename!r} is {w}×{h} pixels, more than the {max_pixels:,} "
+                                              f"allowed per image.")
+        written = 0
+        try:
+            for m in zf.infolist():
+                target = root / m.filename
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise UploadTooLargeError(f"The zip unpacks to more than {max_bytes / 2**20:,.0f} MB "
+                                                      f"(its headers understate its size).")
+                        out.write(chunk)
+        except (UploadTooLargeError, zipfile.BadZipFile, OSError) as exc:
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if isinstance(exc, UploadTooLargeError):
+                raise
+            raise DataError(f"The zip could not be unpacked ({type(exc).__name__}: {exc}).") from exc
+    entries = [p for p in root.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+    if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
+        return entries[0]  # zip of a single top folder that holds the classes
+    return root

@@ -1,0 +1,534 @@
+"""Attention maps and per-layer representations, clean vs. noised: where does the encoder absorb noise?
+
+timm's ``Attention`` uses fused ``scaled_dot_product_attention``, which never materialises the attention
+matrix. :func:`trace` therefore runs on a private module tree over the model's own weights
+(:func:`~nullviz.models.shared_weights_view`, borrowed from a :class:`~nullviz.models.ViewPool`): in eval
+mode, with ``fused_attn`` off, and — for blocks other than timm's standard one — hooks on each block's
+``attn_drop`` and output, removed before it hands the view back (:mod:`nullviz.inspection.tracing` has both passes).
+Flags and hooks live on the borrowed view alone, so any number of threads can trace the one cached model
+at once, each seeing only its own tensors, and the cached model is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from nullviz.core.errors import InvalidParameterError
+from nullviz.core.params import Interval, Options, check
+from nullviz.models import LoadedModel, ViewPool
+from nullviz.noise.approximate import random_like
+
+from .tracing import direct_pass, hooked_pass, supports_direct_pass
+
+
+@contextlib.contextmanager
+def unfused_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Temporarily set ``fused_attn = False`` on every attention module; restore the old values after.
+
+    Only for a module the caller owns (a copy or a :func:`~nullviz.models.shared_weights_view`): on a shared
+    model another thread would see the flag mid-switch."""
+    saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    try:
+        for m, _ in saved:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, value in saved:
+            m.fused_attn = value
+
+
+@dataclass
+class AttentionTrace:
+    """Attention probabilities and block outputs of one forward pass.
+
+    ``attention``: [layers, batch, heads, tokens, tokens] (rows sum to 1); ``hidden``: [layers + 1, batch,
+    tokens, dim], index 0 being the block input (tokens after class token and position embedding).
+    """
+
+    attention: torch.Tensor
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    num_prefix_tokens: int
+    grid_size: tuple[int, int]
+    has_class_token: bool = True
+
+    @property
+    def layers(self) -> int:
+        return self.attention.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.attention.shape[2]
+
+    @property
+    def tokens(self) -> int:
+        return self.attention.shape[-1]
+
+    @property
+    def query_label(self) -> str:
+        """What the maps' query is, in words (see :func:`cls_attention_maps`)."""
+        return query_label(self.has_class_token)
+
+    def cls_maps(self) -> torch.Tensor:
+        """Attention of the output's query to the patches: [layers, batch, heads, gh, gw]. The query is the
+        class token, or the mean of the patch queries for a ViT without one (``global_pool='avg'``)."""
+        return cls_attention_maps(self.attention, self.num_prefix_tokens, self.grid_size, self.has_class_token)
+
+
+def query_label(has_class_token: bool) -> str:
+    return ("CLS" if has_class_token
+            else "mean of patch queries (this model has no class token: its output averages the patch tokens)")
+
+
+def has_class_token(model: torch.nn.Module) -> bool:
+    """Whether the ViT's first token is a class token (timm: ``cls_token`` is None with ``class_token=False``)."""
+    return getattr(model, "cls_token", None) is not None
+
+
+def _prepare_for_trace(view: torch.nn.Module) -> None:
+    view.eval()
+    for m in view.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+
+
+def attention_views(lm: LoadedModel) -> ViewPool:
+    """The loaded model's pool of trace-ready views (kept with its other derived caches, shared by every
+    request on that model): a trace borrows one instead of building a module tree each time."""
+    return lm.__dict__.setdefault("_derived", {}).setdefault("attention_views", ViewPool(lm.model, _prepare_for_trace))
+
+
+@torch.no_grad()
+def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None,
+          views: ViewPool | None = None, method: str = "auto") -> AttentionTrace:
+    """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
+    every block's attention probabilities and output tokens. ``model`` itself is never modified (eval-mode
+    numbers, whatever mode the caller's model is in); ``views`` (see :func:`attention_views`) lends a
+    prepared view of it instead of making one. ``method``: 'direct' (timm's standard blocks, computed from
+    their weights), 'hooks' (any block: the model's own forward, hooked) or 'auto' (direct where it
+    applies); see :mod:`nullviz.inspection.tracing`."""
+    check("method", "attention.trace", method, Options(("auto", "direct", "hooks")))
+    blocks = list(getattr(model, "blocks", []))
+    if not blocks or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "attn_drop"):
+        raise InvalidParameterError("model", "attention.trace", "a timm ViT whose blocks have .attn.attn_drop",
+                                    type(model).__name__)
+    direct = supports_direct_pass(model)
+    if method == "direct" and not direct:
+        raise InvalidParameterError("method", "attention.trace",
+                                    "'hooks' or 'auto' for blocks other than timm's standard Block", method)
+    pool = views if views is not None else ViewPool(model, _prepare_for_trace)
+    with pool.borrow() as view:  # private while borrowed: its flags and hooks are this call's alone
+        run = direct_pass if direct and method != "hooks" else hooked_pass
+        out = run(view, x, token_noise)
+    gh, gw = (int(g) for g in model.patch_embed.grid_size)
+    return AttentionTrace(attention=out.attention.float().cpu(), hidden=out.hidden.float().cpu(),
+                          logits=out.logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+                          grid_size=(gh, gw), has_class_token=has_class_token(model))
+
+
+def _output_query(rows: torch.Tensor, num_prefix_tokens: int, class_token: bool) -> torch.Tensor:
+    """[..., T, T] → the attention row of the token the output reads: the class token (row 0), or, for a ViT
+    without one, the mean over the patch rows (its head averages the patch tokens). Row 0 there would be a
+    patch's (or a register's) own attention, not the model's."""
+    if class_token:
+        return rows[..., 0, :]
+    return rows[..., num_prefix_tokens:, :].mean(-2)
+
+
+def cls_attention_maps(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                       class_token: bool = True) -> torch.Tensor:
+    """[L, B, H, T, T] → the output query's attention to the patch tokens, as [L, B, H, gh, gw]."""
+    gh, gw = grid_size
+    if attention.shape[-1] != num_prefix_tokens + gh * gw:
+        raise InvalidParameterError("attention", "cls_attention_maps",
+                                    f"{num_prefix_tokens} prefix + {gh}×{gw} patch tokens", attention.shape[-1])
+    maps = _output_query(attention, num_prefix_tokens, class_token)[..., num_prefix_tokens:]
+    return maps.reshape(*maps.shape[:-1], gh, gw)
+
+
+def rollout(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): fuse heads, drop the weakest links, add the residual
+    identity, renormalise rows, and multiply through the layers. [L, B, H, T, T] → [B, T, T]."""
+    check("head_fusion", "rollout", head_fusion, Options(("mean", "max", "min")))
+    check("discard_ratio", "rollout", discard_ratio, Interval(float, 0.0, 1.0, closed="left"))
+    L, B, _, T, _ = attention.shape
+    eye = torch.eye(T, dtype=attention.dtype).expand(B, T, T)
+    result = eye.clone()
+    for layer in range(L):
+        heads = attention[layer]  # [B, H, T, T]
+        a = heads.mean(1) if head_fusion == "mean" else heads.amax(1) if head_fusion == "max" else heads.amin(1)
+        if discard_ratio > 0:
+            flat = a.reshape(B, -1)
+            k = int(flat.shape[1] * discard_ratio)
+            _, idx = flat.topk(k, dim=-1, largest=False)
+            drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
+            drop[:, 0] = False  # never drop CLS→CLS
+            a = flat.masked_fill(drop, 0.0).view(B, T, T)
+        a = (a + eye) / 2
+        a = a / a.sum(-1, keepdim=True)
+        result = a @ result
+    return result
+
+
+def rollout_map(rolled: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                class_token: bool = True) -> torch.Tensor:
+    """The output query's row of a rollout [B, T, T] (CLS, or the mean of patch rows without a class token)
+    as patch maps [B, gh, gw]."""
+    gh, gw = grid_size
+    return _output_query(rolled, num_prefix_tokens, class_token)[:, num_prefix_tokens:].reshape(-1, gh, gw)
+
+
+def _row_tv(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Total variation ½Σ|p − q| between matching attention rows: [..., T, T] → [..., T]."""
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def attention_distance(clean: torch.Tensor, noised: torch.Tensor, metric: str = "tv") -> torch.Tensor:
+    """Per-layer distance between two attention tensors [L, B, H, T, T]: mean over batch, heads and query
+    tokens of the total variation ('tv', ½Σ|p − q|) or Jensen–Shannon divergence ('js', in nats)."""
+    check("metric", "attention_distance", metric, Options(("tv", "js")))
+    if clean.shape != noised.shape:
+        raise InvalidParameterError("noised", "attention_distance", f"shape {tuple(clean.shape)}",
+                                    tuple(noised.shape))
+    p, q = clean.double(), noised.double()
+    if metric == "tv":
+        d = _row_tv(p, q)
+    else:
+        m = 0.5 * (p + q)
+        kl = lambda a, b: (a * (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log())).sum(-1)  # noqa: E731
+        d = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    return d.mean(dim=(1, 2, 3)).float()
+
+
+def representation_change(clean: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+    """Relative change ‖h' − h‖ / ‖h‖ of the token representations at each depth ([L+1, B, T, D] → [L+1])."""
+    diff = (noised.double() - clean.double()).flatten(1).norm(dim=1)
+    return (diff / clean.double().flatten(1).norm(dim=1).clamp_min(1e-30)).float()
+
+
+def _noised_trace(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor, level: str, views: ViewPool) -> AttentionTrace:
+    """Trace x with one noise: added to the pixels (normalised, level 'input') or to the patch tokens ('encoder')."""
+    if level == "input":
+        return trace(lm.model, x + (noise if noise.dim() == 4 else noise.unsqueeze(0)).to(x), views=views)
+    return trace(lm.model, x, token_noise=noise, views=views)
+
+
+@dataclass
+class AttentionComparison:
+    """Clean vs. noised traces, their rollouts and per-layer distances."""
+
+    clean: AttentionTrace
+    noised: AttentionTrace
+    rollout_clean: torch.Tensor
+    rollout_noised: torch.Tensor
+    layer_attention_distance: torch.Tensor  # [L], total variation
+    layer_attention_js: torch.Tensor  # [L]
+    layer_repr_change: torch.Tensor  # [L], after each block
+    embed_repr_change: float  # before the first block (tokens + position)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.clean
+        return {
+            "layers": c.layers, "heads": c.heads, "tokens": c.tokens,
+            "num_prefix_tokens": c.num_prefix_tokens, "grid_size": list(c.grid_size),
+            "query": c.query_label,
+            "layer_attention_distance": [float(v) for v in self.layer_attention_distance],
+            "layer_attention_js": [float(v) for v in self.layer_attention_js],
+            "layer_repr_change": [float(v) for v in self.layer_repr_change],
+            "embed_repr_change": self.embed_repr_change,
+            "top1_clean": int(c.logits[0].argmax()), "top1_noised": int(self.noised.logits[0].argmax()),
+            **self.extra,
+        }
+
+    def rollout_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean and noised rollout maps [B, gh, gw] of the output's query (see :func:`rollout_map`)."""
+        c = self.clean
+        return tuple(rollout_map(r, c.num_prefix_tokens, c.grid_size, c.has_class_token)
+                     for r in (self.rollout_clean, self.rollout_noised))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything as numpy arrays for an .npz download."""
+        return {
+            "attention_clean": self.clean.attention.numpy(), "attention_noised": self.noised.attention.numpy(),
+            "rollout_clean": self.rollout_clean.numpy(), "rollout_noised": self.rollout_noised.numpy(),
+            "cls_maps_clean": self.clean.cls_maps().numpy(), "cls_maps_noised": self.noised.cls_maps().numpy(),
+            "rollout_map_clean": self.rollout_maps()[0].numpy(), "rollout_map_noised": self.rollout_maps()[1].numpy(),
+            "layer_attention_distance": self.layer_attention_distance.numpy(),
+            "layer_attention_js": self.layer_attention_js.numpy(),
+            "layer_repr_change": self.layer_repr_change.numpy(),
+        }
+
+
+def compare(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level: str = "input",
+            head_fusion: str = "mean", discard_ratio: float = 0.0) -> AttentionComparison:
+    """Trace clean x and noised x (pixel-space noise at level 'input', token δ at level 'encoder')."""
+    check("level", "attention.compare", level, Options(("input", "encoder")))
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    views = attention_views(lm)
+    clean = trace(lm.model, x, views=views)
+    noised = clean if noise is None else _noised_trace(lm, x, noise, level, views)
+    change = representation_change(clean.hidden, noised.hidden)
+    return AttentionComparison(
+        clean=clean, noised=noised,
+        rollout_clean=rollout(clean.attention, head_fusion, discard_ratio),
+        rollout_noised=rollout(noised.attention, head_fusion, discard_ratio),
+        layer_attention_distance=attention_distance(clean.attention, noised.attention, "tv"),
+        layer_attention_js=attention_distance(clean.attention, noised.attention, "js"),
+        layer_repr_change=change[1:], embed_repr_change=float(change[0]),
+    )
+
+
+# ----------------------------------------------------------------------------------- research views
+def query_index(num_prefix_tokens: int, grid_size: tuple[int, int], patch: tuple[int, int] | None) -> int:
+    """Token index of a query: None → token 0 (the class token), (row, col) → that patch's token."""
+    if patch is None:
+        return 0
+    gh, gw = grid_size
+    r, c = patch
+    if not (0 <= r < gh and 0 <= c < gw):
+        raise InvalidParameterError("patch", "query_index", f"(row, col) inside the {gh}×{gw} grid", patch)
+    return num_prefix_tokens + r * gw + c
+
+
+def query_maps(attention: torch.Tensor, query: int, num_prefix_tokens: int,
+               grid_size: tuple[int, int]) -> torch.Tensor:
+    """[L, B, H, T, T] → the attention of token ``query`` to the patch tokens as [L, B, H, gh, gw]: row
+    ``query`` of the full matrix, without the prefix columns."""
+    T = attention.shape[-1]
+    if not 0 <= query < T:
+        raise InvalidParameterError("query", "query_maps", f"a token index in 0…{T - 1}", query)
+    gh, gw = grid_size
+    return attention[..., query, num_prefix_tokens:].reshape(*attention.shape[:-2], gh, gw)
+
+
+def patch_distances(grid_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """[P, P] Euclidean distance in pixels between patch centres (P = gh·gw)."""
+    gh, gw = grid_size
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], 1).double() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(attention: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int],
+                            patch_size: int) -> torch.Tensor:
+    """Mean attention distance in pixels (Dosovitskiy et al. 2021, Fig. 7): for every patch query, the
+    attention-weighted distance to the patch keys, averaged over the queries. [L, B, H, T, T] → [L, B, H].
+
+    Only patch-to-patch attention has a distance; the weights are renormalised over the patch keys, so a
+    head that sends most of its mass to the class token still reports how far its patch attention reaches."""
+    n = num_prefix_tokens
+    a = attention[..., n:, n:].double()
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
+    d = patch_distances(grid_size, patch_size)
+    return (a * d).sum(-1).mean(-1).float()
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """Entropy of each attention row −Σ p log p in nats (over all keys), averaged over the queries:
+    [L, B, H, T, T] → [L, B, H]. 0 = every query looks at one token; log T = uniform attention."""
+    p = attention.double()
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1).float()
+
+
+@dataclass
+class HeadStatistics:
+    """Per layer and head, mean over images: attention distance (pixels) and entropy (nats), clean vs.
+    noised. Arrays are [layers, heads]."""
+
+    distance_clean: np.ndarray
+    distance_noised: np.ndarray
+    entropy_clean: np.ndarray
+    entropy_noised: np.ndarray
+    max_entropy: float  # log T: uniform attention
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+
+def _head_terms(t: AttentionTrace, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer, image and head [L, B, H]: mean attention distance (pixels) and entropy (nats) of a trace."""
+    return (mean_attention_distance(t.attention, t.num_prefix_tokens, t.grid_size, patch_size),
+            attention_entropy(t.attention))
+
+
+def head_statistics(clean: AttentionTrace, noised: AttentionTrace, patch_size: int) -> HeadStatistics:
+    """Attention distance and entropy per head and layer of two traces of the same images."""
+    (dc, ec), (dn, en) = _head_terms(clean, patch_size), _head_terms(noised, patch_size)
+    return HeadStatistics(distance_clean=dc.mean(1).numpy(), distance_noised=dn.mean(1).numpy(),
+                          entropy_clean=ec.mean(1).numpy(), entropy_noised=en.mean(1).numpy(),
+                          max_entropy=float(np.log(clean.tokens)))
+
+
+@dataclass
+class SetStatistics:
+    """Clean vs. noised over a set of images: per image and layer, the attention change (total variation of
+    the attention rows) and the relative representation change; mean output-query maps; head statistics."""
+
+    attention_tv: np.ndarray  # [N, L]
+    repr_change: np.ndarray  # [N, L] after each block
+    mean_map_clean: np.ndarray  # [L, gh, gw] mean over images and heads
+    mean_map_noised: np.ndarray
+    heads: HeadStatistics
+    top1_agreement: float  # share of images whose top-1 class the noise keeps
+    images: int
+    query: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "query": self.query, "top1_agreement": self.top1_agreement,
+                "attention_tv_mean": self.attention_tv.mean(0).tolist(),
+                "attention_tv_max": self.attention_tv.max(0).tolist(),
+                "repr_change_mean": self.repr_change.mean(0).tolist(),
+                "repr_change_max": self.repr_change.max(0).tolist(), "heads": self.heads.to_dict()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"attention_tv": self.attention_tv, "repr_change": self.repr_change,
+                "mean_map_clean": self.mean_map_clean, "mean_map_noised": self.mean_map_noised,
+                **{f"heads_{k}": v for k, v in self.heads.__dict__.items() if isinstance(v, np.ndarray)}}
+
+
+def _per_image(clean: AttentionTrace, noised: AttentionTrace) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] attention TV and [B, L] representation change of each image of a batch."""
+    tv = _row_tv(clean.attention.double(), noised.attention.double()).mean(dim=(2, 3))  # [L, B]
+    h0, h1 = clean.hidden[1:].double(), noised.hidden[1:].double()  # [L, B, T, D]
+    rc = (h1 - h0).flatten(2).norm(dim=2) / h0.flatten(2).norm(dim=2).clamp_min(1e-30)
+    return tv.T.float(), rc.T.float()
+
+
+def set_statistics(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level: str = "input",
+                   batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> SetStatistics:
+    """Clean vs. noised statistics over images ``x`` [N, C, H, W] (normalised), traced ``batch_size`` at a
+    time (one noise for all: pixel noise at level 'input', token δ at 'encoder'); ``progress(done, N)``
+    after each batch. Equal to tracing the images one at a time (tested)."""
+    check("level", "attention.set_statistics", level, Options(("input", "encoder")))
+    check("batch_size", "attention.set_statistics", batch_size, Interval(int, 1, None))
+    if x.dim() != 4 or len(x) == 0:
+        raise InvalidParameterError("x", "attention.set_statistics", "a non-empty [N, C, H, W] batch",
+                                    tuple(x.shape))
+    views = attention_views(lm)
+    tvs, rcs, agree = [], [], 0
+    sums: dict[str, Any] = {}
+    n = len(x)
+    for start in range(0, n, batch_size):
+        xb = x[start:start + batch_size].to(lm.device)
+        clean = trace(lm.model, xb, views=views)
+        noised = clean if noise is None else _noised_trace(lm, xb, noise, level, views)
+        tv, rc = _per_image(clean, noised)
+        tvs.append(tv)
+        rcs.append(rc)
+        agree += int((clean.logits.argmax(-1) == noised.logits.argmax(-1)).sum())
+        (dc, ec), (dn, en) = _head_terms(clean, lm.patch_size), _head_terms(noised, lm.patch_size)
+        parts = {  # sums over the batch's images: [L, gh, gw] maps, [L, H] head terms
+            "map_clean": clean.cls_maps().double().mean(2).sum(1),
+            "map_noised": noised.cls_maps().double().mean(2).sum(1),
+            "dist_clean": dc.double().sum(1), "dist_noised": dn.double().sum(1),
+            "ent_clean": ec.double().sum(1), "ent_noised": en.double().sum(1),
+        }
+        for k, v in parts.items():
+            sums[k] = sums[k] + v if k in sums else v
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    mean = {k: (v / n).float().numpy() for k, v in sums.items()}
+    return SetStatistics(
+        attention_tv=torch.cat(tvs).numpy(), repr_change=torch.cat(rcs).numpy(),
+        mean_map_clean=mean["map_clean"], mean_map_noised=mean["map_noised"],
+        heads=HeadStatistics(mean["dist_clean"], mean["dist_noised"], mean["ent_clean"], mean["ent_noised"],
+                             float(np.log(clean.tokens))),
+        top1_agreement=agree / n, images=n, query=clean.query_label)
+
+
+@dataclass
+class NoiseContrast:
+    """Per layer, how far each noise moves the representations and the attention of the same images."""
+
+    names: list[str]
+    norms: list[float]  # L2 norm of each noise (its own level: pixels in normalised units, or tokens)
+    levels: list[str]
+    repr_change: np.ndarray  # [noises, L + 1]: after the patch embedding (+ position), then each block
+    attention_tv: np.ndarray  # [noises, L]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "norms": self.norms, "levels": self.levels,
+                "repr_change": self.repr_change.tolist(), "attention_tv": self.attention_tv.tolist()}
+
+    def ratio_to_control(self, name: str, control: str) -> float:
+        """How much ``name`` moves the last block's tokens, as a multiple of how much ``control`` moves them."""
+        i, j = self.names.index(name), self.names.index(control)
+        return float(self.repr_change[i, -1] / max(float(self.repr_change[j, -1]), 1e-30))
+
+    def describe(self) -> str:
+        """The chart in words, from what was measured (never a fixed sentence: an approximate δ that moves the
+        tokens as much as random noise of its norm must not be called small)."""
+        parts = []
+        if "exact nullspace noise" in self.names:
+            peak = float(self.repr_change[self.names.index("exact nullspace noise")].max())
+            parts.append(f"Exact nullspace noise moves the tokens by at most {peak:.1e} of their norm at any depth"
+                         + (" (float32 rounding)." if peak < 1e-5 else "."))
+        if "approximate δ" in self.names and "random, same norm as δ" in self.names:
+            r = self.ratio_to_control("approximate δ", "random, same norm as δ")
+            verdict = ("far less than" if r < 0.2 else "less than" if r < 0.8 else "about as much as" if r < 1.25
+                       else "more than")
+            parts.append(f"At the last block the approximate δ moves them {r:.2f}× as much as random noise of its "
+                         f"norm: {verdict} random noise.")
+        for control, whose in (("random, same norm as the exact noise", "the exact noise's"),
+                               ("random, same norm as δ", "δ's")):
+            if control in self.names:
+                last = float(self.repr_change[self.names.index(control), -1])
+                parts.append(f"Random noise of {whose} norm moves them by {last:.1e} of their norm at the last block.")
+        return " ".join(parts)
+
+
+def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] | None = None,
+                    seed: int = 0) -> dict[str, tuple[torch.Tensor, str]]:
+    """The noises of :func:`noise_contrast`, as the Attention page and ``nullviz attention --contrast`` both
+    draw them: the exact nullspace noise (pixel level), the approximate δ with its level if there is one,
+    and Gaussian noise of the same norm and level as each (``seed``). A pixel-level δ gets the exact noise
+    rescaled to its norm, so the lines differ in structure, not size, and one random control serves both."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def control(noise: torch.Tensor) -> torch.Tensor:
+        return random_like(noise.float().cpu(), "gaussian", gen)
+
+    if approximate is None:
+        return {"exact nullspace noise": (exact, "input"),
+                "random, same norm as the exact noise": (control(exact), "input")}
+    delta, level = approximate
+    if level == "input":
+        noises = {"exact nullspace noise": (exact * (delta.norm() / exact.norm().clamp_min(1e-30)).to(exact), "input")}
+    else:
+        noises = {"exact nullspace noise": (exact, "input"),
+                  "random, same norm as the exact noise": (control(exact), "input")}
+    noises["approximate δ"] = (delta, level)
+    noises["random, same norm as δ"] = (control(delta), level)
+    return noises
+
+
+def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]],
+                   clean: AttentionTrace | None = None) -> NoiseContrast:
+    """Trace clean ``x`` once and each named (noise, level) once: the teaching chart of the app — exact
+    nullspace noise (zero to float32 precision at every depth), an approximate δ (small, growing or not
+    with depth), and random noise of the same norm (large from the first layer). ``clean``: x's clean trace
+    if the caller has it already (e.g. :func:`compare`'s), so it is not traced again."""
+    if not noises:
+        raise InvalidParameterError("noises", "attention.noise_contrast", "at least one (noise, level)", noises)
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    views = attention_views(lm)
+    if clean is None:
+        clean = trace(lm.model, x, views=views)
+    elif clean.logits.shape[0] != x.shape[0]:
+        raise InvalidParameterError("clean", "attention.noise_contrast", f"the trace of x's {x.shape[0]} images",
+                                    f"a trace of {clean.logits.shape[0]}")
+    rc, tv, norms, levels = [], [], [], []
+    for name, (noise, level) in noises.items():
+        check("level", "attention.noise_contrast", level, Options(("input", "encoder")))
+        noised = _noised_trace(lm, x, noise, level, views)
+        rc.append(representation_change(clean.hidden, noised.hidden).numpy())
+        tv.append(attention_distance(clean.attention, noised.attention, "tv").numpy())
+        norms.append(float(noise.double().norm()))
+        levels.append(level)
+    return NoiseContrast(list(noises), norms, levels, np.stack(rc), np.stack(tv))

@@ -1,0 +1,524 @@
+"""Long jobs (finetuning runs, large robustness evaluations) as separate processes that a page only watches.
+
+A job is a folder ``root/<owner>/<job id>/``:
+
+- ``job.json`` — what to run (a kind from :data:`KINDS` and its parameters), who owns it, when it was asked for;
+- ``status.json`` — state, progress and pid, written atomically (temp file + rename) by the worker;
+- ``STOP`` — a stop request (the page or ``nullviz jobs stop`` creates it; the worker checks it every step);
+- the job's own outputs: one run folder per method with its ``log.jsonl`` (one JSON line per step and per
+  epoch), ``results.json`` at the end, and ``worker.log`` (the worker's stderr: a crash's traceback).
+
+:meth:`JobQueue.submit` starts ``python -m nullviz.jobs DIR`` in a session of its own, so a job outlives
+the page that started it, a closed tab and a restart of the server, and the server's Python process never
+shares a GIL with training (watching a run costs it only the CPU the page and browser use).
+
+The queue: at most ``max_running`` jobs of one root run at once. A worker that is not yet running waits as
+``queued``; the oldest waiting job takes the first free slot. A slot is an exclusive ``fcntl`` lock on
+``root/.slots/<n>.lock``; the operating system releases it when the worker exits, however it exits, so a
+crashed job never holds a slot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nullviz.core.atomic import write_json_atomic, write_text_atomic
+from nullviz.core.errors import InvalidParameterError, JobNotFoundError, NullvizError
+from nullviz.core.params import Interval, check
+from nullviz.data import load_dataset, own_data, train_heldout
+from nullviz.models import load_model
+from nullviz.robustness import evaluation as R
+from nullviz.robustness.evaluation import config_from_dict
+from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, finetune
+
+
+FINAL_STATES = ("done", "stopped", "failed", "cancelled")
+STATUS_INTERVAL_S = 1.0  # the worker rewrites status.json at most this often (plus at every state change)
+
+
+# ------------------------------------------------------------------------------------------ file helpers
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """Is ``pid`` a live process (not a zombie)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class LogFollower:
+    """Reads only what was appended to JSON-lines files since the last call (complete lines only).
+
+    A page keeps one per job and calls :meth:`read` on every redraw: the cost is proportional to the new
+    lines, not to the length of the run.
+    """
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        key = str(path)
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offsets.get(key, 0))
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self.offsets[key] = self.offsets.get(key, 0) + end
+        out = []
+        for line in chunk[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+def thin(values: list, max_points: int) -> list:
+    """At most ``max_points`` evenly spaced items, always keeping the last (long runs stay readable)."""
+    if len(values) <= max_points or max_points < 2:
+        return list(values)
+    stride = math.ceil(len(values) / max_points)
+    out = values[::stride]
+    return out if out[-1] is values[-1] else [*out, values[-1]]
+
+
+# --------------------------------------------------------------------------------------------- the job
+@dataclass
+class JobInfo:
+    """A snapshot of one job, read from its folder."""
+
+    id: str
+    owner: str
+    kind: str
+    label: str
+    dir: Path
+    submitted: float
+    params: dict[str, Any]
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        """The worker's state; a worker that died without saying so is 'failed'."""
+        state = self.status.get("state", "queued")
+        if state not in FINAL_STATES and self.status.get("pid") and not _pid_alive(self.status["pid"]):
+            return "failed"
+        if state not in FINAL_STATES and not self.status.get("pid") and time.time() - self.submitted > 60:
+            return "failed"  # the worker never started
+        return state
+
+    @property
+    def message(self) -> str:
+        if self.state == "failed" and self.status.get("state") != "failed":
+            return "The job's process ended unexpectedly; its worker.log says why."
+        return str(self.status.get("message", ""))
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def steps_done(self) -> float:
+        """Work done: steps, or for finetuning every phase's work in training steps (``work_plan``)."""
+        return float(self.status.get("steps_done", 0))
+
+    @property
+    def steps_total(self) -> float:
+        return float(self.status.get("steps_total", 0))
+
+    @property
+    def phase(self) -> str:
+        """What the job does now, in words ("nullspace · synthesizing δ"); empty before it starts."""
+        return str(self.status.get("current", ""))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        started = self.status.get("started")
+        if self.state != "running" or not started or not self.steps_done:
+            return None
+        elapsed = time.time() - started
+        return elapsed / self.steps_done * max(0, self.steps_total - self.steps_done)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return read_json(self.dir / "results.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "owner": self.owner, "kind": self.kind, "label": self.label, "dir": str(self.dir),
+                "submitted": self.submitted, "state": self.state, "message": self.message,
+                "steps_done": self.steps_done, "steps_total": self.steps_total}
+
+
+class JobQueue:
+    """Submit, list and stop the jobs under one folder, at most ``max_running`` at once.
+
+    One per server (the app caches it); the folder is the only shared state, so several server processes
+    or the command line can share one queue.
+    """
+
+    def __init__(self, root: str | Path, max_running: int = 2, python: str = sys.executable):
+        check("max_running", "JobQueue", max_running, Interval(int, 1, 1024))
+        self.root = Path(root)
+        self.max_running = max_running
+        self.python = python
+        self._children: list[subprocess.Popen] = []
+
+    # ------------------------------------------------------------------------------------------- submit
+    def submit(self, kind: str, params: dict[str, Any], owner: str = "local", label: str = "",
+               threads: int | None = None) -> JobInfo:
+        """Write the job's folder and start its worker; it waits in the queue until a slot is free."""
+        if kind not in KINDS:
+            raise InvalidParameterError("kind", "JobQueue.submit", f"one of {sorted(KINDS)}", kind)
+        _check_owner(owner)
+        KINDS[kind].validate(params)
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        job_dir = self.root / owner / job_id
+        job_dir.mkdir(parents=True)
+        submitted = time.time()
+        spec = {"id": job_id, "owner": owner, "kind": kind, "label": label or kind, "submitted": submitted,
+                "params": params, "max_running": self.max_running, "threads": threads}
+        write_json_atomic(job_dir / "job.json", spec)
+        with open(job_dir / "worker.log", "ab") as log:
+            proc = subprocess.Popen([self.python, "-m", "nullviz.jobs", str(job_dir)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True,
+                                    cwd=str(Path(__file__).resolve().parents[2]))
+        self._children.append(proc)
+        # reaped the moment it exits, whether or not anyone looks at the queue again (no <defunct> workers)
+        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
+        write_json_atomic(job_dir / "status.json", {"state": "queued", "pid": proc.pid})
+        return self._info(job_dir)
+
+    # -------------------------------------------------------------------------------------------- read
+    def _info(self, job_dir: Path) -> JobInfo:
+        spec = read_json(job_dir / "job.json")
+        if not spec:
+            raise JobNotFoundError(f"No job in {job_dir.name!r}.")
+        return JobInfo(id=spec["id"], owner=spec["owner"], kind=spec["kind"], label=spec.get("label", ""),
+                       dir=job_dir, submitted=float(spec["submitted"]), params=spec.get("params", {}),
+                       status=read_json(job_dir / "status.json"))
+
+    def jobs(self, owner: str | None = None) -> list[JobInfo]:
+        """Jobs of ``owner`` (all owners if None), newest first."""
+        self._children = [p for p in self._children if p.poll() is None]  # reap finished workers
+        if owner is not None:
+            _check_owner(owner)
+        owners = [self.root / owner] if owner is not None else [p for p in self.root.glob("*") if p.is_dir()]
+        out = []
+        for d in owners:
+            for job_dir in d.glob("*/job.json"):
+                try:
+                    out.append(self._info(job_dir.parent))
+                except (JobNotFoundError, KeyError, ValueError):
+                    continue
+        return sorted(out, key=lambda j: (j.submitted, j.id), reverse=True)
+
+    def get(self, job_id: str, owner: str | None = None) -> JobInfo:
+        """One job; with ``owner``, only that owner's (another owner's job is 'not found', not 'forbidden')."""
+        for job in self.jobs(owner):
+            if job.id == job_id:
+                return job
+        raise JobNotFoundError(f"There is no job {job_id!r}" + (" in this workspace." if owner else "."))
+
+    def waiting(self) -> list[JobInfo]:
+        """Every owner's queued jobs, oldest first: the queue's order."""
+        return sorted((j for j in self.jobs() if j.state == "queued"), key=lambda j: (j.submitted, j.id))
+
+    def position(self, job: JobInfo) -> int | None:
+        """1 for the next job to start; None if the job is not waiting."""
+        ids = [j.id for j in self.waiting()]
+        return ids.index(job.id) + 1 if job.id in ids else None
+
+    def running(self) -> int:
+        return sum(1 for j in self.jobs() if j.state == "running")
+
+    # -------------------------------------------------------------------------------------------- stop
+    def stop(self, job_id: str, owner: str | None = None) -> JobInfo:
+        """Ask a job to stop: a running job ends its current step cleanly and saves; a queued one never starts."""
+        job = self.get(job_id, owner)
+        if not job.finished:
+            (job.dir / "STOP").touch()
+        return job
+
+
+def _check_owner(owner: str) -> None:
+    if not owner or not all(c.isalnum() or c in "-_" for c in owner) or len(owner) > 64:
+        raise InvalidParameterError("owner", "JobQueue", "1–64 letters, digits, '-' or '_'", owner)
+
+
+# ------------------------------------------------------------------------------------------ the worker
+class JobContext:
+    """What a job kind's ``run`` gets: its folder, a stop flag, and a progress reporter."""
+
+    def __init__(self, job_dir: Path, spec: dict[str, Any]):
+        self.dir = job_dir
+        self.spec = spec
+        self.status: dict[str, Any] = {"state": "queued", "pid": os.getpid()}
+        self._last_write = 0.0
+
+    def should_stop(self) -> bool:
+        return (self.dir / "STOP").exists()
+
+    def update(self, force: bool = True, **fields) -> None:
+        self.status.update(fields)
+        now = time.time()
+        if force or now - self._last_write >= STATUS_INTERVAL_S:
+            self.status["heartbeat"] = now
+            write_json_atomic(self.dir / "status.json", self.status)
+            self._last_write = now
+
+    def step(self, n: float = 1) -> None:
+        """n more steps (units of work) done (status.json is rewritten at most once a second)."""
+        self.update(force=False, steps_done=float(self.status.get("steps_done", 0)) + n)
+
+
+def _acquire_slot(ctx: JobContext, root: Path, max_running: int) -> int | None:
+    """Wait until this job is the oldest waiting one and a slot is free; the slot's lock fd, or None if
+    the job was stopped while it waited."""
+    queue = JobQueue(root, max_running)
+    slots = root / ".slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    while not ctx.should_stop():
+        waiting = queue.waiting()
+        if not waiting or waiting[0].id == ctx.spec["id"]:
+            for n in range(max_running):
+                fd = os.open(slots / f"{n}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    os.close(fd)
+        time.sleep(0.2)
+    return None
+
+
+def run_worker(job_dir: str | Path) -> int:
+    """The body of ``python -m nullviz.jobs DIR``: queue, run, record the outcome. Returns the exit code."""
+    job_dir = Path(job_dir)
+    spec = read_json(job_dir / "job.json")
+    if not spec:
+        sys.stderr.write(f"nullviz: error: {str(job_dir)!r} holds no job.json\n")
+        return 2
+    ctx = JobContext(job_dir, spec)
+    signal.signal(signal.SIGTERM, lambda *_: (job_dir / "STOP").touch())  # `kill` stops cleanly too
+    ctx.update(state="queued")
+    import torch  # while waiting, not on the clock: the import takes a second or more
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    root = job_dir.parent.parent
+    slot = _acquire_slot(ctx, root, int(spec.get("max_running") or 1))
+    if slot is None:
+        ctx.update(state="cancelled", message="Stopped before it started.", finished=time.time())
+        return 0
+    ctx.update(state="running", started=time.time())
+    try:
+        KINDS[spec["kind"]].run(spec["params"], ctx)
+    except NullvizError as exc:
+        ctx.update(state="failed", message=str(exc), finished=time.time())
+        return 2
+    except Exception as exc:  # noqa: BLE001 — a bug: one line for the page, the traceback in worker.log
+        traceback.print_exc()
+        ctx.update(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time())
+        return 1
+    finally:
+        os.close(slot)  # free the slot now, not after the interpreter's (slow, torch-laden) shutdown
+    stopped = ctx.should_stop()
+    ctx.update(state="stopped" if stopped else "done", finished=time.time(),
+               message="Stopped by request; what finished is saved." if stopped else "")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- job kinds
+@dataclass(frozen=True)
+class JobKind:
+    validate: Callable[[dict[str, Any]], None]
+    run: Callable[[dict[str, Any], JobContext], None]
+
+
+def finetune_params(model: dict[str, Any], data: str, configs: list, data_cache: str = "data",
+                    processes: int = 1) -> dict[str, Any]:
+    """Parameters of a 'finetune' job: the model to copy, the data spec, one FinetuneConfig per run, and how
+    many processes (GPUs) each run uses (more than one: launched through torchrun with DDP)."""
+    return {"model": dict(model), "data": data, "data_cache": data_cache, "processes": int(processes),
+            "configs": [c if isinstance(c, dict) else asdict(c) for c in configs]}
+
+
+def run_names(configs: list[dict[str, Any]]) -> list[str]:
+    """The folder (and results key) of each run of a finetune job: the method, with its seed when the job
+    runs that method more than once (``nullspace-seed1``)."""
+    methods = [c["method"] for c in configs]
+    return [c["method"] if methods.count(c["method"]) == 1 else f"{c['method']}-seed{c.get('seed', 0)}"
+            for c in configs]
+
+
+def _validate_finetune(params: dict[str, Any]) -> None:
+    if not params.get("configs"):
+        raise InvalidParameterError("configs", "finetune job", "at least one run configuration", params.get("configs"))
+    for c in params["configs"]:
+        FinetuneConfig(**c)
+    names = run_names(params["configs"])
+    if len(set(names)) != len(names):
+        raise InvalidParameterError("configs", "finetune job", "runs that differ in method or seed", names)
+    processes = params.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 64:
+        raise InvalidParameterError("processes", "finetune job", "an int from 1 to 64", processes)
+    if not isinstance(params.get("data"), str) or not params["data"]:
+        raise InvalidParameterError("data", "finetune job", "'default', 'cifar10' or an ImageFolder path",
+                                    params.get("data"))
+
+
+def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
+    m = params["model"]
+    processes = int(params.get("processes", 1))
+    # several processes: the torchrun ranks load their own copies; this worker only counts the steps
+    lm = (load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
+          if processes == 1 else None)
+    data = own_data(params["data"], lm.name if lm else m.get("name"))
+    train, held = train_heldout(data, lm.transform if lm else None, params.get("data_cache", "data"))
+    configs = [FinetuneConfig(**c) for c in params["configs"]]
+    plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
+                         len(held)) for c in configs]  # FinetuneRun's steps per epoch: one global batch per step
+    names = run_names(params["configs"])
+    ctx.update(steps_total=sum(sum(p.values()) for p in plans), steps_done=0, methods=names, processes=processes)
+    results: dict[str, Any] = {}
+    done_before = 0.0
+    for name, cfg, plan in zip(names, configs, plans):
+        if ctx.should_stop():
+            break
+        ctx.update(current=name)
+
+        def work(phase: str, units: float, name=name) -> None:
+            if ctx.status.get("current") != f"{name} · {phase}":
+                ctx.status["current"] = f"{name} · {phase}"
+            ctx.step(units)
+
+        if processes > 1:
+            summary = _run_with_torchrun(params, cfg, name, processes, ctx)
+        else:
+            summary = finetune(lm, train, held, cfg, ctx.dir / name, on_work=work,
+                               should_stop=ctx.should_stop).to_dict()
+        done_before += sum(plan.values())
+        if not ctx.should_stop():  # the plan's estimate of this run's work is spent: line the count up with it
+            ctx.update(force=False, steps_done=done_before)
+        summary["usable"] = summary.get("epochs_run", 0) > 0  # stopped before its first epoch: nothing to use
+        results[name] = summary
+        write_json_atomic(ctx.dir / "results.json", results)
+    ctx.update(force=True)
+
+
+def torchrun_command(params: dict[str, Any], config_file: Path, out: Path, processes: int) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m nullviz finetune …`` for one run of a finetune job."""
+    m = params["model"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "nullviz", "finetune", "--config", str(config_file), "--data", params["data"],
+           "--data-cache", str(params.get("data_cache", "data")), "--out", str(out), "--json",
+           "--model", m.get("name", "default"), "--device", str(m.get("device", "auto"))]
+    if m.get("checkpoint"):
+        cmd += ["--checkpoint", str(m["checkpoint"])]
+    return cmd
+
+
+def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, ctx: JobContext) -> dict[str, Any]:
+    """One run on several processes: torchrun in a child process; progress from the run's log; Stop sends
+    SIGTERM, which the ranks turn into a shared stop at the next step (rank 0 saves)."""
+    out = ctx.dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.json"
+    write_json_atomic(config_file, asdict(cfg))
+    env = dict(os.environ)
+    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
+    env["OMP_NUM_THREADS"] = str(max(1, threads // processes))  # the job's share of cores, split over ranks
+    log = open(out / "torchrun.log", "w")
+    proc = subprocess.Popen(torchrun_command(params, config_file, out, processes), stdout=subprocess.PIPE,
+                            stderr=log, env=env, text=True, start_new_session=True)
+
+    follower, signalled = LogFollower(), False
+    per_step = TRAIN_STEP_COST[cfg.method]  # the ranks' δ synthesis and evaluation are added when the run ends
+    ctx.update(current=f"{name} · {processes} processes")
+    try:
+        while proc.poll() is None:
+            new = sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step")
+            if new:
+                ctx.step(new * per_step)
+            if ctx.should_stop() and not signalled:
+                os.killpg(proc.pid, signal.SIGTERM)
+                signalled = True
+            time.sleep(0.5)
+        stdout = proc.stdout.read() if proc.stdout else ""
+    finally:
+        log.close()
+    ctx.step(per_step * sum(1 for rec in follower.read(out / "log.jsonl") if rec.get("kind") == "step"))
+    lines = [s for s in stdout.splitlines() if s.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    tail = (out / "torchrun.log").read_text(errors="replace").strip().splitlines()[-20:]
+    errors = [s for s in tail if s.startswith("nullviz: error:")]
+    if signalled:
+        return {"method": cfg.method, "config": asdict(cfg), "epochs_run": 0, "stopped": True, "history": [],
+                "checkpoint": None}
+    raise RuntimeError(errors[-1] if errors else "the distributed run failed:\n" + "\n".join(tail))
+
+
+def evaluate_params(models: list[dict[str, Any]], data: str, config) -> dict[str, Any]:
+    """Parameters of an 'evaluate' job: the models (name, checkpoint, device), data spec, EvalConfig."""
+    return {"models": [dict(m) for m in models], "data": data,
+            "config": config if isinstance(config, dict) else asdict(config)}
+
+
+def _validate_evaluate(params: dict[str, Any]) -> None:
+    if not params.get("models"):
+        raise InvalidParameterError("models", "evaluate job", "at least one model", params.get("models"))
+    config_from_dict(params.get("config", {}))
+
+
+def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
+    cfg = R.config_from_dict(params["config"])
+    specs = params["models"]
+    dataset = load_dataset(own_data(params["data"], specs[0].get("name")), split="heldout")
+    ctx.update(steps_total=len(specs), steps_done=0)
+    reports = []
+    for k, m in enumerate(specs):
+        if ctx.should_stop():
+            break
+        lm = load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
+
+        def progress(stage, done, total, k=k):
+            ctx.update(force=False, current=f"model {k + 1}/{len(specs)} · {stage} {done}/{total}",
+                       fraction=(k + cfg.fraction_done(stage, done, total)) / len(specs))
+
+        reports.append(R.evaluate(lm, dataset, cfg, progress=progress, should_stop=ctx.should_stop))
+        write_text_atomic(ctx.dir / "reports.json", R.report_json(reports))
+        ctx.update(steps_done=k + 1, fraction=(k + 1) / len(specs))
+
+
+KINDS: dict[str, JobKind] = {"finetune": JobKind(_validate_finetune, _run_finetune),
+                             "evaluate": JobKind(_validate_evaluate, _run_evaluate)}

@@ -1,0 +1,3 @@
+"""Noise a ViT cannot see: ``exact`` (the patch embedding's nullspace: noise that changes nothing),
+``approximate`` (δ optimised so the encoder barely reacts, its controls and the frontier) and ``files`` (the
+one noise file format every δ is saved and read in)."""

@@ -1,0 +1,84 @@
+"""The nullviz noise file: one format for every δ nullviz saves and reads (a page's download, ``nullviz
+synthesize --out`` / ``nullviz nullspace --out``, a finetuning run's δ) — a ``torch.save`` of
+``{"delta", "meta", "format"}``, read back with ``weights_only=True`` (tensors and plain data only: an upload
+cannot run code). ``meta["level"]`` says where δ is added: ``"input"`` (pixels, [C, H, W]) or ``"encoder"``
+(patch tokens, [N, D]).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nullviz.core.atomic import write_bytes_atomic
+from nullviz.core.errors import NoiseFileError
+
+
+NOISE_FORMAT = "nullviz-noise-1"
+LEVELS = ("input", "encoder")
+
+
+def noise_bytes(delta: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    """δ and its metadata (plain data; it must say its ``level``) as the bytes of a noise file."""
+    if meta.get("level") not in LEVELS:
+        raise NoiseFileError(f"A noise file needs its level ({' or '.join(LEVELS)}); got {meta.get('level')!r}.")
+    buf = io.BytesIO()
+    torch.save({"delta": delta.detach().cpu().contiguous(), "meta": dict(meta), "format": NOISE_FORMAT}, buf)
+    return buf.getvalue()
+
+
+def save_noise(path: str | Path, delta: torch.Tensor, meta: dict[str, Any]) -> Path:
+    """Write a noise file (atomically: a reader never sees half of one)."""
+    path = Path(path)
+    write_bytes_atomic(path, noise_bytes(delta, meta))
+    return path
+
+
+@dataclass
+class SavedNoise:
+    """A δ read back from disk, with the metadata it was saved with."""
+
+    delta: torch.Tensor
+    level: str
+    meta: dict[str, Any]
+
+
+def load_noise(path: str | Path) -> SavedNoise:
+    """Read a δ saved by :func:`save_noise` (the Nullspace page's download, ``--out`` of the command line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NoiseFileError(f"The noise file {str(path)!r} does not exist.")
+    return load_noise_bytes(path.read_bytes(), path.name)
+
+
+def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
+    """:func:`load_noise` for an upload: the file's bytes and the name the user knows it by (messages use
+    that name, never a temporary file's). Loaded with ``weights_only=True``: tensors and plain data only."""
+    import pickle
+    import zipfile
+
+    label = Path(name).name
+    if not data:
+        raise NoiseFileError(f"{label!r} is empty (0 bytes); upload a .pt noise file saved by nullviz.")
+    not_torch = (f"{label!r} is not a nullviz noise file: it is not a PyTorch file (save noise with nullviz's "
+                 f"download button or --out).")
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip; old torch a raw pickle
+        raise NoiseFileError(not_torch)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
+        raise NoiseFileError(not_torch) from exc
+    except Exception as exc:  # noqa: BLE001 — torch raises many types for foreign or damaged files
+        raise NoiseFileError(f"{label!r} is not a nullviz noise file: it could not be read as one "
+                             f"({type(exc).__name__}).") from exc
+    if isinstance(obj, torch.Tensor):  # a bare input-space tensor (what ``nullviz nullspace --out`` wrote before 0.1)
+        return SavedNoise(obj.float(), "input", {"level": "input", "kind": "exact"})
+    if not isinstance(obj, dict) or not isinstance(obj.get("delta"), torch.Tensor):
+        raise NoiseFileError(f"{label!r} holds no 'delta' tensor; save noise with nullviz first.")
+    meta = dict(obj.get("meta") or {})
+    level = meta.get("level", "input" if obj["delta"].dim() == 3 else "encoder")
+    return SavedNoise(obj["delta"].float(), level, meta)

@@ -1,0 +1,114 @@
+"""Finetuning methods: one object per method that owns its loss and says whether it needs δ.
+
+The paper's method (``nullspace``: clean + δ-noised patch tokens) and its controls (``baseline``,
+``gaussian``, ``random_start``: the same loss on noise of δ's norm that was never optimised, ``adversarial``:
+FGSM adversarial training) share one call, ``method.loss(run, x, y)`` → (loss, clean part, noised part), on a
+micro-batch already on the run's device. :data:`FINETUNE_METHODS` maps names to them; the training loop, the
+progress plan, the Finetune page and the command line read their names, labels and costs from it, so a new
+control is one class here (decorated with :func:`register_method`) and its test.
+
+``run`` is the :class:`~nullviz.train.finetune.FinetuneRun` being trained; a method reads from it only what it
+needs: ``forward(x, token_noise)`` (clean and noised logits in one pass), ``delta``, ``cfg``, the position
+(``global_step``, ``steps_per_epoch``) and the bare model with its normalisation (``model``, ``mean``, ``std``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from nullviz.core.seeds import stream_seed
+from nullviz.models import PixelModel
+from nullviz.noise.approximate import random_like
+from nullviz.robustness.attacks import fgsm
+
+
+FINETUNE_METHODS: dict[str, "FinetuneMethod"] = {}
+
+
+def register_method(cls: type["FinetuneMethod"]) -> type["FinetuneMethod"]:
+    if cls.name in FINETUNE_METHODS:
+        raise ValueError(f"a finetuning method named {cls.name!r} is registered already")
+    FINETUNE_METHODS[cls.name] = cls()
+    return cls
+
+
+class FinetuneMethod:
+    name: ClassVar[str]
+    label: ClassVar[str]  # what the Finetune page and the tables call it
+    #: A training step's cost in batch passes (a forward+backward of one batch into every weight); the progress
+    #: bar and the ETA count a run's work in these units (see ``finetune.TRAIN_STEP_COST``'s measurement).
+    step_cost: ClassVar[float]
+    #: Whether it trains on token noise of δ's size: the loop then synthesizes δ each epoch (or noise_every).
+    uses_delta: ClassVar[bool] = False
+
+    def loss(self, run: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _two_halves(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean and noised cross-entropy of logits over [clean batch; noised batch]."""
+    b = len(y)
+    clean = F.cross_entropy(logits[:b].float(), y)
+    noised = F.cross_entropy(logits[b:].float(), y)
+    return clean + noised, clean, noised
+
+
+@register_method
+class Baseline(FinetuneMethod):
+    name, label, step_cost = "baseline", "baseline (plain finetuning)", 1.0
+
+    def loss(self, run, x, y):
+        clean = F.cross_entropy(run.forward(x).float(), y)
+        return clean, clean, torch.zeros((), device=clean.device)
+
+
+class TokenNoiseMethod(FinetuneMethod):
+    """Clean + noised patch tokens in one pass; the noise is δ or a control of δ's norm, redrawn each period
+    (an epoch, or ``noise_every`` steps) from the run's own seed stream."""
+
+    step_cost, uses_delta = 2.0, True
+
+    def training_noise(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, run, x, y):
+        period = run.global_step // (run.cfg.noise_every or run.steps_per_epoch)
+        noise = self.training_noise(run.delta, stream_seed("train_gaussian", run.cfg.seed, period))
+        return _two_halves(run.forward(x, noise), y)
+
+
+@register_method
+class Nullspace(TokenNoiseMethod):
+    name, label = "nullspace", "nullspace (δ: the paper's method)"
+
+    def training_noise(self, delta, seed):
+        return delta
+
+
+@register_method
+class Gaussian(TokenNoiseMethod):
+    name, label = "gaussian", "Gaussian noise of δ's norm (control)"
+
+    def training_noise(self, delta, seed):
+        return random_like(delta, "gaussian", torch.Generator().manual_seed(seed))
+
+
+@register_method
+class RandomStart(TokenNoiseMethod):
+    name, label = "random_start", "δ's unoptimised random start (control)"
+
+    def training_noise(self, delta, seed):
+        return random_like(delta, "random_start", torch.Generator().manual_seed(seed))
+
+
+@register_method
+class Adversarial(FinetuneMethod):
+    name, label, step_cost = "adversarial", "FGSM adversarial training (control)", 2.5
+
+    def loss(self, run, x, y):
+        pixels = x * run.std + run.mean
+        adv = fgsm(PixelModel(run.model, run.mean, run.std), pixels, y, run.cfg.fgsm_eps)
+        return _two_halves(run.forward(torch.cat([x, (adv - run.mean) / run.std])), y)
