@@ -106,6 +106,36 @@ def shared_server(server_env):
     return server_env(NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")
 
 
+# -- Checkpoints and caches made on the spot (no network)
+
+def fake_hub_cache(root, repo: str, state: dict) -> None:
+    """A Hugging Face hub cache holding ``repo``'s model.safetensors, in the hub's own layout."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "snapshots" / commit / "model.safetensors"))
+
+
+def imagenet_like_checkpoint(tmp_path) -> str:
+    """A small random 1,000-class timm ViT saved as a checkpoint its sidecar describes (no network)."""
+    from safetensors.torch import save_file
+
+    from nullviz.models import create_random_vit
+
+    arch_kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2)
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=1000, **arch_kwargs)
+    path = tmp_path / "imagenet_like.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
+    import json
+
+    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": arch_kwargs}))
+    return str(path)
+
+
 # -- A real server and a real browser (tests marked `browser`)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -60,6 +60,9 @@ class PixelModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor,
                  token_noise: torch.Tensor | None = None):
         super().__init__()
+        self.training = False  # a wrapper of a shared model is in eval mode, as that model is; (only this flag:
+        # .eval() would recurse into the shared model) so an attack library that restores the mode it found
+        # (torchattacks: .eval() during the attack, .train() after) never flips the shared model to training
         self.model = model
         device = next(model.parameters()).device
         self.register_buffer("mean", mean.reshape(-1, 1, 1).to(device))

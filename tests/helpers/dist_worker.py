@@ -1,4 +1,4 @@
-"""One rank of a 2-process gloo run, started by torchrun from tests/test_distributed.py.
+"""One rank of a 2-process gloo run, started by torchrun from tests/train/test_distributed.py.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/helpers/dist_worker.py OUT [MODE]
 

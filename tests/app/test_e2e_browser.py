@@ -71,10 +71,10 @@ def test_sidebar_loads_a_cached_timm_vit_offline(browser, tmp_path):
     """A common ViT picked in the sidebar loads from a hub cache (written by the test) with no network and
     without HF_HUB_OFFLINE: the pre-check used to refuse it."""
     from nullviz.models import create_random_vit
-    from test_models import _fake_hub_cache
+    from conftest import fake_hub_cache
 
     weights = create_random_vit("vit_tiny_patch16_224", seed=3).model.state_dict()
-    _fake_hub_cache(tmp_path / "hub", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
+    fake_hub_cache(tmp_path / "hub", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "https://hub.invalid",
            "NULLVIZ_DATA_DIR": str(tmp_path / "data")}
     env.pop("HF_HUB_OFFLINE", None)

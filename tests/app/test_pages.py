@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, imagenet_like_checkpoint, wait_until
 from nullviz.noise.approximate import default_synthesis_config
 
 TIMEOUT = 120
@@ -238,6 +238,7 @@ def test_attention_page_contrast_with_an_approximate_delta():
                      "random, same norm as δ"}, names
 
 
+@pytest.mark.slow
 def test_attention_page_fresh_exact_noise_shows_zero_change():
     at = app("pages/attention.py")
     assert at.radio(key="att_source").value == "fresh exact nullspace noise"
@@ -272,6 +273,7 @@ def test_attention_page_research_views():
     assert {"set statistics (.npz)", "set statistics (JSON)"} <= {b.proto.label for b in downloads(at)}
 
 
+@pytest.mark.slow
 def test_attention_set_statistics_zip_without_upload_is_a_clear_message():
     at = app("pages/attention.py")
     at.selectbox(key="att_set_source").set_value("upload a zip of an ImageFolder")
@@ -598,27 +600,14 @@ def test_attention_views_follow_their_inputs():
 
 
 # ------------------------------------------------------------------ a model without data of its own
-def _imagenet_like_checkpoint(tmp_path) -> str:
-    """A small random 1,000-class timm ViT saved as a checkpoint its sidecar describes (no network)."""
-    from safetensors.torch import save_file
-
-    from nullviz.models import create_random_vit
-
-    arch_kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2)
-    lm = create_random_vit("vit_tiny_patch16_224", seed=0, num_classes=1000, **arch_kwargs)
-    path = tmp_path / "imagenet_like.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": arch_kwargs}))
-    return str(path)
-
-
+@pytest.mark.slow
 def test_a_model_without_its_own_data_never_gets_the_digits(tmp_path):
     """A 1,000-class ViT: the Nullspace page fits δ on the sample photographs (no verdict on too few unseen
     images), the Attention page's set is the sample photographs, the Finetune page offers no 'default digits'
     and says why, and the Robustness page asks for a folder of the model's classes."""
     from nullviz.data import SAMPLE_PHOTOS
 
-    at = app_with_spec({"name": "default", "checkpoint": _imagenet_like_checkpoint(tmp_path), "device": "cpu"})
+    at = app_with_spec({"name": "default", "checkpoint": imagenet_like_checkpoint(tmp_path), "device": "cpu"})
     assert not at.exception and "vit_tiny_patch16_224" in at.sidebar.caption[-1].value
 
     at.switch_page("pages/nullspace.py").run()

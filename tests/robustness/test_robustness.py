@@ -34,6 +34,7 @@ def test_fgsm_matches_torchattacks(default_lm, batch):
     ours = fgsm(fn, px, y, 8 / 255)
     theirs = torchattacks.FGSM(fn, eps=8 / 255)(px, y)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert not default_lm.model.training  # torchattacks restores the mode it found: the wrapper's, eval
     assert float((ours - px).abs().max()) <= 8 / 255 + 1e-6
 
 

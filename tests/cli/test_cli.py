@@ -190,9 +190,9 @@ def test_a_model_without_its_own_data_is_told_what_to_give(capsys, tmp_path):
     """`synthesize`, `finetune` and `evaluate` on a 1,000-class ViT with the default data: one line saying it
     has no images of its own (it used to get the 32-px digits); asked for the digits, finetuning is refused
     without --new-head."""
-    from test_pages import _imagenet_like_checkpoint
+    from conftest import imagenet_like_checkpoint
 
-    ckpt = _imagenet_like_checkpoint(tmp_path)
+    ckpt = imagenet_like_checkpoint(tmp_path)
     for args in (["synthesize", "--steps", "2"], ["evaluate", "--limit", "4"], ["finetune", "--epochs", "1"]):
         assert main([*args, "--checkpoint", ckpt]) == 2
         err = capsys.readouterr().err.strip()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import assert_state_equal, state_snapshot
+from conftest import assert_state_equal, fake_hub_cache, state_snapshot
 from nullviz import data
 from nullviz.core.errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
                             PretrainedWeightsUnavailableError)
@@ -150,16 +150,6 @@ def test_pretrained_hub_failure_is_translated(monkeypatch):
         load_model("vit_tiny_patch16_224")
 
 
-def _fake_hub_cache(root, repo: str, state: dict) -> None:
-    """A Hugging Face hub cache holding ``repo``'s model.safetensors, in the hub's own layout."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    folder = root / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    (folder / "snapshots" / commit).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "snapshots" / commit / "model.safetensors"))
-
-
 @pytest.mark.parametrize("offline_flag", [None, "1"])
 def test_cached_pretrained_weights_load_without_a_network(tmp_path, monkeypatch, offline_flag):
     """A timm name whose weights are in the local hub cache loads offline whether or not HF_HUB_OFFLINE is
@@ -169,7 +159,7 @@ def test_cached_pretrained_weights_load_without_a_network(tmp_path, monkeypatch,
     from nullviz.models import cached_weights_file, create_random_vit
 
     weights = create_random_vit("vit_tiny_patch16_224", seed=7).model.state_dict()
-    _fake_hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
+    fake_hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     if offline_flag:
         monkeypatch.setenv("HF_HUB_OFFLINE", offline_flag)

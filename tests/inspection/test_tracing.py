@@ -1,16 +1,15 @@
 """The two encoder passes behind attention.trace agree on every ViT variant the direct pass claims."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import ROOT
 from timm.layers import Attention
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
-from nullviz.inspection.attention import trace
 from nullviz.core.errors import InvalidParameterError
-from nullviz.models import shared_weights_view
+from nullviz.inspection.attention import trace
 from nullviz.inspection.tracing import Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
+from nullviz.models import shared_weights_view
 
 VARIANTS = {
     "plain": {},
@@ -153,7 +152,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_traces():
     runs = {}
     for flag in ("0", "1"):
         out = subprocess.run([sys.executable, "-c", _FAULTS, flag], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent.parent).stdout.split()
+                             cwd=ROOT).stdout.split()
         runs[flag] = (out[0] == "True", float(out[1]))
     if not runs["1"][0]:
         pytest.skip("not glibc: the allocator setting does not apply")
