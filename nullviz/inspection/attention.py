@@ -100,7 +100,7 @@ def _prepare_for_trace(view: torch.nn.Module) -> None:
 def attention_views(lm: LoadedModel) -> ViewPool:
     """The loaded model's pool of trace-ready views (kept with its other derived caches, shared by every
     request on that model): a trace borrows one instead of building a module tree each time."""
-    return lm.__dict__.setdefault("_derived", {}).setdefault("attention_views", ViewPool(lm.model, _prepare_for_trace))
+    return lm.derived.get("attention_views", lambda: ViewPool(lm.model, _prepare_for_trace))
 
 
 @torch.no_grad()

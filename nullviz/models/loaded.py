@@ -21,6 +21,30 @@ from .registry import DEFAULT_MODEL_NAME
 
 
 # ------------------------------------------------------------------------------------------ the result
+class DerivedCaches:
+    """What is computed once from a loaded model's frozen weights and then shared by every request and every
+    view of it: the patch embedding's spectrum, one nullspace per tolerance (their bases are computed lazily),
+    and the pool of trace-ready views. ``get(name, make)`` makes a value once, under a lock, so two sessions
+    asking at the same time get the same object."""
+
+    NAMES = ("spectrum", "nullspaces", "attention_views")
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self.NAMES:
+            raise KeyError(f"{name!r} is not one of a loaded model's derived caches {self.NAMES}")
+        value = self._values.get(name)
+        if value is None:
+            with self._lock:
+                value = self._values.get(name)
+                if value is None:
+                    value = self._values[name] = make()
+        return value
+
+
 @dataclass
 class LoadedModel:
     """A frozen, eval-mode ViT with everything needed to feed it images and read its outputs."""
@@ -32,6 +56,8 @@ class LoadedModel:
     class_names: list[str]
     checkpoint: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: computed once from the weights, shared with this model's views (see DerivedCaches)
+    derived: DerivedCaches = field(default_factory=DerivedCaches, repr=False, compare=False)
 
     # geometry, read from the model (never hard-coded)
     @property
@@ -144,11 +170,9 @@ class LoadedModel:
         """This model with a private module tree over the same weights (see :func:`shared_weights_view`).
 
         Derived caches (spectrum, nullspace bases) stay shared: they depend on the weights alone."""
-        out = LoadedModel(model=shared_weights_view(self.model), name=self.name, device=self.device,
-                          data_config=self.data_config, class_names=self.class_names, checkpoint=self.checkpoint,
-                          info=self.info)
-        out.__dict__["_derived"] = self.__dict__.setdefault("_derived", {})
-        return out
+        return LoadedModel(model=shared_weights_view(self.model), name=self.name, device=self.device,
+                           data_config=self.data_config, class_names=self.class_names, checkpoint=self.checkpoint,
+                           info=self.info, derived=self.derived)
 
     def trainable_copy(self) -> VisionTransformer:
         """A deep copy with gradients enabled: finetuning and anything else that mutates works on this."""

@@ -83,10 +83,7 @@ def patch_embed_spectrum(model: torch.nn.Module) -> PatchEmbedSpectrum:
 
 def cached_spectrum(lm: LoadedModel) -> PatchEmbedSpectrum:
     """The spectrum of a loaded (frozen) model, computed once and kept on the LoadedModel."""
-    cache = lm.__dict__.setdefault("_derived", {})
-    if "spectrum" not in cache:
-        cache["spectrum"] = patch_embed_spectrum(lm.model)
-    return cache["spectrum"]
+    return lm.derived.get("spectrum", lambda: patch_embed_spectrum(lm.model))
 
 
 # ---------------------------------------------------------------------------------------- the nullspace
@@ -192,7 +189,7 @@ def nullspace(lm_or_model: LoadedModel | torch.nn.Module, rtol: float | None = N
     if not isinstance(lm_or_model, LoadedModel):
         return Nullspace(spectrum=spec, rtol=float(rtol), rank=rank)
     # one Nullspace per (frozen model, rtol): its lazily computed bases are then computed once
-    per_rtol = lm_or_model.__dict__.setdefault("_derived", {}).setdefault("nullspaces", {})
+    per_rtol = lm_or_model.derived.get("nullspaces", dict)
     return per_rtol.setdefault(float(rtol), Nullspace(spectrum=spec, rtol=float(rtol), rank=rank))
 
 

@@ -155,3 +155,35 @@ def test_view_pool_lends_each_view_to_one_caller_and_reuses_it(tiny_lm):
     compare(tiny_lm, x, None)
     for view in (a, b):
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in view.modules())  # handed back clean
+
+
+def test_derived_caches_are_explicit_made_once_and_shared_with_views(default_lm):
+    """Spectrum, nullspaces and trace views are fields of the loaded model (no __dict__ entries), made once
+    even when sessions ask at the same time, and shared by the model's views."""
+    import threading
+
+    from nullviz.models.loaded import DerivedCaches, LoadedModel
+
+    lm = LoadedModel(model=default_lm.model, name=default_lm.name, device=default_lm.device,
+                     data_config=default_lm.data_config, class_names=default_lm.class_names)
+    assert "_derived" not in vars(lm)
+    made, results = [], []
+    barrier = threading.Barrier(4)
+
+    def make():
+        made.append(1)
+        return N.patch_embed_spectrum(lm.model)
+
+    def ask():
+        barrier.wait()
+        results.append(lm.derived.get("spectrum", make))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and all(r is results[0] for r in results)
+    assert lm.view().derived is lm.derived and N.nullspace(lm) is N.nullspace(lm.view())
+    with pytest.raises(KeyError, match="derived caches"):
+        DerivedCaches().get("anything", dict)
