@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 
 from nullviz import figures
-from nullviz.data import load_image_bytes, sample_image, sample_image_names
-from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, keep_freed_memory,
-                            new_workspace_id, server_threads, threads_per_job, valid_workspace_id)
 from nullviz.core.errors import NullvizError
+from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
                             embedded_model, load_model, resolve_device)
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
+                                     server_threads, threads_per_job, valid_workspace_id)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -36,9 +36,7 @@ def server_settings() -> ServerSettings:
         overrides = dict(st.secrets.get("nullviz", {}))
     except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
         overrides = {}
-    settings = ServerSettings.from_env(overrides=overrides)
-    keep_freed_memory()  # requests reuse freed memory instead of page-faulting it in again
-    return settings
+    return ServerSettings.from_env(overrides=overrides)
 
 
 def default_spec() -> dict:

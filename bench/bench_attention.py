@@ -33,12 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench_core import paired_ratio, print_table, timeit
-from nullviz.noise import exact as N
-from nullviz.inspection.attention import (attention_views, compare, contrast_noises, head_statistics,
-                               noise_contrast, trace, unfused_attention)
 from nullviz.data import sample_image
-from nullviz.server.settings import keep_freed_memory
+from nullviz.inspection.attention import (attention_views, compare, contrast_noises, head_statistics, noise_contrast,
+                                          trace, unfused_attention)
 from nullviz.models import create_random_vit, embedded_model, load_model
+from nullviz.noise import exact as N
+from nullviz.server.settings import keep_freed_memory
 
 
 SAME_OUTPUTS = [r"blocks\.\d+\.attn\.softmax$", r"norm_pre$", r"blocks\.\d+\.add_1$", r"head$"]

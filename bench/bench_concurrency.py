@@ -19,9 +19,9 @@ import time
 import torch
 
 
-from nullviz.noise import exact as N
 from nullviz.inspection.attention import compare
 from nullviz.models import create_random_vit, load_model
+from nullviz.noise import exact as N
 
 
 def main() -> int:

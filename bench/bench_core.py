@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 
-from nullviz.noise import exact as N
+from nullviz.data import digits_dataset, sample_image
 from nullviz.inspection.attention import attention_views, rollout, trace
 from nullviz.inspection.attribution import attribute
-from nullviz.data import digits_dataset, sample_image
-from nullviz.server.settings import keep_freed_memory
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens
-from nullviz.robustness.evaluation import images_tensor
+from nullviz.noise import exact as N
 from nullviz.noise.approximate import SynthesisConfig, CleanBatches, noised_logits
+from nullviz.robustness.evaluation import images_tensor
+from nullviz.server.settings import keep_freed_memory
 
 
 def _once(fn) -> float:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from bench_core import device_from_argv, paired_ratio, print_table
 from nullviz.data import digits_dataset
-from nullviz.train.finetune import FinetuneConfig, FinetuneRun, finetune
 from nullviz.models import create_random_vit, load_model, logits_from_patch_tokens, patch_tokens
+from nullviz.train.finetune import FinetuneConfig, FinetuneRun, finetune
 
 
 def step_ratios(lm, train, held, x, y, label: str) -> dict:

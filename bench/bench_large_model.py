@@ -20,11 +20,11 @@ from dataclasses import replace
 
 import torch
 
-from nullviz.noise import exact as N
+from nullviz.data import PHOTOS_SOURCE, SAMPLE_PHOTOS, sample_image, synthesis_sets
 from nullviz.inspection.attention import compare, set_statistics
 from nullviz.inspection.attribution import attribute
-from nullviz.data import PHOTOS_SOURCE, SAMPLE_PHOTOS, sample_image, synthesis_sets
 from nullviz.models import create_random_vit
+from nullviz.noise import exact as N
 from nullviz.noise.approximate import default_synthesis_config, synthesize
 
 

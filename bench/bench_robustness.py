@@ -11,10 +11,10 @@ import torch
 
 
 from bench_core import device_from_argv, paired_ratio, print_table, timeit
-from nullviz.robustness import evaluation as R
-from nullviz.robustness.attacks import fgsm, pgd
 from nullviz.data import digits_dataset
 from nullviz.models import PixelModel, create_random_vit, load_model
+from nullviz.robustness import evaluation as R
+from nullviz.robustness.attacks import fgsm, pgd
 
 
 def attack_rates(lm, px, y, label: str) -> dict:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from nullviz.train.finetune import FinetuneConfig
 from nullviz.jobs.queue import JobQueue, finetune_params
+from nullviz.train.finetune import FinetuneConfig
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]

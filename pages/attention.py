@@ -6,20 +6,20 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, current_model, figure_html, fingerprint, image_picker, model_key, require_shell, server_settings, show_error,
-                       upload_widget, workspace)
+from app_state import (block_slider, current_model, figure_html, fingerprint, image_picker, model_key, require_shell,
+                       server_settings, show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.noise import exact as N
-from nullviz.inspection.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index, query_maps,
-                               set_statistics)
-from nullviz.inspection.attribution import ATTRIBUTION_METHODS, attribute
+from nullviz.core.errors import NullvizError
 from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
                           sample_photos_dataset)
-from nullviz.core.errors import NullvizError
-from nullviz.server.settings import check_upload_size
-from nullviz.robustness.evaluation import images_tensor
-from nullviz.noise.files import load_noise_bytes
+from nullviz.inspection.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index,
+                                          query_maps, set_statistics)
+from nullviz.inspection.attribution import ATTRIBUTION_METHODS, attribute
+from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
+from nullviz.noise.files import load_noise_bytes
+from nullviz.robustness.evaluation import images_tensor
+from nullviz.server.settings import check_upload_size
 
 require_shell(__file__)
 

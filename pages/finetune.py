@@ -13,14 +13,14 @@ import torch
 from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
 from nullviz import figures
-from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
-from nullviz.server.settings import check_upload_size
 from nullviz.core.errors import NullvizError
+from nullviz.core.seeds import MAX_SEED
+from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
+from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
+from nullviz.server.settings import check_upload_size
+from nullviz.train.comparison import compare_methods
 from nullviz.train.finetune import FinetuneConfig, check_head, data_class_count
 from nullviz.train.methods import FINETUNE_METHODS
-from nullviz.train.comparison import compare_methods
-from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
-from nullviz.core.seeds import MAX_SEED
 
 require_shell(__file__)
 

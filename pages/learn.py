@@ -8,8 +8,8 @@ import streamlit as st
 
 from app_state import current_model, default_sample_for, presentation_mode, require_shell, set_presentation_mode
 from nullviz import figures
-from nullviz.noise import exact as N
 from nullviz.data import sample_image, sample_image_names
+from nullviz.noise import exact as N
 
 require_shell(__file__)
 

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from app_state import current_model, require_shell
-from nullviz.robustness.cluttered_report import measure as measure_cluttered
 from nullviz.data import digits_dataset
 from nullviz.models import embedded_model
+from nullviz.robustness.cluttered_report import measure as measure_cluttered
 from nullviz.robustness.evaluation import accuracy
 
 require_shell(__file__)

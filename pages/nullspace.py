@@ -8,13 +8,14 @@ import torch
 
 from app_state import current_model, figure_html, image_picker, model_key, png_bytes, require_shell, show_error
 from nullviz import figures
-from nullviz.noise import exact as N
-from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
 from nullviz.core.errors import NullvizError
+from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
 from nullviz.models import LoadedModel
+from nullviz.noise import exact as N
+from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits,
+                                       clipped_delta, default_synthesis_config, frontier, noise_effect, parse_sweep,
+                                       probs_change, split_fit_check, split_fit_validation, synthesize)
 from nullviz.noise.files import noise_bytes
-from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits, clipped_delta, default_synthesis_config,
-                               frontier, noise_effect, parse_sweep, probs_change, split_fit_check, split_fit_validation, synthesize)
 
 require_shell(__file__)
 

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_state import (default_spec, cached_model, current_model, job_queue, job_threads, require_shell,
-                       model_key, server_settings, show_error, workspace)
+from app_state import (default_spec, cached_model, current_model, job_queue, job_threads, require_shell, model_key,
+                       server_settings, show_error, workspace)
 from nullviz import figures
-from nullviz.robustness import evaluation as R
-from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
 from nullviz.core.errors import JobNotFoundError, NullvizError
+from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
 from nullviz.jobs.queue import evaluate_params
 from nullviz.models import PixelModel, embedded_model
+from nullviz.robustness import evaluation as R
 
 
 require_shell(__file__)

@@ -33,11 +33,11 @@ from pathlib import Path
 
 
 from nullviz import figures
+from nullviz.data import digits_dataset
+from nullviz.models import load_model
 from nullviz.robustness import evaluation as R
 from nullviz.train.comparison import compare_methods
-from nullviz.data import digits_dataset
 from nullviz.train.finetune import FinetuneConfig, FinetuneRun
-from nullviz.models import load_model
 
 METRICS = ("clean", "under δ", "under the start's δ", "nullspace size", "Gaussian", "FGSM", "PGD-10", "FGSM 2/255",
            "PGD-10 2/255", "PatchFool", "pooled CE", "mCE", "corruption acc", "tolerance AUC")

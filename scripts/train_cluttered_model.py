@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 
 
-from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,
-                       training_parser)
+from _training import adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic, training_parser
 from nullviz import data
 from nullviz.data import scenes as cluttered
-from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR,
-                            CLUTTERED_MODEL_NAME, load_model, nullviz_cluttered_vit)
+from nullviz.models import (CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR, CLUTTERED_MODEL_NAME,
+                            load_model, nullviz_cluttered_vit)
 
 
 def main(argv=None) -> int:

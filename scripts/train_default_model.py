@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 
 
-from _training import (adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic,
-                       training_parser)
+from _training import adamw_warmup_cosine, normalisation, save_embedded, seed_deterministic, training_parser
 from nullviz import data
-from nullviz.models import (DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME,
-                            nullviz_digits_vit)
+from nullviz.models import DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, nullviz_digits_vit
 
 
 def random_affine(pixels: torch.Tensor, gen: torch.Generator, max_deg=12.0, max_shift=0.12,

@@ -7,12 +7,12 @@ synthesis, training splits, uploaded zips).
 """
 
 from . import scenes
-from .digits import (DIGITS_CLASS_NAMES, DIGITS_HELDOUT_FRACTION, DIGITS_SPLIT_SEED, ImageListDataset,
-                     digits_dataset, digits_indices, digits_split)
-from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, LabelledImage, load_image_bytes, load_image_file,
-                     resolve_image, sample_image, sample_image_names, sample_photos_dataset)
+from .digits import (DIGITS_CLASS_NAMES, DIGITS_HELDOUT_FRACTION, DIGITS_SPLIT_SEED, ImageListDataset, digits_dataset,
+                     digits_indices, digits_split)
+from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, LabelledImage, load_image_bytes, load_image_file, resolve_image,
+                     sample_image, sample_image_names, sample_photos_dataset)
 from .sets import (DOWNLOADED_DATA, EMBEDDED_DATA, EMBEDDED_DATA_WORDS, ONE_IMAGE_SOURCE, PHOTOS_SOURCE,
                    SYNTHESIS_SOURCES, SYNTHESIS_TEST_IMAGES, SYNTHESIS_VALIDATION_IMAGES, VALIDATION_SEED, DataSpec,
                    SynthesisSets, check_data_spec, cifar10, extract_image_folder_zip, image_folder, load_dataset,
-                   model_own_data, no_own_data_message, own_data, own_train_validation, split_dataset,
-                   synthesis_sets, synthesis_sources, train_heldout)
+                   model_own_data, no_own_data_message, own_data, own_train_validation, split_dataset, synthesis_sets,
+                   synthesis_sources, train_heldout)

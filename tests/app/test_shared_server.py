@@ -11,11 +11,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_until
+from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError,
+                                 ServerPathRefusedError, UploadTooLargeError)
 from nullviz.data import extract_image_folder_zip, load_image_bytes
-from nullviz.server.settings import ServerSettings, Workspace, new_workspace_id
-from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError, ServerPathRefusedError,
-                            UploadTooLargeError)
 from nullviz.noise.files import load_noise_bytes
+from nullviz.server.settings import ServerSettings, Workspace, new_workspace_id
 
 TIMEOUT = 120
 

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from nullviz.data import scenes as C
-from nullviz.inspection.localization import box_attention_ratio, box_mask
-from nullviz.robustness.cluttered_report import measure
-from nullviz.data import digits_indices, load_dataset, own_data, sample_image, train_heldout
 from nullviz.core.errors import DataError
+from nullviz.data import scenes as C
+from nullviz.data import digits_indices, load_dataset, own_data, sample_image, train_heldout
+from nullviz.inspection.localization import box_attention_ratio, box_mask
 from nullviz.models import CLUTTERED_MODEL_DIR, load_model
+from nullviz.robustness.cluttered_report import measure
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from nullviz.data import digits_dataset
+from nullviz.models import load_model
 from nullviz.train.distributed import cleanup
 from nullviz.train.finetune import FinetuneConfig, FinetuneRun
-from nullviz.models import load_model
 
 
 def main() -> int:

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz.noise import exact as N
-from nullviz.inspection.attention import (attention_distance, cls_attention_maps, compare, representation_change, rollout,
-                               trace, unfused_attention)
-from nullviz.inspection.attribution import METHODS, attribute
-from nullviz.data import sample_image
 from nullviz.core.errors import InvalidParameterError
+from nullviz.data import sample_image
+from nullviz.inspection.attention import (attention_distance, cls_attention_maps, compare, representation_change,
+                                          rollout, trace, unfused_attention)
+from nullviz.inspection.attribution import METHODS, attribute
+from nullviz.noise import exact as N
 
 
 def _fused_flags(model):
@@ -368,7 +368,7 @@ def test_contrast_caption_says_what_was_measured():
 
 def test_attribution_methods_are_one_registry_with_one_call(default_lm, digit_x):
     from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, AttributionSettings, SaliencyMethod,
-                                     register_attribution)
+                                                register_attribution)
     from nullviz.models import PixelModel
 
     assert tuple(ATTRIBUTION_METHODS) == METHODS and all(m.label for m in ATTRIBUTION_METHODS.values())

@@ -9,8 +9,8 @@ import pytest
 from conftest import wait_until
 
 from nullviz.core.errors import InvalidParameterError, JobNotFoundError
-from nullviz.train.finetune import FinetuneConfig
 from nullviz.jobs.queue import JobQueue, LogFollower, finetune_params, thin
+from nullviz.train.finetune import FinetuneConfig
 
 pytestmark = pytest.mark.slow  # real job processes
 

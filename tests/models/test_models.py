@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from conftest import assert_state_equal, fake_hub_cache, state_snapshot
 from nullviz import data
 from nullviz.core.errors import (CheckpointError, InvalidParameterError, ModelNotFoundError, NotAVisionTransformerError,
-                            PretrainedWeightsUnavailableError)
+                                 PretrainedWeightsUnavailableError)
 from nullviz.models import DEFAULT_MODEL_NAME, load_model, resolve_device
 from nullviz.robustness.evaluation import accuracy
 

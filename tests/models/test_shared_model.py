@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from nullviz.noise import exact as N
 from nullviz.inspection.attention import compare, trace
 from nullviz.inspection.attribution import attribute
 from nullviz.models import PixelModel, shared_weights_view
+from nullviz.noise import exact as N
+from nullviz.noise.approximate import SynthesisConfig, noise_effect, synthesize
 from nullviz.robustness.attacks import fgsm, patchfool, pgd
 from nullviz.robustness.evaluation import EvalConfig, corrupt, evaluate
-from nullviz.noise.approximate import SynthesisConfig, noise_effect, synthesize
 
 from conftest import assert_state_equal, state_snapshot
 

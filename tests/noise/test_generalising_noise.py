@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from nullviz import data
+from nullviz.noise.approximate import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier,
+                                       probs_change, split_fit_validation, synthesize)
 from nullviz.robustness.evaluation import images_tensor
-from nullviz.noise.approximate import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier, probs_change,
-                               split_fit_validation, synthesize)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz.noise import exact as N
-from nullviz.data import sample_image
 from nullviz.core.errors import InvalidParameterError
+from nullviz.data import sample_image
 from nullviz.models import create_random_vit
+from nullviz.noise import exact as N
 
 
 def _assert_invariant(lm, x, v):

@@ -6,12 +6,11 @@ import torch
 from conftest import assert_state_equal, state_snapshot
 from nullviz import data
 from nullviz.core.errors import InvalidParameterError, NoiseFileError
-from nullviz.noise.files import load_noise, load_noise_bytes
 from nullviz.core.params import constraints_of
-from nullviz.robustness.evaluation import images_tensor
 from nullviz.noise.approximate import (RESEARCH_CODE, SynthesisConfig, check_noise_fits, evaluate_noise, frontier,
-                               noise_controls, noise_effect, split_fit_check, split_fit_validation,
-                               synthesize)
+                                       noise_controls, noise_effect, split_fit_check, split_fit_validation, synthesize)
+from nullviz.noise.files import load_noise, load_noise_bytes
+from nullviz.robustness.evaluation import images_tensor
 
 
 def fit_indices(n: int, seed: int, check_fraction: float = 0.25, validation_fraction: float = 0.2) -> torch.Tensor:

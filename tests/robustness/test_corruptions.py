@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from nullviz.data import digits_dataset
+from nullviz.models import create_random_vit
 from nullviz.robustness import corruptions as C
 from nullviz.robustness import evaluation as R
 from nullviz.robustness.corruptions import (CORRUPTIONS, CorruptionNotApplicableError, corrupt_image, is_severity_scale,
-                                 scale_photos, ssim_by_severity)
-from nullviz.data import digits_dataset
-from nullviz.models import create_random_vit
+                                            scale_photos, ssim_by_severity)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
+from nullviz.core.errors import InvalidParameterError
+from nullviz.data import digits_dataset
+from nullviz.models import PixelModel
 from nullviz.robustness import evaluation as R
 from nullviz.robustness.attacks import ATTACKS, PGD, Attack, fgsm, make_attack, patchfool, pgd, register_attack
-from nullviz.data import digits_dataset
-from nullviz.core.errors import InvalidParameterError
-from nullviz.models import PixelModel
 
 
 @pytest.fixture(scope="module")

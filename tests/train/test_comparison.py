@@ -9,8 +9,8 @@ import pytest
 from conftest import ROOT
 
 from nullviz import figures
-from nullviz.train.comparison import compare_methods, paired_difference, summarize
 from nullviz.core.errors import InvalidParameterError
+from nullviz.train.comparison import compare_methods, paired_difference, summarize
 
 
 def test_summary_is_the_t_interval_by_hand():

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, wait_until
 from nullviz.core.atomic import replace_atomically
-from nullviz.train.checkpoint import load_checkpoint, save_checkpoint
-from nullviz.data import digits_dataset
 from nullviz.core.errors import CheckpointError
+from nullviz.core.seeds import stream_seed
+from nullviz.data import digits_dataset
+from nullviz.train.checkpoint import load_checkpoint, save_checkpoint
 from nullviz.train.finetune import FinetuneConfig, FinetuneRun
 from nullviz.train.loader import EpochBatchSampler, make_train_loader
-from nullviz.core.seeds import stream_seed
 
 pytestmark = pytest.mark.distributed  # torchrun with two gloo processes
 

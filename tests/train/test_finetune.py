@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import assert_state_equal, state_snapshot
-from nullviz.data import digits_dataset
 from nullviz.core.errors import CheckpointError, InvalidParameterError
+from nullviz.core.params import constraints_of
+from nullviz.data import digits_dataset
+from nullviz.models import load_model
 from nullviz.train import methods as finetune_methods
 from nullviz.train.finetune import METHODS, FinetuneConfig, FinetuneRun, finetune
 from nullviz.train.methods import FINETUNE_METHODS
-from nullviz.models import load_model
-from nullviz.core.params import constraints_of
 
 
 @pytest.fixture(scope="module")
