@@ -22,8 +22,9 @@ from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
                             embedded_model, load_model, resolve_device)
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+from nullviz.server.process import server_threads, threads_per_job
 from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
-                                     server_threads, threads_per_job, valid_workspace_id)
+                                     valid_workspace_id)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 

@@ -84,7 +84,7 @@ def _warm() -> None:
     t0 = time.perf_counter()
     try:
         import app_state  # torch, timm, plotly and the library: what every page imports
-        from nullviz.server.settings import keep_freed_memory
+        from nullviz.server.process import keep_freed_memory
 
         keep_freed_memory()  # process tuning, once, at start: requests reuse freed memory instead of faulting it in
         name = app_state.warm_start()

@@ -2,7 +2,7 @@
 
     python bench/bench_attention.py [--device cpu|cuda] [--browser] [--before PATH] [--glibc-defaults]
 
-Runs with the allocator setting the app and the CLI use (:func:`nullviz.server.settings.keep_freed_memory`), or with
+Runs with the allocator setting the app and the CLI use (:func:`nullviz.server.process.keep_freed_memory`), or with
 glibc's defaults (``--glibc-defaults``); the README gives both.
 
 - ``nullviz.inspection.attention.trace`` (every block's attention *and* output tokens, and the logits) ÷ timm's own
@@ -38,7 +38,7 @@ from nullviz.inspection.attention import (attention_views, compare, contrast_noi
                                           trace, unfused_attention)
 from nullviz.models import create_random_vit, embedded_model, load_model
 from nullviz.noise import exact as N
-from nullviz.server.settings import keep_freed_memory
+from nullviz.server.process import keep_freed_memory
 
 
 SAME_OUTPUTS = [r"blocks\.\d+\.attn\.softmax$", r"norm_pre$", r"blocks\.\d+\.add_1$", r"head$"]
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--browser", action="store_true")
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--glibc-defaults", action="store_true",
-                    help="keep glibc's malloc defaults (the app and the CLI set deploy.keep_freed_memory)")
+                    help="keep glibc's malloc defaults (the app and the CLI call nullviz.server.process.keep_freed_memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2 if args.device == "cpu" else torch.get_num_threads())
     out = {"device": args.device,

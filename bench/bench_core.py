@@ -27,7 +27,7 @@ from nullviz.models import create_random_vit, load_model, logits_from_patch_toke
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import SynthesisConfig, CleanBatches, noised_logits
 from nullviz.robustness.evaluation import images_tensor
-from nullviz.server.settings import keep_freed_memory
+from nullviz.server.process import keep_freed_memory
 
 
 def _once(fn) -> float:

@@ -121,7 +121,8 @@ def wait_job(queue: JobQueue, job_id: str, timeout=900):
 def bench_watched(rounds: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    from nullviz.server.settings import ServerSettings, threads_per_job
+    from nullviz.server.process import threads_per_job
+    from nullviz.server.settings import ServerSettings
 
     data = Path(tempfile.mkdtemp(prefix="nullviz-bench-"))
     server = Server(data)

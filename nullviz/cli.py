@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     """The ``nullviz`` command (and ``python -m nullviz``): a process of its own tunes its allocator, then runs."""
-    from nullviz.server.settings import keep_freed_memory
+    from nullviz.server.process import keep_freed_memory
 
     keep_freed_memory()  # a command, a job or a torchrun rank: reuse freed memory instead of faulting it in again
     raise SystemExit(main())

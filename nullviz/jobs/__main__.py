@@ -1,6 +1,6 @@
 import sys
 
-from nullviz.server.settings import keep_freed_memory
+from nullviz.server.process import keep_freed_memory
 
 from .queue import run_worker
 

@@ -265,7 +265,7 @@ def test_attention_page_bad_noise_upload_names_the_users_file(jobs_dir):
 def test_the_server_leaves_the_jobs_cores_to_the_jobs(monkeypatch, server_env):
     """Beside a running job, 2 server threads made one δ synthesis 30× slower than 1 (OpenMP pools spinning
     against each other on the same cores)."""
-    from nullviz.server import settings as deploy
+    from nullviz.server import process as deploy
 
     for cores, jobs, expected in ((2, 1, 1), (16, 4, 1), (16, 2, 1), (3, 2, 1), (1, 1, 1)):
         monkeypatch.setattr(deploy.os, "cpu_count", lambda cores=cores: cores)

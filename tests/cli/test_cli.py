@@ -217,3 +217,13 @@ def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(cap
                    str(tmp_path / "v.pt"))
     assert out["nullity"] == 0
     assert load_noise(tmp_path / "v.pt").delta.abs().max() > 0
+
+
+def test_help_and_bad_arguments_answer_without_importing_torch():
+    """The command line imports the library inside its commands: `nullviz --help` (0.1 s) does not wait for torch
+    (several seconds), and process tuning at start is a light module of its own."""
+    code = ("import sys\nfrom nullviz.cli import console_main\nsys.argv = ['nullviz', '--help']\n"
+            "try:\n    console_main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('torch' in sys.modules, code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "False 0"

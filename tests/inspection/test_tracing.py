@@ -127,7 +127,7 @@ _FAULTS = """
 import resource, sys, torch
 torch.set_num_threads(1)
 from nullviz.inspection.attention import attention_views, trace
-from nullviz.server.settings import keep_freed_memory
+from nullviz.server.process import keep_freed_memory
 from nullviz.models import load_model
 applied = keep_freed_memory({"NULLVIZ_KEEP_FREED_MEMORY": sys.argv[1]})
 lm = load_model("digits")
