@@ -10,16 +10,12 @@ Goals (issue: first start): first figure ≤ 5 s after the server reports ready,
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+from bench_server import ARGS, CHROMIUM, Server
+
 HEADING = "nullviz — noise a Vision Transformer cannot see"
 
 
@@ -43,29 +39,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="cluttered", help="the server's default model (NULLVIZ_DEFAULT_MODEL)")
     args = ap.parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)  # started before the server
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)  # started before the server
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "server.py"),
-                                 "--server.headless", "true", "--server.port", str(port),
-                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**os.environ, "NULLVIZ_DEFAULT_MODEL": args.model})
+        server = Server(Path(tmp), NULLVIZ_DEFAULT_MODEL=args.model)  # returns once its health check answers
+        ready = time.perf_counter() - t0
         try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            ready = time.perf_counter() - t0
-            first = first_figure(browser, url)
-            second = first_figure(browser, url)
+            first = first_figure(browser, server.url)
+            second = first_figure(browser, server.url)
         finally:
-            proc.terminate()
+            server.stop()
             browser.close()
     print(f"default model                      {args.model}")
     print(f"start → ready (model loaded)       {ready:.2f} s")

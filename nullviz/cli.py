@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
     _model_args(p)
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path")
-    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attack names (fgsm, pgd, …; a wrong name lists them all), or 'none'")
+    p.add_argument("--attacks", default="fgsm,pgd",
+                   help="comma-separated attack names (fgsm, pgd, …; a wrong name lists them all), or 'none'")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--pgd-alpha", type=float, default=2 / 255)

@@ -15,11 +15,11 @@ from app_state import (current_model, job_queue, job_threads, require_shell, ser
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.core.seeds import MAX_SEED
-from nullviz.data import check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
+from nullviz.data import DataSpec, check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
 from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
 from nullviz.server.settings import check_upload_size
 from nullviz.train.comparison import compare_methods
-from nullviz.train.finetune import FinetuneConfig, check_head, data_class_count
+from nullviz.train.finetune import FinetuneConfig, check_head
 from nullviz.train.methods import FINETUNE_METHODS
 
 require_shell(__file__)
@@ -122,7 +122,7 @@ if start:
                                   eval_synth_steps=int(eval_synth_steps))
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
-        check_head(lm.name, lm.model.num_classes, data_class_count(data), bool(new_head))
+        check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
         params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
                                  configs, data_cache=str(settings.datasets_cache), processes=int(processes))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"

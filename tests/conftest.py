@@ -180,12 +180,13 @@ def streamlit_server(env: dict | None = None):
     url.log = log
     try:
         wait_until(lambda: _healthy(url) or proc.poll() is not None, 90, 0.3)
-    except AssertionError:
-        pass
-    if not _healthy(url):
-        proc.kill()
-        pytest.fail("streamlit did not start: " + url.output())
+        started = proc.poll() is None  # it answered, rather than exited
+    except AssertionError:  # no answer within 90 s
+        started = False
     try:
+        if not started:
+            proc.kill()
+            pytest.fail("streamlit did not start: " + url.output())
         yield url
     finally:
         proc.terminate()
@@ -193,6 +194,7 @@ def streamlit_server(env: dict | None = None):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,12 @@ from PIL import Image
 
 from nullviz.core.errors import DataError
 
-
 #: Fixed split of the embedded digits data set; the default model never saw the held-out part.
 DIGITS_SPLIT_SEED = 0
 DIGITS_HELDOUT_FRACTION = 0.2
 DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
+
+
 # --------------------------------------------------------------------------------------------- digits
 def _digit_to_image(pixels: np.ndarray) -> Image.Image:
     """sklearn digits are 8×8 arrays with values 0..16; make them 8-bit RGB PIL images."""

@@ -23,6 +23,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 
 #: Sample photographs that ship inside scikit-image (name -> skimage.data function name).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "immunohistochemistry")
+
+
 def sample_photos_dataset(transform: Callable | None = None) -> ImageListDataset:
     """The sample photographs as an unlabelled set (label −1): the images a model without data of its own is
     shown on, for measures that need no labels (attention statistics)."""

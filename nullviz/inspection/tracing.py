@@ -1,4 +1,5 @@
-"""The encoder pass behind :func:`nullviz.inspection.attention.trace`: every block's attention and output, and the logits.
+"""The encoder pass behind :func:`nullviz.inspection.attention.trace`: every block's attention and output,
+and the logits.
 
 Two interchangeable passes over a borrowed, eval-mode view of the model (same numbers to float32 rounding):
 

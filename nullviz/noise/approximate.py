@@ -55,10 +55,9 @@ from nullviz.core.errors import InvalidParameterError, NoiseFileError
 from nullviz.core.params import Interval, Options, bounded, check, validate_fields
 from nullviz.models import LoadedModel, embedded_model, logits_from_patch_tokens, patch_tokens, token_grid
 
-from .files import save_noise
+from .files import LEVELS, save_noise
 
 
-LEVELS = ("encoder", "input")
 #: The frontier defaults (see SynthesisConfig); the research code's are lim 3, lr 0.1, λ 0.
 DEFAULT_LIM, DEFAULT_LR, DEFAULT_LAM, DEFAULT_STEPS = 1.0, 0.1, 0.5, 200
 RESEARCH_CODE = dict(lim=3.0, lr=0.1, lam=0.0, steps=200)

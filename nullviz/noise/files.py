@@ -19,7 +19,8 @@ from nullviz.core.errors import NoiseFileError
 
 
 NOISE_FORMAT = "nullviz-noise-1"
-LEVELS = ("input", "encoder")
+#: Where a δ is added: to the patch tokens ([N, D]) or to the normalised pixels ([C, H, W]).
+LEVELS = ("encoder", "input")
 
 
 def noise_bytes(delta: torch.Tensor, meta: dict[str, Any]) -> bytes:

@@ -84,10 +84,11 @@ def predict_pixels(fn: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 
 def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Apply one ImageNet-C corruption to [B, C, H, W] pixels in [0, 1]; returns the same shape and dtype.
 
-    The parameters are those of the images' resolution (:mod:`nullviz.robustness.corruptions`). Images are quantised
-    to 8 bits first, as ImageNet-C's sources are; every draw comes from one generator seeded by ``seed``, so
-    a call is reproducible and shares no random state with concurrent calls. Raises
-    :class:`~nullviz.robustness.corruptions.CorruptionNotApplicableError` for images it cannot corrupt (e.g. 4 channels).
+    The parameters are those of the images' resolution (:mod:`nullviz.robustness.corruptions`). Images are
+    quantised to 8 bits first, as ImageNet-C's sources are; every draw comes from one generator seeded by
+    ``seed``, so a call is reproducible and shares no random state with concurrent calls. Raises
+    :class:`~nullviz.robustness.corruptions.CorruptionNotApplicableError` for images it cannot corrupt (e.g. 4
+    channels).
     """
     check("name", "corrupt", name, Options(CORRUPTIONS))
     check("severity", "corrupt", severity, Interval(int, 1, 5))

@@ -41,7 +41,7 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     Process-wide; the app server and the command line call it once at start. ``NULLVIZ_KEEP_FREED_MEMORY=0``
     keeps glibc's defaults. Returns whether the settings took effect (False off glibc: macOS, musl)."""
     env = os.environ if environ is None else environ
-    if not _enabled(env.get("NULLVIZ_KEEP_FREED_MEMORY", "1")):
+    if not env_flag(env.get("NULLVIZ_KEEP_FREED_MEMORY", "1")):
         return False
     import ctypes
     import ctypes.util
@@ -57,5 +57,6 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
                                                                                       MALLOC_TRIM_THRESHOLD))
 
 
-def _enabled(value: object) -> bool:
+def env_flag(value: object) -> bool:
+    """An on/off setting from the environment (or secrets.toml): 1, true, yes, on — any case — mean on."""
     return str(value).strip().lower() in ("1", "true", "yes", "on")

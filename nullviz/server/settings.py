@@ -20,8 +20,8 @@ from typing import Mapping
 from nullviz.core.errors import DataError, InvalidParameterError, ServerPathRefusedError, UploadTooLargeError
 from nullviz.models import EMBEDDED_MODELS, embedded_model
 
+from .process import env_flag
 
-_TRUE = ("1", "true", "yes", "on")
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 LOCAL_WORKSPACE = "local"
 
@@ -29,10 +29,6 @@ LOCAL_WORKSPACE = "local"
 def default_max_running_jobs() -> int:
     """One job per 4 CPU cores (at least 1, at most 4): each job's torch then gets the cores it needs."""
     return max(1, min(4, (os.cpu_count() or 1) // 4))
-
-
-def _flag(value: object) -> bool:
-    return str(value).strip().lower() in _TRUE
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -84,7 +80,7 @@ class ServerSettings:
         env = dict(os.environ if environ is None else environ)
         for key, value in (overrides or {}).items():
             env["NULLVIZ_" + str(key).upper()] = str(value)
-        shared = _flag(env.get("NULLVIZ_SHARED", ""))
+        shared = env_flag(env.get("NULLVIZ_SHARED", ""))
         default = cls()
         return cls(
             shared=shared,

@@ -16,16 +16,17 @@ every evaluation measures accuracy under *fresh* δs synthesized from the model 
 linear warm-up then cosine decay; optional freezing of the patch embedding or of everything but the head;
 bf16 autocast on CUDA; optional ``torch.compile``; seeded and deterministic on CPU.
 
-One loop for one process, the app's job runner and ``torchrun`` (DistributedDataParallel), cut along the
-seams of timm's ``train.py``: the distributed helpers (``nullviz.train.distributed``), the loader (``nullviz.train.loader``:
-a (seed, epoch)-determined order sharded over ranks, DataLoader workers), the step (:class:`MethodForward`,
-the module DDP wraps, so the clean and the noised pass both run through DDP's forward and its gradient
-hooks; gradient accumulation under ``no_sync``), the evaluation (held-out set sharded over ranks, counts
-all-reduced: every rank reports the same numbers) and the checkpoint saver (``nullviz.models.checkpoint``: atomic,
-rank 0 only). δ is computed on every rank from the same images and seed and then broadcast from rank 0: the
-ranks never idle waiting for it, no gradient has to cross the network during synthesis, and the broadcast
-makes δ bit-identical even where kernels are not deterministic (joint synthesis over every rank's images, as
-the research code does, would fit δ to more images but would add an all-reduce per synthesis step).
+One loop for one process, the app's job runner and ``torchrun`` (DistributedDataParallel), cut along the seams of
+timm's ``train.py``: the distributed helpers (``nullviz.train.distributed``), the loader (``nullviz.train.loader``:
+a (seed, epoch)-determined order sharded over ranks, DataLoader workers), the step (:class:`MethodForward`, the
+module DDP wraps, so the clean and the noised pass both run through DDP's forward and its gradient hooks; gradient
+accumulation under ``no_sync``; each method's loss in ``nullviz.train.methods``), the evaluation (held-out set
+sharded over ranks, counts all-reduced: every rank reports the same numbers) and the checkpoint saver
+(``nullviz.train.checkpoint``: atomic, rank 0 only). δ is computed on every rank from the same images and seed and
+then broadcast from rank 0: the ranks never idle waiting for it, no gradient has to cross the network during
+synthesis, and the broadcast makes δ bit-identical even where kernels are not deterministic (joint synthesis over
+every rank's images, as the research code does, would fit δ to more images but would add an all-reduce per
+synthesis step).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import torch
 from nullviz.core.errors import CheckpointError, DataError, InvalidParameterError, NullvizError
 from nullviz.core.params import Interval, Options, bounded, validate_fields
 from nullviz.core.seeds import MAX_SEED, stream_seed
-from nullviz.data import DataSpec
 from nullviz.models import LoadedModel, PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 from nullviz.noise.approximate import (DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig,
                                        synthesize_for_model)
@@ -472,7 +472,7 @@ class FinetuneRun:
     def save(self, out_dir: str | Path | None = None) -> Path | None:
         """model.safetensors + model.json (architecture, classes, data config, config, metrics, loadable by
         ``load_model(checkpoint=…)``) + trainer_state.pt (optimizer, schedule, δ, position) for resuming.
-        Rank 0 only; each file is written atomically (``nullviz.models.checkpoint``)."""
+        Rank 0 only; each file is written atomically (``nullviz.train.checkpoint``)."""
         out = Path(out_dir) if out_dir is not None else self.out_dir
         if out is None or not self.dist.is_primary:
             return None
@@ -632,12 +632,6 @@ def check_head(model_name: str, model_classes: int, data_classes: int | None, ne
         raise DataError(f"{model_name} predicts {model_classes:,} classes but the training data has {data_classes:,}: "
                         f"finetuning it there needs a new classifier head (new_head=True, --new-head, or the page's "
                         f"'new classifier head' box), or data of its own classes.")
-
-
-def data_class_count(spec: str) -> int | None:
-    """How many classes a data spec holds, without reading its images: 10 for the embedded sets and CIFAR-10,
-    the class folders of an ImageFolder (None if it cannot be read: the data loader will say why)."""
-    return DataSpec.parse(spec).class_count()
 
 
 def _classes(dataset) -> list | None:

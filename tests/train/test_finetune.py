@@ -144,20 +144,22 @@ def test_other_classes_are_refused_without_an_explicit_new_head(default_lm, tmp_
     """A model is never quietly retrained on data of another number of classes (a 1,000-class ViT on the 10
     digits): the run, the page and the CLI say what to do instead."""
     from nullviz.core.errors import DataError
-    from nullviz.train.finetune import check_head, data_class_count
+    from nullviz.data import DataSpec
+    from nullviz.train.finetune import check_head
 
     ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
     ds.classes = ["a", "b", "c"]
     with pytest.raises(DataError, match="predicts 10 classes but the training data has 3: .*new classifier head"):
         FinetuneRun(default_lm, ds, ds, small("baseline"))
     with pytest.raises(DataError, match="predicts 1,000 classes but the training data has 10"):
-        check_head("vit_small_patch16_224", 1000, data_class_count("digits"), new_head=False)
+        check_head("vit_small_patch16_224", 1000, DataSpec.parse("digits").class_count(), new_head=False)
     check_head("vit_small_patch16_224", 1000, 10, new_head=True)
-    check_head("nullviz_digits_vit", 10, data_class_count("cluttered"), new_head=False)
+    check_head("nullviz_digits_vit", 10, DataSpec.parse("cluttered").class_count(), new_head=False)
     for name in ("cat", "dog", ".hidden"):
         (tmp_path / name).mkdir()
     (tmp_path / "notes.txt").write_text("not a class")
-    assert data_class_count(str(tmp_path)) == 2 and data_class_count(str(tmp_path / "missing")) is None
+    assert DataSpec.parse(str(tmp_path)).class_count() == 2
+    assert DataSpec.parse(str(tmp_path / "missing")).class_count() is None
 
 
 def test_seed_streams_never_share_a_draw():
