@@ -29,7 +29,7 @@ def step_ratios(lm, train, held, x, y, label: str) -> dict:
     model, delta = run.model, run.delta
 
     def two_passes():
-        with run._autocast():  # same precision as the steps it is compared with
+        with run.step.autocast():  # same precision as the steps it is compared with
             loss = F.cross_entropy(model(x), y) + F.cross_entropy(
                 logits_from_patch_tokens(model, patch_tokens(model, x) + delta), y)
         run.optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +72,46 @@ def accuracy(lm: LoadedModel, dataset, batch_size: int = 256, limit: int | None 
         if progress is not None:
             progress(min(i + batch_size, len(y)), len(y))
     return correct / len(y)
+
+
+# ----------------------------------------------------------------------------- the shared counter
+@dataclass(frozen=True)
+class Batch:
+    """A batch of the evaluated images and where it starts in them (attacks seed their draws from it)."""
+
+    start: int
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+#: A way of predicting a batch: its predicted classes under one perturbation (clean, an attack, a corruption,
+#: token noise…).
+Condition = Callable[[Batch], torch.Tensor]
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    for i in range(0, len(y), batch_size):
+        yield Batch(i, x[i:i + batch_size], y[i:i + batch_size])
+
+
+def correctness(conditions: dict[str, Condition], batches: Iterable[Batch],
+                on_batch: Callable[[Batch], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor] | None:
+    """Per image and condition, whether the prediction is right (bool, CPU, in the batches' order); ``None``
+    when ``should_stop`` asks to stop between two batches.
+
+    The one counter the robustness suite and finetuning's evaluator (:mod:`nullviz.train.evaluator`) share.
+    It keeps the per-image outcome, not only a count, so success rates (right when clean, wrong when attacked)
+    and paired comparisons come from the same numbers as the accuracies."""
+    right: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
+    for batch in batches:
+        if should_stop is not None and should_stop():
+            return None
+        for name, condition in conditions.items():
+            right[name].append((condition(batch) == batch.y).cpu())
+        if on_batch is not None:
+            on_batch(batch)
+    return {name: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool) for name, parts in right.items()}
 
 
 @torch.no_grad()
@@ -374,11 +414,6 @@ def _as_tensor(img, transform) -> torch.Tensor:
     return img if isinstance(img, torch.Tensor) else transform(img)
 
 
-def _batched(x, y, bs):
-    for i in range(0, len(y), bs):
-        yield i, x[i:i + bs], y[i:i + bs]
-
-
 def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx_delta,
               fit: torch.Tensor | None = None) -> RobustnessReport:
     fn = PixelModel.of(lm)
@@ -386,9 +421,10 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
     n = len(y)
     report = RobustnessReport(model=lm.name + (f" ({lm.checkpoint})" if lm.checkpoint else ""), num_images=n,
                               clean_acc=float("nan"), severities=list(cfg.severities))
+    bs = cfg.batch_size
     t = time.perf_counter()
-    clean_pred = predict_pixels(fn, pixels, cfg.batch_size)
-    report.clean_acc = int((clean_pred == y).sum()) / n
+    clean_right = correctness({"clean": lambda b: predict_pixels(fn, b.x, bs)}, batches(pixels, y, bs))["clean"]
+    report.clean_acc = int(clean_right.sum()) / n
     report.seconds["clean"] = time.perf_counter() - t
     progress("clean", n, n)
 
@@ -396,22 +432,15 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
     for name in cfg.attacks:
         attack = make_attack(name, cfg, views)
         t = time.perf_counter()
-        correct = 0
-        success = 0
-        done = 0
-        for i, xb, yb in _batched(pixels, y, cfg.batch_size):
-            if should_stop():
-                report.stopped = True
-                return report
-            adv = attack(fn, xb, yb, seed=cfg.seed + i)
-            pred = predict_pixels(fn, adv, cfg.batch_size)
-            was_right = clean_pred[i:i + len(yb)] == yb
-            correct += int((pred == yb).sum())
-            success += int((was_right & (pred != yb)).sum())
-            done += len(yb)
-            progress(name, done, n)
-        n_right = int((clean_pred == y).sum())
-        report.attacks[name] = {"robust_acc": correct / n, "success_rate": success / n_right if n_right else 0.0}
+        right = correctness({name: lambda b: predict_pixels(fn, attack(fn, b.x, b.y, seed=cfg.seed + b.start), bs)},
+                            batches(pixels, y, bs), should_stop=should_stop,
+                            on_batch=lambda b: progress(name, b.start + len(b.y), n))
+        if right is None:
+            report.stopped = True
+            return report
+        n_right = int(clean_right.sum())
+        report.attacks[name] = {"robust_acc": int(right[name].sum()) / n,
+                                "success_rate": int((clean_right & ~right[name]).sum()) / n_right if n_right else 0.0}
         report.seconds[name] = time.perf_counter() - t
 
     total = len(cfg.corruptions) * len(cfg.severities)
@@ -424,11 +453,9 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
                 report.stopped = True
                 return report
             try:
-                correct = 0
-                for i, xb, yb in _batched(pixels, y, cfg.batch_size):
-                    pred = predict_pixels(fn, corrupt(xb, name, s, seed=cfg.seed + i), cfg.batch_size)
-                    correct += int((pred == yb).sum())
-                accs.append(correct / n)
+                right = correctness({name: lambda b: predict_pixels(fn, corrupt(b.x, name, s, seed=cfg.seed + b.start),
+                                                                    bs)}, batches(pixels, y, bs))
+                accs.append(int(right[name].sum()) / n)
             except CorruptionNotApplicableError as exc:  # e.g. images with 4 channels
                 report.corruption_skipped[name] = str(exc)
                 accs = []

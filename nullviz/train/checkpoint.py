@@ -49,3 +49,27 @@ def load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
                               f"{weights_step} and its trainer state from step {state['global_step']} (the run "
                               f"stopped while saving). Delete the folder's files or resume an earlier copy.")
     return weights, state
+
+
+class CheckpointSaver:
+    """Saves a run's folder and reads it back (timm's ``CheckpointSaver``): the primary rank alone writes, and
+    a run without a folder saves nothing."""
+
+    def __init__(self, out_dir: str | Path | None, primary: bool = True):
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.primary = primary
+
+    def save(self, weights: dict[str, torch.Tensor], sidecar: dict[str, Any], trainer_state: dict[str, Any],
+             out_dir: str | Path | None = None) -> Path | None:
+        """``model.safetensors`` (its path is returned), ``model.json`` and ``trainer_state.pt``; None when this
+        process does not write."""
+        out = Path(out_dir) if out_dir is not None else self.out_dir
+        if out is None or not self.primary:
+            return None
+        return save_checkpoint(out, weights, sidecar, trainer_state)
+
+    def load(self, out_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        out = Path(out_dir) if out_dir is not None else self.out_dir
+        if out is None:
+            raise CheckpointError("No run folder to resume from.")
+        return load_checkpoint(out)

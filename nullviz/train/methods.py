@@ -7,25 +7,38 @@ micro-batch already on the run's device. :data:`FINETUNE_METHODS` maps names to 
 progress plan, the Finetune page and the command line read their names, labels and costs from it, so a new
 control is one class here (decorated with :func:`register_method`) and its test.
 
-``run`` is the :class:`~nullviz.train.finetune.FinetuneRun` being trained; a method reads from it only what it
-needs: ``forward(x, token_noise)`` (clean and noised logits in one pass), ``delta``, ``cfg``, the position
-(``global_step``, ``steps_per_epoch``) and the bare model with its normalisation (``model``, ``mean``, ``std``).
+A method sees one step's :class:`StepInputs` and nothing else of the run: the training forward (clean and
+noised logits in one pass, through DDP when distributed), the bare model with its normalisation (for attacks),
+the period's δ and the seed of the period's control draws.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from nullviz.core.seeds import stream_seed
 from nullviz.models import PixelModel
 from nullviz.noise.approximate import random_like
 from nullviz.robustness.attacks import fgsm
 
 
 FINETUNE_METHODS: dict[str, "FinetuneMethod"] = {}
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What a method's loss reads in one step."""
+
+    forward: Callable[..., torch.Tensor]  # forward(x) → logits; forward(x, token_noise) → [clean; noised] logits
+    model: torch.nn.Module  # the bare model (input gradients for attacks; its weights are the forward's)
+    mean: torch.Tensor
+    std: torch.Tensor
+    delta: torch.Tensor | None  # the period's δ (token noise methods), fixed and detached
+    noise_seed: int  # the seed of the period's control draw (an epoch, or noise_every steps)
+    fgsm_eps: float
 
 
 def register_method(cls: type["FinetuneMethod"]) -> type["FinetuneMethod"]:
@@ -44,7 +57,9 @@ class FinetuneMethod:
     #: Whether it trains on token noise of δ's size: the loop then synthesizes δ each epoch (or noise_every).
     uses_delta: ClassVar[bool] = False
 
-    def loss(self, run: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, step: StepInputs, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, clean part, noised part) of one micro-batch already on the training device."""
         raise NotImplementedError
 
 
@@ -60,8 +75,8 @@ def _two_halves(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 class Baseline(FinetuneMethod):
     name, label, step_cost = "baseline", "baseline (plain finetuning)", 1.0
 
-    def loss(self, run, x, y):
-        clean = F.cross_entropy(run.forward(x).float(), y)
+    def loss(self, step, x, y):
+        clean = F.cross_entropy(step.forward(x).float(), y)
         return clean, clean, torch.zeros((), device=clean.device)
 
 
@@ -74,10 +89,8 @@ class TokenNoiseMethod(FinetuneMethod):
     def training_noise(self, delta: torch.Tensor, seed: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, run, x, y):
-        period = run.global_step // (run.cfg.noise_every or run.steps_per_epoch)
-        noise = self.training_noise(run.delta, stream_seed("train_gaussian", run.cfg.seed, period))
-        return _two_halves(run.forward(x, noise), y)
+    def loss(self, step, x, y):
+        return _two_halves(step.forward(x, self.training_noise(step.delta, step.noise_seed)), y)
 
 
 @register_method
@@ -108,7 +121,7 @@ class RandomStart(TokenNoiseMethod):
 class Adversarial(FinetuneMethod):
     name, label, step_cost = "adversarial", "FGSM adversarial training (control)", 2.5
 
-    def loss(self, run, x, y):
-        pixels = x * run.std + run.mean
-        adv = fgsm(PixelModel(run.model, run.mean, run.std), pixels, y, run.cfg.fgsm_eps)
-        return _two_halves(run.forward(torch.cat([x, (adv - run.mean) / run.std])), y)
+    def loss(self, step, x, y):
+        pixels = x * step.std + step.mean
+        adv = fgsm(PixelModel(step.model, step.mean, step.std), pixels, y, step.fgsm_eps)
+        return _two_halves(step.forward(torch.cat([x, (adv - step.mean) / step.std])), y)

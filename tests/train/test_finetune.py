@@ -192,8 +192,9 @@ def test_training_and_evaluation_use_their_own_streams(default_lm, sets, monkeyp
 
     run = FinetuneRun(default_lm, sets[0], sets[1], small("gaussian", epochs=1, steps_per_epoch=2, fresh_deltas=2))
     synth_seeds, gauss_seeds = [], []
-    real_synth, real_random_like = run._synthesize, finetune_methods.random_like
-    monkeypatch.setattr(run, "_synthesize", lambda seed, **kw: synth_seeds.append(seed) or real_synth(seed, **kw))
+    real_synth, real_random_like = run.deltas.synthesize, finetune_methods.random_like
+    monkeypatch.setattr(run.deltas, "synthesize",
+                        lambda model, seed, **kw: synth_seeds.append(seed) or real_synth(model, seed, **kw))
     monkeypatch.setattr(finetune_methods, "random_like",
                         lambda d, kind, gen: gauss_seeds.append(gen.initial_seed()) or real_random_like(d, kind, gen))
     run.run()
@@ -217,6 +218,7 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     assert last["delta_acc_std"] >= 0 and "train_delta_acc" in last
     # re-derive the first fresh δ independently and check its accuracy: the evaluation's fixed settings, fit on
     # EVAL_FIT_FRACTION of the training images and selected on a validation draw of others
+    from nullviz.train.evaluator import predict
     from nullviz.train.finetune import EVAL_FIT_FRACTION, EVAL_VALIDATION_IMAGES
 
     seed = stream_seed("fresh_delta", 0, 0)
@@ -229,7 +231,7 @@ def test_accuracy_under_delta_uses_fresh_deltas_from_the_evaluated_model(default
     delta = synthesize_for_model(run.model, x, run.cfg.evaluation_synthesis(seed), validation_images=val).delta
     xs = torch.stack([sets[1][i][0] for i in range(len(sets[1]))]).to(run.device)
     ys = torch.tensor([sets[1][i][1] for i in range(len(sets[1]))]).to(run.device)
-    acc = float((run._predict(xs, delta.to(run.device)) == ys).float().mean())
+    acc = float((predict(run.model, xs, delta.to(run.device)) == ys).float().mean())
     # exact on the CPU; CUDA's reductions are not bit-reproducible, so a re-derived δ may flip an image or two
     assert acc == pytest.approx(last["delta_acc_seeds"][0], abs=1e-6 if run.device.type == "cpu" else 0.02)
     only_training = FinetuneRun(default_lm, sets[0], sets[1], small("nullspace", fresh_deltas=0)).run().history[-1]

@@ -1,0 +1,118 @@
+"""One finetuning run's settings (:class:`FinetuneConfig`) and the fixed policies every run shares: the
+evaluation's yardstick (``EVAL_SYNTHESIS``, the Gaussian grid) and what each kind of work costs, so the progress
+bar and the ETA count δ synthesis and evaluation as well as training steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nullviz.core.errors import InvalidParameterError
+from nullviz.core.params import Interval, Options, bounded, validate_fields
+from nullviz.core.seeds import MAX_SEED
+from nullviz.noise.approximate import DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig
+
+from .methods import FINETUNE_METHODS
+
+
+METHODS = tuple(FINETUNE_METHODS)
+#: One yardstick for every run compared. Evaluation δs use these settings whatever a run trained with (a run's
+#: own λ gave its "under δ" figure larger, more visible δs), are fit on EVAL_FIT_FRACTION of the training
+#: images and kept as the largest δ inside ε on EVAL_VALIDATION_IMAGES other training images: that δ's norm is
+#: the model's *nullspace size*. All drawn from the run's seed alone, so runs that differ only in training
+#: settings draw the same images.
+EVAL_SYNTHESIS = dict(level="encoder", lim=DEFAULT_LIM, lr=DEFAULT_LR, lam=DEFAULT_LAM, tol=0.01)
+EVAL_FIT_FRACTION = 0.1
+EVAL_VALIDATION_IMAGES = 128
+#: Gaussian controls at fixed norms: these multiples of the *starting* model's mean patch-token norm (on the
+#: validation draw), the same noise for every run from that start (it was each model's own δ norm, so a model
+#: whose approximate nullspace grew was tested with larger noise).
+GAUSSIAN_GRID = (0.25, 0.5, 1.0)
+TOKEN_NOISE_METHODS = tuple(name for name, m in FINETUNE_METHODS.items() if m.uses_delta)
+FREEZE = ("none", "patch_embed", "all_but_head")
+
+
+#: What each kind of work costs, in *batch passes* (a forward+backward of ``batch_size`` images into every
+#: weight): the progress bar and the ETA count all of a run's work in these units, so δ synthesis and
+#: evaluation move them as much as they take. Measured on the cluttered model, CPU, batch 64, 2 threads
+#: (0.285 s a batch pass): a training step is 1 pass (baseline), 2 (clean + noised: the noise methods) or
+#: 2.5 (adversarial: the attack, then clean + adversarial); a δ step (one batch forward+backward to δ alone)
+#: 0.55; one image through one evaluation forward 0.225 / batch (0.93–1.0 ms).
+TRAIN_STEP_COST = {name: m.step_cost for name, m in FINETUNE_METHODS.items()}
+SYNTHESIS_STEP_COST = 0.55
+EVAL_PASS_COST_PER_IMAGE = 0.225
+PHASES = ("synthesizing δ", "training", "evaluating")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One run's settings. Defaults: the research code's optimiser (AdamW, lr 1e-4, wd 1e-4, cosine); δ is
+    synthesized at the frontier defaults of :class:`~nullviz.noise.approximate.SynthesisConfig` (lim 1, λ 0.5,
+    200 steps, ε 0.01) on 10 % of the training images; the research code's lim 3, λ 0 stops while δ is
+    still its random start."""
+
+    method: str = bounded("nullspace", Options(METHODS))
+    epochs: int = bounded(3, Interval(int, 1, 10_000))
+    steps_per_epoch: int | None = None  # None: one full pass over the training set
+    batch_size: int = bounded(64, Interval(int, 1, 65_536))
+    lr: float = bounded(1e-4, Interval(float, 0.0, 1.0, closed="right"))
+    weight_decay: float = bounded(1e-4, Interval(float, 0.0, 1.0))
+    warmup_steps: int = bounded(0, Interval(int, 0, None))
+    freeze: str = bounded("none", Options(FREEZE))
+    noise_every: int | None = None  # resynthesize δ every K steps (None: once per epoch)
+    synth_fraction: float = bounded(0.1, Interval(float, 0.0, 1.0, closed="right"))
+    synth_steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
+    synth_lim: float = bounded(DEFAULT_LIM, Interval(float, 0.0, None, closed="neither"))
+    synth_lr: float = bounded(DEFAULT_LR, Interval(float, 0.0, None, closed="neither"))
+    synth_tol: float = bounded(0.01, Interval(float, 0.0, None, closed="neither"))
+    synth_lam: float = bounded(DEFAULT_LAM, Interval(float, 0.0, None))
+    fgsm_eps: float = bounded(8 / 255, Interval(float, 0.0, 1.0))
+    eval_limit: int | None = None
+    fresh_deltas: int = bounded(2, Interval(int, 0, 16))  # δs synthesized on the evaluated model
+    fresh_every_epoch: bool = False  # fresh δs at every epoch's evaluation (slower), else after the last one
+    amp: bool = True  # bf16 autocast, CUDA only
+    grad_accum: int = bounded(1, Interval(int, 1, 1024))  # micro-batches of batch_size per optimizer step
+    workers: int = bounded(0, Interval(int, 0, 64))  # DataLoader worker processes (0: read in this process)
+    compile: bool = False  # torch.compile the training forward
+    # the evaluation δs' synthesis steps: an evaluation setting, the same for every run compared (a run's own
+    # synth_* settings only shape the δ it trains on)
+    eval_synth_steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
+    # a new classifier head when the data's classes are not the model's: said explicitly, so a 1,000-class
+    # ImageNet ViT is never quietly retrained as a 10-digit classifier
+    new_head: bool = False
+    seed: int = bounded(0, Interval(int, 0, MAX_SEED))
+
+    def __post_init__(self):
+        validate_fields(self)
+        for name in ("steps_per_epoch", "noise_every", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidParameterError(name, "FinetuneConfig", "None or an int ≥ 1", value)
+
+    def work_plan(self, steps_per_epoch: int, eval_images: int) -> dict[str, float]:
+        """The run's work by phase, in batch passes (see TRAIN_STEP_COST): what the progress bar counts."""
+        deltas = 0
+        if self.method in TOKEN_NOISE_METHODS:
+            per_epoch = 1 + ((steps_per_epoch - 1) // self.noise_every if self.noise_every else 0)
+            deltas = self.epochs * per_epoch
+        fresh_epochs = self.epochs if self.fresh_every_epoch else 1
+        fresh = self.fresh_deltas * fresh_epochs + 1  # + the starting model's δ, made once
+        n = eval_images if self.eval_limit is None else min(self.eval_limit, eval_images)
+        return {"synthesizing δ": (deltas * self.synth_steps + fresh * self.eval_synth_steps) * SYNTHESIS_STEP_COST,
+                "training": self.epochs * steps_per_epoch * TRAIN_STEP_COST[self.method],
+                "evaluating": self.epochs * n * self.eval_passes(fresh=self.fresh_deltas) * EVAL_PASS_COST_PER_IMAGE
+                / self.batch_size}
+
+    def eval_passes(self, fresh: int) -> int:
+        """Forward passes per held-out image in one evaluation: clean, each fresh δ, the starting model's δ,
+        the Gaussian grid, the training δ, FGSM (attack and prediction: three)."""
+        noise = self.method in TOKEN_NOISE_METHODS
+        return 1 + fresh + 1 + len(GAUSSIAN_GRID) + (1 if noise else 0) + 3
+
+    def synthesis(self, seed: int) -> SynthesisConfig:
+        """The δ this run trains on (its own settings)."""
+        return SynthesisConfig(level="encoder", lim=self.synth_lim, lr=self.synth_lr, lam=self.synth_lam,
+                               tol=self.synth_tol, steps=self.synth_steps, seed=seed)
+
+    def evaluation_synthesis(self, seed: int) -> SynthesisConfig:
+        """The δs every evaluation measures with: fixed settings, whatever the run trained with."""
+        return SynthesisConfig(**EVAL_SYNTHESIS, steps=self.eval_synth_steps, seed=seed)
