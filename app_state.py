@@ -19,8 +19,8 @@ from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.jobs.queue import JobQueue
-from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, architecture_facts, available_devices,
-                            embedded_model, load_model, resolve_device)
+from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
+                            available_devices, embedded_model, load_model, resolve_device)
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 from nullviz.server.process import server_threads, threads_per_job
 from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
@@ -40,10 +40,10 @@ def server_settings() -> ServerSettings:
     return ServerSettings.from_env(overrides=overrides)
 
 
-def default_spec() -> dict:
+def default_spec() -> ModelSpec:
     """The model every session starts on (``NULLVIZ_DEFAULT_MODEL``: the cluttered-digits ViT unless the
     server says otherwise), and what a failed load falls back to."""
-    return {"name": server_settings().default_model, "checkpoint": None, "device": "auto"}
+    return ModelSpec(server_settings().default_model)
 
 
 @st.cache_resource(show_spinner=False)
@@ -84,15 +84,15 @@ def _cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel
     return load_model(name, checkpoint=checkpoint, device=device)
 
 
-def cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
+def cached_model(spec: ModelSpec) -> LoadedModel:
     """One LoadedModel per (name, checkpoint, resolved device), shared by all sessions: never mutate it."""
-    return _cached_model(name, checkpoint, str(resolve_device(device)))
+    return _cached_model(spec.name, spec.checkpoint, str(resolve_device(spec.device)))
 
 
 @st.cache_data(show_spinner=False)
-def home_picture(spec: dict):
+def home_picture(spec: ModelSpec):
     """The Home page's live picture: the default model's sample, exact nullspace noise, and its proof."""
-    lm = cached_model(**spec)
+    lm = cached_model(spec)
     x = lm.preprocess(sample_image(default_sample_for(lm)))
     ns = nullspace(lm)
     v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
@@ -112,7 +112,7 @@ def warm_start() -> str:
     spec = default_spec()
     job_queue()  # every session's first run reads the jobs folder through it
     home_picture(spec)
-    return spec["name"]
+    return spec.name
 
 
 def fit_threads_to_jobs() -> None:
@@ -203,15 +203,15 @@ def current_model() -> LoadedModel:
     shared weights. The library already leaves a model untouched; the view makes that hold by construction
     for whatever a page does, and for this session's previous run still finishing in another thread.
     """
-    spec = st.session_state.get("model_spec") or default_spec()
     try:
-        if spec["checkpoint"]:
-            workspace().check_server_path(spec["checkpoint"], "the checkpoint")
-        return cached_model(spec["name"], spec["checkpoint"], spec["device"]).view()
+        spec = ModelSpec.from_dict(st.session_state.get("model_spec") or default_spec())
+        if spec.checkpoint:
+            workspace().check_server_path(spec.checkpoint, "the checkpoint")
+        return cached_model(spec).view()
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)
         st.session_state["model_spec"] = default_spec()
-        return cached_model(**default_spec()).view()
+        return cached_model(default_spec()).view()
 
 
 @st.cache_data(show_spinner=False)
@@ -224,7 +224,7 @@ def model_sidebar() -> None:
     """Sidebar form: embedded default / timm name with pretrained weights / a checkpoint, and device.
 
     The checkpoint is a path on the server in local mode and an upload in shared mode."""
-    spec = st.session_state["model_spec"]
+    spec = ModelSpec.from_dict(st.session_state["model_spec"])
     shared = server_settings().shared
     with st.sidebar:
         st.markdown(SIDEBAR_CSS, unsafe_allow_html=True)
@@ -232,15 +232,15 @@ def model_sidebar() -> None:
         with st.form("model_form", border=False):
             sources = ["Embedded model (offline)", "timm name (pretrained, downloads)",
                        "Upload a checkpoint" if shared else "Local checkpoint"]
-            embedded = embedded_model(spec["name"]) if not spec["checkpoint"] else None
-            current = 0 if embedded is not None else (2 if spec["checkpoint"] else 1)
+            embedded = embedded_model(spec.name) if not spec.checkpoint else None
+            current = 0 if embedded is not None else (2 if spec.checkpoint else 1)
             if st.session_state.pop("_model_spec_changed", False):  # a page switched the model: show it here
                 st.session_state["model_source"] = sources[current]
                 if embedded is not None:
                     st.session_state["model_embedded"] = embedded.short_name
-                st.session_state["model_name"] = "" if embedded_model(spec["name"]) else spec["name"]
+                st.session_state["model_name"] = "" if embedded_model(spec.name) else spec.name
                 if not shared:
-                    st.session_state["model_checkpoint"] = spec["checkpoint"] or ""
+                    st.session_state["model_checkpoint"] = spec.checkpoint or ""
             source = st.radio("Source", sources, index=current, key="model_source")
             names = [m.short_name for m in EMBEDDED_MODELS.values()]
             shown = embedded.short_name if embedded is not None else server_settings().default_model
@@ -254,7 +254,7 @@ def model_sidebar() -> None:
                                 help="Patch embedding c·p² → D and the nullity its shape forces (from the "
                                      "architecture alone, nothing downloaded); 'cached': the weights are in "
                                      "this machine's Hugging Face cache and load offline.")
-            name = st.text_input("timm architecture", value="" if embedded_model(spec["name"]) else spec["name"],
+            name = st.text_input("timm architecture", value="" if embedded_model(spec.name) else spec.name,
                                  placeholder="vit_tiny_patch16_224", key="model_name",
                                  help="For 'timm name' and the checkpoint. Leave empty for a checkpoint "
                                       "saved by nullviz (its .json sidecar names the architecture).")
@@ -264,10 +264,10 @@ def model_sidebar() -> None:
                 checkpoint = ""
             else:
                 upload = None
-                checkpoint = st.text_input("Checkpoint path", value=spec["checkpoint"] or "", key="model_checkpoint",
+                checkpoint = st.text_input("Checkpoint path", value=spec.checkpoint or "", key="model_checkpoint",
                                            placeholder="/path/to/model.safetensors")
             devices = ["auto", *available_devices()]
-            device = st.selectbox("Device", devices, index=devices.index(spec["device"]) if spec["device"] in devices else 0,
+            device = st.selectbox("Device", devices, index=devices.index(spec.device) if spec.device in devices else 0,
                                   key="model_device")
             submitted = st.form_submit_button("Load model", type="primary")
         if submitted:
@@ -280,7 +280,7 @@ def model_sidebar() -> None:
             if checkpoint is not None:
                 picked = catalog[picks.index(pick) - 1][0] if pick != picks[0] else ""
                 typed = name.strip()
-                chosen = picked if picked and (not typed or typed == spec["name"]) else typed
+                chosen = picked if picked and (not typed or typed == spec.name) else typed
                 _switch_model(source, sources, embedded_pick if source == sources[0] else chosen, checkpoint.strip(),
                               device)
         lm = current_model()
@@ -295,22 +295,22 @@ def model_sidebar() -> None:
 
 def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, device: str) -> None:
     if source == sources[0]:
-        new = {"name": name, "checkpoint": None, "device": device}
+        new = ModelSpec(name, None, device)
     elif source == sources[1]:
         if not name:
             st.session_state["model_error"] = "Type a timm architecture name, e.g. vit_tiny_patch16_224."
             return
-        new = {"name": name, "checkpoint": None, "device": device}
+        new = ModelSpec(name, None, device)
     else:
         if not checkpoint:
             st.session_state["model_error"] = ("Choose a checkpoint file to upload." if server_settings().shared
                                                else "Type the path of a .safetensors or .pth checkpoint file.")
             return
-        new = {"name": name or "default", "checkpoint": checkpoint, "device": device}
+        new = ModelSpec(name or "default", checkpoint, device)
     try:
-        if new["checkpoint"]:
-            workspace().check_server_path(new["checkpoint"], "the checkpoint")
-        cached_model(new["name"], new["checkpoint"], new["device"])
+        if new.checkpoint:
+            workspace().check_server_path(new.checkpoint, "the checkpoint")
+        cached_model(new)
     except NullvizError as exc:  # keep the previous model: nothing is lost
         st.session_state["model_error"] = str(exc)
         return
@@ -321,8 +321,8 @@ def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, d
 def set_active_checkpoint(path: str, device: str | None = None) -> None:
     """Make a checkpoint (e.g. a finetuned model) the active model of the app."""
     workspace().check_server_path(path, "the checkpoint")
-    spec = st.session_state["model_spec"]
-    st.session_state["model_spec"] = {"name": "default", "checkpoint": path, "device": device or spec["device"]}
+    spec = ModelSpec.from_dict(st.session_state["model_spec"])
+    st.session_state["model_spec"] = ModelSpec("default", path, device or spec.device)
     st.session_state["model_error"] = None
     st.session_state["_model_spec_changed"] = True  # the sidebar's widgets follow at the next run
 

@@ -161,15 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args):
-    from nullviz.models import load_model
+def _spec(args):
+    """The --model / --checkpoint / --device flags as a ModelSpec (the errors name the flags)."""
+    from nullviz.models import ModelSpec
 
     if not args.model.strip():
         raise InvalidParameterError("--model", "nullviz", "'default' or a timm ViT name (e.g. vit_tiny_patch16_224)",
                                     args.model)
     if args.checkpoint is not None and not args.checkpoint.strip():
         raise InvalidParameterError("--checkpoint", "nullviz", "the path of a .safetensors/.pth file", args.checkpoint)
-    return load_model(args.model.strip(), checkpoint=args.checkpoint, device=args.device)
+    return ModelSpec(args.model.strip(), args.checkpoint, args.device)
+
+
+def _load(args):
+    return _spec(args).load()
 
 
 def cmd_info(args) -> dict[str, Any]:
@@ -408,12 +413,10 @@ def cmd_evaluate(args) -> dict[str, Any]:
     if args.reference is not None and config.corruptions:
         from dataclasses import replace
 
-        from nullviz.models import load_model
-
-        if args.reference == "default":
-            ref_lm = load_model("default", device=args.device)
-        else:  # a checkpoint of --model's architecture (or one whose sidecar names it)
-            ref_lm = load_model(args.model, checkpoint=args.reference, device=args.device)
+        spec = _spec(args)
+        # the embedded default, or a checkpoint of --model's architecture (or one whose sidecar names it)
+        ref_lm = replace(spec, name="default", checkpoint=None).load() if args.reference == "default" else \
+            replace(spec, checkpoint=args.reference).load()
         ref = R.evaluate(ref_lm, dataset, replace(config, attacks=(), tolerance_magnitudes=()))
         out["reference"] = ref.model
         out["reference_mean_corruption_acc"] = ref.mean_corruption_acc

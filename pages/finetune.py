@@ -17,6 +17,7 @@ from nullviz.core.errors import NullvizError
 from nullviz.core.seeds import MAX_SEED
 from nullviz.data import DataSpec, check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
 from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
+from nullviz.models import ModelSpec
 from nullviz.server.settings import check_upload_size
 from nullviz.train.comparison import compare_methods
 from nullviz.train.finetune import FinetuneConfig, check_head
@@ -123,7 +124,7 @@ if start:
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
         check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
-        params = finetune_params({"name": lm.name, "checkpoint": lm.checkpoint, "device": str(lm.device)}, data,
+        params = finetune_params(ModelSpec.of(lm), data,
                                  configs, data_cache=str(settings.datasets_cache), processes=int(processes))
         job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
                            + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")

@@ -12,7 +12,7 @@ from nullviz import figures
 from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
 from nullviz.jobs.queue import evaluate_params
-from nullviz.models import PixelModel, embedded_model
+from nullviz.models import ModelSpec, PixelModel, embedded_model
 from nullviz.robustness import evaluation as R
 
 
@@ -81,14 +81,14 @@ if go:
         if other == "the embedded default model":
             # the embedded model of the active model's architecture (a finetuned cluttered checkpoint is compared
             # with the cluttered model), else the server's default
-            base = lm_a.name if embedded_model(lm_a.name) is not None else default_spec()["name"]
-            models.append(cached_model(base, None, str(lm_a.device)))
+            base = lm_a.name if embedded_model(lm_a.name) is not None else default_spec().name
+            models.append(cached_model(ModelSpec(base, None, str(lm_a.device))))
         elif other == "a checkpoint":
             path = other_path.strip() or st.session_state.get("last_finetuned_checkpoint") or ""
             if not path:
                 raise NullvizError("Choose a checkpoint to compare with (finetune a model first on a shared server).")
             ws.check_server_path(path, "the checkpoint")
-            models.append(cached_model("default", path, str(lm_a.device)))
+            models.append(cached_model(ModelSpec("default", path, str(lm_a.device))))
         magnitudes = tuple(float(v) for v in tol.split(",") if v.strip())
         cfg = R.EvalConfig(attacks=tuple(attacks), eps=float(eps255) / 255, pgd_steps=int(steps),
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
@@ -104,8 +104,7 @@ if go:
             R.check_classes_match(m, dataset)
         params = [sum(p.numel() for p in m.model.parameters()) for m in models]
         if R.evaluation_size(len(dataset), cfg, params) > server_settings().eval_job_threshold:
-            specs = [{"name": m.name, "checkpoint": m.checkpoint, "device": str(m.device)} for m in models]
-            job = job_queue().submit("evaluate", evaluate_params(specs, data_name, cfg), owner=ws.id,
+            job = job_queue().submit("evaluate", evaluate_params([ModelSpec.of(m) for m in models], data_name, cfg), owner=ws.id,
                                      label=f"evaluate {len(models)} model(s) · {min(len(dataset), int(limit))} images",
                                      threads=job_threads())
             st.session_state["rob_job"] = job.id
@@ -159,8 +158,7 @@ if job_id:
         st.stop()
     try:
         reports = [R.RobustnessReport.from_dict(d) for d in json.loads(path.read_text())]
-        specs = job.params["models"][:len(reports)]
-        models = [cached_model(m["name"], m["checkpoint"], m["device"]) for m in specs]
+        models = [cached_model(ModelSpec.from_dict(m)) for m in job.params["models"][:len(reports)]]
         store_results(models, load_dataset(job.params["data"], split="heldout"),
                       R.config_from_dict(job.params["config"]), reports)
     except NullvizError as exc:

@@ -39,7 +39,7 @@ from nullviz.core.atomic import write_json_atomic, write_text_atomic
 from nullviz.core.errors import InvalidParameterError, JobNotFoundError, NullvizError
 from nullviz.core.params import Interval, check
 from nullviz.data import load_dataset, own_data, train_heldout
-from nullviz.models import load_model
+from nullviz.models import ModelSpec
 from nullviz.robustness import evaluation as R
 from nullviz.robustness.evaluation import config_from_dict
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, finetune
@@ -364,11 +364,11 @@ class JobKind:
     run: Callable[[dict[str, Any], JobContext], None]
 
 
-def finetune_params(model: dict[str, Any], data: str, configs: list, data_cache: str = "data",
+def finetune_params(model: ModelSpec | dict[str, Any], data: str, configs: list, data_cache: str = "data",
                     processes: int = 1) -> dict[str, Any]:
     """Parameters of a 'finetune' job: the model to copy, the data spec, one FinetuneConfig per run, and how
     many processes (GPUs) each run uses (more than one: launched through torchrun with DDP)."""
-    return {"model": dict(model), "data": data, "data_cache": data_cache, "processes": int(processes),
+    return {"model": ModelSpec.from_dict(model).to_dict(), "data": data, "data_cache": data_cache, "processes": int(processes),
             "configs": [c if isinstance(c, dict) else asdict(c) for c in configs]}
 
 
@@ -381,6 +381,7 @@ def run_names(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _validate_finetune(params: dict[str, Any]) -> None:
+    ModelSpec.from_dict(params.get("model"))
     if not params.get("configs"):
         raise InvalidParameterError("configs", "finetune job", "at least one run configuration", params.get("configs"))
     for c in params["configs"]:
@@ -397,12 +398,11 @@ def _validate_finetune(params: dict[str, Any]) -> None:
 
 
 def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
-    m = params["model"]
+    spec = ModelSpec.from_dict(params["model"])
     processes = int(params.get("processes", 1))
     # several processes: the torchrun ranks load their own copies; this worker only counts the steps
-    lm = (load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
-          if processes == 1 else None)
-    data = own_data(params["data"], lm.name if lm else m.get("name"))
+    lm = spec.load() if processes == 1 else None
+    data = own_data(params["data"], lm.name if lm else spec.name)
     train, held = train_heldout(data, lm.transform if lm else None, params.get("data_cache", "data"))
     configs = [FinetuneConfig(**c) for c in params["configs"]]
     plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
@@ -437,13 +437,13 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
 
 def torchrun_command(params: dict[str, Any], config_file: Path, out: Path, processes: int) -> list[str]:
     """``torchrun --standalone --nproc_per_node N -m nullviz finetune …`` for one run of a finetune job."""
-    m = params["model"]
+    spec = ModelSpec.from_dict(params["model"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            "-m", "nullviz", "finetune", "--config", str(config_file), "--data", params["data"],
            "--data-cache", str(params.get("data_cache", "data")), "--out", str(out), "--json",
-           "--model", m.get("name", "default"), "--device", str(m.get("device", "auto"))]
-    if m.get("checkpoint"):
-        cmd += ["--checkpoint", str(m["checkpoint"])]
+           "--model", spec.name, "--device", spec.device]
+    if spec.checkpoint:
+        cmd += ["--checkpoint", spec.checkpoint]
     return cmd
 
 
@@ -488,28 +488,30 @@ def _run_with_torchrun(params: dict[str, Any], cfg, name: str, processes: int, c
     raise RuntimeError(errors[-1] if errors else "the distributed run failed:\n" + "\n".join(tail))
 
 
-def evaluate_params(models: list[dict[str, Any]], data: str, config) -> dict[str, Any]:
-    """Parameters of an 'evaluate' job: the models (name, checkpoint, device), data spec, EvalConfig."""
-    return {"models": [dict(m) for m in models], "data": data,
+def evaluate_params(models: list[ModelSpec | dict[str, Any]], data: str, config) -> dict[str, Any]:
+    """Parameters of an 'evaluate' job: the models, data spec, EvalConfig."""
+    return {"models": [ModelSpec.from_dict(m).to_dict() for m in models], "data": data,
             "config": config if isinstance(config, dict) else asdict(config)}
 
 
 def _validate_evaluate(params: dict[str, Any]) -> None:
     if not params.get("models"):
         raise InvalidParameterError("models", "evaluate job", "at least one model", params.get("models"))
+    for m in params["models"]:
+        ModelSpec.from_dict(m)
     config_from_dict(params.get("config", {}))
 
 
 def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
     cfg = R.config_from_dict(params["config"])
-    specs = params["models"]
-    dataset = load_dataset(own_data(params["data"], specs[0].get("name")), split="heldout")
+    specs = [ModelSpec.from_dict(m) for m in params["models"]]
+    dataset = load_dataset(own_data(params["data"], specs[0].name), split="heldout")
     ctx.update(steps_total=len(specs), steps_done=0)
     reports = []
     for k, m in enumerate(specs):
         if ctx.should_stop():
             break
-        lm = load_model(m.get("name", "default"), checkpoint=m.get("checkpoint"), device=m.get("device", "auto"))
+        lm = m.load()
 
         def progress(stage, done, total, k=k):
             ctx.update(force=False, current=f"model {k + 1}/{len(specs)} · {stage} {done}/{total}",

@@ -9,7 +9,7 @@ Sharing rule: a LoadedModel's module is read-only. Nothing in the library switch
 tree over the *same* weight storage (no copy of the weights, so no extra GPU memory per request).
 
 ``registry`` (the embedded models) · ``device`` · ``loaded`` (LoadedModel, views) · ``loading`` (load_model,
-timm names, the hub) · ``checkpoint`` (reading checkpoint files) · ``tokens`` (token-level forward, PixelModel).
+timm names, the hub) · ``spec`` (ModelSpec: which model) · ``checkpoint`` (reading checkpoint files) · ``tokens`` (token-level forward, PixelModel).
 """
 
 from .checkpoint import read_sidecar, read_weights, recorded_arch
@@ -20,4 +20,5 @@ from .loading import (COMMON_VITS, ArchitectureFacts, architecture_facts, cached
 from .registry import (ASSETS, CLUTTERED_ARCH, CLUTTERED_DATA_CONFIG, CLUTTERED_MODEL_DIR, CLUTTERED_MODEL_NAME,
                        DEFAULT_ARCH, DEFAULT_DATA_CONFIG, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, EMBEDDED_MODELS,
                        EmbeddedModel, embedded_model, nullviz_cluttered_vit, nullviz_digits_vit)
+from .spec import ModelSpec
 from .tokens import PixelModel, block_input, logits_from_patch_tokens, patch_tokens, token_grid

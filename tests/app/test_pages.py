@@ -8,6 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, imagenet_like_checkpoint, wait_until
+from nullviz.models import ModelSpec
 from nullviz.noise.approximate import default_synthesis_config
 
 TIMEOUT = 120
@@ -92,10 +93,10 @@ def test_sidebar_offers_common_vits_with_their_nullity():
 
 
 def test_unloadable_model_falls_back_to_default_with_one_line():
-    at = app_with_spec({"name": "resnet50", "checkpoint": None, "device": "auto"})
+    at = app_with_spec(ModelSpec("resnet50", None, "auto"))
     assert not at.exception
     assert "not a plain Vision Transformer" in at.sidebar.error[0].value
-    assert at.session_state["model_spec"]["name"] == "digits"  # the server default (conftest)
+    assert at.session_state["model_spec"].name == "digits"  # the server default (conftest)
     assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
 
 
@@ -104,7 +105,7 @@ def test_local_checkpoint_becomes_the_active_model(tmp_path, default_lm):
 
     path = tmp_path / "ft.safetensors"
     save_file(default_lm.model.state_dict(), str(path))
-    at = app_with_spec({"name": "default", "checkpoint": str(path), "device": "cpu"})
+    at = app_with_spec(ModelSpec("default", str(path), "cpu"))
     assert not at.exception and not at.sidebar.error
     assert str(path) in at.sidebar.caption[-1].value
     at.switch_page("pages/model.py").run()
@@ -112,7 +113,7 @@ def test_local_checkpoint_becomes_the_active_model(tmp_path, default_lm):
 
 
 def test_missing_checkpoint_message():
-    at = app_with_spec({"name": "default", "checkpoint": "/nonexistent/model.pth", "device": "cpu"})
+    at = app_with_spec(ModelSpec("default", "/nonexistent/model.pth", "cpu"))
     assert not at.exception and "does not exist" in at.sidebar.error[0].value
 
 
@@ -288,7 +289,7 @@ def test_app_opens_on_the_cluttered_model_by_default(monkeypatch, tmp_path):
     try:
         at = app()
         assert "cluttered-digits ViT" in at.main.caption[-1].value
-        assert at.session_state["model_spec"]["name"] == "cluttered"
+        assert at.session_state["model_spec"].name == "cluttered"
         at.switch_page("pages/attention.py").run()
         assert not at.exception
         assert at.selectbox(key="att_sample").value == "scene-3"
@@ -454,8 +455,8 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     assert list(table["method"]) == ["baseline", "nullspace"]
     assert len(downloads(at)) == 5  # comparison JSON + per run: log and checkpoint
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
-    assert at.session_state["model_spec"]["checkpoint"].endswith("nullspace/model.safetensors")
-    assert str(jobs_dir) in at.session_state["model_spec"]["checkpoint"]
+    assert at.session_state["model_spec"].checkpoint.endswith("nullspace/model.safetensors")
+    assert str(jobs_dir) in at.session_state["model_spec"].checkpoint
     assert at.session_state["_model_spec_changed"]  # the sidebar follows at its next run (next test)
 
 
@@ -464,7 +465,7 @@ def test_sidebar_follows_a_model_a_page_switched_to():
     "Embedded model" with an empty path. (A first run: AppTest drops the sidebar on reruns, see above.)"""
     path = str(ROOT / "assets" / "default_model" / "model.safetensors")
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["model_spec"] = {"name": "default", "checkpoint": path, "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("default", path, "cpu")
     at.session_state["model_source"] = "Embedded model (offline)"  # what the sidebar's widgets kept
     at.session_state["model_checkpoint"] = ""
     at.session_state["_model_spec_changed"] = True
@@ -607,7 +608,7 @@ def test_a_model_without_its_own_data_never_gets_the_digits(tmp_path):
     and says why, and the Robustness page asks for a folder of the model's classes."""
     from nullviz.data import SAMPLE_PHOTOS
 
-    at = app_with_spec({"name": "default", "checkpoint": imagenet_like_checkpoint(tmp_path), "device": "cpu"})
+    at = app_with_spec(ModelSpec("default", imagenet_like_checkpoint(tmp_path), "cpu"))
     assert not at.exception and "vit_tiny_patch16_224" in at.sidebar.caption[-1].value
 
     at.switch_page("pages/nullspace.py").run()
@@ -673,8 +674,7 @@ def test_nullspace_page_results_follow_the_image_and_the_model(tmp_path):
     assert before["data"][0]["z"] != after["data"][0]["z"]  # the original image shown is the new one
     assert _figure(at, "topk") != topk_before  # its predictions too
     assert before["data"][1]["z"] == after["data"][1]["z"]  # the same noise
-    at.session_state["model_spec"] = {"name": "default", "checkpoint": _same_architecture_checkpoint(tmp_path),
-                                      "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("default", _same_architecture_checkpoint(tmp_path), "cpu")
     at.run()
     assert not at.exception
     assert any("made for another model" in i.value for i in at.info)
@@ -689,12 +689,11 @@ def test_robustness_results_are_never_shown_for_another_model(tmp_path):
     at.text_input(key="rob_tol").set_value("")
     at.button[0].click().run()
     assert not at.exception and at.table
-    at.session_state["model_spec"] = {"name": "default", "checkpoint": _same_architecture_checkpoint(tmp_path),
-                                      "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("default", _same_architecture_checkpoint(tmp_path), "cpu")
     at.run()
     assert not at.exception and not at.table and not at.get("plotly_chart")
     assert any("The last evaluation was of nullviz_digits_vit, not the active model" in i.value for i in at.info)
-    at.session_state["model_spec"] = {"name": "digits", "checkpoint": None, "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("digits", None, "cpu")
     at.run()
     assert at.table  # kept: switching back shows them again
 
@@ -715,7 +714,7 @@ def test_attention_set_statistics_follow_the_noise():
 def test_model_and_learn_pages_follow_the_model():
     at = app("pages/model.py")
     assert metric(at, "Width D").value == "96" and metric(at, "Patch size").value == "8×8"
-    at.session_state["model_spec"] = {"name": "cluttered", "checkpoint": None, "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("cluttered", None, "cpu")
     at.run()
     assert metric(at, "Parameters").value != "320,554"
     at.switch_page("pages/learn.py").run()

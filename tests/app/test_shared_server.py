@@ -14,6 +14,7 @@ from conftest import ROOT, wait_until
 from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError,
                                  ServerPathRefusedError, UploadTooLargeError)
 from nullviz.data import extract_image_folder_zip, load_image_bytes
+from nullviz.models import ModelSpec
 from nullviz.noise.files import load_noise_bytes
 from nullviz.server.settings import ServerSettings, Workspace, new_workspace_id
 
@@ -186,10 +187,10 @@ def test_shared_mode_offers_uploads_not_paths(shared_server):
 
 def test_shared_mode_refuses_a_server_path_carried_in_session_state(shared_server):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["model_spec"] = {"name": "default", "checkpoint": "/etc/passwd", "device": "cpu"}
+    at.session_state["model_spec"] = ModelSpec("default", "/etc/passwd", "cpu")
     at.run()
     assert not at.exception
-    assert "shared server" in at.sidebar.error[0].value and at.session_state["model_spec"]["checkpoint"] is None
+    assert "shared server" in at.sidebar.error[0].value and at.session_state["model_spec"].checkpoint is None
     at.switch_page("pages/robustness.py").run()
     at.selectbox(key="rob_other").set_value("a checkpoint")
     at.button[0].click().run()

@@ -117,6 +117,9 @@ def test_owners_are_apart(tmp_path):
             queue.submit("finetune", params(), owner=bad)
     with pytest.raises(InvalidParameterError):
         queue.submit("finetune", {"model": MODEL, "data": "default", "configs": []})
+    for bad_model in ({"name": ""}, {"name": "default", "weights": "x"}, None):  # refused before a process starts
+        with pytest.raises(InvalidParameterError):
+            queue.submit("finetune", {**params(), "model": bad_model})
     wait_all(queue, [job])
 
 

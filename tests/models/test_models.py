@@ -264,3 +264,18 @@ def test_a_checkpoint_file_alone_names_its_architecture(tmp_path, kind):
     digits_file = tmp_path / "digits.safetensors"
     save_file({k: v.clone() for k, v in load_model("default", device="cpu").model.state_dict().items()}, str(digits_file))
     assert load_model("default", checkpoint=digits_file, device="cpu").name == DEFAULT_MODEL_NAME
+
+
+def test_model_spec_round_trips_and_refuses_bad_values(tmp_path):
+    from nullviz.models import ModelSpec
+
+    spec = ModelSpec("digits", None, "cpu")
+    assert ModelSpec.from_dict(spec.to_dict()) == spec and ModelSpec.from_dict(spec) is spec
+    assert ModelSpec.from_dict({"name": "default"}) == ModelSpec()  # missing keys: defaults
+    lm = spec.load()
+    assert ModelSpec.of(lm) == ModelSpec("nullviz_digits_vit", None, "cpu")
+    assert ModelSpec.of(lm).load().name == lm.name
+    for bad in ({"name": ""}, {"name": "x", "checkpoint": "  "}, {"name": "x", "device": ""}, {"name": 3},
+                {"name": "x", "weights": "a"}, ["default"], None):
+        with pytest.raises(InvalidParameterError):
+            ModelSpec.from_dict(bad)
