@@ -365,7 +365,7 @@ def noise_contrast_plot(contrast, height: int = 380) -> go.Figure:
     floor = CHANGE_FLOOR
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["token representations ‖Δh‖/‖h‖", "attention (total variation)"])
-    for k, name in enumerate(contrast.names):
+    for k, name in enumerate(contrast.labels):
         label = f"{name} (‖·‖ {contrast.norms[k]:.3g}, {contrast.levels[k]})"
         rc = np.maximum(contrast.repr_change[k], floor)
         tv = np.maximum(contrast.attention_tv[k], floor)
@@ -454,14 +454,17 @@ def labelled_heatmap(values: np.ndarray, x_labels: Sequence[str], y_labels: Sequ
 
 
 def tolerance_plot(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], metric: str = "accuracy",
-                   height: int = 360) -> go.Figure:
-    """Accuracy (or agreement) vs. noise L2 norm, one line per (model, noise kind)."""
+                   height: int = 360, labels: Mapping[str, str] | None = None) -> go.Figure:
+    """Accuracy (or agreement) vs. noise L2 norm, one line per (model, noise kind); ``labels``: what to call
+    each kind (``nullviz.noise.kinds``), else its name."""
+    labels = labels or {}
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot"]
     for m_i, (model, kinds) in enumerate(curves.items()):
         for kind, c in kinds.items():
             fig.add_trace(go.Scatter(x=list(c["magnitude"]), y=list(c[metric]), mode="lines+markers",
-                                     name=f"{kind} · {model}", line=dict(dash=dashes[m_i % len(dashes)])))
+                                     name=f"{labels.get(kind, kind)} · {model}",
+                                     line=dict(dash=dashes[m_i % len(dashes)])))
     fig.update_layout(title=f"noise tolerance: {metric} vs. noise size", xaxis_title="‖noise‖₂ (normalised units)",
                       yaxis_title=metric, yaxis_range=[0, 1.02], height=height, margin=dict(l=10, r=10, t=40, b=10))
     return legend_safe(fig)

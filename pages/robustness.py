@@ -13,6 +13,7 @@ from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
 from nullviz.jobs.queue import evaluate_params
 from nullviz.models import ModelSpec, PixelModel, embedded_model
+from nullviz.noise.kinds import label as noise_label
 from nullviz.robustness import evaluation as R
 
 
@@ -214,9 +215,12 @@ if reports[0].tolerance:
     curves = {name: r.tolerance for name, r in zip(names, reports)}
     c = st.columns(2)
     st.caption("One noise pattern per kind, scaled to each L2 size: exact nullspace noise, an optimised input-level "
-               "δ (approximate nullspace), Gaussian and uniform noise. Exact noise is invisible by construction.")
-    c[0].plotly_chart(figures.tolerance_plot(curves, "accuracy"), key="rob_tol_acc")
-    c[1].plotly_chart(figures.tolerance_plot(curves, "agreement"), key="rob_tol_agree")
+               "δ (approximate nullspace), Gaussian noise and δ's unoptimised random start U(−1, 1). Exact noise is "
+               "invisible by construction.")
+    kinds = {k for r in reports for k in r.tolerance}
+    labels = {k: noise_label(k) for k in kinds}
+    c[0].plotly_chart(figures.tolerance_plot(curves, "accuracy", labels=labels), key="rob_tol_acc")
+    c[1].plotly_chart(figures.tolerance_plot(curves, "agreement", labels=labels), key="rob_tol_agree")
 
 st.subheader("Examples")
 st.caption("Adversarial examples are made against the first model; the second model's predictions show how they transfer.")

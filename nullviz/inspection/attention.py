@@ -21,9 +21,10 @@ import torch
 from nullviz.core.errors import InvalidParameterError
 from nullviz.core.params import Interval, Options, check
 from nullviz.models import LoadedModel, ViewPool
-from nullviz.noise.approximate import random_like
+from nullviz.noise.kinds import label as noise_label
+from nullviz.noise.kinds import random_like
 
-from .tracing import direct_pass, hooked_pass, supports_direct_pass
+from .tracing import PackedWeights, direct_pass, hooked_pass, supports_direct_pass
 
 
 @contextlib.contextmanager
@@ -97,15 +98,23 @@ def _prepare_for_trace(view: torch.nn.Module) -> None:
             m.fused_attn = False
 
 
-def attention_views(lm: LoadedModel) -> ViewPool:
+class TraceViews(ViewPool):
+    """A pool of trace-ready views of one model and what they share: the model's oneDNN-packed weights."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model, _prepare_for_trace)
+        self.packed = PackedWeights(model)
+
+
+def attention_views(lm: LoadedModel) -> TraceViews:
     """The loaded model's pool of trace-ready views (kept with its other derived caches, shared by every
     request on that model): a trace borrows one instead of building a module tree each time."""
-    return lm.derived.get("attention_views", lambda: ViewPool(lm.model, _prepare_for_trace))
+    return lm.derived.get("attention_views", lambda: TraceViews(lm.model))
 
 
 @torch.no_grad()
 def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None,
-          views: ViewPool | None = None, method: str = "auto") -> AttentionTrace:
+          views: TraceViews | None = None, method: str = "auto") -> AttentionTrace:
     """One forward pass of normalised images x (optionally with δ added to the patch tokens), recording
     every block's attention probabilities and output tokens. ``model`` itself is never modified (eval-mode
     numbers, whatever mode the caller's model is in); ``views`` (see :func:`attention_views`) lends a
@@ -121,10 +130,12 @@ def trace(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | N
     if method == "direct" and not direct:
         raise InvalidParameterError("method", "attention.trace",
                                     "'hooks' or 'auto' for blocks other than timm's standard Block", method)
-    pool = views if views is not None else ViewPool(model, _prepare_for_trace)
+    pool = views if views is not None else TraceViews(model)
     with pool.borrow() as view:  # private while borrowed: its flags and hooks are this call's alone
-        run = direct_pass if direct and method != "hooks" else hooked_pass
-        out = run(view, x, token_noise)
+        if direct and method != "hooks":
+            out = direct_pass(view, x, token_noise, pool.packed)
+        else:
+            out = hooked_pass(view, x, token_noise)
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
     return AttentionTrace(attention=out.attention.float().cpu(), hidden=out.hidden.float().cpu(),
                           logits=out.logits.float().cpu(), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
@@ -211,7 +222,7 @@ def representation_change(clean: torch.Tensor, noised: torch.Tensor) -> torch.Te
     return (diff / clean.double().flatten(1).norm(dim=1).clamp_min(1e-30)).float()
 
 
-def _noised_trace(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor, level: str, views: ViewPool) -> AttentionTrace:
+def _noised_trace(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor, level: str, views: TraceViews) -> AttentionTrace:
     """Trace x with one noise: added to the pixels (normalised, level 'input') or to the patch tokens ('encoder')."""
     if level == "input":
         return trace(lm.model, x + (noise if noise.dim() == 4 else noise.unsqueeze(0)).to(x), views=views)
@@ -446,14 +457,19 @@ def set_statistics(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None,
 class NoiseContrast:
     """Per layer, how far each noise moves the representations and the attention of the same images."""
 
-    names: list[str]
+    names: list[str]  # keys: a noise kind ("exact", "approximate") or "<control>@<kind>" (see contrast_noises)
     norms: list[float]  # L2 norm of each noise (its own level: pixels in normalised units, or tokens)
     levels: list[str]
     repr_change: np.ndarray  # [noises, L + 1]: after the patch embedding (+ position), then each block
     attention_tv: np.ndarray  # [noises, L]
 
+    @property
+    def labels(self) -> list[str]:
+        """What the chart and the page call each noise."""
+        return [contrast_label(name) for name in self.names]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"names": self.names, "norms": self.norms, "levels": self.levels,
+        return {"names": self.names, "labels": self.labels, "norms": self.norms, "levels": self.levels,
                 "repr_change": self.repr_change.tolist(), "attention_tv": self.attention_tv.tolist()}
 
     def ratio_to_control(self, name: str, control: str) -> float:
@@ -465,18 +481,17 @@ class NoiseContrast:
         """The chart in words, from what was measured (never a fixed sentence: an approximate δ that moves the
         tokens as much as random noise of its norm must not be called small)."""
         parts = []
-        if "exact nullspace noise" in self.names:
-            peak = float(self.repr_change[self.names.index("exact nullspace noise")].max())
+        if "exact" in self.names:
+            peak = float(self.repr_change[self.names.index("exact")].max())
             parts.append(f"Exact nullspace noise moves the tokens by at most {peak:.1e} of their norm at any depth"
                          + (" (float32 rounding)." if peak < 1e-5 else "."))
-        if "approximate δ" in self.names and "random, same norm as δ" in self.names:
-            r = self.ratio_to_control("approximate δ", "random, same norm as δ")
+        if "approximate" in self.names and "gaussian@approximate" in self.names:
+            r = self.ratio_to_control("approximate", "gaussian@approximate")
             verdict = ("far less than" if r < 0.2 else "less than" if r < 0.8 else "about as much as" if r < 1.25
                        else "more than")
             parts.append(f"At the last block the approximate δ moves them {r:.2f}× as much as random noise of its "
                          f"norm: {verdict} random noise.")
-        for control, whose in (("random, same norm as the exact noise", "the exact noise's"),
-                               ("random, same norm as δ", "δ's")):
+        for control, whose in (("gaussian@exact", "the exact noise's"), ("gaussian@approximate", "δ's")):
             if control in self.names:
                 last = float(self.repr_change[self.names.index(control), -1])
                 parts.append(f"Random noise of {whose} norm moves them by {last:.1e} of their norm at the last block.")
@@ -486,26 +501,34 @@ class NoiseContrast:
 def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] | None = None,
                     seed: int = 0) -> dict[str, tuple[torch.Tensor, str]]:
     """The noises of :func:`noise_contrast`, as the Attention page and ``nullviz attention --contrast`` both
-    draw them: the exact nullspace noise (pixel level), the approximate δ with its level if there is one,
-    and Gaussian noise of the same norm and level as each (``seed``). A pixel-level δ gets the exact noise
-    rescaled to its norm, so the lines differ in structure, not size, and one random control serves both."""
+    draw them: the exact nullspace noise (pixel level, key "exact"), the approximate δ with its level if there
+    is one ("approximate"), and Gaussian noise of the same norm and level as each ("gaussian@exact",
+    "gaussian@approximate"; ``seed``). A pixel-level δ gets the exact noise rescaled to its norm, so the lines
+    differ in structure, not size, and one random control serves both."""
     gen = torch.Generator().manual_seed(int(seed))
 
     def control(noise: torch.Tensor) -> torch.Tensor:
         return random_like(noise.float().cpu(), "gaussian", gen)
 
     if approximate is None:
-        return {"exact nullspace noise": (exact, "input"),
-                "random, same norm as the exact noise": (control(exact), "input")}
+        return {"exact": (exact, "input"), "gaussian@exact": (control(exact), "input")}
     delta, level = approximate
     if level == "input":
-        noises = {"exact nullspace noise": (exact * (delta.norm() / exact.norm().clamp_min(1e-30)).to(exact), "input")}
+        noises = {"exact": (exact * (delta.norm() / exact.norm().clamp_min(1e-30)).to(exact), "input")}
     else:
-        noises = {"exact nullspace noise": (exact, "input"),
-                  "random, same norm as the exact noise": (control(exact), "input")}
-    noises["approximate δ"] = (delta, level)
-    noises["random, same norm as δ"] = (control(delta), level)
+        noises = {"exact": (exact, "input"), "gaussian@exact": (control(exact), "input")}
+    noises["approximate"] = (delta, level)
+    noises["gaussian@approximate"] = (control(delta), level)
     return noises
+
+
+def contrast_label(name: str) -> str:
+    """A contrast key in words: a noise kind's label, or "random, same norm as …" for a control of one."""
+    control, _, of = name.partition("@")
+    if not of:
+        return noise_label(name)
+    whose = {"exact": "the exact noise", "approximate": "δ"}.get(of, noise_label(of))
+    return f"{noise_label(control)}, same norm as {whose}"
 
 
 def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str]],

@@ -8,7 +8,7 @@ Two interchangeable passes over a borrowed, eval-mode view of the model (same nu
   norms, writing the softmax and the block outputs straight into the [L, …] tensors it returns (no per-layer
   tensors to keep and stack), applying the scale inside the score product, keeping q, k, v, the scores and
   the context in buffers reused across layers, and — on a CPU with oneDNN — running the linear layers
-  through oneDNN with the MLP's GELU fused in and the weights packed once per view (on a 2-core CPU
+  through oneDNN with the MLP's GELU fused in and the weights packed once per model (on a 2-core CPU
   oneDNN's float32 GEMM takes about half of the default BLAS path's time at these shapes;
   ``bench/bench_attention.py``). timm's ``AttentionExtract`` keeps each block's tensors and runs the
   model's own layers, so it can do none of these.
@@ -22,6 +22,7 @@ on the CPU.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 import torch
@@ -36,8 +37,8 @@ class EncoderPass(NamedTuple):
     logits: torch.Tensor  # [B, classes]
 
 
-#: A view keeps oneDNN-packed copies of its linear weights when they total at most this many bytes (the
-#: embedded models, ViT-Ti); above it (ViT-S/B) the copy would cost more memory per view than it saves time.
+#: A model's views share oneDNN-packed copies of its linear weights when they total at most this many bytes
+#: (the embedded models, ViT-Ti); above it (ViT-S/B) the copy would cost more memory than it saves time.
 PACKED_WEIGHTS_MAX_BYTES = 32 * 2**20
 
 
@@ -61,36 +62,46 @@ def onednn_linear_available() -> bool:
         return False
 
 
-class Linears:
-    """How one direct pass runs the linear layers: oneDNN on a float32 CPU tensor (GELU fused; weights
-    packed once per view and re-packed when the weights change in place, i.e. their version moves), else
-    F.linear."""
+class PackedWeights:
+    """oneDNN-packed copies of one model's linear weights, made on first use and shared by every view of the
+    model (the views share the weights' storage, so a packed copy is keyed by that storage and the weight's
+    version: a weight changed in place is packed again). Disabled when the linear weights total more than
+    ``PACKED_WEIGHTS_MAX_BYTES``. Safe to share between threads: packing happens under a lock."""
 
-    def __init__(self, view: torch.nn.Module, x: torch.Tensor):
+    def __init__(self, model: torch.nn.Module):
+        size = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                   if isinstance(m, torch.nn.Linear))
+        self.enabled = size <= PACKED_WEIGHTS_MAX_BYTES
+        self._packed: dict[int, tuple[int, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
+        key = weight.data_ptr()
+        entry = self._packed.get(key)
+        if entry is None or entry[0] != weight._version:
+            with self._lock:
+                entry = self._packed.get(key)
+                if entry is None or entry[0] != weight._version:
+                    entry = self._packed[key] = (weight._version,
+                                                 torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+        return entry[1]
+
+
+class Linears:
+    """How one direct pass runs the linear layers: oneDNN on a float32 CPU tensor (GELU fused; the weights
+    packed when ``packed`` is given and enabled), else F.linear."""
+
+    def __init__(self, x: torch.Tensor, packed: PackedWeights | None = None):
         self.onednn = (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
                        and onednn_linear_available())
-        self.packed: dict[torch.nn.Module, tuple[int, torch.Tensor]] | None = None
-        if self.onednn:
-            packed = view.__dict__.get("_nullviz_packed_linears")
-            if packed is None:  # first pass on this view: pack only if the weights are small
-                size = sum(m.weight.numel() * m.weight.element_size() for m in view.modules()
-                           if isinstance(m, torch.nn.Linear))
-                packed = {} if size <= PACKED_WEIGHTS_MAX_BYTES else False
-                view.__dict__["_nullviz_packed_linears"] = packed
-            self.packed = None if packed is False else packed
+        self.packed = packed if self.onednn and packed is not None and packed.enabled else None
 
     def __call__(self, x: torch.Tensor, layer: torch.nn.Linear, gelu: str | None = None) -> torch.Tensor:
         """layer(x) on [M, K], then GELU with ``gelu`` ('none'/'tanh': its approximation) if given."""
         if not self.onednn:
             y = F.linear(x, layer.weight, layer.bias)
             return y if gelu is None else F.gelu(y, approximate=gelu)
-        weight = layer.weight
-        if self.packed is not None:
-            entry = self.packed.get(layer)
-            if entry is None or entry[0] != weight._version:
-                entry = self.packed[layer] = (weight._version,
-                                              torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
-            weight = entry[1]
+        weight = layer.weight if self.packed is None else self.packed.get(layer.weight, x.shape[0])
         return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "none" if gelu is None else "gelu", [],
                                                   "" if gelu is None else gelu)
 
@@ -116,9 +127,12 @@ def _gelu_kind(act: torch.nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None) -> EncoderPass:
+def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor | None = None,
+                packed: PackedWeights | None = None) -> EncoderPass:
     """The encoder block by block from the view's weights (see the module doc); ``view`` must be in eval
-    mode and satisfy :func:`supports_direct_pass`. Dropout and drop-path are identities in eval and skipped."""
+    mode and satisfy :func:`supports_direct_pass`. Dropout and drop-path are identities in eval and skipped.
+    ``packed``: the model's packed weights (a pool of views keeps one, :class:`~nullviz.inspection.attention.TraceViews`);
+    without it oneDNN reads the plain weights."""
     u = patch_tokens(view, x)
     h0 = block_input(view, u if token_noise is None else u + token_noise.to(u), token_grid(view, x))
     blocks = view.blocks
@@ -133,7 +147,7 @@ def direct_pass(view: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tenso
     q, k, v = (torch.empty(B, H, T, hd, **like) for _ in range(3))
     context = torch.empty(B * H, T, hd, **like)
     mid = torch.empty(B, T, D, **like)
-    linear = Linears(view, h0)
+    linear = Linears(h0, packed)
     for i, blk in enumerate(blocks):
         a, m, h = blk.attn, blk.mlp, hidden[i]
         qkv = linear(blk.norm1(h).reshape(B * T, D), a.qkv).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)

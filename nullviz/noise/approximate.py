@@ -56,6 +56,7 @@ from nullviz.core.params import Interval, Options, bounded, check, validate_fiel
 from nullviz.models import LoadedModel, embedded_model, logits_from_patch_tokens, patch_tokens, token_grid
 
 from .files import LEVELS, save_noise
+from .kinds import random_like
 
 
 #: The frontier defaults (see SynthesisConfig); the research code's are lim 3, lr 0.1, λ 0.
@@ -548,23 +549,11 @@ def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg
 
 
 def noise_controls(delta: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """Three δ-sized controls, each of δ's norm: δ's own entries in random places ('permuted'), Gaussian
-    noise ('gaussian'), and an unoptimised draw from δ's start distribution U(−a, a) ('random_start'):
-    what separates *optimised* from merely *random* noise of that size."""
+    """The three controls of :mod:`nullviz.noise.kinds`, each of δ's norm: δ's own entries in random places
+    ('permuted'), Gaussian noise ('gaussian'), and an unoptimised draw from δ's start distribution U(−a, a)
+    ('random_start'): what separates *optimised* from merely *random* noise of that size."""
     gen = torch.Generator().manual_seed(seed + 1)
-    permuted = delta.flatten()[torch.randperm(delta.numel(), generator=gen).to(delta.device)].view_as(delta)
-    return {"permuted": permuted, "gaussian": random_like(delta, "gaussian", gen),
-            "random_start": random_like(delta, "random_start", gen)}
-
-
-def random_like(delta: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Noise of δ's shape, device and norm, drawn from ``gen``: ``'gaussian'``, or ``'random_start'`` — uniform
-    U(−1, 1), the distribution of δ's random start, rescaled. The controls of synthesis and of finetuning (and
-    their names) are these."""
-    check("kind", "random_like", kind, Options(("gaussian", "random_start")))
-    draw = torch.randn(delta.shape, generator=gen) if kind == "gaussian" else torch.rand(delta.shape, generator=gen) * 2 - 1
-    draw = draw.to(delta)
-    return draw / draw.norm() * delta.norm()
+    return {kind: random_like(delta, kind, gen) for kind in ("permuted", "gaussian", "random_start")}
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ attacked normalised tensors while the attack library clamped to [0, 1], which co
   (:mod:`nullviz.robustness.corruptions`), applied at the model's input size; a corruption that cannot apply is
   reported, not raised. ``relative_corruption_error`` is mCE-style, with a stated rule for what it leaves out.
 - Tolerance curves: accuracy and agreement with the clean prediction vs. the L2 size of exact-nullspace,
-  approximate (optimised δ), Gaussian and uniform noise.
+  approximate (optimised δ), Gaussian and δ's random-start noise U(−1, 1) (``nullviz.noise.kinds``).
 """
 
 from __future__ import annotations
@@ -32,12 +32,16 @@ from nullviz.inspection.attention import attention_views
 from nullviz.models import LoadedModel, PixelModel
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import SynthesisConfig, synthesize
+from nullviz.noise.kinds import NOISE_KINDS
 
 from .attacks import ATTACKS, make_attack
 from .corruptions import CORRUPTIONS, CorruptionNotApplicableError, corrupt_image
 
 
-NOISE_KINDS = ("exact", "approximate", "gaussian", "uniform")
+#: The noises a tolerance curve can follow (names from :data:`nullviz.noise.kinds.NOISE_KINDS`).
+TOLERANCE_KINDS = ("exact", "approximate", "gaussian", "random_start")
+#: What stored configurations (job parameters from before the registry) called a kind.
+_OLD_KIND_NAMES = {"uniform": "random_start"}
 
 Progress = Callable[[str, int, int], None]
 
@@ -152,22 +156,20 @@ def _noise_direction(kind: str, lm: LoadedModel, shape: tuple, gen: torch.Genera
             raise InvalidParameterError("approx_delta", "tolerance_curves", "an input-level δ [C, H, W] when "
                                         "'approximate' is among the kinds", None)
         v = approx_delta.float().cpu()
-    elif kind == "gaussian":
-        v = torch.randn(shape, generator=gen)
-    else:
-        v = torch.rand(shape, generator=gen) * 2 - 1
+    else:  # a random control, drawn to the images' shape
+        v = NOISE_KINDS[kind].draw(torch.empty(shape), gen)
     return v / v.norm().clamp_min(1e-30)
 
 
 @torch.no_grad()
 def tolerance_curves(lm: LoadedModel, x: torch.Tensor, y: torch.Tensor, magnitudes: list[float],
-                     kinds: tuple[str, ...] = ("exact", "gaussian", "uniform"),
+                     kinds: tuple[str, ...] = ("exact", "gaussian", "random_start"),
                      approx_delta: torch.Tensor | None = None, seed: int = 0,
                      batch_size: int = 256) -> dict[str, dict[str, list[float]]]:
     """Accuracy and top-1 agreement with the clean prediction vs. the L2 norm (normalised input units) of one
     noise pattern per kind added to every image. Exact-nullspace noise gives a flat curve by construction."""
     for k in kinds:
-        check("kinds", "tolerance_curves", k, Options(NOISE_KINDS))
+        check("kinds", "tolerance_curves", k, Options(TOLERANCE_KINDS))
     gen = torch.Generator().manual_seed(seed)
     clean_pred = torch.cat([lm.model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
     out: dict[str, dict[str, list[float]]] = {}
@@ -200,7 +202,7 @@ class EvalConfig:
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     tolerance_magnitudes: tuple[float, ...] = ()
-    tolerance_kinds: tuple[str, ...] = NOISE_KINDS
+    tolerance_kinds: tuple[str, ...] = TOLERANCE_KINDS
     limit: int | None = None
     batch_size: int = bounded(128, Interval(int, 1, 65_536))
     seed: int = bounded(0, Interval(int, 0, None))
@@ -214,7 +216,7 @@ class EvalConfig:
         for s in self.severities:
             check("severities", "EvalConfig", s, Interval(int, 1, 5))
         for k in self.tolerance_kinds:
-            check("tolerance_kinds", "EvalConfig", k, Options(NOISE_KINDS))
+            check("tolerance_kinds", "EvalConfig", k, Options(TOLERANCE_KINDS))
         if self.limit is not None:
             check("limit", "EvalConfig", self.limit, Interval(int, 1, None))
 
@@ -534,8 +536,11 @@ def evaluation_size(num_images: int, config: EvalConfig, model_params: list[int]
 
 
 def config_from_dict(d: dict[str, Any]) -> EvalConfig:
-    """An EvalConfig from JSON (lists back to tuples)."""
-    return EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """An EvalConfig from JSON (lists back to tuples; kinds under their old names renamed)."""
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if "tolerance_kinds" in d:
+        d["tolerance_kinds"] = tuple(_OLD_KIND_NAMES.get(k, k) for k in d["tolerance_kinds"])
+    return EvalConfig(**d)
 
 
 def report_json(reports: list[RobustnessReport]) -> str:

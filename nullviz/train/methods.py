@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from nullviz.models import PixelModel
-from nullviz.noise.approximate import random_like
+from nullviz.noise.kinds import random_like
 from nullviz.robustness.attacks import fgsm
 
 

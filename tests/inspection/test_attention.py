@@ -276,7 +276,7 @@ def test_head_statistics_of_identical_traces_match(default_lm, digit_x):
 
 
 def test_noise_contrast_exact_vs_random(default_lm, digit_x):
-    from nullviz.noise.approximate import random_like
+    from nullviz.noise.kinds import random_like
 
     ns = N.nullspace(default_lm)
     v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=2.0, seed=0))
@@ -301,25 +301,25 @@ def test_contrast_noises_page_and_cli_draw_the_same(default_lm, digit_x):
     ns = N.nullspace(default_lm)
     exact = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
     alone = contrast_noises(exact)
-    assert list(alone) == ["exact nullspace noise", "random, same norm as the exact noise"]
+    assert list(alone) == ["exact", "gaussian@exact"]
     assert [lvl for _, lvl in alone.values()] == ["input", "input"]
-    torch.testing.assert_close(alone["random, same norm as the exact noise"][0].norm(), exact.norm())
+    torch.testing.assert_close(alone["gaussian@exact"][0].norm(), exact.norm())
 
     pixel_delta = 3.0 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(1))
     pixel = contrast_noises(exact, (pixel_delta, "input"), seed=4)
-    assert list(pixel) == ["exact nullspace noise", "approximate δ", "random, same norm as δ"]
+    assert list(pixel) == ["exact", "approximate", "gaussian@approximate"]
     for noise, _ in pixel.values():  # one norm: the lines differ in structure, not size
         torch.testing.assert_close(noise.norm(), pixel_delta.norm())
-    moved = default_lm.predict(digit_x + pixel["exact nullspace noise"][0].to(digit_x))
+    moved = default_lm.predict(digit_x + pixel["exact"][0].to(digit_x))
     assert (moved - default_lm.predict(digit_x)).abs().max() < 1e-4  # rescaled, still in the nullspace
 
     token_delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(2))
     token = contrast_noises(exact, (token_delta, "encoder"), seed=4)
-    assert list(token) == ["exact nullspace noise", "random, same norm as the exact noise", "approximate δ",
-                           "random, same norm as δ"]
-    assert token["exact nullspace noise"][0] is exact
+    assert list(token) == ["exact", "gaussian@exact", "approximate",
+                           "gaussian@approximate"]
+    assert token["exact"][0] is exact
     assert [lvl for _, lvl in token.values()] == ["input", "input", "encoder", "encoder"]
-    torch.testing.assert_close(token["random, same norm as δ"][0].norm(), token_delta.norm())
+    torch.testing.assert_close(token["gaussian@approximate"][0].norm(), token_delta.norm())
     again = contrast_noises(exact, (token_delta, "encoder"), seed=4)
     assert all(torch.equal(token[k][0], again[k][0]) for k in token)  # seeded
 
@@ -343,6 +343,8 @@ def test_cli_contrast_uses_the_library_noises(capsys, default_lm, digit_x, tmp_p
     x = default_lm.preprocess(sample_image("digit-3"))
     expected = noise_contrast(default_lm, x, contrast_noises(exact, (delta, "encoder"), seed=5))
     assert out["names"] == expected.names
+    assert out["labels"] == ["exact nullspace noise", "Gaussian, same norm as the exact noise", "approximate δ",
+                             "Gaussian, same norm as δ"]
     np.testing.assert_allclose(out["repr_change"], expected.repr_change, rtol=1e-5, atol=1e-7)
 
 
@@ -351,14 +353,14 @@ def test_contrast_caption_says_what_was_measured():
     said to, one that barely moves them is said to move them far less (the page used a fixed 'a little')."""
     from nullviz.inspection.attention import NoiseContrast
 
-    names = ["exact nullspace noise", "random, same norm as the exact noise", "approximate δ", "random, same norm as δ"]
+    names = ["exact", "gaussian@exact", "approximate", "gaussian@approximate"]
 
     def contrast(delta_change):
         repr_change = np.array([[1e-7] * 3, [0.1] * 3, [delta_change] * 3, [0.2] * 3])
         return NoiseContrast(names, [1.0] * 4, ["input"] * 4, repr_change, np.zeros((4, 2)))
 
     loud, quiet = contrast(0.19), contrast(0.004)
-    assert loud.ratio_to_control("approximate δ", "random, same norm as δ") == pytest.approx(0.95)
+    assert loud.ratio_to_control("approximate", "gaussian@approximate") == pytest.approx(0.95)
     assert "0.95× as much as random noise of its norm: about as much as random noise" in loud.describe()
     assert "0.02× as much" in quiet.describe() and "far less than random noise" in quiet.describe()
     assert "at most 1.0e-07" in quiet.describe() and "float32 rounding" in quiet.describe()

@@ -8,7 +8,7 @@ from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
 from nullviz.core.errors import InvalidParameterError
 from nullviz.inspection.attention import trace
-from nullviz.inspection.tracing import Linears, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
+from nullviz.inspection.tracing import Linears, PackedWeights, direct_pass, hooked_pass, onednn_linear_available, supports_direct_pass
 from nullviz.models import shared_weights_view
 
 VARIANTS = {
@@ -91,19 +91,26 @@ def test_linears_equal_torch_with_onednn_packed_plain_and_without(gelu, monkeypa
     x = torch.randn(130, 96, generator=g)
     with torch.no_grad():
         expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
-        linear = Linears(view, x)
+        packed = PackedWeights(view)
+        assert packed.enabled
+        linear = Linears(x, packed)
         torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(linear(x[:7], layer, gelu), expected[:7], atol=1e-5, rtol=1e-5)  # other M
+        # another view over the same weights finds the same packed copy (one per model, not per view)
+        other_view = torch.nn.Linear(96, 192)
+        other_view.weight = torch.nn.Parameter(layer.weight.detach(), requires_grad=False)
+        assert packed.get(other_view.weight, 130) is packed.get(layer.weight, 130)
         layer.weight.mul_(2.0)  # changed in place: the packed copy must follow (its version moved)
         expected = layer(x) if gelu is None else torch.nn.functional.gelu(layer(x), approximate=gelu)
-        torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(Linears(x, packed)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(Linears(x)(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)  # unpacked oneDNN
         monkeypatch.setattr("nullviz.inspection.tracing.PACKED_WEIGHTS_MAX_BYTES", 0)
-        unpacked = torch.nn.Sequential(layer)  # a new view: decides afresh, too big to pack now
-        linear = Linears(unpacked, x)
-        assert linear.packed is None
+        too_big = PackedWeights(view)  # decides afresh: too big to pack now
+        linear = Linears(x, too_big)
+        assert not too_big.enabled and linear.packed is None
         torch.testing.assert_close(linear(x, layer, gelu), expected, atol=1e-5, rtol=1e-5)
         monkeypatch.setattr("nullviz.inspection.tracing.onednn_linear_available", lambda: False)
-        torch.testing.assert_close(Linears(view, x)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
+        torch.testing.assert_close(Linears(x, packed)(x, layer, gelu), expected, atol=0, rtol=0)  # plain path
 
 
 def test_onednn_probe_says_no_when_the_op_is_missing_or_wrong(monkeypatch):

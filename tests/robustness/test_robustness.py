@@ -109,10 +109,10 @@ def test_corruptions_never_touch_numpy_global_rng(batch):
 def test_exact_noise_tolerance_curve_is_flat(default_lm, batch):
     px, y = batch
     x = default_lm.normalize(px)
-    curves = R.tolerance_curves(default_lm, x, y, [0.0, 10.0, 40.0, 160.0], kinds=("exact", "gaussian", "uniform"))
+    curves = R.tolerance_curves(default_lm, x, y, [0.0, 10.0, 40.0, 160.0], kinds=("exact", "gaussian", "random_start"))
     assert curves["exact"]["agreement"] == [1.0, 1.0, 1.0, 1.0]
     assert len(set(curves["exact"]["accuracy"])) == 1
-    assert curves["gaussian"]["agreement"][-1] < 1.0 and curves["uniform"]["agreement"][-1] < 1.0
+    assert curves["gaussian"]["agreement"][-1] < 1.0 and curves["random_start"]["agreement"][-1] < 1.0
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_tolerance_with_approximate_delta_and_full_rank_model():
                            num_heads=2, num_classes=3)  # 3·4² = 48 < 64: full rank, no exact nullspace
     ds = torch.utils.data.TensorDataset(torch.randn(12, 3, 32, 32), torch.randint(0, 3, (12,)))
     report = R.evaluate(lm, ds, R.EvalConfig(attacks=(), tolerance_magnitudes=(0.0, 5.0)))
-    assert "exact" in report.tolerance_skipped and set(report.tolerance) == {"approximate", "gaussian", "uniform"}
+    assert "exact" in report.tolerance_skipped and set(report.tolerance) == {"approximate", "gaussian", "random_start"}
 
 
 def _report(corruptions, severities=(1, 2), skipped=None):
