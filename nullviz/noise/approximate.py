@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 
 from nullviz.core.errors import InvalidParameterError, NoiseFileError
-from nullviz.core.params import Interval, Options, bounded, check, validate_fields
+from nullviz.core.params import Interval, Options, bounded, validate_fields
 from nullviz.models import LoadedModel, embedded_model, logits_from_patch_tokens, patch_tokens, token_grid
 
 from .files import LEVELS, save_noise
