@@ -9,7 +9,8 @@ import torch
 from app_state import current_model, figure_html, image_picker, model_key, png_bytes, require_shell, show_error
 from nullviz import figures
 from nullviz.core.errors import NullvizError
-from nullviz.data import ONE_IMAGE_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_sets, synthesis_sources
+from nullviz.data import (ONE_IMAGE_SOURCE, OWN_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_source_label,
+                          synthesis_sets, synthesis_sources)
 from nullviz.models import LoadedModel
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits,
@@ -60,6 +61,7 @@ with st.form("ns_form"):
         st.session_state.setdefault("ns_steps", DEFAULTS.steps)  # (the Learn page may preset it)
         steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
         source = c[1].selectbox("optimise on", SOURCES, key="ns_source",
+                                format_func=lambda k: synthesis_source_label(k, OWN),
                                 help=None if OWN else f"{lm.name} has no training images of its own here: δ is fit "
                                 "on the sample photographs (or the current image), and gets a verdict only on "
                                 f"{MIN_VERDICT_IMAGES} or more images it never saw.")
@@ -77,7 +79,7 @@ with st.form("ns_form"):
 def _own_set_tensors(_lm: LoadedModel, key: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
     """The own data's fit pool, validation draw and test images as tensors, and the model's clean logits of
     the pool: made once per model and shared read-only by every session (the same for every synthesis)."""
-    sets = synthesis_sets(SOURCES[0], None, own=OWN)
+    sets = synthesis_sets(OWN_SOURCE, None, own=OWN)
     fit = _lm.preprocess(sets.fit)
     return fit, _lm.preprocess(sets.validation), _lm.preprocess(sets.test), sets.used, clean_logits(_lm.model, fit)
 
@@ -90,7 +92,7 @@ def approximate_inputs() -> tuple:
     cfg = replace(DEFAULTS, level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
                   lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
                   batch_size=int(batch))
-    if OWN and source == SOURCES[0]:
+    if OWN and source == OWN_SOURCE:
         fit, val, test, used, logits = _own_set_tensors(lm, (lm.name, lm.checkpoint, str(lm.device), OWN))
         return cfg, fit, val, test, used, logits
     sets = synthesis_sets(source, chosen.image, own=OWN, current_is_small=lm.img_size[0] <= 64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -36,18 +36,92 @@ def image_folder(path: str | Path, transform: Callable | None = None):
                         f"({exc}).") from exc
 
 
-#: Data sets that ship with nullviz (generated from installed packages), by spec.
-EMBEDDED_DATA = ("digits", "cluttered")
-DOWNLOADED_DATA = ("cifar10",)
+class DataSource:
+    """One kind of data set a spec can name. ``splits`` gives (train, held-out); ``held_out`` the held-out part
+    alone (or the training part, ``split="train"``), where the source has fixed splits."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # what the pages call it
+    classes: ClassVar[int | None] = None  # known without reading any image
+    embedded: ClassVar[bool] = False  # generated from installed packages: offline, no path
+
+    def held_out(self, spec: "DataSpec", transform: Callable | None, split: str = "heldout"):
+        raise DataError(f"{self.label} comes as (train, held-out): load it with train_heldout({str(spec)!r}).")
+
+    def splits(self, spec: "DataSpec", transform: Callable | None, train_transform: Callable | None,
+               cache_dir: Path):
+        return self.held_out(spec, train_transform or transform, "train"), self.held_out(spec, transform, "heldout")
+
+
+DATA_SOURCES: dict[str, DataSource] = {}
+
+
+def register_data_source(cls: type[DataSource]) -> type[DataSource]:
+    if cls.name in DATA_SOURCES or cls.name == "default":
+        raise ValueError(f"a data source named {cls.name!r} is registered already")
+    DATA_SOURCES[cls.name] = cls()
+    return cls
+
+
+@register_data_source
+class Digits(DataSource):
+    name, label, classes, embedded = "digits", "digits", 10, True
+
+    def held_out(self, spec, transform, split="heldout"):
+        return digits_dataset(split, transform)
+
+
+@register_data_source
+class Cluttered(DataSource):
+    name, label, classes, embedded = "cluttered", "cluttered scenes", 10, True
+
+    def held_out(self, spec, transform, split="heldout"):
+        return cluttered_dataset(split, transform)
+
+
+@register_data_source
+class Cifar10(DataSource):
+    """Downloaded once into the cache folder (through torchvision); its own train and test splits."""
+
+    name, label, classes = "cifar10", "CIFAR-10", 10
+
+    def splits(self, spec, transform, train_transform, cache_dir):
+        train, held = cifar10(Path(cache_dir) / "cifar10", transform)
+        if train_transform is not None:
+            train.transform = train_transform
+        return train, held
+
+
+@register_data_source
+class Folder(DataSource):
+    """An ImageFolder (one sub-folder per class), split 90/10 with a fixed seed: the same split in every
+    process of a distributed run."""
+
+    name, label = "folder", "an ImageFolder"
+
+    def held_out(self, spec, transform, split="heldout"):
+        return image_folder(spec.path, transform)
+
+    def splits(self, spec, transform, train_transform, cache_dir):
+        train, held = split_dataset(image_folder(spec.path, transform))
+        if train_transform is not None:
+            train.dataset = image_folder(spec.path, train_transform)  # same files, same order: the indices hold
+            train.classes = held.classes
+        return train, held
+
+
+#: Data sets that ship with nullviz (generated from installed packages), and those downloaded once, by spec.
+EMBEDDED_DATA = tuple(name for name, src in DATA_SOURCES.items() if src.embedded)
+DOWNLOADED_DATA = tuple(name for name, src in DATA_SOURCES.items() if not src.embedded and name != "folder")
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """What a data spec string names, parsed in one place: ``default`` (the model's own data, resolved by
-    :func:`own_data`), an embedded set (``digits``, ``cluttered``), ``cifar10`` (downloaded once), or an
-    ImageFolder path. ``str(spec)`` gives the string back."""
+    :func:`own_data`), a registered source by name (the embedded ``digits`` and ``cluttered``; ``cifar10``,
+    downloaded once), or an ImageFolder path. ``str(spec)`` gives the string back."""
 
-    kind: str  # "default" | "digits" | "cluttered" | "cifar10" | "folder"
+    kind: str  # "default" or a DATA_SOURCES name
     path: Path | None = None
 
     @classmethod
@@ -57,7 +131,7 @@ class DataSpec:
         if not isinstance(spec, str) or not spec.strip():
             raise DataError(f"No data given ({spec!r}): name 'default', {', '.join(map(repr, EMBEDDED_DATA))}, "
                             f"'cifar10' or an ImageFolder folder.")
-        if spec in ("default", *EMBEDDED_DATA, *DOWNLOADED_DATA):
+        if spec == "default" or (spec in DATA_SOURCES and spec != "folder"):
             return cls(spec)
         return cls("folder", Path(spec))
 
@@ -65,16 +139,24 @@ class DataSpec:
         return str(self.path) if self.kind == "folder" else self.kind
 
     @property
+    def source(self) -> DataSource:
+        """The registered source ('default' must be resolved first, with :func:`own_data`)."""
+        if self.kind == "default":
+            raise DataError("'default' names the model's own data: resolve it with own_data(spec, model_name).")
+        return DATA_SOURCES[self.kind]
+
+    @property
     def embedded(self) -> bool:
         return self.kind in EMBEDDED_DATA
 
     def class_count(self) -> int | None:
-        """How many classes it holds, without reading its images: 10 for the embedded sets and CIFAR-10, the
-        class folders of an ImageFolder (None if it cannot be read, or for 'default' before it is resolved)."""
-        if self.embedded or self.kind == "cifar10":
-            return 10
-        if self.kind != "folder":
+        """How many classes it holds, without reading its images: what the source knows (10 for the embedded
+        sets and CIFAR-10), the class folders of an ImageFolder (None if they cannot be read, or for 'default'
+        before it is resolved)."""
+        if self.kind == "default":
             return None
+        if self.kind != "folder":
+            return self.source.classes
         try:
             return sum(1 for p in self.path.iterdir() if p.is_dir() and not p.name.startswith("."))
         except OSError:
@@ -109,28 +191,31 @@ def own_data(spec: str, model_name: str | None) -> str:
 
 
 def load_dataset(spec: str, transform: Callable | None = None, split: str = "heldout"):
-    """'default'/'digits' → the digits split; 'cluttered' → the cluttered scenes of the split; anything else
-    is an ImageFolder path."""
+    """One split of a source with fixed splits ('default' is the digits'; an ImageFolder path: the folder
+    itself). CIFAR-10 comes only as (train, held-out): :func:`train_heldout`."""
     parsed = DataSpec.parse(spec)
-    if parsed.kind in ("default", "digits"):
-        return digits_dataset(split, transform)
-    if parsed.kind == "cluttered":
-        return cluttered_dataset(split, transform)
-    if parsed.kind == "cifar10":
-        raise DataError("CIFAR-10 comes as (train, held-out): load it with train_heldout('cifar10').")
-    return image_folder(parsed.path, transform)
+    return (DATA_SOURCES["digits"] if parsed.kind == "default" else parsed.source).held_out(parsed, transform, split)
 
 
-SYNTHESIS_SOURCES = ("digits (train split)", "sample photos", "current image only")
-PHOTOS_SOURCE, ONE_IMAGE_SOURCE = SYNTHESIS_SOURCES[1:]
+#: Where a synthesis takes its images from, by key: the model's own training images, the sample photographs,
+#: the current image alone. Pages show :func:`synthesis_source_label`.
+SYNTHESIS_SOURCES = ("own", "photos", "current")
+OWN_SOURCE, PHOTOS_SOURCE, ONE_IMAGE_SOURCE = SYNTHESIS_SOURCES
 #: How the pages name the embedded data sets.
-EMBEDDED_DATA_WORDS = {"digits": "digits", "cluttered": "cluttered scenes"}
+EMBEDDED_DATA_WORDS = {name: DATA_SOURCES[name].label for name in EMBEDDED_DATA}
 
 
 def synthesis_sources(own: str | None = "digits") -> tuple[str, ...]:
     """The image sources to optimise a shared δ on, the first being the model's own training images if it has
     any (``own`` None: a model without data of its own starts from the sample photographs)."""
-    return ((f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)",) if own else ()) + SYNTHESIS_SOURCES[1:]
+    return SYNTHESIS_SOURCES if own else SYNTHESIS_SOURCES[1:]
+
+
+def synthesis_source_label(source: str, own: str | None = "digits") -> str:
+    """What a page calls a synthesis source."""
+    if source == OWN_SOURCE:
+        return f"{EMBEDDED_DATA_WORDS.get(own, own)} (train split)"
+    return {PHOTOS_SOURCE: "sample photos", ONE_IMAGE_SOURCE: "current image only"}.get(source, source)
 
 
 def _own_images(own: str, split: str, n: int) -> list[Image.Image]:
@@ -181,7 +266,7 @@ def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "
     what was held out, and gives no verdict on fewer unseen images than it needs."""
     sources = synthesis_sources(own)
     words = EMBEDDED_DATA_WORDS.get(own, own)
-    if own and source == sources[0]:
+    if own and source == OWN_SOURCE:
         fit, val = own_train_validation(own)
         test = _own_images(own, "heldout", n_test)
         unseen = ("held-out digits on photographs training never used" if own == "cluttered"
@@ -256,24 +341,12 @@ def check_data_spec(spec: str) -> str:
 
 def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str | Path = "data",
                   train_transform: Callable | None = None):
-    """(train, held-out) for 'default'/'digits' (the digits' fixed split), 'cluttered' (the fixed scenes),
-    'cifar10', or an ImageFolder path (a seeded
-    90/10 split, the same in every process of a distributed run). ``train_transform`` (e.g. the model's timm
-    training augmentation) replaces ``transform`` for the training part only."""
-    train_tf = train_transform or transform
+    """(train, held-out) of any source: the embedded sets' fixed splits ('default' is the digits'), CIFAR-10's,
+    or an ImageFolder's seeded 90/10 split. ``train_transform`` (e.g. the model's timm training augmentation)
+    replaces ``transform`` for the training part only."""
     parsed = DataSpec.parse(spec)
-    if parsed.kind == "default" or parsed.embedded:
-        return load_dataset(parsed, train_tf, "train"), load_dataset(parsed, transform, "heldout")
-    if parsed.kind == "cifar10":
-        train, held = cifar10(Path(cache_dir) / "cifar10", transform)
-        if train_transform is not None:
-            train.transform = train_transform
-        return train, held
-    train, held = split_dataset(image_folder(parsed.path, transform))
-    if train_transform is not None:
-        train.dataset = image_folder(parsed.path, train_transform)  # same files, same order: the split's indices hold
-        train.classes = held.classes
-    return train, held
+    source = DATA_SOURCES["digits"] if parsed.kind == "default" else parsed.source
+    return source.splits(parsed, transform, train_transform, Path(cache_dir))
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

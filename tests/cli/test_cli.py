@@ -76,7 +76,8 @@ def test_attention_research_views(capsys, tmp_path):
     assert q["largest_change"] < 1e-5  # exact noise: the query's attention does not move
     assert len(out["head_statistics"]["distance_clean"]) == 4 and len(out["head_statistics"]["entropy_noised"][0]) == 4
     names = out["contrast"]["names"]
-    assert names[0] == "exact nullspace noise" and names[1].startswith("random")
+    assert names == ["exact", "gaussian@exact"]
+    assert out["contrast"]["labels"] == ["exact nullspace noise", "Gaussian, same norm as the exact noise"]
     assert max(out["contrast"]["repr_change"][0]) < 1e-5 < min(out["contrast"]["repr_change"][1][1:])
     assert out["set"]["images"] == 12 and len(out["set"]["attention_tv_mean"]) == 4
     with np.load(tmp_path / "maps.npz") as z:

@@ -151,3 +151,27 @@ def test_a_data_spec_is_parsed_in_one_place(tmp_path):
     assert DataSpec.parse(str(tmp_path / "missing")).class_count() is None
     with pytest.raises(DataError, match="No data given"):
         DataSpec.parse("  ")
+
+
+def test_data_sources_are_one_registry(tmp_path):
+    """Every spec resolves to a registered source; loading goes through it; a new source is one class."""
+    from nullviz.data import (DATA_SOURCES, EMBEDDED_DATA, DataSource, DataSpec, load_dataset, register_data_source,
+                              synthesis_source_label, synthesis_sources, train_heldout)
+
+    assert set(DATA_SOURCES) == {"digits", "cluttered", "cifar10", "folder"} and EMBEDDED_DATA == ("digits", "cluttered")
+    assert all(src.label for src in DATA_SOURCES.values())
+    assert DataSpec.parse("cluttered").source is DATA_SOURCES["cluttered"]
+    assert DataSpec.parse(str(tmp_path)).source is DATA_SOURCES["folder"]
+    with pytest.raises(DataError, match="own_data"):
+        DataSpec.parse("default").source  # resolved per model first
+    assert len(load_dataset("default")) == len(load_dataset("digits")) == 359  # 'default' alone: the digits
+    train, held = train_heldout("digits")
+    assert (len(train), len(held)) == (1438, 359)
+    with pytest.raises(DataError, match="train_heldout"):
+        load_dataset("cifar10")
+    with pytest.raises(ValueError, match="registered already"):
+        register_data_source(type("Again", (DataSource,), {"name": "digits", "label": "again"}))
+    # the synthesis sources are keys; what the page shows is apart
+    assert synthesis_sources("digits") == ("own", "photos", "current") and synthesis_sources(None) == ("photos", "current")
+    assert synthesis_source_label("own", "cluttered") == "cluttered scenes (train split)"
+    assert synthesis_source_label("photos") == "sample photos"
