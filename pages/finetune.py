@@ -245,9 +245,9 @@ cache = _follow(job)
 rows = {"method": [], "epochs": [], "clean": [], "under fresh δ": [], "nullspace size": [],
         "under the start's δ": [], "Gaussian, 1 token norm": [], "FGSM": [], "under its training δ": [], "‖δ‖": []}
 for method, res in results.items():
-    last = res["history"][-1] if res.get("history") else {}
-    rows["method"].append(method + (" (stopped)" if res.get("stopped") else ""))
-    rows["epochs"].append(res.get("epochs_run", 0))
+    last = res.final
+    rows["method"].append(method + (" (stopped)" if res.stopped else ""))
+    rows["epochs"].append(res.epochs_run)
     for col, key in (("clean", "clean_acc"), ("under fresh δ", "delta_acc"), ("under the start's δ", "start_delta_acc"),
                      ("Gaussian, 1 token norm", "gaussian_acc"), ("FGSM", "fgsm_acc"),
                      ("under its training δ", "train_delta_acc")):
@@ -275,9 +275,8 @@ COMPARED = {"clean_acc": "clean", "delta_acc": "under fresh δ", "start_delta_ac
             "gaussian_acc": "Gaussian, 1 token norm", "fgsm_acc": "FGSM"}
 by_method: dict = {}
 for res in results.values():
-    last = res["history"][-1] if res.get("history") else None
-    if last is not None:
-        by_method.setdefault(res["method"], {})[res["config"]["seed"]] = {k: last.get(k) for k in COMPARED}
+    if res.final:
+        by_method.setdefault(res.method, {})[res.config.seed] = {k: res.final.get(k) for k in COMPARED}
 if len(by_method) >= 2:
     st.subheader("Comparison")
     anchor = "nullspace" if "nullspace" in by_method else next(iter(by_method))
@@ -302,7 +301,7 @@ for method, res in results.items():
     log = run_dir / "log.jsonl"
     c[1].download_button(f"{method}: run log (JSON lines)", log.read_bytes() if log.exists() else b"",
                          f"{method}_log.jsonl", key=f"dl_log_{job.id}_{method}", on_click="ignore")
-    if not res.get("usable") or not res.get("checkpoint"):
+    if not res.usable:
         c[0].caption(f"{method}: stopped before its first epoch ended; there is no trained model to use.")
         continue
     buf = io.BytesIO()
@@ -313,11 +312,11 @@ for method, res in results.items():
                          key=f"dl_ck_{job.id}_{method}", on_click="ignore")
     if c[2].button(f"Use the {method} model", key=f"use_{job.id}_{method}"):
         try:
-            set_active_checkpoint(res["checkpoint"], str(lm.device))
+            set_active_checkpoint(res.checkpoint, str(lm.device))
         except NullvizError as exc:
             show_error(exc)
             st.stop()
-        st.session_state["last_finetuned_checkpoint"] = res["checkpoint"]
+        st.session_state["last_finetuned_checkpoint"] = res.checkpoint
         st.success(f"The {method} model is now active on every page.")
         time.sleep(0.2)
         st.rerun()

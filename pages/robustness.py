@@ -28,8 +28,8 @@ with st.form("rob_form"):
     c = st.columns(2)
     other = c[0].selectbox("Compare with", ["nothing", "the embedded default model", "a checkpoint"], key="rob_other")
     if shared:  # no server paths: one of this session's own finetuned models
-        own = {f"{job.label} · {method}": res["checkpoint"] for job in job_queue().jobs(ws.id) if job.finished
-               for method, res in job.results.items() if res.get("usable")}
+        own = {f"{job.label} · {method}": res.checkpoint for job in job_queue().jobs(ws.id)
+               if job.finished and job.kind == "finetune" for method, res in job.results.items() if res.usable}
         picked = c[1].selectbox("checkpoint (for 'a checkpoint')", list(own) or ["(finetune a model first)"],
                                 key="rob_other_pick")
         other_path = own.get(picked, "")

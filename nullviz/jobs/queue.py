@@ -42,7 +42,7 @@ from nullviz.data import load_dataset, own_data, train_heldout
 from nullviz.models import ModelSpec
 from nullviz.robustness import evaluation as R
 from nullviz.robustness.evaluation import config_from_dict
-from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, finetune
+from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
 
 
 FINAL_STATES = ("done", "stopped", "failed", "cancelled")
@@ -169,8 +169,9 @@ class JobInfo:
         return elapsed / self.steps_done * max(0, self.steps_total - self.steps_done)
 
     @property
-    def results(self) -> dict[str, Any]:
-        return read_json(self.dir / "results.json")
+    def results(self) -> dict[str, FinetuneResult]:
+        """A finetune job's finished runs by name (typed; empty before the first run ends)."""
+        return {name: FinetuneResult.from_dict(d) for name, d in read_json(self.dir / "results.json").items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "owner": self.owner, "kind": self.kind, "label": self.label, "dir": str(self.dir),
@@ -429,8 +430,7 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
         done_before += sum(plan.values())
         if not ctx.should_stop():  # the plan's estimate of this run's work is spent: line the count up with it
             ctx.update(force=False, steps_done=done_before)
-        summary["usable"] = summary.get("epochs_run", 0) > 0  # stopped before its first epoch: nothing to use
-        results[name] = summary
+        results[name] = FinetuneResult.from_dict(summary).to_dict()  # checked, and the same form either way
         write_json_atomic(ctx.dir / "results.json", results)
     ctx.update(force=True)
 

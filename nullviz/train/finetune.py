@@ -82,13 +82,40 @@ class FinetuneResult:
     def global_batch(self) -> int:
         return self.config.batch_size * self.config.grad_accum * self.world_size
 
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last finished epoch's record (empty when none finished)."""
+        return self.history[-1] if self.history else {}
+
+    @property
+    def usable(self) -> bool:
+        """Whether there is a trained model to use: at least one epoch finished and its checkpoint saved."""
+        return self.epochs_run > 0 and bool(self.checkpoint)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinetuneResult":
+        """Back from ``to_dict``'s JSON (a job's results.json, ``nullviz finetune --json``); a run stopped
+        before it started says only its config and that it stopped."""
+        config = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["config"].items()})
+        return cls(config=config, history=list(d.get("history", [])), epochs_run=int(d.get("epochs_run", 0)),
+                   steps_run=int(d.get("steps_run", 0)), stopped=bool(d.get("stopped", False)),
+                   checkpoint=d.get("checkpoint"), seconds=float(d.get("seconds", 0.0)),
+                   synthesis_seconds=float(d.get("synthesis_seconds", 0.0)),
+                   evaluation_synthesis_seconds=float(d.get("evaluation_synthesis_seconds", 0.0)),
+                   world_size=int(d.get("world_size", 1)), images_per_second=float(d.get("images_per_second", 0.0)),
+                   resume_note=d.get("resume_note"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.config.method, "config": asdict(self.config), "epochs_run": self.epochs_run,
                 "steps_run": self.steps_run, "stopped": self.stopped, "checkpoint": self.checkpoint,
                 "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds,
                 "evaluation_synthesis_seconds": self.evaluation_synthesis_seconds, "world_size": self.world_size,
                 "global_batch": self.global_batch, "images_per_second": self.images_per_second,
-                "resume_note": self.resume_note, "history": self.history}
+                "resume_note": self.resume_note, "usable": self.usable, "history": self.history}
 
 
 class PeerFailedError(NullvizError, RuntimeError):

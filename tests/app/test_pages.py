@@ -496,7 +496,7 @@ def test_finetune_page_runs_a_job_on_two_processes(jobs_dir):
     from nullviz.jobs.queue import JobQueue
 
     job = JobQueue(jobs_dir, 1).get(at.session_state["ft_job_pick"])
-    assert job.params["processes"] == 2 and job.results["baseline"]["world_size"] == 2
+    assert job.params["processes"] == 2 and job.results["baseline"].world_size == 2
     assert "2 processes" in job.label
 
 
@@ -508,7 +508,7 @@ def test_finetune_page_follows_the_job_just_started_not_the_one_shown_before(job
         wait_for_job(at)  # the first job's final table is showing when the second is started
     newest = app_state_queue().jobs()[0]
     assert at.selectbox(key="ft_job_pick").value == newest.id
-    assert newest.results["baseline"]["steps_run"] == 3
+    assert newest.results["baseline"].steps_run == 3
 
 
 def app_state_queue():

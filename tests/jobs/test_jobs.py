@@ -48,7 +48,7 @@ def test_three_requests_one_slot_run_in_order_one_at_a_time(tmp_path):
     for (s0, f0), (s1, _) in zip(spans, spans[1:]):
         assert s1 >= f0 - 0.05  # never two at once with one slot
     res = infos[0].results["baseline"]
-    assert res["usable"] and res["steps_run"] == 2
+    assert res.usable and res.steps_run == 2 and res.final["epoch"] == 1
     lines = (infos[0].dir / "baseline" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["kind"] for x in lines] == ["step", "step", "epoch"]
 
@@ -77,7 +77,7 @@ def test_stop_running_and_queued_jobs(tmp_path):
     a, b = wait_all(queue, [long, queued], timeout=120)
     assert a.state == "stopped" and b.state == "cancelled"
     res = a.results["baseline"]
-    assert res["stopped"] and not res["usable"]  # stopped before its first epoch ended
+    assert res.stopped and not res.usable  # stopped before its first epoch ended
     assert not os.path.exists(b.dir / "baseline")
 
 
@@ -176,7 +176,7 @@ def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_pat
     (info,) = wait_all(queue, [job], timeout=240)
     assert info.state == "done", (info.status, (info.dir / "worker.log").read_text()[-2000:])
     res = info.results["nullspace"]
-    assert res["world_size"] == 2 and res["global_batch"] == 16 and res["usable"]
+    assert res.world_size == 2 and res.global_batch == 16 and res.usable
     assert info.steps_done == pytest.approx(info.steps_total) and info.status["processes"] == 2
     assert info.steps_total == pytest.approx(sum(cfgs[0].work_plan(3, 359).values()))
     assert (info.dir / "nullspace" / "model.safetensors").exists()
@@ -186,8 +186,7 @@ def test_a_job_on_two_processes_runs_through_torchrun_and_can_be_stopped(tmp_pat
     wait_until(lambda: queue.get(job.id).steps_done >= 5, timeout=240)
     queue.stop(job.id)
     (info,) = wait_all(queue, [job], timeout=240)
-    res = info.results.get("baseline", {})
-    assert res.get("stopped") is True and info.steps_done < 50 * 20
+    assert info.results["baseline"].stopped and info.steps_done < 50 * 20
 
 
 def test_processes_must_be_a_small_positive_int(tmp_path):

@@ -107,3 +107,16 @@ def test_evaluator_alone_gives_the_runs_numbers(default_lm, sets):
     assert set(alone) >= {"clean_acc", "fgsm_acc", "delta_acc", "nullspace_size", "start_delta_acc", "gaussian_acc"}
     assert "train_delta_acc" not in alone  # no training δ given
     assert run.model.training  # the evaluated model's mode is restored
+
+
+def test_a_run_result_reads_back_typed_from_its_json():
+    """What a job's results.json holds comes back as a FinetuneResult (the pages read fields, not .get)."""
+    from nullviz.train.finetune import FinetuneResult
+
+    res = FinetuneResult(config=small("nullspace"), history=[{"epoch": 1, "clean_acc": 0.5}], epochs_run=1,
+                         steps_run=3, stopped=False, checkpoint="/x/model.safetensors", seconds=2.0,
+                         synthesis_seconds=0.5, world_size=2)
+    back = FinetuneResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back == res and back.usable and back.final == {"epoch": 1, "clean_acc": 0.5} and back.global_batch == 32
+    stopped = FinetuneResult.from_dict({"config": small().__dict__, "stopped": True})  # stopped before it began
+    assert stopped.stopped and not stopped.usable and stopped.final == {} and stopped.method == "baseline"
