@@ -27,14 +27,14 @@ lm = current_model()
 st.title("Attention, clean vs. noised")
 
 noise = st.session_state.get("current_noise")
-carried = noise is not None and noise.get("model") == model_key(lm) and "current_image" in st.session_state
+carried = noise is not None and noise.made_for == model_key(lm) and "current_image" in st.session_state
 sources = (["noise from the Nullspace page"] if carried else []) + ["fresh exact nullspace noise", "upload a noise file"]
 source = st.radio("Noise", sources, horizontal=True, key="att_source")
 
 if source == "noise from the Nullspace page":
     chosen = st.session_state["current_image"]
-    st.caption(f"Image **{chosen.name}** and its {noise['kind']} noise ({noise['level']} level) from the Nullspace page.")
-    delta, level = noise["delta"], noise["level"]
+    st.caption(f"Image **{chosen.name}** and its {noise.kind} noise ({noise.level} level) from the Nullspace page.")
+    delta, level = noise.delta, noise.level
 else:
     chosen = image_picker("att")
     delta, level = None, "input"
@@ -195,7 +195,7 @@ st.caption("Mean attention distance: for every patch query, the attention-weight
            "log T = uniform). Filled: clean, open: noised.")
 
 st.subheader("Exact vs approximate vs random noise, layer by layer")
-if source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page" and noise["kind"] == "exact"):
+if source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page" and noise.kind == "exact"):
     noises = contrast_noises(delta)
 else:
     ns_c = N.nullspace(lm)

@@ -16,7 +16,7 @@ from nullviz.noise import exact as N
 from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits,
                                        clipped_delta, default_synthesis_config, frontier, noise_effect, parse_sweep,
                                        probs_change, split_fit_check, split_fit_validation, synthesize)
-from nullviz.noise.files import noise_bytes
+from nullviz.noise.files import Noise, noise_bytes
 
 require_shell(__file__)
 
@@ -125,8 +125,9 @@ if go:
                 v = feas.noise
                 extra = {"feasible_kept_norm_fraction": feas.kept_norm_fraction,
                          "feasible_max_box_violation": feas.max_box_violation}
-            st.session_state["current_noise"] = {"kind": "exact", "level": "input", "delta": v, "rtol": ns.rtol,
-                                                 "model": model_key(lm), "extra": extra, "image": chosen.name}
+            st.session_state["current_noise"] = Noise(v, "input", "exact", {"rtol": ns.rtol, **extra,
+                                                                          "image": chosen.name},
+                                                      made_for=model_key(lm))
         else:
             cfg, images, validation, check, used, logits = approximate_inputs()
             level = cfg.level
@@ -149,23 +150,23 @@ if go:
                                    f"the unseen images")
             chart.empty()
             in_fit = current_image_in_fit(cfg, len(images), check is not None)
-            st.session_state["current_noise"] = {"kind": "approximate", "level": level, "delta": result.delta,
-                                                 "model": model_key(lm), "result": result, "image": chosen.name,
-                                                 "image_in_fit": in_fit}
+            st.session_state["current_noise"] = Noise(result.delta, level, "approximate",
+                                                      {"image": chosen.name, "image_in_fit": in_fit},
+                                                      made_for=model_key(lm), synthesis=result)
     except NullvizError as exc:
         show_error(exc)
 
 noise = st.session_state.get("current_noise")
-if noise is not None and noise["model"] != model_key(lm):
+if noise is not None and noise.made_for != model_key(lm):
     st.info("The noise in memory was made for another model; make new noise for this one.")
     noise = None
 if noise is None:
     st.info("Choose a kind of noise and press **Make noise**.")
     st.stop()
 
-delta, level = noise["delta"], noise["level"]
-metrics: dict = {"model": lm.name, "image": chosen.name, "kind": noise["kind"], "level": level}
-res = noise.get("result")
+delta, level = noise.delta, noise.level
+metrics: dict = {"model": lm.name, "image": chosen.name, "kind": noise.kind, "level": level}
+res = noise.synthesis
 clipped = res is not None and res.config.clip
 if clipped:  # the model sees clip(x + δ): show and verify exactly that
     delta = clipped_delta(lm, x, delta)[0].cpu()
@@ -179,9 +180,9 @@ if level == "input" and res is not None:
                    f"saved PNG clips them (see “after clip + 8-bit PNG” below). Tick *keep x + δ a valid image* to "
                    f"optimise δ for valid images instead.")
 if level == "input":
-    ns = N.nullspace(lm, noise.get("rtol"))
+    ns = N.nullspace(lm, noise.meta.get("rtol"))
     report = N.verify_invariance(lm, x, delta, ns)
-    metrics.update(report.to_dict(), **noise.get("extra", {}))
+    metrics.update(report.to_dict(), **{k: v for k, v in noise.meta.items() if k.startswith("feasible_")})
     noised_display = lm.to_display(x + delta.to(x))
     st.plotly_chart(figures.noise_triplet(lm.to_display(x), N.to_pixels(lm, delta).permute(1, 2, 0).numpy(),
                                           noised_display), key="triplet")
@@ -232,7 +233,7 @@ if level == "input":
                   if "feasible_kept_norm_fraction" in metrics else ""))
 if res is not None:
     st.markdown(f"The three numbers above are about **this image** ({chosen.name})"
-                + (", one of the images δ was fit on." if noise.get("image_in_fit")
+                + (", one of the images δ was fit on." if noise.meta.get("image_in_fit")
                    else ", which is not among the images δ was fit on.")
                 + " The numbers below are about sets of images.")
     c = st.columns(4)
@@ -323,7 +324,7 @@ if not exact:
     frontier_panel()
 
 if exact or level == "input":
-    ns = N.nullspace(lm, noise.get("rtol"))
+    ns = N.nullspace(lm, noise.meta.get("rtol"))
     with st.expander(f"Singular spectrum of the patch embedding — rank {ns.rank}, nullity {ns.nullity}",
                      expanded=exact):
         st.plotly_chart(figures.singular_spectrum(ns.spectrum.singular_values.tolist(), ns.rank, ns.rtol,

@@ -8,7 +8,7 @@ cannot run code). ``meta["level"]`` says where δ is added: ``"input"`` (pixels,
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,32 @@ def save_noise(path: str | Path, delta: torch.Tensor, meta: dict[str, Any]) -> P
 
 
 @dataclass
-class SavedNoise:
-    """A δ read back from disk, with the metadata it was saved with."""
+class Noise:
+    """A δ and what it is: where it is added (``level``), its kind (a :data:`nullviz.noise.kinds.NOISE_KINDS`
+    name) and the plain metadata it was made or saved with. The one value a noise file holds and the pages hand
+    each other (the Nullspace page's noise on the Attention page); ``made_for`` names the model it fits,
+    ``synthesis`` keeps an approximate δ's full :class:`~nullviz.noise.approximate.SynthesisResult` while it is
+    in memory (a file keeps its summary in ``meta``)."""
 
     delta: torch.Tensor
     level: str
-    meta: dict[str, Any]
+    kind: str = "approximate"
+    meta: dict[str, Any] = field(default_factory=dict)
+    made_for: str | None = None
+    synthesis: Any = None
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise NoiseFileError(f"Noise is added at the {' or the '.join(LEVELS)} level; got {self.level!r}.")
+
+    def to_bytes(self) -> bytes:
+        return noise_bytes(self.delta, {**self.meta, "level": self.level, "kind": self.kind})
+
+    def save(self, path: str | Path) -> Path:
+        return save_noise(path, self.delta, {**self.meta, "level": self.level, "kind": self.kind})
 
 
-def load_noise(path: str | Path) -> SavedNoise:
+def load_noise(path: str | Path) -> Noise:
     """Read a δ saved by :func:`save_noise` (the Nullspace page's download, ``--out`` of the command line)."""
     path = Path(path)
     if not path.is_file():
@@ -56,7 +73,7 @@ def load_noise(path: str | Path) -> SavedNoise:
     return load_noise_bytes(path.read_bytes(), path.name)
 
 
-def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
+def load_noise_bytes(data: bytes, name: str) -> Noise:
     """:func:`load_noise` for an upload: the file's bytes and the name the user knows it by (messages use
     that name, never a temporary file's). Loaded with ``weights_only=True``: tensors and plain data only."""
     import pickle
@@ -77,9 +94,12 @@ def load_noise_bytes(data: bytes, name: str) -> SavedNoise:
         raise NoiseFileError(f"{label!r} is not a nullviz noise file: it could not be read as one "
                              f"({type(exc).__name__}).") from exc
     if isinstance(obj, torch.Tensor):  # a bare input-space tensor (what ``nullviz nullspace --out`` wrote before 0.1)
-        return SavedNoise(obj.float(), "input", {"level": "input", "kind": "exact"})
+        return Noise(obj.float(), "input", "exact", {"level": "input", "kind": "exact"})
     if not isinstance(obj, dict) or not isinstance(obj.get("delta"), torch.Tensor):
         raise NoiseFileError(f"{label!r} holds no 'delta' tensor; save noise with nullviz first.")
     meta = dict(obj.get("meta") or {})
     level = meta.get("level", "input" if obj["delta"].dim() == 3 else "encoder")
-    return SavedNoise(obj["delta"].float(), level, meta)
+    if level not in LEVELS:
+        raise NoiseFileError(f"{label!r} says its noise is added at the {level!r} level; nullviz knows "
+                             f"{' and '.join(LEVELS)}.")
+    return Noise(obj["delta"].float(), level, str(meta.get("kind", "approximate")), meta)

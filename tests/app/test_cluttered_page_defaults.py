@@ -19,7 +19,7 @@ def test_the_page_uses_the_cluttered_models_measured_selection_margin(monkeypatc
         at.number_input(key="ns_steps").set_value(3)
         at.button[0].click().run()
         assert not at.exception and not at.error
-        res = at.session_state["current_noise"]["result"]
+        res = at.session_state["current_noise"].synthesis
         measured = default_synthesis_config("nullviz_cluttered_vit")
         assert measured.selection_margin == 0.5
         assert (res.config.selection_margin, res.config.lam, res.config.check_every) == (

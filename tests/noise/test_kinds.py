@@ -42,3 +42,25 @@ def test_stored_configs_with_the_old_uniform_name_still_read():
     assert cfg.tolerance_kinds == ("exact", "random_start")
     with pytest.raises(InvalidParameterError):
         EvalConfig(tolerance_kinds=("uniform",))  # new configs use the registry's names
+
+
+def test_a_noise_is_one_typed_value_in_memory_and_in_its_file(tmp_path):
+    from nullviz.core.errors import NoiseFileError
+    from nullviz.noise.files import Noise, load_noise, load_noise_bytes, noise_bytes
+
+    delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(0))
+    noise = Noise(delta, "encoder", "approximate", {"lam": 0.5}, made_for="digits|None|cpu")
+    back = load_noise_bytes(noise.to_bytes(), "n.pt")
+    assert torch.equal(back.delta, delta) and (back.level, back.kind) == ("encoder", "approximate")
+    assert back.meta == {"lam": 0.5, "level": "encoder", "kind": "approximate"} and back.made_for is None
+    exact = load_noise(Noise(torch.zeros(3, 4, 4), "input", "exact").save(tmp_path / "e.pt"))
+    assert exact.kind == "exact" and exact.level == "input"
+    with pytest.raises(NoiseFileError, match="level"):
+        Noise(delta, "pixels")
+    with pytest.raises(NoiseFileError, match="'pixels' level"):
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"delta": delta, "meta": {"level": "pixels"}, "format": "nullviz-noise-1"}, buf)
+        load_noise_bytes(buf.getvalue(), "odd.pt")
+    assert noise_bytes(delta, {"level": "encoder"})  # the codec Noise uses
