@@ -59,9 +59,11 @@ VARIANTS = ("nullspace", "nullspace λ=2")
 MAGNITUDES = (0.0, 25.0, 50.0, 100.0, 200.0)  # L2 in normalised input units; the mean digit has norm ≈ 45
 
 
-def measure(lm, reference=None, limit=None, severities=SEVERITIES) -> tuple[dict[str, float], R.RobustnessReport]:
+def measure(lm, reference=None, limit=None, severities=SEVERITIES, delta_steps=100
+            ) -> tuple[dict[str, float], R.RobustnessReport]:
     cfg = R.EvalConfig(attacks=("fgsm", "pgd", "patchfool"), corruptions=R.CORRUPTIONS, severities=tuple(severities),
-                       tolerance_magnitudes=MAGNITUDES, tolerance_kinds=("approximate",), limit=limit)
+                       tolerance_magnitudes=MAGNITUDES, tolerance_kinds=("approximate",), limit=limit,
+                       tolerance_delta_steps=delta_steps)
     rep = R.evaluate(lm, digits_dataset("heldout"), cfg)
     small = R.evaluate(lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm", "pgd"), eps=2 / 255, limit=limit))
     curve = rep.tolerance["approximate"]
@@ -138,7 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", type=int, default=2, help="fresh δs per finished model for 'under δ'")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="(CI-sized runs) cap each epoch")
-    ap.add_argument("--synth-steps", type=int, default=None, help="(CI-sized runs) δ synthesis steps")
+    ap.add_argument("--synth-steps", type=int, default=None,
+                    help="(CI-sized runs) δ synthesis steps: training, evaluation and the tolerance curve's δ")
     ap.add_argument("--limit", type=int, default=None, help="(CI-sized runs) evaluate on the first N held-out digits")
     ap.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES),
                     help="(CI-sized runs) corruption severities")
@@ -156,7 +159,8 @@ def main(argv=None) -> int:
 
     untouched = FinetuneRun(lm, train, held, FinetuneConfig(method="baseline", seed=0, **budget))
     noise = untouched.evaluate(fresh_deltas=args.fresh)
-    default_row, reference = measure(lm, limit=args.limit, severities=args.severities)
+    default_row, reference = measure(lm, limit=args.limit, severities=args.severities,
+                                     delta_steps=args.synth_steps or 100)
     default_row.update({"under δ": noise["delta_acc"], "Gaussian": noise["gaussian_acc"],
                         "under the start's δ": noise["start_delta_acc"], "nullspace size": noise["nullspace_size"]})
 
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
             ev = run.evaluate(fresh_deltas=args.fresh)
             tuned = load_model("default", device="cpu")
             tuned.model.load_state_dict(run.model.state_dict())
-            row, _ = measure(tuned, reference, limit=args.limit, severities=args.severities)
+            row, _ = measure(tuned, reference, limit=args.limit, severities=args.severities,
+                             delta_steps=args.synth_steps or 100)
             # one yardstick: the evaluation's δ settings, Gaussian norms and starting-model δ are the same for
             # every method (FinetuneRun.evaluate)
             row.update({"under δ": ev["delta_acc"], "Gaussian": ev["gaussian_acc"],

@@ -203,6 +203,8 @@ class EvalConfig:
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     tolerance_magnitudes: tuple[float, ...] = ()
     tolerance_kinds: tuple[str, ...] = TOLERANCE_KINDS
+    # steps of the input-level δ the 'approximate' curve follows (fit on images the curves do not score)
+    tolerance_delta_steps: int = bounded(100, Interval(int, 1, 100_000))
     limit: int | None = None
     batch_size: int = bounded(128, Interval(int, 1, 65_536))
     seed: int = bounded(0, Interval(int, 0, None))
@@ -488,7 +490,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
                 else:
                     fit, tx, ty = x[-k:], x[:-k], y[:-k]
             if fit is not None:
-                approx_delta = _input_delta(lm, fit, cfg.seed)
+                approx_delta = _input_delta(lm, fit, cfg.seed, cfg.tolerance_delta_steps)
                 report.tolerance_fit_images = int(len(fit))
         report.tolerance_images = int(len(ty))
         report.tolerance = tolerance_curves(lm, tx, ty, list(cfg.tolerance_magnitudes), tuple(kinds), approx_delta,
@@ -498,10 +500,10 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
     return report
 
 
-def _input_delta(lm: LoadedModel, fit: torch.Tensor, seed: int) -> torch.Tensor:
+def _input_delta(lm: LoadedModel, fit: torch.Tensor, seed: int, steps: int = 100) -> torch.Tensor:
     """An input-level approximate-nullspace δ optimised on ``fit``: images the tolerance curves do not score
     (scoring the images δ was fit on reads agreement 1.000 where unseen images give 0.95–0.99)."""
-    return synthesize(lm, fit, SynthesisConfig(level="input", steps=100, seed=seed)).delta
+    return synthesize(lm, fit, SynthesisConfig(level="input", steps=steps, seed=seed)).delta
 
 
 def examples(lm: LoadedModel, dataset, config: EvalConfig, count: int = 4, severity: int = 3) -> dict[str, torch.Tensor]:

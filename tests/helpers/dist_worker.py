@@ -5,7 +5,9 @@
 MODE 'identity' (default): each rank trains a 'nullspace' run on a slice of the digits with its own run
 folder OUT/rank{r} and saves what it saw (δ after synthesis, the evaluation history, the error if any) to
 OUT/seen{r}.pt. MODE 'straight' / 'stop' / 'resume': one run in OUT/run, uninterrupted / stopped by every rank
-after step 5 / resumed from OUT/run.
+after step 5 / resumed from OUT/run. MODE 'methods': the baseline, gaussian and adversarial runs of
+``nullviz finetune`` at a global batch of 16 (8 per rank on 2 processes, 16 in one), one after the other in one
+process group, into OUT/world{W}/{method} (also runs without torchrun, as the one-process reference).
 """
 
 import os
@@ -24,13 +26,24 @@ from nullviz.train.finetune import FinetuneConfig, FinetuneRun
 def main() -> int:
     out = Path(sys.argv[1])
     mode = sys.argv[2] if len(sys.argv) > 2 else "identity"
-    rank = int(os.environ["RANK"])
+    rank = int(os.environ.get("RANK", "0"))
     lm = load_model("default", device="cpu")
     train = torch.utils.data.Subset(digits_dataset("train", lm.transform), range(128))
     held = torch.utils.data.Subset(digits_dataset("heldout", lm.transform), range(41))  # odd: uneven shards
     cfg = FinetuneConfig(method="nullspace", epochs=2, steps_per_epoch=3, batch_size=8, synth_steps=5,
                          fresh_deltas=2, fresh_every_epoch=True, seed=3)
 
+    if mode == "methods":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        train_all, held_all = digits_dataset("train", lm.transform), digits_dataset("heldout", lm.transform)
+        for method in ("baseline", "gaussian", "adversarial"):
+            # what the command line builds from: --method M --epochs 1 --steps-per-epoch 3 --batch-size 16/W
+            # --synth-steps 5 --eval-synth-steps 5 --fresh-deltas 1 --seed 2
+            cfg = FinetuneConfig(method=method, epochs=1, steps_per_epoch=3, batch_size=16 // world, synth_steps=5,
+                                 eval_synth_steps=5, fresh_deltas=1, seed=2)
+            FinetuneRun(lm, train_all, held_all, cfg, out / f"world{world}" / method).run()
+        cleanup()
+        return 0
     if mode != "identity":
         cfg = FinetuneConfig(method="nullspace", epochs=2, steps_per_epoch=4, batch_size=8, synth_steps=5,
                              fresh_deltas=0, seed=5)
