@@ -185,7 +185,8 @@ def test_tolerance_curves_never_score_the_images_delta_was_fit_on(default_lm, mo
     """δ was fit on the first 64 evaluated images and scored on them (agreement 1.000 there, 0.95–0.99 elsewhere)."""
     fits = []
     real = R._input_delta
-    monkeypatch.setattr(R, "_input_delta", lambda lm, fit, seed: fits.append(fit.clone()) or real(lm, fit, seed))
+    monkeypatch.setattr(R, "_input_delta",
+                        lambda lm, fit, seed, steps: fits.append(fit.clone()) or real(lm, fit, seed, steps))
     held = digits_dataset("heldout", default_lm.transform)
     cfg = R.EvalConfig(attacks=(), tolerance_magnitudes=(10.0,), tolerance_kinds=("approximate",), limit=40)
     report = R.evaluate(default_lm, held, cfg)  # the data set has more images: δ is fit on the next ones
