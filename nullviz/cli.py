@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=None, help="with --query: the block (1-based; default the last)")
     p.add_argument("--contrast", action="store_true",
                    help="per layer: exact nullspace noise vs the --noise δ (if a file) vs random noise of the same norms")
+    p.add_argument("--sanity", action="store_true",
+                   help="every attribution method on the image and on the image + exact nullspace noise (--magnitude, "
+                        "--seed): how much each map changes (an output that did not change must not be explained "
+                        "differently) and the input gradient's share in the nullspace")
     p.add_argument("--set", type=int, default=0, metavar="N",
                    help="statistics over N images of --data (attention change, representation change, heads)")
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path, for --set")
@@ -373,6 +377,13 @@ def cmd_attention(args) -> dict[str, Any]:
         contrast = A.noise_contrast(lm, x, noises, clean=cmp.clean)
         out["contrast"] = contrast.to_dict()
         arrays.update({"contrast_repr_change": contrast.repr_change, "contrast_attention_tv": contrast.attention_tv})
+
+    if args.sanity:
+        from nullviz.inspection.attribution import ATTRIBUTION_METHODS, nullspace_sanity
+
+        pixels = lm.denormalize(x)
+        out["sanity"] = [nullspace_sanity(lm, pixels, m, magnitude=args.magnitude, seed=args.seed).to_dict()
+                         for m in ATTRIBUTION_METHODS]
 
     if args.set:
         if args.set < 1:

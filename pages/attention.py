@@ -14,7 +14,7 @@ from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder,
                           sample_photos_dataset)
 from nullviz.inspection.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index,
                                           query_maps, set_statistics)
-from nullviz.inspection.attribution import ATTRIBUTION_METHODS, attribute
+from nullviz.inspection.attribution import ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
 from nullviz.noise.files import load_noise_bytes
@@ -195,7 +195,9 @@ st.caption("Mean attention distance: for every patch query, the attention-weight
            "log T = uniform). Filled: clean, open: noised.")
 
 st.subheader("Exact vs approximate vs random noise, layer by layer")
-if source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page" and noise.kind == "exact"):
+exact_noise_shown = source == "fresh exact nullspace noise" or (source == "noise from the Nullspace page"
+                                                                 and noise.kind == "exact")
+if exact_noise_shown:
     noises = contrast_noises(delta)
 else:
     ns_c = N.nullspace(lm)
@@ -296,6 +298,15 @@ elif stored is not None:
                                       units="attribution to the logit"), key="attr_over_n")
     with st.expander("Side by side, without the image"):
         st.plotly_chart(figures.attribution_pair(h_clean, h_noised, m), key="attr")
+    if exact_noise_shown:
+        change = map_change(a_clean, a_noised)
+        verdict = ("passes: the change is float32 rounding" if change < SANITY_TOLERANCE else
+                   "fails: the map moved although the output cannot have" +
+                   (" — Integrated Gradients multiplies the gradient by (x − baseline), and the noise changes x"
+                    if m == "integrated_gradients" else ""))
+        st.caption(f"**Nullspace sanity check.** Exact nullspace noise changes no output, so an explanation of the "
+                   f"output must not change either. This map changed by {change:.1e} of its largest value: "
+                   f"{verdict}. (`nullviz attention --sanity` checks every method.)")
     if a_clean.convergence_delta is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "

@@ -1,4 +1,5 @@
-"""Pixel attributions through captum, for clean and noised input, with one call signature for every method.
+"""Pixel attributions through captum (and Chefer's attention relevance), for clean and noised input, with one
+call signature for every method.
 
 Attributions are taken with respect to pixels in [0, 1]: :class:`PixelModel` puts the model's normalisation
 (and, optionally, a fixed noise: pixel-space or token-level δ) inside the attributed function. Integrated
@@ -16,8 +17,12 @@ from typing import Any
 
 import torch
 
+from nullviz.core.errors import InvalidParameterError
 from nullviz.core.params import Interval, Options, check
-from nullviz.models import LoadedModel, PixelModel
+from nullviz.models import LoadedModel, PixelModel, shared_weights_view
+from nullviz.noise import exact as N
+
+from .attention import has_class_token
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,54 @@ class OcclusionMethod(AttributionMethod):
                                        target=target, perturbations_per_eval=settings.internal_batch_size), None
 
 
+@register_attribution
+class AttentionRelevanceMethod(AttributionMethod):
+    """Class-specific, gradient-weighted attention relevance: Chefer, Gur & Wolf's generic rule for attention
+    models (*Generic Attention-model Explainability*, ICCV 2021). With every block's attention A and the
+    gradient G of the target logit with respect to it, Ā = mean over heads of (G ⊙ A)⁺ and the relevance
+    R = I, R ← R + Ā·R block by block; the output token's row of R (the class token's, or the mean of the patch
+    rows for a ViT without one) over the patches is the map, spread evenly over each patch's pixels.
+
+    It runs on a private view of the model (fused attention off, hooks on ``attn_drop`` that capture the
+    attention): the shared model gets no hook, flag or mode switch."""
+
+    name, label = "attention_relevance", "Attention relevance (Chefer et al., class-specific)"
+
+    def __call__(self, fn, inputs, target, settings):
+        model = fn.model
+        blocks = list(getattr(model, "blocks", []))
+        if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop") for b in blocks):
+            raise InvalidParameterError("model", "attention relevance", "a timm ViT whose blocks have .attn.attn_drop",
+                                        type(model).__name__)
+        view = shared_weights_view(model).eval()
+        for m in view.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False  # the softmax goes through attn_drop, where the hook reads it
+        captured: list[torch.Tensor] = []
+        hooks = [b.attn.attn_drop.register_forward_hook(lambda mod, args, out: captured.append(out))
+                 for b in view.blocks]
+        try:
+            with torch.enable_grad():
+                logits = PixelModel(view, fn.mean, fn.std, fn.token_noise)(inputs)
+                score = logits.gather(1, target.view(-1, 1)).sum()  # images are independent: one backward
+                grads = torch.autograd.grad(score, captured)
+        finally:
+            for h in hooks:
+                h.remove()
+        B, _, T, _ = captured[0].shape
+        relevance = torch.eye(T, device=inputs.device).expand(B, T, T).clone()
+        for attn, grad in zip(captured, grads):
+            weighted = (grad * attn).clamp(min=0).mean(1).detach()
+            relevance = relevance + weighted @ relevance
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        rows = relevance[:, 0, prefix:] if has_class_token(model) else relevance[:, prefix:, prefix:].mean(1)
+        gh, gw = (int(g) for g in model.patch_embed.grid_size)
+        p = inputs.shape[-1] // gw
+        per_pixel = rows.reshape(B, gh, gw).repeat_interleave(p, 1).repeat_interleave(p, 2)
+        c = inputs.shape[1]
+        return (per_pixel / c).unsqueeze(1).expand(-1, c, -1, -1).contiguous(), None
+
+
 METHODS = tuple(ATTRIBUTION_METHODS)
 
 
@@ -173,3 +226,60 @@ def _smoothgrad(fn, pixels: torch.Tensor, target: torch.Tensor, samples: int, st
         grads = saliency.attribute(noisy, target=target.repeat(k), abs=False)
         total += grads.view(k, *pixels.shape).sum(0)
     return total / samples
+
+
+# ----------------------------------------------------------------------------------- the nullspace sanity check
+#: A map that changes by less than this (relative to its largest value) under exact nullspace noise passes.
+SANITY_TOLERANCE = 1e-4
+
+
+def map_change(clean: Attribution, noised: Attribution) -> float:
+    """The largest change between two maps of the first image, relative to the clean map's largest value."""
+    a, b = clean.heatmap()[0], noised.heatmap()[0]
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+
+
+@dataclass
+class NullspaceSanity:
+    """What exact nullspace noise does to an explanation. The noise changes no output, so an explanation of the
+    output must not change either: ``map_change`` (the largest change of the map, relative to the map's largest
+    value) is float32 rounding for a method that passes. ``gradient_null_fraction``: the share of the input
+    gradient's norm that lies in the patch embedding's nullspace — zero by construction (the gradient of
+    anything the model computes lies in the row space), so a gradient map can never "see" such noise."""
+
+    method: str
+    map_change: float
+    gradient_null_fraction: float
+    noise_norm: float
+
+    @property
+    def passes(self) -> bool:
+        return self.map_change < SANITY_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "map_change": self.map_change, "passes": self.passes,
+                "gradient_null_fraction": self.gradient_null_fraction, "noise_norm": self.noise_norm}
+
+
+def nullspace_sanity(lm: LoadedModel, pixels: torch.Tensor, method: str = "saliency", target: int | None = None,
+                     magnitude: float = 1.0, seed: int = 0, **options) -> NullspaceSanity:
+    """Run ``method`` on an image and on the image plus exact nullspace noise (normalised units, ``magnitude``
+    per patch) and compare the maps; split the input gradient of the target logit into its nullspace and row-space
+    parts. Raises for a model whose patch embedding has full rank (no exact nullspace noise to add)."""
+    ns = N.nullspace(lm)
+    if ns.nullity == 0:
+        raise InvalidParameterError("model", "nullspace_sanity", "a model whose patch embedding has a nullspace",
+                                    f"{lm.name} (full rank)")
+    pixels = (pixels if pixels.dim() == 4 else pixels.unsqueeze(0))[:1].to(lm.device, torch.float32)
+    x = lm.normalize(pixels)
+    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=magnitude, seed=seed)).to(x)
+    clean = attribute(lm, pixels, method, target, **options)
+    noised = attribute(lm, lm.denormalize(x + v), method, clean.target[0], **options)
+    change = map_change(clean, noised)
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():  # the input's gradient alone: the frozen, eval-mode model is only read
+        (grad,) = torch.autograd.grad(lm.model(xg)[0, clean.target[0]], xg)
+    patches = N.patchify(grad.double().cpu(), lm.patch_size)
+    null_part = ns.project(patches)
+    fraction = float(null_part.norm() / patches.norm().clamp_min(1e-300))
+    return NullspaceSanity(method, change, fraction, float(v.norm()))

@@ -1,0 +1,82 @@
+"""Chefer's class-specific attention relevance and the nullspace sanity check of explanations."""
+
+import pytest
+import torch
+
+from conftest import assert_state_equal, state_snapshot
+from nullviz.core.errors import InvalidParameterError
+from nullviz.inspection.attribution import ATTRIBUTION_METHODS, attribute, nullspace_sanity
+from nullviz.models import create_random_vit
+from nullviz.noise import exact as N
+
+
+def test_relevance_is_class_specific_non_negative_and_per_patch(default_lm, digit_x):
+    pixels = default_lm.denormalize(digit_x)
+    own = attribute(default_lm, pixels, "attention_relevance")
+    other = attribute(default_lm, pixels, "attention_relevance", target=(own.target[0] + 1) % 10)
+    h, g = own.heatmap()[0], other.heatmap()[0]
+    assert h.shape == pixels.shape[-2:] and float(h.min()) >= 0  # R = I + Σ Ā·R with Ā ≥ 0
+    assert float((h - g).abs().max()) > 0.1 * float(h.max())  # another class, another map
+    p = default_lm.patch_size
+    assert torch.equal(h[:p, :p], torch.full((p, p), float(h[0, 0])))  # one value per patch
+    assert ATTRIBUTION_METHODS["attention_relevance"].label.startswith("Attention relevance")
+
+
+def test_relevance_follows_the_rule_on_a_one_block_model():
+    """With one block, R = I + Ā, so the class row over the patches is Ā[0, 1:] itself."""
+    lm = create_random_vit("vit_tiny_patch16_224", seed=3, img_size=32, patch_size=8, embed_dim=32, depth=1,
+                           num_heads=2, num_classes=4, device="cpu")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    got = attribute(lm, x, "attention_relevance", target=2).heatmap()[0, ::8, ::8].flatten()
+    view = lm.view().model
+    for m in view.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    seen = []
+    view.blocks[0].attn.attn_drop.register_forward_hook(lambda mod, a, out: seen.append(out))
+    logit = view(lm.normalize(x).requires_grad_(True))[0, 2]
+    (grad,) = torch.autograd.grad(logit, seen)
+    expected = (grad * seen[0]).clamp(min=0).mean(1)[0, 0, 1:]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)  # heatmap: the channels summed back
+
+
+def test_relevance_leaves_the_shared_model_alone(default_lm, digit_x):
+    snap = state_snapshot(default_lm.model)
+    attribute(default_lm, default_lm.denormalize(digit_x), "attention_relevance")
+    assert_state_equal(default_lm.model, snap)
+    assert all(not m._forward_hooks for m in default_lm.model.modules())
+    assert not default_lm.model.training
+
+
+def test_nullspace_sanity_gradient_methods_pass_and_input_times_gradient_does_not(default_lm, digit_x):
+    """Exact nullspace noise changes no output: a map of the output must not change. Gradients lie in the row
+    space (no nullspace part), so saliency, SmoothGrad, occlusion and the relevance pass; Integrated Gradients
+    multiplies by (x − baseline), which the noise changes, and does not."""
+    pixels = default_lm.denormalize(digit_x)
+    results = {m: nullspace_sanity(default_lm, pixels, m, steps=8) for m in ATTRIBUTION_METHODS}
+    for m in ("saliency", "smoothgrad", "occlusion", "attention_relevance"):
+        assert results[m].passes, results[m]
+    assert not results["integrated_gradients"].passes and results["integrated_gradients"].map_change > 1e-2
+    for r in results.values():
+        assert r.gradient_null_fraction < 1e-5  # float32 rounding
+    assert results["saliency"].to_dict()["passes"] is True
+
+
+def test_nullspace_sanity_needs_a_nullspace():
+    full = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, embed_dim=48, depth=1,
+                             num_heads=2, num_classes=3, device="cpu")
+    assert N.nullspace(full).nullity == 0
+    with pytest.raises(InvalidParameterError, match="nullspace"):
+        nullspace_sanity(full, torch.rand(3, 16, 16))
+
+
+def test_cli_sanity_reports_every_method(capsys):
+    import json
+
+    from nullviz.cli import main
+
+    assert main(["attention", "--model", "digits", "--image", "digit-3", "--sanity", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["sanity"]
+    assert [r["method"] for r in out] == list(ATTRIBUTION_METHODS)
+    verdicts = {r["method"]: r["passes"] for r in out}
+    assert verdicts["saliency"] and verdicts["attention_relevance"] and not verdicts["integrated_gradients"]
