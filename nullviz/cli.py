@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every attribution method on the image and on the image + exact nullspace noise (--magnitude, "
                         "--seed): how much each map changes (an output that did not change must not be explained "
                         "differently) and the input gradient's share in the nullspace")
+    p.add_argument("--faithfulness", type=int, default=0, metavar="N",
+                   help="deletion and insertion curves of every attribution method (and a random ranking) over N "
+                        "images of --data, each explained for its predicted class")
     p.add_argument("--set", type=int, default=0, metavar="N",
                    help="statistics over N images of --data (attention change, representation change, heads)")
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path, for --set")
@@ -384,6 +387,17 @@ def cmd_attention(args) -> dict[str, Any]:
         pixels = lm.denormalize(x)
         out["sanity"] = [nullspace_sanity(lm, pixels, m, magnitude=args.magnitude, seed=args.seed).to_dict()
                          for m in ATTRIBUTION_METHODS]
+
+    if args.faithfulness:
+        from nullviz.inspection.faithfulness import faithfulness
+
+        if args.faithfulness < 1:
+            raise InvalidParameterError("faithfulness", "attention", "a number of images ≥ 1", args.faithfulness)
+        fx, _ = images_tensor(lm, load_dataset(own_data(args.data, lm.name), split="heldout"), limit=args.faithfulness)
+        report = faithfulness(lm, lm.denormalize(fx), seed=args.seed, batch_size=args.batch_size,
+                              progress=lambda k, n: sys.stderr.write(f"\rfaithfulness: image {k}/{n}"))
+        sys.stderr.write("\n")
+        out["faithfulness"] = report.to_dict()
 
     if args.set:
         if args.set < 1:

@@ -597,3 +597,29 @@ def paired_difference_bars(comparison, metrics: Sequence[str] | None = None,
                             f"is better for every measure)",
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def faithfulness_curves(report, labels: Mapping[str, str] | None = None, height: int = 380) -> go.Figure:
+    """Deletion (left) and insertion (right) curves, one line per method, the random ranking dashed.
+    ``report``: a :class:`nullviz.inspection.faithfulness.FaithfulnessReport`."""
+    labels = labels or {}
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=["deletion: most important patches removed first (lower is faithful)",
+                                        "insertion: most important patches put back first (higher is faithful)"])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    summary = report.summary()
+    for i, method in enumerate(report.deletion):
+        random = method == "random"
+        name = f"{labels.get(method, method)} (AUC {summary[method]['deletion_auc']:.2f} / " \
+               f"{summary[method]['insertion_auc']:.2f})"
+        style = dict(color="#7f7f7f" if random else palette[i % len(palette)], dash="dash" if random else "solid")
+        for col, curve in ((1, report.deletion[method]), (2, report.insertion[method])):
+            fig.add_trace(go.Scatter(x=report.fractions, y=curve, mode="lines", name=name, legendgroup=method,
+                                     showlegend=col == 1, line=style), row=1, col=col)
+    fig.update_xaxes(title_text="fraction of patches", range=[0, 1])
+    fig.update_yaxes(title_text="probability of the explained class", range=[0, 1.02], col=1)
+    fig.update_yaxes(range=[0, 1.02], col=2)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      title_text=f"faithfulness over {report.images} image(s)")
+    fig.update_annotations(font_size=11)
+    return legend_safe(fig)

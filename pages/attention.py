@@ -15,6 +15,7 @@ from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder,
 from nullviz.inspection.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index,
                                           query_maps, set_statistics)
 from nullviz.inspection.attribution import ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change
+from nullviz.inspection.faithfulness import faithfulness
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
 from nullviz.noise.files import load_noise_bytes
@@ -311,6 +312,46 @@ elif stored is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "
                    f"more steps shrink it.")
+
+st.subheader("Which map to believe: faithfulness")
+st.caption("Deletion: the patches a map ranks highest are blacked out first and the probability of the explained "
+           "class is followed (a faithful map makes it fall fast: low area). Insertion: from a black image, its "
+           "top patches are put back first (a faithful map makes it rise fast: high area). Every method of the "
+           "list above and a random ranking, each image explained for its predicted class.")
+with st.form("att_faith_form"):
+    c = st.columns(2)
+    own_f = model_own_data(lm.name)
+    n_faith = c[0].number_input(f"images ({f'{own_f}, held-out split' if own_f else 'the sample photographs'})",
+                                1, 256, 8, key="att_faith_n")
+    faith_steps = c[1].number_input("steps along each curve", 2, 64, 16, key="att_faith_steps")
+    run_faith = st.form_submit_button("Measure faithfulness")
+if run_faith:
+    try:
+        dataset = load_dataset(own_f, split="heldout") if own_f else sample_photos_dataset()
+        fx, _ = images_tensor(lm, dataset, limit=int(n_faith))
+        bar = st.progress(0.0, text="explaining and perturbing…")
+        faith = faithfulness(lm, lm.denormalize(fx), steps=int(faith_steps),
+                             progress=lambda k, n: bar.progress(k / n, text=f"image {k}/{n}"))
+        bar.empty()
+        st.session_state["att_faith"] = (model_key(lm), faith)
+    except NullvizError as exc:
+        show_error(exc)
+stored_faith = st.session_state.get("att_faith")
+if stored_faith is not None and stored_faith[0] == model_key(lm):  # measured on this model, else not shown
+    faith = stored_faith[1]
+    labels = {name: m.label for name, m in ATTRIBUTION_METHODS.items()} | {"random": "random ranking"}
+    st.plotly_chart(figures.faithfulness_curves(faith, labels), key="att_faith_curves")
+    summary = faith.summary()
+    rand = summary["random"]
+    st.table({"method": [labels[m] for m in summary],
+              "deletion AUC (lower is better)": [f"{v['deletion_auc']:.3f}" for v in summary.values()],
+              "insertion AUC (higher is better)": [f"{v['insertion_auc']:.3f}" for v in summary.values()],
+              "beats random on both": ["—" if m == "random" else
+                                       ("yes" if v["deletion_auc"] < rand["deletion_auc"]
+                                        and v["insertion_auc"] > rand["insertion_auc"] else "no")
+                                       for m, v in summary.items()]})
+    st.download_button("faithfulness (JSON)", json.dumps(faith.to_dict(), indent=2), "faithfulness.json",
+                       "application/json", on_click="ignore", key="dl_faith")
 
 st.subheader("Download")
 arrays = cmp.arrays()

@@ -233,6 +233,20 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     assert "fails" in verdict and "x − baseline" in verdict
 
 
+def test_attention_page_measures_faithfulness_and_keeps_it_for_its_model_only():
+    at = app("pages/attention.py")
+    at.number_input(key="att_faith_n").set_value(2)
+    at.number_input(key="att_faith_steps").set_value(4)
+    at.button(key="FormSubmitter:att_faith_form-Measure faithfulness").click().run()
+    assert not at.exception and not at.error
+    assert any("att_faith_curves" in c.proto.id for c in at.get("plotly_chart"))
+    table = [t.value for t in at.table if "deletion AUC (lower is better)" in list(t.value.columns)]
+    assert len(table) == 1 and "random ranking" in list(table[0]["method"]), [t.value for t in at.table]
+    at.session_state["model_spec"] = ModelSpec("cluttered", None, "cpu")  # another model: not shown for it
+    at.run()
+    assert not at.exception and not any("att_faith_curves" in c.proto.id for c in at.get("plotly_chart"))
+
+
 @pytest.mark.slow
 def test_attention_page_contrast_with_an_approximate_delta():
     """An encoder-level δ from the Nullspace page: the contrast chart draws exact noise, δ and a random control

@@ -1,0 +1,73 @@
+"""Deletion / insertion faithfulness of the attribution methods, beside a random ranking."""
+
+import pytest
+import torch
+
+from nullviz.core.errors import InvalidParameterError
+from nullviz.data import load_dataset
+from nullviz.inspection.attribution import ATTRIBUTION_METHODS
+from nullviz.inspection.faithfulness import RANDOM, area, curves, faithfulness, patch_scores
+from nullviz.models import PixelModel
+from nullviz.robustness.evaluation import images_tensor
+
+
+def test_curves_remove_and_insert_patches_in_the_given_order(default_lm, digit_x):
+    """Exact ends: nothing removed is the image's own probability, everything removed (or nothing inserted) is
+    the black image's; a curve moves one stretch of patches per step, in the given order."""
+    fn = PixelModel.of(default_lm)
+    pixels = default_lm.denormalize(digit_x)
+    pixels = pixels if pixels.dim() == 4 else pixels.unsqueeze(0)
+    t = fn(pixels).argmax(-1)
+    n = int(default_lm.model.patch_embed.num_patches)
+    order = torch.arange(n).unsqueeze(0)
+    deletion, insertion = curves(fn, pixels, t, order, default_lm.patch_size, steps=4)
+    with torch.no_grad():
+        full = fn(pixels).softmax(-1)[0, t].item()
+        black = fn(torch.zeros_like(pixels)).softmax(-1)[0, t].item()
+        first_quarter = pixels.clone()
+        first_quarter[..., : default_lm.img_size[0] // 4, :] = 0  # patches 0 … n/4 − 1: the top rows
+        quarter = fn(first_quarter).softmax(-1)[0, t].item()
+    assert deletion[0, 0].item() == pytest.approx(full) and deletion[0, -1].item() == pytest.approx(black)
+    assert insertion[0, 0].item() == pytest.approx(black) and insertion[0, -1].item() == pytest.approx(full)
+    assert deletion[0, 1].item() == pytest.approx(quarter)
+    assert area(torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.5)
+    heat = torch.zeros(1, 32, 32)
+    heat[0, 8:16, 0:8] = 1.0
+    assert patch_scores(heat, 8).tolist() == [[0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
+
+
+def test_faithful_methods_beat_a_random_ranking(default_lm):
+    x, _ = images_tensor(default_lm, load_dataset("digits"), 6)
+    report = faithfulness(default_lm, default_lm.denormalize(x), steps=8, attribution_steps=8)
+    summary = report.summary()
+    assert set(summary) == {*ATTRIBUTION_METHODS, RANDOM} and report.images == 6
+    assert len(report.fractions) == 9 and len(report.deletion_auc["occlusion"]) == 6
+    rand = summary[RANDOM]
+    for m in ("occlusion", "attention_relevance", "integrated_gradients"):  # measured: far better than random
+        assert summary[m]["deletion_auc"] < rand["deletion_auc"] and summary[m]["insertion_auc"] > rand["insertion_auc"]
+    again = faithfulness(default_lm, default_lm.denormalize(x), ("occlusion",), steps=8)
+    assert again.deletion_auc["occlusion"] == report.deletion_auc["occlusion"]  # seeded, deterministic
+    assert again.deletion_auc[RANDOM] == report.deletion_auc[RANDOM]
+
+
+def test_faithfulness_stops_between_images_and_checks_its_inputs(default_lm):
+    x, _ = images_tensor(default_lm, load_dataset("digits"), 3)
+    calls = iter([False, True])
+    report = faithfulness(default_lm, default_lm.denormalize(x), ("saliency",), steps=2,
+                          should_stop=lambda: next(calls))
+    assert report.stopped and report.images == 1
+    with pytest.raises(InvalidParameterError):
+        faithfulness(default_lm, default_lm.denormalize(x), ("gradcam-of-the-future",))
+    with pytest.raises(InvalidParameterError):
+        faithfulness(default_lm, default_lm.denormalize(x), steps=1)
+
+
+def test_cli_faithfulness(capsys):
+    import json
+
+    from nullviz.cli import main
+
+    assert main(["attention", "--model", "digits", "--image", "digit-3", "--faithfulness", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["faithfulness"]
+    assert out["images"] == 2 and set(out["summary"]) == {*ATTRIBUTION_METHODS, RANDOM}
+    assert main(["attention", "--model", "digits", "--faithfulness", "-1"]) == 2
