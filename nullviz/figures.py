@@ -481,32 +481,70 @@ def metric_words(key: str) -> str:
     return METRIC_WORDS.get(key, key.replace("_acc", " accuracy").replace("_", " "))
 
 
+def smooth(values: Sequence[float | None], weight: float) -> list[float | None]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the first points are not pulled to
+    0; ``weight`` 0 leaves the values as they are. Missing values stay missing and do not break the average."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out: list[float | None] = []
+    last, count = 0.0, 0
+    for v in values:
+        if v is None or v != v:  # None or NaN
+            out.append(None)
+            continue
+        count += 1
+        last = weight * last + (1 - weight) * float(v)
+        out.append(last / (1 - weight ** count) if weight > 0 else float(v))
+    return out
+
+
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str, y_keys: Sequence[str],
-                    title: str = "", yaxis_title: str = "", height: int = 340) -> go.Figure:
+                    title: str = "", yaxis_title: str = "", height: int = 340, smoothing: float = 0.0,
+                    log_y: bool = False, best: str | None = None) -> go.Figure:
     """Several runs on the same axes: for each run and each metric in ``y_keys``, one line over ``x_key``,
     named in words ("baseline · clean accuracy"). Epochs are whole numbers on the axis; with three or fewer
     points each is labelled with its value, and accuracies sit on 0–1 (a single epoch is a labelled point,
-    not a dot on an axis of 0–2)."""
+    not a dot on an axis of 0–2). ``smoothing`` (TensorBoard's, :func:`smooth`) draws the smoothed line over the
+    raw one, faint; ``log_y`` a log axis; ``best`` ("max" or "min") stars each line's best raw value."""
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     most = 0
+    line_no = 0
     for r_i, (run, hist) in enumerate(histories.items()):
         for key in y_keys:
             if key in hist and len(hist[key]):
                 xs, ys = list(hist[x_key]), list(hist[key])
                 most = max(most, len(xs))
                 few = len(xs) <= 3
+                name = f"{run} · {metric_words(key)}"
+                color = palette[line_no % len(palette)]
+                line_no += 1
+                smoothed = smoothing > 0 and not few
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines+markers+text" if few else "lines+markers",
                     text=[f"{v:.1%}" if key.endswith("_acc") and v is not None else
                           (f"{v:.3g}" if v is not None else "") for v in ys] if few else None,
-                    textposition="top center", marker=dict(size=9 if few else 6),
-                    name=f"{run} · {metric_words(key)}", line=dict(dash=dashes[r_i % len(dashes)])))
+                    textposition="top center", marker=dict(size=9 if few else 6, color=color),
+                    name=name + (" (raw)" if smoothed else ""), legendgroup=name, showlegend=not smoothed,
+                    opacity=0.3 if smoothed else 1.0, line=dict(dash=dashes[r_i % len(dashes)], color=color)))
+                if smoothed:
+                    fig.add_trace(go.Scatter(x=xs, y=smooth(ys, smoothing), mode="lines", name=name,
+                                             legendgroup=name, line=dict(dash=dashes[r_i % len(dashes)], color=color)))
+                valid = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]
+                if best in ("max", "min") and valid:
+                    bx, by = (max if best == "max" else min)(valid, key=lambda p: p[1])
+                    fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", legendgroup=name, showlegend=False,
+                                             marker=dict(symbol="star", size=14, color=color),
+                                             hovertemplate=f"best of {name}: %{{y:.4g}} at {x_key} %{{x}}"
+                                                           "<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
     if x_key == "epoch":
         fig.update_xaxes(dtick=1, tick0=1, range=[0.5, max(most, 1) + 0.5])
-    if all(k.endswith("_acc") for k in y_keys):
+    if log_y:
+        fig.update_yaxes(type="log")
+    elif all(k.endswith("_acc") for k in y_keys):
         fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
     return legend_safe(fig)
 

@@ -21,6 +21,7 @@ from nullviz.models import ModelSpec
 from nullviz.server.settings import check_upload_size
 from nullviz.train.comparison import compare_methods
 from nullviz.train.finetune import FinetuneConfig, check_head
+from nullviz.train.logger import records_csv
 from nullviz.train.methods import FINETUNE_METHODS
 
 require_shell(__file__)
@@ -193,18 +194,27 @@ def _draw_progress(job) -> None:
 def _draw_charts(cache) -> None:
     steps = {m: {"step": [r["step"] for r in recs], "loss": [r["loss"] for r in recs]}
              for m, recs in ((m, thin(v, MAX_POINTS)) for m, v in cache["steps"].items())}
+    smoothing = float(st.session_state.get("ft_smoothing", 0.6))
+    best = st.session_state.get("ft_best", True)
     c = st.columns(2)
     if steps:
-        c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss"),
-                          key="ft_loss")
+        c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss",
+                                                  smoothing=smoothing, log_y=bool(st.session_state.get("ft_log_loss")),
+                                                  best="min" if best else None), key="ft_loss")
     else:
         c[0].caption(f"The training loss appears here once steps are logged (the curves refresh every "
                      f"{CHARTS_EVERY_S:.0f} s while the job runs).")
     if cache["epochs"]:
         c[1].plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["clean_acc", "fgsm_acc"],
-                                                  "held-out accuracy", "accuracy"), key="ft_acc")
+                                                  "held-out accuracy", "accuracy", best="max" if best else None),
+                          key="ft_acc")
     else:
         c[1].caption("Held-out accuracy appears here after the first epoch.")
+    if cache["steps"] or cache["epochs"]:
+        runs = {m: cache["steps"].get(m, []) + cache["epochs"].get(m, [])
+                for m in dict.fromkeys([*cache["steps"], *cache["epochs"]])}
+        st.download_button("every run's curves (CSV)", records_csv(runs), "curves.csv", "text/csv",
+                           on_click="ignore", key="dl_curves")
 
 
 job = next(j for j in jobs if j.id == job_id)
@@ -233,6 +243,11 @@ def live_charts() -> None:
     _draw_charts(_follow(queue.get(job_id, ws.id)))
 
 
+c = st.columns([2, 1, 1])
+c[0].slider("smoothing of the loss curve", 0.0, 0.99, 0.6, 0.01, key="ft_smoothing",
+            help="TensorBoard's exponential moving average (0: the raw values); the raw curve stays, faint.")
+c[1].checkbox("log-scale loss", key="ft_log_loss")
+c[2].checkbox("star the best values", value=True, key="ft_best")
 live_progress()
 live_charts()
 if not job.finished:

@@ -28,3 +28,21 @@ class RunLogger:
                 if new:
                     writer.writeheader()
                 writer.writerow(record)
+
+
+def records_csv(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Every record of several runs as one CSV (a ``run`` column first, then the union of the records' fields
+    in order of first appearance): the curves of all runs in one file, for a spreadsheet or pandas."""
+    import io
+
+    fields: dict[str, None] = {"run": None}
+    for records in runs.values():
+        for rec in records:
+            fields.update(dict.fromkeys(k for k, v in rec.items() if not isinstance(v, (list, dict))))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for run, records in runs.items():
+        for rec in records:
+            writer.writerow({"run": run, **rec})
+    return buf.getvalue()

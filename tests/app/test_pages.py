@@ -478,7 +478,13 @@ def test_finetune_page_start_poll_stop_and_use(jobs_dir):
     wait_for_job(at)
     table = at.table[0].value
     assert list(table["method"]) == ["baseline", "nullspace"]
-    assert len(downloads(at)) == 5  # comparison JSON + per run: log and checkpoint
+    assert len(downloads(at)) == 6  # every run's curves, comparison JSON + per run: log and checkpoint
+    assert "every run's curves (CSV)" in [d.proto.label for d in downloads(at)]  # its content: test_figures
+    at.checkbox(key="ft_log_loss").check().run()
+    at.slider(key="ft_smoothing").set_value(0.9).run()
+    loss = json.loads([c for c in at.get("plotly_chart") if "ft_loss" in c.proto.id][0].proto.spec)
+    assert loss["layout"]["yaxis"]["type"] == "log"
+    assert any(t.get("marker", {}).get("symbol") == "star" for t in loss["data"])  # the best (lowest) loss
     [b for b in at.button if b.label == "Use the nullspace model"][0].click().run()
     assert at.session_state["model_spec"].checkpoint.endswith("nullspace/model.safetensors")
     assert str(jobs_dir) in at.session_state["model_spec"].checkpoint

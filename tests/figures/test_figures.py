@@ -129,3 +129,35 @@ def test_spectrum_labels_sit_in_opposite_corners():
     positions = {a.text.split(" ")[0]: (a.yanchor, a.xanchor) for a in fig.layout.annotations}
     assert positions["rank"] != positions["rtol·σ_max"]
     assert fig.layout.annotations[0].x != fig.layout.annotations[1].x
+
+
+def test_smoothing_is_tensorboards_debiased_moving_average():
+    from nullviz.figures import smooth
+
+    assert smooth([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    s = smooth([2.0, 2.0, 2.0], 0.9)
+    assert s == pytest.approx([2.0, 2.0, 2.0])  # debiased: a constant stays itself from the first point
+    assert smooth([1.0, None, 3.0], 0.5) == pytest.approx([1.0, None, (0.25 * 1 + 0.5 * 3) / 0.75])
+    with pytest.raises(ValueError):
+        smooth([1.0], 1.0)
+
+
+def test_training_curves_best_star_log_axis_and_all_runs_csv():
+    import csv
+    import io
+
+    from nullviz.figures import training_curves
+    from nullviz.train.logger import records_csv
+
+    runs = {"a": {"step": [1, 2, 3, 4], "loss": [3.0, 1.0, 2.0, 1.5]}, "b": {"step": [1, 2, 3, 4], "loss": [2.0] * 4}}
+    fig = training_curves(runs, "step", ["loss"], smoothing=0.5, log_y=True, best="min")
+    stars = [t for t in fig.data if t.marker.symbol == "star"]
+    assert [(t.x[0], t.y[0]) for t in stars] == [(2, 1.0), (1, 2.0)] and fig.layout.yaxis.type == "log"
+    assert len(fig.data) == 6  # per run: raw, smoothed, best
+    text = records_csv({"a": [{"kind": "step", "step": 1, "loss": 2.5}, {"kind": "epoch", "epoch": 1, "clean_acc": 0.5,
+                                                                          "delta_acc_seeds": [0.1, 0.2]}],
+                        "b": [{"kind": "step", "step": 1, "loss": 1.5}]})
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["run", "kind", "step", "loss", "epoch", "clean_acc"]  # lists are left out
+    assert [(r["run"], r["kind"]) for r in rows] == [("a", "step"), ("a", "epoch"), ("b", "step")]
+    assert rows[1]["clean_acc"] == "0.5" and rows[2]["loss"] == "1.5"
