@@ -300,14 +300,18 @@ elif stored is not None:
     with st.expander("Side by side, without the image"):
         st.plotly_chart(figures.attribution_pair(h_clean, h_noised, m), key="attr")
     if exact_noise_shown:
-        change = map_change(a_clean, a_noised)
-        verdict = ("passes: the change is float32 rounding" if change < SANITY_TOLERANCE else
-                   "fails: the map moved although the output cannot have" +
-                   (" — Integrated Gradients multiplies the gradient by (x − baseline), and the noise changes x"
-                    if m == "integrated_gradients" else ""))
+        per_patch, per_pixel = map_change(a_clean, a_noised, lm.patch_size), map_change(a_clean, a_noised)
+
+        def verdict(change: float) -> str:
+            return "passes (float32 rounding)" if change < SANITY_TOLERANCE else "fails"
+
+        why = (" Integrated Gradients multiplies the path gradient by (x − baseline): the noise changes x pixel by "
+               "pixel, while in every patch the change sums to zero — the model reads patches."
+               if per_pixel >= SANITY_TOLERANCE and per_patch < SANITY_TOLERANCE else "")
         st.caption(f"**Nullspace sanity check.** Exact nullspace noise changes no output, so an explanation of the "
-                   f"output must not change either. This map changed by {change:.1e} of its largest value: "
-                   f"{verdict}. (`nullviz attention --sanity` checks every method.)")
+                   f"output must not change either. This map moved by {per_patch:.1e} of its largest value per "
+                   f"patch (what the ViT reads): {verdict(per_patch)}; by {per_pixel:.1e} per pixel: "
+                   f"{verdict(per_pixel)}.{why} (`nullviz attention --sanity` checks every method.)")
     if a_clean.convergence_delta is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "

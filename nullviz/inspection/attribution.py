@@ -233,31 +233,44 @@ def _smoothgrad(fn, pixels: torch.Tensor, target: torch.Tensor, samples: int, st
 SANITY_TOLERANCE = 1e-4
 
 
-def map_change(clean: Attribution, noised: Attribution) -> float:
-    """The largest change between two maps of the first image, relative to the clean map's largest value."""
-    a, b = clean.heatmap()[0], noised.heatmap()[0]
+def map_change(clean: Attribution, noised: Attribution, patch_size: int | None = None) -> float:
+    """The largest change between two maps of the first image, relative to the clean map's largest value: per
+    pixel, or (``patch_size``) of the maps summed per patch — the resolution the ViT reads."""
+    a, b = clean.heatmap()[:1], noised.heatmap()[:1]
+    if patch_size is not None:
+        h, w = a.shape[-2:]
+        a, b = (m.reshape(1, h // patch_size, patch_size, w // patch_size, patch_size).sum((2, 4)) for m in (a, b))
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
 
 
 @dataclass
 class NullspaceSanity:
     """What exact nullspace noise does to an explanation. The noise changes no output, so an explanation of the
-    output must not change either: ``map_change`` (the largest change of the map, relative to the map's largest
-    value) is float32 rounding for a method that passes. ``gradient_null_fraction``: the share of the input
-    gradient's norm that lies in the patch embedding's nullspace — zero by construction (the gradient of
-    anything the model computes lies in the row space), so a gradient map can never "see" such noise."""
+    output must not change either: the largest change of the map, relative to its largest value, per patch
+    (``patch_change``: the resolution the ViT reads; ``passes``) and per pixel (``map_change``;
+    ``pixel_passes``) is float32 rounding for a method that passes. ``gradient_null_fraction``: the share of
+    the input gradient's norm in the patch embedding's nullspace — zero by construction (the gradient of anything
+    the model computes lies in the row space). Integrated Gradients passes per patch and fails per pixel: it
+    multiplies the path gradient by (x − baseline), which the noise changes pixel by pixel, while in each patch
+    the change sums to vᵀ·(the gradient) = 0."""
 
     method: str
     map_change: float
+    patch_change: float
     gradient_null_fraction: float
     noise_norm: float
 
     @property
     def passes(self) -> bool:
+        return self.patch_change < SANITY_TOLERANCE
+
+    @property
+    def pixel_passes(self) -> bool:
         return self.map_change < SANITY_TOLERANCE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "map_change": self.map_change, "passes": self.passes,
+        return {"method": self.method, "patch_change": self.patch_change, "passes": self.passes,
+                "map_change": self.map_change, "pixel_passes": self.pixel_passes,
                 "gradient_null_fraction": self.gradient_null_fraction, "noise_norm": self.noise_norm}
 
 
@@ -275,11 +288,11 @@ def nullspace_sanity(lm: LoadedModel, pixels: torch.Tensor, method: str = "salie
     v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=magnitude, seed=seed)).to(x)
     clean = attribute(lm, pixels, method, target, **options)
     noised = attribute(lm, lm.denormalize(x + v), method, clean.target[0], **options)
-    change = map_change(clean, noised)
+    change, patch_change = map_change(clean, noised), map_change(clean, noised, lm.patch_size)
     xg = x.clone().requires_grad_(True)
     with torch.enable_grad():  # the input's gradient alone: the frozen, eval-mode model is only read
         (grad,) = torch.autograd.grad(lm.model(xg)[0, clean.target[0]], xg)
     patches = N.patchify(grad.double().cpu(), lm.patch_size)
     null_part = ns.project(patches)
     fraction = float(null_part.norm() / patches.norm().clamp_min(1e-300))
-    return NullspaceSanity(method, change, fraction, float(v.norm()))
+    return NullspaceSanity(method, change, patch_change, fraction, float(v.norm()))

@@ -221,16 +221,17 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     assert not at.exception and not at.error
     assert len(at.get("plotly_chart")) >= 6
     sanity = [c.value for c in at.caption if "Nullspace sanity check" in c.value]
-    assert len(sanity) == 1 and "passes" in sanity[0]  # the noise is exact: the gradient map must not move
+    assert len(sanity) == 1 and "fails" not in sanity[0]  # the noise is exact: the gradient map must not move
     at.selectbox(key="att_method").set_value("attention_relevance")  # class-specific, from the registry
     at.button(key="att_go").click().run()
     assert not at.exception and not at.error
-    assert "passes" in [c.value for c in at.caption if "Nullspace sanity check" in c.value][0]
+    assert "fails" not in [c.value for c in at.caption if "Nullspace sanity check" in c.value][0]
     at.selectbox(key="att_method").set_value("integrated_gradients")
     at.number_input(key="att_steps").set_value(4)
     at.button(key="att_go").click().run()
     verdict = [c.value for c in at.caption if "Nullspace sanity check" in c.value][0]
-    assert "fails" in verdict and "x − baseline" in verdict
+    assert "per patch (what the ViT reads): passes" in verdict and "per pixel: fails" in verdict
+    assert "x − baseline" in verdict
 
 
 def test_attention_page_measures_faithfulness_and_keeps_it_for_its_model_only():

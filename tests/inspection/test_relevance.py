@@ -48,15 +48,17 @@ def test_relevance_leaves_the_shared_model_alone(default_lm, digit_x):
     assert not default_lm.model.training
 
 
-def test_nullspace_sanity_gradient_methods_pass_and_input_times_gradient_does_not(default_lm, digit_x):
+def test_nullspace_sanity_every_map_passes_per_patch_and_input_times_gradient_fails_per_pixel(default_lm, digit_x):
     """Exact nullspace noise changes no output: a map of the output must not change. Gradients lie in the row
-    space (no nullspace part), so saliency, SmoothGrad, occlusion and the relevance pass; Integrated Gradients
-    multiplies by (x − baseline), which the noise changes, and does not."""
+    space (no nullspace part), so saliency, SmoothGrad, occlusion and the relevance pass per pixel and per patch;
+    Integrated Gradients multiplies by (x − baseline), which the noise changes: it moves per pixel, while each
+    patch's sum moves by vᵀ·gradient = 0."""
     pixels = default_lm.denormalize(digit_x)
     results = {m: nullspace_sanity(default_lm, pixels, m, steps=8) for m in ATTRIBUTION_METHODS}
     for m in ("saliency", "smoothgrad", "occlusion", "attention_relevance"):
-        assert results[m].passes, results[m]
-    assert not results["integrated_gradients"].passes and results["integrated_gradients"].map_change > 1e-2
+        assert results[m].passes and results[m].pixel_passes, results[m]
+    ig = results["integrated_gradients"]
+    assert ig.passes and not ig.pixel_passes and ig.map_change > 1e-2 and ig.patch_change < 1e-5
     for r in results.values():
         assert r.gradient_null_fraction < 1e-5  # float32 rounding
     assert results["saliency"].to_dict()["passes"] is True
@@ -78,5 +80,6 @@ def test_cli_sanity_reports_every_method(capsys):
     assert main(["attention", "--model", "digits", "--image", "digit-3", "--sanity", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["sanity"]
     assert [r["method"] for r in out] == list(ATTRIBUTION_METHODS)
-    verdicts = {r["method"]: r["passes"] for r in out}
-    assert verdicts["saliency"] and verdicts["attention_relevance"] and not verdicts["integrated_gradients"]
+    assert all(r["passes"] for r in out)  # per patch, every method
+    per_pixel = {r["method"]: r["pixel_passes"] for r in out}
+    assert per_pixel["saliency"] and per_pixel["attention_relevance"] and not per_pixel["integrated_gradients"]
