@@ -327,6 +327,12 @@ def set_active_checkpoint(path: str, device: str | None = None) -> None:
     st.session_state["_model_spec_changed"] = True  # the sidebar's widgets follow at the next run
 
 
+def own_checkpoints() -> dict[str, str]:
+    """This session's finetuned models that can be used ("job label · run" → checkpoint path), newest job first."""
+    return {f"{job.label} · {name}": res.checkpoint for job in job_queue().jobs(workspace().id)
+            if job.finished and job.kind == "finetune" for name, res in job.results.items() if res.usable}
+
+
 def default_sample_for(lm: LoadedModel) -> str:
     """The sample a page opens with: the model's own kind of image (a cluttered scene, a digit), else a photo."""
     own = embedded_model(lm.name)

@@ -6,16 +6,17 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, current_model, figure_html, fingerprint, image_picker, model_key, require_shell,
-                       server_settings, show_error, upload_widget, workspace)
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, image_picker, model_key,
+                       own_checkpoints, require_shell, server_settings, show_error, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
                           sample_photos_dataset)
-from nullviz.inspection.attention import (compare, contrast_noises, head_statistics, noise_contrast, query_index,
-                                          query_maps, set_statistics)
+from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_statistics, noise_contrast,
+                                          query_index, query_maps, set_statistics)
 from nullviz.inspection.attribution import ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change
 from nullviz.inspection.faithfulness import faithfulness
+from nullviz.models import ModelSpec, embedded_model
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
 from nullviz.noise.files import load_noise_bytes
@@ -316,6 +317,64 @@ elif stored is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "
                    f"more steps shrink it.")
+
+st.subheader("Beside another model")
+st.caption("The same image and noise through a second model of the same shape — after finetuning, what changed "
+           "inside? Model B gets the noise made for this model (exact here need not be exact there, if finetuning "
+           "moved the patch embedding: its curve shows it).")
+base_spec = ModelSpec(lm.name, None, str(lm.device)) if embedded_model(lm.name) is not None and lm.checkpoint else None
+others = (["the embedded model it was finetuned from"] if base_spec else []) + ["a finetuned model of this session"
+                                                                                if server_settings().shared else
+                                                                                "a checkpoint"]
+with st.form("att_other_form"):
+    c = st.columns(2)
+    other_kind = c[0].selectbox("model B", others, key="att_other_kind")
+    if server_settings().shared:
+        own = own_checkpoints()
+        other_pick = c[1].selectbox("finetuned model", list(own) or ["(finetune a model first)"], key="att_other_pick")
+        other_path = own.get(other_pick, "")
+    else:
+        other_path = c[1].text_input("checkpoint path", key="att_other_path",
+                                     placeholder=st.session_state.get("last_finetuned_checkpoint")
+                                     or "/path/model.safetensors")
+    run_other = st.form_submit_button("Compare the two models")
+if run_other:
+    try:
+        if other_kind == "the embedded model it was finetuned from":
+            spec_b = base_spec
+        else:
+            path = other_path.strip() or st.session_state.get("last_finetuned_checkpoint") or ""
+            if not path:
+                raise NullvizError("Choose a checkpoint to compare with (finetune a model first on a shared server).")
+            workspace().check_server_path(path, "the checkpoint")
+            spec_b = ModelSpec(lm.name if embedded_model(lm.name) is not None else "default", path, str(lm.device))
+        lm_b = cached_model(spec_b).view()
+        both = compare_models(lm, lm_b, x, delta, level, fusion, float(discard))
+        st.session_state["att_other"] = (INPUTS, both, list(lm_b.class_names))
+    except NullvizError as exc:
+        show_error(exc)
+stored_other = st.session_state.get("att_other")
+if stored_other is not None and stored_other[0] == INPUTS:  # the same image, noise and model A, else gone
+    both, names_b = stored_other[1], stored_other[2]
+    name_a, name_b = (figures.short_label(n) for n in both.names)
+    st.plotly_chart(figures.depth_curve({
+        "A vs B, clean: attention TV": both.between_attention.tolist(),
+        "A vs B, clean: ‖h_B − h_A‖/‖h_A‖": both.between_repr[1:].tolist(),
+        "A, clean vs noised: attention TV": both.a.layer_attention_distance.tolist(),
+        "B, clean vs noised: attention TV": both.b.layer_attention_distance.tolist()},
+        f"inside, per block — A: {name_a}, B: {name_b}", log_y=True), key="att_other_depth")
+    ra, rb, diff = (m.numpy() for m in both.rollout_maps())
+    c = st.columns(3)
+    c[0].plotly_chart(figures.overlay(img, ra, "rollout, model A", units="rollout weight"), key="att_other_ra")
+    c[1].plotly_chart(figures.overlay(img, rb, "rollout, model B", units="rollout weight"), key="att_other_rb")
+    span = float(np.abs(diff).max()) or 1.0
+    c[2].plotly_chart(figures.heatmap(diff, "rollout, B − A", colorscale=figures.DIVERGING, zmid=0.0, zmin=-span,
+                                      colorbar_title="Δ rollout weight"), key="att_other_diff")
+    da, db = both.a.to_dict(), both.b.to_dict()
+    st.caption(f"Prediction clean / noised — A: {lm.class_name(da['top1_clean'])} / {lm.class_name(da['top1_noised'])}"
+               f"; B: {names_b[db['top1_clean']]} / {names_b[db['top1_noised']]}.")
+    st.download_button("both models, per block (JSON)", json.dumps(both.to_dict(), indent=2),
+                       "two_models.json", "application/json", on_click="ignore", key="dl_other")
 
 st.subheader("Which map to believe: faithfulness")
 st.caption("Deletion: the patches a map ranks highest are blacked out first and the probability of the explained "

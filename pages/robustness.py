@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_state import (default_spec, cached_model, current_model, job_queue, job_threads, require_shell, model_key,
-                       server_settings, show_error, workspace)
+from app_state import (cached_model, current_model, default_spec, job_queue, job_threads, model_key, own_checkpoints,
+                       require_shell, server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
@@ -28,8 +28,7 @@ with st.form("rob_form"):
     c = st.columns(2)
     other = c[0].selectbox("Compare with", ["nothing", "the embedded default model", "a checkpoint"], key="rob_other")
     if shared:  # no server paths: one of this session's own finetuned models
-        own = {f"{job.label} · {method}": res.checkpoint for job in job_queue().jobs(ws.id)
-               if job.finished and job.kind == "finetune" for method, res in job.results.items() if res.usable}
+        own = own_checkpoints()
         picked = c[1].selectbox("checkpoint (for 'a checkpoint')", list(own) or ["(finetune a model first)"],
                                 key="rob_other_pick")
         other_path = own.get(picked, "")

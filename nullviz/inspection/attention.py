@@ -555,3 +555,52 @@ def noise_contrast(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[tor
         norms.append(float(noise.double().norm()))
         levels.append(level)
     return NoiseContrast(list(noises), norms, levels, np.stack(rc), np.stack(tv))
+
+
+# ------------------------------------------------------------------------------------------ model vs. model
+@dataclass
+class ModelComparison:
+    """Two models (e.g. before and after finetuning) on the same image and noise: each one's clean-vs-noised
+    comparison, and how far apart the two models are inside — per block, the attention total variation and the
+    relative difference of the token representations between their clean traces — and their rollout maps."""
+
+    names: tuple[str, str]
+    a: AttentionComparison
+    b: AttentionComparison
+    between_attention: torch.Tensor  # [L] TV between model A's and model B's clean attention
+    between_repr: torch.Tensor  # [L + 1] ‖h_B − h_A‖ / ‖h_A‖ after the embedding and each block
+
+    def rollout_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Model A's and model B's clean rollout maps [gh, gw] of the first image, and B − A."""
+        ra, rb = self.a.rollout_maps()[0][0], self.b.rollout_maps()[0][0]
+        return ra, rb, rb - ra
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": list(self.names), "a": self.a.to_dict(), "b": self.b.to_dict(),
+                "between_attention": self.between_attention.tolist(), "between_repr": self.between_repr.tolist()}
+
+
+def compare_models(lm_a: LoadedModel, lm_b: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None,
+                   level: str = "input", head_fusion: str = "mean", discard_ratio: float = 0.0) -> ModelComparison:
+    """:func:`compare` on both models with the same image and noise, and the distance between them inside.
+    They must share the architecture's shape (blocks, heads, tokens); model B gets the noise made for model A
+    (exact for A need not be exact for B, whose patch embedding finetuning may have changed: the chart shows it)."""
+    def shape(lm: LoadedModel) -> tuple:
+        m = lm.model
+        return (tuple(lm.img_size), lm.patch_size, len(m.blocks), m.blocks[0].attn.num_heads,
+                int(getattr(m, "num_prefix_tokens", 1)))
+
+    if shape(lm_a) != shape(lm_b):
+        sa, sb = shape(lm_a), shape(lm_b)
+        raise InvalidParameterError("lm_b", "attention.compare_models",
+                                    f"a model of {lm_a.name}'s shape ({sa[0][0]} px, {sa[1]}-px patches, {sa[2]} "
+                                    f"blocks, {sa[3]} heads)", f"{lm_b.name} ({sb[0][0]} px, {sb[1]}-px patches, "
+                                    f"{sb[2]} blocks, {sb[3]} heads)")
+    x = (x if x.dim() == 4 else x.unsqueeze(0))
+    a = compare(lm_a, x.to(lm_a.device), noise, level, head_fusion, discard_ratio)
+    b = compare(lm_b, x.to(lm_b.device), noise, level, head_fusion, discard_ratio)
+    name_a = lm_a.name + (f" ({lm_a.checkpoint})" if lm_a.checkpoint else "")
+    name_b = lm_b.name + (f" ({lm_b.checkpoint})" if lm_b.checkpoint else "")
+    return ModelComparison((name_a, name_b), a, b,
+                           attention_distance(a.clean.attention, b.clean.attention, "tv"),
+                           representation_change(a.clean.hidden, b.clean.hidden))

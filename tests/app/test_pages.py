@@ -751,3 +751,28 @@ def test_model_and_learn_pages_follow_the_model():
     assert metric(at, "Parameters").value != "320,554"
     at.switch_page("pages/learn.py").run()
     assert any("nullviz_cluttered_vit" in m.value for m in at.markdown)
+
+
+def test_attention_page_puts_a_finetuned_model_beside_the_one_it_came_from(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from nullviz.models import load_model
+
+    state = {k: v.clone() for k, v in load_model("default", device="cpu").model.state_dict().items()}
+    state["blocks.2.attn.qkv.weight"] *= 1.5  # "finetuned": its third block attends differently
+    path = tmp_path / "tuned.safetensors"
+    save_file(state, str(path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["model_spec"] = ModelSpec("default", str(path), "cpu")
+    at.run()
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception
+    assert at.selectbox(key="att_other_kind").value == "the embedded model it was finetuned from"
+    at.button(key="FormSubmitter:att_other_form-Compare the two models").click().run()
+    assert not at.exception and not at.error
+    depth = _figure(at, "att_other_depth")
+    between = [t for t in depth["data"] if t.get("name") == "A vs B, clean: attention TV"][0]["y"]
+    assert between[0] == 0 and between[1] == 0 and between[2] > 1e-3  # the change starts at block 3
+    assert any("att_other_diff" in c.proto.id for c in at.get("plotly_chart"))
+    assert any(c.value.startswith("Prediction clean / noised — A:") for c in at.caption)

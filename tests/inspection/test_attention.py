@@ -383,3 +383,28 @@ def test_attribution_methods_are_one_registry_with_one_call(default_lm, digit_x)
         assert attr.shape == pixels.shape and (delta is not None) == (name == "integrated_gradients")
     with pytest.raises(ValueError, match="registered already"):
         register_attribution(SaliencyMethod)
+
+
+def test_two_models_side_by_side(default_lm, digit_x):
+    """The same model twice is zero apart; a copy with one block changed differs from that block on; models of
+    another shape are refused before anything is traced."""
+    from nullviz.core.errors import InvalidParameterError
+    from nullviz.inspection.attention import compare, compare_models
+    from nullviz.models import LoadedModel, load_model
+
+    ns = N.nullspace(default_lm)
+    v = N.sample_noise(ns, default_lm.img_size, N.NoiseSpec(seed=0))
+    same = compare_models(default_lm, default_lm, digit_x, v)
+    assert float(same.between_attention.abs().max()) == 0.0 and float(same.rollout_maps()[2].abs().max()) == 0.0
+    changed = default_lm.trainable_copy().eval()
+    with torch.no_grad():
+        changed.blocks[2].attn.qkv.weight.mul_(1.5)
+    other = LoadedModel(model=changed, name=default_lm.name, device=default_lm.device,
+                        data_config=default_lm.data_config, class_names=default_lm.class_names, checkpoint="changed")
+    both = compare_models(default_lm, other, digit_x, v)
+    assert float(both.between_attention[:2].abs().max()) == 0.0  # blocks 1–2 untouched
+    assert float(both.between_attention[2]) > 1e-3 and float(both.between_repr[-1]) > 1e-3
+    torch.testing.assert_close(both.a.layer_attention_distance, compare(default_lm, digit_x, v).layer_attention_distance)
+    assert both.to_dict()["models"] == [default_lm.name, f"{default_lm.name} (changed)"]
+    with pytest.raises(InvalidParameterError, match="shape"):
+        compare_models(default_lm, load_model("cluttered", device=default_lm.device), digit_x, v)
