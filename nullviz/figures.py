@@ -661,3 +661,27 @@ def faithfulness_curves(report, labels: Mapping[str, str] | None = None, height:
                       title_text=f"faithfulness over {report.images} image(s)")
     fig.update_annotations(font_size=11)
     return legend_safe(fig)
+
+
+def head_embedding_plot(embedding, labels: Mapping[str, str] | None = None, height: int = 460) -> go.Figure:
+    """Queries (circles) and keys (crosses) of one head over many images, one colour per noise, in one 2-D
+    embedding; hover names the image and the patch. ``embedding``: a
+    :class:`nullviz.inspection.attention.HeadEmbedding`."""
+    labels = labels or {}
+    palette = ["#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b"]
+    fig = go.Figure()
+    hover = [f"image {i + 1} · patch ({r}, {c})" for i, (r, c) in zip(embedding.image, embedding.patch)]
+    for k, cond in enumerate(embedding.conditions):
+        pts = embedding.coords[cond]
+        for j, (kind, symbol) in enumerate((("queries", "circle"), ("keys", "x"))):
+            fig.add_trace(go.Scattergl(x=pts[j][:, 0], y=pts[j][:, 1], mode="markers",
+                                       name=f"{labels.get(cond, cond)} · {kind}", text=hover,
+                                       hovertemplate="%{text}<extra>" + f"{labels.get(cond, cond)} · {kind}</extra>",
+                                       marker=dict(symbol=symbol, size=5, opacity=0.6,
+                                                   color=palette[k % len(palette)])))
+    axes = "PC" if embedding.method == "pca" else "t-SNE "
+    kept = f" · the 2 axes keep {embedding.explained:.0%} of the clean variance" if embedding.explained else ""
+    fig.update_layout(title=f"block {embedding.block}, head {embedding.head}: queries and keys{kept}",
+                      xaxis_title=f"{axes}1", yaxis_title=f"{axes}2", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(scaleanchor="x")
+    return legend_safe(fig)

@@ -12,8 +12,8 @@ from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
                           sample_photos_dataset)
-from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_statistics, noise_contrast,
-                                          query_index, query_maps, set_statistics)
+from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_embedding, head_statistics,
+                                          noise_contrast, query_index, query_maps, random_control, set_statistics)
 from nullviz.inspection.attribution import ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change
 from nullviz.inspection.faithfulness import faithfulness
 from nullviz.models import ModelSpec, embedded_model
@@ -317,6 +317,42 @@ elif stored is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "
                    f"more steps shrink it.")
+
+st.subheader("One head across many images")
+st.caption("AttentionViz's view: the queries and keys of one head, for the patches of many images, in one 2-D "
+           "embedding — clean, under this page's noise and under random noise of its norm. PCA is fit on the "
+           "clean points and projects the others (positions compare across noises); t-SNE embeds all jointly "
+           "(slower). Hover a point for its image and patch.")
+with st.form("att_head_form"):
+    c = st.columns(4)
+    emb_block = c[0].number_input("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_emb_block")
+    emb_head = c[1].number_input("head", 1, cmp.clean.heads, 1, key="att_emb_head")
+    emb_n = c[2].number_input("images", 1, 256, 16, key="att_emb_n")
+    emb_method = c[3].selectbox("embedding", ["pca", "tsne"], key="att_emb_method",
+                                format_func={"pca": "PCA", "tsne": "t-SNE"}.get)
+    run_emb = st.form_submit_button("Embed queries and keys")
+if run_emb:
+    try:
+        own_e = model_own_data(lm.name)
+        ex, _ = images_tensor(lm, load_dataset(own_e, split="heldout") if own_e else sample_photos_dataset(),
+                              limit=int(emb_n))
+        conditions = {"clean": None, "noise": (delta, level), "random": (random_control(delta), level)}
+        with st.spinner("tracing and embedding…"):
+            emb = head_embedding(lm, ex, conditions, int(emb_block), int(emb_head), emb_method)
+        st.session_state["att_emb"] = (INPUTS, emb)
+    except NullvizError as exc:
+        show_error(exc)
+stored_emb = st.session_state.get("att_emb")
+if stored_emb is not None and stored_emb[0] == INPUTS:  # this model and noise, else gone
+    emb = stored_emb[1]
+    kind_words = "exact nullspace noise" if exact_noise_shown else "this page's noise"
+    emb_labels = {"clean": "clean", "noise": kind_words, "random": "Gaussian, same norm"}
+    st.plotly_chart(figures.head_embedding_plot(emb, emb_labels), key="att_emb_plot")
+    shift = emb.shift()
+    st.caption(f"Mean distance of each point from its clean position: {kind_words} {shift['noise']:.2e}, random "
+               f"noise of its norm {shift['random']:.2e} (embedding units).")
+    st.download_button("queries and keys, 2-D (JSON)", json.dumps(emb.to_dict()), "head_embedding.json",
+                       "application/json", on_click="ignore", key="dl_emb")
 
 st.subheader("Beside another model")
 st.caption("The same image and noise through a second model of the same shape — after finetuning, what changed "

@@ -522,6 +522,11 @@ def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] |
     return noises
 
 
+def random_control(noise: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Gaussian noise of ``noise``'s shape and norm (seeded): the random control of the head view."""
+    return random_like(noise.float().cpu(), "gaussian", torch.Generator().manual_seed(int(seed)))
+
+
 def contrast_label(name: str) -> str:
     """A contrast key in words: a noise kind's label, or "random, same norm as …" for a control of one."""
     control, _, of = name.partition("@")
@@ -604,3 +609,89 @@ def compare_models(lm_a: LoadedModel, lm_b: LoadedModel, x: torch.Tensor, noise:
     return ModelComparison((name_a, name_b), a, b,
                            attention_distance(a.clean.attention, b.clean.attention, "tv"),
                            representation_change(a.clean.hidden, b.clean.hidden))
+
+
+# ------------------------------------------------------------------------------ a head across many images
+@dataclass
+class HeadEmbedding:
+    """AttentionViz's joint view of one head (Yeh et al., 2023): the queries and keys of the patch tokens of a set
+    of images, under each noise, in one 2-D embedding. ``coords[c]`` is [2, B·N, 2] (queries, keys) for
+    condition c; ``image`` and ``patch`` say which image and (row, column) each point is."""
+
+    block: int  # 1-based
+    head: int  # 1-based
+    method: str
+    conditions: list[str]
+    coords: dict[str, np.ndarray]
+    image: np.ndarray  # [B·N]
+    patch: np.ndarray  # [B·N, 2]
+    explained: float | None  # PCA: the share of the clean q/k variance the 2 axes keep
+
+    def shift(self) -> dict[str, float]:
+        """Per condition, the mean distance of its points from the clean ones (queries and keys), in the
+        embedding's units: where noise moves the head."""
+        clean = self.coords[self.conditions[0]]
+        return {c: float(np.linalg.norm(self.coords[c] - clean, axis=-1).mean()) for c in self.conditions}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "head": self.head, "method": self.method, "conditions": self.conditions,
+                "explained": self.explained, "shift": self.shift(),
+                "coords": {c: v.tolist() for c, v in self.coords.items()}, "image": self.image.tolist(),
+                "patch": self.patch.tolist()}
+
+
+@torch.no_grad()
+def _queries_keys(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, level: str, block: int, head: int,
+                  views: TraceViews) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B·N, hd] queries and keys of the patch tokens at ``block`` (0-based) and ``head``, from the block's input."""
+    tr = trace(lm.model, x, views=views) if noise is None else _noised_trace(lm, x, noise, level, views)
+    with views.borrow() as view:
+        blk = view.blocks[block]
+        a = blk.attn
+        h = tr.hidden[block].to(x.device, x.dtype)
+        B, T, D = h.shape
+        qkv = a.qkv(blk.norm1(h)).view(B, T, 3, a.num_heads, a.head_dim)
+        q, k = a.q_norm(qkv[:, :, 0]), a.k_norm(qkv[:, :, 1])
+    p = tr.num_prefix_tokens
+    return q[:, p:, head].reshape(-1, a.head_dim).float().cpu(), k[:, p:, head].reshape(-1, a.head_dim).float().cpu()
+
+
+def head_embedding(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str] | None],
+                   block: int, head: int, method: str = "pca", seed: int = 0) -> HeadEmbedding:
+    """Queries and keys of one head over images ``x`` under each named noise (None: clean; the first is the
+    reference), embedded in 2-D. PCA is fit on the first condition's queries and keys together and every
+    condition projected with it, so positions compare across noises; t-SNE (scikit-learn, seeded) embeds all
+    conditions jointly."""
+    check("method", "attention.head_embedding", method, Options(("pca", "tsne")))
+    model = lm.model
+    check("block", "attention.head_embedding", block, Interval(int, 1, len(model.blocks)))
+    check("head", "attention.head_embedding", head, Interval(int, 1, model.blocks[0].attn.num_heads))
+    if not noises:
+        raise InvalidParameterError("noises", "attention.head_embedding", "at least one condition", noises)
+    x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
+    views = attention_views(lm)
+    qk = {}
+    for name, spec in noises.items():
+        noise, level = (None, "input") if spec is None else spec
+        qk[name] = _queries_keys(lm, x, noise, level, block - 1, head - 1, views)
+    names = list(qk)
+    n = qk[names[0]][0].shape[0]
+    if method == "pca":
+        ref = torch.cat(qk[names[0]]).double()
+        mean = ref.mean(0)
+        _, s, vh = torch.linalg.svd(ref - mean, full_matrices=False)
+        axes = vh[:2].T
+        explained = float((s[:2] ** 2).sum() / (s ** 2).sum().clamp_min(1e-300))
+        coords = {c: torch.stack([(t.double() - mean) @ axes for t in qk[c]]).numpy() for c in names}
+    else:
+        from sklearn.manifold import TSNE
+
+        everything = torch.cat([torch.cat(qk[c]) for c in names]).numpy()
+        flat = TSNE(n_components=2, random_state=seed, init="pca",
+                    perplexity=float(min(30, max(2, len(everything) // 4)))).fit_transform(everything)
+        coords = {c: flat[i * 2 * n:(i + 1) * 2 * n].reshape(2, n, 2) for i, c in enumerate(names)}
+        explained = None
+    gh, gw = (int(g) for g in model.patch_embed.grid_size)
+    per_image = np.arange(gh * gw)
+    return HeadEmbedding(block, head, method, names, coords, np.repeat(np.arange(x.shape[0]), gh * gw),
+                         np.tile(np.stack([per_image // gw, per_image % gw], 1), (x.shape[0], 1)), explained)

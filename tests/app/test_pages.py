@@ -776,3 +776,16 @@ def test_attention_page_puts_a_finetuned_model_beside_the_one_it_came_from(tmp_p
     assert between[0] == 0 and between[1] == 0 and between[2] > 1e-3  # the change starts at block 3
     assert any("att_other_diff" in c.proto.id for c in at.get("plotly_chart"))
     assert any(c.value.startswith("Prediction clean / noised — A:") for c in at.caption)
+
+
+def test_attention_page_embeds_one_head_across_images():
+    at = app("pages/attention.py")
+    at.number_input(key="att_emb_n").set_value(2)
+    at.number_input(key="att_emb_block").set_value(2)
+    at.button(key="FormSubmitter:att_head_form-Embed queries and keys").click().run()
+    assert not at.exception and not at.error
+    spec = _figure(at, "att_emb_plot")
+    names = {t["name"] for t in spec["data"]}
+    assert {"clean · queries", "clean · keys", "exact nullspace noise · queries"} <= names
+    shift = [c.value for c in at.caption if c.value.startswith("Mean distance of each point")]
+    assert len(shift) == 1

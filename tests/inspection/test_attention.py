@@ -408,3 +408,30 @@ def test_two_models_side_by_side(default_lm, digit_x):
     assert both.to_dict()["models"] == [default_lm.name, f"{default_lm.name} (changed)"]
     with pytest.raises(InvalidParameterError, match="shape"):
         compare_models(default_lm, load_model("cluttered", device=default_lm.device), digit_x, v)
+
+
+def test_one_head_across_images_pca_and_tsne(default_lm):
+    """Exact nullspace noise leaves every query and key where it was; random noise of its norm moves them; the
+    coordinates are reproducible (t-SNE with its seed); a block or head that does not exist is refused."""
+    from nullviz.core.errors import InvalidParameterError
+    from nullviz.data import load_dataset
+    from nullviz.inspection.attention import contrast_noises, head_embedding
+    from nullviz.robustness.evaluation import images_tensor
+
+    x, _ = images_tensor(default_lm, load_dataset("digits"), 4)
+    v = N.sample_noise(N.nullspace(default_lm), default_lm.img_size, N.NoiseSpec(seed=0))
+    noises = {"clean": None, **contrast_noises(v)}
+    emb = head_embedding(default_lm, x, noises, block=2, head=1)
+    n = 4 * int(default_lm.model.patch_embed.num_patches)
+    assert emb.coords["clean"].shape == (2, n, 2) and emb.image.tolist()[:17][-1] == 1
+    assert 0 < emb.explained <= 1
+    shift = emb.shift()
+    assert shift["clean"] == 0 and shift["exact"] < 1e-5 < 1e-2 < shift["gaussian@exact"]
+    again = head_embedding(default_lm, x, noises, block=2, head=1)
+    assert all(np.array_equal(emb.coords[c], again.coords[c]) for c in emb.conditions)
+    tsne = head_embedding(default_lm, x[:2], {"clean": None}, block=1, head=2, method="tsne", seed=3)
+    tsne2 = head_embedding(default_lm, x[:2], {"clean": None}, block=1, head=2, method="tsne", seed=3)
+    assert tsne.explained is None and np.allclose(tsne.coords["clean"], tsne2.coords["clean"])
+    for bad in (dict(block=0, head=1), dict(block=1, head=99)):
+        with pytest.raises(InvalidParameterError):
+            head_embedding(default_lm, x, noises, **bad)
