@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every attribution method on the image and on the image + exact nullspace noise (--magnitude, "
                         "--seed): how much each map changes (an output that did not change must not be explained "
                         "differently) and the input gradient's share in the nullspace")
+    p.add_argument("--methods", default="all",
+                   help="attribution methods for --sanity and --faithfulness: 'all' or a comma-separated list")
     p.add_argument("--faithfulness", type=int, default=0, metavar="N",
                    help="deletion and insertion curves of every attribution method (and a random ranking) over N "
                         "images of --data, each explained for its predicted class")
@@ -336,6 +338,21 @@ def _parse_query(text: str) -> tuple[int, int] | None:
     return r, c
 
 
+def _attribution_methods(spec: str) -> tuple[str, ...]:
+    """--methods: 'all' (the registry) or a comma-separated list of its names (a wrong one lists them)."""
+    from nullviz.core.params import Options, check
+    from nullviz.inspection.attribution import ATTRIBUTION_METHODS
+
+    if spec.strip() == "all":
+        return tuple(ATTRIBUTION_METHODS)
+    names = tuple(m.strip() for m in spec.split(",") if m.strip())
+    if not names:
+        raise InvalidParameterError("methods", "attention", "'all' or a comma-separated list of methods", spec)
+    for m in names:
+        check("methods", "attention", m, Options(tuple(ATTRIBUTION_METHODS)))
+    return names
+
+
 def cmd_attention(args) -> dict[str, Any]:
     import numpy as np
 
@@ -382,11 +399,11 @@ def cmd_attention(args) -> dict[str, Any]:
         arrays.update({"contrast_repr_change": contrast.repr_change, "contrast_attention_tv": contrast.attention_tv})
 
     if args.sanity:
-        from nullviz.inspection.attribution import ATTRIBUTION_METHODS, nullspace_sanity
+        from nullviz.inspection.attribution import nullspace_sanity
 
         pixels = lm.denormalize(x)
         out["sanity"] = [nullspace_sanity(lm, pixels, m, magnitude=args.magnitude, seed=args.seed).to_dict()
-                         for m in ATTRIBUTION_METHODS]
+                         for m in _attribution_methods(args.methods)]
 
     if args.faithfulness:
         from nullviz.inspection.faithfulness import faithfulness
@@ -394,7 +411,8 @@ def cmd_attention(args) -> dict[str, Any]:
         if args.faithfulness < 1:
             raise InvalidParameterError("faithfulness", "attention", "a number of images ≥ 1", args.faithfulness)
         fx, _ = images_tensor(lm, load_dataset(own_data(args.data, lm.name), split="heldout"), limit=args.faithfulness)
-        report = faithfulness(lm, lm.denormalize(fx), seed=args.seed, batch_size=args.batch_size,
+        report = faithfulness(lm, lm.denormalize(fx), _attribution_methods(args.methods), seed=args.seed,
+                              batch_size=args.batch_size,
                               progress=lambda k, n: sys.stderr.write(f"\rfaithfulness: image {k}/{n}"))
         sys.stderr.write("\n")
         out["faithfulness"] = report.to_dict()

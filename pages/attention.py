@@ -308,7 +308,10 @@ elif stored is not None:
 
         why = (" Integrated Gradients multiplies the path gradient by (x − baseline): the noise changes x pixel by "
                "pixel, while in every patch the change sums to zero — the model reads patches."
-               if per_pixel >= SANITY_TOLERANCE and per_patch < SANITY_TOLERANCE else "")
+               if per_pixel >= SANITY_TOLERANCE and per_patch < SANITY_TOLERANCE else
+               " Score-CAM scores the input multiplied by upsampled activation masks: a mask that varies inside a "
+               "patch takes the noise out of the nullspace, so the masked inputs — and the map — differ."
+               if m == "scorecam" and per_patch >= SANITY_TOLERANCE else "")
         st.caption(f"**Nullspace sanity check.** Exact nullspace noise changes no output, so an explanation of the "
                    f"output must not change either. This map moved by {per_patch:.1e} of its largest value per "
                    f"patch (what the ViT reads): {verdict(per_patch)}; by {per_pixel:.1e} per pixel: "
@@ -418,6 +421,9 @@ st.caption("Deletion: the patches a map ranks highest are blacked out first and 
            "top patches are put back first (a faithful map makes it rise fast: high area). Every method of the "
            "list above and a random ranking, each image explained for its predicted class.")
 with st.form("att_faith_form"):
+    faith_methods = st.multiselect("methods", list(ATTRIBUTION_METHODS), [m for m in ATTRIBUTION_METHODS
+                                                                          if m != "scorecam"],
+                                   format_func=lambda name: ATTRIBUTION_METHODS[name].label, key="att_faith_methods")
     c = st.columns(2)
     own_f = model_own_data(lm.name)
     n_faith = c[0].number_input(f"images ({f'{own_f}, held-out split' if own_f else 'the sample photographs'})",
@@ -429,7 +435,9 @@ if run_faith:
         dataset = load_dataset(own_f, split="heldout") if own_f else sample_photos_dataset()
         fx, _ = images_tensor(lm, dataset, limit=int(n_faith))
         bar = st.progress(0.0, text="explaining and perturbing…")
-        faith = faithfulness(lm, lm.denormalize(fx), steps=int(faith_steps),
+        if not faith_methods:
+            raise NullvizError("Choose at least one method to measure.")
+        faith = faithfulness(lm, lm.denormalize(fx), tuple(faith_methods), steps=int(faith_steps),
                              progress=lambda k, n: bar.progress(k / n, text=f"image {k}/{n}"))
         bar.empty()
         st.session_state["att_faith"] = (model_key(lm), faith)

@@ -153,6 +153,65 @@ class AttentionRelevanceMethod(AttributionMethod):
         return (per_pixel / c).unsqueeze(1).expand(-1, c, -1, -1).contiguous(), None
 
 
+class CamMethod(AttributionMethod):
+    """A Grad-CAM-family map from pytorch-grad-cam (a dependency, not re-written here), for a ViT: the target
+    layer is the last block's first LayerNorm and the patch tokens are reshaped into a [D, gh, gw] feature map
+    (the library's ViT recipe). It runs on a private view of the model, wrapped with the normalisation: the
+    library's hooks and its ``.eval()`` touch that view only, never the shared model. The map (per image in
+    [0, 1], upsampled to the input) is spread over the channels like the other methods'."""
+
+    cam_class: str
+
+    def __call__(self, fn, inputs, target, settings):
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        model = fn.model
+        if not hasattr(model, "blocks") or not hasattr(model.blocks[-1], "norm1"):
+            raise InvalidParameterError("model", self.label, "a timm ViT whose blocks have .norm1", type(model).__name__)
+        view = shared_weights_view(model)
+        wrapped = PixelModel(view, fn.mean, fn.std, fn.token_noise)
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        gh, gw = (int(g) for g in model.patch_embed.grid_size)
+
+        def tokens_to_map(t: torch.Tensor) -> torch.Tensor:
+            return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+        cam_type = getattr(pytorch_grad_cam, self.cam_class)
+        with cam_type(model=wrapped, target_layers=[view.blocks[-1].norm1], reshape_transform=tokens_to_map) as cam:
+            if hasattr(cam, "batch_size"):
+                cam.batch_size = settings.internal_batch_size
+            maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in target])
+        heat = torch.as_tensor(maps, dtype=inputs.dtype, device=inputs.device)
+        c = inputs.shape[1]
+        return (heat / c).unsqueeze(1).expand(-1, c, -1, -1).contiguous(), None
+
+
+@register_attribution
+class GradCamMethod(CamMethod):
+    name, label, cam_class = "gradcam", "Grad-CAM (pytorch-grad-cam)", "GradCAM"
+
+
+@register_attribution
+class GradCamPlusPlusMethod(CamMethod):
+    name, label, cam_class = "gradcam++", "Grad-CAM++ (pytorch-grad-cam)", "GradCAMPlusPlus"
+
+
+@register_attribution
+class ScoreCamMethod(CamMethod):
+    name, label, cam_class = "scorecam", "Score-CAM (pytorch-grad-cam; a forward per feature channel)", "ScoreCAM"
+
+
+@register_attribution
+class EigenCamMethod(CamMethod):
+    name, label, cam_class = "eigencam", "Eigen-CAM (pytorch-grad-cam; class-agnostic)", "EigenCAM"
+
+
+@register_attribution
+class LayerCamMethod(CamMethod):
+    name, label, cam_class = "layercam", "LayerCAM (pytorch-grad-cam)", "LayerCAM"
+
+
 METHODS = tuple(ATTRIBUTION_METHODS)
 
 

@@ -754,7 +754,6 @@ def test_model_and_learn_pages_follow_the_model():
 
 
 def test_attention_page_puts_a_finetuned_model_beside_the_one_it_came_from(tmp_path):
-    import torch
     from safetensors.torch import save_file
 
     from nullviz.models import load_model

@@ -55,8 +55,10 @@ def test_nullspace_sanity_every_map_passes_per_patch_and_input_times_gradient_fa
     patch's sum moves by vᵀ·gradient = 0."""
     pixels = default_lm.denormalize(digit_x)
     results = {m: nullspace_sanity(default_lm, pixels, m, steps=8) for m in ATTRIBUTION_METHODS}
-    for m in ("saliency", "smoothgrad", "occlusion", "attention_relevance"):
+    for m in ("saliency", "smoothgrad", "occlusion", "attention_relevance", "gradcam", "gradcam++", "eigencam",
+              "layercam"):
         assert results[m].passes and results[m].pixel_passes, results[m]
+    assert not results["scorecam"].passes  # it scores the input times upsampled masks: the noise leaves the nullspace
     ig = results["integrated_gradients"]
     assert ig.passes and not ig.pixel_passes and ig.map_change > 1e-2 and ig.patch_change < 1e-5
     for r in results.values():
@@ -77,9 +79,39 @@ def test_cli_sanity_reports_every_method(capsys):
 
     from nullviz.cli import main
 
-    assert main(["attention", "--model", "digits", "--image", "digit-3", "--sanity", "--json"]) == 0
+    chosen = ["saliency", "integrated_gradients", "attention_relevance"]
+    assert main(["attention", "--model", "digits", "--image", "digit-3", "--sanity", "--methods", ",".join(chosen),
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["sanity"]
-    assert [r["method"] for r in out] == list(ATTRIBUTION_METHODS)
-    assert all(r["passes"] for r in out)  # per patch, every method
+    assert [r["method"] for r in out] == chosen
+    assert all(r["passes"] for r in out)  # per patch
     per_pixel = {r["method"]: r["pixel_passes"] for r in out}
     assert per_pixel["saliency"] and per_pixel["attention_relevance"] and not per_pixel["integrated_gradients"]
+    assert main(["attention", "--model", "digits", "--sanity", "--methods", "saliency,nope"]) == 2
+    assert "saliency" in capsys.readouterr().err  # the error lists the registry
+
+
+@pytest.mark.parametrize("name,cam", [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus"), ("scorecam", "ScoreCAM"),
+                                      ("eigencam", "EigenCAM"), ("layercam", "LayerCAM")])
+def test_cam_methods_equal_pytorch_grad_cam_called_directly_and_leave_the_model_alone(default_lm, digit_x, name, cam):
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from nullviz.models import PixelModel
+
+    pixels = default_lm.denormalize(digit_x)
+    pixels = pixels if pixels.dim() == 4 else pixels.unsqueeze(0)
+    snap = state_snapshot(default_lm.model)
+    ours = attribute(default_lm, pixels, name, target=3).heatmap()[0]
+    assert_state_equal(default_lm.model, snap)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in default_lm.model.modules())
+    assert not default_lm.model.training
+    # the library's own ViT recipe, on a private copy
+    copy = default_lm.trainable_copy().eval()
+    model = PixelModel(copy, default_lm.mean, default_lm.std)
+    gh, gw = (int(g) for g in copy.patch_embed.grid_size)
+    with getattr(pytorch_grad_cam, cam)(model=model, target_layers=[copy.blocks[-1].norm1],
+                                         reshape_transform=lambda t: t[:, 1:].reshape(t.shape[0], gh, gw, -1)
+                                         .permute(0, 3, 1, 2)) as direct:
+        expected = direct(input_tensor=pixels.clone().requires_grad_(True), targets=[ClassifierOutputTarget(3)])[0]
+    torch.testing.assert_close(ours, torch.as_tensor(expected), rtol=1e-4, atol=1e-5)
