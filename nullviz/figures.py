@@ -685,3 +685,24 @@ def head_embedding_plot(embedding, labels: Mapping[str, str] | None = None, heig
                       xaxis_title=f"{axes}1", yaxis_title=f"{axes}2", height=height, margin=dict(l=10, r=10, t=40, b=10))
     fig.update_yaxes(scaleanchor="x")
     return legend_safe(fig)
+
+
+def sanity_bars(results: Sequence[Mapping], tolerance: float, labels: Mapping[str, str] | None = None,
+                height: int = 360) -> go.Figure:
+    """The nullspace sanity check of several methods: how much each map moved under exact nullspace noise, per
+    patch and per pixel, relative to its largest value, on a log axis with the pass line. ``results``: the
+    ``to_dict()`` of :class:`nullviz.inspection.attribution.NullspaceSanity` objects."""
+    labels = labels or {}
+    names = [labels.get(r["method"], r["method"]) for r in results]
+    floor = 1e-9  # a change of exactly 0 drawn at the floor of the log axis
+    fig = go.Figure()
+    for key, words, color in (("patch_change", "per patch (what the ViT reads)", "#1f77b4"),
+                              ("map_change", "per pixel", "#ff7f0e")):
+        fig.add_trace(go.Bar(x=names, y=[max(r[key], floor) for r in results], name=words, marker_color=color,
+                             hovertemplate="%{x}: %{y:.2e}<extra>" + words + "</extra>"))
+    fig.add_hline(y=tolerance, line_dash="dash", line_color="#444",
+                  annotation_text=f"pass below {tolerance:g} (float32 rounding)", annotation_position="top left")
+    fig.update_layout(barmode="group", title="how far each map moves under exact nullspace noise (same output)",
+                      yaxis_title="change ÷ the map's largest value", yaxis_type="log", height=height,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return legend_safe(fig)

@@ -14,7 +14,8 @@ from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder,
                           sample_photos_dataset)
 from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_embedding, head_statistics,
                                           noise_contrast, query_index, query_maps, random_control, set_statistics)
-from nullviz.inspection.attribution import ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change
+from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change,
+                                           nullspace_sanity)
 from nullviz.inspection.faithfulness import faithfulness
 from nullviz.models import ModelSpec, embedded_model
 from nullviz.noise import exact as N
@@ -316,10 +317,26 @@ elif stored is not None:
                    f"output must not change either. This map moved by {per_patch:.1e} of its largest value per "
                    f"patch (what the ViT reads): {verdict(per_patch)}; by {per_pixel:.1e} per pixel: "
                    f"{verdict(per_pixel)}.{why} (`nullviz attention --sanity` checks every method.)")
+    if exact_noise_shown and st.button("Check every method against exact nullspace noise", key="att_sanity_all"):
+        with st.spinner("every method, clean and under exact noise…"):
+            try:
+                st.session_state["att_sanity"] = (INPUTS, [nullspace_sanity(lm, lm.denormalize(x), name).to_dict()
+                                                           for name in ATTRIBUTION_METHODS])
+            except NullvizError as exc:
+                show_error(exc)
     if a_clean.convergence_delta is not None:
         st.caption(f"Integrated Gradients completeness check (Σ attributions − (f(x) − f(0))): clean "
                    f"{a_clean.convergence_delta[0]:.3g}, noised {a_noised.convergence_delta[0]:.3g}; "
                    f"more steps shrink it.")
+
+stored_sanity = st.session_state.get("att_sanity")
+if exact_noise_shown and stored_sanity is not None and stored_sanity[0] == INPUTS:
+    st.plotly_chart(figures.sanity_bars(stored_sanity[1], SANITY_TOLERANCE,
+                                        {n: m.label for n, m in ATTRIBUTION_METHODS.items()}), key="att_sanity_bars")
+    st.caption("The input gradient's share in the patch embedding's nullspace: "
+               f"{stored_sanity[1][0]['gradient_null_fraction']:.1e} — any gradient lies in the row space, so a "
+               "gradient map cannot see this noise; a map that still moves multiplies by the input (IG, per pixel) "
+               "or masks it (Score-CAM).")
 
 st.subheader("One head across many images")
 st.caption("AttentionViz's view: the queries and keys of one head, for the patches of many images, in one 2-D "

@@ -232,6 +232,12 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     verdict = [c.value for c in at.caption if "Nullspace sanity check" in c.value][0]
     assert "per patch (what the ViT reads): passes" in verdict and "per pixel: fails" in verdict
     assert "x − baseline" in verdict
+    at.button(key="att_sanity_all").click().run()  # every method at once, as a figure
+    assert not at.exception and not at.error
+    bars = _figure(at, "att_sanity_bars")
+    per_patch = dict(zip(bars["data"][0]["x"], bars["data"][0]["y"]))
+    assert len(per_patch) == 10 and per_patch["Saliency (gradient)"] < 1e-4 < per_patch[
+        "Score-CAM (pytorch-grad-cam; a forward per feature channel)"]
 
 
 def test_attention_page_measures_faithfulness_and_keeps_it_for_its_model_only():

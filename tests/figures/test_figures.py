@@ -161,3 +161,14 @@ def test_training_curves_best_star_log_axis_and_all_runs_csv():
     assert list(rows[0]) == ["run", "kind", "step", "loss", "epoch", "clean_acc"]  # lists are left out
     assert [(r["run"], r["kind"]) for r in rows] == [("a", "step"), ("a", "epoch"), ("b", "step")]
     assert rows[1]["clean_acc"] == "0.5" and rows[2]["loss"] == "1.5"
+
+
+def test_sanity_bars_draw_both_resolutions_on_a_log_axis_with_the_pass_line():
+    from nullviz.figures import sanity_bars
+
+    fig = sanity_bars([{"method": "a", "patch_change": 0.0, "map_change": 2e-2},
+                       {"method": "b", "patch_change": 3e-6, "map_change": 3e-6}], 1e-4, {"a": "A"})
+    assert fig.layout.yaxis.type == "log" and [t.name for t in fig.data] == ["per patch (what the ViT reads)",
+                                                                            "per pixel"]
+    assert list(fig.data[0].x) == ["A", "b"] and fig.data[0].y[0] == 1e-9  # 0 drawn at the axis floor
+    assert any(shape.y0 == 1e-4 for shape in fig.layout.shapes)
