@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nullviz.core.errors import DataError, UploadTooLargeError
+from nullviz.core.registry import registrar
 from nullviz.models import embedded_model
 
 from .digits import digits_dataset
@@ -56,11 +57,7 @@ class DataSource:
 DATA_SOURCES: dict[str, DataSource] = {}
 
 
-def register_data_source(cls: type[DataSource]) -> type[DataSource]:
-    if cls.name in DATA_SOURCES or cls.name == "default":
-        raise ValueError(f"a data source named {cls.name!r} is registered already")
-    DATA_SOURCES[cls.name] = cls()
-    return cls
+register_data_source = registrar(DATA_SOURCES, "a data source", reserved=("default",))
 
 
 @register_data_source

@@ -19,6 +19,7 @@ import torch
 
 from nullviz.core.errors import InvalidParameterError
 from nullviz.core.params import Interval, Options, check
+from nullviz.core.registry import registrar
 from nullviz.models import LoadedModel, PixelModel, shared_weights_view
 from nullviz.noise import exact as N
 
@@ -53,11 +54,7 @@ class AttributionMethod:
 ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {}
 
 
-def register_attribution(cls: type[AttributionMethod]) -> type[AttributionMethod]:
-    if cls.name in ATTRIBUTION_METHODS:
-        raise ValueError(f"an attribution method named {cls.name!r} is registered already")
-    ATTRIBUTION_METHODS[cls.name] = cls()
-    return cls
+register_attribution = registrar(ATTRIBUTION_METHODS, "an attribution method")
 
 
 @register_attribution

@@ -19,15 +19,12 @@ from typing import ClassVar
 import torch
 
 from nullviz.core.params import Options, check
+from nullviz.core.registry import registrar
 
 NOISE_KINDS: dict[str, "NoiseKind"] = {}
 
 
-def register_noise(cls: type["NoiseKind"]) -> type["NoiseKind"]:
-    if cls.name in NOISE_KINDS:
-        raise ValueError(f"a noise kind named {cls.name!r} is registered already")
-    NOISE_KINDS[cls.name] = cls()
-    return cls
+register_noise = registrar(NOISE_KINDS, "a noise kind")
 
 
 class NoiseKind:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nullviz.core.params import Interval, Options, check
+from nullviz.core.registry import registrar
 from nullviz.inspection.attention import trace
 
 
@@ -104,11 +105,7 @@ def patchfool(fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, s
 ATTACKS: dict[str, type["Attack"]] = {}
 
 
-def register_attack(cls: type["Attack"]) -> type["Attack"]:
-    if cls.name in ATTACKS:
-        raise ValueError(f"an attack named {cls.name!r} is registered already")
-    ATTACKS[cls.name] = cls
-    return cls
+register_attack = registrar(ATTACKS, "an attack", instantiate=False)
 
 
 class Attack:

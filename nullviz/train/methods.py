@@ -20,6 +20,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
+from nullviz.core.registry import registrar
 from nullviz.models import PixelModel
 from nullviz.noise.kinds import random_like
 from nullviz.robustness.attacks import fgsm
@@ -41,11 +42,7 @@ class StepInputs:
     fgsm_eps: float
 
 
-def register_method(cls: type["FinetuneMethod"]) -> type["FinetuneMethod"]:
-    if cls.name in FINETUNE_METHODS:
-        raise ValueError(f"a finetuning method named {cls.name!r} is registered already")
-    FINETUNE_METHODS[cls.name] = cls()
-    return cls
+register_method = registrar(FINETUNE_METHODS, "a finetuning method")
 
 
 class FinetuneMethod:
