@@ -10,8 +10,7 @@ from app_state import (block_slider, cached_model, current_model, figure_html, f
                        own_checkpoints, require_shell, server_settings, show_error, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
-from nullviz.data import (SAMPLE_PHOTOS, extract_image_folder_zip, image_folder, load_dataset, model_own_data,
-                          sample_photos_dataset)
+from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sample_photos, image_folder, model_own_data
 from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_embedding, head_statistics,
                                           noise_contrast, query_index, query_maps, random_control, set_statistics)
 from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change,
@@ -234,7 +233,7 @@ if run_set:
                                               max_bytes=settings.max_expanded_mb * 2**20, max_files=settings.max_zip_files)
             dataset = image_folder(folder)
         else:
-            dataset = load_dataset(own, split="heldout") if own else sample_photos_dataset()
+            dataset = held_out_or_sample_photos(lm.name)
         xs, _ = images_tensor(lm, dataset, limit=int(n_images))
         bar = st.progress(0.0, text="tracing…")
         result = set_statistics(lm, xs, delta, level, batch_size=int(batch),
@@ -353,9 +352,7 @@ with st.form("att_head_form"):
     run_emb = st.form_submit_button("Embed queries and keys")
 if run_emb:
     try:
-        own_e = model_own_data(lm.name)
-        ex, _ = images_tensor(lm, load_dataset(own_e, split="heldout") if own_e else sample_photos_dataset(),
-                              limit=int(emb_n))
+        ex, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), limit=int(emb_n))
         conditions = {"clean": None, "noise": (delta, level), "random": (random_control(delta), level)}
         with st.spinner("tracing and embedding…"):
             emb = head_embedding(lm, ex, conditions, int(emb_block), int(emb_head), emb_method)
@@ -449,7 +446,7 @@ with st.form("att_faith_form"):
     run_faith = st.form_submit_button("Measure faithfulness")
 if run_faith:
     try:
-        dataset = load_dataset(own_f, split="heldout") if own_f else sample_photos_dataset()
+        dataset = held_out_or_sample_photos(lm.name)
         fx, _ = images_tensor(lm, dataset, limit=int(n_faith))
         bar = st.progress(0.0, text="explaining and perturbing…")
         if not faith_methods:

@@ -19,7 +19,7 @@ from nullviz.core.registry import registrar
 from nullviz.models import embedded_model
 
 from .digits import digits_dataset
-from .images import MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, load_image_file, sample_image
+from .images import MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, load_image_file, sample_image, sample_photos_dataset
 from .scenes import VALIDATION_BACKGROUNDS, cluttered_dataset, synthesis_fit_validation
 
 
@@ -167,6 +167,13 @@ def model_own_data(model_name: str | None) -> str | None:
         return "digits"
     embedded = embedded_model(model_name)
     return embedded.data if embedded is not None else None
+
+
+def held_out_or_sample_photos(model_name: str | None):
+    """The images a view over many images uses for a model: its own data's held-out split, or the sample
+    photographs for a model without data of its own (never another model's data)."""
+    own = model_own_data(model_name)
+    return load_dataset(own, split="heldout") if own else sample_photos_dataset()
 
 
 def no_own_data_message(model_name: str) -> str:
