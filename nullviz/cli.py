@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness", type=int, default=0, metavar="N",
                    help="deletion and insertion curves of every attribution method (and a random ranking) over N "
                         "images of --data, each explained for its predicted class")
+    p.add_argument("--road", action="store_true",
+                   help="with --faithfulness: each map's ROAD score too (pytorch-grad-cam's ROADCombined: pixels "
+                        "removed by noisy linear imputation, most and least relevant first; higher is more faithful)")
     p.add_argument("--set", type=int, default=0, metavar="N",
                    help="statistics over N images of --data (attention change, representation change, heads)")
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path, for --set")
@@ -412,7 +415,7 @@ def cmd_attention(args) -> dict[str, Any]:
             raise InvalidParameterError("faithfulness", "attention", "a number of images ≥ 1", args.faithfulness)
         fx, _ = images_tensor(lm, load_dataset(own_data(args.data, lm.name), split="heldout"), limit=args.faithfulness)
         report = faithfulness(lm, lm.denormalize(fx), _attribution_methods(args.methods), seed=args.seed,
-                              batch_size=args.batch_size,
+                              batch_size=args.batch_size, with_road=args.road,
                               progress=lambda k, n: sys.stderr.write(f"\rfaithfulness: image {k}/{n}"))
         sys.stderr.write("\n")
         out["faithfulness"] = report.to_dict()

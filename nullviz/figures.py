@@ -5,6 +5,7 @@ The same builders serve the app, the command line and notebooks.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -498,46 +499,93 @@ def smooth(values: Sequence[float | None], weight: float) -> list[float | None]:
     return out
 
 
+def seed_groups(runs: Sequence[str]) -> dict[str, list[str]]:
+    """Runs grouped by what they ran: ``nullspace-seed0``, ``nullspace-seed1`` → ``nullspace`` (the names a
+    finetuning job gives a method it runs with several seeds); any other name is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        m = re.fullmatch(r"(.+)-seed\d+", run)
+        groups.setdefault(m.group(1) if m else run, []).append(run)
+    return groups
+
+
+def seed_spread(histories: Sequence[Mapping[str, Sequence[float]]], x_key: str, key: str
+                ) -> tuple[list, list[float], list[float], list[float], list[int]]:
+    """Over several runs of one method: at each x that any run reached, the mean, lowest and highest value of
+    ``key`` and how many runs it is over (a run that has not reached x yet, or lacks the value, is left out)."""
+    by_x: dict = {}
+    for hist in histories:
+        for x, y in zip(hist.get(x_key, []), hist.get(key, [])):
+            if y is not None and y == y:
+                by_x.setdefault(x, []).append(float(y))
+    xs = sorted(by_x)
+    return (xs, [float(np.mean(by_x[x])) for x in xs], [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs],
+            [len(by_x[x]) for x in xs])
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str, y_keys: Sequence[str],
                     title: str = "", yaxis_title: str = "", height: int = 340, smoothing: float = 0.0,
-                    log_y: bool = False, best: str | None = None) -> go.Figure:
+                    log_y: bool = False, best: str | None = None, bands: bool = False) -> go.Figure:
     """Several runs on the same axes: for each run and each metric in ``y_keys``, one line over ``x_key``,
     named in words ("baseline · clean accuracy"). Epochs are whole numbers on the axis; with three or fewer
     points each is labelled with its value, and accuracies sit on 0–1 (a single epoch is a labelled point,
     not a dot on an axis of 0–2). ``smoothing`` (TensorBoard's, :func:`smooth`) draws the smoothed line over the
-    raw one, faint; ``log_y`` a log axis; ``best`` ("max" or "min") stars each line's best raw value."""
+    raw one, faint; ``log_y`` a log axis; ``best`` ("max" or "min") stars each line's best raw value. ``bands``:
+    the seeds of one method (:func:`seed_groups`) become one line, their mean, over a band from their lowest to
+    their highest value (:func:`seed_spread`)."""
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    groups = seed_groups(list(histories)) if bands else {run: [run] for run in histories}
     most = 0
     line_no = 0
-    for r_i, (run, hist) in enumerate(histories.items()):
+    for r_i, (group, members) in enumerate(groups.items()):
         for key in y_keys:
-            if key in hist and len(hist[key]):
-                xs, ys = list(hist[x_key]), list(hist[key])
-                most = max(most, len(xs))
-                few = len(xs) <= 3
-                name = f"{run} · {metric_words(key)}"
-                color = palette[line_no % len(palette)]
-                line_no += 1
-                smoothed = smoothing > 0 and not few
-                fig.add_trace(go.Scatter(
-                    x=xs, y=ys, mode="lines+markers+text" if few else "lines+markers",
-                    text=[f"{v:.1%}" if key.endswith("_acc") and v is not None else
-                          (f"{v:.3g}" if v is not None else "") for v in ys] if few else None,
-                    textposition="top center", marker=dict(size=9 if few else 6, color=color),
-                    name=name + (" (raw)" if smoothed else ""), legendgroup=name, showlegend=not smoothed,
-                    opacity=0.3 if smoothed else 1.0, line=dict(dash=dashes[r_i % len(dashes)], color=color)))
-                if smoothed:
-                    fig.add_trace(go.Scatter(x=xs, y=smooth(ys, smoothing), mode="lines", name=name,
-                                             legendgroup=name, line=dict(dash=dashes[r_i % len(dashes)], color=color)))
-                valid = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]
-                if best in ("max", "min") and valid:
-                    bx, by = (max if best == "max" else min)(valid, key=lambda p: p[1])
-                    fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", legendgroup=name, showlegend=False,
-                                             marker=dict(symbol="star", size=14, color=color),
-                                             hovertemplate=f"best of {name}: %{{y:.4g}} at {x_key} %{{x}}"
-                                                           "<extra></extra>"))
+            hists = [histories[m] for m in members if key in histories[m] and len(histories[m][key])]
+            if not hists:
+                continue
+            if len(members) > 1:
+                xs, ys, lo, hi, counts = seed_spread(hists, x_key, key)
+                if not xs:
+                    continue
+                name = f"{group} · {metric_words(key)} (mean of {len(hists)} seeds)"
+            else:
+                xs, ys, lo, hi, counts = list(hists[0][x_key]), list(hists[0][key]), None, None, None
+                name = f"{group} · {metric_words(key)}"
+            most = max(most, len(xs))
+            few = len(xs) <= 3
+            color = palette[line_no % len(palette)]
+            line_no += 1
+            smoothed = smoothing > 0 and not few
+            dash = dashes[r_i % len(dashes)]
+            if lo is not None:
+                band_lo, band_hi = (smooth(lo, smoothing), smooth(hi, smoothing)) if smoothed else (lo, hi)
+                fig.add_trace(go.Scatter(x=list(xs) + list(xs)[::-1], y=list(band_hi) + list(band_lo)[::-1],
+                                         fill="toself", fillcolor=_rgba(color, 0.18), line=dict(width=0),
+                                         mode="lines", legendgroup=name, showlegend=False, hoverinfo="skip",
+                                         name=f"{name}: lowest–highest seed"))
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers+text" if few else "lines+markers",
+                text=[f"{v:.1%}" if key.endswith("_acc") and v is not None else
+                      (f"{v:.3g}" if v is not None else "") for v in ys] if few else None,
+                customdata=counts, textposition="top center", marker=dict(size=9 if few else 6, color=color),
+                name=name + (" (raw)" if smoothed else ""), legendgroup=name, showlegend=not smoothed,
+                opacity=0.3 if smoothed else 1.0, line=dict(dash=dash, color=color)))
+            if smoothed:
+                fig.add_trace(go.Scatter(x=xs, y=smooth(ys, smoothing), mode="lines", name=name,
+                                         legendgroup=name, line=dict(dash=dash, color=color)))
+            valid = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]
+            if best in ("max", "min") and valid:
+                bx, by = (max if best == "max" else min)(valid, key=lambda p: p[1])
+                fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", legendgroup=name, showlegend=False,
+                                         marker=dict(symbol="star", size=14, color=color),
+                                         hovertemplate=f"best of {name}: %{{y:.4g}} at {x_key} %{{x}}"
+                                                       "<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=x_key, yaxis_title=yaxis_title, height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
     if x_key == "epoch":
@@ -665,26 +713,58 @@ def faithfulness_curves(report, labels: Mapping[str, str] | None = None, height:
 
 def head_embedding_plot(embedding, labels: Mapping[str, str] | None = None, height: int = 460) -> go.Figure:
     """Queries (circles) and keys (crosses) of one head over many images, one colour per noise, in one 2-D
-    embedding; hover names the image and the patch. ``embedding``: a
+    embedding; hover names the image and the patch, and each point carries (image from 1, row, column) as its
+    ``customdata`` so a selection can show the patches (:func:`patch_gallery`). ``embedding``: a
     :class:`nullviz.inspection.attention.HeadEmbedding`."""
     labels = labels or {}
     palette = ["#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b"]
     fig = go.Figure()
-    hover = [f"image {i + 1} · patch ({r}, {c})" for i, (r, c) in zip(embedding.image, embedding.patch)]
+    custom = np.concatenate([np.asarray(embedding.image)[:, None] + 1, np.asarray(embedding.patch)], 1)
     for k, cond in enumerate(embedding.conditions):
         pts = embedding.coords[cond]
         for j, (kind, symbol) in enumerate((("queries", "circle"), ("keys", "x"))):
-            fig.add_trace(go.Scattergl(x=pts[j][:, 0], y=pts[j][:, 1], mode="markers",
-                                       name=f"{labels.get(cond, cond)} · {kind}", text=hover,
-                                       hovertemplate="%{text}<extra>" + f"{labels.get(cond, cond)} · {kind}</extra>",
+            fig.add_trace(go.Scattergl(x=pts[j][:, 0], y=pts[j][:, 1], mode="markers", customdata=custom,
+                                       name=f"{labels.get(cond, cond)} · {kind}",
+                                       hovertemplate="image %{customdata[0]} · patch (%{customdata[1]}, "
+                                                     "%{customdata[2]})<extra>" + f"{labels.get(cond, cond)} · {kind}"
+                                                     "</extra>",
                                        marker=dict(symbol=symbol, size=5, opacity=0.6,
                                                    color=palette[k % len(palette)])))
     axes = "PC" if embedding.method == "pca" else "t-SNE "
     kept = f" · the 2 axes keep {embedding.explained:.0%} of the clean variance" if embedding.explained else ""
     fig.update_layout(title=f"block {embedding.block}, head {embedding.head}: queries and keys{kept}",
-                      xaxis_title=f"{axes}1", yaxis_title=f"{axes}2", height=height, margin=dict(l=10, r=10, t=40, b=10))
+                      xaxis_title=f"{axes}1", yaxis_title=f"{axes}2", height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      dragmode="lasso")
     fig.update_yaxes(scaleanchor="x")
     return legend_safe(fig)
+
+
+def patch_gallery(images: np.ndarray, picks: Sequence[tuple[int, int, int]], patch_size: int,
+                  captions: Sequence[str] | None = None, columns: int = 6, height_per_row: int = 150) -> go.Figure:
+    """The image patches behind selected tokens: ``images`` [B, H, W, 3] (display pixels), ``picks`` (image,
+    row, column) per token, each patch drawn enlarged with its caption (default "image i · (r, c)")."""
+    picks = list(picks)
+    if not picks:
+        raise ValueError("patch_gallery needs at least one (image, row, column) to show")
+    imgs = np.asarray(images)
+    p = int(patch_size)
+    captions = list(captions) if captions is not None else [f"image {i} · ({r}, {c})" for i, r, c in picks]
+    cols = min(columns, len(picks))
+    rows = -(-len(picks) // cols)
+    height = height_per_row * rows + 60
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=captions, horizontal_spacing=0.02,
+                        vertical_spacing=min(0.3, 60 / height) if rows > 1 else 0.0)  # room for two-line titles
+    for k, (i, r, c) in enumerate(picks):
+        if not (0 <= i < len(imgs)) or not (0 <= r * p < imgs.shape[1]) or not (0 <= c * p < imgs.shape[2]):
+            raise ValueError(f"patch_gallery: ({i}, {r}, {c}) is not a patch of the {len(imgs)} images of "
+                             f"{imgs.shape[1]}×{imgs.shape[2]} px")
+        fig.add_trace(go.Image(z=_rgb_uint8(imgs[i, r * p:(r + 1) * p, c * p:(c + 1) * p]),
+                               hovertemplate=captions[k] + "<extra></extra>"), row=k // cols + 1, col=k % cols + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_annotations(font_size=11)
+    return fig
 
 
 def sanity_bars(results: Sequence[Mapping], tolerance: float, labels: Mapping[str, str] | None = None,

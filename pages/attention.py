@@ -6,16 +6,19 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, image_picker, model_key,
-                       own_checkpoints, require_shell, server_settings, show_error, upload_widget, workspace)
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, image_picker, job_queue,
+                       job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
+                       upload_widget, workspace)
 from nullviz import figures
-from nullviz.core.errors import NullvizError
+from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sample_photos, image_folder, model_own_data
-from nullviz.inspection.attention import (compare, compare_models, contrast_noises, head_embedding, head_statistics,
-                                          noise_contrast, query_index, query_maps, random_control, set_statistics)
+from nullviz.inspection.attention import (HeadEmbedding, compare, compare_models, contrast_label, contrast_noises,
+                                          head_embedding, head_embedding_size, head_statistics, noise_contrast,
+                                          query_index, query_maps, save_conditions, set_statistics)
 from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change,
                                            nullspace_sanity)
 from nullviz.inspection.faithfulness import faithfulness
+from nullviz.jobs.queue import head_embedding_params
 from nullviz.models import ModelSpec, embedded_model
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
@@ -136,9 +139,25 @@ def _query_patch(label: str) -> tuple[int, int] | None:
     return int(r), int(c)
 
 
+def _point_values(custom) -> list:
+    """A selected point's customdata as a list (the chart event gives typed-array rows as {0: …, 1: …})."""
+    return list(custom.values()) if isinstance(custom, dict) else list(custom or [])
+
+
+def _selected_tokens(points: list, conditions: list[str]) -> list[tuple[int, int, int, str, int]]:
+    """The head view's selected points as distinct (image from 0, row, column, condition, 0 query / 1 key): each
+    condition draws two traces, queries then keys, whose points carry (image from 1, row, column)."""
+    out = []
+    for p in points:
+        values, curve = _point_values(p.get("customdata")), int(p.get("curve_number", -1))
+        if len(values) == 3 and 0 <= curve < 2 * len(conditions):
+            out.append((int(values[0]) - 1, int(values[1]), int(values[2]), conditions[curve // 2], curve % 2))
+    return list(dict.fromkeys(out))
+
+
 def _clicked_patch(custom) -> str | None:
     """The patch a click on the query overlay picked (its point's customdata (row, col)), or None."""
-    values = list(custom.values()) if isinstance(custom, dict) else list(custom or [])
+    values = _point_values(custom)
     try:
         r, c = (int(v) for v in values[:2])
     except (TypeError, ValueError):
@@ -339,9 +358,11 @@ if exact_noise_shown and stored_sanity is not None and stored_sanity[0] == INPUT
 
 st.subheader("One head across many images")
 st.caption("AttentionViz's view: the queries and keys of one head, for the patches of many images, in one 2-D "
-           "embedding — clean, under this page's noise and under random noise of its norm. PCA is fit on the "
-           "clean points and projects the others (positions compare across noises); t-SNE embeds all jointly "
-           "(slower). Hover a point for its image and patch.")
+           "embedding — clean, under exact nullspace noise, under the approximate δ when this page has one, and "
+           "under random noise of the same norm as each. PCA is fit on the clean points and projects the others "
+           "(positions compare across noises); t-SNE embeds all jointly (slower). Hover a point for its image and "
+           "patch; select points (click, box or lasso) to see their image patches. A large set runs as a "
+           "background job.")
 with st.form("att_head_form"):
     c = st.columns(4)
     emb_block = c[0].number_input("block", 1, cmp.clean.layers, cmp.clean.layers, key="att_emb_block")
@@ -352,22 +373,82 @@ with st.form("att_head_form"):
     run_emb = st.form_submit_button("Embed queries and keys")
 if run_emb:
     try:
-        ex, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), limit=int(emb_n))
-        conditions = {"clean": None, "noise": (delta, level), "random": (random_control(delta), level)}
-        with st.spinner("tracing and embedding…"):
-            emb = head_embedding(lm, ex, conditions, int(emb_block), int(emb_head), emb_method)
-        st.session_state["att_emb"] = (INPUTS, emb)
+        conditions = {"clean": None} | noises  # the contrast's noises: exact, δ, each one's random control
+        n_emb = min(int(emb_n), len(held_out_or_sample_photos(lm.name)))
+        if head_embedding_size(lm, n_emb, len(conditions), emb_method) > server_settings().eval_job_threshold:
+            noise_file = save_conditions(conditions, workspace().new_upload_folder() / "conditions.pt")
+            job = job_queue().submit("head_embedding", head_embedding_params(
+                ModelSpec.of(lm), noise_file, n_emb, int(emb_block), int(emb_head), emb_method),
+                owner=workspace().id, label=f"head embedding · block {int(emb_block)}, head {int(emb_head)} · "
+                                         f"{n_emb} images", threads=job_threads())
+            st.session_state["att_emb_job"] = (INPUTS, job.id)
+            st.session_state.pop("att_emb", None)
+        else:
+            ex, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), limit=n_emb)
+            bar = st.progress(0.0, text="tracing…")
+            emb = head_embedding(lm, ex, conditions, int(emb_block), int(emb_head), emb_method,
+                                 progress=lambda k, n: bar.progress(k / n, text=f"traced {k}/{n} images"))
+            bar.empty()
+            st.session_state["att_emb"] = (INPUTS, emb)
     except NullvizError as exc:
         show_error(exc)
+
+emb_job = st.session_state.get("att_emb_job")
+if emb_job is not None:
+    queue = job_queue()
+    try:
+        job = queue.get(emb_job[1], workspace().id)
+    except JobNotFoundError:
+        st.session_state.pop("att_emb_job")
+        st.rerun()
+
+    @st.fragment(run_every=None if job.finished else 1.0)
+    def follow_embedding() -> None:
+        job = queue.get(emb_job[1], workspace().id)
+        if st.button("Stop the embedding", key="att_emb_stop", disabled=job.finished):
+            job = queue.stop(job.id, workspace().id)
+        pos = queue.position(job)
+        st.progress(float(job.status.get("fraction", 0.0)),
+                    text=f"waiting in line (number {pos})" if pos else f"{job.state} · {job.status.get('current', '')}")
+        if job.finished and not st.session_state.get(f"att_emb_final_{job.id}"):
+            st.session_state[f"att_emb_final_{job.id}"] = True
+            st.rerun()
+
+    follow_embedding()
+    if job.finished:
+        st.session_state.pop("att_emb_job")
+        path = job.dir / "embedding.json"
+        if job.state == "failed" or not path.exists():
+            show_error(NullvizError(job.message or "The embedding was stopped before its first images."))
+        else:
+            st.session_state["att_emb"] = (emb_job[0], HeadEmbedding.from_dict(json.loads(path.read_text())))
+
 stored_emb = st.session_state.get("att_emb")
 if stored_emb is not None and stored_emb[0] == INPUTS:  # this model and noise, else gone
     emb = stored_emb[1]
-    kind_words = "exact nullspace noise" if exact_noise_shown else "this page's noise"
-    emb_labels = {"clean": "clean", "noise": kind_words, "random": "Gaussian, same norm"}
-    st.plotly_chart(figures.head_embedding_plot(emb, emb_labels), key="att_emb_plot")
+    emb_labels = {"clean": "clean"} | {name: contrast_label(name) for name in emb.conditions[1:]}
+    picked = st.plotly_chart(figures.head_embedding_plot(emb, emb_labels), key="att_emb_plot", on_select="rerun",
+                             selection_mode=("points", "box", "lasso"))
     shift = emb.shift()
-    st.caption(f"Mean distance of each point from its clean position: {kind_words} {shift['noise']:.2e}, random "
-               f"noise of its norm {shift['random']:.2e} (embedding units).")
+    st.caption(f"{emb.images} images" + (" (stopped early)" if emb.stopped else "") + ". Mean distance of each "
+               "point from its clean position (embedding units): "
+               + "; ".join(f"{emb_labels[c]} {shift[c]:.2e}" for c in emb.conditions[1:]) + ".")
+    points = (picked or {}).get("selection", {}).get("points", []) if picked else []
+    selected = _selected_tokens(points, emb.conditions)
+    picks = selected[:18]
+    if picks:
+        try:
+            images = sorted({i for i, *_ in picks})
+            xs, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), indices=images)
+            shown = np.stack([lm.to_display(xs[images.index(i)]) for i, *_ in picks])
+            st.plotly_chart(figures.patch_gallery(
+                shown, [(k, r, c) for k, (_, r, c, _, _) in enumerate(picks)], lm.patch_size,
+                [f"image {i + 1} · ({r}, {c})<br>{emb_labels[cond]} · {('query', 'key')[kind]}"
+                 for i, r, c, cond, kind in picks]), key="att_emb_patches")
+            more = f", the first {len(picks)} shown" if len(selected) > len(picks) else ""
+            st.caption(f"{len(selected)} token(s) selected{more} — the clean image patch each one reads.")
+        except NullvizError as exc:
+            show_error(exc)
     st.download_button("queries and keys, 2-D (JSON)", json.dumps(emb.to_dict()), "head_embedding.json",
                        "application/json", on_click="ignore", key="dl_emb")
 
@@ -443,6 +524,8 @@ with st.form("att_faith_form"):
     n_faith = c[0].number_input(f"images ({f'{own_f}, held-out split' if own_f else 'the sample photographs'})",
                                 1, 256, 8, key="att_faith_n")
     faith_steps = c[1].number_input("steps along each curve", 2, 64, 16, key="att_faith_steps")
+    faith_road = st.checkbox("also ROAD (pytorch-grad-cam's: removed pixels imputed from their neighbours, not "
+                             "blacked out; 18 forward passes and sparse solves per map)", key="att_faith_road")
     run_faith = st.form_submit_button("Measure faithfulness")
 if run_faith:
     try:
@@ -452,7 +535,8 @@ if run_faith:
         if not faith_methods:
             raise NullvizError("Choose at least one method to measure.")
         faith = faithfulness(lm, lm.denormalize(fx), tuple(faith_methods), steps=int(faith_steps),
-                             progress=lambda k, n: bar.progress(k / n, text=f"image {k}/{n}"))
+                             progress=lambda k, n: bar.progress(k / n, text=f"image {k}/{n}"),
+                             with_road=bool(faith_road))
         bar.empty()
         st.session_state["att_faith"] = (model_key(lm), faith)
     except NullvizError as exc:
@@ -464,13 +548,18 @@ if stored_faith is not None and stored_faith[0] == model_key(lm):  # measured on
     st.plotly_chart(figures.faithfulness_curves(faith, labels), key="att_faith_curves")
     summary = faith.summary()
     rand = summary["random"]
-    st.table({"method": [labels[m] for m in summary],
-              "deletion AUC (lower is better)": [f"{v['deletion_auc']:.3f}" for v in summary.values()],
-              "insertion AUC (higher is better)": [f"{v['insertion_auc']:.3f}" for v in summary.values()],
-              "beats random on both": ["—" if m == "random" else
-                                       ("yes" if v["deletion_auc"] < rand["deletion_auc"]
-                                        and v["insertion_auc"] > rand["insertion_auc"] else "no")
-                                       for m, v in summary.items()]})
+    table = {"method": [labels[m] for m in summary],
+             "deletion AUC (lower is better)": [f"{v['deletion_auc']:.3f}" for v in summary.values()],
+             "insertion AUC (higher is better)": [f"{v['insertion_auc']:.3f}" for v in summary.values()],
+             "beats random on both": ["—" if m == "random" else
+                                      ("yes" if v["deletion_auc"] < rand["deletion_auc"]
+                                       and v["insertion_auc"] > rand["insertion_auc"] else "no")
+                                      for m, v in summary.items()]}
+    if faith.road:
+        table["ROAD (higher is better)"] = [f"{v['road']:+.3f}" for v in summary.values()]
+    st.table(table)
+    st.caption(f"Over {faith.images} image(s)" + (" (stopped early)" if faith.stopped else "") + ", each explained "
+               "for its predicted class.")
     st.download_button("faithfulness (JSON)", json.dumps(faith.to_dict(), indent=2), "faithfulness.json",
                        "application/json", on_click="ignore", key="dl_faith")
 

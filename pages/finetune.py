@@ -196,17 +196,19 @@ def _draw_charts(cache) -> None:
              for m, recs in ((m, thin(v, MAX_POINTS)) for m, v in cache["steps"].items())}
     smoothing = float(st.session_state.get("ft_smoothing", 0.6))
     best = st.session_state.get("ft_best", True)
+    bands = st.session_state.get("ft_bands", True)
     c = st.columns(2)
     if steps:
         c[0].plotly_chart(figures.training_curves(steps, "step", ["loss"], "training loss (clean + noised part)", "loss",
                                                   smoothing=smoothing, log_y=bool(st.session_state.get("ft_log_loss")),
-                                                  best="min" if best else None), key="ft_loss")
+                                                  best="min" if best else None, bands=bands), key="ft_loss")
     else:
         c[0].caption(f"The training loss appears here once steps are logged (the curves refresh every "
                      f"{CHARTS_EVERY_S:.0f} s while the job runs).")
     if cache["epochs"]:
         c[1].plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch", ["clean_acc", "fgsm_acc"],
-                                                  "held-out accuracy", "accuracy", best="max" if best else None),
+                                                  "held-out accuracy", "accuracy", best="max" if best else None,
+                                                  bands=bands),
                           key="ft_acc")
     else:
         c[1].caption("Held-out accuracy appears here after the first epoch.")
@@ -243,11 +245,14 @@ def live_charts() -> None:
     _draw_charts(_follow(queue.get(job_id, ws.id)))
 
 
-c = st.columns([2, 1, 1])
+c = st.columns([2, 1, 1, 1])
 c[0].slider("smoothing of the loss curve", 0.0, 0.99, 0.6, 0.01, key="ft_smoothing",
             help="TensorBoard's exponential moving average (0: the raw values); the raw curve stays, faint.")
 c[1].checkbox("log-scale loss", key="ft_log_loss")
 c[2].checkbox("star the best values", value=True, key="ft_best")
+c[3].checkbox("seeds as a band", value=True, key="ft_bands",
+              help="A method run with several seeds: one line (their mean) over a band from the lowest to the "
+                   "highest seed. Off: one line per seed.")
 live_progress()
 live_charts()
 if not job.finished:
@@ -283,7 +288,7 @@ if cache["epochs"]:
                                             ["train_delta_acc", "delta_acc", "start_delta_acc", "gaussian_acc"],
                                             "held-out accuracy under noise: the epoch's training δ, fresh δs (after "
                                             "the last epoch), the start's δ and Gaussian noise of one token norm",
-                                            "accuracy"),
+                                            "accuracy", bands=bool(st.session_state.get("ft_bands", True))),
                     key="ft_noise_acc")
 
 COMPARED = {"clean_acc": "clean", "delta_acc": "under fresh δ", "start_delta_acc": "under the start's δ",

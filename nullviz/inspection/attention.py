@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from nullviz.core.errors import InvalidParameterError
+from nullviz.core.errors import InvalidParameterError, StoppedError
 from nullviz.core.params import Interval, Options, check
 from nullviz.models import LoadedModel, ViewPool
 from nullviz.noise.kinds import label as noise_label
@@ -522,11 +523,6 @@ def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] |
     return noises
 
 
-def random_control(noise: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Gaussian noise of ``noise``'s shape and norm (seeded): the random control of the head view."""
-    return random_like(noise.float().cpu(), "gaussian", torch.Generator().manual_seed(int(seed)))
-
-
 def contrast_label(name: str) -> str:
     """A contrast key in words: a noise kind's label, or "random, same norm as …" for a control of one."""
     control, _, of = name.partition("@")
@@ -616,7 +612,8 @@ def compare_models(lm_a: LoadedModel, lm_b: LoadedModel, x: torch.Tensor, noise:
 class HeadEmbedding:
     """AttentionViz's joint view of one head (Yeh et al., 2023): the queries and keys of the patch tokens of a set
     of images, under each noise, in one 2-D embedding. ``coords[c]`` is [2, B·N, 2] (queries, keys) for
-    condition c; ``image`` and ``patch`` say which image and (row, column) each point is."""
+    condition c; ``image`` and ``patch`` say which image (0-based, in the order given) and (row, column) each
+    point is."""
 
     block: int  # 1-based
     head: int  # 1-based
@@ -626,6 +623,11 @@ class HeadEmbedding:
     image: np.ndarray  # [B·N]
     patch: np.ndarray  # [B·N, 2]
     explained: float | None  # PCA: the share of the clean q/k variance the 2 axes keep
+    stopped: bool = False  # stopped early: the images done so far
+
+    @property
+    def images(self) -> int:
+        return int(self.image.max()) + 1 if len(self.image) else 0
 
     def shift(self) -> dict[str, float]:
         """Per condition, the mean distance of its points from the clean ones (queries and keys), in the
@@ -635,9 +637,55 @@ class HeadEmbedding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"block": self.block, "head": self.head, "method": self.method, "conditions": self.conditions,
-                "explained": self.explained, "shift": self.shift(),
+                "explained": self.explained, "stopped": self.stopped, "shift": self.shift(),
                 "coords": {c: v.tolist() for c, v in self.coords.items()}, "image": self.image.tolist(),
                 "patch": self.patch.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HeadEmbedding":
+        """Back from :meth:`to_dict` (a job's result file)."""
+        try:
+            return cls(int(d["block"]), int(d["head"]), str(d["method"]), list(d["conditions"]),
+                       {c: np.asarray(v, dtype=np.float64).reshape(2, -1, 2) for c, v in d["coords"].items()},
+                       np.asarray(d["image"], dtype=np.int64), np.asarray(d["patch"], dtype=np.int64).reshape(-1, 2),
+                       None if d.get("explained") is None else float(d["explained"]), bool(d.get("stopped", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidParameterError("d", "HeadEmbedding.from_dict", "a head embedding's JSON", type(d)) from exc
+
+
+#: t-SNE's cost per embedded point, in :func:`head_embedding_size`'s units (measured here: 64 digits × 3 noises,
+#: 24,576 points, 26 s — and it reports no progress, so a large one belongs in a job).
+TSNE_COST_PER_POINT = 10.0
+
+
+def head_embedding_size(lm: LoadedModel, num_images: int, conditions: int, method: str) -> float:
+    """The rough cost of :func:`head_embedding`, in forward passes of a one-million-parameter model (the unit of
+    :func:`nullviz.robustness.evaluation.evaluation_size`, so one server threshold decides both): each image
+    traced once per condition, and t-SNE's cost per point."""
+    scale = max(1.0, sum(p.numel() for p in lm.model.parameters()) / 1e6)
+    points = 2 * num_images * int(lm.model.patch_embed.num_patches) * conditions
+    return float(num_images * conditions * scale + (TSNE_COST_PER_POINT * points if method == "tsne" else 0.0))
+
+
+def save_conditions(noises: dict[str, tuple[torch.Tensor, str] | None], path: str | Path) -> Path:
+    """The named noises of :func:`head_embedding` as one file (what its background job reads)."""
+    path = Path(path)
+    torch.save({name: None if spec is None else (spec[0].detach().float().cpu(), str(spec[1]))
+                for name, spec in noises.items()}, path)
+    return path
+
+
+def load_conditions(path: str | Path) -> dict[str, tuple[torch.Tensor, str] | None]:
+    """Back from :func:`save_conditions` (tensors and names only: ``weights_only``)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is the same error to the caller
+        raise InvalidParameterError("path", "attention.load_conditions", "a file written by save_conditions",
+                                    str(path)) from exc
+    if not isinstance(loaded, dict) or not all(v is None or (isinstance(v, tuple) and len(v) == 2
+                                                             and isinstance(v[0], torch.Tensor)) for v in loaded.values()):
+        raise InvalidParameterError("path", "attention.load_conditions", "a file written by save_conditions", str(path))
+    return loaded
 
 
 @torch.no_grad()
@@ -657,23 +705,39 @@ def _queries_keys(lm: LoadedModel, x: torch.Tensor, noise: torch.Tensor | None, 
 
 
 def head_embedding(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[torch.Tensor, str] | None],
-                   block: int, head: int, method: str = "pca", seed: int = 0) -> HeadEmbedding:
+                   block: int, head: int, method: str = "pca", seed: int = 0, batch_size: int = 32,
+                   progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> HeadEmbedding:
     """Queries and keys of one head over images ``x`` under each named noise (None: clean; the first is the
     reference), embedded in 2-D. PCA is fit on the first condition's queries and keys together and every
     condition projected with it, so positions compare across noises; t-SNE (scikit-learn, seeded) embeds all
-    conditions jointly."""
+    conditions jointly. Traced ``batch_size`` images at a time; ``progress(done, total)`` after each batch;
+    ``should_stop`` between batches (the embedding then covers the images done, ``stopped`` set)."""
     check("method", "attention.head_embedding", method, Options(("pca", "tsne")))
     model = lm.model
     check("block", "attention.head_embedding", block, Interval(int, 1, len(model.blocks)))
     check("head", "attention.head_embedding", head, Interval(int, 1, model.blocks[0].attn.num_heads))
+    check("batch_size", "attention.head_embedding", batch_size, Interval(int, 1, 4096))
     if not noises:
         raise InvalidParameterError("noises", "attention.head_embedding", "at least one condition", noises)
     x = (x if x.dim() == 4 else x.unsqueeze(0)).to(lm.device)
     views = attention_views(lm)
-    qk = {}
-    for name, spec in noises.items():
-        noise, level = (None, "input") if spec is None else spec
-        qk[name] = _queries_keys(lm, x, noise, level, block - 1, head - 1, views)
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in noises}
+    done, stopped = 0, False
+    for i in range(0, x.shape[0], batch_size):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        xb = x[i:i + batch_size]
+        for name, spec in noises.items():
+            noise, level = (None, "input") if spec is None else spec
+            parts[name].append(_queries_keys(lm, xb, noise, level, block - 1, head - 1, views))
+        done += xb.shape[0]
+        if progress is not None:
+            progress(done, x.shape[0])
+    if done == 0:
+        raise StoppedError("attention.head_embedding was stopped before its first batch")
+    qk = {name: (torch.cat([q for q, _ in v]), torch.cat([k for _, k in v])) for name, v in parts.items()}
     names = list(qk)
     n = qk[names[0]][0].shape[0]
     if method == "pca":
@@ -693,5 +757,5 @@ def head_embedding(lm: LoadedModel, x: torch.Tensor, noises: dict[str, tuple[tor
         explained = None
     gh, gw = (int(g) for g in model.patch_embed.grid_size)
     per_image = np.arange(gh * gw)
-    return HeadEmbedding(block, head, method, names, coords, np.repeat(np.arange(x.shape[0]), gh * gw),
-                         np.tile(np.stack([per_image // gw, per_image % gw], 1), (x.shape[0], 1)), explained)
+    return HeadEmbedding(block, head, method, names, coords, np.repeat(np.arange(done), gh * gw),
+                         np.tile(np.stack([per_image // gw, per_image % gw], 1), (done, 1)), explained, stopped)

@@ -6,6 +6,12 @@ start from the baseline image and put the highest-ranked patches back first; a f
 probability rise fast (a high area). Every method of the attribution registry is measured on the same images,
 classes and steps, beside a random ranking of the patches (seeded): a method is only informative where it beats
 random. Patches, not pixels, because a ViT reads patches: the map's values are summed per patch.
+
+ROAD (Rong et al., *A Consistent and Efficient Evaluation Strategy for Attribution Methods*, ICML 2022), on
+request, through pytorch-grad-cam's own ``ROADCombined``: pixels are removed by noisy linear imputation from
+their neighbours instead of set to black (black patches are out of distribution and leak the mask's shape),
+most- and least-relevant first at 10 … 90 %, and the score is (LeRF − MoRF) / 2 of the class probability —
+higher is more faithful. It ranks pixels, as its authors do.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .attribution import ATTRIBUTION_METHODS, attribute
 
 #: The ranking every method is compared with.
 RANDOM = "random"
+#: ROAD's removal percentiles (pytorch-grad-cam's and the paper's default).
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
 @dataclass
@@ -36,17 +44,20 @@ class FaithfulnessReport:
     insertion: dict[str, list[float]] = field(default_factory=dict)
     deletion_auc: dict[str, list[float]] = field(default_factory=dict)  # per image
     insertion_auc: dict[str, list[float]] = field(default_factory=dict)
+    road: dict[str, list[float]] = field(default_factory=dict)  # per image, when asked for
     stopped: bool = False
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Mean areas per method (deletion: lower is more faithful; insertion: higher)."""
+        """Mean areas per method (deletion: lower is more faithful; insertion: higher; ROAD: higher)."""
         return {m: {"deletion_auc": float(np.mean(self.deletion_auc[m])),
-                    "insertion_auc": float(np.mean(self.insertion_auc[m]))} for m in self.deletion_auc}
+                    "insertion_auc": float(np.mean(self.insertion_auc[m])),
+                    **({"road": float(np.mean(self.road[m]))} if m in self.road else {})} for m in self.deletion_auc}
 
     def to_dict(self) -> dict[str, Any]:
         return {"fractions": self.fractions, "images": self.images, "summary": self.summary(),
                 "deletion": self.deletion, "insertion": self.insertion, "deletion_auc": self.deletion_auc,
-                "insertion_auc": self.insertion_auc, "stopped": self.stopped}
+                "insertion_auc": self.insertion_auc, "road": self.road, "road_percentiles": list(ROAD_PERCENTILES),
+                "stopped": self.stopped}
 
 
 def patch_scores(heatmap: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -82,6 +93,22 @@ def curves(fn: torch.nn.Module, pixels: torch.Tensor, target: torch.Tensor, orde
     return out[0], out[1]
 
 
+def road(fn: torch.nn.Module, pixels: torch.Tensor, heat: torch.Tensor, target: int, seed: int = 0,
+         percentiles: tuple[int, ...] = ROAD_PERCENTILES) -> float:
+    """pytorch-grad-cam's ``ROADCombined`` of one [1, C, H, W] image and its [H, W] (or [1, H, W]) pixel map for
+    class ``target``: (LeRF − MoRF) / 2 of the softmax probability, averaged over ``percentiles``. The
+    imputation adds Gaussian noise from torch's global generator: drawn here under ``seed`` in a forked
+    generator state (restored after), so the score is reproducible and nothing else's random stream moves."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    cams = heat.detach().float().reshape(1, *pixels.shape[-2:]).cpu().numpy()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(seed))
+        score = ROADCombined(percentiles=list(percentiles))(pixels, cams, [ClassifierOutputSoftmaxTarget(target)], fn)
+    return float(np.asarray(score).reshape(-1)[0])
+
+
 def area(curve: torch.Tensor) -> torch.Tensor:
     """Area under [B, K] curves over [0, 1] (trapezoids)."""
     return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
@@ -90,10 +117,12 @@ def area(curve: torch.Tensor) -> torch.Tensor:
 def faithfulness(lm: LoadedModel, pixels: torch.Tensor, methods: tuple[str, ...] | None = None, steps: int = 16,
                  seed: int = 0, attribution_steps: int = 16, batch_size: int = 64,
                  progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> FaithfulnessReport:
+                 should_stop: Callable[[], bool] | None = None, with_road: bool = False) -> FaithfulnessReport:
     """Deletion and insertion curves of each method's map (default: every registered one) and of a random
-    ranking, on [B, C, H, W] pixels in [0, 1], each image explained for its predicted class. ``progress(done,
-    total)`` after each image; ``should_stop`` between images (the report then covers the images done)."""
+    ranking, on [B, C, H, W] pixels in [0, 1], each image explained for its predicted class; ``with_road``: each
+    map's ROAD score too (:func:`road`; the random ranking's map is its patch ranks, spread over the pixels).
+    ``progress(done, total)`` after each image; ``should_stop`` between images (the report then covers the
+    images done)."""
     methods = tuple(ATTRIBUTION_METHODS) if methods is None else tuple(methods)
     for m in methods:
         check("methods", "faithfulness", m, Options(tuple(ATTRIBUTION_METHODS)))
@@ -105,6 +134,8 @@ def faithfulness(lm: LoadedModel, pixels: torch.Tensor, methods: tuple[str, ...]
     names = (*methods, RANDOM)
     dele: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     ins: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    roads: dict[str, list[float]] = {m: [] for m in names}
+    gh, gw = (int(g) for g in lm.model.patch_embed.grid_size)
     gen = torch.Generator().manual_seed(seed)
     n_patches = int(lm.model.patch_embed.num_patches)
     stopped = False
@@ -116,12 +147,16 @@ def faithfulness(lm: LoadedModel, pixels: torch.Tensor, methods: tuple[str, ...]
         for m in names:
             if m == RANDOM:
                 order = torch.randperm(n_patches, generator=gen).unsqueeze(0).to(lm.device)
+                ranks = torch.empty(n_patches).scatter_(0, order[0].cpu(), torch.arange(n_patches, 0, -1).float())
+                heat = ranks.reshape(1, gh, gw).repeat_interleave(lm.patch_size, 1).repeat_interleave(lm.patch_size, 2)
             else:
                 heat = attribute(lm, x, m, int(t), steps=max(2, attribution_steps), seed=seed).heatmap()
                 order = patch_scores(heat, lm.patch_size).argsort(1, descending=True).to(lm.device)
             d, s = curves(fn, x, t, order, lm.patch_size, steps, batch_size)
             dele[m].append(d)
             ins[m].append(s)
+            if with_road:
+                roads[m].append(road(fn, x, heat, int(t), seed=seed + i))
         if progress is not None:
             progress(i + 1, len(pixels))
     report = FaithfulnessReport(fractions=[k / steps for k in range(steps + 1)], images=len(dele[RANDOM]),
@@ -132,4 +167,6 @@ def faithfulness(lm: LoadedModel, pixels: torch.Tensor, methods: tuple[str, ...]
         d, s = torch.cat(dele[m]), torch.cat(ins[m])
         report.deletion[m], report.insertion[m] = d.mean(0).tolist(), s.mean(0).tolist()
         report.deletion_auc[m], report.insertion_auc[m] = area(d).tolist(), area(s).tolist()
+        if with_road:
+            report.road[m] = roads[m]
     return report

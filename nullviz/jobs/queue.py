@@ -1,4 +1,4 @@
-"""Long jobs (finetuning runs, large robustness evaluations) as separate processes that a page only watches.
+"""Long jobs (finetuning runs, large robustness evaluations, large head embeddings) as separate processes that a page only watches.
 
 A job is a folder ``root/<owner>/<job id>/``:
 
@@ -37,11 +37,12 @@ from typing import Any, Callable
 
 from nullviz.core.atomic import write_json_atomic, write_text_atomic
 from nullviz.core.errors import InvalidParameterError, JobNotFoundError, NullvizError
-from nullviz.core.params import Interval, check
-from nullviz.data import load_dataset, own_data, train_heldout
+from nullviz.core.params import Interval, Options, check
+from nullviz.data import held_out_or_sample_photos, load_dataset, own_data, train_heldout
+from nullviz.inspection.attention import head_embedding, load_conditions
 from nullviz.models import ModelSpec
 from nullviz.robustness import evaluation as R
-from nullviz.robustness.evaluation import config_from_dict
+from nullviz.robustness.evaluation import config_from_dict, images_tensor
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
 
 
@@ -522,5 +523,44 @@ def _run_evaluate(params: dict[str, Any], ctx: JobContext) -> None:
         ctx.update(steps_done=k + 1, fraction=(k + 1) / len(specs))
 
 
+def head_embedding_params(model: ModelSpec | dict[str, Any], noises_file: str | Path, images: int, block: int,
+                          head: int, method: str = "pca", seed: int = 0) -> dict[str, Any]:
+    """Parameters of a 'head_embedding' job: the model, the file of its named noises
+    (:func:`nullviz.inspection.attention.save_conditions`), how many of the model's own held-out images (or
+    of the sample photographs, for a model without data of its own), the block, head, method and seed."""
+    return {"model": ModelSpec.from_dict(model).to_dict(), "noises": str(noises_file), "images": int(images),
+            "block": int(block), "head": int(head), "method": method, "seed": int(seed)}
+
+
+def _validate_head_embedding(params: dict[str, Any]) -> None:
+    ModelSpec.from_dict(params.get("model", {}))
+    check("images", "head_embedding job", params.get("images"), Interval(int, 1, 100_000))
+    check("method", "head_embedding job", params.get("method"), Options(("pca", "tsne")))
+    for key in ("block", "head"):
+        check(key, "head_embedding job", params.get(key), Interval(int, 1, 10_000))
+    if not Path(str(params.get("noises", ""))).is_file():
+        raise InvalidParameterError("noises", "head_embedding job", "a file of named noises", params.get("noises"))
+
+
+def _run_head_embedding(params: dict[str, Any], ctx: JobContext) -> None:
+    lm = ModelSpec.from_dict(params["model"]).load()
+    noises = load_conditions(params["noises"])
+    x, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), limit=int(params["images"]))
+    ctx.update(steps_total=len(x), steps_done=0, current="tracing", fraction=0.0)
+    share = 0.5 if params["method"] == "tsne" else 0.95  # of the bar for tracing; the rest is the embedding
+
+    def progress(done: int, total: int) -> None:
+        last = done == total
+        ctx.update(force=last, steps_done=done, fraction=share * done / total,
+                   current=("embedding (t-SNE reports no progress of its own)" if params["method"] == "tsne"
+                            else "embedding") if last else f"tracing {done}/{total} images")
+
+    emb = head_embedding(lm, x, noises, int(params["block"]), int(params["head"]), params["method"],
+                         int(params.get("seed", 0)), progress=progress, should_stop=ctx.should_stop)
+    write_text_atomic(ctx.dir / "embedding.json", json.dumps(emb.to_dict()))
+    ctx.update(fraction=1.0, current="done")
+
+
 KINDS: dict[str, JobKind] = {"finetune": JobKind(_validate_finetune, _run_finetune),
-                             "evaluate": JobKind(_validate_evaluate, _run_evaluate)}
+                             "evaluate": JobKind(_validate_evaluate, _run_evaluate),
+                             "head_embedding": JobKind(_validate_head_embedding, _run_head_embedding)}

@@ -47,13 +47,16 @@ Progress = Callable[[str, int, int], None]
 
 
 # ----------------------------------------------------------------------------------------------- data
-def images_tensor(lm: LoadedModel, dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` items of a data set of PIL images (or of already transformed tensors), as a
-    normalised batch and labels on the model's device."""
+def images_tensor(lm: LoadedModel, dataset, limit: int | None = None,
+                  indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` items of a data set of PIL images (or of already transformed tensors) — or the items
+    at ``indices`` —, as a normalised batch and labels on the model's device."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    if indices is not None and any(not 0 <= int(i) < len(dataset) for i in indices):
+        raise InvalidParameterError("indices", "images_tensor", f"item numbers below {len(dataset)}", indices)
     tf = lm.transform  # a property that builds the transform: once, not per image
     xs, ys = [], []
-    for i in range(n):
+    for i in (range(n) if indices is None else [int(i) for i in indices]):
         img, y = dataset[i]
         xs.append(_as_tensor(img, tf))
         ys.append(int(y))

@@ -315,3 +315,53 @@ def test_block_slider_and_charts_show_the_same_block_after_the_noise_source_chan
     assert shown == 2
     assert page.locator("[data-testid='stException']").count() == 0
     page.close()
+
+
+#: Drags a lasso around a plotly chart's whole plot area (real mouse events), selecting every point.
+LASSO_ALL = """(sel) => {
+    const gd = document.querySelector(sel);
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+    const l = box.left + xa._offset + 2, r = l + xa._length - 4, t = box.top + ya._offset + 2, b = t + ya._length - 4;
+    return [[l, t], [r, t], [r, b], [l, b], [l, t + 3]];
+}"""
+
+
+def test_explanation_panels_in_the_browser(server, browser):
+    """The Attention page's new panels, clicked through in Chromium: a class-specific map with its nullspace
+    sanity verdict, every method's check, faithfulness curves and table, and the head view — where a lasso
+    around its points shows their image patches."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server + "/attention")
+    page.get_by_text("Any query token").wait_for(timeout=90_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+    page.locator(".st-key-att_method").click()
+    page.get_by_role("option", name="Attention relevance (Chefer et al., class-specific)").click()
+    page.get_by_role("button", name="Compute attributions").click()
+    verdict = page.locator("[data-testid='stCaptionContainer']").filter(has_text="Nullspace sanity check.")
+    expect(verdict).to_contain_text("passes (float32 rounding)", timeout=120_000)
+    page.get_by_role("button", name="Check every method against exact nullspace noise").click()
+    page.locator(".st-key-att_sanity_bars .js-plotly-plot").wait_for(timeout=180_000)
+
+    page.locator(".st-key-att_faith_n input").fill("2")
+    page.locator(".st-key-att_faith_steps input").fill("4")
+    page.get_by_role("button", name="Measure faithfulness").click()
+    page.get_by_text("beats random on both").wait_for(timeout=180_000)
+    page.locator(".st-key-att_faith_curves .js-plotly-plot").wait_for(timeout=60_000)
+
+    page.locator(".st-key-att_emb_n input").fill("2")
+    page.get_by_role("button", name="Embed queries and keys").click()
+    chart = ".st-key-att_emb_plot .js-plotly-plot"
+    page.locator(chart).wait_for(timeout=120_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+    page.locator(chart).scroll_into_view_if_needed()
+    page.wait_for_function(f"document.querySelector('{chart}')._fullLayout", timeout=60_000)
+    path = page.evaluate(LASSO_ALL, chart)
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    page.locator(".st-key-att_emb_patches .js-plotly-plot").wait_for(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"\d+ token\(s\) selected, the first 18 shown"))).to_be_visible(timeout=30_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()

@@ -1,8 +1,10 @@
 """Every page under Streamlit's AppTest (a headless script run, no browser)."""
 
+import base64
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -698,6 +700,14 @@ def _figure(at, key):
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart") if key in c.proto.id][0]
 
 
+def _array(value) -> np.ndarray:
+    """A figure spec's array: a list, or plotly's typed array ({"dtype", "bdata", "shape"}) for numpy data."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return flat.reshape([int(n) for n in str(value["shape"]).split(",")]) if "shape" in value else flat
+    return np.asarray(value)
+
+
 def test_nullspace_page_results_follow_the_image_and_the_model(tmp_path):
     """The noise is kept (it is image-agnostic), every view of it is recomputed for a new image, and a model
     change — also another checkpoint of the same architecture — hides it rather than showing it as this
@@ -792,5 +802,26 @@ def test_attention_page_embeds_one_head_across_images():
     spec = _figure(at, "att_emb_plot")
     names = {t["name"] for t in spec["data"]}
     assert {"clean · queries", "clean · keys", "exact nullspace noise · queries"} <= names
-    shift = [c.value for c in at.caption if c.value.startswith("Mean distance of each point")]
+    assert {"Gaussian, same norm as the exact noise · keys"} <= names
+    shift = [c.value for c in at.caption if c.value.startswith("2 images. Mean distance of each point")]
     assert len(shift) == 1
+    assert _array(spec["data"][0]["customdata"])[0].tolist() == [1, 0, 0]  # image from 1, (row, column)
+
+
+@pytest.mark.slow
+def test_attention_page_large_head_embedding_runs_as_a_job(server_env):
+    """Over the server's threshold the embedding is a background job the page follows (with a Stop button);
+    its result is the same embedding as the page computes on the spot."""
+    jobs_dir = server_env(NULLVIZ_EVAL_JOB_THRESHOLD="1") / "jobs"  # this small embedding counts as large
+    at = app("pages/attention.py")
+    at.number_input(key="att_emb_n").set_value(3)
+    at.button(key="FormSubmitter:att_head_form-Embed queries and keys").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["att_emb_job"] and any(b.label == "Stop the embedding" for b in at.button)
+    wait_for_job(at, until=lambda at: any("att_emb_plot" in c.proto.id for c in at.get("plotly_chart")))
+    assert "att_emb_job" not in at.session_state
+    saved = json.loads(next(jobs_dir.glob("*/*/embedding.json")).read_text())
+    assert max(saved["image"]) == 2 and saved["conditions"][:3] == ["clean", "exact", "gaussian@exact"]
+    spec = _figure(at, "att_emb_plot")
+    clean_q = [t for t in spec["data"] if t["name"] == "clean · queries"][0]
+    assert np.allclose(_array(clean_q["x"]), np.asarray(saved["coords"]["clean"])[0, :, 0])

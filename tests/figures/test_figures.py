@@ -172,3 +172,40 @@ def test_sanity_bars_draw_both_resolutions_on_a_log_axis_with_the_pass_line():
                                                                             "per pixel"]
     assert list(fig.data[0].x) == ["A", "b"] and fig.data[0].y[0] == 1e-9  # 0 drawn at the axis floor
     assert any(shape.y0 == 1e-4 for shape in fig.layout.shapes)
+
+
+def test_patch_gallery_shows_exactly_the_picked_patches():
+    """Each picked (image, row, column) is the image's own p×p patch, enlarged, with its caption; a pick outside
+    the images is refused."""
+    images = np.zeros((2, 8, 8, 3))
+    images[1, 4:8, 0:4] = 1.0  # image 1, patch (1, 0) is white; everything else black
+    fig = figures.patch_gallery(images, [(1, 1, 0), (0, 0, 1)], 4, ["white", "black"])
+    assert [a.text for a in fig.layout.annotations] == ["white", "black"]
+    assert np.asarray(fig.data[0].z).shape == (4, 4, 3)
+    assert np.asarray(fig.data[0].z).min() == 255 and np.asarray(fig.data[1].z).max() == 0
+    for bad in ([], [(2, 0, 0)], [(0, 2, 0)]):
+        with pytest.raises(ValueError):
+            figures.patch_gallery(images, bad, 4)
+
+
+def test_seeds_of_one_method_are_one_mean_line_over_a_band():
+    """Two seeds of nullspace become their mean over a lowest–highest band (the shorter run counts where it
+    reached); a method with one run and an unrelated name stay lines of their own; without ``bands`` every
+    seed is a line."""
+    from nullviz.figures import seed_groups, seed_spread, training_curves
+
+    assert seed_groups(["nullspace-seed0", "baseline", "nullspace-seed1", "a-seedling"]) == {
+        "nullspace": ["nullspace-seed0", "nullspace-seed1"], "baseline": ["baseline"], "a-seedling": ["a-seedling"]}
+    runs = {"nullspace-seed0": {"epoch": [1, 2, 3], "clean_acc": [0.5, 0.6, 0.7]},
+            "nullspace-seed1": {"epoch": [1, 2], "clean_acc": [0.7, 0.8]},
+            "baseline": {"epoch": [1, 2, 3], "clean_acc": [0.4, 0.5, None]}}
+    xs, mean, lo, hi, n = seed_spread([runs["nullspace-seed0"], runs["nullspace-seed1"]], "epoch", "clean_acc")
+    assert xs == [1, 2, 3] and mean == pytest.approx([0.6, 0.7, 0.7]) and lo == [0.5, 0.6, 0.7]
+    assert hi == [0.7, 0.8, 0.7] and n == [2, 2, 1]
+    fig = training_curves(runs, "epoch", ["clean_acc"], bands=True)
+    band = [t for t in fig.data if t.fill == "toself"]
+    assert len(band) == 1 and list(band[0].y) == [0.7, 0.8, 0.7, 0.7, 0.6, 0.5]
+    lines = [t for t in fig.data if t.fill != "toself"]
+    assert [t.name for t in lines] == ["nullspace · clean accuracy (mean of 2 seeds)", "baseline · clean accuracy"]
+    assert list(lines[0].y) == pytest.approx([0.6, 0.7, 0.7])
+    assert len(training_curves(runs, "epoch", ["clean_acc"]).data) == 3  # one line per run

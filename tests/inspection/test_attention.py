@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -435,3 +437,44 @@ def test_one_head_across_images_pca_and_tsne(default_lm):
     for bad in (dict(block=0, head=1), dict(block=1, head=99)):
         with pytest.raises(InvalidParameterError):
             head_embedding(default_lm, x, noises, **bad)
+
+
+def test_head_embedding_in_batches_with_progress_stop_and_a_job_file(default_lm, tmp_path):
+    """Batches change nothing; progress counts images; a stop keeps the images done (before any: StoppedError);
+    the result and its noises survive a file (what the background job reads and writes); the cost grows with
+    images and is far higher for t-SNE."""
+    from nullviz.core.errors import InvalidParameterError, StoppedError
+    from nullviz.data import load_dataset
+    from nullviz.inspection.attention import (HeadEmbedding, contrast_noises, head_embedding, head_embedding_size,
+                                              load_conditions, save_conditions)
+    from nullviz.robustness.evaluation import images_tensor
+
+    x, _ = images_tensor(default_lm, load_dataset("digits"), 5)
+    v = N.sample_noise(N.nullspace(default_lm), default_lm.img_size, N.NoiseSpec(seed=0))
+    noises = {"clean": None, **contrast_noises(v)}
+    whole = head_embedding(default_lm, x, noises, block=3, head=2)
+    seen = []
+    batched = head_embedding(default_lm, x, noises, block=3, head=2, batch_size=2,
+                             progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert all(np.allclose(whole.coords[c], batched.coords[c], atol=1e-5) for c in whole.conditions)
+    calls = iter([False, True])
+    part = head_embedding(default_lm, x, noises, block=3, head=2, batch_size=2, should_stop=lambda: next(calls))
+    assert part.stopped and part.images == 2 and part.coords["clean"].shape[1] == 2 * default_lm.model.patch_embed.num_patches
+    with pytest.raises(StoppedError):
+        head_embedding(default_lm, x, noises, block=3, head=2, should_stop=lambda: True)
+    back = HeadEmbedding.from_dict(json.loads(json.dumps(whole.to_dict())))
+    assert back.conditions == whole.conditions and back.images == 5 and back.explained == pytest.approx(whole.explained)
+    assert all(np.allclose(back.coords[c], whole.coords[c]) for c in whole.conditions)
+    assert np.array_equal(back.patch, whole.patch)
+    with pytest.raises(InvalidParameterError):
+        HeadEmbedding.from_dict({"block": 1})
+    path = save_conditions(noises, tmp_path / "conditions.pt")
+    loaded = load_conditions(path)
+    assert list(loaded) == list(noises) and loaded["clean"] is None
+    assert torch.equal(loaded["exact"][0], noises["exact"][0].float()) and loaded["exact"][1] == "input"
+    (tmp_path / "bad.pt").write_bytes(b"not a file of noises")
+    with pytest.raises(InvalidParameterError):
+        load_conditions(tmp_path / "bad.pt")
+    pca16, pca32 = (head_embedding_size(default_lm, n, 3, "pca") for n in (16, 32))
+    assert pca32 == 2 * pca16 and head_embedding_size(default_lm, 16, 3, "tsne") > 100 * pca16

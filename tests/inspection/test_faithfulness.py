@@ -73,3 +73,31 @@ def test_cli_faithfulness(capsys):
     out = json.loads(capsys.readouterr().out)["faithfulness"]
     assert out["images"] == 2 and set(out["summary"]) == {"occlusion", "gradcam", RANDOM}
     assert main(["attention", "--model", "digits", "--faithfulness", "-1"]) == 2
+
+
+def test_road_is_pytorch_grad_cams_own_seeded_and_leaves_the_global_generator_alone(default_lm):
+    """Our ROAD score is ROADCombined called directly (same seed); it is reproducible and does not move torch's
+    global random stream; ``with_road`` puts one score per image and method (random included) in the report."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from nullviz.inspection.attribution import attribute
+    from nullviz.inspection.faithfulness import road
+
+    x, _ = images_tensor(default_lm, load_dataset("digits"), 3)
+    pixels = default_lm.denormalize(x)
+    fn = PixelModel.of(default_lm)
+    t = int(fn(pixels[:1]).argmax(-1))
+    heat = attribute(default_lm, pixels[:1], "occlusion", t).heatmap()
+    state = torch.get_rng_state()
+    ours = road(fn, pixels[:1], heat, t, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        direct = ROADCombined()(pixels[:1], heat.reshape(1, 32, 32).numpy(), [ClassifierOutputSoftmaxTarget(t)], fn)
+    torch.set_rng_state(state)
+    assert ours == pytest.approx(float(direct[0]), abs=1e-6) and ours == road(fn, pixels[:1], heat, t, seed=5)
+    report = faithfulness(default_lm, pixels, ("occlusion",), steps=2, with_road=True)
+    assert set(report.road) == {"occlusion", RANDOM} and len(report.road["occlusion"]) == 3
+    assert "road" in report.summary()["occlusion"] and report.to_dict()["road_percentiles"][0] == 10
+    assert faithfulness(default_lm, pixels[:1], ("occlusion",), steps=2).road == {}
