@@ -14,12 +14,14 @@ from app_state import (current_model, job_queue, job_threads, require_shell, ser
                        show_error, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
+from nullviz.core.presets import FINETUNE_PRESETS
 from nullviz.core.seeds import MAX_SEED
-from nullviz.data import DataSpec, check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
+from nullviz.data import DataSpec, check_augmentable, check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
 from nullviz.jobs.queue import LogFollower, finetune_params, run_names, thin
 from nullviz.models import ModelSpec
 from nullviz.server.settings import check_upload_size
 from nullviz.train.comparison import compare_methods
+from nullviz.train.config import AUGMENTATIONS
 from nullviz.train.finetune import FinetuneConfig, check_head
 from nullviz.train.logger import records_csv
 from nullviz.train.methods import FINETUNE_METHODS
@@ -44,18 +46,50 @@ OWN_SOURCE = "cluttered digits (the model's own)" if OWN_DATA == "cluttered" els
 DATA_SOURCES = [*([OWN_SOURCE] if OWN_DATA else []), *([] if settings.shared else ["ImageFolder path"]),
                 "upload a zip of an ImageFolder",
                 "CIFAR-10"]
+#: What each recipe sets in the form (the paper's: nullviz.core.presets; steps 0 = full passes over the data).
+PAPER = FINETUNE_PRESETS["paper"]
+RECIPES = {
+    "small": ("a small run to watch in class", dict(ft_epochs=SMALL_RUN["epochs"], ft_steps=SMALL_RUN["steps"],
+                                                    ft_lr=1e-4, ft_wd=1e-4, ft_augment="none", ft_keep_best=False,
+                                                    ft_tol=0.01)),
+    "paper": ("the paper's recipe (Liu et al. 2024, §4)", dict(ft_epochs=PAPER["epochs"], ft_steps=0, ft_lr=PAPER["lr"],
+                                                               ft_wd=PAPER["weight_decay"], ft_augment=PAPER["augment"],
+                                                               ft_keep_best=PAPER["keep_best"], ft_tol=PAPER["synth_tol"])),
+}
+for _key, _value in RECIPES["small"][1].items():  # the form's first values (widgets below take them from here)
+    st.session_state.setdefault(_key, _value)
+
+
+def _apply_recipe() -> None:
+    st.session_state.update(RECIPES[st.session_state["ft_recipe"]][1])
+
+
+st.radio("recipe", list(RECIPES), format_func=lambda r: RECIPES[r][0], key="ft_recipe", horizontal=True,
+         on_change=_apply_recipe, help="Fills the form; change any value after. The paper's: AdamW lr 1e-4, weight "
+         "decay 1e-4, cosine over all steps without warm-up, 10 full epochs, random resized crop + flip (natural "
+         "images), the best held-out epoch kept, δ inside ε = 0.03.")
 with st.form("ft_form"):
     c = st.columns(4)
     methods = c[0].multiselect("methods", list(FINETUNE_METHODS), default=["baseline", "nullspace", "gaussian"],
                                key="ft_methods", format_func=lambda name: FINETUNE_METHODS[name].label)
-    epochs = c[1].number_input("epochs", 1, 1000, SMALL_RUN["epochs"], key="ft_epochs")
-    steps = c[2].number_input("steps per epoch (0 = full pass)", 0, 100_000, SMALL_RUN["steps"], key="ft_steps")
+    epochs = c[1].number_input("epochs", 1, 1000, key="ft_epochs")
+    steps = c[2].number_input("steps per epoch (0 = full pass)", 0, 100_000, key="ft_steps")
     batch = c[3].number_input("batch size", 1, 4096, 64, key="ft_batch")
     c = st.columns(4)
-    lr = c[0].number_input("learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="ft_lr")
-    freeze = c[1].selectbox("freeze", ["none", "patch_embed", "all_but_head"], key="ft_freeze")
-    synth_steps = c[2].number_input("δ synthesis steps", 1, 5000, SMALL_RUN["synth_steps"], key="ft_synth_steps")
-    fgsm_eps = c[3].number_input("FGSM ε (/255)", 0.0, 255.0, 8.0, key="ft_eps")
+    lr = c[0].number_input("learning rate", 1e-7, 1.0, format="%.1e", key="ft_lr")
+    weight_decay = c[1].number_input("weight decay", 0.0, 1.0, format="%.1e", key="ft_wd")
+    augment = c[2].selectbox("augmentation", list(AUGMENTATIONS), key="ft_augment",
+                             format_func={"none": "none", "rrc_flip": "random resized crop + flip (the paper's)",
+                                          "timm": "timm's (crop, flip, colour jitter)"}.get,
+                             help="For natural images (a folder, CIFAR-10); the embedded digits and scenes take none.")
+    tol = c[3].number_input("ε of the training δ (Σ Δp²)", 1e-4, 1.0, format="%.3f", key="ft_tol")
+    keep_best = st.checkbox("keep the best held-out epoch (else the last)", key="ft_keep_best",
+                            help="The held-out split is a validation split of the training data (10 % of a folder): "
+                                 "the kept model is judged on other images, e.g. the Robustness page's.")
+    c = st.columns(3)
+    freeze = c[0].selectbox("freeze", ["none", "patch_embed", "all_but_head"], key="ft_freeze")
+    synth_steps = c[1].number_input("δ synthesis steps", 1, 5000, SMALL_RUN["synth_steps"], key="ft_synth_steps")
+    fgsm_eps = c[2].number_input("FGSM ε (/255)", 0.0, 255.0, 8.0, key="ft_eps")
     c = st.columns(3)
     source = c[0].selectbox("data", DATA_SOURCES, key="ft_source")
     folder = "" if settings.shared else c[1].text_input("ImageFolder path", key="ft_folder")
@@ -121,9 +155,12 @@ if start:
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
                                   eval_limit=int(eval_limit) or None, new_head=bool(new_head),
-                                  eval_synth_steps=int(eval_synth_steps))
+                                  eval_synth_steps=int(eval_synth_steps), weight_decay=float(weight_decay),
+                                  augment=augment, keep_best=bool(keep_best), synth_tol=float(tol))
                    for m in methods for k in range(int(n_seeds))]
         data = check_data_spec(_data_spec())
+        if augment != "none":
+            check_augmentable(data)
         check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
         params = finetune_params(ModelSpec.of(lm), data,
                                  configs, data_cache=str(settings.datasets_cache), processes=int(processes))
@@ -262,12 +299,13 @@ results = job.results
 if not results:
     st.stop()
 cache = _follow(job)
-rows = {"method": [], "epochs": [], "clean": [], "under fresh δ": [], "nullspace size": [],
+rows = {"method": [], "epochs": [], "weights kept": [], "clean": [], "under fresh δ": [], "nullspace size": [],
         "under the start's δ": [], "Gaussian, 1 token norm": [], "FGSM": [], "under its training δ": [], "‖δ‖": []}
 for method, res in results.items():
     last = res.final
     rows["method"].append(method + (" (stopped)" if res.stopped else ""))
     rows["epochs"].append(res.epochs_run)
+    rows["weights kept"].append(f"epoch {res.best_epoch} (best held-out)" if res.best_epoch else "last epoch")
     for col, key in (("clean", "clean_acc"), ("under fresh δ", "delta_acc"), ("under the start's δ", "start_delta_acc"),
                      ("Gaussian, 1 token norm", "gaussian_acc"), ("FGSM", "fgsm_acc"),
                      ("under its training δ", "train_delta_acc")):
@@ -282,7 +320,9 @@ st.caption("All on held-out images, every run measured with the same yardstick (
            "**Nullspace size**: that δ's norm in units of the starting model's mean patch-token norm — larger is "
            "a larger approximate nullspace. **Under the start's δ**: the δ of the model before finetuning. "
            "**Gaussian**: noise of one token norm, the same for every run. **Under its training δ**: the δ the last "
-           "epoch trained on, fit to an earlier model; shown apart, it reads optimistic.")
+           "epoch trained on, fit to an earlier model; shown apart, it reads optimistic. The numbers are the last "
+           "epoch's; **weights kept** says which epoch's weights the run's model (and *Use this model*) holds — the "
+           "best held-out epoch was chosen on this same held-out split, so judge it on other images.")
 if cache["epochs"]:
     st.plotly_chart(figures.training_curves(_epoch_series(cache["epochs"]), "epoch",
                                             ["train_delta_acc", "delta_acc", "start_delta_acc", "gaussian_acc"],

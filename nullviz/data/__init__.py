@@ -13,7 +13,7 @@ from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, LabelledImage, load_image_
                      sample_image, sample_image_names, sample_photos_dataset)
 from .sets import (DATA_SOURCES, DOWNLOADED_DATA, EMBEDDED_DATA, EMBEDDED_DATA_WORDS, ONE_IMAGE_SOURCE, OWN_SOURCE,
                    PHOTOS_SOURCE, SYNTHESIS_SOURCES, SYNTHESIS_TEST_IMAGES, SYNTHESIS_VALIDATION_IMAGES, VALIDATION_SEED,
-                   DataSource, DataSpec, SynthesisSets, check_data_spec, cifar10, extract_image_folder_zip,
+                   DataSource, DataSpec, SynthesisSets, check_augmentable, check_data_spec, cifar10, extract_image_folder_zip,
                    held_out_or_sample_photos, image_folder,
                    load_dataset, model_own_data, no_own_data_message, own_data, own_train_validation,
                    register_data_source, split_dataset, synthesis_source_label, synthesis_sets, synthesis_sources,

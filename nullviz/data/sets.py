@@ -350,7 +350,19 @@ def train_heldout(spec: str, transform: Callable | None = None, cache_dir: str |
     replaces ``transform`` for the training part only."""
     parsed = DataSpec.parse(spec)
     source = DATA_SOURCES["digits"] if parsed.kind == "default" else parsed.source
+    if train_transform is not None:
+        check_augmentable(spec)
     return source.splits(parsed, transform, train_transform, Path(cache_dir))
+
+
+def check_augmentable(spec: str) -> None:
+    """Training augmentation (random crops, flips) is for natural images: the embedded digits and scenes are
+    fixed images at the model's size. Raises :class:`DataError` for them, before any job starts."""
+    parsed = DataSpec.parse(spec)
+    source = DATA_SOURCES["digits"] if parsed.kind == "default" else parsed.source
+    if source.embedded:
+        raise DataError(f"Training augmentation is for natural images (an ImageFolder, CIFAR-10); {source.label} "
+                        f"come as fixed images at the model's size — train on them without augmentation.")
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from nullviz.core.atomic import write_json_atomic, write_text_atomic
 from nullviz.core.errors import InvalidParameterError, JobNotFoundError, NullvizError
 from nullviz.core.params import Interval, Options, check
-from nullviz.data import held_out_or_sample_photos, load_dataset, own_data, train_heldout
+from nullviz.data import check_augmentable, held_out_or_sample_photos, load_dataset, own_data, train_heldout
 from nullviz.inspection.attention import head_embedding, load_conditions
 from nullviz.models import ModelSpec
 from nullviz.robustness import evaluation as R
@@ -387,7 +387,8 @@ def _validate_finetune(params: dict[str, Any]) -> None:
     if not params.get("configs"):
         raise InvalidParameterError("configs", "finetune job", "at least one run configuration", params.get("configs"))
     for c in params["configs"]:
-        FinetuneConfig(**c)
+        if FinetuneConfig(**c).augment != "none" and isinstance(params.get("data"), str):
+            check_augmentable(own_data(params["data"], ModelSpec.from_dict(params["model"]).name))
     names = run_names(params["configs"])
     if len(set(names)) != len(names):
         raise InvalidParameterError("configs", "finetune job", "runs that differ in method or seed", names)
@@ -407,6 +408,9 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     data = own_data(params["data"], lm.name if lm else spec.name)
     train, held = train_heldout(data, lm.transform if lm else None, params.get("data_cache", "data"))
     configs = [FinetuneConfig(**c) for c in params["configs"]]
+    augmented = {kind: train_heldout(data, lm.transform, params.get("data_cache", "data"),
+                                     train_transform=lm.augmentation(kind))[0]
+                 for kind in {c.augment for c in configs} - {"none"}} if lm else {}
     plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
                          len(held)) for c in configs]  # FinetuneRun's steps per epoch: one global batch per step
     names = run_names(params["configs"])
@@ -426,7 +430,7 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
         if processes > 1:
             summary = _run_with_torchrun(params, cfg, name, processes, ctx)
         else:
-            summary = finetune(lm, train, held, cfg, ctx.dir / name, on_work=work,
+            summary = finetune(lm, augmented.get(cfg.augment, train), held, cfg, ctx.dir / name, on_work=work,
                                should_stop=ctx.should_stop).to_dict()
         done_before += sum(plan.values())
         if not ctx.should_stop():  # the plan's estimate of this run's work is spent: line the count up with it

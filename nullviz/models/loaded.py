@@ -17,6 +17,8 @@ from PIL import Image
 from timm.data import create_transform
 from timm.models.vision_transformer import VisionTransformer
 
+from nullviz.core.errors import InvalidParameterError
+
 from .registry import DEFAULT_MODEL_NAME
 
 
@@ -106,6 +108,18 @@ class LoadedModel:
         """timm's training augmentation for this model's data config (random resized crop, flip, colour
         jitter), then normalisation: for finetuning on natural images."""
         return create_transform(**self.data_config, is_training=True)
+
+    def augmentation(self, kind: str):
+        """The training transform ``kind`` names (``FinetuneConfig.augment``): None for "none" (the evaluation
+        transform is used), "rrc_flip" the paper's random resized crop + flip (timm's without colour jitter),
+        "timm" timm's default training transform."""
+        if kind == "none":
+            return None
+        if kind == "rrc_flip":
+            return create_transform(**self.data_config, is_training=True, color_jitter=None)
+        if kind == "timm":
+            return self.train_transform
+        raise InvalidParameterError("augment", "LoadedModel.augmentation", "none, rrc_flip or timm", kind)
 
     @property
     def pixel_transform(self):

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nullviz.core.errors import InvalidParameterError
-from nullviz.core.params import Interval, Options, bounded, validate_fields
+from nullviz.core.params import Interval, Options, bounded, check, validate_fields
+from nullviz.core.presets import FINETUNE_PRESETS
 from nullviz.core.seeds import MAX_SEED
 from nullviz.noise.approximate import DEFAULT_LAM, DEFAULT_LIM, DEFAULT_LR, DEFAULT_STEPS, SynthesisConfig
 
@@ -29,6 +30,10 @@ EVAL_VALIDATION_IMAGES = 128
 GAUSSIAN_GRID = (0.25, 0.5, 1.0)
 TOKEN_NOISE_METHODS = tuple(name for name, m in FINETUNE_METHODS.items() if m.uses_delta)
 FREEZE = ("none", "patch_embed", "all_but_head")
+#: Training augmentation (natural images only; the embedded digits and scenes keep their fixed tensors):
+#: "rrc_flip" — random resized crop (scale 0.08–1) and horizontal flip, the paper's; "timm" — timm's default
+#: training transform (the same plus colour jitter 0.4).
+AUGMENTATIONS = ("none", "rrc_flip", "timm")
 
 
 #: What each kind of work costs, in *batch passes* (a forward+backward of ``batch_size`` images into every
@@ -79,6 +84,10 @@ class FinetuneConfig:
     # a new classifier head when the data's classes are not the model's: said explicitly, so a 1,000-class
     # ImageNet ViT is never quietly retrained as a 10-digit classifier
     new_head: bool = False
+    augment: str = bounded("none", Options(AUGMENTATIONS))
+    # keep the weights of the epoch with the best held-out clean accuracy (the held-out split is a validation
+    # split of the training data: the benchmarks judge the kept model on other images)
+    keep_best: bool = False
     seed: int = bounded(0, Interval(int, 0, MAX_SEED))
 
     def __post_init__(self):
@@ -116,3 +125,10 @@ class FinetuneConfig:
     def evaluation_synthesis(self, seed: int) -> SynthesisConfig:
         """The δs every evaluation measures with: fixed settings, whatever the run trained with."""
         return SynthesisConfig(**EVAL_SYNTHESIS, steps=self.eval_synth_steps, seed=seed)
+
+
+def preset_config(name: str, **overrides) -> FinetuneConfig:
+    """A FinetuneConfig from a named preset (:data:`nullviz.core.presets.FINETUNE_PRESETS`; "paper": the paper's
+    recipe), any field overridden."""
+    check("preset", "preset_config", name, Options(tuple(FINETUNE_PRESETS)))
+    return FinetuneConfig(**{**FINETUNE_PRESETS[name], **overrides})

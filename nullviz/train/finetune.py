@@ -77,6 +77,7 @@ class FinetuneResult:
     world_size: int = 1
     images_per_second: float = 0.0  # training images per second over the whole run (all ranks)
     resume_note: str | None = None
+    best_epoch: int | None = None  # keep_best: the epoch whose weights ``checkpoint`` holds
 
     @property
     def global_batch(self) -> int:
@@ -107,7 +108,8 @@ class FinetuneResult:
                    synthesis_seconds=float(d.get("synthesis_seconds", 0.0)),
                    evaluation_synthesis_seconds=float(d.get("evaluation_synthesis_seconds", 0.0)),
                    world_size=int(d.get("world_size", 1)), images_per_second=float(d.get("images_per_second", 0.0)),
-                   resume_note=d.get("resume_note"))
+                   resume_note=d.get("resume_note"),
+                   best_epoch=None if d.get("best_epoch") is None else int(d["best_epoch"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.config.method, "config": asdict(self.config), "epochs_run": self.epochs_run,
@@ -115,7 +117,18 @@ class FinetuneResult:
                 "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds,
                 "evaluation_synthesis_seconds": self.evaluation_synthesis_seconds, "world_size": self.world_size,
                 "global_batch": self.global_batch, "images_per_second": self.images_per_second,
-                "resume_note": self.resume_note, "usable": self.usable, "history": self.history}
+                "resume_note": self.resume_note, "best_epoch": self.best_epoch, "usable": self.usable,
+                "history": self.history}
+
+
+#: keep_best: the best epoch's run folder, inside the run's own (loadable like it: weights + sidecar).
+BEST_DIR = "best"
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The first epoch with the highest held-out clean accuracy (the keep_best choice), or None."""
+    scored = [(r["clean_acc"], -r["epoch"]) for r in history if r.get("clean_acc") is not None]
+    return -max(scored)[1] if scored else None
 
 
 class PeerFailedError(NullvizError, RuntimeError):
@@ -315,9 +328,14 @@ class FinetuneRun:
             st.step_in_epoch = 0
             if st.epoch < cfg.epochs:
                 self.save()  # the last checkpoint a failed run resumes from
+            if cfg.keep_best and best_epoch(st.history) == record["epoch"] and self.out_dir is not None:
+                self.save(self.out_dir / BEST_DIR)  # a loadable run folder of the best epoch so far
         checkpoint = self.save()
+        best = best_epoch(st.history) if cfg.keep_best else None
+        if best is not None and self.out_dir is not None and (self.out_dir / BEST_DIR / "model.safetensors").exists():
+            checkpoint = self.out_dir / BEST_DIR / "model.safetensors"
         return FinetuneResult(config=cfg, history=st.history, epochs_run=st.epoch, steps_run=st.global_step,
-                              stopped=stopped, checkpoint=str(checkpoint) if checkpoint else None,
+                              stopped=stopped, checkpoint=str(checkpoint) if checkpoint else None, best_epoch=best,
                               seconds=time.perf_counter() - t0, synthesis_seconds=st.synthesis_seconds,
                               evaluation_synthesis_seconds=self.evaluator.synthesis_seconds,
                               world_size=self.world, resume_note=self.resume_note,

@@ -586,6 +586,24 @@ def test_finetune_page_defaults_are_a_small_run(jobs_dir):  # no jobs yet: the p
     assert "small run" in at.info[0].value and "2 epochs of 15 steps" in at.info[0].value
 
 
+def test_finetune_page_papers_recipe_fills_the_form_and_augmentation_needs_natural_images(jobs_dir):
+    """The recipe choice fills the form with the paper's values (and back); starting it on the embedded digits
+    is one clear message (augmentation is for natural images), no job and no traceback."""
+    at = app("pages/finetune.py")
+    at.radio(key="ft_recipe").set_value("paper").run()
+    assert not at.exception
+    assert (at.number_input(key="ft_epochs").value, at.number_input(key="ft_steps").value,
+            at.number_input(key="ft_lr").value, at.number_input(key="ft_wd").value,
+            at.selectbox(key="ft_augment").value, at.checkbox(key="ft_keep_best").value,
+            at.number_input(key="ft_tol").value) == (10, 0, 1e-4, 1e-4, "rrc_flip", True, 0.03)
+    at.button[0].click().run()
+    assert not at.exception and "augmentation is for natural images" in at.error[0].value
+    assert not list(jobs_dir.glob("*/*/job.json"))
+    at.radio(key="ft_recipe").set_value("small").run()
+    assert (at.number_input(key="ft_epochs").value, at.selectbox(key="ft_augment").value,
+            at.checkbox(key="ft_keep_best").value) == (2, "none", False)
+
+
 def test_finetune_page_bad_folder_message():
     at = app("pages/finetune.py")
     at.selectbox(key="ft_source").set_value("ImageFolder path")

@@ -301,3 +301,54 @@ def test_same_weights_same_evaluation_whatever_the_training_settings(default_lm,
     assert ea["delta_l2"] != eb["delta_l2"]  # their training δs did differ
     assert ea["nullspace_size"] == pytest.approx(ea["fresh_delta_l2"] / ea["token_norm"])
     assert ea["nullspace_size_validation_mse"] <= 0.01  # the kept δ is inside ε on its validation images
+
+
+def test_best_epoch_is_the_first_with_the_highest_held_out_accuracy():
+    from nullviz.train.finetune import best_epoch
+
+    assert best_epoch([{"epoch": 1, "clean_acc": 0.5}, {"epoch": 2, "clean_acc": 0.7}, {"epoch": 3, "clean_acc": 0.7},
+                       {"epoch": 4, "clean_acc": 0.6}]) == 2
+    assert best_epoch([]) is None and best_epoch([{"epoch": 1}]) is None
+
+
+@pytest.mark.slow
+def test_keep_best_keeps_the_best_epochs_weights(default_lm, sets, tmp_path):
+    """With keep_best the run's checkpoint is the best held-out epoch's own run folder (its sidecar says which
+    epoch, its weights load); the last epoch's folder is still there for resuming; the result says the epoch."""
+    from safetensors.torch import load_file
+
+    from nullviz.train.finetune import best_epoch
+
+    cfg = small("baseline", epochs=3, lr=3e-3, keep_best=True, fresh_deltas=0)
+    result = finetune(default_lm, sets[0], sets[1], cfg, tmp_path)
+    best = best_epoch(result.history)
+    assert result.best_epoch == best and result.to_dict()["best_epoch"] == best
+    assert result.checkpoint == str(tmp_path / "best" / "model.safetensors")
+    side = json.loads((tmp_path / "best" / "model.json").read_text())
+    assert side["metrics"]["epoch"] == best and side["finetune"]["keep_best"] is True
+    kept, last = load_file(result.checkpoint), load_file(str(tmp_path / "model.safetensors"))
+    assert any(not torch.equal(kept[k], last[k]) for k in kept) == (best != 3)
+    assert load_model(checkpoint=result.checkpoint).model.num_classes == 10
+
+
+def test_the_papers_recipe_as_a_preset_and_augmentation_only_for_natural_images(default_lm):
+    """The preset's values (../shared/PAPER.md §3), any one overridable; an unknown preset is refused; the
+    paper's augmentation is a random resized crop and a flip without colour jitter; the embedded data refuse
+    augmentation with a clear message."""
+    from nullviz.core.errors import DataError
+    from nullviz.data import train_heldout
+    from nullviz.train.config import preset_config
+
+    cfg = preset_config("paper")
+    assert (cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.augment, cfg.keep_best, cfg.synth_tol) == (
+        10, 1e-4, 1e-4, 0, "rrc_flip", True, 0.03)
+    assert preset_config("paper", epochs=2).epochs == 2
+    with pytest.raises(InvalidParameterError):
+        preset_config("imaginary")
+    names = [type(t).__name__ for t in default_lm.augmentation("rrc_flip").transforms]
+    assert "RandomResizedCropAndInterpolation" in names and "RandomHorizontalFlip" in names
+    assert "ColorJitter" not in names and "ColorJitter" in [type(t).__name__ for t in
+                                                            default_lm.augmentation("timm").transforms]
+    assert default_lm.augmentation("none") is None
+    with pytest.raises(DataError, match="augmentation is for natural images"):
+        train_heldout("digits", default_lm.transform, train_transform=default_lm.augmentation("rrc_flip"))
