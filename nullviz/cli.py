@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nullviz.core.errors import InvalidParameterError, NullvizError
+from nullviz.core.presets import FINETUNE_PRESETS
 
 
 OWN = "'default' (the model's own: digits, or the cluttered model's scenes), 'digits', 'cluttered'"
@@ -110,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="robustness: clean, adversarial, corruptions, noise tolerance")
     _model_args(p)
     p.add_argument("--data", default="default", help=f"{OWN} (held-out split) or an ImageFolder path")
-    p.add_argument("--attacks", default="fgsm,pgd",
-                   help="comma-separated attack names (fgsm, pgd, …; a wrong name lists them all), or 'none'")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated attack names (fgsm, pgd, cw, autoattack, patchfool; a wrong name lists "
+                        "them all), or 'none'; default fgsm,pgd — with --suite the paper's patchfool,cw,fgsm")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack radius in [0, 1] pixel units (8/255)")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--pgd-alpha", type=float, default=2 / 255)
     p.add_argument("--pgd-norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--autoattack-eps", type=float, default=4 / 255,
+                   help="AutoAttack's L∞ radius (4/255, RobustBench's ImageNet setting)")
+    p.add_argument("--cw-steps", type=int, default=50, help="CW-L2's Adam steps")
+    p.add_argument("--cw-c", type=float, default=1.0, help="CW-L2's weight of the margin term")
     p.add_argument("--corruptions", default="none", help="'all', 'none' or comma-separated ImageNet-C names")
     p.add_argument("--severities", default="1-5", help="e.g. 1-5 or 1,3,5")
     p.add_argument("--tolerance", default="", help="comma-separated L2 noise sizes for tolerance curves")
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None, help="also write the tidy table as CSV")
     p.add_argument("--reference", default=None,
                    help="'default' or a checkpoint: also report the corruption error relative to it (mCE-style)")
+    p.add_argument("--suite", choices=["imagenet"], default=None,
+                   help="the paper's Table 1 benchmarks from their published folders under --root (ImageNet val, "
+                        "-A, -R, -C, -V2, -Sketch, Stylized, DamageNet; --attacks run on the val images): "
+                        "nothing is downloaded, a data set absent from --root is skipped")
+    p.add_argument("--root", type=Path, default=None, help="with --suite: the folder that holds the benchmarks")
+    p.add_argument("--only", default=None, help="with --suite: comma-separated benchmarks (val,a,r,c,v2,sketch,…)")
 
     p = sub.add_parser("finetune", help="nullspace-augmented finetuning (or a control) on a copy of the model")
     _model_args(p)
@@ -154,9 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the evaluation δs (fixed settings, the same for every run compared)")
     p.add_argument("--new-head", action="store_true",
                    help="train a new classifier head when the data's classes are not the model's (otherwise refused)")
-    p.add_argument("--augment", action="store_true",
-                   help="train with timm's training transform for the model (random resized crop, flip, colour "
-                        "jitter; not for digits)")
+    p.add_argument("--augment", nargs="?", const="timm", default="none", choices=["none", "rrc_flip", "timm"],
+                   help="training augmentation for natural images: rrc_flip (random resized crop + flip, the "
+                        "paper's) or timm (the same plus colour jitter; --augment alone); not for the digits")
+    p.add_argument("--keep-best", action="store_true",
+                   help="keep the weights of the epoch with the best held-out clean accuracy (run folder 'best/')")
+    p.add_argument("--synth-tol", type=float, default=0.01, help="ε: δ is kept inside this Σ Δp² on its validation images")
+    p.add_argument("--preset", choices=sorted(FINETUNE_PRESETS), default=None,
+                   help="start from a named recipe; flags given explicitly override it. 'paper': "
+                        + ", ".join(f"{k} {v}" for k, v in FINETUNE_PRESETS["paper"].items()))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=None,
                    help="all run settings as JSON (a FinetuneConfig, e.g. a run's model.json 'finetune'); "
@@ -437,16 +455,20 @@ def cmd_evaluate(args) -> dict[str, Any]:
     from nullviz.robustness import evaluation as R
     from nullviz.data import load_dataset, own_data
 
-    attacks = () if args.attacks.strip() in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
+    spec = args.attacks if args.attacks is not None else "patchfool,cw,fgsm" if args.suite else "fgsm,pgd"
+    attacks = () if spec.strip() in ("", "none") else tuple(a.strip() for a in spec.split(","))
     try:
         magnitudes = tuple(float(v) for v in args.tolerance.split(",") if v.strip())
     except ValueError as exc:
         raise InvalidParameterError("tolerance", "evaluate", "comma-separated numbers", args.tolerance) from exc
     config = R.EvalConfig(attacks=attacks, eps=args.eps, pgd_steps=args.pgd_steps, pgd_alpha=args.pgd_alpha,
-                          pgd_norm=args.pgd_norm, corruptions=R.corruptions_from_spec(args.corruptions),
+                          pgd_norm=args.pgd_norm, autoattack_eps=args.autoattack_eps, cw_steps=args.cw_steps,
+                          cw_c=args.cw_c, corruptions=R.corruptions_from_spec(args.corruptions),
                           severities=R.severities_from_spec(args.severities), tolerance_magnitudes=magnitudes,
                           limit=args.limit, batch_size=args.batch_size, seed=args.seed)
     lm = _load(args)
+    if args.suite is not None:
+        return _evaluate_suite(args, lm, attacks, config)
     dataset = load_dataset(own_data(args.data, lm.name), split="heldout")
     progress = None
     if sys.stderr.isatty():
@@ -476,6 +498,25 @@ def cmd_evaluate(args) -> dict[str, Any]:
     return out
 
 
+def _evaluate_suite(args, lm, attacks: tuple[str, ...], config) -> dict[str, Any]:
+    from nullviz.robustness.benchmarks import evaluate_suite
+
+    if args.root is None:
+        raise InvalidParameterError("root", "evaluate --suite", "the folder that holds the benchmarks (--root DIR)",
+                                    None)
+    only = None if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    progress = None
+    if sys.stderr.isatty():
+        def progress(key, done, total):
+            sys.stderr.write(f"\r{key}: {done}/{total} images   ")
+    report = evaluate_suite(lm, args.root, only, args.limit, attacks, config, args.batch_size, args.seed, progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    for reason in report.skipped.values():
+        sys.stderr.write(f"nullviz: skipped {reason}\n")
+    return report.to_dict()
+
+
 def cmd_finetune(args) -> dict[str, Any]:
     from nullviz.data import own_data, train_heldout
     from nullviz.train.finetune import FinetuneConfig, finetune
@@ -487,7 +528,8 @@ def cmd_finetune(args) -> dict[str, Any]:
                             synth_lam=args.synth_lam, synth_lim=args.synth_lim,
                             fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed,
                             grad_accum=args.grad_accum, workers=args.workers, compile=args.compile,
-                            new_head=args.new_head, eval_synth_steps=args.eval_synth_steps)
+                            new_head=args.new_head, eval_synth_steps=args.eval_synth_steps, augment=args.augment,
+                            keep_best=args.keep_best, synth_tol=args.synth_tol)
     if args.config is not None:
         try:
             settings = json.loads(args.config.read_text())
@@ -499,7 +541,7 @@ def cmd_finetune(args) -> dict[str, Any]:
         config = FinetuneConfig(**settings)
     lm = _load(args)
     train, held = train_heldout(own_data(args.data, lm.name), lm.transform, args.data_cache,
-                                train_transform=lm.train_transform if args.augment else None)
+                                train_transform=lm.augmentation(config.augment))
     primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     progress = None
     if sys.stderr.isatty() and primary:
@@ -552,8 +594,20 @@ def _print_human(out: dict[str, Any]) -> None:
         print(f"{key:>28}: {value}")
 
 
+def _finetune_parser(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["finetune"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    for i, arg in enumerate(argv):  # a preset's values become the defaults, so explicit flags override them
+        name = arg.split("=", 1)[1] if arg.startswith("--preset=") else argv[i + 1] if arg == "--preset" and \
+            i + 1 < len(argv) else None
+        if name in FINETUNE_PRESETS:
+            _finetune_parser(parser).set_defaults(**FINETUNE_PRESETS[name])
+    args = parser.parse_args(argv)
     try:
         out = COMMANDS[args.command](args)
     except NullvizError as exc:

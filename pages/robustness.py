@@ -55,6 +55,12 @@ with st.form("rob_form"):
     steps = c[2].number_input("PGD steps", min_value=1, max_value=200, value=10, key="rob_steps")
     norm = c[3].selectbox("PGD norm", ["linf", "l2"], key="rob_norm")
     c = st.columns(2)
+    auto255 = c[0].number_input("AutoAttack ε (/255, L∞)", min_value=0.1, max_value=255.0, value=4.0,
+                                key="rob_auto_eps", help="RobustBench's ImageNet setting is 4/255. AutoAttack runs "
+                                "APGD-CE, then APGD-T, FAB-T and Square on the images still right: slow on a robust "
+                                "model.")
+    cw_steps = c[1].number_input("CW-L2 steps", min_value=1, max_value=1000, value=50, key="rob_cw_steps")
+    c = st.columns(2)
     corruptions = c[0].multiselect("corruptions (ImageNet-C)", list(R.CORRUPTIONS),
                                    default=["gaussian_noise", "defocus_blur", "fog", "contrast"], key="rob_corr")
     severities = c[1].multiselect("severities", [1, 2, 3, 4, 5], default=[1, 3, 5], key="rob_sev")
@@ -91,7 +97,8 @@ if go:
             models.append(cached_model(ModelSpec("default", path, str(lm_a.device))))
         magnitudes = tuple(float(v) for v in tol.split(",") if v.strip())
         cfg = R.EvalConfig(attacks=tuple(attacks), eps=float(eps255) / 255, pgd_steps=int(steps),
-                           pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm, corruptions=tuple(corruptions),
+                           pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm,
+                           autoattack_eps=float(auto255) / 255, cw_steps=int(cw_steps), corruptions=tuple(corruptions),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
         if not data_spec.strip():

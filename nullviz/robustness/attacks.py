@@ -191,6 +191,73 @@ class PatchFool(Attack):
         return cls(settings.patch_steps, views=views)
 
 
+def _torchattacks(attack_class: str, fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
+                  generator_seed: int, **options) -> torch.Tensor:
+    """A torchattacks attack on ``fn`` (pixels in [0, 1], normalisation inside). torchattacks seeds torch's
+    global generator itself (``manual_seed``): run in a forked generator state, restored after, so an attack
+    never moves another caller's random stream."""
+    import torchattacks
+
+    devices = [pixels.device] if pixels.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(generator_seed))
+        attack = getattr(torchattacks, attack_class)(fn, **options)
+        return attack(pixels.detach(), labels).detach()
+
+
+@register_attack
+@dataclass(frozen=True)
+class CW(Attack):
+    """Carlini & Wagner's L2 attack (2017), torchattacks' implementation: minimises ‖δ‖₂² + c·max(margin, −κ)
+    with Adam for ``steps`` steps; unbounded in norm — report its success rate and the L2 it needed."""
+
+    c: float = 1.0
+    kappa: float = 0.0
+    steps: int = 50
+    lr: float = 0.01
+    name: ClassVar[str] = "cw"
+    label: ClassVar[str] = "CW-L2 (torchattacks)"
+
+    def __call__(self, fn, pixels, labels, seed=0):
+        return _torchattacks("CW", fn, pixels, labels, seed, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)
+
+    @property
+    def gradient_steps(self) -> int:
+        return self.steps
+
+    @classmethod
+    def from_settings(cls, settings, views=None):
+        return cls(settings.cw_c, 0.0, settings.cw_steps, settings.cw_lr)
+
+
+@register_attack
+@dataclass(frozen=True)
+class AutoAttack(Attack):
+    """AutoAttack (Croce & Hein, 2020), torchattacks' 'standard' version as RobustBench runs it: APGD-CE, then
+    APGD-T and FAB-T on 9 target classes, then Square (5,000 queries), each on the images still classified
+    correctly; L∞ at ε (RobustBench's ImageNet ε: 4/255). Cost: 100 passes per image for APGD-CE, and an image
+    that survives it costs up to ~1,800 more gradient passes and 5,000 forwards."""
+
+    eps: float = 4 / 255
+    norm: str = "Linf"
+    name: ClassVar[str] = "autoattack"
+    label: ClassVar[str] = "AutoAttack (standard, torchattacks)"
+
+    def __call__(self, fn, pixels, labels, seed=0):
+        with torch.no_grad():
+            classes = int(fn(pixels[:1]).shape[-1])
+        return _torchattacks("AutoAttack", fn, pixels, labels, seed, norm=self.norm, eps=self.eps,
+                             version="standard", n_classes=min(classes, 10), seed=int(seed))
+
+    @property
+    def gradient_steps(self) -> int:
+        return 100  # APGD-CE; the later attacks run only on the images it did not fool
+
+    @classmethod
+    def from_settings(cls, settings, views=None):
+        return cls(settings.autoattack_eps)
+
+
 def make_attack(name: str, settings: Any, views=None) -> Attack:
     """The registered attack ``name`` with the budget in ``settings`` (an ``EvalConfig``)."""
     check("attack", "make_attack", name, Options(tuple(ATTACKS)))

@@ -202,6 +202,10 @@ class EvalConfig:
     pgd_alpha: float = bounded(2 / 255, Interval(float, 0.0, 1.0, closed="right"))
     pgd_norm: str = bounded("linf", Options(("linf", "l2")))
     patch_steps: int = bounded(30, Interval(int, 1, 1000))
+    cw_c: float = bounded(1.0, Interval(float, 0.0, None, closed="right"))
+    cw_steps: int = bounded(50, Interval(int, 1, 10_000))
+    cw_lr: float = bounded(0.01, Interval(float, 0.0, 1.0, closed="right"))
+    autoattack_eps: float = bounded(4 / 255, Interval(float, 0.0, 1.0, closed="right"))  # RobustBench's ImageNet ε
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     tolerance_magnitudes: tuple[float, ...] = ()

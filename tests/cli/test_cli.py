@@ -109,7 +109,7 @@ def test_info_re_measures_the_cluttered_model(capsys):
     (["synthesize", "--steps", "0"], "steps"),
     (["attention", "--noise", "/nonexistent.pt"], "does not exist"),
     (["info", "--device", "tpu9"], "device"),
-    (["evaluate", "--attacks", "cw", "--limit", "2"], "'fgsm', 'pgd', 'patchfool'"),  # the registry's names
+    (["evaluate", "--attacks", "deepfool", "--limit", "2"], "'fgsm', 'pgd', 'patchfool', 'cw', 'autoattack'"),
     (["finetune", "--method", "mixup"], "'baseline', 'nullspace', 'gaussian', 'random_start', 'adversarial'"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -228,3 +228,25 @@ def test_help_and_bad_arguments_answer_without_importing_torch():
             "print('torch' in sys.modules, code)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "False 0"
+
+
+@pytest.mark.slow
+def test_finetune_preset_paper_with_overrides_on_a_folder(capsys, tmp_path):
+    """`--preset paper` fills every recipe value (printed in the run's JSON), explicit flags override it, and
+    the paper's augmentation trains on a natural-image folder (here the sample photographs, two classes)."""
+    from nullviz.data import SAMPLE_PHOTOS, sample_image
+
+    for k, name in enumerate(list(SAMPLE_PHOTOS)[:6]):
+        folder = tmp_path / "photos" / f"class{k % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sample_image(name).convert("RGB").save(folder / f"{name}.png")
+    out = run_json(capsys, "finetune", "--preset", "paper", "--epochs", "1", "--steps-per-epoch", "1",
+                   "--batch-size", "4", "--synth-steps", "2", "--eval-synth-steps", "2", "--fresh-deltas", "0",
+                   "--data", str(tmp_path / "photos"), "--new-head", "--out", str(tmp_path / "run"))
+    cfg = out["config"]
+    assert (cfg["epochs"], cfg["lr"], cfg["weight_decay"], cfg["warmup_steps"], cfg["augment"], cfg["keep_best"],
+            cfg["synth_tol"]) == (1, 1e-4, 1e-4, 0, "rrc_flip", True, 0.03)
+    assert out["best_epoch"] == 1 and out["checkpoint"].endswith("best/model.safetensors")
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--preset", "fast"])
+    assert exit_.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err

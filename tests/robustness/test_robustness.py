@@ -70,11 +70,12 @@ def test_every_attack_has_one_call_and_is_weighed_in_the_progress(default_lm, ba
     labels, seed); the progress plan weighs each by its gradient steps (PatchFool used to raise KeyError)."""
     px, y = batch
     fn = PixelModel.of(default_lm)
-    cfg = R.EvalConfig(attacks=tuple(ATTACKS), pgd_steps=3, patch_steps=2)
+    cfg = R.EvalConfig(attacks=tuple(ATTACKS), pgd_steps=3, patch_steps=2, cw_steps=2)
     plan = cfg.work_plan()
-    assert set(ATTACKS) == {"fgsm", "pgd", "patchfool"} and list(plan)[1:] == list(ATTACKS)
-    assert (plan["fgsm"], plan["pgd"], plan["patchfool"]) == (4.0, 10.0, 7.0)
-    for name in ATTACKS:
+    assert set(ATTACKS) == {"fgsm", "pgd", "patchfool", "cw", "autoattack"} and list(plan)[1:] == list(ATTACKS)
+    assert (plan["fgsm"], plan["pgd"], plan["patchfool"], plan["cw"], plan["autoattack"]) == (4.0, 10.0, 7.0, 7.0,
+                                                                                               301.0)
+    for name in (n for n in ATTACKS if n != "autoattack"):  # AutoAttack: its own (slow) test
         attack = make_attack(name, cfg)
         assert isinstance(attack, Attack) and attack.label and attack.name == name
         adv = attack(fn, px[:4], y[:4], seed=0)
@@ -82,7 +83,7 @@ def test_every_attack_has_one_call_and_is_weighed_in_the_progress(default_lm, ba
     torch.testing.assert_close(make_attack("pgd", cfg)(fn, px[:4], y[:4], seed=5),
                                pgd(fn, px[:4], y[:4], cfg.eps, cfg.pgd_alpha, 3, "linf", seed=5))
     with pytest.raises(InvalidParameterError, match="attack"):
-        make_attack("cw", cfg)
+        make_attack("deepfool", cfg)
     with pytest.raises(ValueError, match="registered already"):
         register_attack(PGD)
 
@@ -217,7 +218,7 @@ def test_evaluate_can_be_stopped(default_lm):
     assert report.stopped and "pgd" not in report.attacks and report.clean_acc > 0.9
 
 
-@pytest.mark.parametrize("kwargs", [dict(attacks=("cw",)), dict(corruptions=("rain",)), dict(severities=(0,)),
+@pytest.mark.parametrize("kwargs", [dict(attacks=("deepfool",)), dict(corruptions=("rain",)), dict(severities=(0,)),
                                     dict(eps=2.0), dict(limit=0), dict(pgd_norm="l1")])
 def test_eval_config_validation(kwargs):
     with pytest.raises(InvalidParameterError):
@@ -255,3 +256,35 @@ def test_one_progress_bar_over_every_stage(default_lm):
     plan = cfg.work_plan()
     assert cfg.fraction_done("fgsm", 16, 16) == pytest.approx((plan["clean"] + plan["fgsm"]) / sum(plan.values()))
     assert cfg.fraction_done("fgsm", 16, 16) < 0.2 and plan["pgd"] == 31  # ten attack steps outweigh one
+
+
+@pytest.mark.slow
+def test_cw_and_autoattack_are_torchattacks_own_and_autoattack_beats_pgd(default_lm, batch):
+    """CW-L2 and AutoAttack through the registry equal torchattacks called directly (same seed: the same
+    adversarial images, so the same success rate); AutoAttack's accuracy is at most PGD-10's at its ε; the
+    attacks leave torch's global random stream and the shared model's mode alone."""
+    import torchattacks
+
+    from nullviz.robustness.attacks import CW, AutoAttack
+
+    px, y = batch[0][:16], batch[1][:16]
+    fn = PixelModel.of(default_lm)
+    state = torch.get_rng_state()
+    cw = CW(steps=20)(fn, px, y, seed=3)
+    auto = AutoAttack(eps=8 / 255)(fn, px, y, seed=3)
+    assert torch.equal(torch.get_rng_state(), state) and not default_lm.model.training
+    torch.manual_seed(3)
+    cw_direct = torchattacks.CW(fn, c=1.0, kappa=0.0, steps=20, lr=0.01)(px, y)
+    auto_direct = torchattacks.AutoAttack(fn, norm="Linf", eps=8 / 255, version="standard", n_classes=10, seed=3)(px, y)
+    torch.set_rng_state(state)
+    torch.testing.assert_close(cw, cw_direct, atol=1e-6, rtol=0)
+    torch.testing.assert_close(auto, auto_direct, atol=1e-6, rtol=0)
+    assert float((auto - px).abs().max()) <= 8 / 255 + 1e-6
+    right = {name: (R.predict_pixels(fn, adv) == y) for name, adv in
+             (("clean", px), ("auto", auto), ("pgd", pgd(fn, px, y, 8 / 255, 2 / 255, 10)), ("cw", cw))}
+    assert int(right["auto"].sum()) <= int(right["pgd"].sum()) < int(right["clean"].sum())
+    assert int(right["cw"].sum()) < int(right["clean"].sum())
+    report = R.evaluate(default_lm, digits_dataset("heldout"), R.EvalConfig(attacks=("cw", "autoattack"), limit=16,
+                                                                             cw_steps=20, autoattack_eps=8 / 255, seed=3))
+    assert report.attacks["autoattack"]["robust_acc"] == int(right["auto"].sum()) / 16
+    assert set(R.EvalConfig(attacks=("cw", "autoattack")).work_plan()) == {"clean", "cw", "autoattack"}
