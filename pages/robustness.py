@@ -10,11 +10,14 @@ from app_state import (cached_model, current_model, default_spec, job_queue, job
                        require_shell, server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz.core.errors import JobNotFoundError, NullvizError
-from nullviz.data import EMBEDDED_DATA, EMBEDDED_DATA_WORDS, load_dataset, model_own_data, no_own_data_message, own_data
-from nullviz.jobs.queue import evaluate_params
+from nullviz.data import (EMBEDDED_DATA, EMBEDDED_DATA_WORDS, extract_image_folder_zip, load_dataset, model_own_data,
+                          no_own_data_message, own_data)
+from nullviz.jobs.queue import evaluate_params, suite_params
 from nullviz.models import ModelSpec, PixelModel, embedded_model
 from nullviz.noise.kinds import label as noise_label
 from nullviz.robustness import evaluation as R
+from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite, suite_root, suite_size
+from nullviz.server.settings import check_upload_size
 
 
 require_shell(__file__)
@@ -80,6 +83,114 @@ def store_results(models, dataset, cfg, reports) -> None:
     st.session_state["rob_results"] = {"reports": reports, "examples": ex, "preds": preds,
                                        "class_names": models[0].class_names, "model": model_key(models[0])}
 
+
+
+@st.fragment
+def suite_panel() -> None:
+    """The paper's Table 1 benchmarks from their published folders (local mode: a folder on the server; shared
+    mode: a zip this session uploads), on the spot when small, else as a background job."""
+    with st.expander("The paper's benchmarks (Table 1): ImageNet, -A, -R, -C, -V2, -Sketch, Stylized, DamageNet"):
+        st.caption("Each benchmark is read from the folder layout its authors publish, under one root (README: The "
+                   "paper's benchmarks); absent ones are skipped, nothing is downloaded. Needs a 1,000-class "
+                   "ImageNet model. The attacks run on the validation images.")
+        with st.form("rob_suite_form"):
+            c = st.columns(2)
+            if shared:
+                upload = c[0].file_uploader("zip of a benchmark root (val/, imagenet-a/, …)", type=["zip"],
+                                            key="rob_suite_zip")
+                root_text = ""
+            else:
+                upload = None
+                root_text = c[0].text_input("benchmark root folder", key="rob_suite_root",
+                                            placeholder="/data/benchmarks (val/, imagenet-a/, imagenet-c/, …)")
+            only = c[1].multiselect("benchmarks", list(BENCHMARKS), default=list(BENCHMARKS), key="rob_suite_only",
+                                    format_func=lambda n: BENCHMARKS[n].label)
+            c = st.columns(2)
+            limit = c[0].number_input("images per benchmark (0 = all; a seeded random subset)", 0, 10_000_000, 500,
+                                      key="rob_suite_limit")
+            attacks = c[1].multiselect("attacks on the validation images", list(R.ATTACKS),
+                                       default=["patchfool", "cw", "fgsm"], key="rob_suite_attacks",
+                                       format_func=lambda name: R.ATTACKS[name].label)
+            run = st.form_submit_button("Run the benchmarks")
+        if run:
+            try:
+                if shared:
+                    if upload is None:
+                        raise NullvizError("Upload a zip of a benchmark root (its folders in the published layouts).")
+                    settings = server_settings()
+                    check_upload_size(upload.name, upload.size, settings.max_upload_mb)
+                    root = suite_root(extract_image_folder_zip(
+                        upload.getvalue(), ws.new_upload_folder(), max_bytes=settings.max_expanded_mb * 2**20,
+                        max_files=settings.max_zip_files))
+                else:
+                    if not root_text.strip():
+                        raise NullvizError("Type the folder that holds the benchmarks.")
+                    root = ws.check_server_path(root_text.strip(), "the benchmark root")
+                if int(lm_a.model.num_classes) != 1000:
+                    raise NullvizError(f"{lm_a.name} predicts {lm_a.model.num_classes:,} classes; the benchmarks "
+                                       "are scored against ImageNet's 1,000. Load an ImageNet ViT in the sidebar.")
+                cfg = R.EvalConfig(attacks=tuple(attacks))
+                lim = int(limit) or None
+                size = suite_size(root, tuple(only), lim) + len(attacks) * (lim or 50_000)
+                scale = max(1.0, sum(p.numel() for p in lm_a.model.parameters()) / 1e6)
+                if size * scale > server_settings().eval_job_threshold:
+                    job = job_queue().submit("suite", suite_params(ModelSpec.of(lm_a), root, list(only), lim,
+                                                                   list(attacks), cfg), owner=ws.id,
+                                             label=f"Table 1 benchmarks · {len(only)} sets", threads=job_threads())
+                    st.session_state["rob_suite_job"] = (model_key(lm_a), job.id)
+                else:
+                    bar = st.progress(0.0, text="classifying…")
+                    report = evaluate_suite(lm_a, root, tuple(only), lim, tuple(attacks), cfg, cfg.batch_size,
+                                            progress=lambda key, done, n: bar.progress(min(done / max(n, 1), 1.0),
+                                                                                       text=f"{key}: {done}/{n}"))
+                    bar.empty()
+                    st.session_state["rob_suite"] = (model_key(lm_a), report.to_dict())
+            except NullvizError as exc:
+                show_error(exc)
+        pending = st.session_state.get("rob_suite_job")
+        if pending is not None:
+            try:
+                job = job_queue().get(pending[1], ws.id)
+            except JobNotFoundError:
+                st.session_state.pop("rob_suite_job")
+                return
+            if st.button("Stop the benchmarks", key="rob_suite_stop", disabled=job.finished):
+                job = job_queue().stop(job.id, ws.id)
+            st.progress(float(job.status.get("fraction", 0.0)), text=f"{job.state} · {job.status.get('current', '')}")
+            if job.finished:
+                st.session_state.pop("rob_suite_job")
+                path = job.dir / "suite.json"
+                if job.state == "failed" or not path.exists():
+                    show_error(NullvizError(job.message or "The benchmarks were stopped before they finished."))
+                else:
+                    st.session_state["rob_suite"] = (pending[0], json.loads(path.read_text()))
+            else:
+                st.caption("Running as a background job (it goes on if you leave this page); press the button "
+                           "below to look again.")
+                st.button("Refresh", key="rob_suite_refresh")
+        done = st.session_state.get("rob_suite")
+        if done is not None and done[0] == model_key(lm_a):
+            d = done[1]
+            cols = d["columns"]
+            st.table({"benchmark": list(cols), "top-1 % (ImageNet-C: mCE, lower is better)": [f"{v:.2f}" for v in
+                                                                                               cols.values()]})
+            c_summary = d.get("imagenet_c") or {}
+            notes = []
+            if c_summary.get("relative_mce") is not None:
+                notes.append(f"relative mCE {c_summary['relative_mce']:.2f}")
+            if c_summary.get("missing"):
+                notes.append(f"ImageNet-C incomplete ({len(c_summary['missing'])} of 75 corruption × severity "
+                             "folders missing)")
+            notes.append(f"the paper's average {d['paper_average']:.2f}" if d["paper_average"] is not None else
+                         f"no paper's average: missing {', '.join(d['paper_average_missing'])}")
+            st.caption("; ".join(notes) + ".")
+            for reason in d["skipped"].values():
+                st.caption(f"Skipped — {reason}.")
+            st.download_button("benchmarks (JSON)", json.dumps(d, indent=2), "benchmarks.json", "application/json",
+                               on_click="ignore", key="dl_suite")
+
+
+suite_panel()
 
 if go:
     try:

@@ -42,6 +42,7 @@ from nullviz.data import check_augmentable, held_out_or_sample_photos, load_data
 from nullviz.inspection.attention import head_embedding, load_conditions
 from nullviz.models import ModelSpec
 from nullviz.robustness import evaluation as R
+from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite
 from nullviz.robustness.evaluation import config_from_dict, images_tensor
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
 
@@ -565,6 +566,39 @@ def _run_head_embedding(params: dict[str, Any], ctx: JobContext) -> None:
     ctx.update(fraction=1.0, current="done")
 
 
+def suite_params(model: ModelSpec | dict[str, Any], root: str | Path, only: list[str] | None, limit: int | None,
+                 attacks: list[str], config) -> dict[str, Any]:
+    """Parameters of a 'suite' job: the model, the benchmark root, which benchmarks, the limit per benchmark,
+    the attacks on the validation images and their budgets (an EvalConfig)."""
+    return {"model": ModelSpec.from_dict(model).to_dict(), "root": str(root), "only": only, "limit": limit,
+            "attacks": list(attacks), "config": config if isinstance(config, dict) else asdict(config)}
+
+
+def _validate_suite(params: dict[str, Any]) -> None:
+    ModelSpec.from_dict(params.get("model", {}))
+    if not Path(str(params.get("root", ""))).is_dir():
+        raise InvalidParameterError("root", "suite job", "a folder that holds the benchmarks", params.get("root"))
+    for name in params.get("only") or []:
+        check("only", "suite job", name, Options(tuple(BENCHMARKS)))
+    config_from_dict(params.get("config", {}))
+
+
+def _run_suite(params: dict[str, Any], ctx: JobContext) -> None:
+    lm = ModelSpec.from_dict(params["model"]).load()
+    cfg = config_from_dict(params["config"])
+    ctx.update(fraction=0.0, current="classifying")
+
+    def progress(key: str, done: int, total: int) -> None:
+        ctx.update(force=False, current=f"{key} · {done}/{total} images", fraction=0.9 * done / max(total, 1))
+
+    report = evaluate_suite(lm, params["root"], tuple(params["only"]) if params.get("only") else None,
+                            params.get("limit"), tuple(params.get("attacks", ())), cfg, cfg.batch_size, cfg.seed,
+                            progress, ctx.should_stop)
+    write_text_atomic(ctx.dir / "suite.json", json.dumps(report.to_dict(), indent=2))
+    ctx.update(fraction=1.0, current="done")
+
+
 KINDS: dict[str, JobKind] = {"finetune": JobKind(_validate_finetune, _run_finetune),
+                             "suite": JobKind(_validate_suite, _run_suite),
                              "evaluate": JobKind(_validate_evaluate, _run_evaluate),
                              "head_embedding": JobKind(_validate_head_embedding, _run_head_embedding)}

@@ -215,6 +215,37 @@ class ImageNetC(Benchmark):
         return found
 
 
+def suite_root(folder: str | Path) -> Path:
+    """The root that holds the benchmarks, given it or one benchmark's own folder (an unpacked upload of
+    ``val/`` alone lands on ``val``)."""
+    folder = Path(folder)
+    if any(b.find(folder) is not None for b in BENCHMARKS.values()):
+        return folder
+    if any(b.find(folder.parent) == folder for b in BENCHMARKS.values()):
+        return folder.parent
+    return folder
+
+
+def suite_size(root: str | Path, only: tuple[str, ...] | None = None, limit: int | None = None) -> int:
+    """How many images :func:`evaluate_suite` would classify (no image is opened): what decides whether the page
+    runs it on the spot or as a job."""
+    root = Path(root)
+    total = 0
+    for name in (tuple(BENCHMARKS) if only is None else only):
+        folder = BENCHMARKS[name].find(root) if name in BENCHMARKS else None
+        if folder is None:
+            continue
+        parts = [f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        if name == "c":
+            per_split: dict[Path, int] = {}
+            for f in parts:
+                per_split[f.parent.parent] = per_split.get(f.parent.parent, 0) + 1
+            total += sum(n if limit is None else min(n, limit) for n in per_split.values())
+        else:
+            total += len(parts) if limit is None else min(len(parts), limit)
+    return total
+
+
 # ------------------------------------------------------------------------------------------- scoring
 def _subset(items: list, limit: int | None, seed: int) -> list:
     if limit is None or limit >= len(items):

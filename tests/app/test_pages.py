@@ -843,3 +843,60 @@ def test_attention_page_large_head_embedding_runs_as_a_job(server_env):
     spec = _figure(at, "att_emb_plot")
     clean_q = [t for t in spec["data"] if t["name"] == "clean · queries"][0]
     assert np.allclose(_array(clean_q["x"]), np.asarray(saved["coords"]["clean"])[0, :, 0])
+
+
+def _tiny_suite(root):
+    """ImageNet val and ImageNet-A folders of two images each, in their published layouts."""
+    from nullviz.robustness.benchmarks import imagenet_wnids, subset_indices
+
+    rng = np.random.default_rng(0)
+    wnids = imagenet_wnids()
+    for folder in (root / "val" / wnids[0], root / "val" / wnids[6], root / "imagenet-a" / wnids[subset_indices("a")[0]]):
+        folder.mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    return root
+
+
+def test_robustness_page_benchmarks_need_an_imagenet_model(tmp_path):
+    at = app("pages/robustness.py")
+    at.text_input(key="rob_suite_root").set_value(str(_tiny_suite(tmp_path / "suite")))
+    at.button(key="FormSubmitter:rob_suite_form-Run the benchmarks").click().run()
+    assert not at.exception and "1,000" in at.error[0].value and "ImageNet" in at.error[0].value
+
+
+@pytest.mark.slow
+def test_robustness_page_runs_the_benchmarks_on_the_spot_and_as_a_job(server_env, tmp_path):
+    """A 1,000-class model on a tiny root: the table of the columns measured, what was skipped, no average (not
+    all eleven); over the server's threshold the same runs as a job, followed until its table shows."""
+    root = _tiny_suite(tmp_path / "suite")
+    ck = imagenet_like_checkpoint(tmp_path)
+
+    def page():
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.session_state["model_spec"] = ModelSpec("vit_tiny_patch16_224", ck, "cpu")
+        at.run()
+        at.switch_page("pages/robustness.py").run()
+        at.text_input(key="rob_suite_root").set_value(str(root))
+        at.number_input(key="rob_suite_limit").set_value(2)
+        at.multiselect(key="rob_suite_attacks").set_value([])
+        at.button(key="FormSubmitter:rob_suite_form-Run the benchmarks").click().run()
+        assert not at.exception and not at.error
+        return at
+
+    at = page()
+    table = at.table[0].value
+    assert list(table["benchmark"]) == ["clean", "a"]
+    assert any("no paper's average: missing" in c.value for c in at.caption)
+    assert any(c.value.startswith("Skipped — ImageNet-R") for c in at.caption)
+    server_env(NULLVIZ_EVAL_JOB_THRESHOLD="1")
+    at = page()
+    assert at.session_state["rob_suite_job"]
+
+    def shown():
+        at.button(key="rob_suite_refresh").click().run() if any(b.key == "rob_suite_refresh" for b in at.button) \
+            else at.run()
+        return bool(at.table)
+
+    wait_until(shown, 180, 1.0)
+    assert list(at.table[0].value["benchmark"]) == ["clean", "a"]
