@@ -21,6 +21,7 @@ from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
                             available_devices, embedded_model, load_model, resolve_device)
+from nullviz.models.hf import is_hf_name
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 from nullviz.server.process import server_threads, threads_per_job
 from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
@@ -257,7 +258,9 @@ def model_sidebar() -> None:
             name = st.text_input("timm architecture", value="" if embedded_model(spec.name) else spec.name,
                                  placeholder="vit_tiny_patch16_224", key="model_name",
                                  help="For 'timm name' and the checkpoint. Leave empty for a checkpoint "
-                                      "saved by nullviz (its .json sidecar names the architecture).")
+                                      "saved by nullviz (its .json sidecar names the architecture). A Hugging "
+                                      "Face transformers ViT (ViT, non-distilled DeiT, DINO) as "
+                                      "hf:google/vit-base-patch16-224 is converted into timm's ViT.")
             if shared:
                 upload = upload_widget("Checkpoint (.safetensors, or .pth/.pt holding weights only)",
                                        "model_checkpoint_upload", [s.lstrip(".") for s in CHECKPOINT_SUFFIXES])
@@ -310,6 +313,8 @@ def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, d
     try:
         if new.checkpoint:
             workspace().check_server_path(new.checkpoint, "the checkpoint")
+        if is_hf_name(new.name) and new.name[3:].startswith(("/", ".", "~")):  # a folder on the server
+            workspace().check_server_path(new.name[3:], "the model folder")
         cached_model(new)
     except NullvizError as exc:  # keep the previous model: nothing is lost
         st.session_state["model_error"] = str(exc)

@@ -18,6 +18,7 @@ from nullviz.core.errors import (CheckpointError, ModelNotFoundError, NotAVision
 
 from .checkpoint import read_sidecar, read_weights, recorded_arch
 from .device import resolve_device
+from .hf import build, convert, is_hf_name, load_hf
 from .loaded import LoadedModel
 from .registry import DEFAULT_MODEL_NAME, EMBEDDED_MODELS, _build_embedded, embedded_model
 
@@ -34,7 +35,12 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
       (or the architecture recorded in the checkpoint's JSON sidecar).
     """
     dev = resolve_device(device)
+    if is_hf_name(name) and checkpoint is None:
+        return _load_hf(name, dev)
     sidecar = read_sidecar(checkpoint) if checkpoint is not None else {}
+    if checkpoint is not None and is_hf_name(sidecar.get("arch") if name in (None, "", "default") else name):
+        return _load_hf_checkpoint(sidecar.get("arch") if name in (None, "", "default") else name, checkpoint,
+                                   sidecar, dev)
     state = None
     if checkpoint is not None and name in (None, "", "default") and not sidecar.get("arch"):
         # a file on its own (an upload has no sidecar): the architecture its header records, else the
@@ -77,6 +83,41 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     return LoadedModel(model=model, name=arch, device=dev, data_config=data_config,
                        class_names=list(class_names), checkpoint=str(checkpoint) if checkpoint else None,
                        info=info)
+
+
+def _ready(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
+    model.eval().to(dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _load_hf(name: str, dev: torch.device) -> LoadedModel:
+    """A Hugging Face ViT (``hf:<id or folder>``) converted into timm's VisionTransformer (:mod:`.hf`)."""
+    hf_model, processor = load_hf(name)
+    model, kwargs, data_config, names = convert(hf_model, processor)
+    return LoadedModel(model=_ready(model, dev), name=name, device=dev, data_config=data_config,
+                       class_names=names or [f"feature {i}" for i in range(int(model.num_features))],
+                       checkpoint=None, info={"arch_kwargs": kwargs})
+
+
+def _load_hf_checkpoint(name: str, checkpoint: str | Path, sidecar: dict, dev: torch.device) -> LoadedModel:
+    """A finetuned copy of a Hugging Face ViT: its sidecar keeps the converted architecture (``arch_kwargs``)."""
+    kwargs = dict(sidecar.get("arch_kwargs") or {})
+    if not kwargs:
+        raise CheckpointError(f"{str(checkpoint)!r} names the Hugging Face model {name!r} but its sidecar has no "
+                              f"'arch_kwargs' (the converted architecture nullviz writes when it saves one).")
+    state = read_weights(checkpoint)
+    num_classes = _num_classes_in(state)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = build(kwargs, float(kwargs.get("layer_norm_eps", 1e-12)))
+    _load_state(model, state, name, checkpoint)
+    data_config = dict(sidecar["data_config"])
+    data_config["input_size"] = tuple(data_config["input_size"])
+    return LoadedModel(model=_ready(model, dev), name=name, device=dev, data_config=data_config,
+                       class_names=list(sidecar.get("class_names") or []), checkpoint=str(checkpoint),
+                       info={"arch_kwargs": kwargs})
 
 
 def model_data_config(model: torch.nn.Module) -> dict[str, Any]:

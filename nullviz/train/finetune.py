@@ -229,7 +229,10 @@ class FinetuneRun:
                 "data_config": {**self.lm.data_config, "input_size": list(self.lm.data_config["input_size"])},
                 "finetune": asdict(self.cfg), "source_checkpoint": self.lm.checkpoint,
                 "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "world_size": self.world,
-                "metrics": st.history[-1] if st.history else {}}
+                "metrics": st.history[-1] if st.history else {},
+                # the architecture's build arguments where its name alone does not say them (a converted
+                # Hugging Face ViT), so the checkpoint loads back
+                **({"arch_kwargs": self.lm.info["arch_kwargs"]} if self.lm.info.get("arch_kwargs") else {})}
         trainer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "world_size": self.world, "config": json.dumps(asdict(self.cfg)), **st.to_saved()}
         return self.saver.save(self.model.state_dict(), side, trainer, out_dir)

@@ -900,3 +900,19 @@ def test_robustness_page_runs_the_benchmarks_on_the_spot_and_as_a_job(server_env
 
     wait_until(shown, 180, 1.0)
     assert list(at.table[0].value["benchmark"]) == ["clean", "a"]
+
+
+def test_a_hugging_face_vit_runs_the_nullspace_and_attention_pages(tmp_path):
+    """A transformers ViT (tiny, random, saved to a folder) as the active model: converted once, the pages work on
+    it unchanged."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, image_size=32, patch_size=8,
+                                        num_labels=3)).save_pretrained(tmp_path / "vit")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["model_spec"] = ModelSpec(f"hf:{tmp_path / 'vit'}", None, "cpu")
+    at.run()
+    for page in ("pages/nullspace.py", "pages/attention.py", "pages/model.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)

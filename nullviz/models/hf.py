@@ -1,0 +1,144 @@
+"""Hugging Face ``transformers`` ViTs, converted once into the timm ``VisionTransformer`` nullviz works on.
+
+Supported: ``ViTForImageClassification`` (google/vit-*, the non-distilled facebook/deit-*-patch16-224, finetuned
+ViTs) and ``ViTModel`` backbones (DINO, facebook/dino-vit*: no classifier, the CLS token after the final norm is
+the output), by hub name or local folder: ``hf:google/vit-base-patch16-224`` or ``hf:/path/to/folder``. Their
+patch embedding is the same linear map (a p×p convolution with stride p), so the weights map one to one: the
+query/key/value projections concatenated into timm's ``qkv``, the two LayerNorms with the model's own ε. Other
+architectures (distilled DeiT with its distillation token, DINOv2 with layer scale, BEiT, Swin …) are refused
+by name. The image processor's mean, std and size become the data config (resize to the size, no crop: what
+``ViTImageProcessor`` does); ``id2label`` gives the class names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from nullviz.core.errors import ModelNotFoundError, PretrainedWeightsUnavailableError, UnsupportedModelError
+
+PREFIX = "hf:"
+SUPPORTED = ("ViTForImageClassification", "ViTModel")
+
+
+def is_hf_name(name: str | None) -> bool:
+    return bool(name) and str(name).startswith(PREFIX)
+
+
+def _from_pretrained(cls, ident: str, **kwargs):
+    """The local folder, else the local Hugging Face cache (offline, whatever HF_HUB_OFFLINE says), else the hub;
+    a failure of the last is one explained error."""
+    if Path(ident).is_dir():
+        return cls.from_pretrained(ident, **kwargs)
+    try:
+        return cls.from_pretrained(ident, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise PretrainedWeightsUnavailableError(
+            f"{ident!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it once with "
+            f"network (`huggingface-cli download {ident}`), or give a local folder as hf:/path/to/folder.")
+    try:
+        return cls.from_pretrained(ident, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
+        raise PretrainedWeightsUnavailableError(
+            f"Could not fetch {ident!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). Without "
+            f"network, put it in the local cache first or give a local folder as hf:/path/to/folder.") from exc
+
+
+def load_hf(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The transformers model ``hf:<hub id or folder>`` and its image processor's settings."""
+    try:
+        from transformers import AutoConfig
+    except ImportError as exc:  # pragma: no cover — a runtime requirement
+        raise UnsupportedModelError("Hugging Face models need the 'transformers' package.") from exc
+    ident = name[len(PREFIX):] if is_hf_name(name) else name
+    if not ident:
+        raise ModelNotFoundError("Give a Hugging Face model as hf:<hub id> or hf:/path/to/folder.")
+    config = _from_pretrained(AutoConfig, ident)
+    arch = (config.architectures or ["ViTModel" if config.model_type == "vit" else config.model_type])[0]
+    if config.model_type != "vit" or arch not in SUPPORTED:
+        raise UnsupportedModelError(
+            f"{ident!r} is a {arch} ({config.model_type}); nullviz converts {', '.join(SUPPORTED)} (ViT, the "
+            f"non-distilled DeiT, DINO) into timm. Distilled DeiT, DINOv2, BEiT, Swin and others are not supported.")
+    import transformers
+
+    model = _from_pretrained(getattr(transformers, arch), ident)
+    processor: dict[str, Any] = {}
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = _from_pretrained(AutoImageProcessor, ident)
+        processor = {"mean": tuple(proc.image_mean), "std": tuple(proc.image_std)}
+    except (OSError, ValueError, PretrainedWeightsUnavailableError):
+        processor = {}  # no preprocessor_config.json: ViT's own defaults below
+    return model.eval(), processor
+
+
+def convert(hf_model: torch.nn.Module, processor: dict[str, Any] | None = None
+            ) -> tuple[VisionTransformer, dict[str, Any], dict[str, Any], list[str]]:
+    """A timm VisionTransformer with ``hf_model``'s weights; its build kwargs (with the LayerNorm ε), data config
+    and class names. Logits (or, for a backbone, the CLS features) equal the original's."""
+    cfg = hf_model.config
+    if cfg.hidden_act not in ("gelu",):
+        raise UnsupportedModelError(f"activation {cfg.hidden_act!r}: nullviz converts ViTs with exact GELU")
+    has_head = hasattr(hf_model, "classifier")
+    kwargs = dict(img_size=int(cfg.image_size), patch_size=int(cfg.patch_size), in_chans=int(cfg.num_channels),
+                  embed_dim=int(cfg.hidden_size), depth=int(cfg.num_hidden_layers), num_heads=int(cfg.num_attention_heads),
+                  mlp_ratio=cfg.intermediate_size / cfg.hidden_size, qkv_bias=bool(cfg.qkv_bias),
+                  num_classes=int(cfg.num_labels) if has_head else 0, global_pool="token")
+    model = build(kwargs, float(cfg.layer_norm_eps))
+    model.load_state_dict(_mapped_state(hf_model.state_dict(), kwargs["depth"], has_head))
+    processor = processor or {}
+    data_config = {"input_size": (kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"]),
+                   "mean": tuple(float(v) for v in processor.get("mean", (0.5, 0.5, 0.5))),
+                   "std": tuple(float(v) for v in processor.get("std", (0.5, 0.5, 0.5))),
+                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+    names = [str(cfg.id2label[i]) for i in range(kwargs["num_classes"])] if has_head else []
+    return model, {**kwargs, "layer_norm_eps": float(cfg.layer_norm_eps)}, data_config, names
+
+
+def build(kwargs: dict[str, Any], layer_norm_eps: float) -> VisionTransformer:
+    """A timm VisionTransformer of these kwargs whose LayerNorms use ``layer_norm_eps`` (transformers' ViT: 1e-12)."""
+    model = VisionTransformer(**{k: v for k, v in kwargs.items() if k != "layer_norm_eps"})
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = layer_norm_eps
+    return model
+
+
+def _mapped_state(state: dict[str, torch.Tensor], depth: int, has_head: bool) -> dict[str, torch.Tensor]:
+    """transformers' names (v5: ``vit.layers.N.attention.q_proj``; v4: ``vit.encoder.layer.N.attention.attention.
+    query``) → timm's."""
+    pre = "vit." if any(k.startswith("vit.") for k in state) else ""
+    out = {"cls_token": state[f"{pre}embeddings.cls_token"], "pos_embed": state[f"{pre}embeddings.position_embeddings"],
+           "patch_embed.proj.weight": state[f"{pre}embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": state[f"{pre}embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": state[f"{pre}layernorm.weight"], "norm.bias": state[f"{pre}layernorm.bias"]}
+    v5 = f"{pre}layers.0.attention.q_proj.weight" in state
+    for i in range(depth):
+        if v5:
+            b = f"{pre}layers.{i}."
+            q, k, v, o = (f"{b}attention.{n}_proj" for n in ("q", "k", "v", "o"))
+            fc1, fc2 = f"{b}mlp.fc1", f"{b}mlp.fc2"
+        else:
+            b = f"{pre}encoder.layer.{i}."
+            q, k, v = (f"{b}attention.attention.{n}" for n in ("query", "key", "value"))
+            o, fc1, fc2 = f"{b}attention.output.dense", f"{b}intermediate.dense", f"{b}output.dense"
+        t = f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            if f"{q}.{kind}" in state:  # no query/key/value bias when the config says qkv_bias=False
+                out[f"{t}attn.qkv.{kind}"] = torch.cat([state[f"{q}.{kind}"], state[f"{k}.{kind}"],
+                                                        state[f"{v}.{kind}"]])
+            out[f"{t}attn.proj.{kind}"] = state[f"{o}.{kind}"]
+            out[f"{t}mlp.fc1.{kind}"] = state[f"{fc1}.{kind}"]
+            out[f"{t}mlp.fc2.{kind}"] = state[f"{fc2}.{kind}"]
+            out[f"{t}norm1.{kind}"] = state[f"{b}layernorm_before.{kind}"]
+            out[f"{t}norm2.{kind}"] = state[f"{b}layernorm_after.{kind}"]
+    if has_head:
+        out["head.weight"], out["head.bias"] = state["classifier.weight"], state["classifier.bias"]
+    return out
