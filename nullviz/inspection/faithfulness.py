@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nullviz.core.global_rng import seeded_global_rng
 from nullviz.core.params import Interval, Options, check
 from nullviz.models import LoadedModel, PixelModel
 
@@ -97,14 +98,14 @@ def road(fn: torch.nn.Module, pixels: torch.Tensor, heat: torch.Tensor, target: 
          percentiles: tuple[int, ...] = ROAD_PERCENTILES) -> float:
     """pytorch-grad-cam's ``ROADCombined`` of one [1, C, H, W] image and its [H, W] (or [1, H, W]) pixel map for
     class ``target``: (LeRF − MoRF) / 2 of the softmax probability, averaged over ``percentiles``. The
-    imputation adds Gaussian noise from torch's global generator: drawn here under ``seed`` in a forked
-    generator state (restored after), so the score is reproducible and nothing else's random stream moves."""
+    imputation adds Gaussian noise from torch's global generator: drawn under ``seed`` in
+    :func:`~nullviz.core.global_rng.seeded_global_rng`, so the score is reproducible and nothing else's random
+    stream moves."""
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     cams = heat.detach().float().reshape(1, *pixels.shape[-2:]).cpu().numpy()
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(int(seed))
+    with seeded_global_rng(seed), torch.no_grad():
         score = ROADCombined(percentiles=list(percentiles))(pixels, cams, [ClassifierOutputSoftmaxTarget(target)], fn)
     return float(np.asarray(score).reshape(-1)[0])
 

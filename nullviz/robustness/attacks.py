@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from nullviz.core.global_rng import seeded_global_rng
 from nullviz.core.params import Interval, Options, check
 from nullviz.core.registry import registrar
 from nullviz.inspection.attention import trace
@@ -193,14 +194,14 @@ class PatchFool(Attack):
 
 def _torchattacks(attack_class: str, fn: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
                   generator_seed: int, **options) -> torch.Tensor:
-    """A torchattacks attack on ``fn`` (pixels in [0, 1], normalisation inside). torchattacks seeds torch's
-    global generator itself (``manual_seed``): run in a forked generator state, restored after, so an attack
-    never moves another caller's random stream."""
+    """A torchattacks attack on ``fn`` (pixels in [0, 1], normalisation inside). torchattacks seeds and draws from
+    torch's global generator: run under :func:`~nullviz.core.global_rng.seeded_global_rng` (a forked state, one
+    process-wide lock), so an attack never moves another caller's random stream and two at once give what each
+    gives alone."""
     import torchattacks
 
-    devices = [pixels.device] if pixels.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(generator_seed))
+    devices = (pixels.device,) if pixels.device.type == "cuda" else ()
+    with seeded_global_rng(generator_seed, devices):
         attack = getattr(torchattacks, attack_class)(fn, **options)
         return attack(pixels.detach(), labels).detach()
 

@@ -17,7 +17,8 @@ from nullviz.inspection.attribution import attribute
 from nullviz.models import PixelModel, shared_weights_view
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import SynthesisConfig, noise_effect, synthesize
-from nullviz.robustness.attacks import fgsm, patchfool, pgd
+from nullviz.inspection.faithfulness import road
+from nullviz.robustness.attacks import CW, AutoAttack, fgsm, patchfool, pgd
 from nullviz.robustness.evaluation import EvalConfig, corrupt, evaluate
 
 from conftest import assert_state_equal, state_snapshot
@@ -69,6 +70,17 @@ def _operations(lm):
         "ig": lambda: attribute(lm, pixels[:1], "integrated_gradients", steps=8).attributions,
         "smoothgrad": lambda: attribute(lm, pixels[:2], "smoothgrad", smoothgrad_samples=4, seed=5).attributions,
         "occlusion": lambda: attribute(lm, pixels[:1], "occlusion").attributions,
+        # class-specific maps: Chefer's relevance (hooks) and pytorch-grad-cam's CAMs, each on a private view
+        "relevance": lambda: attribute(lm, pixels[:2], "attention_relevance").attributions,
+        "gradcam": lambda: attribute(lm, pixels[:2], "gradcam").attributions,
+        "eigencam": lambda: attribute(lm, pixels[:1], "eigencam").attributions,
+        "layercam": lambda: attribute(lm, pixels[:1], "layercam").attributions,
+        "cw": lambda: CW(steps=2)(fn, pixels, labels, seed=3),
+        # torchattacks and ROAD draw from torch's global generator: seeded, forked and locked, so the same
+        # result whatever runs beside them
+        "autoattack": lambda: AutoAttack(eps=8 / 255)(fn, pixels[:2], labels[:2], seed=3),
+        "road": lambda: torch.tensor(road(fn, pixels[:1], torch.rand(*pixels.shape[-2:], generator=torch.Generator()
+                                                                      .manual_seed(0)), int(labels[0]), seed=2)),
         "fgsm": lambda: fgsm(fn, pixels, labels),
         "pgd": lambda: pgd(fn, pixels, labels, steps=3, seed=4),
         "patchfool": lambda: patchfool(fn, pixels, labels, steps=3),
