@@ -334,8 +334,13 @@ def test_explanation_panels_in_the_browser(server, browser):
     page.goto(server + "/attention")
     page.get_by_text("Any query token").wait_for(timeout=90_000)
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
-    page.locator(".st-key-att_method").click()
-    page.get_by_role("option", name="Attention relevance (Chefer et al., class-specific)").click()
+    method = page.locator(".st-key-att_method button[aria-label='Open']")  # the select box's own opener
+    method.scroll_into_view_if_needed(timeout=30_000)
+    method.click()
+    page.get_by_role("option", name="Attention relevance (Chefer et al., class-specific)").click(timeout=30_000)
+    expect(page.locator(".st-key-att_method input[role='combobox']")).to_have_value(
+        re.compile("^Attention relevance"), timeout=30_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
     page.get_by_role("button", name="Compute attributions").click()
     verdict = page.locator("[data-testid='stCaptionContainer']").filter(has_text="Nullspace sanity check.")
     expect(verdict).to_contain_text("passes (float32 rounding)", timeout=120_000)
