@@ -418,6 +418,24 @@ def attribution_pair(clean: np.ndarray, noised: np.ndarray, method: str, height:
     return _axes_off(fig)
 
 
+def attribution_split_plot(split, height: int = 320) -> go.Figure:
+    """A map beside its row-space part (what the patch embedding sees) and its nullspace part (what it cannot),
+    on one symmetric scale, the nullspace share in the title. ``split``: an
+    :class:`nullviz.inspection.attribution.AttributionSplit`."""
+    whole = split.row + split.null
+    peak = float(max(np.abs(whole).max(), np.abs(split.row).max(), np.abs(split.null).max())) or 1e-12
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
+                        subplot_titles=[f"{split.method}", "row-space part (the model sees it)",
+                                        f"nullspace part: {split.null_fraction:.1%} of the map"])
+    for k, z in enumerate((whole, split.row, split.null)):
+        fig.add_trace(go.Heatmap(z=z, zmin=-peak, zmax=peak, colorscale=DIVERGING, showscale=k == 2,
+                                 colorbar=dict(title=dict(text="attribution to the logit", side="right"),
+                                               thickness=12)), row=1, col=k + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return _axes_off(_square_cells(fig, 3))
+
+
 def linear_map_3d(nullspace_basis: np.ndarray, x: np.ndarray, v: np.ndarray, height: int = 420) -> go.Figure:
     """R³ input space of a 2×3 matrix: its nullspace (line or plane), x, and x + v."""
     fig = go.Figure()

@@ -15,8 +15,8 @@ from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sa
 from nullviz.inspection.attention import (HeadEmbedding, compare, compare_models, contrast_label, contrast_noises,
                                           head_embedding, head_embedding_size, head_statistics, noise_contrast,
                                           query_index, query_maps, save_conditions, set_statistics)
-from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, map_change,
-                                           nullspace_sanity)
+from nullviz.inspection.attribution import (ATTRIBUTION_METHODS, SANITY_TOLERANCE, attribute, attribution_split,
+                                           map_change, nullspace_sanity)
 from nullviz.inspection.faithfulness import faithfulness
 from nullviz.jobs.queue import head_embedding_params
 from nullviz.models import ModelSpec, embedded_model
@@ -319,6 +319,16 @@ elif stored is not None:
                                       units="attribution to the logit"), key="attr_over_n")
     with st.expander("Side by side, without the image"):
         st.plotly_chart(figures.attribution_pair(h_clean, h_noised, m), key="attr")
+    if N.nullspace(lm).nullity:
+        with st.expander("What the model can see of this map: its row-space and nullspace parts"):
+            split = attribution_split(lm, a_clean)
+            st.plotly_chart(figures.attribution_split_plot(split), key="attr_split")
+            st.caption(f"The clean map, read as a covector of the model's input (as a gradient is), split patch by "
+                       f"patch into the part the patch embedding can see and the part in its nullspace: "
+                       f"{split.null_fraction:.1%} of it is in the nullspace"
+                       + (" — float32 rounding: a gradient lies in the row space by construction."
+                          if split.null_fraction < 1e-4 else " — structure the model cannot see: the map multiplies "
+                          "the gradient by something else (the input, a mask)."))
     if exact_noise_shown:
         per_patch, per_pixel = map_change(a_clean, a_noised, lm.patch_size), map_change(a_clean, a_noised)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from nullviz.core.errors import InvalidParameterError
@@ -308,13 +309,15 @@ class NullspaceSanity:
     the input gradient's norm in the patch embedding's nullspace — zero by construction (the gradient of anything
     the model computes lies in the row space). Integrated Gradients passes per patch and fails per pixel: it
     multiplies the path gradient by (x − baseline), which the noise changes pixel by pixel, while in each patch
-    the change sums to vᵀ·(the gradient) = 0."""
+    the change sums to vᵀ·(the gradient) = 0. ``map_null_fraction``: the clean map's own share in the nullspace
+    (:func:`attribution_split`) — zero for a gradient map, not for one that multiplies by the input."""
 
     method: str
     map_change: float
     patch_change: float
     gradient_null_fraction: float
     noise_norm: float
+    map_null_fraction: float = float("nan")
 
     @property
     def passes(self) -> bool:
@@ -327,7 +330,43 @@ class NullspaceSanity:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "patch_change": self.patch_change, "passes": self.passes,
                 "map_change": self.map_change, "pixel_passes": self.pixel_passes,
-                "gradient_null_fraction": self.gradient_null_fraction, "noise_norm": self.noise_norm}
+                "gradient_null_fraction": self.gradient_null_fraction, "map_null_fraction": self.map_null_fraction,
+                "noise_norm": self.noise_norm}
+
+
+@dataclass
+class AttributionSplit:
+    """An attribution map split into the part the patch embedding can see (its row space) and the part it cannot
+    (its nullspace), each summed over channels per pixel, in the map's own units: ``row + null`` is the map.
+    The map is read as a covector of the model's input (as a gradient is): in the embedding's normalised
+    coordinates (the pixel map × the normalisation's std), projected patch by patch. A gradient's null part is
+    zero by construction; a map that multiplies by the input (Integrated Gradients) has one."""
+
+    method: str
+    row: np.ndarray  # [H, W]
+    null: np.ndarray  # [H, W]
+    null_fraction: float  # ‖null part‖ / ‖map‖ over all channels and pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "null_fraction": self.null_fraction}
+
+
+def attribution_split(lm: LoadedModel, attribution: Attribution, index: int = 0) -> AttributionSplit:
+    """Split image ``index``'s map of ``attribution`` into row-space and nullspace parts (:class:`AttributionSplit`).
+    Raises for a model whose patch embedding has full rank (it has no nullspace)."""
+    ns = N.nullspace(lm)
+    if ns.nullity == 0:
+        raise InvalidParameterError("model", "attribution_split", "a model whose patch embedding has a nullspace",
+                                    f"{lm.name} (full rank)")
+    std = lm.std.detach().double().cpu().view(1, -1, 1, 1)
+    a = attribution.attributions[index:index + 1].detach().double().cpu() * std
+    patches = N.patchify(a, lm.patch_size)
+    null = ns.project(patches)
+    size = tuple(a.shape[-2:])
+    null_img = N.unpatchify(null, lm.patch_size, size) / std
+    row_img = N.unpatchify(patches - null, lm.patch_size, size) / std
+    fraction = float(null.norm() / patches.norm().clamp_min(1e-300))
+    return AttributionSplit(attribution.method, row_img[0].sum(0).numpy(), null_img[0].sum(0).numpy(), fraction)
 
 
 def nullspace_sanity(lm: LoadedModel, pixels: torch.Tensor, method: str = "saliency", target: int | None = None,
@@ -351,4 +390,5 @@ def nullspace_sanity(lm: LoadedModel, pixels: torch.Tensor, method: str = "salie
     patches = N.patchify(grad.double().cpu(), lm.patch_size)
     null_part = ns.project(patches)
     fraction = float(null_part.norm() / patches.norm().clamp_min(1e-300))
-    return NullspaceSanity(method, change, patch_change, fraction, float(v.norm()))
+    return NullspaceSanity(method, change, patch_change, fraction, float(v.norm()),
+                           attribution_split(lm, clean).null_fraction)

@@ -234,6 +234,9 @@ def test_attention_page_with_noise_from_nullspace_page_and_attributions():
     verdict = [c.value for c in at.caption if "Nullspace sanity check" in c.value][0]
     assert "per patch (what the ViT reads): passes" in verdict and "per pixel: fails" in verdict
     assert "x − baseline" in verdict
+    split = [c.value for c in at.caption if "split patch by patch" in c.value]
+    assert len(split) == 1 and "structure the model cannot see" in split[0]  # IG: gradient × input
+    assert any("attr_split" in c.proto.id for c in at.get("plotly_chart"))
     at.button(key="att_sanity_all").click().run()  # every method at once, as a figure
     assert not at.exception and not at.error
     bars = _figure(at, "att_sanity_bars")

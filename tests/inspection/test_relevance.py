@@ -1,5 +1,6 @@
 """Chefer's class-specific attention relevance and the nullspace sanity check of explanations."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,8 @@ def test_cli_sanity_reports_every_method(capsys):
     assert all(r["passes"] for r in out)  # per patch
     per_pixel = {r["method"]: r["pixel_passes"] for r in out}
     assert per_pixel["saliency"] and per_pixel["attention_relevance"] and not per_pixel["integrated_gradients"]
+    null_share = {r["method"]: r["map_null_fraction"] for r in out}
+    assert null_share["saliency"] < 1e-5 < 1e-2 < null_share["integrated_gradients"]
     assert main(["attention", "--model", "digits", "--sanity", "--methods", "saliency,nope"]) == 2
     assert "saliency" in capsys.readouterr().err  # the error lists the registry
 
@@ -115,3 +118,26 @@ def test_cam_methods_equal_pytorch_grad_cam_called_directly_and_leave_the_model_
                                          .permute(0, 3, 1, 2)) as direct:
         expected = direct(input_tensor=pixels.clone().requires_grad_(True), targets=[ClassifierOutputTarget(3)])[0]
     torch.testing.assert_close(ours, torch.as_tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_a_map_splits_into_what_the_embedding_sees_and_its_nullspace_part(default_lm, digit_x):
+    """The two parts add up to the map; a gradient map has no nullspace part (float32 rounding), Integrated
+    Gradients — gradient times input — has one; the figure draws all three on one scale with the share in its
+    title; a full-rank model is refused."""
+    from nullviz import figures
+    from nullviz.inspection.attribution import attribution_split
+
+    pixels = default_lm.denormalize(digit_x)
+    sal = attribute(default_lm, pixels, "saliency")
+    split = attribution_split(default_lm, sal)
+    np.testing.assert_allclose(split.row + split.null, sal.heatmap()[0].numpy(), atol=1e-5)
+    assert split.null_fraction < 1e-5
+    ig = attribution_split(default_lm, attribute(default_lm, pixels, "integrated_gradients", steps=8))
+    assert ig.null_fraction > 1e-2 and np.abs(ig.null).max() > 1e-3 * np.abs(ig.row).max()
+    fig = figures.attribution_split_plot(ig)
+    assert len([t for t in fig.data if t.type == "heatmap"]) == 3
+    assert f"{ig.null_fraction:.1%} of the map" in fig.layout.annotations[2].text
+    full = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, embed_dim=48, depth=1,
+                             num_heads=2, num_classes=3, device="cpu")
+    with pytest.raises(InvalidParameterError, match="nullspace"):
+        attribution_split(full, attribute(full, torch.rand(3, 16, 16), "saliency"))
