@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cw-c", type=float, default=1.0, help="CW-L2's weight of the margin term")
     p.add_argument("--corruptions", default="none", help="'all', 'none' or comma-separated ImageNet-C names")
     p.add_argument("--severities", default="1-5", help="e.g. 1-5 or 1,3,5")
+    p.add_argument("--shifts", default="none",
+                   help="the cluttered model's distribution shifts, 'all', 'none' or comma-separated (inverted, "
+                        "outline, small, large, colour, texture): its held-out scenes re-rendered with one change")
     p.add_argument("--tolerance", default="", help="comma-separated L2 noise sizes for tolerance curves")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images")
     p.add_argument("--batch-size", type=int, default=128)
@@ -465,6 +468,7 @@ def cmd_evaluate(args) -> dict[str, Any]:
                           pgd_norm=args.pgd_norm, autoattack_eps=args.autoattack_eps, cw_steps=args.cw_steps,
                           cw_c=args.cw_c, corruptions=R.corruptions_from_spec(args.corruptions),
                           severities=R.severities_from_spec(args.severities), tolerance_magnitudes=magnitudes,
+                          shifts=_shifts_from_spec(args.shifts),
                           limit=args.limit, batch_size=args.batch_size, seed=args.seed)
     lm = _load(args)
     if args.suite is not None:
@@ -496,6 +500,15 @@ def cmd_evaluate(args) -> dict[str, Any]:
         args.csv.write_text(R.rows_to_csv(report.to_rows()))
         out["csv"] = str(args.csv)
     return out
+
+
+def _shifts_from_spec(spec: str) -> tuple[str, ...]:
+    from nullviz.data.scenes import SHIFTS
+
+    spec = spec.strip()
+    if spec in ("", "none"):
+        return ()
+    return tuple(SHIFTS) if spec == "all" else tuple(s.strip() for s in spec.split(",") if s.strip())
 
 
 def _evaluate_suite(args, lm, attacks: tuple[str, ...], config) -> dict[str, Any]:

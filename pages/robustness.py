@@ -16,6 +16,7 @@ from nullviz.jobs.queue import evaluate_params, suite_params
 from nullviz.models import ModelSpec, PixelModel, embedded_model
 from nullviz.noise.kinds import label as noise_label
 from nullviz.robustness import evaluation as R
+from nullviz.data.scenes import SHIFTS
 from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite, suite_root, suite_size
 from nullviz.server.settings import check_upload_size
 
@@ -63,6 +64,13 @@ with st.form("rob_form"):
                                 "APGD-CE, then APGD-T, FAB-T and Square on the images still right: slow on a robust "
                                 "model.")
     cw_steps = c[1].number_input("CW-L2 steps", min_value=1, max_value=1000, value=50, key="rob_cw_steps")
+    shifts = []
+    if own == "cluttered":
+        shifts = st.multiselect("distribution shifts (the held-out scenes re-rendered, each with one change)",
+                                list(SHIFTS), default=[], key="rob_shifts", format_func=SHIFTS.get,
+                                help="In the spirit of ImageNet-R / -Sketch: inverted scenes, outlines only, digit "
+                                     "sizes outside the training range, saturated colours, unseen backgrounds. Each "
+                                     "shifted scene is the same scene as a clean one.")
     c = st.columns(2)
     corruptions = c[0].multiselect("corruptions (ImageNet-C)", list(R.CORRUPTIONS),
                                    default=["gaussian_noise", "defocus_blur", "fog", "contrast"], key="rob_corr")
@@ -210,6 +218,7 @@ if go:
         cfg = R.EvalConfig(attacks=tuple(attacks), eps=float(eps255) / 255, pgd_steps=int(steps),
                            pgd_alpha=max(float(eps255) / 255 / 4, 1e-6), pgd_norm=norm,
                            autoattack_eps=float(auto255) / 255, cw_steps=int(cw_steps), corruptions=tuple(corruptions),
+                           shifts=tuple(shifts),
                            severities=tuple(sorted(severities)) or (3,), tolerance_magnitudes=magnitudes,
                            limit=int(limit), batch_size=int(batch))
         if not data_spec.strip():
@@ -303,9 +312,11 @@ if not res:
 
 reports = res["reports"]
 names = [f"{k + 1}. {r.model}" for k, r in enumerate(reports)]
-cats = ["clean", *reports[0].attacks, *(["corruption mean"] if reports[0].corruptions else [])]
+cats = ["clean", *reports[0].attacks, *(["corruption mean"] if reports[0].corruptions else []),
+        *(f"shift: {s}" for s in reports[0].shifts)]
 series = {name: [r.clean_acc, *(r.attacks[a]["robust_acc"] for a in r.attacks),
-                 *([r.mean_corruption_acc] if r.corruptions else [])] for name, r in zip(names, reports)}
+                 *([r.mean_corruption_acc] if r.corruptions else []), *r.shifts.values()]
+          for name, r in zip(names, reports)}
 st.plotly_chart(figures.bar_chart(cats, series, "accuracy", "top-1 accuracy"), key="rob_bars")
 
 rows = {"evaluation": cats}

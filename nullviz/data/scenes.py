@@ -93,10 +93,43 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(d.images[idx] / 16.0).float(), torch.from_numpy(d.target[idx]).long()
 
 
-def render(split: str, n: int, generator: torch.Generator) -> Scenes:
-    """``n`` scenes from the ``split``'s digits and photographs, drawn with ``generator`` (CPU)."""
+#: Distribution shifts made by the renderer, in the spirit of ImageNet-R / -Sketch (the scenes' own renditions):
+#: each renders the *same* held-out scenes — digit, place, background, draws — with one thing changed, so its
+#: accuracy drop is that change's alone.
+SHIFTS = {
+    "inverted": "inverted (the scene's negative)",
+    "outline": "outlines only (the digit's edge, its inside left empty)",
+    "small": "small digits (12–20 px; training 22–38)",
+    "large": "large digits (44–60 px)",
+    "colour": "saturated colours (training digits are near-white)",
+    "texture": "unseen backgrounds (synthetic stripes, no photograph)",
+}
+SHIFT_SIDES = {"small": (12, 20), "large": (44, 60)}
+
+
+def _outline(alpha: torch.Tensor) -> torch.Tensor:
+    """The digit's edge: its opacity minus its erosion (a 5×5 minimum), about two pixels wide."""
+    eroded = -F.max_pool2d(-alpha[None, None], 5, stride=1, padding=2)[0, 0]
+    return (alpha - eroded).clamp(0, 1)
+
+
+def _stripes(u: torch.Tensor, colour_draw: torch.Tensor) -> torch.Tensor:
+    """A synthetic background no scene was trained on: coloured sinusoidal stripes, frequency and angle from
+    the scene's own draws."""
+    yy, xx = torch.meshgrid(torch.arange(CANVAS).float(), torch.arange(CANVAS).float(), indexing="ij")
+    angle, freq = float(u[1]) * torch.pi, 2 + 6 * float(u[2])
+    wave = 0.5 + 0.5 * torch.sin(2 * torch.pi * freq * (xx * torch.cos(torch.tensor(angle)) +
+                                                        yy * torch.sin(torch.tensor(angle))) / CANVAS)
+    return wave[None] * colour_draw.flip(0)[:, None, None]
+
+
+def render(split: str, n: int, generator: torch.Generator, shift: str | None = None) -> Scenes:
+    """``n`` scenes from the ``split``'s digits and photographs, drawn with ``generator`` (CPU); ``shift`` (one
+    of :data:`SHIFTS`) renders the same scenes — the same draws — with that one thing changed."""
     if split not in SPLIT_SEEDS:
         raise DataError(f"The cluttered digits split must be 'train' or 'heldout'. Got {split!r} instead.")
+    if shift is not None and shift not in SHIFTS:
+        raise DataError(f"Unknown distribution shift {shift!r}: one of {', '.join(SHIFTS)}.")
     digits, labels = _digits(split)
     photos = _backgrounds(split)
     g = generator
@@ -114,18 +147,26 @@ def render(split: str, n: int, generator: torch.Generator) -> Scenes:
                            mode="bilinear", antialias=True, align_corners=False)[0]
         if u[i, 3] < 0.5:
             bg = bg.flip(-1)
+        colour_draw = torch.rand(3, generator=g)  # drawn here whatever the shift: the same scenes
+        if shift == "texture":
+            bg = _stripes(u[i], colour_draw)
         bg = bg * (0.2 + 0.35 * u[i, 4])  # dimmed: the digit stays the brightest thing in the scene
-        s = int(DIGIT_SIDES[0] + u[i, 5] * (DIGIT_SIDES[1] - DIGIT_SIDES[0]))
+        lo, hi = SHIFT_SIDES.get(shift, DIGIT_SIDES)
+        s = int(lo + u[i, 5] * (hi - lo))
         alpha = F.interpolate(digits[int(pick[i])][None, None], size=(s, s), mode="bicubic",
                               align_corners=False)[0, 0].clamp(0, 1)
         x0, y0 = int(u[i, 6] * (CANVAS - s + 1)), int(u[i, 7] * (CANVAS - s + 1))
-        colour = 0.7 + 0.3 * torch.rand(3, generator=g)
+        colour = 0.7 + 0.3 * colour_draw
+        if shift == "colour":  # one saturated primary: the brightest channel of the draw, the others dark
+            colour = 0.1 + 0.9 * F.one_hot(colour_draw.argmax(), 3).float()
         a = torch.zeros(CANVAS, CANVAS)
         a[y0:y0 + s, x0:x0 + s] = alpha
-        pixels[i] = bg * (1 - a) + colour[:, None, None] * a
+        shown = _outline(a) if shift == "outline" else a
+        pixels[i] = bg * (1 - shown) + colour[:, None, None] * shown
         ys, xs = torch.nonzero(a > ALPHA_IN_BOX, as_tuple=True)
         boxes[i] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    pixels = (pixels.clamp(0, 1) * 255).round() / 255
+    levels = (pixels.clamp(0, 1) * 255).round()  # 8-bit values
+    pixels = (255 - levels if shift == "inverted" else levels) / 255
     return Scenes(pixels, labels[pick], boxes, photo)
 
 
@@ -154,9 +195,25 @@ def synthesis_fit_validation(n_validation: int) -> tuple[list[Image.Image], list
     return fit, val
 
 
+@lru_cache(maxsize=len(SHIFTS))
+def _shifted_images(shift: str) -> tuple[tuple[Image.Image, ...], list[int]]:
+    scenes = render("heldout", HELDOUT_SCENES, torch.Generator().manual_seed(SPLIT_SEEDS["heldout"]), shift=shift)
+    return tuple(scenes.images()), scenes.labels.tolist()
+
+
+def shifted_dataset(shift: str, transform: Callable | None = None):
+    """The held-out scenes rendered with distribution shift ``shift`` (:data:`SHIFTS`): the same scenes as
+    :func:`cluttered_dataset` ("heldout") item by item, with one thing changed."""
+    if shift not in SHIFTS:
+        raise DataError(f"Unknown distribution shift {shift!r}: one of {', '.join(SHIFTS)}.")
+    images, labels = _shifted_images(shift)
+    return ImageListDataset(images, labels, DIGITS_CLASS_NAMES, transform)
+
+
 def cluttered_dataset(split: str = "heldout", transform: Callable | None = None):
     """The fixed scenes of ``split`` as a data set of PIL images (with ``boxes`` beside them)."""
     scenes = fixed_scenes(split)
     ds = ImageListDataset(_fixed_images(split), scenes.labels.tolist(), DIGITS_CLASS_NAMES, transform)
     ds.boxes = scenes.boxes
+    ds.shiftable = split == "heldout"  # shifted_dataset renders these very scenes, item by item
     return ds

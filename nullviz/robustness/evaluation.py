@@ -28,6 +28,7 @@ import torch
 
 from nullviz.core.errors import DataError, InvalidParameterError
 from nullviz.core.params import Interval, Options, bounded, check, validate_fields
+from nullviz.data.scenes import SHIFTS, shifted_dataset
 from nullviz.inspection.attention import attention_views
 from nullviz.models import LoadedModel, PixelModel
 from nullviz.noise import exact as N
@@ -208,6 +209,8 @@ class EvalConfig:
     autoattack_eps: float = bounded(4 / 255, Interval(float, 0.0, 1.0, closed="right"))  # RobustBench's ImageNet ε
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # distribution shifts rendered from the cluttered model's own held-out scenes (data.scenes.SHIFTS)
+    shifts: tuple[str, ...] = ()
     tolerance_magnitudes: tuple[float, ...] = ()
     tolerance_kinds: tuple[str, ...] = TOLERANCE_KINDS
     # steps of the input-level δ the 'approximate' curve follows (fit on images the curves do not score)
@@ -224,6 +227,8 @@ class EvalConfig:
             check("corruptions", "EvalConfig", c, Options(CORRUPTIONS))
         for s in self.severities:
             check("severities", "EvalConfig", s, Interval(int, 1, 5))
+        for name in self.shifts:
+            check("shifts", "EvalConfig", name, Options(tuple(SHIFTS)))
         for k in self.tolerance_kinds:
             check("tolerance_kinds", "EvalConfig", k, Options(TOLERANCE_KINDS))
         if self.limit is not None:
@@ -236,6 +241,8 @@ class EvalConfig:
         plan.update({a: 3.0 * make_attack(a, self).gradient_steps + 1 for a in self.attacks})
         if self.corruptions:
             plan["corruptions"] = 2.0 * len(self.corruptions) * len(self.severities)  # corrupting ≈ one pass
+        if self.shifts:
+            plan["shifts"] = 2.0 * len(self.shifts)  # rendering ≈ one pass
         if self.tolerance_magnitudes:
             plan["tolerance"] = float(len(self.tolerance_magnitudes) * len(self.tolerance_kinds))
         return plan
@@ -266,6 +273,7 @@ class RobustnessReport:
     tolerance_skipped: dict[str, str] = field(default_factory=dict)
     tolerance_images: int | None = None  # how many images the curves score
     tolerance_fit_images: int | None = None  # how many other images the approximate δ was fit on
+    shifts: dict[str, float] = field(default_factory=dict)  # accuracy on the same scenes, shifted
     seconds: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
@@ -344,6 +352,8 @@ class RobustnessReport:
         if self.mean_corruption_acc is not None:
             rows.append({"model": self.model, "evaluation": "mean_corruption_acc", "setting": "",
                          "value": self.mean_corruption_acc})
+        for name, acc in self.shifts.items():
+            rows.append({"model": self.model, "evaluation": f"shift_{name}", "setting": "", "value": acc})
         for kind, curve in self.tolerance.items():
             for m, a, g in zip(curve["magnitude"], curve["accuracy"], curve["agreement"]):
                 rows.append({"model": self.model, "evaluation": f"tolerance_{kind}", "setting": f"l2={m:g} acc",
@@ -390,6 +400,10 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
     """Run the configured evaluations batched on the model's device; stoppable between batches (the
     report then holds what finished, with ``stopped=True``)."""
     check_classes_match(lm, dataset)
+    if config.shifts and not getattr(dataset, "shiftable", False):
+        raise DataError("Distribution shifts are renderings of the cluttered model's own held-out scenes: evaluate "
+                        "them on that data ('default' for the cluttered model), where each shifted scene is paired "
+                        "with its clean one.")
     x, y = images_tensor(lm, dataset, config.limit)
     if len(y) == 0:
         raise InvalidParameterError("dataset", "evaluate", "a non-empty data set", 0)
@@ -477,6 +491,17 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             report.corruptions[name] = accs
         report.seconds[f"corruption_{name}"] = time.perf_counter() - t
 
+    for k, name in enumerate(cfg.shifts):
+        if should_stop():
+            report.stopped = True
+            return report
+        t = time.perf_counter()
+        sx, sy = images_tensor(lm, shifted_dataset(name), n)  # the same scenes as the n clean ones, shifted
+        right = correctness({name: lambda b: predict_pixels(fn, b.x, bs)}, batches(lm.denormalize(sx), sy, bs))
+        report.shifts[name] = int(right[name].sum()) / n
+        report.seconds[f"shift_{name}"] = time.perf_counter() - t
+        progress("shifts", k + 1, len(cfg.shifts))
+
     if cfg.tolerance_magnitudes:
         if should_stop():
             report.stopped = True
@@ -536,10 +561,9 @@ def evaluation_size(num_images: int, config: EvalConfig, model_params: list[int]
     ImageNet-C corruption of one image as ten (CPU image processing, not the model); each model's passes
     scale with its size (at least 1)."""
     n = num_images if config.limit is None else min(num_images, config.limit)
-    attack = {"fgsm": 2, "pgd": 2 * config.pgd_steps + 1, "patchfool": 2 * config.patch_steps + 2}
-    passes = (1 + sum(attack[a] for a in config.attacks)
-              + len(config.tolerance_magnitudes) * len(config.tolerance_kinds))
-    corruption = 10 * len(config.corruptions) * len(config.severities)
+    passes = (1 + sum(2 * make_attack(a, config).gradient_steps + 1 for a in config.attacks)
+              + len(config.tolerance_magnitudes) * len(config.tolerance_kinds) + len(config.shifts))
+    corruption = 10 * (len(config.corruptions) * len(config.severities) + len(config.shifts))  # + rendering
     scales = [max(1.0, p / 1e6) for p in (model_params or [1_000_000])]
     return float(n * sum(passes * s + corruption for s in scales))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nullviz.core.errors import DataError
+from nullviz.core.errors import DataError, InvalidParameterError
 from nullviz.data import scenes as C
 from nullviz.data import digits_indices, load_dataset, own_data, sample_image, train_heldout
 from nullviz.inspection.localization import box_attention_ratio, box_mask
@@ -112,3 +112,58 @@ def test_recorded_figures_are_reproduced_by_the_code(cluttered_lm):
     assert measured["localization"]["last_layer"]["ratio"] >= 2.0
     assert measured["nullspace"]["nullity"] == recorded["nullspace"]["nullity"] == 96
     assert measured["nullspace"]["rel_logit_change"] < 1e-5
+
+
+def test_distribution_shifts_render_the_same_scenes_with_one_change():
+    """Each shift renders the held-out scenes from the same draws: the same digits and labels; inverted is the
+    exact negative; outline and colour change only pixels at the digit (its box and its faint tail, 8 px); small
+    and large change the
+    digit's size; texture replaces the background. An unknown shift is refused."""
+    g = lambda: torch.Generator().manual_seed(C.SPLIT_SEEDS["heldout"])  # noqa: E731
+    clean = C.render("heldout", 12, g())
+    shifted = {name: C.render("heldout", 12, g(), shift=name) for name in C.SHIFTS}
+    for name, sc in shifted.items():
+        assert torch.equal(sc.labels, clean.labels) and torch.equal(sc.backgrounds, clean.backgrounds), name
+    assert torch.equal((shifted["inverted"].pixels * 255).round(), 255 - (clean.pixels * 255).round())
+    for name in ("outline", "colour"):
+        diff = (shifted[name].pixels - clean.pixels).abs().amax(1) > 0
+        assert torch.equal(shifted[name].boxes, clean.boxes) and diff.any()
+        for i in range(12):
+            x0, y0, x1, y1 = (int(v) for v in clean.boxes[i])
+            outside = diff[i].clone()
+            outside[max(0, y0 - 8):y1 + 8, max(0, x0 - 8):x1 + 8] = False  # the digit's faint tail around its box
+            assert not outside.any(), (name, i)
+    side = lambda sc: (sc.boxes[:, 2] - sc.boxes[:, 0]).float().mean()  # noqa: E731
+    assert side(shifted["small"]) < side(clean) < side(shifted["large"])
+    texture_bg = (shifted["texture"].pixels - clean.pixels).abs()
+    assert float(texture_bg[:, :, :4, :4].mean()) > 0.01  # a corner is background
+    ds = C.shifted_dataset("outline")
+    assert len(ds) == C.HELDOUT_SCENES and ds.classes == C.cluttered_dataset("heldout").classes
+    with pytest.raises(DataError, match="Unknown distribution shift"):
+        C.render("heldout", 2, g(), shift="fog")
+
+
+@pytest.mark.slow
+def test_the_cluttered_model_evaluated_under_the_shifts(cluttered_lm, capsys):
+    """Accuracy on each shifted rendering of the evaluated scenes, in the report, its rows and on the command
+    line; shifts on data that is not the cluttered held-out scenes are refused."""
+    from nullviz.cli import main
+    from nullviz.robustness import evaluation as R
+
+    cfg = R.EvalConfig(attacks=(), shifts=tuple(C.SHIFTS), limit=48)
+    report = R.evaluate(cluttered_lm, load_dataset("cluttered", split="heldout"), cfg)
+    assert set(report.shifts) == set(C.SHIFTS) and all(0 <= a <= 1 for a in report.shifts.values())
+    assert report.shifts["inverted"] < report.clean_acc
+    assert {r["evaluation"] for r in report.to_rows()} >= {f"shift_{s}" for s in C.SHIFTS}
+    assert R.RobustnessReport.from_dict(report.to_dict()).shifts == report.shifts
+    with pytest.raises(DataError, match="cluttered model's own held-out scenes"):
+        R.evaluate(load_model("default", device="cpu"), load_dataset("digits", split="heldout"),
+                   R.EvalConfig(attacks=(), shifts=("inverted",), limit=8))
+    with pytest.raises(InvalidParameterError):
+        R.EvalConfig(shifts=("fog",))
+    assert main(["evaluate", "--model", "cluttered", "--attacks", "none", "--shifts", "small,large", "--limit", "16",
+                 "--json"]) == 0
+    import json as _json
+
+    out = _json.loads(capsys.readouterr().out)
+    assert set(out["shifts"]) == {"small", "large"}
