@@ -288,3 +288,11 @@ def test_cw_and_autoattack_are_torchattacks_own_and_autoattack_beats_pgd(default
                                                                              cw_steps=20, autoattack_eps=8 / 255, seed=3))
     assert report.attacks["autoattack"]["robust_acc"] == int(right["auto"].sum()) / 16
     assert set(R.EvalConfig(attacks=("cw", "autoattack")).work_plan()) == {"clean", "cw", "autoattack"}
+
+
+def test_evaluation_size_weighs_every_registered_attack():
+    """The page's on-the-spot-or-job rule knew FGSM, PGD and PatchFool only (CW raised KeyError)."""
+    size = {a: R.evaluation_size(100, R.EvalConfig(attacks=(a,))) for a in ATTACKS}
+    assert size["fgsm"] < size["pgd"] < size["cw"] < size["autoattack"]
+    assert R.evaluation_size(100, R.EvalConfig(attacks=(), shifts=("inverted",))) > R.evaluation_size(
+        100, R.EvalConfig(attacks=()))
