@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from nullviz import figures
-from nullviz.core.errors import NullvizError
+from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import load_image_bytes, sample_image, sample_image_names
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
@@ -52,6 +52,34 @@ def job_queue() -> JobQueue:
     """The server's one job queue (its state is the jobs folder; this object only launches and reads)."""
     s = server_settings()
     return JobQueue(s.jobs_root, s.max_running_jobs)
+
+
+def follow_job(job_id: str, key: str, stop_label: str, caption: str | None = None):
+    """Follow one of this session's background jobs: a Stop button and one progress bar, refreshed every second in
+    a fragment (the rest of the page is not rerun), and one rerun of the whole page when the job ends, so its
+    result is drawn. Returns the job as it is now, or None when it is gone (its folder removed)."""
+    queue, ws = job_queue(), workspace()
+    try:
+        job = queue.get(job_id, ws.id)
+    except JobNotFoundError:
+        return None
+
+    @st.fragment(run_every=None if job.finished else 1.0)
+    def follow() -> None:
+        now = queue.get(job_id, ws.id)
+        if caption:
+            st.caption(caption)
+        if st.button(stop_label, key=f"{key}_stop", disabled=now.finished):
+            now = queue.stop(job_id, ws.id)
+        pos = queue.position(now)
+        st.progress(float(now.status.get("fraction", 0.0)),
+                    text=f"waiting in line (number {pos})" if pos else f"{now.state} · {now.status.get('current', '')}")
+        if now.finished and not st.session_state.get(f"{key}_final_{job_id}"):
+            st.session_state[f"{key}_final_{job_id}"] = True
+            st.rerun()
+
+    follow()
+    return job
 
 
 def job_threads() -> int:

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, image_picker, job_queue,
-                       job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job, image_picker,
+                       job_queue, job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
-from nullviz.core.errors import JobNotFoundError, NullvizError
+from nullviz.core.errors import NullvizError
 from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sample_photos, image_folder, model_own_data
 from nullviz.inspection.attention import (HeadEmbedding, compare, compare_models, contrast_label, contrast_noises,
                                           head_embedding, head_embedding_size, head_statistics, noise_contrast,
@@ -405,28 +405,10 @@ if run_emb:
 
 emb_job = st.session_state.get("att_emb_job")
 if emb_job is not None:
-    queue = job_queue()
-    try:
-        job = queue.get(emb_job[1], workspace().id)
-    except JobNotFoundError:
+    job = follow_job(emb_job[1], "att_emb", "Stop the embedding")
+    if job is None or job.finished:
         st.session_state.pop("att_emb_job")
-        st.rerun()
-
-    @st.fragment(run_every=None if job.finished else 1.0)
-    def follow_embedding() -> None:
-        job = queue.get(emb_job[1], workspace().id)
-        if st.button("Stop the embedding", key="att_emb_stop", disabled=job.finished):
-            job = queue.stop(job.id, workspace().id)
-        pos = queue.position(job)
-        st.progress(float(job.status.get("fraction", 0.0)),
-                    text=f"waiting in line (number {pos})" if pos else f"{job.state} · {job.status.get('current', '')}")
-        if job.finished and not st.session_state.get(f"att_emb_final_{job.id}"):
-            st.session_state[f"att_emb_final_{job.id}"] = True
-            st.rerun()
-
-    follow_embedding()
-    if job.finished:
-        st.session_state.pop("att_emb_job")
+    if job is not None and job.finished:
         path = job.dir / "embedding.json"
         if job.state == "failed" or not path.exists():
             show_error(NullvizError(job.message or "The embedding was stopped before its first images."))

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_state import (cached_model, current_model, default_spec, job_queue, job_threads, model_key, own_checkpoints,
-                       require_shell, server_settings, show_error, workspace)
+from app_state import (cached_model, current_model, default_spec, follow_job, job_queue, job_threads, model_key,
+                       own_checkpoints, require_shell, server_settings, show_error, workspace)
 from nullviz import figures
-from nullviz.core.errors import JobNotFoundError, NullvizError
+from nullviz.core.errors import NullvizError
 from nullviz.data import (EMBEDDED_DATA, EMBEDDED_DATA_WORDS, extract_image_folder_zip, load_dataset, model_own_data,
                           no_own_data_message, own_data)
 from nullviz.jobs.queue import evaluate_params, suite_params
@@ -93,7 +93,6 @@ def store_results(models, dataset, cfg, reports) -> None:
 
 
 
-@st.fragment
 def suite_panel() -> None:
     """The paper's Table 1 benchmarks from their published folders (local mode: a folder on the server; shared
     mode: a zip this session uploads), on the spot when small, else as a background job."""
@@ -157,25 +156,16 @@ def suite_panel() -> None:
                 show_error(exc)
         pending = st.session_state.get("rob_suite_job")
         if pending is not None:
-            try:
-                job = job_queue().get(pending[1], ws.id)
-            except JobNotFoundError:
+            job = follow_job(pending[1], "rob_suite", "Stop the benchmarks",
+                             "Running as a background job: it goes on if you leave or reload this page.")
+            if job is None or job.finished:
                 st.session_state.pop("rob_suite_job")
-                return
-            if st.button("Stop the benchmarks", key="rob_suite_stop", disabled=job.finished):
-                job = job_queue().stop(job.id, ws.id)
-            st.progress(float(job.status.get("fraction", 0.0)), text=f"{job.state} · {job.status.get('current', '')}")
-            if job.finished:
-                st.session_state.pop("rob_suite_job")
+            if job is not None and job.finished:
                 path = job.dir / "suite.json"
                 if job.state == "failed" or not path.exists():
                     show_error(NullvizError(job.message or "The benchmarks were stopped before they finished."))
                 else:
                     st.session_state["rob_suite"] = (pending[0], json.loads(path.read_text()))
-            else:
-                st.caption("Running as a background job (it goes on if you leave this page); press the button "
-                           "below to look again.")
-                st.button("Refresh", key="rob_suite_refresh")
         done = st.session_state.get("rob_suite")
         if done is not None and done[0] == model_key(lm_a):
             d = done[1]
@@ -255,27 +245,11 @@ if go:
 
 job_id = st.session_state.get("rob_job")
 if job_id:
-    queue = job_queue()
-    try:
-        job = queue.get(job_id, ws.id)
-    except JobNotFoundError:
+    job = follow_job(job_id, "rob", "Stop evaluation",
+                     "A large evaluation runs as a background job: it goes on if you leave or reload this page.")
+    if job is None:
         st.session_state.pop("rob_job")
         st.rerun()
-
-    @st.fragment(run_every=None if job.finished else 1.0)
-    def follow() -> None:
-        job = queue.get(job_id, ws.id)
-        st.caption("A large evaluation runs as a background job: it goes on if you leave or reload this page.")
-        if st.button("Stop evaluation", key="rob_stop", disabled=job.finished):
-            job = queue.stop(job_id, ws.id)
-        pos = queue.position(job)
-        st.progress(float(job.status.get("fraction", 0.0)),
-                    text=f"waiting in line (number {pos})" if pos else f"{job.state} · {job.status.get('current', '')}")
-        if job.finished and not st.session_state.get(f"rob_final_{job_id}"):
-            st.session_state[f"rob_final_{job_id}"] = True
-            st.rerun()
-
-    follow()
     if not job.finished:
         st.stop()
     st.session_state.pop("rob_job")

@@ -894,15 +894,9 @@ def test_robustness_page_runs_the_benchmarks_on_the_spot_and_as_a_job(server_env
     assert any(c.value.startswith("Skipped — ImageNet-R") for c in at.caption)
     server_env(NULLVIZ_EVAL_JOB_THRESHOLD="1")
     at = page()
-    assert at.session_state["rob_suite_job"]
-
-    def shown():
-        at.button(key="rob_suite_refresh").click().run() if any(b.key == "rob_suite_refresh" for b in at.button) \
-            else at.run()
-        return bool(at.table)
-
-    wait_until(shown, 180, 1.0)
-    assert list(at.table[0].value["benchmark"]) == ["clean", "a"]
+    assert at.session_state["rob_suite_job"] and any(b.label == "Stop the benchmarks" for b in at.button)
+    wait_for_job(at)
+    assert list(at.table[0].value["benchmark"]) == ["clean", "a"] and "rob_suite_job" not in at.session_state
 
 
 def test_a_hugging_face_vit_runs_the_nullspace_and_attention_pages(tmp_path):
