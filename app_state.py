@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,25 @@ def follow_job(job_id: str, key: str, stop_label: str, caption: str | None = Non
 
     follow()
     return job
+
+
+def follow_job_result(job_key: str, result_key: str, file_name: str, stop_label: str, failure: str,
+                      caption: str | None = None, parse=lambda d: d) -> None:
+    """The session's pending job, stored as (what it is about, job id) under ``job_key``: followed with
+    :func:`follow_job`; when it ends, its ``file_name`` (JSON) parsed and stored as (what it is about, result)
+    under ``result_key`` — or, failed or stopped before writing it, its message (else ``failure``) shown."""
+    pending = st.session_state.get(job_key)
+    if pending is None:
+        return
+    job = follow_job(pending[1], job_key.removesuffix("_job"), stop_label, caption)
+    if job is None or job.finished:
+        st.session_state.pop(job_key)
+    if job is not None and job.finished:
+        path = job.dir / file_name
+        if job.state == "failed" or not path.exists():
+            show_error(NullvizError(job.message or failure))
+        else:
+            st.session_state[result_key] = (pending[0], parse(json.loads(path.read_text())))
 
 
 def job_threads() -> int:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job, image_picker,
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker,
                        job_queue, job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
@@ -403,17 +403,8 @@ if run_emb:
     except NullvizError as exc:
         show_error(exc)
 
-emb_job = st.session_state.get("att_emb_job")
-if emb_job is not None:
-    job = follow_job(emb_job[1], "att_emb", "Stop the embedding")
-    if job is None or job.finished:
-        st.session_state.pop("att_emb_job")
-    if job is not None and job.finished:
-        path = job.dir / "embedding.json"
-        if job.state == "failed" or not path.exists():
-            show_error(NullvizError(job.message or "The embedding was stopped before its first images."))
-        else:
-            st.session_state["att_emb"] = (emb_job[0], HeadEmbedding.from_dict(json.loads(path.read_text())))
+follow_job_result("att_emb_job", "att_emb", "embedding.json", "Stop the embedding",
+                  "The embedding was stopped before its first images.", parse=HeadEmbedding.from_dict)
 
 stored_emb = st.session_state.get("att_emb")
 if stored_emb is not None and stored_emb[0] == INPUTS:  # this model and noise, else gone

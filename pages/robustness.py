@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_state import (cached_model, current_model, default_spec, follow_job, job_queue, job_threads, model_key,
+from app_state import (cached_model, current_model, default_spec, follow_job, follow_job_result, job_queue, job_threads, model_key,
                        own_checkpoints, require_shell, server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
@@ -154,18 +154,9 @@ def suite_panel() -> None:
                     st.session_state["rob_suite"] = (model_key(lm_a), report.to_dict())
             except NullvizError as exc:
                 show_error(exc)
-        pending = st.session_state.get("rob_suite_job")
-        if pending is not None:
-            job = follow_job(pending[1], "rob_suite", "Stop the benchmarks",
-                             "Running as a background job: it goes on if you leave or reload this page.")
-            if job is None or job.finished:
-                st.session_state.pop("rob_suite_job")
-            if job is not None and job.finished:
-                path = job.dir / "suite.json"
-                if job.state == "failed" or not path.exists():
-                    show_error(NullvizError(job.message or "The benchmarks were stopped before they finished."))
-                else:
-                    st.session_state["rob_suite"] = (pending[0], json.loads(path.read_text()))
+        follow_job_result("rob_suite_job", "rob_suite", "suite.json", "Stop the benchmarks",
+                          "The benchmarks were stopped before they finished.",
+                          "Running as a background job: it goes on if you leave or reload this page.")
         done = st.session_state.get("rob_suite")
         if done is not None and done[0] == model_key(lm_a):
             d = done[1]
