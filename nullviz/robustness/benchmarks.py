@@ -418,15 +418,18 @@ def evaluate_suite(lm: LoadedModel, root: str | Path, only: tuple[str, ...] | No
         if found.get("val") is None and Validation().find(root) is None:
             report.skipped.update({a: "attacks run on ImageNet validation images: no 'val' folder" for a in attacks})
         else:
-            report.attacks, report.attack_images = _attack_columns(lm, root, attacks, attack_config, limit, seed, stop)
+            report.attacks, report.attack_images = _attack_columns(lm, root, attacks, attack_config, limit, seed, stop,
+                                                                   progress)
     return report
 
 
-def _attack_columns(lm, root, attacks, config, limit, seed, stop) -> tuple[dict[str, float], int]:
+def _attack_columns(lm, root, attacks, config, limit, seed, stop, progress=None) -> tuple[dict[str, float], int]:
     """Accuracy under each attack on the (same seeded subset of) validation images, through the evaluation's
     attack registry (pixels in [0, 1], normalisation inside the model)."""
     items = _subset(Validation().items(Validation().find(root)), limit, seed)
     cfg = EvalConfig(attacks=tuple(attacks)) if config is None else config
     cfg = replace(cfg, attacks=tuple(attacks), corruptions=(), tolerance_magnitudes=(), limit=None)
-    rep = evaluate(lm, LabelledFiles(items, None), cfg, should_stop=stop)
+    rep = evaluate(lm, LabelledFiles(items, None), cfg, should_stop=stop,
+                   progress=None if progress is None else lambda stage, done, total: progress(f"attack {stage}", done,
+                                                                                             total))
     return {a: v["robust_acc"] for a, v in rep.attacks.items()}, rep.num_images

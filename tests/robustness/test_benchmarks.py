@@ -47,7 +47,10 @@ def imagenet_lm(tmp_path_factory):
 
 def test_every_number_of_the_suite_and_the_papers_average(imagenet_lm, suite_root):
     cfg = EvalConfig(cw_steps=2, patch_steps=2)
-    report = evaluate_suite(imagenet_lm, suite_root, attacks=("patchfool", "cw", "fgsm"), attack_config=cfg)
+    stages = []
+    report = evaluate_suite(imagenet_lm, suite_root, attacks=("patchfool", "cw", "fgsm"), attack_config=cfg,
+                            progress=lambda key, done, total: stages.append(key))
+    assert {"val", "a", "c/fog/3", "attack cw"} <= set(stages)  # the attacks report progress too
     cols = report.columns()
     assert list(cols) == list(PAPER_COLUMNS) and not report.skipped
     assert {k: v.images for k, v in report.results.items()} == {
