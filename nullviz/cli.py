@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--freeze", default="none", choices=["none", "patch_embed", "all_but_head"])
     p.add_argument("--noise-every", type=int, default=None, help="resynthesize δ every K steps (default: per epoch)")
+    p.add_argument("--noise-norms", type=float, nargs="+", default=None, metavar="NORM",
+                   help="(gaussian, random_start) the control's noise norm for each δ period, the last repeated — e.g. "
+                        "a nullspace run's δ norms — instead of a δ synthesized on the control's own model")
     p.add_argument("--synth-steps", type=int, default=200)
     p.add_argument("--synth-lam", type=float, default=0.5, help="λ of δ synthesis (0: the research code's rule)")
     p.add_argument("--synth-lim", type=float, default=1.0, help="δ's random start U(−lim, lim)")
@@ -542,7 +545,8 @@ def cmd_finetune(args) -> dict[str, Any]:
                             fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed,
                             grad_accum=args.grad_accum, workers=args.workers, compile=args.compile,
                             new_head=args.new_head, eval_synth_steps=args.eval_synth_steps, augment=args.augment,
-                            keep_best=args.keep_best, synth_tol=args.synth_tol)
+                            keep_best=args.keep_best, synth_tol=args.synth_tol,
+                            noise_norms=tuple(args.noise_norms) if args.noise_norms else None)
     if args.config is not None:
         try:
             settings = json.loads(args.config.read_text())

@@ -29,6 +29,8 @@ EVAL_VALIDATION_IMAGES = 128
 #: whose approximate nullspace grew was tested with larger noise).
 GAUSSIAN_GRID = (0.25, 0.5, 1.0)
 TOKEN_NOISE_METHODS = tuple(name for name, m in FINETUNE_METHODS.items() if m.uses_delta)
+#: Token-noise methods whose noise is a control of δ's norm (not δ itself): they may be given the norms.
+CONTROL_METHODS = tuple(name for name, m in FINETUNE_METHODS.items() if m.uses_delta and m.is_control)
 FREEZE = ("none", "patch_embed", "all_but_head")
 #: Training augmentation (natural images only; the embedded digits and scenes keep their fixed tensors):
 #: "rrc_flip" — random resized crop (scale 0.08–1) and horizontal flip, the paper's; "timm" — timm's default
@@ -64,6 +66,11 @@ class FinetuneConfig:
     warmup_steps: int = bounded(0, Interval(int, 0, None))
     freeze: str = bounded("none", Options(FREEZE))
     noise_every: int | None = None  # resynthesize δ every K steps (None: once per epoch)
+    # the controls' (gaussian, random_start) noise norm for each δ period instead of their own δ's, the last one
+    # repeated — e.g. the same seed's nullspace run's δ norms, so a control trains on exactly the noise size the
+    # paper's method did (a δ synthesized on the control's own model differs); a control given norms
+    # synthesizes no δ at all
+    noise_norms: tuple[float, ...] | None = None
     synth_fraction: float = bounded(0.1, Interval(float, 0.0, 1.0, closed="right"))
     synth_steps: int = bounded(DEFAULT_STEPS, Interval(int, 1, 100_000))
     synth_lim: float = bounded(DEFAULT_LIM, Interval(float, 0.0, None, closed="neither"))
@@ -92,6 +99,17 @@ class FinetuneConfig:
 
     def __post_init__(self):
         validate_fields(self)
+        if isinstance(self.noise_norms, list):  # read back from JSON (a job's parameters, a run's sidecar)
+            object.__setattr__(self, "noise_norms", tuple(self.noise_norms))
+        if self.noise_norms is not None:
+            norms = self.noise_norms
+            if (not isinstance(norms, tuple) or not norms
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in norms)):
+                raise InvalidParameterError("noise_norms", "FinetuneConfig", "None or a tuple of norms > 0", norms)
+            if self.method not in CONTROL_METHODS:
+                raise InvalidParameterError("noise_norms", "FinetuneConfig",
+                                            f"None for method {self.method!r} (norms are for {', '.join(CONTROL_METHODS)})",
+                                            norms)
         for name in ("steps_per_epoch", "noise_every", "eval_limit"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -100,7 +118,7 @@ class FinetuneConfig:
     def work_plan(self, steps_per_epoch: int, eval_images: int) -> dict[str, float]:
         """The run's work by phase, in batch passes (see TRAIN_STEP_COST): what the progress bar counts."""
         deltas = 0
-        if self.method in TOKEN_NOISE_METHODS:
+        if self.method in TOKEN_NOISE_METHODS and self.noise_norms is None:
             per_epoch = 1 + ((steps_per_epoch - 1) // self.noise_every if self.noise_every else 0)
             deltas = self.epochs * per_epoch
         fresh_epochs = self.epochs if self.fresh_every_epoch else 1

@@ -11,9 +11,12 @@ gradient crosses the network during synthesis, and δ is bit-identical where ker
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
+
+from nullviz.models import patch_tokens
 
 from nullviz.noise.approximate import SynthesisResult, synthesize_for_model
 
@@ -40,6 +43,18 @@ class RunDeltas:
         n_fit = max(1, int(round(n * EVAL_FIT_FRACTION)))
         n_val = min(EVAL_VALIDATION_IMAGES, max(0, n - n_fit) // 2)
         return order[:n_fit], order[n_fit:n_fit + n_val]
+
+    def of_given_norm(self, model: torch.nn.Module, period: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A control's stand-in for δ when the run was given its noise norms (``noise_norms``): a tensor of the
+        patch tokens' shape with the period's norm (the last norm repeated). The control draws its noise with
+        this shape and norm (``random_like``); no δ is synthesized."""
+        norms = self.cfg.noise_norms
+        norm = float(norms[min(period, len(norms) - 1)])
+        with torch.no_grad():
+            x, _ = collate(self.train_set, torch.arange(1))
+            shape = patch_tokens(model, x.to(self.device)).shape[1:]
+        ref = torch.full(shape, norm / math.sqrt(math.prod(shape)), device=self.device)
+        return ref, {"delta_l2": norm, "delta_source": "given norm"}
 
     def synthesize(self, model: torch.nn.Module, seed: int, evaluation: bool = False
                    ) -> tuple[torch.Tensor, SynthesisResult]:

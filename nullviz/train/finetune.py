@@ -206,6 +206,10 @@ class FinetuneRun:
 
     def synthesize_delta(self, seed: int) -> None:
         """The δ the coming steps train on (every method makes one, so every run is measured alike)."""
+        if self.cfg.noise_norms is not None:  # a control told its noise norms: nothing to synthesize
+            period = self.state.global_step // (self.cfg.noise_every or self.steps_per_epoch)
+            self.state.delta, self.state.delta_info = self.deltas.of_given_norm(self.model, period)
+            return
         t = time.perf_counter()
         delta, res = self.deltas.synthesize(self.model, seed)
         self.state.delta, self.state.delta_info = delta, training_delta_info(res)

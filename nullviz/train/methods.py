@@ -53,6 +53,8 @@ class FinetuneMethod:
     step_cost: ClassVar[float]
     #: Whether it trains on token noise of δ's size: the loop then synthesizes δ each epoch (or noise_every).
     uses_delta: ClassVar[bool] = False
+    #: Whether its noise is a control drawn at δ's norm (so it may be given the norms instead: noise_norms).
+    is_control: ClassVar[bool] = False
 
     def loss(self, step: StepInputs, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,6 +103,7 @@ class Nullspace(TokenNoiseMethod):
 @register_method
 class Gaussian(TokenNoiseMethod):
     name, label = "gaussian", "Gaussian noise of δ's norm (control)"
+    is_control = True
 
     def training_noise(self, delta, seed):
         return random_like(delta, "gaussian", torch.Generator().manual_seed(seed))
@@ -109,6 +112,7 @@ class Gaussian(TokenNoiseMethod):
 @register_method
 class RandomStart(TokenNoiseMethod):
     name, label = "random_start", "δ's unoptimised random start (control)"
+    is_control = True
 
     def training_noise(self, delta, seed):
         return random_like(delta, "random_start", torch.Generator().manual_seed(seed))

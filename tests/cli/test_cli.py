@@ -250,3 +250,13 @@ def test_finetune_preset_paper_with_overrides_on_a_folder(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["finetune", "--preset", "fast"])
     assert exit_.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_finetune_a_control_at_given_noise_norms(capsys, tmp_path):
+    out = run_json(capsys, "finetune", "--method", "gaussian", "--epochs", "2", "--steps-per-epoch", "1",
+                   "--batch-size", "8", "--eval-synth-steps", "2", "--fresh-deltas", "0", "--noise-norms", "5", "9",
+                   "--out", str(tmp_path / "run"))
+    assert [r["delta_l2"] for r in out["history"]] == [5.0, 9.0] and out["synthesis_seconds"] == 0.0
+    assert main(["finetune", "--method", "nullspace", "--noise-norms", "5", "--out", str(tmp_path / "bad")]) != 0
+    err = capsys.readouterr().err
+    assert "noise_norms" in err and len(err.strip().splitlines()) == 1

@@ -352,3 +352,37 @@ def test_the_papers_recipe_as_a_preset_and_augmentation_only_for_natural_images(
     assert default_lm.augmentation("none") is None
     with pytest.raises(DataError, match="augmentation is for natural images"):
         train_heldout("digits", default_lm.transform, train_transform=default_lm.augmentation("rrc_flip"))
+
+
+def test_a_control_told_its_noise_norms_trains_on_them_and_synthesizes_no_delta(default_lm, sets):
+    """The fair test's controls train on noise of the *same seed's nullspace run's* δ norms (a δ synthesized on
+    the control's own model is another size): one norm per period, the last repeated, and no δ is made."""
+    from nullviz.train import methods as M
+
+    seen = []
+    original = M.Gaussian.training_noise
+
+    def spy(self, delta, seed):
+        noise = original(self, delta, seed)
+        seen.append((round(float(delta.norm()), 3), round(float(noise.norm()), 3), seed))
+        return noise
+
+    M.Gaussian.training_noise = spy
+    try:
+        run = FinetuneRun(default_lm, sets[0], sets[1], small("gaussian", epochs=3, steps_per_epoch=2,
+                                                              noise_norms=(7.0, 11.0), fresh_deltas=0))
+        result = run.run()
+    finally:
+        M.Gaussian.training_noise = original
+    assert [s[:2] for s in seen] == [(7.0, 7.0)] * 2 + [(11.0, 11.0)] * 4  # epoch 3 repeats the last norm
+    assert len({s[2] for s in seen}) == 3  # a new draw each period
+    assert result.synthesis_seconds == 0.0 and [r["delta_l2"] for r in result.history] == [7.0, 11.0, 11.0]
+    assert result.history[0]["delta_source"] == "given norm"
+    assert small("gaussian", noise_norms=[3.0]).noise_norms == (3.0,)  # read back from JSON
+    plan = small("gaussian", noise_norms=(3.0,)).work_plan(3, 48)
+    assert plan["synthesizing δ"] == small("baseline").work_plan(3, 48)["synthesizing δ"]  # no training δ
+    for bad in ((), (0.0,), (-1.0,), ("a",), 3.0):
+        with pytest.raises(InvalidParameterError, match="noise_norms"):
+            small("gaussian", noise_norms=bad)
+    with pytest.raises(InvalidParameterError, match="noise_norms"):
+        small("nullspace", noise_norms=(3.0,))  # δ itself has no given norm
