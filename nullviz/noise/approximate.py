@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 
 from nullviz.core.errors import InvalidParameterError, NoiseFileError
-from nullviz.core.params import Interval, Options, bounded, validate_fields
+from nullviz.core.params import Interval, Options, bounded, check, validate_fields
 from nullviz.models import LoadedModel, embedded_model, logits_from_patch_tokens, patch_tokens, token_grid
 
 from .files import LEVELS, save_noise
@@ -545,6 +545,30 @@ def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg
             lo = mid
         else:
             hi = mid
+    return lo
+
+
+@torch.no_grad()
+def matched_visibility_norm(model: torch.nn.Module, images: torch.Tensor, kind: str = "gaussian", tol: float = 0.01,
+                            seed: int = 0, batch_size: int = 256, iterations: int = 12) -> float:
+    """The largest norm of encoder-level control noise ``kind`` (one seeded draw, scaled) whose mean Σ Δp² on
+    ``images`` stays inside ``tol``: a control *as visible* as δ is allowed to be, where δ's norm only says
+    how *large* (Gaussian noise of δ's norm is far more visible). Bisection to 2⁻``iterations`` of the bracket;
+    0.0 if even a tiny draw is outside ``tol``."""
+    check("tol", "matched_visibility_norm", tol, Interval(float, 0.0, None, closed="neither"))
+    batches = CleanBatches(model, images, "encoder", batch_size)
+    shape = batches.chunks[0][0].shape[1:]
+    direction = random_like(torch.ones(shape, device=images.device), kind, torch.Generator().manual_seed(seed))
+    direction = direction / direction.norm()
+    inside = lambda norm: _evaluate_delta(model, batches, direction * norm, "encoder")["mse"] <= tol  # noqa: E731
+    lo, hi = 0.0, batches.typical_norm / 64
+    while inside(hi):  # bracket: double until outside (Σ Δp² ≤ 2, so some norm is outside any tol < 2)
+        lo, hi = hi, hi * 2
+        if hi > 1e6 * batches.typical_norm:
+            return lo
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) else (lo, mid)
     return lo
 
 

@@ -132,3 +132,20 @@ def test_kept_clean_logits_give_the_same_delta(default_lm, digit_sets):
     with pytest.raises(InvalidParameterError, match="one per image"):
         synthesize(default_lm, fit, cfg, validation_images=val, check_images=held,
                    fit_logits=clean_logits(default_lm.model, fit[:10]))
+
+
+def test_matched_visibility_norm_is_the_largest_control_inside_tol(default_lm, digit_sets):
+    """The Gaussian control at δ's *visibility*: the largest norm of the seeded draw whose mean Σ Δp² is inside
+    tol — just above it, it is outside."""
+    from nullviz.noise.approximate import evaluate_noise, matched_visibility_norm
+    from nullviz.noise.kinds import random_like
+
+    _, val, _ = digit_sets
+    norm = matched_visibility_norm(default_lm.model, val, "gaussian", tol=0.01, seed=4)
+    shape = (default_lm.grid_size[0] * default_lm.grid_size[1], default_lm.embed_dim)
+    direction = random_like(torch.ones(shape), "gaussian", torch.Generator().manual_seed(4))
+    direction = direction / direction.norm()
+    inside = evaluate_noise(default_lm, val, direction * norm, "encoder")["mse_probs"]
+    outside = evaluate_noise(default_lm, val, direction * norm * 1.02, "encoder")["mse_probs"]
+    assert norm > 0 and inside <= 0.01 < outside
+    assert matched_visibility_norm(default_lm.model, val, "gaussian", tol=0.03, seed=4) > norm
