@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -276,6 +276,10 @@ class RobustnessReport:
     shifts: dict[str, float] = field(default_factory=dict)  # accuracy on the same scenes, shifted
     seconds: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
+    #: Per image (in the evaluated order), right or wrong: 'clean', each attack, each shift, and
+    #: 'corruption_errors' (how many of the corruption × severity conditions it is wrong under). For paired
+    #: comparisons over images (a bootstrap); not written to JSON.
+    per_image: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def mean_corruption_acc(self) -> float | None:
@@ -331,7 +335,8 @@ class RobustnessReport:
         return RelativeCorruptionError(value=value, per_corruption=per, excluded=excluded)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, per_image={}))
+        del d["per_image"]
         d["mean_corruption_acc"] = self.mean_corruption_acc
         return d
 
@@ -394,11 +399,34 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+class CorruptedImages:
+    """Corrupted images made once and handed to every model evaluated on the same images: comparing many
+    models on one test set otherwise corrupts the same images again for each (on the cluttered test scenes,
+    15 corruptions × 5 severities cost more than the models' forwards). Keyed by the batch's own values, so
+    other images are never served a stale copy. One per set of images (it holds them all: 75 conditions of
+    256 scenes of 64 px ≈ 0.9 GB)."""
+
+    def __init__(self):
+        self._store: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, pixels: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
+        key = (name, severity, seed, tuple(pixels.shape), float(pixels.double().sum()),
+               float((pixels.double() * torch.arange(pixels.numel(), dtype=torch.float64, device=pixels.device)
+                      .view_as(pixels)).sum()))
+        if key not in self._store:
+            self._store[key] = corrupt(pixels, name, severity, seed=seed).cpu()
+        return self._store[key].to(pixels.device)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
 def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progress: Progress | None = None,
              should_stop: Callable[[], bool] | None = None,
-             approx_delta: torch.Tensor | None = None) -> RobustnessReport:
+             approx_delta: torch.Tensor | None = None, corrupted: CorruptedImages | None = None) -> RobustnessReport:
     """Run the configured evaluations batched on the model's device; stoppable between batches (the
-    report then holds what finished, with ``stopped=True``)."""
+    report then holds what finished, with ``stopped=True``). ``corrupted``: a store of corrupted images
+    shared by the models evaluated on these images (each corrupts them itself otherwise)."""
     check_classes_match(lm, dataset)
     if config.shifts and not getattr(dataset, "shiftable", False):
         raise DataError("Distribution shifts are renderings of the cluttered model's own held-out scenes: evaluate "
@@ -414,7 +442,7 @@ def evaluate(lm: LoadedModel, dataset, config: EvalConfig = EvalConfig(), progre
         fit = torch.stack([_as_tensor(dataset[i][0], tf)
                            for i in range(len(y), min(len(dataset), len(y) + FIT_IMAGES))]).to(lm.device)
     return _evaluate(lm, x, y, config, progress or (lambda *a: None), should_stop or (lambda: False),
-                     approx_delta, fit)
+                     approx_delta, fit, corrupted)
 
 
 def check_classes_match(lm: LoadedModel, dataset) -> None:
@@ -440,7 +468,7 @@ def _as_tensor(img, transform) -> torch.Tensor:
 
 
 def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx_delta,
-              fit: torch.Tensor | None = None) -> RobustnessReport:
+              fit: torch.Tensor | None = None, corrupted: CorruptedImages | None = None) -> RobustnessReport:
     fn = PixelModel.of(lm)
     pixels = lm.denormalize(x)
     n = len(y)
@@ -450,6 +478,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
     t = time.perf_counter()
     clean_right = correctness({"clean": lambda b: predict_pixels(fn, b.x, bs)}, batches(pixels, y, bs))["clean"]
     report.clean_acc = int(clean_right.sum()) / n
+    report.per_image["clean"] = clean_right
     report.seconds["clean"] = time.perf_counter() - t
     progress("clean", n, n)
 
@@ -464,23 +493,32 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             report.stopped = True
             return report
         n_right = int(clean_right.sum())
+        report.per_image[name] = right[name]
         report.attacks[name] = {"robust_acc": int(right[name].sum()) / n,
                                 "success_rate": int((clean_right & ~right[name]).sum()) / n_right if n_right else 0.0}
         report.seconds[name] = time.perf_counter() - t
 
     total = len(cfg.corruptions) * len(cfg.severities)
     step = 0
+    if corrupted is None:
+        def make(pixels, name, severity, seed):
+            return corrupt(pixels, name, severity, seed=seed)
+    else:
+        make = corrupted
+    errors = torch.zeros(n, dtype=torch.long)
     for name in cfg.corruptions:
         t = time.perf_counter()
         accs = []
+        wrong = torch.zeros(n, dtype=torch.long)  # this corruption's errors per image, over its severities
         for s in cfg.severities:
             if should_stop():
                 report.stopped = True
                 return report
             try:
-                right = correctness({name: lambda b: predict_pixels(fn, corrupt(b.x, name, s, seed=cfg.seed + b.start),
+                right = correctness({name: lambda b: predict_pixels(fn, make(b.x, name, s, cfg.seed + b.start),
                                                                     bs)}, batches(pixels, y, bs))
                 accs.append(int(right[name].sum()) / n)
+                wrong = wrong + ~right[name]
             except CorruptionNotApplicableError as exc:  # e.g. images with 4 channels
                 report.corruption_skipped[name] = str(exc)
                 accs = []
@@ -489,6 +527,8 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
             progress("corruptions", step, total)
         if accs:
             report.corruptions[name] = accs
+            errors += wrong
+            report.per_image["corruption_errors"] = errors.clone()
         report.seconds[f"corruption_{name}"] = time.perf_counter() - t
 
     for k, name in enumerate(cfg.shifts):
@@ -499,6 +539,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
         sx, sy = images_tensor(lm, shifted_dataset(name), n)  # the same scenes as the n clean ones, shifted
         right = correctness({name: lambda b: predict_pixels(fn, b.x, bs)}, batches(lm.denormalize(sx), sy, bs))
         report.shifts[name] = int(right[name].sum()) / n
+        report.per_image[name] = right[name]
         report.seconds[f"shift_{name}"] = time.perf_counter() - t
         progress("shifts", k + 1, len(cfg.shifts))
 

@@ -296,3 +296,36 @@ def test_evaluation_size_weighs_every_registered_attack():
     assert size["fgsm"] < size["pgd"] < size["cw"] < size["autoattack"]
     assert R.evaluation_size(100, R.EvalConfig(attacks=(), shifts=("inverted",))) > R.evaluation_size(
         100, R.EvalConfig(attacks=()))
+
+
+def test_per_image_outcomes_and_corrupted_images_made_once(default_lm):
+    """A report keeps each image's outcome (the bootstrap over test images resamples them), and a comparison
+    corrupts its test images once for every model: the same numbers as corrupting them again."""
+    cfg = R.EvalConfig(attacks=("fgsm",), corruptions=("fog", "glass_blur"), severities=(1, 4), limit=40, batch_size=16)
+    data = digits_dataset("heldout")
+    plain = R.evaluate(default_lm, data, cfg)
+    store = R.CorruptedImages()
+    first = R.evaluate(default_lm, data, cfg, corrupted=store)
+    assert len(store) == 2 * 2 * 3  # corruptions × severities × batches
+    calls = []
+    original = R.corrupt
+    R.corrupt = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        again = R.evaluate(default_lm, data, cfg, corrupted=store)
+    finally:
+        R.corrupt = original
+    assert calls == [] and again.to_dict() | {"seconds": {}} == first.to_dict() | {"seconds": {}}
+    assert first.corruptions == plain.corruptions
+    p = first.per_image
+    assert p["clean"].dtype == torch.bool and p["clean"].shape == (40,)
+    assert int(p["clean"].sum()) / 40 == first.clean_acc
+    assert int(p["fgsm"].sum()) / 40 == first.attacks["fgsm"]["robust_acc"]
+    wrong = sum((1 - a) * 40 for accs in first.corruptions.values() for a in accs)
+    assert int(p["corruption_errors"].sum()) == round(wrong) and int(p["corruption_errors"].max()) <= 4
+    import json
+
+    assert "per_image" not in first.to_dict() and json.dumps(first.to_dict())
+    # other images are never served a stale copy
+    other = R.evaluate(default_lm, digits_dataset("train"), cfg, corrupted=store)
+    assert len(store) == 2 * 2 * 3 * 2
+    assert other.corruptions == R.evaluate(default_lm, digits_dataset("train"), cfg).corruptions
