@@ -684,20 +684,24 @@ def paired_difference_bars(comparison, metrics: Sequence[str] | None = None,
                            height: int = 420, lower_is_better: Sequence[str] = ()) -> go.Figure:
     """``comparison.method`` minus each control, paired by seed: bars at the mean difference with 95 %
     intervals; a bar whose interval crosses 0 is no evidence either way. Up is better for every measure: a
-    ``lower_is_better`` one (an error) is drawn as control minus method, and its label says so."""
-    metrics = list(metrics or comparison.metrics)
+    ``lower_is_better`` one (an error) is drawn as control minus method, and its label says so. A list of
+    comparisons (one per variant) draws every variant against its controls in one figure."""
+    comparisons = list(comparison) if isinstance(comparison, (list, tuple)) else [comparison]
+    metrics = list(metrics or comparisons[0].metrics)
     labels, scale = dict(labels or {}), dict(scale or {})
     for m in lower_is_better:
         if m in metrics:
             scale[m] = -scale.get(m, 1.0)
             labels[m] = f"{labels.get(m, m)} (reduction)"
     fig = go.Figure()
-    for control in comparison.controls:
-        fig.add_trace(_interval_bars(f"{comparison.method} − {control}",
-                                     [comparison.difference(control, m) for m in metrics], metrics, labels, scale))
+    for cmp in comparisons:
+        for control in cmp.controls:
+            fig.add_trace(_interval_bars(f"{cmp.method} − {control}",
+                                         [cmp.difference(control, m) for m in metrics], metrics, labels, scale))
+    who = comparisons[0].method if len(comparisons) == 1 else ", ".join(c.method for c in comparisons)
     fig.add_hline(y=0, line_width=1)
     fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      title=f"{comparison.method} against each control, paired by seed (95 % intervals; up "
+                      title=f"{who} against each control, paired by seed (95 % intervals; up "
                             f"is better for every measure)",
                       legend=dict(orientation="h", y=-0.2))
     return fig

@@ -1,27 +1,33 @@
-"""The paper's claim in miniature, retested with the controls that can refute it.
+"""The fair test of nullspace finetuning, on the embedded cluttered-digits model.
 
-    python scripts/paper_table.py [--epochs 4] [--seeds 0 1 2 3 4] [--out bench/out/paper_table]
+    python scripts/paper_table.py [--seeds 0 1 2] [--epochs 3] [--steps-per-epoch 40] [--test 256] [--device cpu]
 
-The embedded default model is finetuned on the digits by each method with the same budget and seeds:
+Every method finetunes the same start with the same recipe — AdamW, lr 1e-4 (the paper's), cosine, batch 64,
+the same seeds and data order — on a pool of freshly rendered training scenes (the renderer is the augmentation:
+new crops and flips of the training photographs, new digit sizes, places and colours), and every method keeps
+the epoch with the best clean accuracy on a **validation** split of other rendered training scenes (the last
+epoch is reported too). Nothing is chosen on the test scenes: the first ``--test`` held-out scenes (held-out
+digits on held-out photographs), which only judge.
 
-- ``baseline``: plain finetuning;
-- ``gaussian``: trains on Gaussian noise of δ's norm;
-- ``random_start``: trains on the *unoptimised* random start of δ's distribution (U(−a, a)), at δ's norm;
-- ``adversarial``: FGSM adversarial training;
-- ``nullspace``: trains on δ from the frontier defaults (lim 1, λ 0.5, 200 steps), resynthesized each epoch;
-- ``nullspace λ=2``: the same with a larger λ (a larger, more visible δ).
+Methods (``METHODS``): plain finetuning; nullspace at ε = 0.01 and at ε = 0.03 (the paper's ablation value);
+nullspace with δ resynthesized every ``--resynth-every`` steps; Gaussian noise at the norms of the same seed's
+nullspace (ε = 0.01) run; Gaussian noise at matched *visibility* (the norm whose Σ Δp² on the validation
+scenes is ε = 0.01); δ's unoptimised random start at the nullspace run's norms; FGSM adversarial training.
 
-Each finished model is measured on the 359 held-out digits with one yardstick (``FinetuneRun.evaluate``: the
-same δ settings, images and noises for every method): clean accuracy; accuracy under fresh δs synthesized from
-*that* model on training images at fixed settings (mean over ``--fresh`` seeds), and its nullspace size (their
-norm in starting-model token norms, each the largest δ inside ε on other training images); under the
-un-finetuned model's δ; under Gaussian noise of one starting-model token norm; FGSM and PGD-10 at ε = 8/255 and 2/255, PatchFool (our version: ``nullviz.robustness``); the corruption error against the un-finetuned model over 15
-corruptions × severities 1–5 (the 32-px parameters; lower is better), pooled (Σ err / Σ reference err) and
-mCE-style (mean of per-corruption ratios), and the mean corruption accuracy; and the area under the
-accuracy-vs-size curve of an input-level δ (normalised to [0, 1]). Then, for each nullspace variant against
-each control, the paired difference over seeds with a 95 % t-interval.
+One yardstick for every model: clean accuracy; FGSM and PGD-10 at 8/255 and 2/255; PatchFool; the corruption
+error over 15 corruptions × 5 severities pooled (Σ err / Σ the untouched model's err, ×100) and the mean
+corruption accuracy; the renderer's distribution shifts (inverted, outline, small, large, colour, texture: mean
+accuracy); under fresh δs synthesized from the model at fixed settings, and its nullspace size (their norm in
+starting-model token norms); under the untouched model's δ; under Gaussian noise of one token norm.
 
-Writes ``OUT.md`` (the tables), ``OUT.json`` (every run) and ``OUT_bars.html`` / ``OUT_paired.html``.
+Statistics: FGSM and the pooled corruption error are the **primary** measures, declared here before any run
+(the paper claims robustness to adversarial and to natural perturbations); every other measure is secondary and
+Holm-adjusted over every control × secondary measure of a variant. Beside the t-interval over seeds, a paired
+bootstrap over the test images (the images' own uncertainty) for every per-image measure. n is shown in every
+cell; fewer than 2 seeds give no interval and no mark.
+
+Writes ``OUT.md`` (the tables), ``OUT.json`` (every run, per-image outcomes, the comparisons) and
+``OUT_bars.html`` / ``OUT_paired.html``.
 """
 
 from __future__ import annotations
@@ -31,179 +37,329 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 
 from nullviz import figures
-from nullviz.data import digits_dataset
+from nullviz.data.scenes import SHIFTS, STREAM_SEED, VALIDATION_STREAM_SEED, cluttered_dataset, rendered_dataset
 from nullviz.models import load_model
+from nullviz.noise.approximate import default_synthesis_config, matched_visibility_norm
 from nullviz.robustness import evaluation as R
-from nullviz.train.comparison import compare_methods
-from nullviz.train.finetune import FinetuneConfig, FinetuneRun
+from nullviz.robustness.corruptions import CORRUPTIONS
+from nullviz.train.comparison import compare_methods, paired_bootstrap
+from nullviz.train.deltas import RunDeltas
+from nullviz.train.evaluator import Evaluator
+from nullviz.train.finetune import FinetuneConfig, FinetuneRun, best_epoch
+from nullviz.train.loader import collate
 
-METRICS = ("clean", "under δ", "under the start's δ", "nullspace size", "Gaussian", "FGSM", "PGD-10", "FGSM 2/255",
-           "PGD-10 2/255", "PatchFool", "pooled CE", "mCE", "corruption acc", "tolerance AUC")
-PERCENT = ("clean", "under δ", "under the start's δ", "Gaussian", "FGSM", "PGD-10", "FGSM 2/255", "PGD-10 2/255",
-           "PatchFool", "corruption acc")  # ×100
-SEVERITIES = (1, 2, 3, 4, 5)
-LOWER_IS_BETTER = ("mCE", "pooled CE")
-#: Declared before any run: the paper claims robustness to adversarial and to natural perturbations, so FGSM
-#: accuracy and the corruption error pooled over every corruption and severity (Σ err / Σ the un-finetuned
-#: model's err: a mean of per-corruption ratios moves 25–33 points for one image) are the primary measures (marked by their own 95 % interval); every other
-#: measure is secondary and marked only when its Holm-adjusted p-value (over every control × secondary
-#: measure of a variant) is below 0.05.
+MODEL = "cluttered"
+#: table name → (FinetuneConfig method, its own settings). Norms "from nullspace" come from the same seed's
+#: NORMS_FROM run; "matched visibility" from the validation scenes (see the module doc).
+METHODS = {
+    "plain": ("baseline", {}),
+    "nullspace ε=0.01": ("nullspace", {"synth_tol": 0.01}),
+    "nullspace ε=0.03": ("nullspace", {"synth_tol": 0.03}),
+    "nullspace, resynthesized": ("nullspace", {"synth_tol": 0.01}),  # + noise_every (--resynth-every)
+    "Gaussian, δ's norms": ("gaussian", {}),
+    "Gaussian, δ's visibility": ("gaussian", {}),
+    "random start, δ's norms": ("random_start", {}),
+    "FGSM training": ("adversarial", {}),
+}
+NORMS_FROM = "nullspace ε=0.01"
+VARIANTS = ("nullspace ε=0.01", "nullspace ε=0.03", "nullspace, resynthesized")
+CONTROLS = tuple(m for m in METHODS if m not in VARIANTS)
+#: Declared before any run (see the module doc): FGSM accuracy at 8/255 and the pooled corruption error.
 PRIMARY = ("FGSM", "pooled CE")
-#: table name → (FinetuneConfig method, extra settings)
-METHODS = {"baseline": ("baseline", {}), "gaussian": ("gaussian", {}), "random_start": ("random_start", {}),
-           "adversarial": ("adversarial", {}), "nullspace": ("nullspace", {}),
-           "nullspace λ=2": ("nullspace", {"synth_lam": 2.0})}
-VARIANTS = ("nullspace", "nullspace λ=2")
-MAGNITUDES = (0.0, 25.0, 50.0, 100.0, 200.0)  # L2 in normalised input units; the mean digit has norm ≈ 45
+METRICS = ("clean", "FGSM", "pooled CE", "PGD-10", "FGSM 2/255", "PGD-10 2/255", "PatchFool", "corruption acc",
+           "shifts", "under δ", "nullspace size", "under the start's δ", "Gaussian")
+PERCENT = ("clean", "FGSM", "PGD-10", "FGSM 2/255", "PGD-10 2/255", "PatchFool", "corruption acc", "shifts",
+           "under δ", "under the start's δ", "Gaussian")
+LOWER_IS_BETTER = ("pooled CE",)
+#: The last epoch's model, measured on the primary measures, clean accuracy and the shifts.
+LAST = ("clean", "FGSM", "pooled CE", "shifts")
+#: Measures with a per-image outcome (the bootstrap resamples images): metric → the report's per-image key.
+PER_IMAGE = {"clean": "clean", "FGSM": "fgsm", "PGD-10": "pgd", "PatchFool": "patchfool", "FGSM 2/255": "fgsm",
+             "PGD-10 2/255": "pgd", "shifts": "shifts", "pooled CE": "corruption_errors"}
 
 
-def measure(lm, reference=None, limit=None, severities=SEVERITIES, delta_steps=100
-            ) -> tuple[dict[str, float], R.RobustnessReport]:
-    cfg = R.EvalConfig(attacks=("fgsm", "pgd", "patchfool"), corruptions=R.CORRUPTIONS, severities=tuple(severities),
-                       tolerance_magnitudes=MAGNITUDES, tolerance_kinds=("approximate",), limit=limit,
-                       tolerance_delta_steps=delta_steps)
-    rep = R.evaluate(lm, digits_dataset("heldout"), cfg)
-    small = R.evaluate(lm, digits_dataset("heldout"), R.EvalConfig(attacks=("fgsm", "pgd"), eps=2 / 255, limit=limit))
-    curve = rep.tolerance["approximate"]
-    xs, ys = curve["relative_magnitude"], curve["accuracy"]
-    auc = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
-    rce = rep.relative_corruption_error(reference or rep)
-    return {"clean": rep.clean_acc, "FGSM": rep.attacks["fgsm"]["robust_acc"],
-            "PGD-10": rep.attacks["pgd"]["robust_acc"], "mCE": rce.value, "tolerance AUC": auc,
-            "FGSM 2/255": small.attacks["fgsm"]["robust_acc"], "PGD-10 2/255": small.attacks["pgd"]["robust_acc"],
-            "PatchFool": rep.attacks["patchfool"]["robust_acc"],
-            "pooled CE": rep.pooled_corruption_error(reference or rep), "corruption acc": rep.mean_corruption_acc,
-            "mCE left out": ", ".join(rce.excluded) or None}, rep
+def evaluation_configs(args) -> tuple[R.EvalConfig, R.EvalConfig]:
+    main = R.EvalConfig(attacks=("fgsm", "pgd", "patchfool"), patch_steps=args.patch_steps, corruptions=CORRUPTIONS,
+                        severities=tuple(args.severities), shifts=tuple(SHIFTS), limit=args.test)
+    small = R.EvalConfig(attacks=("fgsm", "pgd"), eps=2 / 255, pgd_alpha=0.5 / 255, limit=args.test)
+    return main, small
 
 
-def fmt(metric: str, value: float) -> str:
-    return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.1f}" if metric in ("mCE", "pooled CE") \
-        else f"{value:.3f}"
+def measure(model: torch.nn.Module, test_full, evaluator: Evaluator, configs, corrupted, reference, args,
+            full: bool = True) -> tuple[dict[str, float], dict[str, list]]:
+    """One model on the test scenes: (metrics, per-image outcomes). ``full=False``: clean, FGSM, pooled CE and
+    the shifts only (the last epoch's model)."""
+    tuned = load_model(MODEL, device=args.device)
+    tuned.model.load_state_dict(model.state_dict())
+    main, small = configs
+    if not full:
+        main = R.EvalConfig(attacks=("fgsm",), corruptions=main.corruptions, severities=main.severities,
+                            shifts=main.shifts, limit=main.limit)
+    rep = R.evaluate(tuned, test_full, main, corrupted=corrupted)
+    ref = reference or rep
+    row = {"clean": rep.clean_acc, "FGSM": rep.attacks["fgsm"]["robust_acc"],
+           "pooled CE": rep.pooled_corruption_error(ref), "shifts": float(np.mean(list(rep.shifts.values()))),
+           **{f"shift: {k}": v for k, v in rep.shifts.items()}}
+    shifts_right = torch.stack([rep.per_image[k] for k in rep.shifts]).float().mean(0)
+    per_image = {"clean": rep.per_image["clean"], "FGSM": rep.per_image["fgsm"], "shifts": shifts_right,
+                 "pooled CE": rep.per_image["corruption_errors"]}
+    if full:
+        low = R.evaluate(tuned, test_full, small)
+        ev = evaluator.evaluate(tuned.model, None, fresh_deltas=args.fresh)
+        row.update({"PGD-10": rep.attacks["pgd"]["robust_acc"], "PatchFool": rep.attacks["patchfool"]["robust_acc"],
+                    "FGSM 2/255": low.attacks["fgsm"]["robust_acc"], "PGD-10 2/255": low.attacks["pgd"]["robust_acc"],
+                    "corruption acc": rep.mean_corruption_acc, "under δ": ev.get("delta_acc"),
+                    "nullspace size": ev.get("nullspace_size"), "under the start's δ": ev["start_delta_acc"],
+                    "Gaussian": ev["gaussian_acc"], "fresh δ norm": ev.get("fresh_delta_l2"),
+                    "fresh δ validation Σ Δp²": ev.get("nullspace_size_validation_mse")})
+        per_image.update({"PGD-10": rep.per_image["pgd"], "PatchFool": rep.per_image["patchfool"],
+                          "FGSM 2/255": low.per_image["fgsm"], "PGD-10 2/255": low.per_image["pgd"]})
+    return row, {k: v.int().tolist() if v.dtype == torch.bool else v.tolist() for k, v in per_image.items()}, rep
 
 
-def tables(comparison, default_row: dict, args) -> str:
-    head = "| model | " + " | ".join(METRICS) + " |"
-    lines = [f"Held-out digits (359), {args.epochs} epochs, lr {args.lr:g}, seeds {', '.join(map(str, args.seeds))}; "
-             f"mean ± std over seeds. Accuracies in %; pooled CE and mCE: 100 = the un-finetuned model, lower is better.", "",
-             head, "|---" * (len(METRICS) + 1) + "|",
-             "| default model (no finetuning) | " + " | ".join(fmt(m, default_row[m]) for m in METRICS) + " |"]
-    for method in comparison.runs:
-        cells = []
-        for m in METRICS:
-            s = comparison.summary(method, m)
-            k = 100 if m in PERCENT else 1
-            p = 3 if m == "tolerance AUC" else 1
-            cells.append(f"{s.mean * k:.{p}f} ± {s.std * k:.{p}f} (n {s.n})" if s.n > 1 else f"{s.mean * k:.{p}f} (n 1)")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    for variant in VARIANTS:
-        lines += ["", f"**{variant} minus each control**, paired by seed: mean difference [95 % t-interval]. "
-                  f"Positive is better for {variant} except for the corruption errors.", "", head.replace("model", "control"),
-                  "|---" * (len(METRICS) + 1) + "|"]
-        cmp = compare_methods(comparison.runs, METRICS, variant, primary=PRIMARY)
-        adjusted = cmp.adjusted_p()
-        for control in cmp.controls:
-            lines.append(f"| {control} | " + " | ".join(difference_cell(cmp, control, m, adjusted[(control, m)])
-                                                      for m in METRICS) + " |")
-    lines += ["", f"Primary measures (declared before the runs): {', '.join(PRIMARY)}; ✓ / ✗ when their 95 % "
-              f"interval excludes 0 in the variant's favour / against it. Secondary measures: ✓ / ✗ only when the "
-              f"Holm-adjusted p-value over every control × secondary measure of the variant is below 0.05 (p shown). "
-              f"No mark: no evidence either way; with one seed there is no interval and no mark. The intervals are "
-              f"over seeds: the uncertainty of the test images themselves (one of 359 digits = 0.28 points) is not "
-              f"in them."]
-    return "\n".join(lines)
+def fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.1f}" if metric == "pooled CE" else f"{value:.2f}"
 
 
-def difference_cell(cmp, control: str, m: str, p_adjusted: float | None) -> str:
-    """One paired difference: mean [95 % interval] and its mark (see the table's footnote), n when < 5."""
-    d = cmp.difference(control, m)
-    k = 100 if m in PERCENT else 1
-    p = 3 if m == "tolerance AUC" else 1
-    if not d.has_interval:
-        return f"{d.mean * k:+.{p}f} (n 1)"
-    better = (d.ci_low > 0) if m not in LOWER_IS_BETTER else (d.ci_high < 0)
-    worse = (d.ci_high < 0) if m not in LOWER_IS_BETTER else (d.ci_low > 0)
-    if m not in cmp.primary:
+def summary_cell(cmp, method: str, metric: str) -> str:
+    """A method's mean ± std (n), or — when no seed has the measure."""
+    if not any(r.get(metric) is not None for r in cmp.runs[method].values()):
+        return "—"
+    return cell(cmp.summary(method, metric), metric)
+
+
+def cell(summary, metric: str, signed: bool = False) -> str:
+    k = 100 if metric in PERCENT else 1
+    p = 2 if metric == "nullspace size" else 1
+    sign = "+" if signed else ""
+    if not summary.has_interval:
+        return f"{summary.mean * k:{sign}.{p}f} (n {summary.n})"
+    if signed:
+        return f"{summary.mean * k:+.{p}f} [{summary.ci_low * k:+.{p}f}, {summary.ci_high * k:+.{p}f}]"
+    return f"{summary.mean * k:.{p}f} ± {summary.std * k:.{p}f} (n {summary.n})"
+
+
+def mark(summary, metric: str, p_adjusted: float | None, primary: bool) -> str:
+    if not summary.has_interval:
+        return ""
+    better = summary.ci_low > 0 if metric not in LOWER_IS_BETTER else summary.ci_high < 0
+    worse = summary.ci_high < 0 if metric not in LOWER_IS_BETTER else summary.ci_low > 0
+    if not primary:
         significant = p_adjusted is not None and p_adjusted < 0.05
         better, worse = better and significant, worse and significant
-    mark = " ✓" if better else " ✗" if worse else ""
-    extra = "" if m in cmp.primary or p_adjusted is None else f" p {p_adjusted:.2f}"
-    return f"{d.mean * k:+.{p}f} [{d.ci_low * k:+.{p}f}, {d.ci_high * k:+.{p}f}]{mark}{extra}"
+    return " ✓" if better else " ✗" if worse else ""
+
+
+def bootstrap_table(per_image, reference_errors, variant: str, controls, seeds) -> tuple[list[str], dict]:
+    """variant − control over the test images (paired bootstrap, the mean over seeds both have)."""
+    metrics = [m for m in METRICS if m in PER_IMAGE]
+    lines = ["| control | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    out: dict = {}
+    for control in controls:
+        cells = []
+        for m in metrics:
+            pick = lambda name: {s: per_image[name][s][m] for s in seeds  # noqa: E731
+                                 if s in per_image.get(name, {}) and m in per_image[name][s]}
+            a, b = pick(variant), pick(control)
+            if not (set(a) & set(b)):
+                cells.append("—")
+                continue
+            if m == "pooled CE":
+                d = paired_bootstrap(a, b, denominator=reference_errors, scale=100)
+            else:
+                d = paired_bootstrap(a, b, scale=1)
+            out.setdefault(control, {})[m] = d.to_dict()
+            k = 100 if m in PERCENT else 1
+            if d.has_interval:
+                cells.append(f"{d.mean * k:+.1f} [{d.ci_low * k:+.1f}, {d.ci_high * k:+.1f}]"
+                             f"{mark(d, m, d.p_value, True)}")
+            else:
+                cells.append(f"{d.mean * k:+.1f}")
+        lines.append(f"| {control} | " + " | ".join(cells) + " |")
+    return lines, out
+
+
+def tables(runs, last, per_image, reference_errors, default_row, args, notes) -> tuple[str, dict]:
+    head = "| model | " + " | ".join(METRICS) + " |"
+    lines = [f"Test: the first {args.test} held-out scenes (held-out digits on held-out photographs); best epoch "
+             f"chosen on {args.validation} validation scenes (other rendered training scenes); {args.epochs} epochs × "
+             f"{args.steps_per_epoch} steps of 64, AdamW lr {args.lr:g}, cosine; seeds "
+             f"{', '.join(map(str, args.seeds))}; mean ± std over seeds (n). Accuracies in %; pooled CE: 100 = the "
+             f"untouched model, lower is better; nullspace size in starting-model token norms.", "",
+             head, "|---" * (len(METRICS) + 1) + "|",
+             "| untouched model | " + " | ".join(fmt(m, default_row.get(m)) for m in METRICS) + " |"]
+    everything = compare_methods(runs, METRICS, next(iter(runs)), primary=PRIMARY)
+    for method in runs:
+        lines.append(f"| {method} | " + " | ".join(summary_cell(everything, method, m) for m in METRICS) + " |")
+    lines += ["", "The **last** epoch's model (best epoch per seed in brackets): mean ± std over seeds.", "",
+              "| model | best epoch (per seed) | " + " | ".join(f"{m} (last)" for m in LAST) + " |",
+              "|---" * (len(LAST) + 2) + "|"]
+    last_cmp = compare_methods(last, list(LAST), next(iter(last)))
+    for method in last:
+        epochs = ", ".join(str(runs[method][s]["best epoch"]) for s in sorted(runs[method]))
+        lines.append(f"| {method} | {epochs} | " + " | ".join(summary_cell(last_cmp, method, m) for m in LAST)
+                     + " |")
+    comparisons, data = [], {}
+    for variant in VARIANTS:
+        if variant not in runs:
+            continue
+        controls = [c for c in CONTROLS if c in runs]
+        cmp = compare_methods({k: runs[k] for k in (variant, *controls)}, METRICS, variant, primary=PRIMARY)
+        comparisons.append(cmp)
+        adjusted = cmp.adjusted_p()
+        lines += ["", f"**{variant} minus each control**, paired by seed: mean difference [95 % t-interval over "
+                  f"seeds]. Positive is better except for pooled CE.", "", head.replace("model", "control"),
+                  "|---" * (len(METRICS) + 1) + "|"]
+        for control in cmp.controls:
+            row = []
+            for m in METRICS:
+                d = cmp.difference(control, m)
+                extra = "" if m in PRIMARY or adjusted[(control, m)] is None else f" p {adjusted[(control, m)]:.2f}"
+                row.append(cell(d, m, signed=True) + mark(d, m, adjusted[(control, m)], m in PRIMARY) + extra)
+            lines.append(f"| {control} | " + " | ".join(row) + " |")
+        boot_lines, boot = bootstrap_table(per_image, reference_errors, variant, controls, args.seeds)
+        lines += ["", f"The same differences with the **test images' uncertainty**: paired bootstrap over the "
+                  f"{args.test} test scenes (2,000 resamples, the mean over seeds), 95 % percentile interval; ✓ / ✗ "
+                  f"where it excludes 0 (not corrected).", ""] + boot_lines
+        data[variant] = {**cmp.to_dict(), "bootstrap": boot}
+    lines += ["", f"Primary measures (declared before the runs): {', '.join(PRIMARY)}; ✓ / ✗ when their 95 % "
+              f"interval over seeds excludes 0 in the variant's favour / against it. Secondary measures: ✓ / ✗ only "
+              f"when the Holm-adjusted p-value over every control × secondary measure of the variant is below 0.05 "
+              f"(p shown). No mark: no evidence either way; one seed gives no interval and no mark."]
+    lines += ["", *notes]
+    return "\n".join(lines), {"comparisons": data, "everything": everything.to_dict(), "last_epoch_comparison": last_cmp.to_dict(),
+                              "paired_figure": comparisons}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--fresh", type=int, default=2, help="fresh δs per finished model for 'under δ'")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps-per-epoch", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--test", type=int, default=256, help="test scenes (the first N held-out ones)")
+    ap.add_argument("--validation", type=int, default=256, help="validation scenes for the best epoch")
+    ap.add_argument("--resynth-every", type=int, default=20, help="steps between δs of the resynthesized variant")
+    ap.add_argument("--synth-steps", type=int, default=100, help="steps of each training δ")
+    ap.add_argument("--synth-lam", type=float, default=None, help="training δs' λ (default: the model's recorded one)")
+    ap.add_argument("--eval-synth-steps", type=int, default=100, help="steps of each evaluation δ (one yardstick)")
+    ap.add_argument("--fresh", type=int, default=1, help="fresh δs per finished model (under δ, nullspace size)")
+    ap.add_argument("--patch-steps", type=int, default=10, help="PatchFool's steps")
+    ap.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--steps-per-epoch", type=int, default=None, help="(CI-sized runs) cap each epoch")
-    ap.add_argument("--synth-steps", type=int, default=None,
-                    help="(CI-sized runs) δ synthesis steps: training, evaluation and the tolerance curve's δ")
-    ap.add_argument("--limit", type=int, default=None, help="(CI-sized runs) evaluate on the first N held-out digits")
-    ap.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES),
-                    help="(CI-sized runs) corruption severities")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("bench/out/paper_table"))
     args = ap.parse_args(argv)
+    if any(m in args.methods for m in ("Gaussian, δ's norms", "random start, δ's norms")) and NORMS_FROM not in args.methods:
+        ap.error(f"the controls at δ's norms need the {NORMS_FROM!r} run of the same seed")
+    if args.fresh < 1:
+        ap.error("--fresh must be at least 1: the nullspace size and 'under δ' come from fresh δs")
     t0 = time.perf_counter()
-    lm = load_model("default", device="cpu")
-    train, held = digits_dataset("train", lm.transform), digits_dataset("heldout", lm.transform)
-    if args.limit:
-        import torch
+    torch.manual_seed(0)
+    lm = load_model(MODEL, device=args.device)
+    lam = args.synth_lam if args.synth_lam is not None else default_synthesis_config(lm.name).lam
+    tf = lm.transform
+    train = rendered_dataset("train", args.epochs * args.steps_per_epoch * 64, STREAM_SEED, tf)
+    val = rendered_dataset("train", args.validation, VALIDATION_STREAM_SEED, tf)
+    test_full = cluttered_dataset("heldout", tf)
+    test = torch.utils.data.Subset(test_full, range(args.test))
+    val_x = collate(val, range(len(val)))[0].to(lm.device)
+    visible = matched_visibility_norm(lm.model, val_x, "gaussian", tol=0.01, seed=0)
+    print(f"data: {len(train)} training scenes, {len(val)} validation, {args.test} test; Gaussian of Σ Δp² 0.01 on "
+          f"validation: norm {visible:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-        held = torch.utils.data.Subset(held, range(args.limit))
-    budget = {k: v for k, v in (("steps_per_epoch", args.steps_per_epoch), ("synth_steps", args.synth_steps),
-                                ("eval_synth_steps", args.synth_steps)) if v}
+    configs = evaluation_configs(args)
+    corrupted = R.CorruptedImages()
+    common = dict(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, fresh_deltas=0,
+                  synth_steps=args.synth_steps, synth_lam=lam, eval_synth_steps=args.eval_synth_steps)
+    base_cfg = FinetuneConfig(method="baseline", seed=args.seeds[0], **common)
+    untouched_eval = Evaluator(lm.model, RunDeltas(train, base_cfg, lm.device), train, test, base_cfg, lm.mean.to(lm.device),
+                               lm.std.to(lm.device), lm.device)
+    default_row, default_images, reference = measure(lm.model, test_full, untouched_eval, configs, corrupted, None,
+                                                     args)
+    reference_errors = default_images["pooled CE"]
+    print("untouched: " + ", ".join(f"{k} {v:.3f}" for k, v in default_row.items() if isinstance(v, float)), flush=True)
 
-    untouched = FinetuneRun(lm, train, held, FinetuneConfig(method="baseline", seed=0, **budget))
-    noise = untouched.evaluate(fresh_deltas=args.fresh)
-    default_row, reference = measure(lm, limit=args.limit, severities=args.severities,
-                                     delta_steps=args.synth_steps or 100)
-    default_row.update({"under δ": noise["delta_acc"], "Gaussian": noise["gaussian_acc"],
-                        "under the start's δ": noise["start_delta_acc"], "nullspace size": noise["nullspace_size"]})
-
-    runs: dict[str, dict[int, dict[str, float]]] = {}
-    for name in args.methods:
-        method, extra = METHODS[name]
-        for seed in args.seeds:
+    runs: dict[str, dict[int, dict]] = {}
+    last: dict[str, dict[int, dict]] = {}
+    per_image: dict[str, dict[int, dict]] = {}
+    for seed in args.seeds:
+        shared_reference = None
+        for name in args.methods:
+            method, extra = METHODS[name]
+            settings = {**common, **extra}
+            if name == "nullspace, resynthesized":
+                settings["noise_every"] = args.resynth_every
+            if name in ("Gaussian, δ's norms", "random start, δ's norms"):
+                settings["noise_norms"] = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"])
+            if name == "Gaussian, δ's visibility":
+                settings["noise_norms"] = (visible,)
+            cfg = FinetuneConfig(method=method, seed=seed, **settings)
             t = time.perf_counter()
-            cfg = FinetuneConfig(method=method, epochs=args.epochs, lr=args.lr, seed=seed, fresh_deltas=0,
-                                 **{**budget, **extra})
-            run = FinetuneRun(lm, train, held, cfg)
-            run.run()
-            ev = run.evaluate(fresh_deltas=args.fresh)
-            tuned = load_model("default", device="cpu")
-            tuned.model.load_state_dict(run.model.state_dict())
-            row, _ = measure(tuned, reference, limit=args.limit, severities=args.severities,
-                             delta_steps=args.synth_steps or 100)
-            # one yardstick: the evaluation's δ settings, Gaussian norms and starting-model δ are the same for
-            # every method (FinetuneRun.evaluate)
-            row.update({"under δ": ev["delta_acc"], "Gaussian": ev["gaussian_acc"],
-                        "under the start's δ": ev["start_delta_acc"], "nullspace size": ev["nullspace_size"],
-                        "train δ norm": run.delta_info.get("delta_l2"), "seconds": time.perf_counter() - t})
-            runs.setdefault(name, {})[seed] = row
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
-                                                     if isinstance(v, float)), flush=True)
+            kept: dict[str, object] = {}
 
-    comparison = compare_methods(runs, METRICS, VARIANTS[0] if VARIANTS[0] in runs else next(iter(runs)),
-                                 primary=PRIMARY)
-    text = tables(comparison, default_row, args) if all(v in runs for v in VARIANTS) else ""
+            def on_epoch(record):
+                if best_epoch(run.history) == record["epoch"]:  # the record is already in the history
+                    kept["state"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+            run = FinetuneRun(lm, train, val, cfg, on_epoch=on_epoch)
+            if shared_reference is not None:
+                run.evaluator.use_reference(shared_reference)
+            result = run.run()
+            shared_reference = run.evaluator.reference()
+            test_eval = Evaluator(lm.model, RunDeltas(train, cfg, lm.device), train, test, cfg, run.mean, run.std,
+                                  lm.device)
+            test_eval.use_reference(shared_reference)  # the same start, seed and training scenes: the same noises
+            best = best_epoch(result.history)  # the same rule for every method: validation clean accuracy
+            best_model = lm.trainable_copy().to(lm.device)
+            best_model.load_state_dict(kept["state"])
+            best_model.eval()
+            row, images, _ = measure(best_model, test_full, test_eval, configs, corrupted, reference, args)
+            row.update({"best epoch": best, "validation clean (best)":
+                        max(r["clean_acc"] for r in result.history), "history": result.history,
+                        "train δ norms": [r.get("delta_l2") for r in result.history], "seconds": None})
+            if best == result.epochs_run:
+                last_row = {m: row[m] for m in LAST}
+            else:
+                run.model.eval()
+                last_row, _, _ = measure(run.model, test_full, test_eval, configs, corrupted, reference, args,
+                                         full=False)
+            row["seconds"] = time.perf_counter() - t
+            runs.setdefault(name, {})[seed] = row
+            last.setdefault(name, {})[seed] = {m: last_row[m] for m in LAST}
+            per_image.setdefault(name, {})[seed] = images
+            print(f"{name} seed {seed} ({row['seconds']:.0f} s, best epoch {best}): "
+                  + ", ".join(f"{m} {fmt(m, row.get(m))}" for m in METRICS), flush=True)
+
     total = time.perf_counter() - t0
-    text += f"\n\nTotal {total / 60:.1f} min on this machine ({len(runs)} methods × {len(args.seeds)} seeds).\n"
+    notes = [f"Gaussian at matched visibility: norm {visible:.1f} (Σ Δp² = 0.01 on the validation scenes; the "
+             f"nullspace runs' δ norms: {', '.join(f'{v:.0f}' for s in runs.get(NORMS_FROM, {}).values() for v in s['train δ norms'])}).",
+             f"Total {total / 60:.1f} min on this machine ({len(runs)} methods × {len(args.seeds)} seeds, "
+             f"device {args.device}; corrupted test images made once: {len(corrupted)} batches)."]
+    text, data = tables(runs, last, per_image, reference_errors, default_row, args, notes)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)
-    Path(f"{args.out}.json").write_text(json.dumps({"default": default_row, **comparison.to_dict(),
-                                                    "seconds": total, "args": vars(args)}, default=str, indent=1))
+    comparisons = data.pop("paired_figure")
+    Path(f"{args.out}.json").write_text(json.dumps(
+        {"default": default_row, "runs": runs, "last": last, "per_image": per_image, "reference_errors": reference_errors,
+         "primary": list(PRIMARY), "metrics": list(METRICS), "variants": [v for v in VARIANTS if v in runs],
+         "matched_visibility_norm": visible, **data, "seconds": total, "args": vars(args)},
+        default=str, indent=1))
     labels = {m: m for m in METRICS}
     scale = {m: 100 for m in PERCENT}
-    figures.method_bars(comparison, [m for m in METRICS if m != "mCE"], labels, scale).write_html(
+    everything = compare_methods(runs, METRICS, next(iter(runs)), primary=PRIMARY)
+    figures.method_bars(everything, [m for m in METRICS if m not in ("nullspace size",)], labels, scale).write_html(
         f"{args.out}_bars.html", include_plotlyjs="cdn")
-    if all(v in runs for v in VARIANTS):
-        figures.paired_difference_bars(comparison, METRICS, labels, scale, lower_is_better=LOWER_IS_BETTER).write_html(
-            f"{args.out}_paired.html", include_plotlyjs="cdn")
+    if comparisons:
+        figures.paired_difference_bars(comparisons, METRICS, labels, scale, lower_is_better=LOWER_IS_BETTER
+                                       ).write_html(f"{args.out}_paired.html", include_plotlyjs="cdn")
     return 0
 
 

@@ -210,6 +210,19 @@ def shifted_dataset(shift: str, transform: Callable | None = None):
     return ImageListDataset(images, labels, DIGITS_CLASS_NAMES, transform)
 
 
+#: Seeds of scene draws made for finetuning comparisons, apart from the fixed splits' (SPLIT_SEEDS).
+STREAM_SEED, VALIDATION_STREAM_SEED = 1_000_003, 2_000_003
+
+
+def rendered_dataset(split: str, n: int, seed: int, transform: Callable | None = None):
+    """``n`` freshly rendered scenes of ``split`` (its digits and photographs) drawn from ``seed``: the renderer
+    as augmentation — every scene a new crop and flip of a photograph, a new digit size, place and colour — so a
+    run drawing a stream of them never sees a scene twice (the model was trained this way). Seeds other than
+    the fixed splits' give scenes none of them holds."""
+    scenes = render(split, n, torch.Generator().manual_seed(seed))
+    return ImageListDataset(scenes.images(), scenes.labels.tolist(), DIGITS_CLASS_NAMES, transform)
+
+
 def cluttered_dataset(split: str = "heldout", transform: Callable | None = None):
     """The fixed scenes of ``split`` as a data set of PIL images (with ``boxes`` beside them)."""
     scenes = fixed_scenes(split)

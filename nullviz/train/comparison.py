@@ -93,6 +93,50 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Summary
     return summarize([a[s] - b[s] for s in seeds])
 
 
+def paired_bootstrap(variant: Mapping[int, Sequence[float]], control: Mapping[int, Sequence[float]],
+                     denominator: Sequence[float] | None = None, scale: float = 1.0, resamples: int = 2000,
+                     seed: int = 0) -> Summary:
+    """The uncertainty the test images themselves add, which an interval over seeds leaves out: a paired
+    bootstrap over test images of variant − control, each the mean over the seeds both have.
+
+    ``variant`` / ``control``: seed → per-image values on the same test images in the same order (1/0 for
+    right/wrong: the statistic is the accuracy, ×``scale``). With ``denominator`` (the reference model's
+    per-image error counts) the statistic is the pooled ratio ``scale``·Σ v / Σ denominator (the pooled
+    corruption error). Every resample draws the images with replacement, the same draw for both models and
+    every seed. Returns the full-set difference as ``mean``, the bootstrap std, the 2.5–97.5 % percentile
+    interval and a two-sided bootstrap p-value (2·the share of resamples on the far side of 0); ``n`` is the
+    number of test images."""
+    import numpy as np
+
+    seeds = sorted(set(variant) & set(control))
+    if not seeds:
+        raise InvalidParameterError("control", "paired_bootstrap", "per-image values for a seed variant also has",
+                                    sorted(control))
+    v = np.asarray([np.asarray(variant[s], dtype=np.float64) for s in seeds])
+    c = np.asarray([np.asarray(control[s], dtype=np.float64) for s in seeds])
+    if v.shape != c.shape or v.ndim != 2 or v.shape[1] == 0:
+        raise InvalidParameterError("control", "paired_bootstrap", f"per-image values of the variant's shape {v.shape}",
+                                    c.shape)
+    n = v.shape[1]
+    d = np.ones(n) if denominator is None else np.asarray(denominator, dtype=np.float64)
+    if d.shape != (n,):
+        raise InvalidParameterError("denominator", "paired_bootstrap", f"{n} per-image values", d.shape)
+
+    def statistic(idx):  # idx [B, n] → [B]
+        dsum = d[idx].sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return scale * ((v[:, idx].sum(-1) - c[:, idx].sum(-1)) / dsum).mean(0)
+
+    full = float(statistic(np.arange(n)[None])[0])
+    draws = statistic(np.random.default_rng(seed).integers(0, n, size=(resamples, n)))
+    draws = draws[np.isfinite(draws)]
+    if len(draws) < 2:
+        return Summary(full, 0.0, n, None, None, None)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    p = float(min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean())))
+    return Summary(full, float(draws.std(ddof=1)), n, float(low), float(high), p)
+
+
 @dataclass
 class MethodComparison:
     """Per-method summaries of each metric and, for one method against each other, paired differences.

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,17 @@ def test_the_cluttered_model_evaluated_under_the_shifts(cluttered_lm, capsys):
 
     out = _json.loads(capsys.readouterr().out)
     assert set(out["shifts"]) == {"small", "large"}
+
+
+def test_rendered_training_scenes_are_seeded_fresh_draws():
+    """The fair test's training pool and validation split: new renders of the training split, the same for the
+    same seed, none of them one of the fixed training scenes."""
+    a = C.rendered_dataset("train", 6, C.STREAM_SEED)
+    b = C.rendered_dataset("train", 6, C.STREAM_SEED)
+    c = C.rendered_dataset("train", 6, C.VALIDATION_STREAM_SEED)
+    arr = lambda ds: torch.stack([torch.as_tensor(np.array(ds[i][0])) for i in range(len(ds))])  # noqa: E731
+    assert torch.equal(arr(a), arr(b)) and a.labels == b.labels and not torch.equal(arr(a), arr(c))
+    fixed = C.fixed_scenes("train").pixels
+    mine = C.render("train", 6, torch.Generator().manual_seed(C.STREAM_SEED)).pixels
+    assert not any(torch.equal(m, f) for m in mine for f in fixed)
+    assert a.classes == list(C.DIGITS_CLASS_NAMES)

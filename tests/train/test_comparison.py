@@ -113,32 +113,55 @@ def test_compare_methods_and_figures():
 
 
 @pytest.mark.slow
-def test_paper_table_on_a_tiny_budget_has_every_column_and_the_paired_intervals(tmp_path):
-    """The script as a user runs it (its own process, the installed package)."""
+def test_the_fair_test_on_a_tiny_budget_has_every_method_column_and_statistic(tmp_path):
+    """The paper script as a user runs it (its own process, the installed package), on a CI budget."""
     out = tmp_path / "table"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_table.py"), "--epochs", "1", "--seeds", "0", "1",
-                    "--steps-per-epoch", "1", "--synth-steps", "2", "--limit", "24", "--fresh", "1",
-                    "--severities", "3", "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_table.py"), "--epochs", "2", "--seeds", "0", "1",
+                    "--steps-per-epoch", "1", "--resynth-every", "1", "--synth-steps", "2", "--eval-synth-steps", "2",
+                    "--test", "16", "--validation", "16", "--fresh", "1", "--patch-steps", "1", "--severities", "3",
+                    "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
     text = (tmp_path / "table.md").read_text()
     data = json.loads((tmp_path / "table.json").read_text())
-    methods = ("baseline", "gaussian", "random_start", "adversarial", "nullspace", "nullspace λ=2")
-    assert "nullspace size" in data["metrics"] and "pooled CE" in data["metrics"] and "PatchFool" in data["metrics"]
+    methods = ("plain", "nullspace ε=0.01", "nullspace ε=0.03", "nullspace, resynthesized", "Gaussian, δ's norms",
+               "Gaussian, δ's visibility", "random start, δ's norms", "FGSM training")
+    for metric in ("nullspace size", "pooled CE", "PatchFool", "shifts", "FGSM 2/255", "PGD-10 2/255", "corruption acc"):
+        assert metric in data["metrics"]
     header = "| model | " + " | ".join(data["metrics"]) + " |"
-    assert header in text
+    assert header in text and "| untouched model | " in text
     for name in methods:
         assert f"| {name} | " in text
-    for variant in ("nullspace", "nullspace λ=2"):
+        assert set(data["runs"][name]) == {"0", "1"} and set(data["last"][name]) == {"0", "1"}
+        assert data["runs"][name]["0"]["best epoch"] in (1, 2)
+    # the controls trained on the nullspace run's δ norms, seed by seed; the visibility control on one norm
+    for seed in ("0", "1"):
+        norms = data["runs"]["nullspace ε=0.01"][seed]["train δ norms"]
+        assert data["runs"]["Gaussian, δ's norms"][seed]["train δ norms"] == norms
+        assert data["runs"]["random start, δ's norms"][seed]["train δ norms"] == norms
+        assert data["runs"]["Gaussian, δ's visibility"][seed]["train δ norms"] == [data["matched_visibility_norm"]] * 2
+    # one yardstick: the untouched model's δ is measured with the same noise for every method of a seed
+    assert len({round(data["runs"][m]["0"]["history"][0]["start_delta_l2"], 6) for m in methods}) == 1
+    assert data["variants"] == ["nullspace ε=0.01", "nullspace ε=0.03", "nullspace, resynthesized"]
+    for variant in data["variants"]:
         assert f"**{variant} minus each control**" in text
-    assert set(data["runs"]) == set(methods) and set(data["runs"]["baseline"]) == {"0", "1"}
-    for control in ("baseline", "gaussian", "random_start", "adversarial"):
+        cmp = data["comparisons"][variant]
+        assert set(cmp["paired"]) == {"plain", "Gaussian, δ's norms", "Gaussian, δ's visibility",
+                                      "random start, δ's norms", "FGSM training"}
         for metric in data["metrics"]:
-            cell = data["paired"][control][metric]
+            cell = cmp["paired"]["plain"][metric]
             assert cell["n"] == 2 and cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
-            assert ("p_adjusted" in cell) and (metric in ("FGSM", "pooled CE")) == (metric in data["primary"])
-    assert data["primary"] == ["FGSM", "pooled CE"] and "Holm" in data["correction"]
+            assert ("p_adjusted" in cell) and (metric in ("FGSM", "pooled CE")) == (metric in cmp["primary"])
+        boot = cmp["bootstrap"]["plain"]
+        assert set(boot) == {"clean", "FGSM", "pooled CE", "PGD-10", "FGSM 2/255", "PGD-10 2/255", "PatchFool",
+                             "shifts"} and boot["clean"]["n"] == 16
+    per_image = data["per_image"]["plain"]["0"]
+    assert len(per_image["clean"]) == 16 and len(data["reference_errors"]) == 16
+    assert data["primary"] == ["FGSM", "pooled CE"] and "Holm" in data["comparisons"]["nullspace ε=0.01"]["correction"]
     assert "Primary measures (declared before the runs): FGSM, pooled CE" in text and "Holm-adjusted" in text
-    assert "(n 2)" in text  # n shown everywhere
+    assert "paired bootstrap over the 16 test scenes" in text and "(n 2)" in text
     assert (tmp_path / "table_bars.html").exists() and (tmp_path / "table_paired.html").exists()
+    paired = (tmp_path / "table_paired.html").read_text()
+    for name in ("nullspace ε=0.03 − plain", "nullspace, resynthesized − FGSM training"):  # every variant
+        assert name in paired or json.dumps(name)[1:-1] in paired
 
 
 def test_difference_figures_say_when_a_change_is_float32_rounding():
@@ -156,3 +179,43 @@ def test_difference_figures_say_when_a_change_is_float32_rounding():
     assert "5.0% of the clean range" in [a.text for a in real.layout.annotations][2]
     grid = figures.attention_grid(np.full((2, 2, 3, 3), 1e-9), title="noised − clean", symmetric_range=0.5)
     assert "zero to float32 precision" in grid.layout.title.text and grid.data[0].zmax == 0.5
+
+
+def test_paired_bootstrap_over_test_images():
+    """The test images' own uncertainty: resampling images (the same draw for both models and every seed)."""
+    import numpy as np
+
+    from nullviz.train.comparison import paired_bootstrap
+
+    right = {0: [1] * 50, 1: [1] * 50}
+    wrong = {0: [0] * 50, 1: [0] * 50}
+    d = paired_bootstrap(right, wrong)
+    assert (d.mean, d.ci_low, d.ci_high, d.p_value, d.n) == (1.0, 1.0, 1.0, 0.0, 50)
+    same = paired_bootstrap(right, right)
+    assert (same.mean, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    # one image of 20 differs, in one of two seeds: full-set difference (1/20)/2; a resample leaves it out
+    # with probability (19/20)^20 ≈ 0.36, so the interval reaches 0 and no resample goes below it
+    v = {0: [1] + [0] * 19, 1: [0] * 20}
+    c = {0: [0] * 20, 1: [0] * 20}
+    d = paired_bootstrap(v, c, scale=100, resamples=4000, seed=3)
+    assert d.mean == pytest.approx(2.5) and d.ci_low == 0.0 and d.ci_high > 2.5 and d.p_value > 0.5
+    # by hand: the same resamples, drawn as the function draws them
+    idx = np.random.default_rng(3).integers(0, 20, size=(4000, 20))
+    by_hand = 100 * (np.array(v[0])[idx].mean(1) + np.array(v[1])[idx].mean(1)) / 2
+    assert d.ci_high == pytest.approx(np.percentile(by_hand, 97.5))
+    # a pooled ratio: Σ errors / Σ the reference's errors
+    ref = [2, 0, 1, 1]
+    r = paired_bootstrap({0: [1, 0, 1, 0]}, {0: [2, 0, 1, 1]}, denominator=ref, scale=100)
+    assert r.mean == pytest.approx(100 * (2 - 4) / 4)
+    with pytest.raises(InvalidParameterError):
+        paired_bootstrap({0: [1, 0]}, {1: [1, 0]})
+    with pytest.raises(InvalidParameterError):
+        paired_bootstrap({0: [1, 0]}, {0: [1, 0, 1]})
+
+
+def test_the_paired_figure_draws_every_variant():
+    runs = {"a": {0: {"acc": 0.9}, 1: {"acc": 0.92}}, "b": {0: {"acc": 0.91}, 1: {"acc": 0.9}},
+            "plain": {0: {"acc": 0.88}, 1: {"acc": 0.9}}}
+    cmps = [compare_methods({k: runs[k] for k in (v, "plain")}, ["acc"], v) for v in ("a", "b")]
+    fig = figures.paired_difference_bars(cmps)
+    assert [t.name for t in fig.data] == ["a − plain", "b − plain"] and "a, b" in fig.layout.title.text
