@@ -76,6 +76,11 @@ class Evaluator:
                                "gaussians": {m: direction * (m * norm) for m in GAUSSIAN_GRID}}
         return self._reference
 
+    def use_reference(self, reference: dict[str, Any]) -> None:
+        """Take the fixed noises another evaluator of the same start, seed and training images made (see
+        :meth:`reference`): a comparison makes them once per seed, not once per run and test set."""
+        self._reference = reference
+
     def evaluate(self, model: torch.nn.Module, training_delta: torch.Tensor | None = None,
                  fresh_deltas: int | None = None) -> dict[str, Any]:
         """Held-out accuracy of ``model`` as it is now.
