@@ -1,6 +1,6 @@
 """The fair test of nullspace finetuning, on the embedded cluttered-digits model.
 
-    python scripts/paper_table.py [--seeds 0 1 2] [--epochs 3] [--steps-per-epoch 40] [--test 256] [--device cpu]
+    python scripts/paper_table.py [--seeds 0 1 2] [--epochs 3] [--steps-per-epoch 30] [--test 256] [--device cpu]
 
 Every method finetunes the same start with the same recipe — AdamW, lr 1e-4 (the paper's), cosine, batch 64,
 the same seeds and data order — on a pool of freshly rendered training scenes (the renderer is the augmentation:
@@ -241,11 +241,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--steps-per-epoch", type=int, default=40)
+    ap.add_argument("--steps-per-epoch", type=int, default=30)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--test", type=int, default=256, help="test scenes (the first N held-out ones)")
     ap.add_argument("--validation", type=int, default=256, help="validation scenes for the best epoch")
-    ap.add_argument("--resynth-every", type=int, default=20, help="steps between δs of the resynthesized variant")
+    ap.add_argument("--resynth-every", type=int, default=15, help="steps between δs of the resynthesized variant")
     ap.add_argument("--synth-steps", type=int, default=100, help="steps of each training δ")
     ap.add_argument("--synth-lam", type=float, default=None, help="training δs' λ (default: the model's recorded one)")
     ap.add_argument("--eval-synth-steps", type=int, default=100, help="steps of each evaluation δ (one yardstick)")
