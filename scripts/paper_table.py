@@ -77,9 +77,8 @@ PERCENT = ("clean", "FGSM", "PGD-10", "FGSM 2/255", "PGD-10 2/255", "PatchFool",
 LOWER_IS_BETTER = ("pooled CE",)
 #: The last epoch's model, measured on the primary measures, clean accuracy and the shifts.
 LAST = ("clean", "FGSM", "pooled CE", "shifts")
-#: Measures with a per-image outcome (the bootstrap resamples images): metric → the report's per-image key.
-PER_IMAGE = {"clean": "clean", "FGSM": "fgsm", "PGD-10": "pgd", "PatchFool": "patchfool", "FGSM 2/255": "fgsm",
-             "PGD-10 2/255": "pgd", "shifts": "shifts", "pooled CE": "corruption_errors"}
+#: Measures with a per-image outcome (the bootstrap resamples images; see ``measure``).
+PER_IMAGE = ("clean", "FGSM", "PGD-10", "PatchFool", "FGSM 2/255", "PGD-10 2/255", "shifts", "pooled CE")
 
 
 def evaluation_configs(args) -> tuple[R.EvalConfig, R.EvalConfig]:
@@ -89,12 +88,13 @@ def evaluation_configs(args) -> tuple[R.EvalConfig, R.EvalConfig]:
     return main, small
 
 
-def measure(model: torch.nn.Module, test_full, evaluator: Evaluator, configs, corrupted, reference, args,
-            full: bool = True) -> tuple[dict[str, float], dict[str, list]]:
-    """One model on the test scenes: (metrics, per-image outcomes). ``full=False``: clean, FGSM, pooled CE and
-    the shifts only (the last epoch's model)."""
+def measure(state: dict[str, torch.Tensor], test_full, evaluator: Evaluator, configs, corrupted, reference, args,
+            full: bool = True) -> tuple[dict[str, float], dict[str, list], R.RobustnessReport]:
+    """The model with weights ``state`` on the test scenes: (metrics, per-image outcomes, the robustness report).
+    ``full=False``: clean, FGSM, pooled CE and the shifts only (the last epoch's model). A freshly loaded model
+    takes the weights: a loaded model's derived caches (trace views, packed weights) belong to its own weights."""
     tuned = load_model(MODEL, device=args.device)
-    tuned.model.load_state_dict(model.state_dict())
+    tuned.model.load_state_dict(state)
     main, small = configs
     if not full:
         main = R.EvalConfig(attacks=("fgsm",), corruptions=main.corruptions, severities=main.severities,
@@ -158,7 +158,7 @@ def mark(summary, metric: str, p_adjusted: float | None, primary: bool) -> str:
 
 def bootstrap_table(per_image, reference_errors, variant: str, controls, seeds) -> tuple[list[str], dict]:
     """variant − control over the test images (paired bootstrap, the mean over seeds both have)."""
-    metrics = [m for m in METRICS if m in PER_IMAGE]
+    metrics = [m for m in METRICS if m in PER_IMAGE]  # in the table's order
     lines = ["| control | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     out: dict = {}
     for control in controls:
@@ -185,7 +185,8 @@ def bootstrap_table(per_image, reference_errors, variant: str, controls, seeds) 
     return lines, out
 
 
-def tables(runs, last, per_image, reference_errors, default_row, args, notes) -> tuple[str, dict]:
+def tables(runs, last, per_image, reference_errors, default_row, args, notes) -> tuple[str, dict, object, list]:
+    """The markdown, the JSON's comparisons, and the comparisons the figures draw (every method; each variant)."""
     head = "| model | " + " | ".join(METRICS) + " |"
     lines = [f"Test: the first {args.test} held-out scenes (held-out digits on held-out photographs); best epoch "
              f"chosen on {args.validation} validation scenes (other rendered training scenes); {args.epochs} epochs × "
@@ -233,8 +234,8 @@ def tables(runs, last, per_image, reference_errors, default_row, args, notes) ->
               f"when the Holm-adjusted p-value over every control × secondary measure of the variant is below 0.05 "
               f"(p shown). No mark: no evidence either way; one seed gives no interval and no mark."]
     lines += ["", *notes]
-    return "\n".join(lines), {"comparisons": data, "everything": everything.to_dict(), "last_epoch_comparison": last_cmp.to_dict(),
-                              "paired_figure": comparisons}
+    return ("\n".join(lines), {"comparisons": data, "everything": everything.to_dict(),
+                               "last_epoch_comparison": last_cmp.to_dict()}, everything, comparisons)
 
 
 def main(argv=None) -> int:
@@ -281,8 +282,8 @@ def main(argv=None) -> int:
     base_cfg = FinetuneConfig(method="baseline", seed=args.seeds[0], **common)
     untouched_eval = Evaluator(lm.model, RunDeltas(train, base_cfg, lm.device), train, test, base_cfg, lm.mean.to(lm.device),
                                lm.std.to(lm.device), lm.device)
-    default_row, default_images, reference = measure(lm.model, test_full, untouched_eval, configs, corrupted, None,
-                                                     args)
+    default_row, default_images, reference = measure(lm.model.state_dict(), test_full, untouched_eval, configs,
+                                                     corrupted, None, args)
     reference_errors = default_images["pooled CE"]
     print("untouched: " + ", ".join(f"{k} {v:.3f}" for k, v in default_row.items() if isinstance(v, float)), flush=True)
 
@@ -317,18 +318,14 @@ def main(argv=None) -> int:
                                   lm.device)
             test_eval.use_reference(shared_reference)  # the same start, seed and training scenes: the same noises
             best = best_epoch(result.history)  # the same rule for every method: validation clean accuracy
-            best_model = lm.trainable_copy().to(lm.device)
-            best_model.load_state_dict(kept["state"])
-            best_model.eval()
-            row, images, _ = measure(best_model, test_full, test_eval, configs, corrupted, reference, args)
+            row, images, _ = measure(kept["state"], test_full, test_eval, configs, corrupted, reference, args)
             row.update({"best epoch": best, "validation clean (best)":
                         max(r["clean_acc"] for r in result.history), "history": result.history,
                         "train δ norms": [r.get("delta_l2") for r in result.history], "seconds": None})
             if best == result.epochs_run:
                 last_row = {m: row[m] for m in LAST}
             else:
-                run.model.eval()
-                last_row, _, _ = measure(run.model, test_full, test_eval, configs, corrupted, reference, args,
+                last_row, _, _ = measure(run.model.state_dict(), test_full, test_eval, configs, corrupted, reference, args,
                                          full=False)
             row["seconds"] = time.perf_counter() - t
             runs.setdefault(name, {})[seed] = row
@@ -342,11 +339,10 @@ def main(argv=None) -> int:
              f"nullspace runs' δ norms: {', '.join(f'{v:.0f}' for s in runs.get(NORMS_FROM, {}).values() for v in s['train δ norms'])}).",
              f"Total {total / 60:.1f} min on this machine ({len(runs)} methods × {len(args.seeds)} seeds, "
              f"device {args.device}; corrupted test images made once: {len(corrupted)} batches)."]
-    text, data = tables(runs, last, per_image, reference_errors, default_row, args, notes)
+    text, data, everything, comparisons = tables(runs, last, per_image, reference_errors, default_row, args, notes)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)
-    comparisons = data.pop("paired_figure")
     Path(f"{args.out}.json").write_text(json.dumps(
         {"default": default_row, "runs": runs, "last": last, "per_image": per_image, "reference_errors": reference_errors,
          "primary": list(PRIMARY), "metrics": list(METRICS), "variants": [v for v in VARIANTS if v in runs],
@@ -354,7 +350,6 @@ def main(argv=None) -> int:
         default=str, indent=1))
     labels = {m: m for m in METRICS}
     scale = {m: 100 for m in PERCENT}
-    everything = compare_methods(runs, METRICS, next(iter(runs)), primary=PRIMARY)
     figures.method_bars(everything, [m for m in METRICS if m not in ("nullspace size",)], labels, scale).write_html(
         f"{args.out}_bars.html", include_plotlyjs="cdn")
     if comparisons:

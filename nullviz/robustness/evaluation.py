@@ -528,8 +528,9 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
         if accs:
             report.corruptions[name] = accs
             errors += wrong
-            report.per_image["corruption_errors"] = errors.clone()
         report.seconds[f"corruption_{name}"] = time.perf_counter() - t
+    if report.corruptions:
+        report.per_image["corruption_errors"] = errors
 
     for k, name in enumerate(cfg.shifts):
         if should_stop():

@@ -17,7 +17,6 @@ from typing import Any, Callable
 import torch
 
 from nullviz.models import patch_tokens
-
 from nullviz.noise.approximate import SynthesisResult, synthesize_for_model
 
 from . import distributed as D

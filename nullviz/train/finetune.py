@@ -11,8 +11,8 @@ Methods, same loop and budget (``nullviz.train.methods``, one object each):
   scaled to δ's norm (is it the *optimisation*, or any noise of that kind and size?).
 - ``adversarial``: FGSM adversarial training at ε (pixels in [0, 1]): CE(clean) + CE(x_adv).
 
-Every method synthesizes the epoch's δ (``nullspace`` trains on it, the controls on noise of its norm); every
-evaluation measures accuracy under *fresh* δs synthesized from the model being evaluated. AdamW with linear
+The noise methods synthesize the epoch's δ (``nullspace`` trains on it, the controls on noise of its norm, or,
+given ``noise_norms``, on noise of those norms with no δ made); every evaluation measures accuracy under *fresh* δs synthesized from the model being evaluated. AdamW with linear
 warm-up then cosine decay; optional freezing of the patch embedding or of everything but the head; bf16 autocast
 on CUDA; optional ``torch.compile``; seeded and deterministic on CPU.
 
@@ -205,7 +205,7 @@ class FinetuneRun:
                                  cfg.grad_accum, self.rank, self.world, start_step)
 
     def synthesize_delta(self, seed: int) -> None:
-        """The δ the coming steps train on (every method makes one, so every run is measured alike)."""
+        """The δ the coming steps train on; a control given ``noise_norms`` gets a stand-in of the period's norm."""
         if self.cfg.noise_norms is not None:  # a control told its noise norms: nothing to synthesize
             period = self.state.global_step // (self.cfg.noise_every or self.steps_per_epoch)
             self.state.delta, self.state.delta_info = self.deltas.of_given_norm(self.model, period)
