@@ -18,11 +18,12 @@ from PIL import Image
 
 from nullviz import figures
 from nullviz.core.errors import JobNotFoundError, NullvizError
-from nullviz.data import load_image_bytes, sample_image, sample_image_names
+from nullviz.data import OWN_SOURCE, load_image_bytes, model_own_data, sample_image, sample_image_names, synthesis_sets
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
                             available_devices, embedded_model, load_model, resolve_device)
 from nullviz.models.hf import is_hf_name
+from nullviz.noise.approximate import clean_logits
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
 from nullviz.server.process import server_threads, threads_per_job
 from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
@@ -162,6 +163,35 @@ def warm_start() -> str:
     job_queue()  # every session's first run reads the jobs folder through it
     home_picture(spec)
     return spec.name
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)  # (the server's warm thread has no page to spin on)
+def _own_synthesis_sets(_lm: LoadedModel, key: tuple) -> tuple:
+    sets = synthesis_sets(OWN_SOURCE, None, own=key[-1])
+    fit = _lm.preprocess(sets.fit)
+    return fit, _lm.preprocess(sets.validation), _lm.preprocess(sets.test), sets.used, clean_logits(_lm.model, fit)
+
+
+def own_synthesis_sets(lm: LoadedModel) -> tuple:
+    """An embedded model's own fit pool, validation draw and test images as tensors, what each set is, and the
+    model's clean logits of the pool: made once per model and shared read-only by every session (the same for
+    every synthesis on the Nullspace page)."""
+    return _own_synthesis_sets(lm, (lm.name, lm.checkpoint, str(lm.device), model_own_data(lm.name)))
+
+
+def own_synthesis_sets_shown(lm: LoadedModel) -> tuple:
+    """:func:`own_synthesis_sets` from a page: a spinner while they are prepared (none once they are cached)."""
+    with st.spinner("Preparing the training images…"):
+        return own_synthesis_sets(lm)
+
+
+def warm_synthesis_pool() -> None:
+    """After the server is ready (server.py, a thread of its own): the default model's own training images and
+    their clean logits (~9 s on 2 cores for the cluttered scenes), so the page's first default δ does not
+    wait for them. A model without data of its own has nothing to prepare."""
+    lm = cached_model(default_spec())
+    if model_own_data(lm.name) is not None:
+        own_synthesis_sets(lm)
 
 
 def fit_threads_to_jobs() -> None:

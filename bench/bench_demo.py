@@ -47,12 +47,17 @@ def server_pid(port: int) -> int:
     raise RuntimeError("server process not found")
 
 
+class _Done(Exception):
+    """The browser part is over early (--skip-finetune)."""
+
+
 def main(argv=None) -> int:
     from playwright.sync_api import sync_playwright
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--port", type=int, default=8642)
+    ap.add_argument("--skip-finetune", action="store_true", help="only the idle server, the page's δ and the CLI's")
     args = ap.parse_args(argv)
     log = open(ROOT / "bench" / "out" / "demo-server.log", "w") if (ROOT / "bench" / "out").is_dir() else None
     proc = subprocess.Popen(["bash", "run.sh", "--server.headless", "true", "--server.port", str(args.port)],
@@ -69,6 +74,11 @@ def main(argv=None) -> int:
             page.goto(f"{url}/nullspace")
             page.get_by_text("Choose a kind of noise and press").wait_for(timeout=180_000)
             page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+            if log is not None:  # idle means after the server's own start-up work (the δ pool, in a thread)
+                deadline = time.monotonic() + 120
+                while "training images for δ ready" not in (ROOT / "bench" / "out" / "demo-server.log").read_text() \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.5)
             time.sleep(2)
             c0, t0 = cpu_seconds(pid), time.perf_counter()
             time.sleep(args.idle_seconds)
@@ -85,6 +95,9 @@ def main(argv=None) -> int:
             done = [re.search(r"steps in ([\d.]+)s", c) for c in caption]
             out["page_synthesis_own_s"] = float(next(m.group(1) for m in done if m)) if any(done) else float("nan")
             out["page_exceptions"] = page.locator("[data-testid='stException']").count()
+            if args.skip_finetune:
+                browser.close()
+                raise _Done
             page.goto(f"{url}/finetune")
             page.get_by_role("button", name="Start").wait_for(timeout=120_000)
             page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
@@ -94,6 +107,8 @@ def main(argv=None) -> int:
             out["finetune_default_run_browser_s"] = time.perf_counter() - t0
             out["finetune_exceptions"] = page.locator("[data-testid='stException']").count()
             browser.close()
+    except _Done:
+        pass
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -1,24 +1,28 @@
 """Nullspace: exact, feasible-exact and optimised (approximate) noise for one image, with the proof."""
 
 import json
+import time
 from dataclasses import replace
 
 import streamlit as st
 import torch
 
-from app_state import current_model, figure_html, image_picker, model_key, png_bytes, require_shell, show_error
+from app_state import (current_model, figure_html, image_picker, model_key, own_synthesis_sets_shown, png_bytes,
+                       require_shell, show_error)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import (ONE_IMAGE_SOURCE, OWN_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_source_label,
                           synthesis_sets, synthesis_sources)
-from nullviz.models import LoadedModel
 from nullviz.noise import exact as N
-from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clean_logits,
-                                       clipped_delta, default_synthesis_config, frontier, noise_effect, parse_sweep,
-                                       probs_change, split_fit_check, split_fit_validation, synthesize)
+from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clipped_delta,
+                                       default_synthesis_config, frontier, noise_effect, parse_sweep, probs_change,
+                                       split_fit_check, split_fit_validation, synthesize)
 from nullviz.noise.files import Noise, noise_bytes
 
 require_shell(__file__)
+
+#: How often the live synthesis curve is redrawn (a redraw costs the browser more than a step costs torch).
+LIVE_CURVE_SECONDS = 3.0
 
 NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
@@ -75,15 +79,6 @@ with st.form("ns_form"):
     go = st.form_submit_button("Make noise", type="primary")
 
 
-@st.cache_resource(show_spinner="Preparing the training images…", max_entries=2)
-def _own_set_tensors(_lm: LoadedModel, key: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
-    """The own data's fit pool, validation draw and test images as tensors, and the model's clean logits of
-    the pool: made once per model and shared read-only by every session (the same for every synthesis)."""
-    sets = synthesis_sets(OWN_SOURCE, None, own=OWN)
-    fit = _lm.preprocess(sets.fit)
-    return fit, _lm.preprocess(sets.validation), _lm.preprocess(sets.test), sets.used, clean_logits(_lm.model, fit)
-
-
 def approximate_inputs() -> tuple:
     """The approximate modes' settings and images: config, the images δ is fit on, the images that select δ
     (None: held out of the fit images), the images it is judged on (None: held out), what each set is, and the
@@ -93,7 +88,7 @@ def approximate_inputs() -> tuple:
                   lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
                   batch_size=int(batch))
     if OWN and source == OWN_SOURCE:
-        fit, val, test, used, logits = _own_set_tensors(lm, (lm.name, lm.checkpoint, str(lm.device), OWN))
+        fit, val, test, used, logits = own_synthesis_sets_shown(lm)
         return cfg, fit, val, test, used, logits
     sets = synthesis_sets(source, chosen.image, own=OWN, current_is_small=lm.img_size[0] <= 64)
     return (cfg, lm.preprocess(sets.fit), None if sets.validation is None else lm.preprocess(sets.validation),
@@ -134,13 +129,16 @@ if go:
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
             hist = {"step": [], "loss": [], "mse": [], "agree": []}
+            drawn = [0.0]  # when the live curve was last sent
 
             def on_step(s):
                 for k, val in zip(hist, (s.step, s.loss, s.mse_probs, s.agreement)):
                     hist[k].append(val)
                 bar.progress((s.step + 1) / cfg.steps, text=f"step {s.step + 1}/{cfg.steps} · loss {s.loss:.4f} · "
                              f"Σ Δp² {s.mse_probs:.4f} · agreement {s.agreement:.0%}")
-                if s.step % 10 == 0:
+                # every LIVE_CURVE_SECONDS, not every k steps: the browser redraws the figure on the cores δ uses
+                if time.monotonic() - drawn[0] >= LIVE_CURVE_SECONDS:
+                    drawn[0] = time.monotonic()
                     chart.plotly_chart(figures.synthesis_curve(hist["step"], hist["loss"], hist["mse"],
                                                                hist["agree"], cfg.tol), key=f"live_{s.step}")
 

@@ -25,6 +25,9 @@ def test_server_loads_the_default_model_before_the_first_visitor(server):
                        120, 0.2, server.output)
     assert ready.group(1) == os.environ["NULLVIZ_DEFAULT_MODEL"]
     assert "warming the default model failed" not in server.output()
+    # after ready, a thread prepares the default model's training images for the Nullspace page's δ
+    wait_until(lambda: "training images for δ ready" in server.output(), 180, 0.2, server.output)
+    assert "preparing the training images failed" not in server.output()
 
 
 def test_open_app_switch_to_model_page_and_screenshot(server, browser, tmp_path):

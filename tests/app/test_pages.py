@@ -913,3 +913,17 @@ def test_a_hugging_face_vit_runs_the_nullspace_and_attention_pages(tmp_path):
     for page in ("pages/nullspace.py", "pages/attention.py", "pages/model.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
+
+
+def test_the_warmed_training_images_are_what_the_page_uses(monkeypatch):
+    """server.py prepares the default model's pool after ready; a session's view of the model then finds it."""
+    import app_state
+
+    app_state.warm_synthesis_pool()
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the training images were prepared a second time")
+
+    monkeypatch.setattr(app_state, "synthesis_sets", not_again)
+    fit, val, test, used, logits = app_state.own_synthesis_sets(app_state.current_model())
+    assert len(fit) == len(logits) and len(val) and len(test) and set(used) >= {"fit", "validation", "test"}
