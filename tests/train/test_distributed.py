@@ -5,7 +5,10 @@ averages the ranks' gradients, so the updates agree up to float32 reduction orde
 lr 1e-4 the weights agree within 5e-7 (measured 4.4e-7), and we allow 2e-6. One slice is excluded: the key
 part of each ``qkv.bias``. Its exact gradient is 0 (adding a constant to every key shifts a softmax row
 uniformly), so what autograd returns is rounding noise of ~1e-10, and Adam divides by its own magnitude,
-turning noise into updates of up to lr/2 whose sign depends on the reduction order.
+turning noise into updates of up to lr/2 whose sign depends on the reduction order. The same can happen to any
+single weight whose gradient happens to be near 0 (one fc2 weight of the gaussian run at 3.1e-6 once the
+synthesis changed its δ): at most 1 in 10,000 weights may lie past ATOL, and none past ADAM_FLIP_BOUND
+(a small part of the lr·steps = 3e-4 a flipped update would move it).
 """
 
 import json
@@ -31,17 +34,23 @@ from nullviz.train.loader import EpochBatchSampler, make_train_loader
 pytestmark = pytest.mark.distributed  # torchrun with two gloo processes
 
 ATOL = 2e-6
+ADAM_FLIP_BOUND = 5e-5
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {**os.environ, "NULLVIZ_DIST_TIMEOUT_S": "30", "OMP_NUM_THREADS": "1"}
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
+    past, total = [], 0
     for k in a:
         x, y = a[k].clone(), b[k].clone()
         if k.endswith("attn.qkv.bias"):  # the key bias: zero exact gradient (see the module doc)
             d = x.numel() // 3
             x[d:2 * d] = y[d:2 * d] = 0
-        torch.testing.assert_close(x, y, atol=ATOL, rtol=0, msg=k)
+        torch.testing.assert_close(x, y, atol=ADAM_FLIP_BOUND, rtol=0, msg=k)
+        diff = (x - y).abs()
+        past += [(k, float(v)) for v in diff[diff > ATOL]]
+        total += diff.numel()
+    assert len(past) <= total // 10_000, past  # rounding noise in a near-zero gradient (see the module doc)
 
 
 @pytest.fixture(scope="module")
