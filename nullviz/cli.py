@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default="l2_patch", choices=["l2_patch", "linf"])
     p.add_argument("--shared", action="store_true", help="one noise pattern for every patch")
     p.add_argument("--feasible", action="store_true", help="keep x + v inside the valid pixel range")
+    p.add_argument("--layernorm", action="store_true",
+                   help="the LayerNorm directions instead: c_i·W⁺1 per patch (RMS per-patch L2 = --magnitude), exact "
+                        "for a pre-norm ViT even when W has full rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="save the noise tensor (3×H×W, normalised space)")
 
@@ -238,13 +241,24 @@ def cmd_nullspace(args) -> dict[str, Any]:
     from nullviz.data import resolve_image
     from nullviz.noise.files import save_noise
 
+    if args.layernorm and (args.feasible or args.shared or args.norm != "l2_patch"):
+        raise InvalidParameterError("--layernorm", "nullviz nullspace", "used without --feasible, --shared and "
+                                    "--norm (they shape W's nullspace noise)", "combined with them")
     lm = _load(args)
     ns = N.nullspace(lm, args.rtol)
     img = resolve_image(args.image)
     x = lm.preprocess(img.image)
-    v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, norm=args.norm, shared=args.shared,
-                                                   seed=args.seed))
-    out: dict[str, Any] = {"model": lm.name, "image": img.name, **ns.summary()}
+    kind = "layernorm" if args.layernorm else "exact"
+    if args.layernorm:
+        from nullviz.noise.layernorm import layernorm_residual, sample_layernorm_noise
+
+        v = sample_layernorm_noise(lm, lm.img_size, args.magnitude, args.seed)
+    else:
+        v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, norm=args.norm,
+                                                       shared=args.shared, seed=args.seed))
+    out: dict[str, Any] = {"model": lm.name, "image": img.name, "kind": kind, **ns.summary()}
+    if args.layernorm:
+        out["layernorm_residual"] = layernorm_residual(lm, v)
     if args.feasible and ns.nullity > 0:
         f = N.feasible_noise(lm, ns, x, v)
         v = f.noise
@@ -253,7 +267,7 @@ def cmd_nullspace(args) -> dict[str, Any]:
     out.update(report.to_dict())
     out["top1_class"] = lm.class_name(report.top1_clean)
     if args.out is not None:
-        save_noise(args.out, v, {"level": "input", "kind": "exact", "model": lm.name, "rtol": ns.rtol,
+        save_noise(args.out, v, {"level": "input", "kind": kind, "model": lm.name, "rtol": ns.rtol,
                                  "magnitude": args.magnitude, "norm": args.norm, "seed": args.seed})
         out["out"] = str(args.out)
     return out

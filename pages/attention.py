@@ -23,6 +23,7 @@ from nullviz.models import ModelSpec, embedded_model
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import check_noise_fits
 from nullviz.noise.files import load_noise_bytes
+from nullviz.noise.kinds import label as noise_label
 from nullviz.robustness.evaluation import images_tensor
 from nullviz.server.settings import check_upload_size
 
@@ -38,7 +39,7 @@ source = st.radio("Noise", sources, horizontal=True, key="att_source")
 
 if source == "noise from the Nullspace page":
     chosen = st.session_state["current_image"]
-    st.caption(f"Image **{chosen.name}** and its {noise.kind} noise ({noise.level} level) from the Nullspace page.")
+    st.caption(f"Image **{chosen.name}** and its {noise_label(noise.kind)} ({noise.level} level) from the Nullspace page.")
     delta, level = noise.delta, noise.level
 else:
     chosen = image_picker("att")
@@ -223,7 +224,9 @@ if exact_noise_shown:
 else:
     ns_c = N.nullspace(lm)
     exact_noise = N.sample_noise(ns_c, lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
-    noises = contrast_noises(exact_noise, (delta, level))
+    noises = contrast_noises(exact_noise, (delta, level),
+                             kind="layernorm" if source == "noise from the Nullspace page" and noise.kind == "layernorm"
+                             else "approximate")
 contrast = noise_contrast(lm, x, noises, clean=cmp.clean)
 st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
 st.caption(contrast.describe()

@@ -1,4 +1,4 @@
-"""Nullspace: exact, feasible-exact and optimised (approximate) noise for one image, with the proof."""
+"""Nullspace: exact, feasible-exact, LayerNorm and optimised (approximate) noise for one image, with the proof."""
 
 import json
 import time
@@ -18,6 +18,7 @@ from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, Sy
                                        default_synthesis_config, frontier, noise_effect, parse_sweep, probs_change,
                                        split_fit_check, split_fit_validation, synthesize)
 from nullviz.noise.files import Noise, noise_bytes
+from nullviz.noise.layernorm import cached_patch_mean_direction, layernorm_residual, sample_layernorm_noise
 
 require_shell(__file__)
 
@@ -25,7 +26,8 @@ require_shell(__file__)
 LIVE_CURVE_SECONDS = 3.0
 
 NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
-MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level")
+MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level",
+         "Exact — LayerNorm directions")
 
 lm = current_model()
 DEFAULTS = default_synthesis_config(lm.name)  # the model's own measured λ where it has one
@@ -37,10 +39,19 @@ x = lm.preprocess(chosen.image)
 st.session_state["current_image"] = chosen
 
 mode = st.radio("Noise", MODES, horizontal=True, key="ns_mode")
-exact = mode in MODES[:2]
+layernorm = mode == MODES[4]
+exact = mode in MODES[:2] or layernorm
 
 with st.form("ns_form"):
-    if exact:
+    if layernorm:
+        st.caption("Every LayerNorm first subtracts each token's mean. A patch change v with W v ∝ 1 shifts its "
+                   "token by the same number on every channel, which every norm removes: one exact direction per "
+                   "patch (W⁺1), even where W itself has full rank.")
+        c = st.columns(2)
+        magnitude = c[0].number_input("magnitude (RMS L2 per patch, normalised units)", min_value=0.0, value=1.0,
+                                      step=0.5, key="ns_ln_magnitude")
+        seed = c[1].number_input("seed", min_value=0, value=0, step=1, key="ns_ln_seed")
+    elif exact:
         c = st.columns(5)
         spec_rtol = c[0].number_input("rank rtol", min_value=0.0, max_value=0.999, value=None, format="%.2e",
                                       placeholder="default (float32)", key="ns_rtol",
@@ -110,7 +121,11 @@ def current_image_in_fit(cfg: SynthesisConfig, n_fit: int, test_given: bool) -> 
 
 if go:
     try:
-        if exact:
+        if layernorm:
+            v = sample_layernorm_noise(lm, lm.img_size, float(magnitude), int(seed))
+            st.session_state["current_noise"] = Noise(v, "input", "layernorm", {"image": chosen.name},
+                                                      made_for=model_key(lm))
+        elif exact:
             ns = N.nullspace(lm, spec_rtol)
             v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=float(magnitude), norm=norm, shared=shared,
                                                            seed=int(seed)))
@@ -224,7 +239,11 @@ if res is not None:
 if level == "input":
     c[-1].metric("after clip + 8-bit PNG", f"{metrics['quantized_rel_logit_change']:.2e}",
                 "top-1 kept" if metrics["quantized_top1_unchanged"] else "top-1 changed", **NOTE)
-    st.caption(f"‖W v‖ / (σ_max‖v‖) = {metrics['residual_ratio']:.1e} · {metrics['clipped_fraction']:.1%} of pixel "
+    if noise.kind == "layernorm":
+        metrics["layernorm_residual"] = layernorm_residual(lm, delta)
+    certificate = (f"of the token shift W v, the part a LayerNorm keeps: {metrics['layernorm_residual']:.1e}"
+                   if noise.kind == "layernorm" else f"‖W v‖ / (σ_max‖v‖) = {metrics['residual_ratio']:.1e}")
+    st.caption(f"{certificate} · {metrics['clipped_fraction']:.1%} of pixel "
                f"values leave [0, 1] before saving · quantising the clean image alone changes the logits by "
                f"{metrics['quantized_baseline_rel_logit_change']:.1e}"
                + (f" · feasible variant kept {metrics['feasible_kept_norm_fraction']:.0%} of the noise norm"
@@ -322,6 +341,11 @@ if not exact:
     frontier_panel()
 
 if exact or level == "input":
+    if noise.kind == "layernorm":
+        ln_dir = cached_patch_mean_direction(lm)
+        st.caption(f"W⁺1 reaches the all-ones token shift to {ln_dir.residual:.1e} (‖W W⁺1 − 1‖/‖1‖); this kind of "
+                   "noise moves every patch token, and every block's residual stream, by a multiple of 1 — the "
+                   "Attention page shows the residual stream moving while the attention does not.")
     ns = N.nullspace(lm, noise.meta.get("rtol"))
     with st.expander(f"Singular spectrum of the patch embedding — rank {ns.rank}, nullity {ns.nullity}",
                      expanded=exact):
@@ -330,7 +354,8 @@ if exact or level == "input":
         if ns.nullity == 0:
             st.info("This patch embedding has full rank at this tolerance: its exact nullspace is {0}. The noise "
                     "above comes from the 8 weakest singular directions instead — *approximately* null, so the "
-                    "logits move a little. Raise rtol to count near-zero singular values as null.")
+                    "logits move a little. Raise rtol to count near-zero singular values as null — or choose "
+                    "*Exact — LayerNorm directions*: one exact direction per patch that W's rank does not decide.")
         parts = N.decompose_random_noise(lm, ns, x)
         st.markdown("**Random noise, split by the projector:** only the visible part moves the logits.")
         st.table({"component": list(parts), "‖v‖₂": [f"{p['noise_l2']:.3g}" for p in parts.values()],

@@ -492,7 +492,13 @@ class NoiseContrast:
                        else "more than")
             parts.append(f"At the last block the approximate δ moves them {r:.2f}× as much as random noise of its "
                          f"norm: {verdict} random noise.")
-        for control, whose in (("gaussian@exact", "the exact noise's"), ("gaussian@approximate", "δ's")):
+        if "layernorm" in self.names:
+            i = self.names.index("layernorm")
+            parts.append(f"LayerNorm noise moves the residual stream by {float(self.repr_change[i, -1]):.1e} of its "
+                         f"norm at the last block, yet the attention by at most {float(self.attention_tv[i].max()):.1e}"
+                         " (TV): every norm subtracts each token's mean, so no branch and no logit sees it.")
+        for control, whose in (("gaussian@exact", "the exact noise's"), ("gaussian@approximate", "δ's"),
+                               ("gaussian@layernorm", "the LayerNorm noise's")):
             if control in self.names:
                 last = float(self.repr_change[self.names.index(control), -1])
                 parts.append(f"Random noise of {whose} norm moves them by {last:.1e} of their norm at the last block.")
@@ -500,12 +506,12 @@ class NoiseContrast:
 
 
 def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] | None = None,
-                    seed: int = 0) -> dict[str, tuple[torch.Tensor, str]]:
+                    seed: int = 0, kind: str = "approximate") -> dict[str, tuple[torch.Tensor, str]]:
     """The noises of :func:`noise_contrast`, as the Attention page and ``nullviz attention --contrast`` both
     draw them: the exact nullspace noise (pixel level, key "exact"), the approximate δ with its level if there
-    is one ("approximate"), and Gaussian noise of the same norm and level as each ("gaussian@exact",
-    "gaussian@approximate"; ``seed``). A pixel-level δ gets the exact noise rescaled to its norm, so the lines
-    differ in structure, not size, and one random control serves both."""
+    is one (key ``kind``: "approximate", or "layernorm" for LayerNorm noise), and Gaussian noise of the same
+    norm and level as each ("gaussian@exact", "gaussian@<kind>"; ``seed``). A pixel-level δ gets the exact
+    noise rescaled to its norm, so the lines differ in structure, not size, and one random control serves both."""
     gen = torch.Generator().manual_seed(int(seed))
 
     def control(noise: torch.Tensor) -> torch.Tensor:
@@ -518,8 +524,8 @@ def contrast_noises(exact: torch.Tensor, approximate: tuple[torch.Tensor, str] |
         noises = {"exact": (exact * (delta.norm() / exact.norm().clamp_min(1e-30)).to(exact), "input")}
     else:
         noises = {"exact": (exact, "input"), "gaussian@exact": (control(exact), "input")}
-    noises["approximate"] = (delta, level)
-    noises["gaussian@approximate"] = (control(delta), level)
+    noises[kind] = (delta, level)
+    noises[f"gaussian@{kind}"] = (control(delta), level)
     return noises
 
 
@@ -528,7 +534,7 @@ def contrast_label(name: str) -> str:
     control, _, of = name.partition("@")
     if not of:
         return noise_label(name)
-    whose = {"exact": "the exact noise", "approximate": "δ"}.get(of, noise_label(of))
+    whose = {"exact": "the exact noise", "approximate": "δ", "layernorm": "the LayerNorm noise"}.get(of, noise_label(of))
     return f"{noise_label(control)}, same norm as {whose}"
 
 

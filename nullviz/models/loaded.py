@@ -26,10 +26,10 @@ from .registry import DEFAULT_MODEL_NAME
 class DerivedCaches:
     """What is computed once from a loaded model's frozen weights and then shared by every request and every
     view of it: the patch embedding's spectrum, one nullspace per tolerance (their bases are computed lazily),
-    and the pool of trace-ready views. ``get(name, make)`` makes a value once, under a lock, so two sessions
+    the LayerNorm direction of a patch, and the pool of trace-ready views. ``get(name, make)`` makes a value once, under a lock, so two sessions
     asking at the same time get the same object."""
 
-    NAMES = ("spectrum", "nullspaces", "attention_views")
+    NAMES = ("spectrum", "nullspaces", "layernorm_direction", "attention_views")
 
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}

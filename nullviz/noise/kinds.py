@@ -3,6 +3,7 @@ or a measurement per noise), their labels (what pages, figures and tables show) 
 how each is drawn.
 
 - ``exact``: noise in the patch embedding's nullspace, invisible to the model by construction;
+- ``layernorm``: noise whose token shift every LayerNorm removes (``nullviz.noise.layernorm``), exact as well;
 - ``approximate``: an optimised δ (``nullviz.noise.approximate``), invisible within a tolerance;
 - the controls, which separate *optimised* from merely *random* noise of the same size: ``gaussian``,
   ``random_start`` (an unoptimised draw from δ's start distribution U(−1, 1)) and ``permuted`` (δ's own
@@ -41,6 +42,11 @@ class NoiseKind:
 @register_noise
 class Exact(NoiseKind):
     name, label = "exact", "exact nullspace noise"
+
+
+@register_noise
+class LayerNormExact(NoiseKind):
+    name, label = "layernorm", "exact LayerNorm noise"
 
 
 @register_noise

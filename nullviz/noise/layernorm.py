@@ -26,7 +26,11 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from .exact import patch_embed_matrix
+from nullviz.core.errors import InvalidParameterError
+from nullviz.core.params import Interval, check
+from nullviz.models import LoadedModel
+
+from .exact import patch_embed_matrix, patchify, unpatchify
 
 
 def _mean_subtracting(module: nn.Module) -> bool:
@@ -91,3 +95,57 @@ def patch_mean_direction(model: nn.Module) -> PatchMeanDirection:
     v = torch.linalg.pinv(w) @ ones
     residual = float((w @ v - ones).norm() / ones.norm())
     return PatchMeanDirection(vector=v, residual=residual)
+
+
+def cached_patch_mean_direction(lm: LoadedModel) -> PatchMeanDirection:
+    """:func:`patch_mean_direction` of a loaded (frozen) model, computed once and kept on it."""
+    return lm.derived.get("layernorm_direction", lambda: patch_mean_direction(lm.model))
+
+
+def why_not_invariant(model: nn.Module) -> str | None:
+    """None if the model is LayerNorm-invariant at the input level, else what it has instead, in words."""
+    if is_layernorm_invariant(model, level="input"):
+        return None
+    blocks = getattr(model, "blocks", None)
+    kinds = sorted({type(b).__name__ for b in blocks}) if blocks is not None else []
+    return (f"{type(model).__name__} with {', '.join(kinds) or 'no'} blocks, global_pool "
+            f"{getattr(model, 'global_pool', '?')!r}: not every path from the patch tokens starts with a "
+            "mean-subtracting LayerNorm")
+
+
+def sample_layernorm_noise(lm: LoadedModel, image_size: tuple[int, int], magnitude: float = 1.0,
+                           seed: int = 0) -> torch.Tensor:
+    """Input-level noise [C, H, W] (float32, normalised units) that every LayerNorm removes: patch p gets
+    c_p·v₁ with v₁ = W⁺1 / ‖W⁺1‖ and c_p drawn N(0, 1), scaled so the patches' RMS L2 norm is ``magnitude``.
+    Raises InvalidParameterError for a model that is not invariant (:func:`why_not_invariant`) or whose W
+    cannot reach the all-ones token shift."""
+    check("magnitude", "sample_layernorm_noise", magnitude, Interval(float, 0.0, None, closed="left"))
+    reason = why_not_invariant(lm.model)
+    if reason is not None:
+        raise InvalidParameterError("model", "sample_layernorm_noise", "a pre-norm ViT (LayerNorm first on every "
+                                    "path)", reason)
+    direction = cached_patch_mean_direction(lm)
+    if direction.residual > 1e-6:
+        raise InvalidParameterError("model", "sample_layernorm_noise", "a patch embedding whose range holds the "
+                                    "all-ones token shift", f"‖W W⁺1 − 1‖/‖1‖ = {direction.residual:.1e}")
+    p = int(lm.model.patch_embed.patch_size[0])
+    H, W = image_size
+    if H % p or W % p:
+        raise InvalidParameterError("image_size", "sample_layernorm_noise", f"a multiple of the patch size {p}",
+                                    image_size)
+    n = (H // p) * (W // p)
+    coeffs = torch.randn(n, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    coeffs = coeffs / coeffs.pow(2).mean().sqrt().clamp_min(1e-300) * magnitude
+    unit = direction.vector / direction.vector.norm()
+    in_chans = int(lm.model.patch_embed.proj.in_channels)
+    return unpatchify((coeffs * unit).unsqueeze(0), p, (H, W))[0].to(torch.float32).reshape(in_chans, H, W)
+
+
+def layernorm_residual(lm: LoadedModel, v: torch.Tensor) -> float:
+    """The noise's certificate: of the token shifts W v_p it causes, the share a LayerNorm does *not* remove,
+    ‖W v_p − mean(W v_p)·1‖ / ‖W v_p‖ over all patches (0 for LayerNorm noise, ~1 for anything else)."""
+    w = patch_embed_matrix(lm.model)
+    p = int(lm.model.patch_embed.patch_size[0])
+    shifts = patchify(v.detach().to("cpu", torch.float64).reshape(1, *v.shape[-3:]), p)[0] @ w.T  # [N, D]
+    total = float(shifts.norm())
+    return float(remove_token_means(shifts).norm()) / total if total > 0 else 0.0

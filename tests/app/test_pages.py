@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -130,6 +131,27 @@ def test_nullspace_upload_exact_noise_verified():
     assert "after clip + 8-bit PNG" in [m.label for m in at.metric]
     assert len(downloads(at)) == 4
     assert at.session_state["current_noise"].kind == "exact"
+
+
+def test_nullspace_layernorm_noise_is_verified_and_carried_to_the_attention_page():
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Exact — LayerNorm directions").run()
+    at.number_input(key="ns_ln_magnitude").set_value(4.0)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert float(metric(at, "relative logit change").value) < 1e-5
+    assert metric(at, "top-1 kept").value == "yes"
+    captions = " ".join(c.value for c in at.main.caption)
+    share = float(re.search(r"the part a LayerNorm keeps: ([0-9.e+-]+)", captions).group(1))
+    assert share < 1e-6 and "‖W W⁺1 − 1‖/‖1‖" in captions
+    noise = at.session_state["current_noise"]
+    assert noise.kind == "layernorm" and noise.level == "input" and noise.delta.norm() > 10
+    # the Attention page contrasts it under its own name, and says what it does to the residual stream
+    att = at.switch_page("pages/attention.py").run()
+    assert not att.exception
+    assert att.radio(key="att_source").value == "noise from the Nullspace page"
+    assert "exact LayerNorm noise (input level)" in " ".join(c.value for c in att.main.caption)
+    assert "LayerNorm noise moves the residual stream" in " ".join(c.value for c in att.main.caption)
 
 
 def test_nullspace_bad_upload_is_one_clear_message():

@@ -106,6 +106,7 @@ def test_info_re_measures_the_cluttered_model(capsys):
     (["info", "--checkpoint", "/nonexistent/x.pth"], "does not exist"),
     (["nullspace", "--magnitude", "-1"], "magnitude"),
     (["nullspace", "--image", "/nonexistent.png"], "does not exist"),
+    (["nullspace", "--layernorm", "--feasible"], "--layernorm"),
     (["synthesize", "--steps", "0"], "steps"),
     (["attention", "--noise", "/nonexistent.pt"], "does not exist"),
     (["info", "--device", "tpu9"], "device"),
@@ -218,6 +219,26 @@ def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(cap
                    str(tmp_path / "v.pt"))
     assert out["nullity"] == 0
     assert load_noise(tmp_path / "v.pt").delta.abs().max() > 0
+    # 48 → 64: the all-ones token shift lies outside W's range, so there is no LayerNorm direction either
+    assert main(["nullspace", "--checkpoint", str(path), "--layernorm"]) == 2
+    assert "all-ones token shift" in capsys.readouterr().err
+
+
+def test_nullspace_command_draws_layernorm_noise_for_a_square_full_rank_embedding(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    from nullviz.models import create_random_vit
+
+    kwargs = dict(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=2, num_classes=10)  # 48 → 48
+    lm = create_random_vit("vit_tiny_patch16_224", seed=0, **kwargs)
+    path = tmp_path / "square.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": kwargs}))
+    ln = run_json(capsys, "nullspace", "--checkpoint", str(path), "--image", "digit-3", "--layernorm",
+                  "--magnitude", "3", "--out", str(tmp_path / "ln.pt"))
+    assert ln["nullity"] == 0 and ln["kind"] == "layernorm"
+    assert ln["rel_logit_change"] < 1e-5 and ln["top1_unchanged"] and ln["layernorm_residual"] < 1e-6
+    assert load_noise(tmp_path / "ln.pt").meta["kind"] == "layernorm"
 
 
 def test_help_and_bad_arguments_answer_without_importing_torch():

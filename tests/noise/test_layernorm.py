@@ -76,3 +76,38 @@ def test_synthesized_delta_has_no_token_means_on_an_invariant_model(tiny_lm):
     assert r.token_means_removed
     assert token_mean_fraction(r.delta) < 1e-10
     assert r.to_dict()["token_means_removed"] is True
+
+
+def test_layernorm_noise_leaves_the_logits_and_moves_the_tokens(default_lm, digit_x):
+    from nullviz.core.errors import InvalidParameterError
+    from nullviz.noise.layernorm import layernorm_residual, sample_layernorm_noise
+
+    v = sample_layernorm_noise(default_lm, default_lm.img_size, magnitude=3.0, seed=1)
+    p = default_lm.patch_size
+    assert v.shape == digit_x.shape[-3:]
+    rms = N.patchify(v.unsqueeze(0), p)[0].norm(dim=1).pow(2).mean().sqrt()
+    assert float(rms) == pytest.approx(3.0, rel=1e-5)
+    report = N.verify_invariance(default_lm, digit_x, v)
+    assert report.rel_logit_change < 1e-5 and report.top1_unchanged
+    assert report.token_rel_change > 0.1  # the tokens do move: by a multiple of 1 each, which every norm removes
+    assert layernorm_residual(default_lm, v) < 1e-6  # float32 rounding of the noise itself
+    random = torch.randn(v.shape, generator=torch.Generator().manual_seed(0))
+    assert layernorm_residual(default_lm, random) > 0.5
+    post = create_random_vit("vit_tiny_patch16_224", seed=0, block_fn=ResPostBlock, img_size=32, patch_size=8,
+                             embed_dim=64, depth=2, num_heads=2, num_classes=5)
+    with pytest.raises(InvalidParameterError, match="mean-subtracting LayerNorm"):
+        sample_layernorm_noise(post, post.img_size)
+
+
+def test_the_attention_contrast_names_layernorm_noise(default_lm, digit_x):
+    from nullviz.inspection.attention import contrast_noises, noise_contrast
+    from nullviz.noise.layernorm import sample_layernorm_noise
+
+    exact = N.sample_noise(N.nullspace(default_lm), default_lm.img_size, N.NoiseSpec(magnitude=1.0, seed=0))
+    ln = sample_layernorm_noise(default_lm, default_lm.img_size, magnitude=3.0)
+    contrast = noise_contrast(default_lm, digit_x, contrast_noises(exact, (ln, "input"), kind="layernorm"))
+    assert contrast.names == ["exact", "layernorm", "gaussian@layernorm"]
+    i = contrast.names.index("layernorm")
+    assert contrast.repr_change[i, -1] > 0.01 and contrast.attention_tv[i].max() < 1e-4
+    assert contrast.labels[2] == "Gaussian, same norm as the LayerNorm noise"
+    assert "LayerNorm noise moves the residual stream" in contrast.describe()
