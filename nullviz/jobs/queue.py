@@ -45,6 +45,7 @@ from nullviz.robustness import evaluation as R
 from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite
 from nullviz.robustness.evaluation import config_from_dict, images_tensor
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
+from nullviz.train.evaluator import reference_key
 
 
 FINAL_STATES = ("done", "stopped", "failed", "cancelled")
@@ -412,8 +413,13 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     augmented = {kind: train_heldout(data, lm.transform, params.get("data_cache", "data"),
                                      train_transform=lm.augmentation(kind))[0]
                  for kind in {c.augment for c in configs} - {"none"}} if lm else {}
+    # one process: the runs share the starting model's fixed noises per (seed, evaluation steps, augmentation),
+    # so only the first run of each makes them (torchrun's ranks are processes of their own: each run makes its own)
+    references: dict | None = {} if processes == 1 else None
+    keys = [reference_key(c) for c in configs]
     plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
-                         len(held)) for c in configs]  # FinetuneRun's steps per epoch: one global batch per step
+                         len(held), start_delta=references is None or keys.index(keys[i]) == i)
+             for i, c in enumerate(configs)]  # FinetuneRun's steps per epoch: one global batch per step
     names = run_names(params["configs"])
     ctx.update(steps_total=sum(sum(p.values()) for p in plans), steps_done=0, methods=names, processes=processes)
     results: dict[str, Any] = {}
@@ -432,7 +438,7 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
             summary = _run_with_torchrun(params, cfg, name, processes, ctx)
         else:
             summary = finetune(lm, augmented.get(cfg.augment, train), held, cfg, ctx.dir / name, on_work=work,
-                               should_stop=ctx.should_stop).to_dict()
+                               should_stop=ctx.should_stop, references=references).to_dict()
         done_before += sum(plan.values())
         if not ctx.should_stop():  # the plan's estimate of this run's work is spent: line the count up with it
             ctx.update(force=False, steps_done=done_before)

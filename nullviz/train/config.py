@@ -115,14 +115,15 @@ class FinetuneConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidParameterError(name, "FinetuneConfig", "None or an int ≥ 1", value)
 
-    def work_plan(self, steps_per_epoch: int, eval_images: int) -> dict[str, float]:
-        """The run's work by phase, in batch passes (see TRAIN_STEP_COST): what the progress bar counts."""
+    def work_plan(self, steps_per_epoch: int, eval_images: int, start_delta: bool = True) -> dict[str, float]:
+        """The run's work by phase, in batch passes (see TRAIN_STEP_COST): what the progress bar counts.
+        ``start_delta=False``: the starting model's δ comes from another run of the job (``Evaluator.references``)."""
         deltas = 0
         if self.method in TOKEN_NOISE_METHODS and self.noise_norms is None:
             per_epoch = 1 + ((steps_per_epoch - 1) // self.noise_every if self.noise_every else 0)
             deltas = self.epochs * per_epoch
         fresh_epochs = self.epochs if self.fresh_every_epoch else 1
-        fresh = self.fresh_deltas * fresh_epochs + 1  # + the starting model's δ, made once
+        fresh = self.fresh_deltas * fresh_epochs + int(start_delta)  # + the starting model's δ, made once
         n = eval_images if self.eval_limit is None else min(self.eval_limit, eval_images)
         return {"synthesizing δ": (deltas * self.synth_steps + fresh * self.eval_synth_steps) * SYNTHESIS_STEP_COST,
                 "training": self.epochs * steps_per_epoch * TRAIN_STEP_COST[self.method],

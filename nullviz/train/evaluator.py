@@ -40,16 +40,26 @@ def predict(model: torch.nn.Module, x: torch.Tensor, token_noise: torch.Tensor |
     return logits_from_patch_tokens(model, patch_tokens(model, x) + token_noise, token_grid(model, x)).argmax(-1)
 
 
+def reference_key(config: FinetuneConfig) -> tuple:
+    """What a run's fixed evaluation noises (:meth:`Evaluator.reference`) depend on besides the start model and
+    the training images: runs with the same key share them."""
+    return config.seed, config.eval_synth_steps, config.augment
+
+
 class Evaluator:
     """``evaluate(model, training_delta)`` → the metrics of one epoch's record (see :meth:`evaluate`).
 
     ``start_model`` is the untouched model the run started from: only read (δ's gradient alone is taken; no
-    weight is touched and its mode is never switched), so it may be the cached model other sessions use."""
+    weight is touched and its mode is never switched), so it may be the cached model other sessions use.
+    ``references``: a cache shared by the runs of one start model and training set (a job's methods): the fixed
+    noises of :meth:`reference` are then made once per seed and evaluation setting, not once per run."""
 
     def __init__(self, start_model: torch.nn.Module, deltas: RunDeltas, train_set, eval_set, config: FinetuneConfig,
                  mean: torch.Tensor, std: torch.Tensor, device: torch.device, rank: int = 0, world: int = 1,
-                 on_work: Callable[[str, float], None] | None = None):
+                 on_work: Callable[[str, float], None] | None = None,
+                 references: dict[tuple, dict[str, Any]] | None = None):
         self.start_model, self.deltas = start_model, deltas
+        self.references = references
         self.train_set, self.eval_set, self.cfg = train_set, eval_set, config
         self.mean, self.std, self.device, self.rank, self.world = mean, std, device, rank, world
         self.on_work = on_work or (lambda phase, units: None)
@@ -58,6 +68,8 @@ class Evaluator:
 
     def reference(self) -> dict[str, Any]:
         """The fixed noises every evaluation of every run from this start and seed shares."""
+        if self._reference is None and self.references is not None:
+            self._reference = self.references.get(reference_key(self.cfg))
         if self._reference is None:
             start = self.start_model
             if next(start.parameters()).device != self.device:  # another GPU of a DDP run: a copy on this one
@@ -74,6 +86,8 @@ class Evaluator:
             direction = direction / direction.norm()
             self._reference = {"start_delta": delta, "start_delta_l2": res.noise_l2, "token_norm": norm,
                                "gaussians": {m: direction * (m * norm) for m in GAUSSIAN_GRID}}
+            if self.references is not None:
+                self.references[reference_key(self.cfg)] = self._reference
         return self._reference
 
     def use_reference(self, reference: dict[str, Any]) -> None:

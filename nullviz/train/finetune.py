@@ -148,7 +148,8 @@ class FinetuneRun:
     def __init__(self, lm: LoadedModel, train_set, eval_set, config: FinetuneConfig, out_dir: str | Path | None = None,
                  on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_work: Callable[[str, float], None] | None = None):
+                 on_work: Callable[[str, float], None] | None = None,
+                 references: dict[tuple, dict[str, Any]] | None = None):
         if len(train_set) == 0 or len(eval_set) == 0:
             raise InvalidParameterError("train_set", "FinetuneRun", "non-empty training and held-out sets",
                                         (len(train_set), len(eval_set)))
@@ -179,7 +180,7 @@ class FinetuneRun:
                                   self.mean, self.std, self.device, self.world)
         self.deltas = RunDeltas(train_set, config, self.device, on_work=self.on_work)
         self.evaluator = Evaluator(lm.model, self.deltas, train_set, eval_set, config, self.mean, self.std,
-                                   self.device, self.rank, self.world, on_work=self.on_work)
+                                   self.device, self.rank, self.world, on_work=self.on_work, references=references)
         self.saver = CheckpointSaver(self.out_dir, primary=self.dist.is_primary)
         self.logger = RunLogger(self.out_dir, primary=self.dist.is_primary)
         self.state = TrainState(last_lr=self.optimizer.param_groups[0]["lr"])
@@ -392,7 +393,9 @@ def _class_names(dataset, lm: LoadedModel, model) -> list[str]:
 
 def finetune(lm: LoadedModel, train_set, eval_set, config: FinetuneConfig, out_dir: str | Path | None = None,
              resume: bool = False, **callbacks) -> FinetuneResult:
-    """Run (or resume, from ``out_dir``) one finetuning run; see :class:`FinetuneRun`."""
+    """Run (or resume, from ``out_dir``) one finetuning run; see :class:`FinetuneRun` (``callbacks``: its
+    on_step / on_epoch / should_stop / on_work, and ``references``, the evaluation noises shared with other runs
+    of the same start model and training set)."""
     run = FinetuneRun(lm, train_set, eval_set, config, out_dir, **callbacks)
     if resume:
         if out_dir is None:

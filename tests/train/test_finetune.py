@@ -386,3 +386,37 @@ def test_a_control_told_its_noise_norms_trains_on_them_and_synthesizes_no_delta(
             small("gaussian", noise_norms=bad)
     with pytest.raises(InvalidParameterError, match="noise_norms"):
         small("nullspace", noise_norms=(3.0,))  # δ itself has no given norm
+
+
+@pytest.mark.slow
+def test_runs_of_one_job_share_the_starting_models_noises(default_lm, sets, monkeypatch):
+    """A job's methods start from one model and seed: its δ and Gaussian grid are made once (the Finetune page's
+    default run made them three times), and every run measures exactly what it measured alone."""
+    from nullviz.core.seeds import stream_seed
+    from nullviz.train.deltas import RunDeltas
+    from nullviz.train.evaluator import reference_key
+
+    common = dict(epochs=1, steps_per_epoch=2, fresh_deltas=0, eval_synth_steps=6, eval_limit=32)
+    alone = finetune(default_lm, *sets, small("gaussian", **common)).history[-1]
+    start_seed = stream_seed("start_delta", 0)
+    made, real = [], RunDeltas.synthesize
+
+    def counting(self, model, seed, evaluation=False):
+        made.append((seed, evaluation))
+        return real(self, model, seed, evaluation)
+
+    monkeypatch.setattr(RunDeltas, "synthesize", counting)
+    references: dict = {}
+    seen: dict[str, float] = {}
+    shared = [finetune(default_lm, *sets, small(m, **common), references=references,
+                       on_work=lambda phase, units, m=m: seen.__setitem__(m, seen.get(m, 0.0) +
+                                                                           (units if phase == "synthesizing δ" else 0)))
+              .history[-1] for m in ("baseline", "gaussian")]
+    assert made.count((start_seed, True)) == 1 and list(references) == [reference_key(small("baseline", **common))]
+    keys = ["start_delta_acc", "start_delta_l2", "token_norm", "gaussian_acc", "clean_acc", "fgsm_acc"]
+    assert [shared[1][k] for k in keys] == [alone[k] for k in keys]
+    assert shared[0]["start_delta_l2"] == alone["start_delta_l2"]
+    # the progress plan of a run that borrows them counts no start δ
+    assert seen["baseline"] == pytest.approx(small("baseline", **common).work_plan(2, len(sets[1]))["synthesizing δ"])
+    assert seen["gaussian"] == pytest.approx(
+        small("gaussian", **common).work_plan(2, len(sets[1]), start_delta=False)["synthesizing δ"])
