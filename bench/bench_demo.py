@@ -19,8 +19,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,9 +62,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-finetune", action="store_true", help="only the idle server, the page's δ and the CLI's")
     args = ap.parse_args(argv)
     log = open(ROOT / "bench" / "out" / "demo-server.log", "w") if (ROOT / "bench" / "out").is_dir() else None
+    # a data folder of its own: an earlier run's finished job must not be the "Final numbers" the page shows
+    data_dir = tempfile.mkdtemp(prefix="nullviz-demo-")
     proc = subprocess.Popen(["bash", "run.sh", "--server.headless", "true", "--server.port", str(args.port)],
                             cwd=ROOT, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "NULLVIZ_DATA_DIR": data_dir})
     url = f"http://127.0.0.1:{args.port}"
     out: dict[str, float] = {}
     try:
@@ -112,6 +116,7 @@ def main(argv=None) -> int:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
     t0 = time.perf_counter()
     cli = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "nullviz", "synthesize", "--model", "cluttered",
                           "--json"],
