@@ -182,3 +182,27 @@ def test_rendered_training_scenes_are_seeded_fresh_draws():
     mine = C.render("train", 6, torch.Generator().manual_seed(C.STREAM_SEED)).pixels
     assert not any(torch.equal(m, f) for m in mine for f in fixed)
     assert a.classes == list(C.DIGITS_CLASS_NAMES)
+
+
+def test_fixed_scenes_are_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
+    """A job's worker and a server start read the fixed scenes from the cache instead of rendering 5,000 again;
+    the file holds the very pixels, and an unreadable one is rendered again."""
+    monkeypatch.setenv("NULLVIZ_CACHE_DIR", str(tmp_path))
+    C.fixed_scenes.cache_clear()
+    try:
+        rendered = C.fixed_scenes("heldout")
+        files = list(tmp_path.glob("scenes-heldout-*.pt"))
+        assert len(files) == 1
+        C.fixed_scenes.cache_clear()
+        real_render = C.render
+        monkeypatch.setattr(C, "render", lambda *a, **k: pytest.fail("rendered although the cache holds them"))
+        cached = C.fixed_scenes("heldout")
+        assert torch.equal(cached.pixels, rendered.pixels) and torch.equal(cached.labels, rendered.labels)
+        assert torch.equal(cached.boxes, rendered.boxes) and torch.equal(cached.backgrounds, rendered.backgrounds)
+        files[0].write_bytes(b"not a tensor file")  # unreadable: rendered again, and the file rewritten
+        monkeypatch.setattr(C, "render", real_render)
+        C.fixed_scenes.cache_clear()
+        assert torch.equal(C.fixed_scenes("heldout").pixels, rendered.pixels)
+        assert C._load_scenes(files[0], C.HELDOUT_SCENES) is not None
+    finally:
+        C.fixed_scenes.cache_clear()  # later tests render or read with the real cache folder again
