@@ -40,6 +40,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def chromium_cpu_seconds() -> float:
+    """CPU seconds of every Chromium process so far (the browser shares this machine's cores with the server)."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"chromium" in (d / "cmdline").read_bytes().split(b"\0")[0]:
+                    total += cpu_seconds(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
 def server_pid(port: int) -> int:
     """The Python process that listens on the port (run.sh execs it)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
@@ -90,11 +103,13 @@ def main(argv=None) -> int:
             page.get_by_text("Approximate — encoder level").click()
             page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
             page.get_by_role("button", name="Make noise").wait_for(timeout=60_000)
-            t0 = time.perf_counter()
+            t0, browser0, server0 = time.perf_counter(), chromium_cpu_seconds(), cpu_seconds(pid)
             page.get_by_role("button", name="Make noise").click()
             page.get_by_text("Which images each number is about").wait_for(timeout=600_000)
             page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=600_000)
             out["page_synthesis_browser_s"] = time.perf_counter() - t0
+            out["page_synthesis_chromium_cpu_s"] = chromium_cpu_seconds() - browser0
+            out["page_synthesis_server_cpu_s"] = cpu_seconds(pid) - server0
             caption = page.locator("[data-testid='stProgress']").all_inner_texts()
             done = [re.search(r"steps in ([\d.]+)s", c) for c in caption]
             out["page_synthesis_own_s"] = float(next(m.group(1) for m in done if m)) if any(done) else float("nan")
