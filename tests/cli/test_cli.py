@@ -203,18 +203,23 @@ def test_a_model_without_its_own_data_is_told_what_to_give(capsys, tmp_path):
     assert "predicts 1,000 classes but the training data has 10" in capsys.readouterr().err
 
 
-def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(capsys, tmp_path):
-    """`nullviz nullspace` on a full-rank patch embedding returned all-zero noise where the pages show the
-    weakest-direction noise: the policy was copied into every caller but this one (now NoiseSpec's default)."""
+def random_vit_checkpoint(path, embed_dim: int):
+    """A seeded 32×32 ViT with 4×4 patches (48 numbers each) → ``embed_dim``, saved with its JSON sidecar."""
     from safetensors.torch import save_file
 
     from nullviz.models import create_random_vit
 
-    kwargs = dict(img_size=32, patch_size=4, embed_dim=64, depth=1, num_heads=2, num_classes=10)  # 48 → 64
+    kwargs = dict(img_size=32, patch_size=4, embed_dim=embed_dim, depth=1, num_heads=2, num_classes=10)
     lm = create_random_vit("vit_tiny_patch16_224", seed=0, **kwargs)
-    path = tmp_path / "full_rank.safetensors"
     save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": kwargs}))
+    return path
+
+
+def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(capsys, tmp_path):
+    """`nullviz nullspace` on a full-rank patch embedding returned all-zero noise where the pages show the
+    weakest-direction noise: the policy was copied into every caller but this one (now NoiseSpec's default)."""
+    path = random_vit_checkpoint(tmp_path / "full_rank.safetensors", embed_dim=64)  # 48 → 64
     out = run_json(capsys, "nullspace", "--checkpoint", str(path), "--image", "digit-3", "--out",
                    str(tmp_path / "v.pt"))
     assert out["nullity"] == 0
@@ -225,15 +230,7 @@ def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(cap
 
 
 def test_nullspace_command_draws_layernorm_noise_for_a_square_full_rank_embedding(capsys, tmp_path):
-    from safetensors.torch import save_file
-
-    from nullviz.models import create_random_vit
-
-    kwargs = dict(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=2, num_classes=10)  # 48 → 48
-    lm = create_random_vit("vit_tiny_patch16_224", seed=0, **kwargs)
-    path = tmp_path / "square.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"arch": "vit_tiny_patch16_224", "arch_kwargs": kwargs}))
+    path = random_vit_checkpoint(tmp_path / "square.safetensors", embed_dim=48)  # 48 → 48
     ln = run_json(capsys, "nullspace", "--checkpoint", str(path), "--image", "digit-3", "--layernorm",
                   "--magnitude", "3", "--out", str(tmp_path / "ln.pt"))
     assert ln["nullity"] == 0 and ln["kind"] == "layernorm"
