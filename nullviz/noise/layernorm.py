@@ -137,8 +137,7 @@ def sample_layernorm_noise(lm: LoadedModel, image_size: tuple[int, int], magnitu
     coeffs = torch.randn(n, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     coeffs = coeffs / coeffs.pow(2).mean().sqrt().clamp_min(1e-300) * magnitude
     unit = direction.vector / direction.vector.norm()
-    in_chans = int(lm.model.patch_embed.proj.in_channels)
-    return unpatchify((coeffs * unit).unsqueeze(0), p, (H, W))[0].to(torch.float32).reshape(in_chans, H, W)
+    return unpatchify((coeffs * unit).unsqueeze(0), p, (H, W))[0].to(torch.float32)  # [C, H, W]
 
 
 def layernorm_residual(lm: LoadedModel, v: torch.Tensor) -> float:
