@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from nullviz.core.errors import InvalidParameterError
 from nullviz.core.seeds import stream_seed
 from nullviz.models import PixelModel, logits_from_patch_tokens, patch_tokens, token_grid
 from nullviz.robustness.attacks import fgsm
@@ -24,7 +25,7 @@ from nullviz.robustness.evaluation import Batch, correctness
 
 from . import distributed as D
 from .comparison import summarize
-from .config import EVAL_PASS_COST_PER_IMAGE, GAUSSIAN_GRID, FinetuneConfig
+from .config import EPOCH_MEASURES, EVAL_PASS_COST_PER_IMAGE, GAUSSIAN_GRID, FinetuneConfig
 from .deltas import RunDeltas
 from .loader import collate
 
@@ -90,14 +91,10 @@ class Evaluator:
                 self.references[reference_key(self.cfg)] = self._reference
         return self._reference
 
-    def use_reference(self, reference: dict[str, Any]) -> None:
-        """Take the fixed noises another evaluator of the same start, seed and training images made (see
-        :meth:`reference`): a comparison makes them once per seed, not once per run and test set."""
-        self._reference = reference
-
     def evaluate(self, model: torch.nn.Module, training_delta: torch.Tensor | None = None,
-                 fresh_deltas: int | None = None) -> dict[str, Any]:
-        """Held-out accuracy of ``model`` as it is now.
+                 fresh_deltas: int | None = None, measures: str = "all") -> dict[str, Any]:
+        """Held-out accuracy of ``model`` as it is now. ``measures="clean"``: ``clean_acc`` alone (no δ is
+        synthesized; see ``FinetuneConfig.epoch_measures``); ``"all"``:
 
         - ``delta_acc``: under *fresh* δs synthesized from this model on training images, mean over
           ``fresh_deltas`` seeds (the config's, unless given; ``delta_acc_std``, ``delta_acc_seeds``): how
@@ -108,6 +105,10 @@ class Evaluator:
           (``gaussian_acc``: at one token norm).
         - ``fgsm_acc``: under FGSM at ``fgsm_eps``.
         """
+        if measures not in EPOCH_MEASURES:
+            raise InvalidParameterError("measures", "Evaluator.evaluate", f"one of {EPOCH_MEASURES}", measures)
+        if measures == "clean":
+            return {"clean_acc": self._accuracies({"clean_acc": lambda b: predict(model, b.x)}, model, 1)["clean_acc"]}
         t = time.perf_counter()
         count = self.cfg.fresh_deltas if fresh_deltas is None else fresh_deltas
         made = [self.deltas.synthesize(model, stream_seed("fresh_delta", self.cfg.seed, k), evaluation=True)
@@ -127,21 +128,7 @@ class Evaluator:
         conditions["fgsm_acc"] = lambda b: predict(
             model, (fgsm(fn, b.x * self.std + self.mean, b.y, self.cfg.fgsm_eps) - self.mean) / self.std)
 
-        n = len(self.eval_set) if self.cfg.eval_limit is None else min(self.cfg.eval_limit, len(self.eval_set))
-        mine = list(range(self.rank, n, self.world))  # this rank's share; the counts are summed below
-        per_image = self.cfg.eval_passes(fresh=self.cfg.fresh_deltas) * EVAL_PASS_COST_PER_IMAGE / self.cfg.batch_size
-        was_training = model.training
-        model.eval()
-        try:
-            right = correctness(conditions, self._batches(mine),
-                                on_batch=lambda b: self.on_work("evaluating", len(b.y) * self.world * per_image))
-        finally:
-            model.train(was_training)
-        names = list(conditions)
-        counts = D.all_reduce_sum(torch.tensor([float(right[k].sum()) for k in names], dtype=torch.float64,
-                                               device=self.device)).cpu().tolist()
-        acc = {k: c / n for k, c in zip(names, counts)}
-
+        acc = self._accuracies(conditions, model, self.cfg.eval_passes(fresh=self.cfg.fresh_deltas))
         out: dict[str, Any] = {"clean_acc": acc["clean_acc"], "fgsm_acc": acc["fgsm_acc"],
                                "start_delta_acc": acc["start_delta_acc"]}
         for m in GAUSSIAN_GRID:
@@ -159,6 +146,25 @@ class Evaluator:
         if training_delta is not None:
             out["train_delta_acc"] = acc["train_delta_acc"]
         return out
+
+    def _accuracies(self, conditions: dict[str, Callable[[Batch], torch.Tensor]], model: torch.nn.Module,
+                    passes: int) -> dict[str, float]:
+        """Accuracy under each condition on the held-out images, every rank's share counted and summed; the
+        model in eval mode for it and back. ``passes``: forward passes per image, for the progress count."""
+        n = len(self.eval_set) if self.cfg.eval_limit is None else min(self.cfg.eval_limit, len(self.eval_set))
+        mine = list(range(self.rank, n, self.world))  # this rank's share; the counts are summed below
+        per_image = passes * EVAL_PASS_COST_PER_IMAGE / self.cfg.batch_size
+        was_training = model.training
+        model.eval()
+        try:
+            right = correctness(conditions, self._batches(mine),
+                                on_batch=lambda b: self.on_work("evaluating", len(b.y) * self.world * per_image))
+        finally:
+            model.train(was_training)
+        names = list(conditions)
+        counts = D.all_reduce_sum(torch.tensor([float(right[k].sum()) for k in names], dtype=torch.float64,
+                                               device=self.device)).cpu().tolist()
+        return {k: c / n for k, c in zip(names, counts)}
 
     def _batches(self, indices: list[int]):
         for i in range(0, len(indices), EVAL_BATCH):

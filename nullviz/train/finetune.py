@@ -222,7 +222,7 @@ class FinetuneRun:
 
     def evaluate(self, fresh_deltas: int | None = None) -> dict[str, Any]:
         """Held-out accuracy of the model as it is now (:meth:`Evaluator.evaluate`)."""
-        return self.evaluator.evaluate(self.model, self.state.delta, fresh_deltas)
+        return self.evaluator.evaluate(self.model, self.state.delta, fresh_deltas, measures=self.cfg.epoch_measures)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save(self, out_dir: str | Path | None = None) -> Path | None:

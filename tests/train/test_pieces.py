@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from nullviz.core.errors import CheckpointError
+from nullviz.core.errors import CheckpointError, InvalidParameterError
 from nullviz.data import digits_dataset
 from nullviz.robustness.evaluation import Batch, batches, correctness
 from nullviz.train.checkpoint import CheckpointSaver
@@ -107,6 +107,25 @@ def test_evaluator_alone_gives_the_runs_numbers(default_lm, sets):
     assert set(alone) >= {"clean_acc", "fgsm_acc", "delta_acc", "nullspace_size", "start_delta_acc", "gaussian_acc"}
     assert "train_delta_acc" not in alone  # no training δ given
     assert run.model.training  # the evaluated model's mode is restored
+
+
+def test_clean_only_epochs_measure_what_the_best_epoch_rule_reads(default_lm, sets):
+    """epoch_measures="clean": each epoch's record holds held-out clean accuracy (the same as the full
+    evaluation's) and no δ is synthesized for it; the work plan counts one pass per image and no evaluation δ."""
+    cfg = small("nullspace", epochs=2, epoch_measures="clean")
+    run = FinetuneRun(default_lm, *sets, cfg)
+    result = run.run()
+    assert [set(r) & {"clean_acc", "fgsm_acc", "delta_acc", "start_delta_acc"} for r in result.history] == [
+        {"clean_acc"}] * 2
+    full = Evaluator(default_lm.model, RunDeltas(sets[0], cfg, run.device), *sets, cfg, run.mean, run.std,
+                     run.device).evaluate(run.model)
+    assert result.history[-1]["clean_acc"] == full["clean_acc"]
+    assert run.evaluator.synthesis_seconds == 0.0 and run.evaluator._reference is None
+    plan, everything = cfg.work_plan(3, 32), small("nullspace", epochs=2).work_plan(3, 32)
+    assert plan["evaluating"] * cfg.eval_passes(fresh=1) == pytest.approx(everything["evaluating"])
+    assert plan["synthesizing δ"] == 2 * cfg.synth_steps * 0.55 < everything["synthesizing δ"]
+    with pytest.raises(InvalidParameterError, match="measures"):
+        run.evaluator.evaluate(run.model, measures="some")
 
 
 def test_a_run_result_reads_back_typed_from_its_json():
