@@ -81,9 +81,10 @@ def main(argv=None) -> int:
                 else:  # the old path: the first 128 training images, δ selected on those same images
                     part = fit[seed * 128:(seed + 1) * 128]
                     r = synthesize(lm, part, c, validation_images=part[:0], check_images=test)
-                runs.append({"l2": r.noise_l2, "rel": r.noise_rel, "val": r.validation_mse_probs or float("nan"),
-                             "test": r.check_mse_probs, "agree": r.check_agreement, "inside": r.reached_tolerance,
-                             "permuted": r.check_permuted_mse_probs, "random_start": r.check_random_start_mse_probs,
+                runs.append({"l2": r.noise_l2, "rel": r.noise_rel,
+                             "val": r.validation.mse_probs if r.validation else float("nan"),
+                             "test": r.check.mse_probs, "agree": r.check.agreement, "inside": r.reached_tolerance,
+                             "permuted": r.check.permuted_mse_probs, "random_start": r.check.random_start_mse_probs,
                              "steps": r.steps_run, "seconds": time.perf_counter() - t, "shrunk_to": r.shrunk_to})
             out[short]["settings"][name] = runs
             rows.append(row(name, runs))

@@ -262,29 +262,31 @@ if res is not None:
     c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)",
                 f"travelled {res.travelled_l2:.3g} from its random start (‖δ₀‖ {res.start_l2:.3g})", **NOTE)
     c[1].metric("steps", res.steps_run, f"λ {res.config.lam:g}, lim {res.config.lim:g}", **NOTE)
-    fit_n, check_n, val_n = res.num_images, res.num_check_images, res.num_validation_images
+    fit, check, val = res.fit, res.check, res.validation
+    fit_n = fit.images
     with st.container(key="ns_images_used"):
         st.markdown("**Which images each number is about**\n\n" + "\n".join(
             f"- *{role}*: {text}" for role, text in res.images_used.items()))
     st.markdown(f"**The {fit_n:,} images δ was fit on**" + (f" (measured on {FIT_METRIC_IMAGES} of them)"
                                                            if fit_n > FIT_METRIC_IMAGES else ""))
     c = st.columns(4)
-    c[0].metric("mean Σ Δp²", f"{res.mse_probs:.2e}", f"permuted δ: {res.permuted_mse_probs:.2e}", **NOTE)
-    c[1].metric("top-1 agreement", f"{res.agreement:.1%}", f"permuted δ: {res.permuted_agreement:.1%}", **NOTE)
-    c[2].metric("mean ‖Δ logits‖", f"{res.logit_distance:.3g}")
-    if val_n:
-        c[3].metric(f"validation ({val_n} images): mean Σ Δp²", f"{res.validation_mse_probs:.2e}",
-                    f"top-1 agreement {res.validation_agreement:.1%}; they chose δ", **NOTE)
-    if check_n:
+    c[0].metric("mean Σ Δp²", f"{fit.mse_probs:.2e}", f"permuted δ: {fit.permuted_mse_probs:.2e}", **NOTE)
+    c[1].metric("top-1 agreement", f"{fit.agreement:.1%}", f"permuted δ: {fit.permuted_agreement:.1%}", **NOTE)
+    c[2].metric("mean ‖Δ logits‖", f"{fit.logit_distance:.3g}")
+    if val is not None:
+        c[3].metric(f"validation ({val.images} images): mean Σ Δp²", f"{val.mse_probs:.2e}",
+                    f"top-1 agreement {val.agreement:.1%}; they chose δ", **NOTE)
+    if check is not None:
+        check_n = check.images
         st.markdown(f"**{check_n} images δ never saw** — what invisibility means")
         c = st.columns(4)
-        c[0].metric("mean Σ Δp² (ε)", f"{res.check_mse_probs:.2e}",
+        c[0].metric("mean Σ Δp² (ε)", f"{check.mse_probs:.2e}",
                     res.verdict if res.verdict != "outside ε" else f"outside ε = {res.config.tol:g}", **NOTE)
-        c[1].metric("top-1 agreement", f"{res.check_agreement:.1%}", f"permuted δ: {res.check_permuted_agreement:.1%}",
+        c[1].metric("top-1 agreement", f"{check.agreement:.1%}", f"permuted δ: {check.permuted_agreement:.1%}",
                     **NOTE)
-        c[2].metric("mean ‖Δ logits‖", f"{res.check_logit_distance:.3g}")
-        c[3].metric("controls of the same norm (Σ Δp²)", f"{res.check_permuted_mse_probs:.2e}",
-                    f"Gaussian {res.check_gaussian_mse_probs:.2e} · random start {res.check_random_start_mse_probs:.2e}",
+        c[2].metric("mean ‖Δ logits‖", f"{check.logit_distance:.3g}")
+        c[3].metric("controls of the same norm (Σ Δp²)", f"{check.permuted_mse_probs:.2e}",
+                    f"Gaussian {check.gaussian_mse_probs:.2e} · random start {check.random_start_mse_probs:.2e}",
                     **NOTE)
         if check_n < MIN_VERDICT_IMAGES:
             st.info(f"Only {check_n} unseen image{'s' if check_n != 1 else ''}: too few for a verdict (it needs "

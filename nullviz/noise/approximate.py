@@ -116,9 +116,25 @@ class SynthesisStep:
     noise_l2: float
 
 
+@dataclass(frozen=True)
+class ImageSetEffect:
+    """How δ moves the model's outputs on one set of images: mean Σ Δp² (what ε bounds), top-1 agreement with
+    the clean prediction, mean ‖Δ logits‖; and, where measured, the same for controls of δ's norm."""
+
+    images: int
+    mse_probs: float
+    agreement: float
+    logit_distance: float | None = None
+    permuted_mse_probs: float | None = None  # δ's own numbers in random places
+    permuted_agreement: float | None = None
+    gaussian_mse_probs: float | None = None  # Gaussian noise of δ's norm
+    random_start_mse_probs: float | None = None  # a fresh U(−a, a) start of δ's norm, not optimised
+
+
 @dataclass
 class SynthesisResult:
-    """δ with everything needed to judge it, including the permuted-δ control."""
+    """δ with everything needed to judge it: its effect on the images it was fit on, on the validation images
+    that chose it and on the test images it never saw (with the controls), and what each set of images is."""
 
     delta: torch.Tensor  # [N, D] (encoder) or [C, H, W] (input), CPU float32
     config: SynthesisConfig
@@ -128,33 +144,19 @@ class SynthesisResult:
     reached_tolerance: bool
     stopped_by_user: bool
     final_loss: float
-    mse_probs: float
-    agreement: float
     noise_l2: float
     noise_linf: float
     noise_rel: float  # ‖δ‖ / mean ‖u_i‖ (tokens) or / mean ‖x_i‖ (images)
-    permuted_mse_probs: float
-    permuted_agreement: float
-    num_images: int  # the fit images
+    fit: ImageSetEffect  # on the images δ was fit on, with the permuted control
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
-    # the same on the check images δ never saw (None without a check set), with the controls
-    num_check_images: int = 0
-    check_mse_probs: float | None = None
-    check_agreement: float | None = None
-    check_logit_distance: float | None = None
-    check_permuted_mse_probs: float | None = None
-    check_permuted_agreement: float | None = None
-    check_gaussian_mse_probs: float | None = None
-    check_random_start_mse_probs: float | None = None  # a fresh U(−a, a) start of δ's norm, not optimised
-    # the validation images: training images δ is not fit on, which decide when to stop and which δ to keep
-    num_validation_images: int = 0
-    validation_mse_probs: float | None = None
-    validation_agreement: float | None = None
+    # training images δ is not fit on, which decide when to stop and which δ to keep (None: none given)
+    validation: ImageSetEffect | None = None
+    # the test images δ never saw, with the three controls (None: none held out); its Σ Δp² gives the verdict
+    check: ImageSetEffect | None = None
     selected_on: str = "fit"  # "validation", or "fit" when too few images were given to hold any out
     shrunk_to: float = 1.0  # < 1: the last δ was outside on the selection images, and s·δ is returned
     images_used: dict[str, str] = field(default_factory=dict)  # what each set of images is, in words
-    logit_distance: float = 0.0  # mean ‖logits(x; δ) − logits(x)‖ on the fit images
     start_l2: float = 0.0  # ‖δ₀‖, the random start
     travelled_l2: float = 0.0  # ‖δ − δ₀‖: how far optimisation moved δ
     token_means_removed: bool = False  # δ kept free of the LayerNorm nullspace (noise.layernorm), so ‖δ‖ is visible size
@@ -162,24 +164,37 @@ class SynthesisResult:
     @property
     def verdict(self) -> str:
         """'inside ε' / 'outside ε' on the unseen (test) images, or why there is no verdict."""
-        if self.num_check_images < MIN_VERDICT_IMAGES:
-            return (f"no verdict: {self.num_check_images} unseen images (a verdict needs at least "
+        unseen = self.check.images if self.check is not None else 0
+        if unseen < MIN_VERDICT_IMAGES:
+            return (f"no verdict: {unseen} unseen images (a verdict needs at least "
                     f"{MIN_VERDICT_IMAGES})")
         return "inside ε" if self.reached_tolerance else "outside ε"
 
     @property
     def beats_permuted_on_check(self) -> bool | None:
         """Is δ more invisible on unseen images than the same numbers in random places? (None: no check set)"""
-        if self.check_mse_probs is None:
+        if self.check is None:
             return None
-        return self.check_mse_probs < self.check_permuted_mse_probs
+        return self.check.mse_probs < self.check.permuted_mse_probs
 
     @property
     def level(self) -> str:
         return self.config.level
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("delta", "history", "config", "extra")}
+        """Flat JSON (a noise file's metadata, the command line's output): each set's numbers prefixed by
+        its name (``check_mse_probs``, ``validation_agreement``; the fit set's unprefixed)."""
+        d = {k: v for k, v in self.__dict__.items()
+             if k not in ("delta", "history", "config", "extra", "fit", "validation", "check")}
+        d.update(num_images=self.fit.images, mse_probs=self.fit.mse_probs, agreement=self.fit.agreement,
+                 logit_distance=self.fit.logit_distance, permuted_mse_probs=self.fit.permuted_mse_probs,
+                 permuted_agreement=self.fit.permuted_agreement,
+                 num_validation_images=self.validation.images if self.validation else 0,
+                 num_check_images=self.check.images if self.check else 0)
+        if self.validation is not None:
+            d.update(validation_mse_probs=self.validation.mse_probs, validation_agreement=self.validation.agreement)
+        if self.check is not None:
+            d.update({f"check_{k}": v for k, v in asdict(self.check).items() if k != "images"})
         d.update(level=self.level, config=asdict(self.config), shape=list(self.delta.shape),
                  beats_permuted_on_check=self.beats_permuted_on_check, verdict=self.verdict,
                  history=[asdict(h) for h in self.history], **self.extra)
@@ -501,20 +516,19 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     final = _evaluate_delta(model, fit_set, delta, cfg.level)
     controls = noise_controls(delta, cfg.seed)
     control = _evaluate_delta(model, fit_set, controls["permuted"], cfg.level)
-    check: dict[str, Any] = {"num_check_images": int(check_images.shape[0])}
-    val: dict[str, Any] = {"num_validation_images": int(validation_images.shape[0]),
-                           "selected_on": "validation" if validation is not None else "fit"}
+    check: ImageSetEffect | None = None
+    validation_effect: ImageSetEffect | None = None
     if validation is not None:
         v = selected_measured if selected_measured is not None and selector is validation else \
             _evaluate_delta(model, validation, delta, cfg.level)
-        val.update(validation_mse_probs=v["mse"], validation_agreement=v["agree"])
+        validation_effect = ImageSetEffect(int(validation_images.shape[0]), v["mse"], v["agree"])
     if check_images.shape[0]:
         cb = CleanBatches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
         c = _evaluate_delta(model, cb, delta, cfg.level)
         cp, cg, cr = (_evaluate_delta(model, cb, controls[k], cfg.level) for k in ("permuted", "gaussian", "random_start"))
-        check.update(check_mse_probs=c["mse"], check_agreement=c["agree"], check_logit_distance=c["dist"],
-                     check_permuted_mse_probs=cp["mse"], check_permuted_agreement=cp["agree"],
-                     check_gaussian_mse_probs=cg["mse"], check_random_start_mse_probs=cr["mse"])
+        check = ImageSetEffect(int(check_images.shape[0]), c["mse"], c["agree"], c["dist"], permuted_mse_probs=cp["mse"],
+                            permuted_agreement=cp["agree"], gaussian_mse_probs=cg["mse"],
+                            random_start_mse_probs=cr["mse"])
         reached = c["mse"] < cfg.tol
     else:
         reached = final["mse"] < cfg.tol  # nothing held out: the fit images are all there is (the result says so)
@@ -525,13 +539,13 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
         if cfg.level == "input" and bounds is not None else {}
     return SynthesisResult(
         delta=delta.float().cpu(), config=cfg, model_name=model_name, history=history, steps_run=steps_run,
-        reached_tolerance=reached, stopped_by_user=stopped, final_loss=final_loss, mse_probs=final["mse"],
-        agreement=final["agree"], noise_l2=float(delta.norm()), noise_linf=float(delta.abs().max()),
-        noise_rel=float(delta.norm()) / max(pool.typical_norm, 1e-30),
-        permuted_mse_probs=control["mse"], permuted_agreement=control["agree"],
-        num_images=int(images.shape[0]), seconds=time.perf_counter() - t_start, extra=extra,
-        logit_distance=final["dist"], start_l2=float(start.norm()), travelled_l2=float((delta - start).norm()),
-        images_used=used, shrunk_to=scale, token_means_removed=visible_only, **val, **check,
+        reached_tolerance=reached, stopped_by_user=stopped, final_loss=final_loss, noise_l2=float(delta.norm()),
+        noise_linf=float(delta.abs().max()), noise_rel=float(delta.norm()) / max(pool.typical_norm, 1e-30),
+        fit=ImageSetEffect(int(images.shape[0]), final["mse"], final["agree"], final["dist"],
+                        permuted_mse_probs=control["mse"], permuted_agreement=control["agree"]),
+        seconds=time.perf_counter() - t_start, extra=extra, validation=validation_effect, check=check,
+        selected_on="validation" if validation is not None else "fit", start_l2=float(start.norm()),
+        travelled_l2=float((delta - start).norm()), images_used=used, shrunk_to=scale, token_means_removed=visible_only,
     )
 
 
@@ -799,10 +813,10 @@ def frontier(lm: LoadedModel, images: torch.Tensor, base: SynthesisConfig = Synt
                        images_used=images_used, fit_logits=fit_logits)
         points.append(FrontierPoint(
             lam=cfg.lam, lim=cfg.lim, steps=cfg.steps, noise_l2=r.noise_l2, start_l2=r.start_l2,
-            travelled_l2=r.travelled_l2, fit_mse_probs=r.mse_probs, validation_mse_probs=r.validation_mse_probs,
-            check_mse_probs=r.check_mse_probs,
-            check_agreement=r.check_agreement, permuted_mse_probs=r.check_permuted_mse_probs,
-            gaussian_mse_probs=r.check_gaussian_mse_probs, random_start_mse_probs=r.check_random_start_mse_probs,
+            travelled_l2=r.travelled_l2, fit_mse_probs=r.fit.mse_probs,
+            validation_mse_probs=r.validation.mse_probs if r.validation else None, check_mse_probs=r.check.mse_probs,
+            check_agreement=r.check.agreement, permuted_mse_probs=r.check.permuted_mse_probs,
+            gaussian_mse_probs=r.check.gaussian_mse_probs, random_start_mse_probs=r.check.random_start_mse_probs,
             seconds=r.seconds, delta=r.delta, images_used=r.images_used))
         if progress is not None:
             progress(k + 1, len(grid), points[-1])

@@ -197,7 +197,7 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     assert "ε" in metric(at, "Σ Δp² on this image").delta  # the image's own verdict beside the set's
     assert "they chose δ" in metric(at, "validation (256 images): mean Σ Δp²").delta
     res = at.session_state["current_noise"].synthesis
-    assert res.num_check_images == 256 and res.num_validation_images == 256 and res.num_images == 1182
+    assert res.check.images == 256 and res.validation.images == 256 and res.fit.images == 1182
     measured = default_synthesis_config("nullviz_digits_vit")
     assert res.config.lam == measured.lam and res.config.batch_size == 24
     assert res.config.selection_margin == measured.selection_margin and res.config.check_every == measured.check_every

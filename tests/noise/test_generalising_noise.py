@@ -46,8 +46,8 @@ def test_test_images_cannot_change_delta(default_lm, digit_sets):
     a = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held[:32])
     b = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held[32:])
     assert torch.equal(a.delta, b.delta) and a.steps_run == b.steps_run
-    assert a.check_mse_probs != b.check_mse_probs
-    assert a.selected_on == "validation" and a.num_validation_images == len(val)
+    assert a.check.mse_probs != b.check.mse_probs
+    assert a.selected_on == "validation" and a.validation.images == len(val)
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_kept_delta_is_inside_the_selection_threshold_on_validation(default_lm, 
     for lam, margin in ((0.5, 1.0), (3.0, 0.5)):  # λ 3 pushes δ past ε: it is shrunk back inside
         cfg = SynthesisConfig(steps=40, lam=lam, selection_margin=margin, batch_size=32, seed=1)
         r = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held)
-        assert r.validation_mse_probs < cfg.tol * margin
+        assert r.validation.mse_probs < cfg.tol * margin
         assert 0 < r.shrunk_to <= 1
     assert r.shrunk_to < 1  # the λ = 3 run needed shrinking (its own numbers say so)
 
@@ -68,16 +68,16 @@ def test_minibatches_cover_the_pool(default_lm, digit_sets):
     whole = synthesize(default_lm, fit, cfg, validation_images=val, check_images=val)
     first = synthesize(default_lm, fit[:50], cfg, validation_images=val, check_images=val)
     assert not torch.equal(whole.delta, first.delta)
-    assert whole.num_images == 150
+    assert whole.fit.images == 150
 
 
 def test_without_validation_images_part_of_the_fit_images_is_held_out(default_lm, digit_sets):
     fit, _, held = digit_sets
     r = synthesize(default_lm, fit[:40], SynthesisConfig(steps=5, seed=0), check_images=held)
     keep, val = split_fit_validation(40, 0.2, 0)
-    assert r.num_validation_images == len(val) == 8 and r.num_images == len(keep) == 32
+    assert r.validation.images == len(val) == 8 and r.fit.images == len(keep) == 32
     tiny = synthesize(default_lm, fit[:5], SynthesisConfig(steps=3, seed=0), check_images=held)
-    assert tiny.num_validation_images == 0 and tiny.selected_on == "fit"
+    assert tiny.validation is None and tiny.selected_on == "fit"
     assert "too few" in tiny.images_used["validation"]
 
 

@@ -32,9 +32,9 @@ def test_synthesized_delta_beats_permuted_control(default_lm, digits_x, level, s
     assert tuple(res.delta.shape) == shape
     assert res.steps_run <= 60 and len(res.history) == res.steps_run
     assert res.history[-1].mse_probs < res.history[0].mse_probs  # optimisation helped
-    assert res.mse_probs < 0.05 and res.agreement >= 0.9
-    assert res.permuted_mse_probs > 5 * res.mse_probs  # same norm, not optimised: much more visible
-    assert res.permuted_agreement < res.agreement
+    assert res.fit.mse_probs < 0.05 and res.fit.agreement >= 0.9
+    assert res.fit.permuted_mse_probs > 5 * res.fit.mse_probs  # same norm, not optimised: much more visible
+    assert res.fit.permuted_agreement < res.fit.agreement
     assert res.noise_l2 > 10  # large
     d = res.to_dict()
     for key in ("level", "steps_run", "final_loss", "mse_probs", "agreement", "noise_l2", "noise_linf",
@@ -55,7 +55,7 @@ def test_tolerance_stops_early_on_the_validation_images(default_lm, digits_x):
     validation images are inside ε."""
     res = synthesize(default_lm, digits_x, SynthesisConfig(**{**RESEARCH_CODE, "steps": 300}, tol=0.02, batch_size=8))
     assert res.steps_run < 300 and res.selected_on == "validation"
-    assert res.validation_mse_probs < 0.02  # the criterion holds over the validation images, not just a batch
+    assert res.validation.mse_probs < 0.02  # the criterion holds over the validation images, not just a batch
 
 
 def test_lambda_keeps_delta_larger(default_lm, digits_x):
@@ -64,7 +64,7 @@ def test_lambda_keeps_delta_larger(default_lm, digits_x):
     pushed = synthesize(default_lm, digits_x, dataclasses.replace(base, lam=2.0))
     assert pushed.history[-1].noise_l2 > plain.history[-1].noise_l2  # λ pushes the norm while optimising…
     # …and the kept δ is the largest s·δ inside the (here absurdly strict) tolerance on the validation images
-    assert pushed.shrunk_to < 1 and pushed.validation_mse_probs < base.tol
+    assert pushed.shrunk_to < 1 and pushed.validation.mse_probs < base.tol
 
 
 def test_stop_and_callback(default_lm, digits_x):
@@ -101,11 +101,11 @@ def test_save_load_round_trip(default_lm, digits_x, tmp_path):
     saved = load_noise(path)
     assert torch.equal(saved.delta, res.delta) and saved.level == "encoder"
     assert saved.meta["model_name"] == default_lm.name and saved.meta["config"]["lim"] == 1.0
-    assert saved.meta["mse_probs"] == res.mse_probs
+    assert saved.meta["mse_probs"] == res.fit.mse_probs
     check_noise_fits(default_lm, saved.delta, saved.level)
     fit = fit_indices(len(digits_x), 0)  # mse_probs is about the fit images
     again = evaluate_noise(default_lm, digits_x[fit], saved.delta, saved.level)
-    assert again["mse_probs"] == pytest.approx(res.mse_probs, rel=1e-5)
+    assert again["mse_probs"] == pytest.approx(res.fit.mse_probs, rel=1e-5)
     eff = noise_effect(default_lm, digits_x[0], saved.delta, "encoder")
     assert abs(sum(eff.probs_noised) - 1) < 1e-5
 
@@ -141,14 +141,14 @@ def test_input_level_delta_says_it_is_not_an_image_or_is_made_valid(default_lm, 
     free = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0))
     assert free.extra["out_of_range_fraction"] > 0.3 and free.to_dict()["clipped"] is False
     clipped_view = evaluate_noise(default_lm, digits_x[fit], free.delta, "input", clip=True)
-    assert clipped_view["agreement"] < free.agreement  # what a saved image would do
+    assert clipped_view["agreement"] < free.fit.agreement  # what a saved image would do
     valid = synthesize(default_lm, digits_x, SynthesisConfig(level="input", **RESEARCH_CODE, seed=0, clip=True))
     assert valid.extra["clipped"] and 0 < valid.extra["effective_l2"] < valid.noise_l2
     # its metrics are about the valid images clip(x + δ): an independent evaluation agrees
     again = evaluate_noise(default_lm, digits_x[fit], valid.delta, "input", clip=True)
-    assert again["mse_probs"] == pytest.approx(valid.mse_probs, rel=1e-5)
-    assert again["agreement"] == pytest.approx(valid.agreement)
-    assert valid.agreement > clipped_view["agreement"]
+    assert again["mse_probs"] == pytest.approx(valid.fit.mse_probs, rel=1e-5)
+    assert again["agreement"] == pytest.approx(valid.fit.agreement)
+    assert valid.fit.agreement > clipped_view["agreement"]
     lo, hi = pixel_bounds(default_lm)
     seen = digits_x + clipped_delta(default_lm, digits_x, valid.delta)
     assert bool(((seen >= lo - 1e-6) & (seen <= hi + 1e-6)).all())
@@ -168,23 +168,26 @@ def test_check_metrics_are_an_independent_evaluation_on_unseen_images(default_lm
     res = synthesize(default_lm, digits_x, SynthesisConfig(steps=30, seed=1))
     _, check = split_fit_check(len(digits_x), 0.25, 1)
     fit = fit_indices(len(digits_x), 1)
-    assert res.num_images == len(fit) == 19 and res.num_check_images == len(check) == 8
-    assert res.num_validation_images == 5
+    assert res.fit.images == len(fit) == 19 and res.check.images == len(check) == 8
+    assert res.validation.images == 5
     on_check = evaluate_noise(default_lm, digits_x[check], res.delta, "encoder")
     on_fit = evaluate_noise(default_lm, digits_x[fit], res.delta, "encoder")
-    assert res.check_mse_probs == pytest.approx(on_check["mse_probs"], rel=1e-5, abs=1e-9)
-    assert res.check_agreement == pytest.approx(on_check["agreement"])
-    assert res.check_logit_distance == pytest.approx(on_check["mean_logit_distance"], rel=1e-5)
-    assert res.mse_probs == pytest.approx(on_fit["mse_probs"], rel=1e-5, abs=1e-9)
+    assert res.check.mse_probs == pytest.approx(on_check["mse_probs"], rel=1e-5, abs=1e-9)
+    assert res.check.agreement == pytest.approx(on_check["agreement"])
+    assert res.check.logit_distance == pytest.approx(on_check["mean_logit_distance"], rel=1e-5)
+    assert res.fit.mse_probs == pytest.approx(on_fit["mse_probs"], rel=1e-5, abs=1e-9)
     controls = noise_controls(res.delta, 1)
-    for key, name in (("check_permuted_mse_probs", "permuted"), ("check_gaussian_mse_probs", "gaussian"),
-                      ("check_random_start_mse_probs", "random_start")):
+    for key, name in (("permuted_mse_probs", "permuted"), ("gaussian_mse_probs", "gaussian"),
+                      ("random_start_mse_probs", "random_start")):
         assert float(controls[name].norm()) == pytest.approx(res.noise_l2, rel=1e-5)
-        assert getattr(res, key) == pytest.approx(evaluate_noise(default_lm, digits_x[check], controls[name],
+        assert getattr(res.check, key) == pytest.approx(evaluate_noise(default_lm, digits_x[check], controls[name],
                                                                  "encoder")["mse_probs"], rel=1e-5)
     assert res.travelled_l2 > 0 and res.start_l2 > 0
-    d = res.to_dict()
+    d = res.to_dict()  # flat JSON: each set's numbers under its prefix, as noise files have always held them
     assert d["beats_permuted_on_check"] is True and d["num_check_images"] == 8
+    assert d["check_gaussian_mse_probs"] == res.check.gaussian_mse_probs and d["mse_probs"] == res.fit.mse_probs
+    assert d["num_validation_images"] == res.validation.images and d["validation_agreement"] == res.validation.agreement
+    assert "check" not in d and "fit" not in d and "num_images" in d
 
 
 def test_reached_tolerance_is_about_the_check_images(default_lm, digits_x):
@@ -192,10 +195,10 @@ def test_reached_tolerance_is_about_the_check_images(default_lm, digits_x):
     tol = 1e-4
     res = synthesize(default_lm, digits_x[:8], SynthesisConfig(steps=120, lr=0.3, lam=1.0, tol=tol),
                      check_images=digits_x[8:])
-    assert res.mse_probs < tol <= res.check_mse_probs
+    assert res.fit.mse_probs < tol <= res.check.mse_probs
     assert not res.reached_tolerance
     alone = synthesize(default_lm, digits_x[:1], SynthesisConfig(steps=5))  # one image: nothing to hold out
-    assert alone.num_check_images == 0 and alone.check_mse_probs is None and alone.beats_permuted_on_check is None
+    assert alone.check is None and alone.beats_permuted_on_check is None
 
 
 def test_unoptimised_start_is_flagged_as_no_better_than_its_control(default_lm, digits_x):
@@ -203,9 +206,9 @@ def test_unoptimised_start_is_flagged_as_no_better_than_its_control(default_lm, 
     invisible than its own entries shuffled."""
     res = synthesize(default_lm, digits_x, SynthesisConfig(**RESEARCH_CODE, tol=10.0, seed=0))
     assert res.steps_run == 1 and res.travelled_l2 == 0.0
-    assert res.check_mse_probs > 0.5 * res.check_permuted_mse_probs
+    assert res.check.mse_probs > 0.5 * res.check.permuted_mse_probs
     optimised = synthesize(default_lm, digits_x, SynthesisConfig(steps=60, seed=0))
-    assert optimised.beats_permuted_on_check and optimised.check_mse_probs < 0.1 * optimised.check_permuted_mse_probs
+    assert optimised.beats_permuted_on_check and optimised.check.mse_probs < 0.1 * optimised.check.permuted_mse_probs
 
 
 def test_frontier_larger_lambda_gives_larger_delta_on_shared_images(tiny_lm):
