@@ -141,18 +141,19 @@ def cached_model(spec: ModelSpec) -> LoadedModel:
 
 @st.cache_data(show_spinner=False)
 def home_picture(spec: ModelSpec):
-    """The Home page's live picture: the default model's sample, exact nullspace noise, and its proof."""
+    """The Home page's live picture: the default model's sample, exact nullspace noise, and its proof — as three
+    images with captions (no Plotly: the first page a visitor sees draws without loading it)."""
     lm = cached_model(spec)
     x = lm.preprocess(sample_image(default_sample_for(lm)))
     ns = nullspace(lm)
     v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
     report = verify_invariance(lm, x, v, ns)
-    fig = figures.noise_triplet(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
-                                lm.to_display(x + v), height=300)
+    panels = figures.noise_triplet_images(lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(),
+                                          lm.to_display(x + v))
     own = embedded_model(lm.name)
     kind = ("cluttered-digits ViT (a 3 on a photograph it never saw)" if own is not None and own.data == "cluttered"
             else "digits ViT")
-    return fig, report, kind
+    return panels, report, kind
 
 
 def warm_start() -> str:

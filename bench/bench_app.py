@@ -1,6 +1,7 @@
 """A fresh server's first figure, as users start it: `streamlit run server.py` (what `bash run.sh` runs) → its
 health check answers (the server reports ready: it has loaded the default model by then) → the Home page's
-heading and figure in Chromium, for a first session and then a second one (a new browser context).
+heading and figure (its three images: the picture draws without Plotly) in Chromium, for a first session and
+then a second one (a new browser context).
 
     python bench/bench_app.py [--model digits|cluttered]
 
@@ -17,6 +18,9 @@ from pathlib import Path
 from bench_server import ARGS, CHROMIUM, Server
 
 HEADING = "nullviz — noise a Vision Transformer cannot see"
+#: The Home page's figure — its three images (original, noise, sum), decoded and laid out.
+HOME_PICTURE_DRAWN = """() => { const im = [...document.querySelectorAll('.st-key-home_picture img')];
+  return im.length === 3 && im.every(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0); }"""
 
 
 def first_figure(browser, url: str) -> tuple[float, float]:
@@ -27,7 +31,7 @@ def first_figure(browser, url: str) -> tuple[float, float]:
     page.goto(url)
     page.get_by_role("heading", name=HEADING).wait_for(timeout=120_000)
     heading = time.perf_counter() - t
-    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    page.wait_for_function(HOME_PICTURE_DRAWN, timeout=120_000)
     figure = time.perf_counter() - t
     context.close()
     return heading, figure

@@ -99,6 +99,22 @@ def noise_triplet(original: np.ndarray, noise: np.ndarray, noised: np.ndarray, h
                      ["original", f"noise ×{gain:.3g} (peak {peak:.3g} px)", "original + noise"], height)
 
 
+def noise_triplet_images(original: np.ndarray, noise: np.ndarray, noised: np.ndarray,
+                         size: int = 256) -> list[tuple[np.ndarray, str]]:
+    """:func:`noise_triplet`'s three panels as (RGB uint8 image, caption), enlarged by whole pixels (nearest) to
+    about ``size`` px: a picture without axes or hover (the Home page) draws as images, without waiting for
+    the browser to load Plotly."""
+    shown, gain = amplify_noise(noise)
+    peak = float(np.abs(noise).max())
+    panels = [(original, "original"), (shown, f"noise ×{gain:.3g} (peak {peak:.3g} px)"), (noised, "original + noise")]
+    out = []
+    for img, caption in panels:
+        rgb = _rgb_uint8(img)
+        k = max(1, size // max(rgb.shape[:2]))
+        out.append((rgb.repeat(k, axis=0).repeat(k, axis=1), caption))
+    return out
+
+
 def heatmap(values: np.ndarray, title: str = "", colorscale: str = SEQUENTIAL, zmid: float | None = None,
             colorbar_title: str = "", height: int = 320, zmin: float | None = None) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=np.asarray(values), colorscale=colorscale, zmid=zmid, zmin=zmin,

@@ -30,8 +30,10 @@ grid, and plain 32×32 digits — work offline), then
 )
 
 
-fig, report, model_name = home_picture(default_spec())
-st.plotly_chart(fig, width="stretch")
+panels, report, model_name = home_picture(default_spec())
+with st.container(key="home_picture"):
+    for column, (image, caption) in zip(st.columns(3), panels):
+        column.image(image, caption=caption, width="stretch", output_format="PNG")  # JPEG would smear the noise
 st.caption(
     f"The embedded {model_name}, and noise from its patch-embedding nullspace. "
     f"Prediction before: {report.top1_clean}, after: {report.top1_noised}; relative logit change "

@@ -54,7 +54,10 @@ def metric(at, label):
 def test_home():
     at = app()
     assert "nullviz" in at.title[0].value
-    assert len(at.get("plotly_chart")) == 1
+    # the live picture as three captioned images (drawn without Plotly): the image, the noise, their sum
+    images = at.get("image")
+    assert [i.proto.imgs[0].caption.split(" ×")[0] for i in images] == ["original", "noise", "original + noise"]
+    assert all(i.proto.imgs[0].url.endswith(".png") for i in images) and not at.get("plotly_chart")
     assert "relative logit change" in at.main.caption[-1].value
 
 
