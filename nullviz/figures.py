@@ -5,6 +5,8 @@ The same builders serve the app, the command line and notebooks.
 
 from __future__ import annotations
 
+import io
+
 import re
 from typing import Mapping, Sequence
 
@@ -113,6 +115,22 @@ def noise_triplet_images(original: np.ndarray, noise: np.ndarray, noised: np.nda
         k = max(1, size // max(rgb.shape[:2]))
         out.append((rgb.repeat(k, axis=0).repeat(k, axis=1), caption))
     return out
+
+
+def png_bytes(rgb_uint8: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG (lossless: a JPEG would smear a noise pattern)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb_uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_data_url(rgb_uint8: np.ndarray) -> str:
+    """An RGB uint8 image as a ``data:image/png;base64,…`` URL: it arrives with the page, no request of its own."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb_uint8)).decode("ascii")
 
 
 def heatmap(values: np.ndarray, title: str = "", colorscale: str = SEQUENTIAL, zmid: float | None = None,

@@ -2,11 +2,22 @@
 
 import streamlit as st
 
-from app_state import default_spec, home_picture, require_shell
+from app_state import HOME_PICTURE_CSS, default_spec, home_picture, require_shell
 
 require_shell(__file__)
 
 st.title("nullviz — noise a Vision Transformer cannot see")
+
+panels, report, model_name = home_picture(default_spec())
+st.markdown(HOME_PICTURE_CSS, unsafe_allow_html=True)
+with st.container(key="home_picture"):
+    for column, (png_url, caption) in zip(st.columns(3), panels):
+        column.image(png_url, caption=caption, width="stretch")
+st.caption(
+    f"The embedded {model_name}, and noise from its patch-embedding nullspace. "
+    f"Prediction before: {report.top1_clean}, after: {report.top1_noised}; relative logit change "
+    f"{report.rel_logit_change:.1e} (float32 rounding)."
+)
 
 st.markdown(
     """
@@ -27,15 +38,4 @@ grid, and plain 32×32 digits — work offline), then
 - **Robustness** — attacks, corruptions and noise-tolerance curves, for one model or two side by side;
 - **Learn** — the idea step by step, from a 2×3 matrix to a ViT.
 """
-)
-
-
-panels, report, model_name = home_picture(default_spec())
-with st.container(key="home_picture"):
-    for column, (image, caption) in zip(st.columns(3), panels):
-        column.image(image, caption=caption, width="stretch", output_format="PNG")  # JPEG would smear the noise
-st.caption(
-    f"The embedded {model_name}, and noise from its patch-embedding nullspace. "
-    f"Prediction before: {report.top1_clean}, after: {report.top1_noised}; relative logit change "
-    f"{report.rel_logit_change:.1e} (float32 rounding)."
 )

@@ -57,7 +57,8 @@ def test_home():
     # the live picture as three captioned images (drawn without Plotly): the image, the noise, their sum
     images = at.get("image")
     assert [i.proto.imgs[0].caption.split(" ×")[0] for i in images] == ["original", "noise", "original + noise"]
-    assert all(i.proto.imgs[0].url.endswith(".png") for i in images) and not at.get("plotly_chart")
+    # lossless PNGs inside the page (no request, no JPEG)
+    assert all(i.proto.imgs[0].url.startswith("data:image/png;base64,") for i in images) and not at.get("plotly_chart")
     assert "relative logit change" in at.main.caption[-1].value
 
 

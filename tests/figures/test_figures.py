@@ -225,3 +225,15 @@ def test_noise_triplet_images_enlarge_by_whole_pixels_and_say_the_gain():
     expected = np.clip(0.5 + noise * gain, 0, 1)
     assert np.array_equal(image[::8, ::8], (expected * 255).round().astype(np.uint8))
     assert np.array_equal(image[3::8, 5::8], image[::8, ::8])  # every pixel of a block is the same
+
+
+def test_png_bytes_is_lossless():
+    import base64
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(BytesIO(figures.png_bytes(image)))), image)
+    url = figures.png_data_url(image)
+    assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == figures.png_bytes(image)
