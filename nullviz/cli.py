@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(gaussian, random_start) the control's noise norm for each δ period, the last repeated — e.g. "
                         "a nullspace run's δ norms — instead of a δ synthesized on the control's own model")
     p.add_argument("--synth-steps", type=int, default=200)
+    p.add_argument("--synth-batch-size", type=int, default=64, help="images per step of the training δs")
     p.add_argument("--synth-lam", type=float, default=0.5, help="λ of δ synthesis (0: the research code's rule)")
     p.add_argument("--synth-lim", type=float, default=1.0, help="δ's random start U(−lim, lim)")
     p.add_argument("--synth-fraction", type=float, default=0.1)
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-best", action="store_true",
                    help="keep the weights of the epoch with the best held-out clean accuracy (run folder 'best/')")
     p.add_argument("--synth-tol", type=float, default=0.01, help="ε: δ is kept inside this Σ Δp² on its validation images")
+    p.add_argument("--epoch-measures", choices=["all", "clean"], default="all",
+                   help="what each epoch's evaluation measures: all (clean, FGSM, δs, Gaussian noise) or clean "
+                        "accuracy alone (what --keep-best reads; faster when the kept model is measured afterwards)")
     p.add_argument("--preset", choices=sorted(FINETUNE_PRESETS), default=None,
                    help="start from a named recipe; flags given explicitly override it. 'paper': "
                         + ", ".join(f"{k} {v}" for k, v in FINETUNE_PRESETS["paper"].items()))
@@ -554,12 +558,13 @@ def cmd_finetune(args) -> dict[str, Any]:
     config = FinetuneConfig(method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                             warmup_steps=args.warmup_steps, freeze=args.freeze, noise_every=args.noise_every,
-                            synth_steps=args.synth_steps, synth_fraction=args.synth_fraction,
+                            synth_steps=args.synth_steps, synth_batch_size=args.synth_batch_size,
+                            synth_fraction=args.synth_fraction,
                             synth_lam=args.synth_lam, synth_lim=args.synth_lim,
                             fgsm_eps=args.fgsm_eps, fresh_deltas=args.fresh_deltas, seed=args.seed,
                             grad_accum=args.grad_accum, workers=args.workers, compile=args.compile,
                             new_head=args.new_head, eval_synth_steps=args.eval_synth_steps, augment=args.augment,
-                            keep_best=args.keep_best, synth_tol=args.synth_tol,
+                            keep_best=args.keep_best, synth_tol=args.synth_tol, epoch_measures=args.epoch_measures,
                             noise_norms=tuple(args.noise_norms) if args.noise_norms else None)
     if args.config is not None:
         try:

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -121,6 +123,51 @@ def measure(state: dict[str, torch.Tensor], test_full, evaluator: Evaluator, con
         per_image.update({"PGD-10": rep.per_image["pgd"], "PatchFool": rep.per_image["patchfool"],
                           "FGSM 2/255": low.per_image["fgsm"], "PGD-10 2/255": low.per_image["pgd"]})
     return row, {k: v.int().tolist() if v.dtype == torch.bool else v.tolist() for k, v in per_image.items()}, rep
+
+
+#: What every run needs, set by ``main`` before the runs (a forked worker process inherits it).
+_CONTEXT: dict = {}
+
+
+def run_method(task: tuple[str, int, tuple[float, ...] | None]) -> tuple[str, int, dict, dict, dict]:
+    """One method and seed: finetune, keep the best epoch on validation, measure it (and the last epoch) on the
+    test scenes. ``task``: (table name, seed, the δ norms of the seed's nullspace run where the method needs
+    them). Returns (name, seed, the row, the last epoch's row, per-image outcomes)."""
+    name, seed, norms = task
+    c = _CONTEXT
+    args, lm, train, val = c["args"], c["lm"], c["train"], c["val"]
+    method, extra = METHODS[name]
+    settings = {**c["common"], **extra}
+    if name == "nullspace, resynthesized":  # the same δ steps per epoch as once per epoch, spread out
+        settings["noise_every"] = args.resynth_every
+        settings["synth_steps"] = resynth_steps(args)
+    if norms is not None:
+        settings["noise_norms"] = norms
+    if name == "Gaussian, δ's visibility":
+        settings["noise_norms"] = (c["visible"],)
+    cfg = FinetuneConfig(method=method, seed=seed, **settings)
+    t = time.perf_counter()
+    kept: dict[str, object] = {}
+
+    def on_epoch(record):
+        if best_epoch(run.history) == record["epoch"]:  # the record is already in the history
+            kept["state"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+    run = FinetuneRun(lm, train, val, cfg, on_epoch=on_epoch)
+    result = run.run()
+    test_eval = Evaluator(lm.model, RunDeltas(train, cfg, lm.device), train, c["test"], cfg, run.mean, run.std,
+                          lm.device, references=c["references"])
+    best = best_epoch(result.history)  # the same rule for every method: validation clean accuracy
+    shared = (c["test_full"], test_eval, c["configs"], c["corrupted"], c["reference"], args)
+    row, images, _ = measure(kept["state"], *shared)
+    row.update({"best epoch": best, "validation clean (best)": max(r["clean_acc"] for r in result.history),
+                "history": result.history, "train δ norms": [r.get("delta_l2") for r in result.history]})
+    if best == result.epochs_run:
+        last_row = {m: row[m] for m in LAST}
+    else:
+        last_row, _, _ = measure(run.model.state_dict(), *shared, full=False)
+    row["seconds"] = time.perf_counter() - t
+    return name, seed, row, {m: last_row[m] for m in LAST}, images
 
 
 def resynth_steps(args) -> int:
@@ -256,18 +303,27 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=256, help="test scenes (the first N held-out ones)")
     ap.add_argument("--validation", type=int, default=256, help="validation scenes for the best epoch")
     ap.add_argument("--resynth-every", type=int, default=15, help="steps between δs of the resynthesized variant")
-    ap.add_argument("--synth-steps", type=int, default=100, help="steps of each training δ")
+    ap.add_argument("--synth-steps", type=int, default=200, help="steps of each training δ")
+    ap.add_argument("--synth-batch", type=int, default=16, help="images per step of the training δs")
     ap.add_argument("--synth-lam", type=float, default=None, help="training δs' λ (default: the model's recorded one)")
-    ap.add_argument("--eval-synth-steps", type=int, default=100, help="steps of each evaluation δ (one yardstick)")
+    ap.add_argument("--eval-synth-steps", type=int, default=200,
+                    help="steps of each evaluation δ (one yardstick; 16 images a step, EVAL_SYNTHESIS)")
     ap.add_argument("--fresh", type=int, default=1, help="fresh δs per finished model (under δ, nullspace size)")
     ap.add_argument("--patch-steps", type=int, default=10, help="PatchFool's steps")
     ap.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs at once, each in a worker process of one thread (default: 2 on a CPU of 2+ cores — "
+                         "small models use two single-threaded processes better than one of two threads — else 1)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/paper_table"))
     args = ap.parse_args(argv)
     if any(m in args.methods for m in ("Gaussian, δ's norms", "random start, δ's norms")) and NORMS_FROM not in args.methods:
         ap.error(f"the controls at δ's norms need the {NORMS_FROM!r} run of the same seed")
+    if args.jobs is None:
+        args.jobs = 2 if args.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     if args.fresh < 1:
         ap.error("--fresh must be at least 1: the nullspace size and 'under δ' come from fresh δs")
     t0 = time.perf_counter()
@@ -289,8 +345,8 @@ def main(argv=None) -> int:
     # each epoch measures clean validation accuracy alone (the best-epoch rule's): every kept model is measured
     # on the test scenes below
     common = dict(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, fresh_deltas=0,
-                  synth_steps=args.synth_steps, synth_lam=lam, eval_synth_steps=args.eval_synth_steps,
-                  epoch_measures="clean")
+                  synth_steps=args.synth_steps, synth_batch_size=args.synth_batch, synth_lam=lam,
+                  eval_synth_steps=args.eval_synth_steps, epoch_measures="clean")
     base_cfg = FinetuneConfig(method="baseline", seed=args.seeds[0], **common)
     # the starting model's δ and Gaussian grid per seed (Evaluator.reference), made once and shared by every
     # evaluator of that seed: the untouched model's and each run's test measure
@@ -302,49 +358,49 @@ def main(argv=None) -> int:
     reference_errors = default_images["pooled CE"]
     print("untouched: " + ", ".join(f"{k} {v:.3f}" for k, v in default_row.items() if isinstance(v, float)), flush=True)
 
+    for seed in args.seeds:  # the start's δ and Gaussian grid of every seed, before the runs share them
+        Evaluator(lm.model, RunDeltas(train, base_cfg, lm.device), train, test,
+                  FinetuneConfig(method="baseline", seed=seed, **common), lm.mean.to(lm.device), lm.std.to(lm.device),
+                  lm.device, references=references).reference()
+
     runs: dict[str, dict[int, dict]] = {}
     last: dict[str, dict[int, dict]] = {}
     per_image: dict[str, dict[int, dict]] = {}
-    for seed in args.seeds:
-        for name in args.methods:
-            method, extra = METHODS[name]
-            settings = {**common, **extra}
-            if name == "nullspace, resynthesized":  # the same δ steps per epoch as once per epoch, spread out
-                settings["noise_every"] = args.resynth_every
-                settings["synth_steps"] = resynth_steps(args)
-            if name in ("Gaussian, δ's norms", "random start, δ's norms"):
-                settings["noise_norms"] = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"])
-            if name == "Gaussian, δ's visibility":
-                settings["noise_norms"] = (visible,)
-            cfg = FinetuneConfig(method=method, seed=seed, **settings)
-            t = time.perf_counter()
-            kept: dict[str, object] = {}
+    _CONTEXT.update(lm=lm, train=train, val=val, test=test, test_full=test_full, configs=configs, corrupted=corrupted,
+                    reference=reference, references=references, common=common, visible=visible, args=args)
 
-            def on_epoch(record):
-                if best_epoch(run.history) == record["epoch"]:  # the record is already in the history
-                    kept["state"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    def record(name: str, seed: int, row: dict, last_row: dict, images: dict) -> None:
+        runs.setdefault(name, {})[seed] = row
+        last.setdefault(name, {})[seed] = last_row
+        per_image.setdefault(name, {})[seed] = images
+        print(f"{name} seed {seed} ({row['seconds']:.0f} s, best epoch {row['best epoch']}): "
+              + ", ".join(f"{m} {fmt(m, row.get(m))}" for m in METRICS), flush=True)
 
-            run = FinetuneRun(lm, train, val, cfg, on_epoch=on_epoch)
-            result = run.run()
-            test_eval = Evaluator(lm.model, RunDeltas(train, cfg, lm.device), train, test, cfg, run.mean, run.std,
-                                  lm.device, references=references)
-            best = best_epoch(result.history)  # the same rule for every method: validation clean accuracy
-            row, images, _ = measure(kept["state"], test_full, test_eval, configs, corrupted, reference, args)
-            row.update({"best epoch": best, "validation clean (best)":
-                        max(r["clean_acc"] for r in result.history), "history": result.history,
-                        "train δ norms": [r.get("delta_l2") for r in result.history], "seconds": None})
-            if best == result.epochs_run:
-                last_row = {m: row[m] for m in LAST}
-            else:
-                last_row, _, _ = measure(run.model.state_dict(), test_full, test_eval, configs, corrupted, reference, args,
-                                         full=False)
-            row["seconds"] = time.perf_counter() - t
-            runs.setdefault(name, {})[seed] = row
-            last.setdefault(name, {})[seed] = {m: last_row[m] for m in LAST}
-            per_image.setdefault(name, {})[seed] = images
-            print(f"{name} seed {seed} ({row['seconds']:.0f} s, best epoch {best}): "
-                  + ", ".join(f"{m} {fmt(m, row.get(m))}" for m in METRICS), flush=True)
+    # the runs at δ's norms wait for their seed's nullspace run; every other run can start at once, longest first
+    needs_norms = [m for m in args.methods if m in ("Gaussian, δ's norms", "random start, δ's norms")]
+    first = [(name, seed) for name in sorted((m for m in args.methods if m not in needs_norms),
+                                             key=lambda m: m != NORMS_FROM) for seed in args.seeds]
+    if args.jobs == 1:
+        for name, seed in first + [(name, seed) for seed in args.seeds for name in needs_norms]:
+            norms = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"]) if name in needs_norms else None
+            record(*run_method((name, seed, norms)))
+    else:  # worker processes forked from this one share its data, corrupted images and start δs (copy-on-write)
+        with multiprocessing.get_context("fork").Pool(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            pending = [pool.apply_async(run_method, ((name, seed, None),)) for name, seed in first]
+            while pending:
+                done = next((p for p in pending if p.ready()), None)
+                if done is None:
+                    time.sleep(0.2)
+                    continue
+                pending.remove(done)
+                name, seed, *rest = done.get()
+                record(name, seed, *rest)
+                if name == NORMS_FROM:
+                    norms = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"])
+                    pending += [pool.apply_async(run_method, ((n, seed, norms),)) for n in needs_norms]
 
+    order = [m for m in args.methods if m in runs]  # the table's rows in METHODS order, seeds ascending
+    runs, last, per_image = ({m: dict(sorted(d[m].items())) for m in order} for d in (runs, last, per_image))
     total = time.perf_counter() - t0
     notes = [f"Gaussian at matched visibility: norm {visible:.1f} (Σ Δp² = 0.01 on the validation scenes; the "
              f"nullspace runs' δ norms: {', '.join(f'{v:.0f}' for s in runs.get(NORMS_FROM, {}).values() for v in s['train δ norms'])}).",

@@ -164,6 +164,10 @@ def test_finetune_json(capsys, tmp_path):
     assert out["checkpoint"].endswith("model.safetensors")
     info = run_json(capsys, "info", "--checkpoint", out["checkpoint"])
     assert info["checkpoint"] == out["checkpoint"] and 0 <= info["heldout_accuracy"] <= 1
+    clean = run_json(capsys, "finetune", "--method", "baseline", "--epochs", "1", "--steps-per-epoch", "2",
+                     "--batch-size", "16", "--epoch-measures", "clean", "--out", str(tmp_path / "clean"))
+    assert clean["config"]["epoch_measures"] == "clean"
+    assert "clean_acc" in clean["history"][0] and "fgsm_acc" not in clean["history"][0]
 
 
 def test_synthesize_sweep_traces_the_frontier(capsys, tmp_path):
