@@ -41,7 +41,7 @@ st.caption("Each run trains a copy of the active model in a process of its own; 
 OWN_DATA = model_own_data(lm.name)  # None: a model without training images of its own
 #: The form's defaults: a run small enough to watch in class (≤ 2 minutes for three methods on a 2-core CPU,
 #: ``bench/bench_demo.py``); researchers raise them.
-SMALL_RUN = {"epochs": 2, "steps": 15, "synth_steps": 30, "fresh": 1, "eval": 500}
+SMALL_RUN = {"epochs": 2, "steps": 15, "synth_steps": 30, "fresh": 1, "eval": 256}
 OWN_SOURCE = "cluttered digits (the model's own)" if OWN_DATA == "cluttered" else "default digits"
 DATA_SOURCES = [*([OWN_SOURCE] if OWN_DATA else []), *([] if settings.shared else ["ImageFolder path"]),
                 "upload a zip of an ImageFolder",

@@ -610,7 +610,7 @@ def test_finetune_page_defaults_are_a_small_run(jobs_dir):  # no jobs yet: the p
     at = app("pages/finetune.py")
     values = {k: at.number_input(key=k).value for k in ("ft_epochs", "ft_steps", "ft_synth_steps", "ft_fresh",
                                                           "ft_eval_limit")}
-    assert values == {"ft_epochs": 2, "ft_steps": 15, "ft_synth_steps": 30, "ft_fresh": 1, "ft_eval_limit": 500}
+    assert values == {"ft_epochs": 2, "ft_steps": 15, "ft_synth_steps": 30, "ft_fresh": 1, "ft_eval_limit": 256}
     assert at.multiselect(key="ft_methods").value == ["baseline", "nullspace", "gaussian"]
     assert "small run" in at.info[0].value and "2 epochs of 15 steps" in at.info[0].value
 
