@@ -22,10 +22,13 @@ from nullviz.noise.layernorm import cached_patch_mean_direction, layernorm_resid
 
 require_shell(__file__)
 
-#: How often the live synthesis curve is redrawn (a redraw costs the browser more than a step costs torch).
-LIVE_CURVE_SECONDS = 3.0
+#: The live synthesis curve: first drawn after this long, then redrawn as often. Each redraw costs the browser,
+#: on the cores δ uses where browser and server share a machine, more than a step costs torch: a δ of a few
+#: seconds shows its progress line alone, a long one its curve too (at 3 s a default δ took 19.8 s in Chromium,
+#: which spent 6.6 s of CPU; without the live curve and with the line once a second, 15.7–16.3 s and 3.2–3.6 s).
+LIVE_CURVE_SECONDS = 10.0
 #: How often the progress line is updated (every step sent 150 messages per δ for the browser to draw).
-PROGRESS_SECONDS = 0.25
+PROGRESS_SECONDS = 1.0
 
 NOTE = dict(delta_color="off", delta_arrow="off")  # a metric's grey side note, not a change
 MODES = ("Exact", "Exact, valid image (feasible)", "Approximate — encoder level", "Approximate — input level",
@@ -146,7 +149,7 @@ if go:
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
             hist = {"step": [], "loss": [], "mse": [], "agree": []}
-            drawn = [0.0, 0.0]  # when the live curve and the progress line were last sent
+            drawn = [time.monotonic(), 0.0]  # when the live curve and the progress line were last sent
 
             def on_step(s):
                 for k, val in zip(hist, (s.step, s.loss, s.mse_probs, s.agreement)):
