@@ -167,6 +167,22 @@ def test_the_fair_test_on_a_tiny_budget_has_every_method_column_and_statistic(tm
         assert name in paired or json.dumps(name)[1:-1] in paired
 
 
+@pytest.mark.slow
+def test_the_fair_test_one_run_at_a_time_keeps_the_order_and_the_norms(tmp_path):
+    """--jobs 1 (no worker processes): a control at δ's norms runs after its seed's nullspace run and takes its
+    norms; the table lists the methods in the order asked, whatever order the runs ran in."""
+    out = tmp_path / "table"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_table.py"), "--jobs", "1", "--epochs", "1",
+                    "--seeds", "0", "--steps-per-epoch", "1", "--synth-steps", "2", "--eval-synth-steps", "2",
+                    "--test", "8", "--validation", "8", "--patch-steps", "1", "--severities", "3", "--methods",
+                    "Gaussian, δ's norms", "plain", "nullspace ε=0.01", "--out", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    data = json.loads((tmp_path / "table.json").read_text())
+    assert list(data["runs"]) == ["Gaussian, δ's norms", "plain", "nullspace ε=0.01"]  # as asked
+    norms = data["runs"]["nullspace ε=0.01"]["0"]["train δ norms"]
+    assert data["runs"]["Gaussian, δ's norms"]["0"]["train δ norms"] == norms and data["args"]["jobs"] == 1
+
+
 def test_difference_figures_say_when_a_change_is_float32_rounding():
     """Difference maps used to be auto-scaled, painting rounding (1e-8) in full colour."""
     import numpy as np
