@@ -154,7 +154,6 @@ class SynthesisResult:
     validation: ImageSetEffect | None = None
     # the test images δ never saw, with the three controls (None: none held out); its Σ Δp² gives the verdict
     check: ImageSetEffect | None = None
-    selected_on: str = "fit"  # "validation", or "fit" when too few images were given to hold any out
     shrunk_to: float = 1.0  # < 1: the last δ was outside on the selection images, and s·δ is returned
     images_used: dict[str, str] = field(default_factory=dict)  # what each set of images is, in words
     start_l2: float = 0.0  # ‖δ₀‖, the random start
@@ -181,6 +180,11 @@ class SynthesisResult:
     def level(self) -> str:
         return self.config.level
 
+    @property
+    def selected_on(self) -> str:
+        """Which images chose δ: "validation", or "fit" when too few images were given to hold any out."""
+        return "validation" if self.validation is not None else "fit"
+
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON (a noise file's metadata, the command line's output): each set's numbers prefixed by
         its name (``check_mse_probs``, ``validation_agreement``; the fit set's unprefixed)."""
@@ -195,9 +199,9 @@ class SynthesisResult:
             d.update(validation_mse_probs=self.validation.mse_probs, validation_agreement=self.validation.agreement)
         if self.check is not None:
             d.update({f"check_{k}": v for k, v in asdict(self.check).items() if k != "images"})
-        d.update(level=self.level, config=asdict(self.config), shape=list(self.delta.shape),
-                 beats_permuted_on_check=self.beats_permuted_on_check, verdict=self.verdict,
-                 history=[asdict(h) for h in self.history], **self.extra)
+        d.update(level=self.level, selected_on=self.selected_on, config=asdict(self.config),
+                 shape=list(self.delta.shape), beats_permuted_on_check=self.beats_permuted_on_check,
+                 verdict=self.verdict, history=[asdict(h) for h in self.history], **self.extra)
         return d
 
     def metadata(self) -> dict[str, Any]:
@@ -526,9 +530,9 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
         cb = CleanBatches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
         c = _evaluate_delta(model, cb, delta, cfg.level)
         cp, cg, cr = (_evaluate_delta(model, cb, controls[k], cfg.level) for k in ("permuted", "gaussian", "random_start"))
-        check = ImageSetEffect(int(check_images.shape[0]), c["mse"], c["agree"], c["dist"], permuted_mse_probs=cp["mse"],
-                            permuted_agreement=cp["agree"], gaussian_mse_probs=cg["mse"],
-                            random_start_mse_probs=cr["mse"])
+        check = ImageSetEffect(int(check_images.shape[0]), c["mse"], c["agree"], c["dist"],
+                               permuted_mse_probs=cp["mse"], permuted_agreement=cp["agree"],
+                               gaussian_mse_probs=cg["mse"], random_start_mse_probs=cr["mse"])
         reached = c["mse"] < cfg.tol
     else:
         reached = final["mse"] < cfg.tol  # nothing held out: the fit images are all there is (the result says so)
@@ -542,10 +546,10 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
         reached_tolerance=reached, stopped_by_user=stopped, final_loss=final_loss, noise_l2=float(delta.norm()),
         noise_linf=float(delta.abs().max()), noise_rel=float(delta.norm()) / max(pool.typical_norm, 1e-30),
         fit=ImageSetEffect(int(images.shape[0]), final["mse"], final["agree"], final["dist"],
-                        permuted_mse_probs=control["mse"], permuted_agreement=control["agree"]),
+                           permuted_mse_probs=control["mse"], permuted_agreement=control["agree"]),
         seconds=time.perf_counter() - t_start, extra=extra, validation=validation_effect, check=check,
-        selected_on="validation" if validation is not None else "fit", start_l2=float(start.norm()),
-        travelled_l2=float((delta - start).norm()), images_used=used, shrunk_to=scale, token_means_removed=visible_only,
+        start_l2=float(start.norm()), travelled_l2=float((delta - start).norm()), images_used=used, shrunk_to=scale,
+        token_means_removed=visible_only,
     )
 
 

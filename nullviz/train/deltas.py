@@ -83,4 +83,5 @@ def training_delta_info(res: SynthesisResult) -> dict[str, Any]:
     """What an epoch's record says about the δ it trained on."""
     return {"delta_l2": res.noise_l2, "delta_mse_probs": res.fit.mse_probs, "delta_agreement": res.fit.agreement,
             "delta_steps": res.steps_run, "delta_permuted_agreement": res.fit.permuted_agreement,
-            "delta_check_mse_probs": res.check.mse_probs if res.check else None, "delta_travelled_l2": res.travelled_l2}
+            "delta_check_mse_probs": res.check.mse_probs if res.check else None,
+            "delta_travelled_l2": res.travelled_l2}

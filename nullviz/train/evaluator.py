@@ -142,7 +142,8 @@ class Evaluator:
                        fresh_delta_l2=sum(sizes) / len(sizes),
                        # the largest δ inside ε on training images it was not fit on, in token norms
                        nullspace_size=sum(sizes) / len(sizes) / ref["token_norm"],
-                       nullspace_size_validation_mse=sum(r.validation.mse_probs if r.validation else 0.0 for _, r in made) / len(made))
+                       nullspace_size_validation_mse=sum(r.validation.mse_probs if r.validation else 0.0
+                                                         for _, r in made) / len(made))
         if training_delta is not None:
             out["train_delta_acc"] = acc["train_delta_acc"]
         return out

@@ -188,6 +188,7 @@ def test_check_metrics_are_an_independent_evaluation_on_unseen_images(default_lm
     assert d["check_gaussian_mse_probs"] == res.check.gaussian_mse_probs and d["mse_probs"] == res.fit.mse_probs
     assert d["num_validation_images"] == res.validation.images and d["validation_agreement"] == res.validation.agreement
     assert "check" not in d and "fit" not in d and "num_images" in d
+    assert d["selected_on"] == res.selected_on == "validation"
 
 
 def test_reached_tolerance_is_about_the_check_images(default_lm, digits_x):
