@@ -150,7 +150,7 @@ def home_picture(spec: ModelSpec):
     v = sample_noise(ns, lm.img_size, NoiseSpec(magnitude=1.5, seed=0))
     report = verify_invariance(lm, x, v, ns)
     panels = [(figures.png_data_url(image), caption) for image, caption in figures.noise_triplet_images(
-        lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(), lm.to_display(x + v), size=1)]
+        lm.to_display(x), to_pixels(lm, v).permute(1, 2, 0).numpy(), lm.to_display(x + v))]
     own = embedded_model(lm.name)
     kind = ("cluttered-digits ViT (a 3 on a photograph it never saw)" if own is not None and own.data == "cluttered"
             else "digits ViT")
@@ -241,10 +241,10 @@ html {font-size: 130%}
 </style>"""
 
 
-#: Wide enough for the longest model entry ("vit_small_patch14_reg4_dinov2 — 588→384, nullity ≥ 204 · cached"):
-#: at Streamlit's 300 px the lists cut every entry's end, "cached" included. Still resizable by dragging.
 #: The Home picture's pixels enlarged as squares by the browser (the PNGs are the model's 64 or 32 px).
 HOME_PICTURE_CSS = """<style>.st-key-home_picture img {image-rendering: pixelated}</style>"""
+#: Wide enough for the longest model entry ("vit_small_patch14_reg4_dinov2 — 588→384, nullity ≥ 204 · cached"):
+#: at Streamlit's 300 px the lists cut every entry's end, "cached" included. Still resizable by dragging.
 SIDEBAR_CSS = """<style>
 section[data-testid="stSidebar"] {width: 30rem !important; min-width: 30rem}
 </style>"""

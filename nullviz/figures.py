@@ -6,7 +6,6 @@ The same builders serve the app, the command line and notebooks.
 from __future__ import annotations
 
 import io
-
 import re
 from typing import Mapping, Sequence
 
@@ -93,28 +92,24 @@ def image_row(images: Sequence[np.ndarray], titles: Sequence[str], height: int =
     return _axes_off(fig)
 
 
+def _noise_triplet_panels(original: np.ndarray, noise: np.ndarray,
+                          noised: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """(image, caption) of original | noise (amplified, gain stated) | noised image."""
+    shown, gain = amplify_noise(noise)
+    peak = float(np.abs(noise).max())
+    return [(original, "original"), (shown, f"noise ×{gain:.3g} (peak {peak:.3g} px)"), (noised, "original + noise")]
+
+
 def noise_triplet(original: np.ndarray, noise: np.ndarray, noised: np.ndarray, height: int = 320) -> go.Figure:
     """Original | noise (amplified, gain stated) | noised image (clipped to [0, 1] for display)."""
-    shown, gain = amplify_noise(noise)
-    peak = float(np.abs(noise).max())
-    return image_row([original, shown, noised],
-                     ["original", f"noise ×{gain:.3g} (peak {peak:.3g} px)", "original + noise"], height)
+    images, titles = zip(*_noise_triplet_panels(original, noise, noised))
+    return image_row(images, titles, height)
 
 
-def noise_triplet_images(original: np.ndarray, noise: np.ndarray, noised: np.ndarray,
-                         size: int = 256) -> list[tuple[np.ndarray, str]]:
-    """:func:`noise_triplet`'s three panels as (RGB uint8 image, caption), enlarged by whole pixels (nearest) to
-    about ``size`` px: a picture without axes or hover (the Home page) draws as images, without waiting for
-    the browser to load Plotly."""
-    shown, gain = amplify_noise(noise)
-    peak = float(np.abs(noise).max())
-    panels = [(original, "original"), (shown, f"noise ×{gain:.3g} (peak {peak:.3g} px)"), (noised, "original + noise")]
-    out = []
-    for img, caption in panels:
-        rgb = _rgb_uint8(img)
-        k = max(1, size // max(rgb.shape[:2]))
-        out.append((rgb.repeat(k, axis=0).repeat(k, axis=1), caption))
-    return out
+def noise_triplet_images(original: np.ndarray, noise: np.ndarray, noised: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """:func:`noise_triplet`'s panels as (RGB uint8 image at its own resolution, caption): a picture without axes
+    or hover (the Home page) draws as images, without waiting for the browser to load Plotly."""
+    return [(_rgb_uint8(image), caption) for image, caption in _noise_triplet_panels(original, noise, noised)]
 
 
 def png_bytes(rgb_uint8: np.ndarray) -> bytes:

@@ -211,20 +211,24 @@ def test_seeds_of_one_method_are_one_mean_line_over_a_band():
     assert len(training_curves(runs, "epoch", ["clean_acc"]).data) == 3  # one line per run
 
 
-def test_noise_triplet_images_enlarge_by_whole_pixels_and_say_the_gain():
-    """Home's picture without Plotly: each pixel becomes a k×k block (nothing blurred), the noise shown at the
-    gain its caption states."""
+def test_noise_triplet_images_are_the_charts_panels_at_their_own_resolution():
+    """Home's picture without Plotly: the chart's three panels and titles, as uint8 pixels (the browser enlarges
+    them), the noise shown at the gain its caption states."""
     rng = np.random.default_rng(0)
     original, noise = rng.random((8, 8, 3)), rng.normal(0, 0.1, (8, 8, 3))
-    panels = figures.noise_triplet_images(original, noise, np.clip(original + noise, 0, 1), size=64)
+    noised = np.clip(original + noise, 0, 1)
+    panels = figures.noise_triplet_images(original, noise, noised)
     assert [p[1].split(" ×")[0] for p in panels] == ["original", "noise", "original + noise"]
+    chart = figures.noise_triplet(original, noise, noised)
+    assert [p[1] for p in panels] == [a.text for a in chart.layout.annotations]
     image, caption = panels[1]
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
     gain = 0.5 / np.abs(noise).max()
     assert caption.startswith(f"noise ×{gain:.3g}")
     expected = np.clip(0.5 + noise * gain, 0, 1)
-    assert np.array_equal(image[::8, ::8], (expected * 255).round().astype(np.uint8))
-    assert np.array_equal(image[3::8, 5::8], image[::8, ::8])  # every pixel of a block is the same
+    assert np.array_equal(image, (expected * 255).round().astype(np.uint8))
+    assert np.array_equal(panels[0][0], (original * 255).round().astype(np.uint8))
+    assert np.array_equal(chart.data[1].z, image)
 
 
 def test_png_bytes_is_lossless():
