@@ -37,6 +37,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ METHODS = {
     "FGSM training": ("adversarial", {}),
 }
 NORMS_FROM = "nullspace ε=0.01"
+#: The controls trained at the norms of their seed's NORMS_FROM run: they start once it has finished.
+AT_DELTA_NORMS = ("Gaussian, δ's norms", "random start, δ's norms")
 VARIANTS = ("nullspace ε=0.01", "nullspace ε=0.03", "nullspace, resynthesized")
 CONTROLS = tuple(m for m in METHODS if m not in VARIANTS)
 #: Declared before any run (see the module doc): FGSM accuracy at 8/255 and the pooled corruption error.
@@ -318,7 +321,7 @@ def main(argv=None) -> int:
                          "small models use two single-threaded processes better than one of two threads — else 1)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/paper_table"))
     args = ap.parse_args(argv)
-    if any(m in args.methods for m in ("Gaussian, δ's norms", "random start, δ's norms")) and NORMS_FROM not in args.methods:
+    if any(m in args.methods for m in AT_DELTA_NORMS) and NORMS_FROM not in args.methods:
         ap.error(f"the controls at δ's norms need the {NORMS_FROM!r} run of the same seed")
     if args.jobs is None:
         args.jobs = 2 if args.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
@@ -347,21 +350,23 @@ def main(argv=None) -> int:
     common = dict(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, fresh_deltas=0,
                   synth_steps=args.synth_steps, synth_batch_size=args.synth_batch, synth_lam=lam,
                   eval_synth_steps=args.eval_synth_steps, epoch_measures="clean")
-    base_cfg = FinetuneConfig(method="baseline", seed=args.seeds[0], **common)
     # the starting model's δ and Gaussian grid per seed (Evaluator.reference), made once and shared by every
     # evaluator of that seed: the untouched model's and each run's test measure
     references: dict[tuple, dict] = {}
-    untouched_eval = Evaluator(lm.model, RunDeltas(train, base_cfg, lm.device), train, test, base_cfg, lm.mean.to(lm.device),
-                               lm.std.to(lm.device), lm.device, references=references)
+
+    def start_evaluator(seed: int) -> Evaluator:
+        cfg = FinetuneConfig(method="baseline", seed=seed, **common)
+        return Evaluator(lm.model, RunDeltas(train, cfg, lm.device), train, test, cfg, lm.mean.to(lm.device),
+                         lm.std.to(lm.device), lm.device, references=references)
+
+    untouched_eval = start_evaluator(args.seeds[0])
     default_row, default_images, reference = measure(lm.model.state_dict(), test_full, untouched_eval, configs,
                                                      corrupted, None, args)
     reference_errors = default_images["pooled CE"]
     print("untouched: " + ", ".join(f"{k} {v:.3f}" for k, v in default_row.items() if isinstance(v, float)), flush=True)
 
-    for seed in args.seeds:  # the start's δ and Gaussian grid of every seed, before the runs share them
-        Evaluator(lm.model, RunDeltas(train, base_cfg, lm.device), train, test,
-                  FinetuneConfig(method="baseline", seed=seed, **common), lm.mean.to(lm.device), lm.std.to(lm.device),
-                  lm.device, references=references).reference()
+    for seed in args.seeds[1:]:  # every other seed's start δ and Gaussian grid, before the runs share them
+        start_evaluator(seed).reference()
 
     runs: dict[str, dict[int, dict]] = {}
     last: dict[str, dict[int, dict]] = {}
@@ -376,30 +381,38 @@ def main(argv=None) -> int:
         print(f"{name} seed {seed} ({row['seconds']:.0f} s, best epoch {row['best epoch']}): "
               + ", ".join(f"{m} {fmt(m, row.get(m))}" for m in METRICS), flush=True)
 
-    # the runs at δ's norms wait for their seed's nullspace run; every other run can start at once, longest first
-    needs_norms = [m for m in args.methods if m in ("Gaussian, δ's norms", "random start, δ's norms")]
+    def nullspace_norms(seed: int) -> tuple[float, ...]:
+        return tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"])
+
+    # the runs at δ's norms wait for their seed's nullspace run, which goes first; every other run can start at once
+    needs_norms = [m for m in args.methods if m in AT_DELTA_NORMS]
     first = [(name, seed) for name in sorted((m for m in args.methods if m not in needs_norms),
                                              key=lambda m: m != NORMS_FROM) for seed in args.seeds]
     if args.jobs == 1:
         for name, seed in first + [(name, seed) for seed in args.seeds for name in needs_norms]:
-            norms = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"]) if name in needs_norms else None
-            record(*run_method((name, seed, norms)))
+            record(*run_method((name, seed, nullspace_norms(seed) if name in needs_norms else None)))
     else:  # worker processes forked from this one share its data, corrupted images and start δs (copy-on-write)
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # each run's result, or its exception, as it ends
         with multiprocessing.get_context("fork").Pool(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            pending = [pool.apply_async(run_method, ((name, seed, None),)) for name, seed in first]
-            while pending:
-                done = next((p for p in pending if p.ready()), None)
-                if done is None:
-                    time.sleep(0.2)
-                    continue
-                pending.remove(done)
-                name, seed, *rest = done.get()
+            def submit(task: tuple) -> None:
+                pool.apply_async(run_method, (task,), callback=finished.put, error_callback=finished.put)
+
+            for name, seed in first:
+                submit((name, seed, None))
+            outstanding = len(first)
+            while outstanding:
+                result = finished.get()
+                outstanding -= 1
+                if isinstance(result, BaseException):
+                    raise result
+                name, seed, *rest = result
                 record(name, seed, *rest)
                 if name == NORMS_FROM:
-                    norms = tuple(r["delta_l2"] for r in runs[NORMS_FROM][seed]["history"])
-                    pending += [pool.apply_async(run_method, ((n, seed, norms),)) for n in needs_norms]
+                    for control in needs_norms:
+                        submit((control, seed, nullspace_norms(seed)))
+                    outstanding += len(needs_norms)
 
-    order = [m for m in args.methods if m in runs]  # the table's rows in METHODS order, seeds ascending
+    order = [m for m in args.methods if m in runs]  # the rows in the order asked (METHODS by default), seeds ascending
     runs, last, per_image = ({m: dict(sorted(d[m].items())) for m in order} for d in (runs, last, per_image))
     total = time.perf_counter() - t0
     notes = [f"Gaussian at matched visibility: norm {visible:.1f} (Σ Δp² = 0.01 on the validation scenes; the "
