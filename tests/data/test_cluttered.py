@@ -1,6 +1,9 @@
 """The cluttered-digits scenes and the embedded model made from them (8×8 token grid)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +209,17 @@ def test_fixed_scenes_are_kept_on_disk_and_read_back_exactly(tmp_path, monkeypat
         assert C._load_scenes(files[0], C.HELDOUT_SCENES) is not None
     finally:
         C.fixed_scenes.cache_clear()  # later tests render or read with the real cache folder again
+
+
+@pytest.mark.slow  # two fresh processes
+def test_reading_cached_scenes_imports_neither_scikit_package(tmp_path):
+    """The cache file's name holds the versions of scikit-learn and scikit-image (the digits and photographs come
+    from them), read from their metadata: importing scikit-learn only to ask took 1.2 s of every server start."""
+    code = ("import sys; from nullviz.data import scenes as C; C.fixed_scenes('heldout'); "
+            "print('imported:' + ','.join(m for m in ('skimage', 'sklearn') if m in sys.modules))")
+    env = {**os.environ, "NULLVIZ_CACHE_DIR": str(tmp_path)}
+    run = [sys.executable, "-c", code]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert first == "imported:skimage,sklearn"  # rendering them needs both
+    again = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert again == "imported:" and len(list(tmp_path.glob("scenes-heldout-*.pt"))) == 1
