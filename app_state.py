@@ -273,7 +273,7 @@ def presentation_shell() -> None:
     measured their container, so they came out 1.3× wider than the screen and were cut at the right."""
     if not presentation_mode():
         return
-    st.markdown(PRESENTATION_CSS, unsafe_allow_html=True)
+    st.html(PRESENTATION_CSS)
     st.button("Leave presentation mode", key="leave_presentation", on_click=set_presentation_mode, args=(False,),
               icon=":material/close_fullscreen:")
 
@@ -310,7 +310,7 @@ def model_sidebar() -> None:
     spec = ModelSpec.from_dict(st.session_state["model_spec"])
     shared = server_settings().shared
     with st.sidebar:
-        st.markdown(SIDEBAR_CSS, unsafe_allow_html=True)
+        st.html(SIDEBAR_CSS)
         st.subheader("Model")
         with st.form("model_form", border=False):
             sources = ["Embedded model (offline)", "timm name (pretrained, downloads)",

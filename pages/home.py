@@ -9,7 +9,7 @@ require_shell(__file__)
 st.title("nullviz — noise a Vision Transformer cannot see")
 
 panels, report, model_name = home_picture(default_spec())
-st.markdown(HOME_PICTURE_CSS, unsafe_allow_html=True)
+st.html(HOME_PICTURE_CSS)
 with st.container(key="home_picture"):
     for column, (png_url, caption) in zip(st.columns(3), panels):
         column.image(png_url, caption=caption, width="stretch")

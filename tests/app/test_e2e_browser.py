@@ -287,7 +287,7 @@ def test_deep_links_make_no_failed_requests(server, browser):
         assert failed == [], (path, failed)
         assert page.evaluate("window.__streamlit.BACKEND_BASE_URL") == server + "/"
         # the first page's lazily loaded chunks are preloaded from the HTML (server.FIRST_PAGE_CHUNKS), and found
-        for chunk in ("Radio", "Selectbox", "TextInput", "ImageList", "rehype-raw", "Button"):
+        for chunk in ("Radio", "Selectbox", "TextInput", "ImageList", "Html", "Button"):
             assert page.locator(f'link[rel=modulepreload][href^="./static/js/{chunk}."]').count() == 1, chunk
         page.close()
 

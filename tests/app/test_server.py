@@ -1,0 +1,91 @@
+"""server.py's own pieces, without starting a server: the in-memory immutable assets and the background thread's
+priority."""
+
+import asyncio
+import os
+import sys
+import threading
+
+import pytest
+
+import server
+from nullviz.server.process import BACKGROUND_NICENESS, yield_this_thread_to_visitors
+
+IMMUTABLE = [(b"content-type", b"text/javascript"), (b"cache-control", b"public, immutable, max-age=31536000")]
+
+
+class FakeStreamlit:
+    """An ASGI app that answers every request with ``headers`` and a body in two parts, and counts its calls."""
+
+    def __init__(self, headers, status=200):
+        self.headers, self.status, self.calls = headers, status, 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"export const a", "more_body": True})
+        await send({"type": "http.response.body", "body": f" = {self.calls};".encode()})
+
+
+def get(app, path, headers=()):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": list(headers)}
+    asyncio.run(app(scope, None, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_an_immutable_asset_is_read_once_and_then_sent_from_memory():
+    streamlit = FakeStreamlit(IMMUTABLE)
+    app = server.ImmutableAssetsFromMemory(streamlit)
+    first = get(app, "/static/js/index.abc.js")
+    assert first == (200, b"export const a = 1;")
+    assert get(app, "/static/js/index.abc.js") == first  # the same bytes, Streamlit not asked again
+    assert streamlit.calls == 1
+    assert app.size == len(first[1])
+    assert get(app, "/static/js/other.def.js") == (200, b"export const a = 2;")  # each file its own entry
+    assert streamlit.calls == 2
+
+
+@pytest.mark.parametrize("path, headers, response_headers, status", [
+    ("/static/js/index.abc.js", [(b"range", b"bytes=0-3")], IMMUTABLE, 200),  # part of a file
+    ("/static/js/index.abc.js", [(b"if-none-match", b'"x"')], IMMUTABLE, 200),  # only if changed
+    ("/static/js/index.abc.js", [], [(b"cache-control", b"no-cache")], 200),  # may change: index.html, health
+    ("/static/js/missing.js", [], IMMUTABLE, 404),  # an error is never kept
+    ("/_stcore/host-config", [], IMMUTABLE, 200),  # not a static file
+])
+def test_everything_else_goes_to_streamlit_every_time(path, headers, response_headers, status):
+    streamlit = FakeStreamlit(response_headers, status)
+    app = server.ImmutableAssetsFromMemory(streamlit)
+    assert get(app, path, headers)[1] == b"export const a = 1;"
+    assert get(app, path, headers)[1] == b"export const a = 2;"
+    assert streamlit.calls == 2 and app.responses == {}
+
+
+def test_the_memory_kept_has_a_bound():
+    streamlit = FakeStreamlit(IMMUTABLE)
+    app = server.ImmutableAssetsFromMemory(streamlit)
+    app.MAX_BYTES = 30  # room for one 19-byte file, not two
+    get(app, "/static/js/a.js")
+    get(app, "/static/js/b.js")
+    assert list(app.responses) == ["/static/js/a.js"] and app.size == 19
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_the_background_thread_yields_and_the_rest_of_the_server_does_not():
+    seen = {}
+
+    def background():
+        seen["took"] = yield_this_thread_to_visitors()
+        seen["niceness"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen == {"took": True, "niceness": BACKGROUND_NICENESS}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread untouched
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # and the process
