@@ -167,21 +167,42 @@ def warm_start() -> str:
     return spec.name
 
 
+@dataclass(frozen=True)
+class PreparedSynthesisSets:
+    """An embedded model's own fit pool, validation draw and test images as tensors on its device, what each set
+    is (``used``), and the model's clean logits of each set: what every default synthesis on the Nullspace page
+    starts from, made once per model."""
+
+    fit: torch.Tensor
+    validation: torch.Tensor
+    test: torch.Tensor
+    used: dict
+    fit_logits: torch.Tensor
+    validation_logits: torch.Tensor
+    test_logits: torch.Tensor
+
+    def known_logits(self) -> dict[str, torch.Tensor]:
+        """The clean logits as :func:`nullviz.noise.approximate.synthesize` takes them."""
+        return {"fit_logits": self.fit_logits, "validation_logits": self.validation_logits,
+                "check_logits": self.test_logits}
+
+
 @st.cache_resource(show_spinner=False, max_entries=2)  # (the server's warm thread has no page to spin on)
-def _own_synthesis_sets(_lm: LoadedModel, key: tuple) -> tuple:
+def _own_synthesis_sets(_lm: LoadedModel, key: tuple) -> PreparedSynthesisSets:
     sets = synthesis_sets(OWN_SOURCE, None, own=key[-1])
-    fit = _lm.preprocess(sets.fit)
-    return fit, _lm.preprocess(sets.validation), _lm.preprocess(sets.test), sets.used, clean_logits(_lm.model, fit)
+    fit, validation, test = (_lm.preprocess(images) for images in (sets.fit, sets.validation, sets.test))
+    return PreparedSynthesisSets(fit, validation, test, sets.used, *(clean_logits(_lm.model, images)
+                                                                     for images in (fit, validation, test)))
 
 
-def own_synthesis_sets(lm: LoadedModel) -> tuple:
-    """An embedded model's own fit pool, validation draw and test images as tensors, what each set is, and the
-    model's clean logits of the pool: made once per model and shared read-only by every session (the same for
-    every synthesis on the Nullspace page)."""
+def own_synthesis_sets(lm: LoadedModel) -> PreparedSynthesisSets:
+    """:class:`PreparedSynthesisSets` of an embedded model: made once per model and shared read-only by every
+    session (the same for every synthesis on the Nullspace page; its clean logits save every δ ~0.6 s of
+    forward passes on 2 cores)."""
     return _own_synthesis_sets(lm, (lm.name, lm.checkpoint, str(lm.device), model_own_data(lm.name)))
 
 
-def own_synthesis_sets_shown(lm: LoadedModel) -> tuple:
+def own_synthesis_sets_shown(lm: LoadedModel) -> PreparedSynthesisSets:
     """:func:`own_synthesis_sets` from a page: a spinner while they are prepared (none once they are cached)."""
     with st.spinner("Preparing the training images…"):
         return own_synthesis_sets(lm)

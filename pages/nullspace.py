@@ -98,17 +98,18 @@ with st.form("ns_form"):
 def approximate_inputs() -> tuple:
     """The approximate modes' settings and images: config, the images δ is fit on, the images that select δ
     (None: held out of the fit images), the images it is judged on (None: held out), what each set is, and the
-    fit images' clean logits when they are kept for every synthesis (None: computed as drawn)."""
+    sets' clean logits where they are kept for every synthesis (keyword arguments of ``synthesize``; none:
+    computed as needed)."""
     # the model's measured settings (selection margin, look interval…) with the form's values over them
     cfg = replace(DEFAULTS, level="encoder" if mode == MODES[2] else "input", lim=float(lim), lr=float(lr),
                   lam=float(lam), tol=float(tol), steps=int(steps), seed=int(seed), clip=bool(clip),
                   batch_size=int(batch))
     if OWN and source == OWN_SOURCE:
-        fit, val, test, used, logits = own_synthesis_sets_shown(lm)
-        return cfg, fit, val, test, used, logits
+        prepared = own_synthesis_sets_shown(lm)
+        return cfg, prepared.fit, prepared.validation, prepared.test, prepared.used, prepared.known_logits()
     sets = synthesis_sets(source, chosen.image, own=OWN, current_is_small=lm.img_size[0] <= 64)
     return (cfg, lm.preprocess(sets.fit), None if sets.validation is None else lm.preprocess(sets.validation),
-            None if sets.test is None else lm.preprocess(sets.test), sets.used, None)
+            None if sets.test is None else lm.preprocess(sets.test), sets.used, {})
 
 
 def current_image_in_fit(cfg: SynthesisConfig, n_fit: int, test_given: bool) -> bool:
@@ -144,7 +145,7 @@ if go:
                                                                           "image": chosen.name},
                                                       made_for=model_key(lm))
         else:
-            cfg, images, validation, check, used, logits = approximate_inputs()
+            cfg, images, validation, check, used, known_logits = approximate_inputs()
             level = cfg.level
             bar = st.progress(0.0, text="synthesizing δ…")
             chart = st.empty()
@@ -166,7 +167,7 @@ if go:
                                                                hist["agree"], cfg.tol), key=f"live_{s.step}")
 
             result = synthesize(lm, images, cfg, callback=on_step, check_images=check, validation_images=validation,
-                                images_used=used, fit_logits=logits)
+                                images_used=used, **known_logits)
             bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s · {result.verdict} on "
                                    f"the unseen images")
             chart.empty()
@@ -305,7 +306,7 @@ if res is not None:
 def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
     """One synthesis per (λ, lim, steps) of the sweep, on the fit and check images of the settings above."""
     grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
-    base, images, validation, check, _, logits = approximate_inputs()
+    base, images, validation, check, _, known_logits = approximate_inputs()
     bar = st.progress(0.0, text="tracing…")
 
     def progress(k, n, p):
@@ -314,7 +315,7 @@ def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
 
     st.session_state["ns_frontier"] = frontier(lm, images, base, lams=grid["lam"], lims=grid["lim"],
                                                steps=grid["steps"], check_images=check, progress=progress,
-                                               validation_images=validation, fit_logits=logits)
+                                               validation_images=validation, **known_logits)
 
 
 @st.fragment

@@ -243,17 +243,19 @@ def _prob_metrics(noised: torch.Tensor, clean_probs: torch.Tensor) -> tuple[floa
 
 class CleanBatches:
     """Clean inputs (images or tokens) and their clean logits, computed once, cycled in fixed order.
-    ``bounds`` (input level, clip): the valid range (lo, hi) of normalised pixels, [C, 1, 1] each."""
+    ``bounds`` (input level, clip): the valid range (lo, hi) of normalised pixels, [C, 1, 1] each.
+    ``known_logits``: the images' clean logits, kept by a caller for many syntheses (:func:`clean_logits`)."""
 
     def __init__(self, model, images: torch.Tensor, level: str, batch_size: int,
-                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None, known_logits: torch.Tensor | None = None):
         self.bounds = bounds
         self.chunks = []
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
                 xb = images[i:i + batch_size]
                 inp = xb if level == "input" else patch_tokens(model, xb)
-                logits = logits_with_noise(model, xb, None, level, tokens=None if level == "input" else inp)
+                logits = (known_logits[i:i + batch_size].to(xb.device) if known_logits is not None else
+                          logits_with_noise(model, xb, None, level, tokens=None if level == "input" else inp))
                 self.chunks.append((inp, logits.float().softmax(-1), logits.float()))
         self.typical_norm = float(torch.cat([c[0].flatten(1) for c in self.chunks]).norm(dim=1).mean())
 
@@ -282,17 +284,19 @@ def synthesize(lm: LoadedModel, images: torch.Tensor, config: SynthesisConfig = 
                check_images: torch.Tensor | None = None,
                validation_images: torch.Tensor | None = None,
                images_used: dict[str, str] | None = None,
-               fit_logits: torch.Tensor | None = None) -> SynthesisResult:
+               fit_logits: torch.Tensor | None = None, validation_logits: torch.Tensor | None = None,
+               check_logits: torch.Tensor | None = None) -> SynthesisResult:
     """Optimise one δ on minibatches drawn from ``images`` (normalised, [B, C, H, W]) for ``lm``'s model, keep
     the δ that ``validation_images`` choose, and judge it on ``check_images``; see the module doc.
 
     Without ``check_images``, ``check_fraction`` of the images is held out as the test set; without
     ``validation_images``, ``validation_fraction`` of the rest (when that leaves enough) is held out for
-    selection. ``images_used`` (what each set is, in words) is kept in the result. ``fit_logits``: the clean
-    logits of ``images`` (:func:`clean_logits`), when a caller keeps them for many syntheses on one pool."""
+    selection. ``images_used`` (what each set is, in words) is kept in the result. ``fit_logits``,
+    ``validation_logits``, ``check_logits``: the clean logits of ``images``, ``validation_images`` and
+    ``check_images`` (:func:`clean_logits`), when a caller keeps them for many syntheses on the same sets."""
     bounds = pixel_bounds(lm) if config.level == "input" else None
     return synthesize_for_model(lm.model, images, config, lm.name, callback, should_stop, bounds, check_images,
-                                validation_images, images_used, fit_logits)
+                                validation_images, images_used, fit_logits, validation_logits, check_logits)
 
 
 @torch.no_grad()
@@ -332,7 +336,8 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
                          check_images: torch.Tensor | None = None,
                          validation_images: torch.Tensor | None = None,
                          images_used: dict[str, str] | None = None,
-                         fit_logits: torch.Tensor | None = None) -> SynthesisResult:
+                         fit_logits: torch.Tensor | None = None, validation_logits: torch.Tensor | None = None,
+                         check_logits: torch.Tensor | None = None) -> SynthesisResult:
     """:func:`synthesize` for a bare timm ViT (finetuning synthesizes on the model it is training).
 
     The model is used as it is: it is never switched to eval or train here (a shared model must not be);
@@ -351,8 +356,11 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
     if fit_logits is not None and (check_images is None or validation_images is None):
         raise InvalidParameterError("fit_logits", "synthesize", "None unless both check and validation images are "
                                     "given (the images would be split after their logits were taken)", "a tensor")
-    if fit_logits is not None and len(fit_logits) != len(images):
-        raise InvalidParameterError("fit_logits", "synthesize", f"{len(images)} rows, one per image", len(fit_logits))
+    for name, logits, of in (("fit_logits", fit_logits, images), ("validation_logits", validation_logits,
+                              validation_images), ("check_logits", check_logits, check_images)):
+        if logits is not None and (of is None or logits.dim() != 2 or len(logits) != len(of)):
+            raise InvalidParameterError(name, "synthesize", "[images, classes]: one row per image of its set "
+                                        f"({'no set given' if of is None else len(of)})", tuple(logits.shape))
     if check_images is None:
         fit_idx, check_idx = split_fit_check(images.shape[0], config.check_fraction, config.seed)
         images, check_images = images[fit_idx], images[check_idx]
@@ -364,8 +372,10 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
             used.setdefault("validation", f"{len(val_idx)} of the given images, held out at random")
     if not len(validation_images):
         used["validation"] = "none: too few images to hold any out, so δ is selected on the images it is fit on"
+    if not len(validation_images):
+        validation_logits = None
     return _synthesize(model, images.to(device), check_images.to(device), validation_images.to(device), config,
-                       model_name, callback, should_stop, bounds, used, fit_logits)
+                       model_name, callback, should_stop, bounds, used, fit_logits, validation_logits, check_logits)
 
 
 #: Fit-image metrics (mse_probs, agreement, the permuted control) are measured on at most this many of them.
@@ -444,18 +454,20 @@ class _Pool:
             return self.fixed
         n = min(len(self.images), FIT_METRIC_IMAGES)
         idx = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        known = None if self.known_logits is None else self.known_logits[idx.to(self.known_logits.device)]
         return CleanBatches(self.model, self.images[idx.to(self.images.device)], self.level, max(self.batch_size, 256),
-                        self.bounds)
+                            self.bounds, known)
 
 
 def _synthesize(model, images, check_images, validation_images, cfg: SynthesisConfig, model_name, callback,
-                should_stop, bounds, used: dict[str, str], fit_logits=None) -> SynthesisResult:
+                should_stop, bounds, used: dict[str, str], fit_logits=None, validation_logits=None,
+                check_logits=None) -> SynthesisResult:
     t_start = time.perf_counter()
     device = images.device
     clip_bounds = bounds if cfg.clip else None
     pool = _Pool(model, images, cfg.level, cfg.batch_size, clip_bounds, cfg.seed, fit_logits)
-    validation = (CleanBatches(model, validation_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
-                  if len(validation_images) else None)
+    validation = (CleanBatches(model, validation_images, cfg.level, max(cfg.batch_size, 256), clip_bounds,
+                               validation_logits) if len(validation_images) else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = ((torch.rand(pool.shape, generator=gen) * 2 - 1) * cfg.lim).to(device)
     # a LayerNorm-invariant model cannot see a token's mean at all (noise.layernorm): ‖δ‖ would grow there for
@@ -527,7 +539,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
             _evaluate_delta(model, validation, delta, cfg.level)
         validation_effect = ImageSetEffect(int(validation_images.shape[0]), v["mse"], v["agree"])
     if check_images.shape[0]:
-        cb = CleanBatches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds)
+        cb = CleanBatches(model, check_images, cfg.level, max(cfg.batch_size, 256), clip_bounds, check_logits)
         c = _evaluate_delta(model, cb, delta, cfg.level)
         cp, cg, cr = (_evaluate_delta(model, cb, controls[k], cfg.level) for k in ("permuted", "gaussian", "random_start"))
         check = ImageSetEffect(int(check_images.shape[0]), c["mse"], c["agree"], c["dist"],
@@ -790,10 +802,11 @@ def frontier(lm: LoadedModel, images: torch.Tensor, base: SynthesisConfig = Synt
              should_stop: Callable[[], bool] | None = None,
              validation_images: torch.Tensor | None = None,
              images_used: dict[str, str] | None = None,
-             fit_logits: torch.Tensor | None = None) -> Frontier:
+             fit_logits: torch.Tensor | None = None, validation_logits: torch.Tensor | None = None,
+             check_logits: torch.Tensor | None = None) -> Frontier:
     """Synthesize δ for every (λ, lim, steps) of the grid (other settings from ``base``) on the same fit and
     check images, and measure each on the check images with its controls. ``Frontier.allowed(ε)`` is the
-    largest δ a tolerance allows."""
+    largest δ a tolerance allows. The ``*_logits``: as in :func:`synthesize`."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise InvalidParameterError("images", "frontier", "a non-empty batch [B, C, H, W]", tuple(images.shape))
     if check_images is None:
@@ -814,7 +827,8 @@ def frontier(lm: LoadedModel, images: torch.Tensor, base: SynthesisConfig = Synt
             break
         cfg = replace(base, lam=float(lam), lim=float(lim), steps=int(n))
         r = synthesize(lm, images, cfg, check_images=check_images, validation_images=validation_images,
-                       images_used=images_used, fit_logits=fit_logits)
+                       images_used=images_used, fit_logits=fit_logits, validation_logits=validation_logits,
+                       check_logits=check_logits)
         points.append(FrontierPoint(
             lam=cfg.lam, lim=cfg.lim, steps=cfg.steps, noise_l2=r.noise_l2, start_l2=r.start_l2,
             travelled_l2=r.travelled_l2, fit_mse_probs=r.fit.mse_probs,

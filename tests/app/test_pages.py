@@ -951,5 +951,7 @@ def test_the_warmed_training_images_are_what_the_page_uses(monkeypatch):
         raise AssertionError("the training images were prepared a second time")
 
     monkeypatch.setattr(app_state, "synthesis_sets", not_again)
-    fit, val, test, used, logits = app_state.own_synthesis_sets(app_state.current_model())
-    assert len(fit) == len(logits) and len(val) and len(test) and set(used) >= {"fit", "validation", "test"}
+    prepared = app_state.own_synthesis_sets(app_state.current_model())
+    assert len(prepared.fit) == len(prepared.fit_logits) and set(prepared.used) >= {"fit", "validation", "test"}
+    assert len(prepared.validation) == len(prepared.validation_logits) > 0
+    assert len(prepared.test) == len(prepared.test_logits) > 0

@@ -119,19 +119,28 @@ def test_probs_change_by_hand():
 
 @pytest.mark.slow
 def test_kept_clean_logits_give_the_same_delta(default_lm, digit_sets):
-    """The page keeps the pool's clean logits for every synthesis: δ is the same as computing them as drawn."""
+    """The page keeps every set's clean logits for every synthesis: δ and every number are the same as computing
+    them as needed; logits that are not one row per image of their set are refused."""
     from nullviz.core.errors import InvalidParameterError
     from nullviz.noise.approximate import clean_logits
 
     fit, val, held = digit_sets
-    cfg = SynthesisConfig(steps=12, batch_size=32, seed=2)
+    cfg = SynthesisConfig(steps=12, batch_size=32, seed=2, lam=0.5, check_every=4)
     plain = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held)
-    kept = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held,
-                      fit_logits=clean_logits(default_lm.model, fit))
+    known = {"fit_logits": clean_logits(default_lm.model, fit),
+             "validation_logits": clean_logits(default_lm.model, val), "check_logits": clean_logits(default_lm.model, held)}
+    kept = synthesize(default_lm, fit, cfg, validation_images=val, check_images=held, **known)
     assert torch.allclose(plain.delta, kept.delta, atol=1e-5)
-    with pytest.raises(InvalidParameterError, match="one per image"):
-        synthesize(default_lm, fit, cfg, validation_images=val, check_images=held,
-                   fit_logits=clean_logits(default_lm.model, fit[:10]))
+    for effect in ("fit", "validation", "check"):
+        a, b = getattr(plain, effect), getattr(kept, effect)
+        assert b.images == a.images and b.agreement == a.agreement, effect
+        assert b.mse_probs == pytest.approx(a.mse_probs, rel=1e-3, abs=1e-7), effect
+    for name, wrong in (("fit_logits", known["fit_logits"][:10]), ("validation_logits", known["check_logits"][:3]),
+                        ("check_logits", known["check_logits"][:, :1].squeeze(1))):
+        with pytest.raises(InvalidParameterError, match="one row per image"):
+            synthesize(default_lm, fit, cfg, validation_images=val, check_images=held, **{**known, name: wrong})
+    with pytest.raises(InvalidParameterError, match="no set given"):
+        synthesize(default_lm, fit, cfg, check_images=held, validation_logits=known["validation_logits"])
 
 
 def test_matched_visibility_norm_is_the_largest_control_inside_tol(default_lm, digit_sets):
