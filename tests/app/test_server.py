@@ -5,6 +5,7 @@ import asyncio
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -34,7 +35,9 @@ def get(app, path, headers=()):
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": path, "headers": list(headers)}
-    asyncio.run(app(scope, None, send))
+    # in a thread of its own: Playwright's sync API (the browser tests' session) keeps a loop running in this one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, None, send)).result()
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
