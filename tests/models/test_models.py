@@ -279,3 +279,23 @@ def test_model_spec_round_trips_and_refuses_bad_values(tmp_path):
                 {"name": "x", "weights": "a"}, ["default"], None):
         with pytest.raises(InvalidParameterError):
             ModelSpec.from_dict(bad)
+
+
+def test_preprocess_of_images_at_the_models_size_is_the_transforms_exact_numbers(default_lm):
+    """Images already at the model's size go through the transform's arithmetic as one batch: the very numbers the
+    per-image transform gives; any other image (another size, greyscale) goes through the transform itself."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    side = default_lm.img_size[0]
+    same = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(5)]
+    tf = default_lm.transform
+    expected = torch.stack([tf(im) for im in same])
+    assert torch.equal(default_lm.preprocess(same), expected)
+    assert torch.equal(default_lm.preprocess(same[0]), expected[:1])
+    other = [same[0].resize((side + 7, side + 3)), same[1].convert("L").convert("RGB")]
+    for im in other:  # another size; a colour image that was grey
+        assert torch.equal(default_lm.preprocess([im]), tf(im).unsqueeze(0))
+    mixed = default_lm.preprocess(same[:2] + other[:1])
+    assert torch.equal(mixed, torch.stack([tf(im) for im in same[:2] + other[:1]]))
