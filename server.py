@@ -9,17 +9,15 @@ only. Streamlit's hashed, immutable script and font files are kept in memory onc
 (:class:`ImmutableAssetsFromMemory`). Everything else is Streamlit's own server: ``streamlit run server.py``
 finds ``app`` below.
 
-It also starts warm: before it reports ready, it imports the library and loads the default model and the Home
-page's picture into the shared caches (in a worker thread), so the first visitor does not wait for them; after
-it, a thread prepares the default model's training images for the Nullspace page's approximate δ, at the
-lowest CPU priority: a visitor's page comes first.
+It also starts warm: before it reports ready, it imports the library, loads the default model and the Home
+page's picture into the shared caches and prepares the default model's training images for the Nullspace
+page's approximate δ (in a worker thread), so no visitor waits for them or shares the cores with them.
 """
 
 import asyncio
 import contextlib
 import functools
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -164,16 +162,14 @@ def _warm() -> None:
         sys.stderr.write("nullviz: warming the default model failed:\n" + traceback.format_exc())
 
 
-def _warm_after_ready() -> None:
+def _warm_synthesis_pool() -> None:
     t0 = time.perf_counter()
     try:
         import app_state
-        from nullviz.server.process import yield_this_thread_to_visitors
 
-        yield_this_thread_to_visitors()  # before its first torch call, so its OpenMP workers are started niced
         app_state.warm_synthesis_pool()
         sys.stderr.write(f"nullviz: the default model's training images for δ ready {time.perf_counter() - t0:.1f} s "
-                         "after the server\n")
+                         "later\n")
     except Exception:  # the page then prepares them on its first δ and shows any error there
         sys.stderr.write("nullviz: preparing the training images failed:\n" + traceback.format_exc())
 
@@ -181,8 +177,9 @@ def _warm_after_ready() -> None:
 @contextlib.asynccontextmanager
 async def warm_start(_app):
     await asyncio.to_thread(_warm)  # before the server says it is ready: its first visitor gets a figure at once
-    # after: the Nullspace page's training images, which only its approximate δ needs (would delay ready by ~9 s)
-    threading.Thread(target=_warm_after_ready, name="nullviz-warm-pool", daemon=True).start()
+    # and the Nullspace page's training images (~4 s): prepared after ready, they ran beside the first visitors'
+    # pages, and a second visitor's first page waited on their Python (1.9–2.4 s instead of 1.4–1.7 s, 2 cores)
+    await asyncio.to_thread(_warm_synthesis_pool)
     yield None
 
 

@@ -23,28 +23,6 @@ def server_threads(max_running_jobs: int, running_jobs: int | None = None) -> in
     return max(1, (os.cpu_count() or 1) - threads_per_job(max_running_jobs) * running)
 
 
-#: The niceness of a server's background preparation (the Nullspace page's training images after start-up).
-BACKGROUND_NICENESS = 19
-
-
-def yield_this_thread_to_visitors(niceness: int = BACKGROUND_NICENESS) -> bool:
-    """Run the calling thread (and the torch/OpenMP workers it starts afterwards: Linux threads inherit their
-    creator's niceness) after everything else on the machine: work that no visitor waits for yet. On 2 cores the
-    server's 8-s preparation after start-up, at normal priority, delayed a second visitor's first page by about
-    a third (its browser parses Streamlit's scripts on the same cores); it still runs at full speed on idle cores.
-    Linux only (elsewhere ``setpriority`` on a thread id would renice another process): returns whether it took."""
-    import sys
-    import threading
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
 #: glibc malloc settings of a server or CLI process (see :func:`keep_freed_memory`).
 MALLOC_MMAP_THRESHOLD = 64 * 2**20
 MALLOC_TRIM_THRESHOLD = 256 * 2**20

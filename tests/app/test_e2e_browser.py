@@ -26,8 +26,9 @@ def test_server_loads_the_default_model_before_the_first_visitor(server):
                        120, 0.2, server.output)
     assert ready.group(1) == os.environ["NULLVIZ_DEFAULT_MODEL"]
     assert "warming the default model failed" not in server.output()
-    # after ready, a thread prepares the default model's training images for the Nullspace page's δ
-    wait_until(lambda: "training images for δ ready" in server.output(), 180, 0.2, server.output)
+    # before ready, it also prepares the default model's training images for the Nullspace page's δ (the log is
+    # read by a thread of the fixture: a moment to arrive)
+    wait_until(lambda: "training images for δ ready" in server.output(), 10, 0.2, server.output)
     assert "preparing the training images failed" not in server.output()
 
 

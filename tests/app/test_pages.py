@@ -942,7 +942,7 @@ def test_a_hugging_face_vit_runs_the_nullspace_and_attention_pages(tmp_path):
 
 
 def test_the_warmed_training_images_are_what_the_page_uses(monkeypatch):
-    """server.py prepares the default model's pool after ready; a session's view of the model then finds it."""
+    """server.py prepares the default model's pool before ready; a session's view of the model then finds it."""
     import app_state
 
     app_state.warm_synthesis_pool()

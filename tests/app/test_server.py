@@ -1,16 +1,11 @@
-"""server.py's own pieces, without starting a server: the in-memory immutable assets and the background thread's
-priority."""
+"""server.py's own pieces, without starting a server: the in-memory immutable assets."""
 
 import asyncio
-import os
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import server
-from nullviz.server.process import BACKGROUND_NICENESS, yield_this_thread_to_visitors
 
 IMMUTABLE = [(b"content-type", b"text/javascript"), (b"cache-control", b"public, immutable, max-age=31536000")]
 
@@ -75,20 +70,3 @@ def test_the_memory_kept_has_a_bound():
     get(app, "/static/js/a.js")
     get(app, "/static/js/b.js")
     assert list(app.responses) == ["/static/js/a.js"] and app.size == 19
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
-def test_the_background_thread_yields_and_the_rest_of_the_server_does_not():
-    seen = {}
-
-    def background():
-        seen["took"] = yield_this_thread_to_visitors()
-        seen["niceness"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=background)
-    thread.start()
-    thread.join()
-    assert seen == {"took": True, "niceness": BACKGROUND_NICENESS}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread untouched
-    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # and the process
