@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
+from timm.data.transforms import MaybeToTensor
 from timm.models.vision_transformer import VisionTransformer
+from torchvision import transforms as T
 
 from nullviz.core.errors import InvalidParameterError
 
@@ -130,7 +132,7 @@ class LoadedModel:
     def preprocess(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """PIL image(s) → normalised batch on the model's device, shape [B, C, H, W]. RGB images already at the
         model's square size go through the transform's arithmetic as one batch (its resize and crop leave them as
-        they are): the same numbers, without a Python call chain per image (3,000 scenes: 0.05 s, not 0.8 s)."""
+        they are): the same numbers, without the transform's call chain per image (3,046 scenes: 0.4 s, not 0.7 s)."""
         if isinstance(images, Image.Image):
             images = [images]
         tf = self.transform
@@ -258,9 +260,6 @@ def _identity_resize_normalization(tf, img_size: tuple[int, int]) -> tuple[torch
     """(mean, std) as [1, C, 1, 1] when ``tf`` is timm's eval transform — resize to the model's square size,
     centre crop to it, to tensor, normalise — so that on images already at that size only the last two act;
     None for any other transform (then every image goes through it)."""
-    from torchvision import transforms as T
-    from timm.data.transforms import MaybeToTensor
-
     steps = getattr(tf, "transforms", None)
     if img_size[0] != img_size[1] or steps is None or len(steps) != 4:
         return None

@@ -372,7 +372,6 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
             used.setdefault("validation", f"{len(val_idx)} of the given images, held out at random")
     if not len(validation_images):
         used["validation"] = "none: too few images to hold any out, so δ is selected on the images it is fit on"
-    if not len(validation_images):
         validation_logits = None
     return _synthesize(model, images.to(device), check_images.to(device), validation_images.to(device), config,
                        model_name, callback, should_stop, bounds, used, fit_logits, validation_logits, check_logits)
