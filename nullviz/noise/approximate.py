@@ -381,6 +381,11 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
 FIT_METRIC_IMAGES = 128
 
 
+#: The selection images (and the fit images' measured set) are read in chunks of this many: a look at a δ that
+#: is far outside ε stops after the first chunks (``_evaluate_delta``'s ``outside_at``).
+SELECTION_CHUNK = 64
+
+
 #: The pool keeps every fit image's clean tokens and logits once computed, up to this many bytes.
 POOL_CACHE_BYTES = 512 * 2**20
 
@@ -454,7 +459,7 @@ class _Pool:
         n = min(len(self.images), FIT_METRIC_IMAGES)
         idx = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))[:n].sort().values
         known = None if self.known_logits is None else self.known_logits[idx.to(self.known_logits.device)]
-        return CleanBatches(self.model, self.images[idx.to(self.images.device)], self.level, max(self.batch_size, 256),
+        return CleanBatches(self.model, self.images[idx.to(self.images.device)], self.level, SELECTION_CHUNK,
                             self.bounds, known)
 
 
@@ -465,7 +470,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     device = images.device
     clip_bounds = bounds if cfg.clip else None
     pool = _Pool(model, images, cfg.level, cfg.batch_size, clip_bounds, cfg.seed, fit_logits)
-    validation = (CleanBatches(model, validation_images, cfg.level, max(cfg.batch_size, 256), clip_bounds,
+    validation = (CleanBatches(model, validation_images, cfg.level, SELECTION_CHUNK, clip_bounds,
                                validation_logits) if len(validation_images) else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = ((torch.rand(pool.shape, generator=gen) * 2 - 1) * cfg.lim).to(device)
@@ -480,6 +485,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     stopped = False
     best: tuple[float, torch.Tensor] | None = None  # λ > 0: the largest δ seen inside ε on the selection images
     selector = validation if validation is not None else pool.measured()
+    limit = cfg.tol * cfg.selection_margin  # δ is kept only inside this on the selection images
     step = 0
     for step in range(cfg.steps):
         if should_stop is not None and should_stop():
@@ -501,7 +507,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
             callback(record)
         if cfg.lam == 0:
             if mse < cfg.tol and (step % cfg.check_every == 0 or pool.fixed is not None and selector is pool.fixed) \
-                    and _evaluate_delta(model, selector, delta.detach(), cfg.level)["mse"] < cfg.tol * cfg.selection_margin:
+                    and _evaluate_delta(model, selector, delta.detach(), cfg.level, outside_at=limit)["mse"] < limit:
                 break  # below ε on this batch *and* on the selection images: the research code's stop
         elif step and step % cfg.check_every == 0:  # (step 0 is the random start: nothing to select yet)
             best, _ = _keep_if_larger(best, model, selector, delta.detach(), cfg)
@@ -517,7 +523,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     scale = 1.0
     selected_measured = None  # what the selection measured of the kept δ on the selection images (if it did)
     if cfg.lam > 0:
-        best, last_mse = _keep_if_larger(best, model, selector, delta, cfg)
+        best, last_mse = _keep_if_larger(best, model, selector, delta, cfg, read_all=True)
         if best is None or best[0] < float(delta.norm()):  # the last δ is outside: the largest s·δ inside
             scale, at_scale = _largest_scale_inside(model, selector, delta, cfg, last_mse)
             if scale > 0 and (best is None or scale * float(delta.norm()) > best[0]):
@@ -564,16 +570,25 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     )
 
 
-def _keep_if_larger(best, model, batches: CleanBatches, delta: torch.Tensor, cfg: SynthesisConfig):
+def _keep_if_larger(best, model, batches: CleanBatches, delta: torch.Tensor, cfg: SynthesisConfig,
+                    read_all: bool = False):
     """The frontier rule: keep δ if it is larger than the best so far and the selection images are inside ε.
-    Returns the best (‖δ‖, δ, its measurement) and δ's Σ Δp² on ``batches`` (None: not measured)."""
+    Returns the best (‖δ‖, δ, its measurement) and δ's Σ Δp² on ``batches`` (None: not measured). A look stops
+    reading once δ is surely outside; ``read_all``: it reads every image (the last δ's Σ Δp² aims the search for
+    its largest scale inside, and a mean over the first chunks alone aimed it too small)."""
     norm = float(delta.norm())
     if best is not None and norm <= best[0]:
         return best, None
-    measured = _evaluate_delta(model, batches, delta, cfg.level)
-    if measured["mse"] < cfg.tol * cfg.selection_margin:
+    limit = cfg.tol * cfg.selection_margin
+    measured = _evaluate_delta(model, batches, delta, cfg.level, outside_at=None if read_all else limit)
+    if measured["mse"] < limit:
         return (norm, delta.clone(), measured), measured["mse"]
     return best, measured["mse"]
+
+
+#: A probe of the largest scale inside ε that lands inside with Σ Δp² at this fraction of the threshold ends the
+#: search (Σ Δp² grows about as s², so s is within ~2.5 % of the boundary).
+CLOSE_ENOUGH = 0.95
 
 
 def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg: SynthesisConfig,
@@ -602,9 +617,11 @@ def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg
             mid = (lo + hi) / 2
         if not lo < mid < hi:
             mid = (lo + hi) / 2
-        measured = _evaluate_delta(model, batches, delta * mid, cfg.level)
+        measured = _evaluate_delta(model, batches, delta * mid, cfg.level)  # all read: the next probe aims with it
         if measured["mse"] < limit:
             lo, at_lo, mse_lo = mid, measured, measured["mse"]
+            if mse_lo >= CLOSE_ENOUGH * limit:
+                break  # within ~2.5 % of the boundary in s: another probe moves ‖δ‖ by less than that
         else:
             hi, mse_hi = mid, measured["mse"]
     return lo, at_lo
@@ -656,7 +673,15 @@ def _validity(images: torch.Tensor, delta: torch.Tensor, bounds, clip: bool) -> 
 
 
 @torch.no_grad()
-def _evaluate_delta(model, batches: CleanBatches, delta: torch.Tensor, level: str) -> dict[str, float]:
+def _evaluate_delta(model, batches: CleanBatches, delta: torch.Tensor, level: str,
+                    outside_at: float | None = None) -> dict[str, float]:
+    """Mean ‖Δ logits‖, Σ Δp² and top-1 agreement of δ over ``batches``' images.
+
+    ``outside_at``: only whether the mean Σ Δp² reaches this matters (a selection look). Σ Δp² ≥ 0 on every
+    image, so once the chunks read so far sum to ``outside_at`` × all the images, the rest cannot bring the mean
+    back under it: the look stops there (``images`` says how many it read) and its means are those of the images
+    read, an estimate ≥ ``outside_at`` of the whole set's."""
+    total = sum(chunk[0].shape[0] for chunk in batches.chunks)
     n = dist = mse = agree = 0.0
     for inp, clean_probs, clean_logits in batches.chunks:
         noised = noised_logits(model, inp, delta, level, batches.bounds).float()
@@ -666,7 +691,9 @@ def _evaluate_delta(model, batches: CleanBatches, delta: torch.Tensor, level: st
         mse += m * b
         agree += a * b
         n += b
-    return {"dist": dist / n, "mse": mse / n, "agree": agree / n}
+        if outside_at is not None and n < total and mse >= outside_at * total:
+            break
+    return {"dist": dist / n, "mse": mse / n, "agree": agree / n, "images": n}
 
 
 @torch.no_grad()

@@ -253,3 +253,68 @@ def test_one_noise_file_format_round_trips_and_refuses_what_is_not_one(tmp_path)
     assert load_noise(bare).level == "input"
     with pytest.raises(NoiseFileError, match="not a PyTorch file"):
         load_noise_bytes(b"hello", "notes.txt")
+
+
+def test_looks_that_stop_reading_early_keep_the_same_delta(default_lm, digits_x, monkeypatch):
+    """A look during the steps stops reading the selection images once the chunks read already put their mean
+    past the threshold (Σ Δp² ≥ 0 on every image); the δ kept, and every number, is what reading them all gives."""
+    import nullviz.noise.approximate as A
+
+    monkeypatch.setattr(A, "SELECTION_CHUNK", 2)  # several chunks even for these few validation images
+    cfg = SynthesisConfig(steps=40, lam=2.0, tol=1e-4, check_every=5, seed=0)
+    reads: list[tuple[int, int]] = []
+    real = A._evaluate_delta
+
+    def counted(model, batches, delta, level, outside_at=None):
+        out = real(model, batches, delta, level, outside_at)
+        reads.append((out["images"], sum(len(chunk[0]) for chunk in batches.chunks)))
+        return out
+
+    monkeypatch.setattr(A, "_evaluate_delta", counted)
+    early = synthesize(default_lm, digits_x, cfg)
+    monkeypatch.setattr(A, "_evaluate_delta", lambda model, batches, delta, level, outside_at=None:
+                        real(model, batches, delta, level))
+    everything = synthesize(default_lm, digits_x, cfg)
+    assert any(n < total for n, total in reads)  # some looks stopped early…
+    assert torch.equal(early.delta, everything.delta)  # …and none changed δ
+    assert (early.validation, early.check, early.shrunk_to) == (everything.validation, everything.check,
+                                                                 everything.shrunk_to)
+
+
+def test_a_look_reads_on_only_while_delta_could_still_be_inside(default_lm, digits_x):
+    import nullviz.noise.approximate as A
+
+    batches = A.CleanBatches(default_lm.model, digits_x, "encoder", 4)
+    with torch.no_grad():
+        delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(0)) * 2
+    full = A._evaluate_delta(default_lm.model, batches, delta, "encoder")
+    assert full["images"] == len(digits_x)
+    for threshold in (full["mse"] / 8, full["mse"] / 2, full["mse"] * 0.99, full["mse"] * 1.01, full["mse"] * 4):
+        look = A._evaluate_delta(default_lm.model, batches, delta, "encoder", outside_at=threshold)
+        assert (look["mse"] < threshold) == (full["mse"] < threshold), threshold  # the same verdict
+        if full["mse"] < threshold:
+            assert look == full  # inside: every image read
+    assert A._evaluate_delta(default_lm.model, batches, delta, "encoder", outside_at=full["mse"] / 8)["images"] < 16
+
+
+def test_scale_search_stops_once_a_probe_lands_close_inside(default_lm, digits_x):
+    """The largest s·δ inside the threshold: a probe inside at ≥ CLOSE_ENOUGH of it ends the search (the next
+    probes moved ‖δ‖ by under 1 % in the measured runs, at a pass over the validation images each)."""
+    import nullviz.noise.approximate as A
+
+    model = default_lm.model
+    batches = A.CleanBatches(model, digits_x, "encoder", 64)
+    delta = torch.randn(16, 96, generator=torch.Generator().manual_seed(0)) * 4
+    at_half = A._evaluate_delta(model, batches, delta * 0.5, "encoder")["mse"]
+    cfg = SynthesisConfig(tol=at_half / 0.97, selection_margin=1.0)  # Σ Δp² ∝ s² would put the boundary near 0.5
+    probes = []
+    real = A._evaluate_delta
+    try:
+        A._evaluate_delta = lambda *a, **k: probes.append(1) or real(*a, **k)
+        scale, measured = A._largest_scale_inside(model, batches, delta, cfg,
+                                                  real(model, batches, delta, "encoder")["mse"])
+    finally:
+        A._evaluate_delta = real
+    assert 0 < scale < 1 and measured["mse"] < cfg.tol
+    assert measured == real(model, batches, delta * scale, "encoder")
+    assert measured["mse"] >= A.CLOSE_ENOUGH * cfg.tol and len(probes) < 4
