@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -175,12 +176,37 @@ def _warm_synthesis_pool() -> None:
         sys.stderr.write("nullviz: preparing the training images failed:\n" + traceback.format_exc())
 
 
+async def in_a_thread_that_ends(fn, name: str):
+    """``await fn()`` run in a thread started for it, which ends with it.
+
+    A thread that has run torch keeps its OpenMP workers for as long as it lives, and the one asyncio.to_thread
+    runs in lives on, idle, in asyncio's pool. libgomp then counts more of its threads than the machine has cores
+    and makes every team wait at its barriers by sleeping instead of spinning: the page's default δ, in a script
+    thread of its own, took 13.1–15.9 s with a fifth of the 2 cores idle during it, and takes 11.0–11.1 s now."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting coroutine)
+            loop.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    result = await done
+    await asyncio.to_thread(thread.join)  # (returns at once: fn has returned, the thread only unwinds)
+    return result
+
+
 @contextlib.asynccontextmanager
 async def warm_start(_app):
-    await asyncio.to_thread(_warm)  # before the server says it is ready: its first visitor gets a figure at once
-    # and the Nullspace page's training images (~4 s): prepared after ready, they ran beside the first visitors'
-    # pages, and a second visitor's first page waited on their Python (1.9–2.4 s instead of 1.4–1.7 s, 2 cores)
-    await asyncio.to_thread(_warm_synthesis_pool)
+    await in_a_thread_that_ends(_warm, "nullviz-warm")  # before the server says it is ready: its first visitor
+    # gets a figure at once, and the Nullspace page's training images (~4 s): prepared after ready, they ran beside
+    # the first visitors' pages, and a second visitor's first page waited on their Python (1.9–2.4 s, not 1.4–1.7 s)
+    await in_a_thread_that_ends(_warm_synthesis_pool, "nullviz-warm-synthesis")
     yield None
 
 

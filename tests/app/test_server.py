@@ -1,4 +1,4 @@
-"""server.py's own pieces, without starting a server: the in-memory immutable assets."""
+"""server.py's own pieces, without starting a server: the in-memory immutable assets, the start-up thread."""
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
@@ -70,3 +70,54 @@ def test_the_memory_kept_has_a_bound():
     get(app, "/static/js/a.js")
     get(app, "/static/js/b.js")
     assert list(app.responses) == ["/static/js/a.js"] and app.size == 19
+
+
+def _os_threads() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+def _run(coroutine):
+    with ThreadPoolExecutor(1) as pool:  # (see get: the browser tests keep a loop running in this thread)
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def test_start_up_work_runs_in_a_thread_that_ends_with_its_openmp_workers():
+    """The server's start-up torch work ran in asyncio.to_thread's pool, whose idle thread kept its OpenMP worker:
+    libgomp then counted more threads than cores and every later torch team slept at its barriers (the page's δ
+    13–16 s instead of 11 s). Run in a thread that ends, the work leaves no thread behind."""
+    import time
+
+    import torch
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: no OpenMP team to leave behind")
+
+    def parallel_work():
+        return float((torch.ones(2**22) * 2).sum())  # large enough for a parallel region of every thread
+
+    before = _os_threads()
+    assert _run(server.in_a_thread_that_ends(parallel_work, "test-warm")) == 2.0 * 2**22
+    deadline = time.monotonic() + 10
+    while _os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # (the worker unwinds after its master has returned)
+    assert _os_threads() == before
+
+    async def with_to_thread():  # the old way, for contrast: its thread and its OpenMP worker stay
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(pool := ThreadPoolExecutor(1))
+        await asyncio.to_thread(parallel_work)
+        lingering = _os_threads()
+        pool.shutdown()
+        return lingering
+
+    assert _run(with_to_thread()) >= before + 2
+
+
+def test_a_failure_in_the_start_up_thread_reaches_the_server():
+    def fails():
+        raise RuntimeError("no model")
+
+    with pytest.raises(RuntimeError, match="no model"):
+        _run(server.in_a_thread_that_ends(fails, "test-warm-fails"))
