@@ -6,7 +6,8 @@ host-config`` both answered 404 on every such load (streamlit/streamlit#7074), a
 classroom's browsers. The pages' HTML now names the server's root as the place to connect to
 (``window.__streamlit.BACKEND_BASE_URL``, Streamlit's documented hook for hosts), so the browser asks the root
 only. Streamlit's hashed, immutable script and font files are kept in memory once sent
-(:class:`ImmutableAssetsFromMemory`). Everything else is Streamlit's own server: ``streamlit run server.py``
+(:class:`ImmutableAssetsFromMemory`), and its chart library is imported while the first page sits idle
+(:func:`idle_import_script`). Everything else is Streamlit's own server: ``streamlit run server.py``
 finds ``app`` below.
 
 It also starts warm: before it reports ready, it imports the library, loads the default model and the Home
@@ -49,6 +50,26 @@ def preload_links() -> bytes:
     js = Path(st.__file__).resolve().parent / "static" / "static" / "js"
     names = sorted(p.name for p in js.glob("*.js") if p.name.split(".", 1)[0] in FIRST_PAGE_CHUNKS)
     return "".join(f'<link rel="modulepreload" crossorigin href="./static/js/{n}">' for n in names).encode()
+
+
+#: Streamlit's chart chunk (Plotly, 4.7 MB), imported once the page has drawn and the browser is idle: every page
+#: but Home draws Plotly figures, and the first one paid ~1.5 s of a core to load it — on the Nullspace page, in
+#: the middle of the default δ, on the two cores the δ ran on (with it imported first: the δ 13.1/14.1 s in
+#: Chromium instead of 14.2/15.3 s, Chromium 2.5 instead of 3.6–4.0 CPU-s).
+IDLE_CHUNKS = ("PlotlyChart",)
+#: After the page's load event; the first page's own figure comes first.
+IDLE_IMPORT_AFTER_MS = 3000
+
+
+@functools.cache
+def idle_import_script() -> bytes:
+    """Imports :data:`IDLE_CHUNKS` from the same address Streamlit's own code imports them from (the module is
+    then evaluated once and the first chart only renders); a failed import costs nothing but the request."""
+    js = Path(st.__file__).resolve().parent / "static" / "static" / "js"
+    names = sorted(p.name for p in js.glob("*.js") if p.name.split(".", 1)[0] in IDLE_CHUNKS)
+    imports = "".join(f"import('./static/js/{n}').catch(() => {{}});" for n in names)
+    return ("<script>addEventListener('load', () => setTimeout(() => (self.requestIdleCallback || setTimeout)"
+            f"(() => {{ {imports} }}), {IDLE_IMPORT_AFTER_MS}));</script>").encode()
 
 
 ASSET_PARTS = ("/_stcore/", "/static/", "/media/", "/component/", "/app/static/")
@@ -141,7 +162,7 @@ class ServerAtRoot:
             if message.get("more_body"):
                 return
             html = b"".join(body).replace(b"<head>", b"<head>" + base_url_script(), 1)
-            html = html.replace(b"</head>", preload_links() + b"</head>", 1)
+            html = html.replace(b"</head>", preload_links() + idle_import_script() + b"</head>", 1)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(html)).encode()))
             await send({**start, "headers": headers})

@@ -293,6 +293,28 @@ def test_deep_links_make_no_failed_requests(server, browser):
         page.close()
 
 
+def test_the_chart_library_is_imported_while_the_first_page_is_idle(server, browser):
+    """Every page but Home draws Plotly figures: its chunk (4.7 MB) is imported once the first page has drawn and
+    the browser is idle (server.IDLE_CHUNKS), from the address Streamlit's own code imports it from, so the first
+    chart fetches nothing more. It used to load with the first chart: on the Nullspace page, in the middle of the
+    default δ, on the cores the δ ran on."""
+    plotly_fetches = ("performance.getEntriesByType('resource')"
+                      ".filter(e => e.name.includes('/static/js/PlotlyChart.')).length")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server + "/")
+    page.get_by_role("heading", name="nullviz").first.wait_for(timeout=90_000)
+    page.wait_for_function(f"{plotly_fetches} === 1", timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() == 0  # imported before any chart asked for it
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Nullspace", exact=True).click()
+    page.get_by_text("Choose a kind of noise and press").wait_for(timeout=90_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    page.get_by_role("button", name="Make noise").click(timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=90_000)
+    assert page.evaluate(plotly_fetches) == 1  # the charts drew from the module already imported
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
 def test_block_slider_and_charts_show_the_same_block_after_the_noise_source_changes(server, browser, tmp_path):
     """Block 2 chosen, then the noise source switched to a file (the page stops until one is uploaded), then a
     file: the slider used to be drawn at its default while the charts drew block 2."""
