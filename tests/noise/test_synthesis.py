@@ -255,13 +255,15 @@ def test_one_noise_file_format_round_trips_and_refuses_what_is_not_one(tmp_path)
         load_noise_bytes(b"hello", "notes.txt")
 
 
-def test_looks_that_stop_reading_early_keep_the_same_delta(default_lm, digits_x, monkeypatch):
+@pytest.mark.parametrize("settings", [dict(lam=2.0, tol=1e-4, check_every=5),  # the frontier rule
+                                      dict(lam=0.0, lim=3.0, tol=5e-3, batch_size=2, check_every=1)])  # research
+def test_looks_that_stop_reading_early_keep_the_same_delta(default_lm, digits_x, monkeypatch, settings):
     """A look during the steps stops reading the selection images once the chunks read already put their mean
     past the threshold (Σ Δp² ≥ 0 on every image); the δ kept, and every number, is what reading them all gives."""
     import nullviz.noise.approximate as A
 
-    monkeypatch.setattr(A, "SELECTION_CHUNK", 2)  # several chunks even for these few validation images
-    cfg = SynthesisConfig(steps=40, lam=2.0, tol=1e-4, check_every=5, seed=0)
+    monkeypatch.setattr(A, "SELECTION_CHUNK", 1)  # several chunks even for these few validation images
+    cfg = SynthesisConfig(steps=40, seed=0, **settings)
     reads: list[tuple[int, int]] = []
     real = A._evaluate_delta
 
