@@ -24,8 +24,12 @@ import time
 import traceback
 from pathlib import Path
 
-import streamlit as st
-from starlette.middleware import Middleware
+from nullviz.server.process import short_openmp_spin
+
+short_openmp_spin()  # before anything loads torch (libgomp reads it once)
+
+import streamlit as st  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 

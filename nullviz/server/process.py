@@ -5,7 +5,8 @@ process reuse the memory it frees. Imports nothing heavy, so the command line ca
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import sys
+from typing import Mapping, MutableMapping
 
 
 def threads_per_job(max_running_jobs: int) -> int:
@@ -21,6 +22,27 @@ def server_threads(max_running_jobs: int, running_jobs: int | None = None) -> in
     server threads and 7.6 s with 1 (5.3 s alone)."""
     running = max_running_jobs if running_jobs is None else min(max(0, running_jobs), max_running_jobs)
     return max(1, (os.cpu_count() or 1) - threads_per_job(max_running_jobs) * running)
+
+
+#: How long (in libgomp's spins, ~100 per µs) an OpenMP worker of the server waits for torch's next parallel region
+#: before it sleeps (see :func:`short_openmp_spin`).
+SERVER_OPENMP_SPIN = 10_000
+
+
+def short_openmp_spin(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Before torch loads: the server's OpenMP workers wait ~0.1 ms for torch's next parallel region, then sleep.
+
+    libgomp's default, ~3 ms of spinning after every region, keeps a worker busy through all the Python between
+    torch calls of a page (figures, messages), on a core the browser beside it needs: the Attention page's new
+    seed cost the server 1.24–1.29 CPU-s (cluttered model, 2 cores) with it and 0.72–0.90 with this, while a
+    synthesis step, torch calls back to back, is as fast as with the default (47–51 ms; 1,000 spins or fewer:
+    76–84 ms, the worker sleeps between calls). A ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` already set is the
+    operator's choice and stays. Returns whether it set one (False also once torch is loaded: too late)."""
+    env = os.environ if environ is None else environ
+    if "GOMP_SPINCOUNT" in env or "OMP_WAIT_POLICY" in env or "torch" in sys.modules:
+        return False
+    env["GOMP_SPINCOUNT"] = str(SERVER_OPENMP_SPIN)
+    return True
 
 
 #: glibc malloc settings of a server or CLI process (see :func:`keep_freed_memory`).

@@ -121,3 +121,30 @@ def test_a_failure_in_the_start_up_thread_reaches_the_server():
 
     with pytest.raises(RuntimeError, match="no model"):
         _run(server.in_a_thread_that_ends(fails, "test-warm-fails"))
+
+
+def test_the_servers_openmp_workers_spin_briefly_unless_the_operator_chose(monkeypatch):
+    """server.py sets GOMP_SPINCOUNT before anything loads torch (libgomp reads it once), unless one is set."""
+    import os
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401 (loaded, as in any test process)
+
+    from nullviz.server.process import SERVER_OPENMP_SPIN, short_openmp_spin
+
+    env: dict[str, str] = {}
+    assert short_openmp_spin(env) is False and env == {}  # torch is loaded: too late to matter, so not set
+    monkeypatch.delitem(sys.modules, "torch")  # as if torch were not loaded yet
+    assert short_openmp_spin(env) is True and env == {"GOMP_SPINCOUNT": str(SERVER_OPENMP_SPIN)}
+    for chosen in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        assert short_openmp_spin(dict(chosen)) is False
+    probe = ("import os, sys; import server; "
+             "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, check=True,
+                         cwd=server.ROOT).stdout.split()
+    assert out == [str(SERVER_OPENMP_SPIN), "False"]  # set, and torch not yet loaded when it was
+    out = subprocess.run([sys.executable, "-c", probe], env={**clean, "GOMP_SPINCOUNT": "123"}, capture_output=True,
+                         text=True, check=True, cwd=server.ROOT).stdout.split()
+    assert out == ["123", "False"]
