@@ -599,8 +599,10 @@ def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg
 
     Σ Δp² grows about as s² for small noise, so each probe aims just inside the threshold by interpolating
     log Σ Δp² against log s between the bracket's ends (``outside_mse``: Σ Δp² of δ itself, when measured);
-    a probe that would leave the bracket falls back to bisection. Four probes land within a few per cent of
-    the boundary, where plain bisection needs five for 1/32 of s (up to 6 % of ‖δ‖ at s ≈ 0.5)."""
+    a probe that would leave the bracket falls back to bisection. At most four probes land within a few per cent
+    of the boundary, where plain bisection needs five for 1/32 of s (up to 6 % of ‖δ‖ at s ≈ 0.5); the search
+    ends at the first probe inside at ≥ ``CLOSE_ENOUGH`` of the threshold (2–3 probes for the cluttered model's
+    default δ)."""
     limit = cfg.tol * cfg.selection_margin
     lo, hi, at_lo = 0.0, 1.0, None
     mse_lo, mse_hi = 0.0, outside_mse

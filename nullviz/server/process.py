@@ -1,6 +1,7 @@
 """Process tuning, one explicit call each, made by whoever starts a process (the server, the command line, a
-job worker): how many torch threads the server and each job take, and the allocator setting that lets a
-process reuse the memory it frees. Imports nothing heavy, so the command line can tune itself before torch."""
+job worker): how many torch threads the server and each job take, how long the server's OpenMP workers spin,
+and the allocator setting that lets a process reuse the memory it frees. Imports nothing heavy, so a process can
+tune itself before torch."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def short_openmp_spin(environ: MutableMapping[str, str] | None = None) -> bool:
 
     libgomp's default, ~3 ms of spinning after every region, keeps a worker busy through all the Python between
     torch calls of a page (figures, messages), on a core the browser beside it needs: the Attention page's new
-    seed cost the server 1.24–1.29 CPU-s (cluttered model, 2 cores) with it and 0.72–0.90 with this, while a
+    seed cost the server 1.24–1.29 CPU-s (cluttered model, 2 cores) with it and 0.69–0.90 with this, while a
     synthesis step, torch calls back to back, is as fast as with the default (47–51 ms; 1,000 spins or fewer:
     76–84 ms, the worker sleeps between calls). A ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` already set is the
     operator's choice and stays. Returns whether it set one (False also once torch is loaded: too late)."""
