@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import functools
 import sys
-import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nullviz.server.process import short_openmp_spin
@@ -49,11 +49,16 @@ def base_url_script() -> bytes:
 FIRST_PAGE_CHUNKS = ("Radio", "Selectbox", "TextInput", "ImageList", "Html", "Button")
 
 
+def chunk_files(chunks: tuple[str, ...]) -> list[str]:
+    """The file names of Streamlit's script chunks ``chunks`` (``Radio`` → ``Radio.<hash>.js``)."""
+    js = Path(st.__file__).resolve().parent / "static" / "static" / "js"
+    return sorted(p.name for p in js.glob("*.js") if p.name.split(".", 1)[0] in chunks)
+
+
 @functools.cache
 def preload_links() -> bytes:
-    js = Path(st.__file__).resolve().parent / "static" / "static" / "js"
-    names = sorted(p.name for p in js.glob("*.js") if p.name.split(".", 1)[0] in FIRST_PAGE_CHUNKS)
-    return "".join(f'<link rel="modulepreload" crossorigin href="./static/js/{n}">' for n in names).encode()
+    return "".join(f'<link rel="modulepreload" crossorigin href="./static/js/{n}">'
+                   for n in chunk_files(FIRST_PAGE_CHUNKS)).encode()
 
 
 #: Streamlit's chart chunk (Plotly, 4.7 MB), imported once the page has drawn and the browser is idle: every page
@@ -69,9 +74,7 @@ IDLE_IMPORT_AFTER_MS = 3000
 def idle_import_script() -> bytes:
     """Imports :data:`IDLE_CHUNKS` from the same address Streamlit's own code imports them from (the module is
     then evaluated once and the first chart only renders); a failed import costs nothing but the request."""
-    js = Path(st.__file__).resolve().parent / "static" / "static" / "js"
-    names = sorted(p.name for p in js.glob("*.js") if p.name.split(".", 1)[0] in IDLE_CHUNKS)
-    imports = "".join(f"import('./static/js/{n}').catch(() => {{}});" for n in names)
+    imports = "".join(f"import('./static/js/{n}').catch(() => {{}});" for n in chunk_files(IDLE_CHUNKS))
     return ("<script>addEventListener('load', () => setTimeout(() => (self.requestIdleCallback || setTimeout)"
             f"(() => {{ {imports} }}), {IDLE_IMPORT_AFTER_MS}));</script>").encode()
 
@@ -208,22 +211,8 @@ async def in_a_thread_that_ends(fn, name: str):
     runs in lives on, idle, in asyncio's pool. libgomp then counts more of its threads than the machine has cores
     and makes every team wait at its barriers by sleeping instead of spinning: the page's default δ, in a script
     thread of its own, took 13.1–15.9 s with a fifth of the 2 cores idle during it, and takes 11.0–11.1 s now."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def run():
-        try:
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting coroutine)
-            loop.call_soon_threadsafe(done.set_exception, exc)
-        else:
-            loop.call_soon_threadsafe(done.set_result, result)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    result = await done
-    await asyncio.to_thread(thread.join)  # (returns at once: fn has returned, the thread only unwinds)
-    return result
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:  # leaving it joins the thread: it has ended
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 
 @contextlib.asynccontextmanager
