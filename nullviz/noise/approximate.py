@@ -91,6 +91,11 @@ class SynthesisConfig:
     seed: int = bounded(0, Interval(int, 0, None))
     clip: bool = False  # input level: the model sees clip(x + δ) to valid pixels (a real image)
 
+    @property
+    def selection_limit(self) -> float:
+        """The mean Σ Δp² on the selection images that a kept δ must stay under: ``selection_margin`` · ε."""
+        return self.tol * self.selection_margin
+
     def __post_init__(self):
         validate_fields(self)
         if self.clip and self.level != "input":
@@ -485,7 +490,7 @@ def _synthesize(model, images, check_images, validation_images, cfg: SynthesisCo
     stopped = False
     best: tuple[float, torch.Tensor] | None = None  # λ > 0: the largest δ seen inside ε on the selection images
     selector = validation if validation is not None else pool.measured()
-    limit = cfg.tol * cfg.selection_margin  # δ is kept only inside this on the selection images
+    limit = cfg.selection_limit
     step = 0
     for step in range(cfg.steps):
         if should_stop is not None and should_stop():
@@ -579,7 +584,7 @@ def _keep_if_larger(best, model, batches: CleanBatches, delta: torch.Tensor, cfg
     norm = float(delta.norm())
     if best is not None and norm <= best[0]:
         return best, None
-    limit = cfg.tol * cfg.selection_margin
+    limit = cfg.selection_limit
     measured = _evaluate_delta(model, batches, delta, cfg.level, outside_at=None if read_all else limit)
     if measured["mse"] < limit:
         return (norm, delta.clone(), measured), measured["mse"]
@@ -603,7 +608,7 @@ def _largest_scale_inside(model, batches: CleanBatches, delta: torch.Tensor, cfg
     of the boundary, where plain bisection needs five for 1/32 of s (up to 6 % of ‖δ‖ at s ≈ 0.5); the search
     ends at the first probe inside at ≥ ``CLOSE_ENOUGH`` of the threshold (2–3 probes for the cluttered model's
     default δ)."""
-    limit = cfg.tol * cfg.selection_margin
+    limit = cfg.selection_limit
     lo, hi, at_lo = 0.0, 1.0, None
     mse_lo, mse_hi = 0.0, outside_mse
     target = 0.97 * limit  # aim a little inside: a probe just outside wastes a look
