@@ -23,6 +23,13 @@ class FakeStreamlit:
         await send({"type": "http.response.body", "body": f" = {self.calls};".encode()})
 
 
+def _run(coroutine):
+    """``asyncio.run`` in a thread of its own: Playwright's sync API (the browser tests' session) keeps a loop
+    running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def get(app, path, headers=()):
     sent = []
 
@@ -30,9 +37,7 @@ def get(app, path, headers=()):
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": path, "headers": list(headers)}
-    # in a thread of its own: Playwright's sync API (the browser tests' session) keeps a loop running in this one
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, app(scope, None, send)).result()
+    _run(app(scope, None, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -76,11 +81,6 @@ def _os_threads() -> int:
     import os
 
     return len(os.listdir("/proc/self/task"))
-
-
-def _run(coroutine):
-    with ThreadPoolExecutor(1) as pool:  # (see get: the browser tests keep a loop running in this thread)
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 def test_start_up_work_runs_in_a_thread_that_ends_with_its_openmp_workers():

@@ -1,7 +1,6 @@
 """The cluttered-digits scenes and the embedded model made from them (8×8 token grid)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -221,6 +220,6 @@ def test_reading_cached_scenes_imports_neither_scikit_package(tmp_path, monkeypa
                 "boxes": torch.zeros(n, 4), "backgrounds": torch.zeros(n)}, C._scene_file("heldout", n))
     code = ("import sys; from nullviz.data import scenes as C; C.fixed_scenes('heldout'); "
             "print('imported:' + ','.join(m for m in ('skimage', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NULLVIZ_CACHE_DIR": str(tmp_path)},
-                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # (the cache dir set above)
+                         check=True).stdout.split()[-1]
     assert out == "imported:" and len(list(tmp_path.glob("scenes-heldout-*.pt"))) == 1

@@ -299,7 +299,7 @@ def test_a_look_reads_on_only_while_delta_could_still_be_inside(default_lm, digi
     assert A._evaluate_delta(default_lm.model, batches, delta, "encoder", outside_at=full["mse"] / 8)["images"] < 16
 
 
-def test_scale_search_stops_once_a_probe_lands_close_inside(default_lm, digits_x):
+def test_scale_search_stops_once_a_probe_lands_close_inside(default_lm, digits_x, monkeypatch):
     """The largest s·δ inside the threshold: a probe inside at ≥ CLOSE_ENOUGH of it ends the search (the next
     probes moved ‖δ‖ by under 1 % in the measured runs, at a pass over the validation images each)."""
     import nullviz.noise.approximate as A
@@ -311,12 +311,8 @@ def test_scale_search_stops_once_a_probe_lands_close_inside(default_lm, digits_x
     cfg = SynthesisConfig(tol=at_half / 0.97, selection_margin=1.0)  # Σ Δp² ∝ s² would put the boundary near 0.5
     probes = []
     real = A._evaluate_delta
-    try:
-        A._evaluate_delta = lambda *a, **k: probes.append(1) or real(*a, **k)
-        scale, measured = A._largest_scale_inside(model, batches, delta, cfg,
-                                                  real(model, batches, delta, "encoder")["mse"])
-    finally:
-        A._evaluate_delta = real
+    monkeypatch.setattr(A, "_evaluate_delta", lambda *a, **k: probes.append(1) or real(*a, **k))
+    scale, measured = A._largest_scale_inside(model, batches, delta, cfg, real(model, batches, delta, "encoder")["mse"])
     assert 0 < scale < 1 and measured["mse"] < cfg.tol
     assert measured == real(model, batches, delta * scale, "encoder")
     assert measured["mse"] >= A.CLOSE_ENOUGH * cfg.tol and len(probes) < 4
