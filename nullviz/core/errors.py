@@ -66,3 +66,7 @@ class ServerPathRefusedError(NullvizError, PermissionError):
 
 class UnsupportedModelError(NullvizError, ValueError):
     """A Vision Transformer whose geometry nullviz does not handle (e.g. rectangular patches)."""
+
+
+class ModelTooLargeError(NullvizError, ValueError):
+    """The model has more parameters than this server's budget (checked before it is allocated)."""

@@ -378,62 +378,25 @@ def extract_image_folder_zip(data: bytes, dest: str | Path, max_bytes: int = 102
     its header). The copy then counts the real bytes too, so a zip that lies about its sizes stops at the
     limit and leaves nothing behind.
     """
-    import shutil
     import zipfile
 
+    from nullviz.core.archives import unpack_zip
+
     max_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise DataError("The upload is not a valid zip file.") from exc
-    with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > max_files:
-            raise UploadTooLargeError(f"The zip holds {len(members):,} files; at most {max_files:,} are accepted.")
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise UploadTooLargeError(f"The zip unpacks to {declared / 2**20:,.0f} MB; at most "
-                                      f"{max_bytes / 2**20:,.0f} MB are accepted.")
-        for m in zf.infolist():
-            target = (root / m.filename).resolve()
-            if not target.is_relative_to(root) or target == root and not m.is_dir():
-                raise DataError(f"The zip contains an unsafe path {m.filename!r}.")
-            if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                raise DataError(f"The zip contains a link ({m.filename!r}); links are not accepted.")
-        for m in members:
-            if Path(m.filename).suffix.lower() in _IMAGE_SUFFIXES:
-                try:
-                    with zf.open(m) as f, Image.open(f) as img:
-                        w, h = img.size
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-                    continue  # ImageFolder skips or reports unreadable files later
-                if w * h > max_pixels:
-                    raise UploadTooLargeError(f"{m.filename!r} is {w}×{h} pixels, more than the {max_pixels:,} "
-                                              f"allowed per image.")
-        written = 0
+
+    def image_size_ok(zf: zipfile.ZipFile, m: zipfile.ZipInfo) -> None:
+        if Path(m.filename).suffix.lower() not in _IMAGE_SUFFIXES:
+            return
         try:
-            for m in zf.infolist():
-                target = root / m.filename
-                if m.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(m) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise UploadTooLargeError(f"The zip unpacks to more than {max_bytes / 2**20:,.0f} MB "
-                                                      f"(its headers understate its size).")
-                        out.write(chunk)
-        except (UploadTooLargeError, zipfile.BadZipFile, OSError) as exc:
-            for child in root.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if isinstance(exc, UploadTooLargeError):
-                raise
-            raise DataError(f"The zip could not be unpacked ({type(exc).__name__}: {exc}).") from exc
+            with zf.open(m) as f, Image.open(f) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return  # ImageFolder skips or reports unreadable files later
+        if w * h > max_pixels:
+            raise UploadTooLargeError(f"{m.filename!r} is {w}×{h} pixels, more than the {max_pixels:,} "
+                                      f"allowed per image.")
+
+    root = unpack_zip(data, dest, max_bytes=max_bytes, max_files=max_files, check=image_size_ok).resolve()
     entries = [p for p in root.iterdir() if not p.name.startswith(("__MACOSX", "."))]
     if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
         return entries[0]  # zip of a single top folder that holds the classes

@@ -20,7 +20,7 @@ def read_sidecar(checkpoint: str | Path) -> dict:
         try:
             return json.loads(side.read_text())
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"The checkpoint's metadata {str(side)!r} is not valid JSON ({exc}).") from exc
+            raise CheckpointError(f"The checkpoint's metadata {side.name!r} is not valid JSON ({exc}).") from exc
     return {}
 
 
@@ -46,9 +46,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     :class:`CheckpointError` for a missing, empty, foreign or corrupt file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"The checkpoint file {str(path)!r} does not exist.")
+        raise CheckpointError(f"The checkpoint file {path.name!r} does not exist.")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"The checkpoint file {str(path)!r} is empty.")
+        raise CheckpointError(f"The checkpoint file {path.name!r} is empty.")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from nullviz.core.errors import ModelNotFoundError, PretrainedWeightsUnavailableError, UnsupportedModelError
+from nullviz.core.errors import CheckpointError, ModelNotFoundError, PretrainedWeightsUnavailableError, UnsupportedModelError
+
+from .budget import check_param_budget, count_params_on_meta
 
 PREFIX = "hf:"
 SUPPORTED = ("ViTForImageClassification", "ViTModel")
@@ -33,7 +35,12 @@ def _from_pretrained(cls, ident: str, **kwargs):
     """The local folder, else the local Hugging Face cache (offline, whatever HF_HUB_OFFLINE says), else the hub;
     a failure of the last is one explained error."""
     if Path(ident).is_dir():
-        return cls.from_pretrained(ident, **kwargs)
+        try:
+            return cls.from_pretrained(ident, **kwargs)
+        except Exception as exc:  # noqa: BLE001 — transformers raises many kinds; the message names the folder only
+            raise CheckpointError(f"The model folder {Path(ident).name!r} could not be read as a Hugging Face "
+                                  f"ViT ({type(exc).__name__}): it needs config.json and model.safetensors as "
+                                  f"save_pretrained writes them.") from exc
     try:
         return cls.from_pretrained(ident, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -50,8 +57,43 @@ def _from_pretrained(cls, ident: str, **kwargs):
             f"network, put it in the local cache first or give a local folder as hf:/path/to/folder.") from exc
 
 
-def load_hf(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The transformers model ``hf:<hub id or folder>`` and its image processor's settings."""
+def _hub_snapshot(ident: str, patterns: list[str]) -> str:
+    """The local snapshot folder of hub repo ``ident`` holding ``patterns`` (from the cache if it is there, else
+    downloaded): the hub-only path, which never reads ``ident`` as a folder on this machine."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(ident, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # noqa: BLE001 — not (all) cached: fetch below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise PretrainedWeightsUnavailableError(
+            f"{ident!r} is not in this server's Hugging Face cache and it is offline: ask whoever runs it to "
+            f"download it once (`huggingface-cli download {ident}`).")
+    try:
+        return snapshot_download(ident, allow_patterns=patterns)
+    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
+        raise PretrainedWeightsUnavailableError(
+            f"Could not fetch {ident!r} from the Hugging Face hub ({type(exc).__name__}). Check the id, or upload "
+            f"the model instead.") from exc
+
+
+def _timm_kwargs(cfg, has_head: bool) -> dict[str, Any]:
+    """timm VisionTransformer kwargs of a transformers ViT config."""
+    return dict(img_size=int(cfg.image_size), patch_size=int(cfg.patch_size), in_chans=int(cfg.num_channels),
+                embed_dim=int(cfg.hidden_size), depth=int(cfg.num_hidden_layers), num_heads=int(cfg.num_attention_heads),
+                mlp_ratio=cfg.intermediate_size / cfg.hidden_size, qkv_bias=bool(cfg.qkv_bias),
+                num_classes=int(cfg.num_labels) if has_head else 0, global_pool="token")
+
+
+def load_hf(name: str, *, local_folders: bool = True, max_params: int | None = None
+            ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The transformers model ``hf:<hub id or folder>`` and its image processor's settings.
+
+    ``local_folders=False`` (a shared server): ``name`` is a hub id only, resolved through the hub's cache or a
+    download, never as a folder on this machine (transformers would read ``hf:assets/..`` from the disk).
+    ``max_params``: the architecture its config describes is counted on the meta device first and refused
+    (:class:`ModelTooLargeError`) above it, before its weights are read or fetched."""
     try:
         from transformers import AutoConfig
     except ImportError as exc:  # pragma: no cover — a runtime requirement
@@ -59,22 +101,30 @@ def load_hf(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     ident = name[len(PREFIX):] if is_hf_name(name) else name
     if not ident:
         raise ModelNotFoundError("Give a Hugging Face model as hf:<hub id> or hf:/path/to/folder.")
-    config = _from_pretrained(AutoConfig, ident)
+    source = ident if local_folders else _hub_snapshot(ident, ["config.json", "preprocessor_config.json"])
+    label = ident
+    config = _from_pretrained(AutoConfig, source)
     arch = (config.architectures or ["ViTModel" if config.model_type == "vit" else config.model_type])[0]
     if config.model_type != "vit" or arch not in SUPPORTED:
         raise UnsupportedModelError(
-            f"{ident!r} is a {arch} ({config.model_type}); nullviz converts {', '.join(SUPPORTED)} (ViT, the "
-            f"non-distilled DeiT, DINO) into timm. Distilled DeiT, DINOv2, BEiT, Swin and others are not supported.")
+            f"{Path(label).name or label!r} is a {arch} ({config.model_type}); nullviz converts {', '.join(SUPPORTED)} "
+            f"(ViT, the non-distilled DeiT, DINO) into timm. Distilled DeiT, DINOv2, BEiT, Swin and others are not "
+            f"supported.")
+    if max_params is not None:
+        kwargs = _timm_kwargs(config, arch == "ViTForImageClassification")
+        check_param_budget(count_params_on_meta(lambda: build(kwargs, 1e-12)), max_params, Path(label).name or label)
+    if not local_folders:
+        source = _hub_snapshot(ident, ["*.json", "*.safetensors"])
     import transformers
 
-    model = _from_pretrained(getattr(transformers, arch), ident)
+    model = _from_pretrained(getattr(transformers, arch), source)
     processor: dict[str, Any] = {}
     try:
         from transformers import AutoImageProcessor
 
-        proc = _from_pretrained(AutoImageProcessor, ident)
+        proc = _from_pretrained(AutoImageProcessor, source)
         processor = {"mean": tuple(proc.image_mean), "std": tuple(proc.image_std)}
-    except (OSError, ValueError, PretrainedWeightsUnavailableError):
+    except (OSError, ValueError, PretrainedWeightsUnavailableError, CheckpointError):
         processor = {}  # no preprocessor_config.json: ViT's own defaults below
     return model.eval(), processor
 
@@ -87,10 +137,7 @@ def convert(hf_model: torch.nn.Module, processor: dict[str, Any] | None = None
     if cfg.hidden_act not in ("gelu",):
         raise UnsupportedModelError(f"activation {cfg.hidden_act!r}: nullviz converts ViTs with exact GELU")
     has_head = hasattr(hf_model, "classifier")
-    kwargs = dict(img_size=int(cfg.image_size), patch_size=int(cfg.patch_size), in_chans=int(cfg.num_channels),
-                  embed_dim=int(cfg.hidden_size), depth=int(cfg.num_hidden_layers), num_heads=int(cfg.num_attention_heads),
-                  mlp_ratio=cfg.intermediate_size / cfg.hidden_size, qkv_bias=bool(cfg.qkv_bias),
-                  num_classes=int(cfg.num_labels) if has_head else 0, global_pool="token")
+    kwargs = _timm_kwargs(cfg, has_head)
     model = build(kwargs, float(cfg.layer_norm_eps))
     model.load_state_dict(_mapped_state(hf_model.state_dict(), kwargs["depth"], has_head))
     processor = processor or {}

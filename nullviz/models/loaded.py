@@ -62,6 +62,13 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
     #: computed once from the weights, shared with this model's views (see DerivedCaches)
     derived: DerivedCaches = field(default_factory=DerivedCaches, repr=False, compare=False)
+    #: the name to show (``hf:vit-small`` for a model read from a folder, whose ``name`` holds the folder's path);
+    #: empty: ``name``
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            self.label = self.name
 
     # geometry, read from the model (never hard-coded)
     @property
@@ -170,7 +177,7 @@ class LoadedModel:
         """Architecture facts for the Model page and ``nullviz info``."""
         m = self.model
         return {
-            "name": self.name,
+            "name": self.label,
             "checkpoint": self.checkpoint,
             "patch_size": self.patch_size,
             "in_chans": self.in_chans,
@@ -195,7 +202,7 @@ class LoadedModel:
         Derived caches (spectrum, nullspace bases) stay shared: they depend on the weights alone."""
         return LoadedModel(model=shared_weights_view(self.model), name=self.name, device=self.device,
                            data_config=self.data_config, class_names=self.class_names, checkpoint=self.checkpoint,
-                           info=self.info, derived=self.derived)
+                           info=self.info, derived=self.derived, label=self.label)
 
     def trainable_copy(self) -> VisionTransformer:
         """A deep copy with gradients enabled: finetuning and anything else that mutates works on this."""

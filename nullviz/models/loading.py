@@ -16,6 +16,8 @@ from timm.models.vision_transformer import VisionTransformer
 from nullviz.core.errors import (CheckpointError, ModelNotFoundError, NotAVisionTransformerError,
                                  PretrainedWeightsUnavailableError, UnsupportedModelError)
 
+from .budget import check_param_budget, count_params_on_meta
+
 from .checkpoint import read_sidecar, read_weights, recorded_arch
 from .device import resolve_device
 from .hf import build, convert, is_hf_name, load_hf
@@ -25,7 +27,8 @@ from .registry import DEFAULT_MODEL_NAME, EMBEDDED_MODELS, _build_embedded, embe
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_model(name: str = "default", checkpoint: str | Path | None = None,
-               device: str | torch.device | None = "auto", pretrained: bool = True) -> LoadedModel:
+               device: str | torch.device | None = "auto", pretrained: bool = True, *, max_params: int | None = None,
+               local_folders: bool = True) -> LoadedModel:
     """Load a ViT for analysis.
 
     - ``name='default'`` → the embedded digits ViT (weights under ``assets/``; no network).
@@ -33,14 +36,19 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
       raises :class:`PretrainedWeightsUnavailableError` naming the two offline alternatives.
     - ``checkpoint=PATH`` → that local file (.safetensors, .pth/.pt) loaded into architecture ``name``
       (or the architecture recorded in the checkpoint's JSON sidecar).
+    - ``hf:<hub id or folder>`` → a Hugging Face ViT converted into timm's (:mod:`.hf`).
+
+    ``max_params``: the architecture is built on the meta device first and refused with
+    :class:`ModelTooLargeError` above this many parameters, before anything is allocated or downloaded.
+    ``local_folders=False``: an ``hf:`` name is a hub id only, never read as a folder (a shared server).
     """
     dev = resolve_device(device)
     if is_hf_name(name) and checkpoint is None:
-        return _load_hf(name, dev)
+        return _load_hf(name, dev, local_folders=local_folders, max_params=max_params)
     sidecar = read_sidecar(checkpoint) if checkpoint is not None else {}
     if checkpoint is not None and is_hf_name(sidecar.get("arch") if name in (None, "", "default") else name):
         return _load_hf_checkpoint(sidecar.get("arch") if name in (None, "", "default") else name, checkpoint,
-                                   sidecar, dev)
+                                   sidecar, dev, max_params)
     state = None
     if checkpoint is not None and name in (None, "", "default") and not sidecar.get("arch"):
         # a file on its own (an upload has no sidecar): the architecture its header records, else the
@@ -52,16 +60,22 @@ def load_model(name: str = "default", checkpoint: str | Path | None = None,
     arch = _resolve_arch_name(name, sidecar)
     _check_is_vit_name(arch)
 
-    if arch not in EMBEDDED_MODELS:
-        with torch.device("meta"):  # architecture check without allocating or downloading anything
-            _check_is_vit_module(timm.create_model(arch, pretrained=False), arch)
-
+    kwargs: dict[str, Any] = {}
     if checkpoint is not None:
         state = state if state is not None else read_weights(checkpoint)
         num_classes = _num_classes_in(state)
         kwargs = dict(sidecar.get("arch_kwargs", {}))
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
+    if arch not in EMBEDDED_MODELS:  # architecture and size checked without allocating or downloading anything
+        with torch.device("meta"):
+            meta = timm.create_model(arch, pretrained=False, **kwargs)
+        _check_is_vit_module(meta, arch)
+        what = f"{Path(checkpoint).name} ({arch})" if checkpoint is not None else arch
+        check_param_budget(sum(p.numel() for p in meta.parameters()), max_params, what)
+        del meta
+
+    if checkpoint is not None:
         model = _create(arch, pretrained=False, **kwargs)
         _load_state(model, state, arch, checkpoint)
     else:
@@ -92,32 +106,42 @@ def _ready(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
     return model
 
 
-def _load_hf(name: str, dev: torch.device) -> LoadedModel:
+def _load_hf(name: str, dev: torch.device, local_folders: bool = True, max_params: int | None = None) -> LoadedModel:
     """A Hugging Face ViT (``hf:<id or folder>``) converted into timm's VisionTransformer (:mod:`.hf`)."""
-    hf_model, processor = load_hf(name)
+    hf_model, processor = load_hf(name, local_folders=local_folders, max_params=max_params)
     model, kwargs, data_config, names = convert(hf_model, processor)
     return LoadedModel(model=_ready(model, dev), name=name, device=dev, data_config=data_config,
                        class_names=names or [f"feature {i}" for i in range(int(model.num_features))],
-                       checkpoint=None, info={"arch_kwargs": kwargs})
+                       checkpoint=None, info={"arch_kwargs": kwargs}, label=hf_label(name))
 
 
-def _load_hf_checkpoint(name: str, checkpoint: str | Path, sidecar: dict, dev: torch.device) -> LoadedModel:
+def hf_label(name: str) -> str:
+    """How an ``hf:`` model is shown: a hub id as it is, a folder by its last part (``hf:/srv/m/vit-s`` →
+    ``hf:vit-s``), never the folder's path."""
+    ident = name[3:] if is_hf_name(name) else name
+    is_folder = ident.startswith(("/", ".", "~")) or "\\" in ident or ident.count("/") > 1
+    return f"hf:{Path(ident).name}" if is_folder else name
+
+
+def _load_hf_checkpoint(name: str, checkpoint: str | Path, sidecar: dict, dev: torch.device,
+                        max_params: int | None = None) -> LoadedModel:
     """A finetuned copy of a Hugging Face ViT: its sidecar keeps the converted architecture (``arch_kwargs``)."""
     kwargs = dict(sidecar.get("arch_kwargs") or {})
     if not kwargs:
-        raise CheckpointError(f"{str(checkpoint)!r} names the Hugging Face model {name!r} but its sidecar has no "
+        raise CheckpointError(f"{Path(checkpoint).name!r} names the Hugging Face model {name!r} but its sidecar has no "
                               f"'arch_kwargs' (the converted architecture nullviz writes when it saves one).")
     state = read_weights(checkpoint)
     num_classes = _num_classes_in(state)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    check_param_budget(count_params_on_meta(lambda: build(kwargs, 1e-12)), max_params, Path(checkpoint).name)
     model = build(kwargs, float(kwargs.get("layer_norm_eps", 1e-12)))
     _load_state(model, state, name, checkpoint)
     data_config = dict(sidecar["data_config"])
     data_config["input_size"] = tuple(data_config["input_size"])
     return LoadedModel(model=_ready(model, dev), name=name, device=dev, data_config=data_config,
                        class_names=list(sidecar.get("class_names") or []), checkpoint=str(checkpoint),
-                       info={"arch_kwargs": kwargs})
+                       info={"arch_kwargs": kwargs}, label=hf_label(name))
 
 
 def model_data_config(model: torch.nn.Module) -> dict[str, Any]:

@@ -1,25 +1,29 @@
 """How one server is shared: settings from the environment, per-session workspaces, and upload limits.
 
 Local mode (the default) is one trusted user or lab: server paths may be typed, every job on the server is
-listed. Shared mode (``NULLVIZ_SHARED=1``, for a class) turns every server-path input off in favour of
-uploads, caps upload sizes and jobs, and gives each browser session a workspace of its own (a random,
-unguessable id) under which its uploads and jobs live; a session can only name files inside its own
-workspace, and the job list shows only its own jobs.
+listed. Shared mode (``NULLVIZ_SHARED=1``, for a class) admits a session only with the class code (or a login,
+:mod:`.access`), turns every server-path input off in favour of uploads, caps upload sizes, model sizes and jobs,
+and gives each browser session a workspace the server issued (a signed, unguessable id) under which its uploads
+and jobs live; a session can only name files inside its own workspace, and the job list shows only its own jobs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from nullviz.core.atomic import write_bytes_atomic, write_text_atomic
 from nullviz.core.errors import DataError, InvalidParameterError, ServerPathRefusedError, UploadTooLargeError
 from nullviz.models import EMBEDDED_MODELS, embedded_model
 
+from .access import OPEN_ACCESS, is_hub_id, lexically_inside, normalise_code
 from .process import env_flag
 
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -39,6 +43,30 @@ def _positive_int(name: str, value: object) -> int:
     if out < 1:
         raise InvalidParameterError(name, "ServerSettings", "a whole number ≥ 1", value)
     return out
+
+
+#: Shared mode's default model budget (parameters): ViT-B/16 (86.6 M) and smaller.
+SHARED_MAX_MODEL_PARAMS = 90_000_000
+#: A class code a teacher sets must have at least this many letters or digits.
+MIN_ACCESS_CODE_CHARS = 6
+
+
+def _optional_limit(name: str, value: object) -> int | None:
+    if str(value).strip().lower() in ("none", "", "0", "unlimited"):
+        return None
+    return _positive_int(name, value)
+
+
+def _access_code(value: str | None) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    if str(value).strip().lower() == OPEN_ACCESS:
+        return OPEN_ACCESS
+    if len(normalise_code(value)) < MIN_ACCESS_CODE_CHARS:
+        raise InvalidParameterError("NULLVIZ_ACCESS_CODE", "ServerSettings",
+                                    f"at least {MIN_ACCESS_CODE_CHARS} letters or digits, or 'none' for an open server",
+                                    "a shorter code")  # never echo a secret
+    return str(value).strip()
 
 
 def _embedded_name(value: str) -> str:
@@ -69,6 +97,16 @@ class ServerSettings:
     #: attention; 'digits': the fastest one). ``NULLVIZ_DEFAULT_MODEL``.
     default_model: str = "cluttered"
     data_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nullviz")
+    #: Shared mode's class code (``NULLVIZ_ACCESS_CODE``): None, a random one made at start and printed in the
+    #: server's log; ``"none"``, no code (anyone who reaches the port is let in). Unused in local mode.
+    access_code: str | None = None
+    #: Host names besides the served address and loopback that a shared server answers to
+    #: (``NULLVIZ_ALLOWED_HOSTS``, comma-separated: the DNS name students type, a proxy's name).
+    extra_allowed_hosts: tuple[str, ...] = ()
+    #: The largest model (parameters) a session may load, counted on the meta device before anything is
+    #: allocated (``NULLVIZ_MAX_MODEL_PARAMS``); None: no limit (local mode's default). Shared mode: ViT-B/16's
+    #: 86.6 M fits, ViT-L's 304 M does not.
+    max_model_params: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -76,7 +114,9 @@ class ServerSettings:
         """``NULLVIZ_SHARED``, ``NULLVIZ_MAX_JOBS``, ``NULLVIZ_MAX_JOBS_PER_SESSION``, ``NULLVIZ_MAX_UPLOAD_MB``,
         ``NULLVIZ_MAX_EXPANDED_MB``, ``NULLVIZ_DATA_DIR``, ``NULLVIZ_EVAL_JOB_THRESHOLD``, ``NULLVIZ_DEFAULT_MODEL``; ``overrides`` (e.g. the ``[nullviz]`` table of
         ``.streamlit/secrets.toml``: shared, max_jobs, …) win over the environment. Shared mode lowers the
-        defaults to a class's scale: 50 MB uploads, 500 MB unpacked, 2 jobs per session."""
+        defaults to a class's scale: 50 MB uploads, 500 MB unpacked, 2 jobs per session, models up to
+        :data:`SHARED_MAX_MODEL_PARAMS` parameters. ``NULLVIZ_ACCESS_CODE``, ``NULLVIZ_ALLOWED_HOSTS`` and
+        ``NULLVIZ_MAX_MODEL_PARAMS`` (``none``: no limit) are read too."""
         env = dict(os.environ if environ is None else environ)
         for key, value in (overrides or {}).items():
             env["NULLVIZ_" + str(key).upper()] = str(value)
@@ -94,7 +134,16 @@ class ServerSettings:
             eval_job_threshold=_positive_int("NULLVIZ_EVAL_JOB_THRESHOLD",
                                              env.get("NULLVIZ_EVAL_JOB_THRESHOLD", default.eval_job_threshold)),
             default_model=_embedded_name(env.get("NULLVIZ_DEFAULT_MODEL") or default.default_model),
+            access_code=_access_code(env.get("NULLVIZ_ACCESS_CODE")),
+            extra_allowed_hosts=tuple(h.strip() for h in env.get("NULLVIZ_ALLOWED_HOSTS", "").split(",") if h.strip()),
+            max_model_params=_optional_limit("NULLVIZ_MAX_MODEL_PARAMS", env.get(
+                "NULLVIZ_MAX_MODEL_PARAMS", SHARED_MAX_MODEL_PARAMS if shared else "none")),
         )
+
+    @property
+    def open_access(self) -> bool:
+        """Shared mode with no class code, on purpose (``NULLVIZ_ACCESS_CODE=none``)."""
+        return self.shared and self.access_code == OPEN_ACCESS
 
     @property
     def jobs_root(self) -> Path:
@@ -112,12 +161,14 @@ class ServerSettings:
     def describe(self) -> str:
         if not self.shared:
             return "local mode: server paths allowed, all jobs listed"
-        return (f"shared mode: uploads only (≤ {self.max_upload_mb} MB each), {self.max_running_jobs} jobs at once, "
-                f"≤ {self.max_jobs_per_workspace} per session, each session's files private")
+        access = "open to anyone who reaches it" if self.open_access else "class code required"
+        return (f"shared mode: {access}, uploads only (≤ {self.max_upload_mb} MB each), {self.max_running_jobs} "
+                f"jobs at once, ≤ {self.max_jobs_per_workspace} per session, each session's files private")
 
 
 # ------------------------------------------------------------------------------------------- workspaces
 def new_workspace_id() -> str:
+    """A random workspace id (unsigned: shared mode issues signed ones, :class:`.access.WorkspaceSigner`)."""
     return secrets.token_urlsafe(18)
 
 
@@ -145,8 +196,9 @@ class Workspace:
         return self.settings.jobs_root / self.id
 
     def allows(self, path: str | Path) -> bool:
-        p = Path(path).resolve()
-        return any(p.is_relative_to(root.resolve()) for root in (self.uploads, self.jobs))
+        """Whether ``path`` lies in this workspace's uploads or jobs, decided on its text alone (``..`` folded,
+        nothing read from the disk: the answer cannot tell what exists)."""
+        return lexically_inside(path, (self.uploads, self.jobs))
 
     def check_server_path(self, path: str | Path, what: str) -> Path:
         """A path a user typed or a page carried: in shared mode it must lie in this workspace.
@@ -158,18 +210,65 @@ class Workspace:
                 f"server. Upload the file instead.")
         return Path(path)
 
+    def check_model_name(self, name: str) -> str:
+        """How a model name may be loaded here: ``"name"`` (an embedded model or a timm architecture),
+        ``"hub"`` (``hf:owner/name``, fetched from the hub or its cache only, never read as a folder) or
+        ``"folder"`` (``hf:`` + a folder; in shared mode only one of this workspace's uploads).
+
+        In shared mode every other form — ``hf:`` with an absolute, relative or ``~`` path outside the
+        workspace, timm's ``local-dir:``/``file:`` prefixes — is refused before the file system is touched,
+        with one sentence whatever the folder is or whether it exists."""
+        name = str(name).strip()
+        hf = name.startswith("hf:")
+        ident = name[3:] if hf else name
+        if hf and self.settings.shared and os.path.isabs(ident) and self.allows(ident):
+            return "folder"
+        if hf and is_hub_id(ident):
+            return "hub"
+        if not hf and re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", ident):
+            return "name"
+        if self.settings.shared:
+            raise ServerPathRefusedError(
+                "This is a shared server: the model can only be an embedded model, a timm name, a Hugging Face hub "
+                "id (hf:owner/name) or one of your uploads, not a path on the server. Upload the model instead.")
+        return "folder" if hf else "name"
+
     def save_upload(self, name: str, data: bytes, suffixes: tuple[str, ...]) -> Path:
-        """Store an upload under this workspace, size-checked, with a safe file name; returns its path."""
+        """Store an upload under this workspace, size-checked, with a safe file name; returns its path.
+
+        Stored once per content (a folder named by its hash): loading the same upload again reuses the file."""
         check_upload_size(name, len(data), self.settings.max_upload_mb)
         base = Path(name).name
         suffix = Path(base).suffix.lower()
         if suffix not in suffixes:
             raise DataError(f"{base!r} is not one of the accepted file types ({', '.join(suffixes)}).")
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(base).stem)[:80] or "upload"
-        folder = Path(tempfile.mkdtemp(prefix="u-", dir=self._mkdir(self.uploads)))
-        path = folder / (stem + suffix)
-        path.write_bytes(data)
+        path = self._mkdir(self.uploads / f"u-{content_hash(data)}") / (safe_stem(base) + suffix)
+        if not path.is_file():
+            write_bytes_atomic(path, data)
         return path
+
+    def save_model_folder_zip(self, name: str, data: bytes) -> Path:
+        """Unpack a zipped Hugging Face model folder (an upload kind of its own) under this workspace, once per
+        content; returns the folder to load as ``hf:<folder>``, named after the zip (``vit-s.zip`` → ``vit-s``)."""
+        from nullviz.models.uploads import unpack_model_folder_zip
+
+        check_upload_size(name, len(data), self.settings.max_upload_mb)
+        if Path(name).suffix.lower() != ".zip":
+            raise DataError(f"{Path(name).name!r} is not a .zip of a model folder.")
+        home = self.uploads / f"m-{content_hash(data)}"
+        target = home / safe_stem(Path(name).name)
+        done = home / ".unpacked"
+        if done.is_file():
+            return Path(done.read_text())
+        staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self._mkdir(self.uploads)))
+        try:
+            folder = unpack_model_folder_zip(data, staging, max_bytes=self.settings.max_expanded_mb * 2**20)
+            home.mkdir(parents=True, exist_ok=True)
+            os.replace(folder, target)
+            write_text_atomic(done, str(target))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # a refused zip leaves nothing behind
+        return target
 
     def new_upload_folder(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="d-", dir=self._mkdir(self.uploads)))
@@ -178,6 +277,16 @@ class Workspace:
     def _mkdir(p: Path) -> Path:
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def content_hash(data: bytes) -> str:
+    """A short name for an upload's content (the first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def safe_stem(file_name: str) -> str:
+    """A file name's stem reduced to letters, digits and ``._-`` (at most 80), never empty."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(file_name).stem)[:80].lstrip(".") or "upload"
 
 
 def check_upload_size(name: str, size: int, max_mb: int) -> None:
