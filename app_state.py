@@ -5,9 +5,12 @@ Only UI plumbing lives here; every computation is a call into ``nullviz``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,25 +25,151 @@ from nullviz.data import OWN_SOURCE, load_image_bytes, model_own_data, sample_im
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
                             available_devices, embedded_model, load_model, resolve_device)
-from nullviz.models.hf import is_hf_name
 from nullviz.noise.approximate import clean_logits
 from nullviz.noise.exact import NoiseSpec, nullspace, sample_noise, to_pixels, verify_invariance
+from nullviz.server.access import (AttemptLimiter, WorkspaceSigner, codes_match, generate_access_code, markdown_text,
+                                   server_secret)
 from nullviz.server.process import server_threads, threads_per_job
-from nullviz.server.settings import (LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size, new_workspace_id,
-                                     valid_workspace_id)
+from nullviz.server.settings import LOCAL_WORKSPACE, ServerSettings, Workspace, check_upload_size
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+#: A name (file, class, checkpoint, job) as literal text inside markdown: names are data, never markup.
+plain = markdown_text
+#: A zipped Hugging Face model folder: an upload kind of its own (loaded as hf:<its folder>)
+MODEL_FOLDER_SUFFIX = ".zip"
 
 
 # ------------------------------------------------------------------------------------- the shared server
+def _secrets_section(name: str) -> dict:
+    try:
+        return dict(st.secrets.get(name, {}))
+    except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
+        return {}
+
+
 @st.cache_resource(show_spinner=False)
 def server_settings() -> ServerSettings:
-    """Read once per server: the environment (NULLVIZ_SHARED…), overridden by secrets.toml's [nullviz]."""
-    try:
-        overrides = dict(st.secrets.get("nullviz", {}))
-    except FileNotFoundError:  # no secrets.toml (StreamlitSecretNotFoundError is a FileNotFoundError)
-        overrides = {}
-    return ServerSettings.from_env(overrides=overrides)
+    """Read once per server: the environment (NULLVIZ_SHARED…), overridden by secrets.toml's [nullviz]. A shared
+    server without a configured class code gets a random one here, once (server.py prints it)."""
+    settings = ServerSettings.from_env(overrides=_secrets_section("nullviz"))
+    if settings.shared and settings.access_code is None and not login_configured():
+        settings = dataclasses.replace(settings, access_code=generate_access_code())
+    return settings
+
+
+def login_configured() -> bool:
+    """Whether the teacher configured Streamlit's own login (``[auth]`` in secrets.toml, OIDC): it then
+    replaces the class code, and each student's workspace is tied to their ``st.user``."""
+    return bool(_secrets_section("auth"))
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """The server's workspace signer (its secret kept in the data folder) and its wrong-code limiter."""
+
+    signer: WorkspaceSigner
+    limiter: AttemptLimiter
+
+
+@st.cache_resource(show_spinner=False)
+def server_keys() -> ServerKeys:
+    return ServerKeys(WorkspaceSigner(server_secret(server_settings().data_root)), AttemptLimiter())
+
+
+def logged_in_identity() -> str | None:
+    """The logged-in user's stable id (OIDC ``sub``, else e-mail) where login is configured, else None."""
+    if not login_configured() or not st.user.is_logged_in:
+        return None
+    ident = st.user.get("sub") or st.user.get("email")
+    return str(ident) if ident else None
+
+
+def _client_key() -> str:
+    """Whom wrong codes are counted against: the browser's address (every tab of one machine together)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ip = st.context.ip_address
+    if isinstance(ip, str) and ip:
+        return ip
+    ctx = get_script_run_ctx()
+    return f"session:{ctx.session_id if ctx else 'none'}"  # no address (AppTest): the session
+
+
+def _try_code(code: str) -> None:
+    settings, keys = server_settings(), server_keys()
+    client = _client_key()
+    wait = keys.limiter.wait_seconds(client)
+    if wait > 0:
+        st.session_state["access_message"] = (f"Too many wrong codes from your address: try again in "
+                                              f"{wait:.0f} s.")
+        return
+    if codes_match(code, settings.access_code or ""):
+        keys.limiter.succeeded(client)
+        st.session_state["admitted"] = True
+        st.session_state.pop("access_message", None)
+        return
+    wait = keys.limiter.failed(client)
+    st.session_state["access_message"] = ("That is not this class's code." + (
+        f" Too many wrong codes from your address: try again in {wait:.0f} s." if wait > 0 else ""))
+
+
+def admit() -> bool:
+    """Shared mode: whether this session may use the server; if not, it gets the class-code prompt (or the login
+    button) and nothing else — no page, no upload, no job, no model work. Local mode: always.
+
+    A session is let in by the code (typed, or from the join link ``?code=…``, which is then removed from the
+    address), by a workspace link the server issued (``?ws=…``: a bookmark or a reload), by Streamlit's login
+    where ``[auth]`` is configured, or by anyone when the teacher set ``NULLVIZ_ACCESS_CODE=none``."""
+    settings = server_settings()
+    if not settings.shared or st.session_state.get("admitted"):
+        return True
+    if login_configured():
+        if logged_in_identity() is not None:
+            st.session_state["admitted"] = True
+            return True
+        return False
+    if settings.open_access:
+        st.session_state["admitted"] = True
+        return True
+    asked = st.query_params.get("ws")
+    if asked and server_keys().signer.verify(asked):
+        st.session_state["admitted"] = True
+        return True
+    code = st.query_params.get("code")
+    if code is not None:
+        st.query_params.pop("code", None)  # the code never stays in the page's link
+        _try_code(code)
+        if st.session_state.get("admitted"):
+            return True
+    return False
+
+
+def access_prompt() -> None:
+    """The only page a shared server shows a session it has not let in: the class-code form, or the login."""
+    if login_configured():
+        _login_prompt()
+    else:
+        _code_prompt()
+
+
+def _code_prompt() -> None:
+    st.title("nullviz · class server")
+    with st.form("access_form", border=False):
+        code = st.text_input("Class code", type="password", key="access_code",
+                             help="Your teacher has it: the server prints it, with a join link, when it starts.")
+        joined = st.form_submit_button("Join", type="primary")
+    if joined:
+        _try_code(code)
+        if st.session_state.get("admitted"):
+            st.rerun()
+    if st.session_state.get("access_message"):
+        st.error(st.session_state["access_message"])
+
+
+def _login_prompt() -> None:
+    st.title("nullviz · class server")
+    st.write("Log in to use this server: your uploads and jobs are kept under your login.")
+    st.button("Log in", type="primary", on_click=st.login, key="login")
 
 
 def default_spec() -> ModelSpec:
@@ -108,17 +237,28 @@ def job_threads() -> int:
 
 
 def workspace() -> Workspace:
-    """This session's files and jobs. Local mode: one workspace for everyone. Shared mode: a random id
-    per browser session, kept in the URL (``?ws=…``) so a reload or a bookmark finds the same jobs."""
+    """This session's files and jobs. Local mode: one workspace for everyone. Shared mode: the logged-in user's
+    (where login is configured), else one the server issued to this browser session, signed and kept in the URL
+    (``?ws=…``) so a reload or a bookmark finds the same jobs. A link whose workspace the server did not issue
+    (guessed, chosen, altered) is refused: the session gets a fresh workspace and says so."""
     settings = server_settings()
     if not settings.shared:
         return Workspace(LOCAL_WORKSPACE, settings)
     ws = st.session_state.get("workspace_id")
+    identity = logged_in_identity()
     if ws is None:
+        signer = server_keys().signer
         asked = st.query_params.get("ws")
-        ws = asked if valid_workspace_id(asked) and asked != LOCAL_WORKSPACE else new_workspace_id()
+        if identity is not None:
+            ws = signer.for_identity(identity)
+        elif asked and signer.verify(asked):
+            ws = asked
+        else:
+            if asked:
+                st.session_state["workspace_refused"] = True
+            ws = signer.issue()
         st.session_state["workspace_id"] = ws
-    if st.query_params.get("ws") != ws:
+    if identity is None and st.query_params.get("ws") != ws:
         st.query_params["ws"] = ws
     return Workspace(ws, settings)
 
@@ -130,13 +270,28 @@ def upload_widget(label: str, key: str, types: list[str] | None = None, containe
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
-def _cached_model(name: str, checkpoint: str | None, device: str) -> LoadedModel:
-    return load_model(name, checkpoint=checkpoint, device=device)
+def _cached_model(name: str, checkpoint: str | None, device: str, max_params: int | None,
+                  local_folders: bool) -> LoadedModel:
+    lm = load_model(name, checkpoint=checkpoint, device=device, max_params=max_params, local_folders=local_folders)
+    sys.stderr.write(f"nullviz: model {lm.label!r} loaded into the shared cache\n")
+    return lm
 
 
 def cached_model(spec: ModelSpec) -> LoadedModel:
-    """One LoadedModel per (name, checkpoint, resolved device), shared by all sessions: never mutate it."""
-    return _cached_model(spec.name, spec.checkpoint, str(resolve_device(spec.device)))
+    """One LoadedModel per (name, checkpoint, resolved device), shared by all sessions: never mutate it.
+
+    On a shared server the spec is checked first (:meth:`Workspace.check_model_name`: no server path, an ``hf:``
+    id from the hub only, a folder or checkpoint only from this session's uploads) and the model's size is
+    counted before it is built (``NULLVIZ_MAX_MODEL_PARAMS``)."""
+    settings = server_settings()
+    form = "name"
+    if settings.shared and (spec.checkpoint or embedded_model(spec.name) is None):
+        ws = workspace()
+        form = ws.check_model_name(spec.name)
+        if spec.checkpoint:
+            ws.check_server_path(spec.checkpoint, "the checkpoint")
+    return _cached_model(spec.name, spec.checkpoint, str(resolve_device(spec.device)), settings.max_model_params,
+                         not settings.shared or form == "folder")
 
 
 @st.cache_data(show_spinner=False)
@@ -243,7 +398,9 @@ def require_shell(page_file: str) -> None:
     run goes to app.py once, which sets up navigation and switches back to the page.
     """
     if "model_spec" not in st.session_state:
-        st.session_state["_deep_link"] = (f"pages/{Path(page_file).name}", st.query_params.to_dict())
+        admit()  # a join link's class code is taken here, before the detour: it is never carried on in the link
+        params = {k: v for k, v in st.query_params.to_dict().items() if k != "code"}
+        st.session_state["_deep_link"] = (f"pages/{Path(page_file).name}", params)
         st.switch_page("app.py")
 
 
@@ -310,8 +467,6 @@ def current_model() -> LoadedModel:
     """
     try:
         spec = ModelSpec.from_dict(st.session_state.get("model_spec") or default_spec())
-        if spec.checkpoint:
-            workspace().check_server_path(spec.checkpoint, "the checkpoint")
         return cached_model(spec).view()
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)
@@ -366,8 +521,9 @@ def model_sidebar() -> None:
                                       "Face transformers ViT (ViT, non-distilled DeiT, DINO) as "
                                       "hf:google/vit-base-patch16-224 is converted into timm's ViT.")
             if shared:
-                upload = upload_widget("Checkpoint (.safetensors, or .pth/.pt holding weights only)",
-                                       "model_checkpoint_upload", [s.lstrip(".") for s in CHECKPOINT_SUFFIXES])
+                upload = upload_widget("Checkpoint (.safetensors, or .pth/.pt holding weights only), or a zipped "
+                                       "Hugging Face model folder (.zip)", "model_checkpoint_upload",
+                                       [s.lstrip(".") for s in (*CHECKPOINT_SUFFIXES, MODEL_FOLDER_SUFFIX)])
                 checkpoint = ""
             else:
                 upload = None
@@ -378,7 +534,14 @@ def model_sidebar() -> None:
                                   key="model_device")
             submitted = st.form_submit_button("Load model", type="primary")
         if submitted:
-            if upload is not None:
+            if upload is not None and Path(upload.name).suffix.lower() == MODEL_FOLDER_SUFFIX:
+                try:
+                    folder = workspace().save_model_folder_zip(upload.name, upload.getvalue())
+                    _switch_model(sources[1], sources, f"hf:{folder}", "", device)
+                except NullvizError as exc:
+                    st.session_state["model_error"] = f"{upload.name}: {exc}"
+                checkpoint = None
+            elif upload is not None:
                 try:
                     checkpoint = str(workspace().save_upload(upload.name, upload.getvalue(), CHECKPOINT_SUFFIXES))
                 except NullvizError as exc:
@@ -392,12 +555,19 @@ def model_sidebar() -> None:
                               device)
         lm = current_model()
         if st.session_state.get("model_error"):
-            st.error(st.session_state["model_error"])
-        shown = Path(lm.checkpoint).name if lm.checkpoint and shared else lm.checkpoint
-        st.caption(f"Active: **{lm.name}**" + (f" from `{shown}`" if lm.checkpoint else "") + f" on `{lm.device}`")
+            st.error(user_message(st.session_state["model_error"]))
+        st.caption(f"Active: **{markdown_text(lm.label)}**" + (f" from {markdown_text(shown_checkpoint(lm.checkpoint))}"
+                                                            if lm.checkpoint else "") + f" on `{lm.device}`")
         if shared:
-            st.caption(":material/group: Shared server: your uploads and jobs are private to this browser tab's "
-                       "link (bookmark it to come back to your jobs).")
+            if st.session_state.pop("workspace_refused", False):
+                st.warning("The workspace in that link was not issued by this server: you have a new, empty one.")
+            if logged_in_identity() is not None:
+                st.caption(":material/group: Shared server: your uploads and jobs are kept under your login.")
+            else:
+                st.caption(":material/group: Shared server: your uploads and jobs are private to this browser tab's "
+                           "link (bookmark it to come back to your jobs; whoever has the link has them).")
+            if server_settings().open_access:
+                st.caption(":material/lock_open: This server is open to anyone who reaches it (no class code).")
 
 
 def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, device: str) -> None:
@@ -415,11 +585,7 @@ def _switch_model(source: str, sources: list[str], name: str, checkpoint: str, d
             return
         new = ModelSpec(name or "default", checkpoint, device)
     try:
-        if new.checkpoint:
-            workspace().check_server_path(new.checkpoint, "the checkpoint")
-        if is_hf_name(new.name) and new.name[3:].startswith(("/", ".", "~")):  # a folder on the server
-            workspace().check_server_path(new.name[3:], "the model folder")
-        cached_model(new)
+        cached_model(new)  # checks the spec against this server's rules before anything is read
     except NullvizError as exc:  # keep the previous model: nothing is lost
         st.session_state["model_error"] = str(exc)
         return
@@ -472,7 +638,7 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
             check_upload_size(upload.name, upload.size, server_settings().max_upload_mb)
             return ChosenImage(upload.name, load_image_bytes(upload.getvalue()))
         except NullvizError as exc:
-            st.error(f"{upload.name}: {exc} Showing the sample image instead.")
+            st.error(user_message(f"{upload.name}: {exc} Showing the sample image instead."))
     return ChosenImage(sample, sample_image(sample))
 
 
@@ -506,9 +672,26 @@ def fingerprint(*parts) -> str:
     return digest.hexdigest()
 
 
+def shown_checkpoint(path: str | None) -> str:
+    """How a checkpoint is named on screen: its path locally (the user typed it), its file name on a shared
+    server (never a server path, nor the workspace's key in it)."""
+    if not path:
+        return ""
+    return Path(path).name if server_settings().shared else path
+
+
+def user_message(text: str) -> str:
+    """A message for the screen: on a shared server every path under the data folder becomes its last part, and
+    the whole is shown as text (a file or class name is never read as markdown)."""
+    root = re.escape(str(server_settings().data_root))
+    if server_settings().shared:
+        text = re.sub(root + r"[^\s'\"]*", lambda m: Path(m.group(0)).name, text)
+    return markdown_text(text)
+
+
 def show_error(exc: Exception) -> None:
-    """One clear line for a user error (never a traceback)."""
-    st.error(str(exc))
+    """One clear line for a user error (never a traceback; names shown as text)."""
+    st.error(user_message(str(exc)))
 
 
 def png_bytes(hwc: np.ndarray) -> bytes:

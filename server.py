@@ -10,6 +10,11 @@ only. Streamlit's hashed, immutable script and font files are kept in memory onc
 (:func:`idle_import_script`). Everything else is Streamlit's own server: ``streamlit run server.py``
 finds ``app`` below.
 
+In shared mode (a class) it also guards the door (:class:`SharedModeGuard`): requests whose Host is not one
+this server answers to are refused (DNS rebinding), and no client message can clear the shared caches or reach
+Streamlit's developer actions; :func:`configure_shared_mode` sets Streamlit's own options to match and prints
+the class code's join link.
+
 It also starts warm: before it reports ready, it imports the library, loads the default model and the Home
 page's picture into the shared caches and prepares the default model's training images for the Nullspace
 page's approximate δ (in a worker thread), so no visitor waits for them or shares the cores with them.
@@ -178,6 +183,102 @@ class ServerAtRoot:
         await self.app(scope, receive, capture)
 
 
+class SharedModeGuard:
+    """ASGI middleware, active once :func:`configure_shared_mode` has run for a shared server.
+
+    - Host: an HTTP request or websocket whose ``Host`` header is not in the allow-list gets 403 (Streamlit
+      checks its websocket against ``server.allowedHosts`` too; this covers every route).
+    - Client messages: ``clear_cache`` (the developer menu's action: it drops the cached model, job queue and
+      settings for every session), ``set_run_on_save`` and the ``debug_*`` messages are dropped, with one log
+      line; every other message passes untouched."""
+
+    REFUSED_MESSAGES = frozenset({"clear_cache", "set_run_on_save", "debug_disconnect_websocket",
+                                  "debug_shutdown_runtime"})
+    hosts: list[str] | None = None  # None: not a shared server, nothing is checked
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        hosts = SharedModeGuard.hosts
+        if hosts is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        from nullviz.server.access import host_allowed
+
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not host_allowed(host, hosts):
+            sys.stderr.write(f"nullviz: refused a {scope['type']} request for Host {host[:80]!r}\n")
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = b"This server does not answer to that host name."
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "websocket":
+            receive = self._filtered(receive)
+        await self.app(scope, receive, send)
+
+    def _filtered(self, receive):
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        async def next_message():
+            while True:
+                message = await receive()
+                data = message.get("bytes") if message.get("type") == "websocket.receive" else None
+                if data:
+                    msg = BackMsg()
+                    try:
+                        msg.ParseFromString(data)
+                        kind = msg.WhichOneof("type")
+                    except Exception:  # noqa: BLE001 — not ours to judge: Streamlit answers a malformed message
+                        kind = None
+                    if kind in self.REFUSED_MESSAGES:
+                        sys.stderr.write(f"nullviz: refused a client's {kind!r} message (shared mode)\n")
+                        continue
+                return message
+
+        return next_message
+
+
+def configure_shared_mode() -> None:
+    """For a shared server, before it serves anyone: Streamlit's Host allow-list (the address it serves, this
+    machine's names, ``NULLVIZ_ALLOWED_HOSTS``), no error details on screen, Streamlit's own upload limit set to
+    nullviz's, :class:`SharedModeGuard` on, and the class code's join link (or a loud note that there is no code)
+    in the log. A local server is left as it was."""
+    import app_state
+    from streamlit import config
+    from nullviz.server.access import WILDCARD_ADDRESSES, allowed_hosts, is_ip_address, machine_addresses
+
+    settings = app_state.server_settings()
+    if not settings.shared:
+        return
+    address = str(config.get_option("server.address") or "")
+    hosts = allowed_hosts(address, settings.extra_allowed_hosts)
+    where = "nullviz shared mode"
+    config.set_option("server.allowedHosts", hosts, where)
+    config.set_option("client.showErrorDetails", "none", where)
+    config.set_option("server.maxUploadSize", settings.max_upload_mb, where)
+    SharedModeGuard.hosts = hosts
+    port = config.get_option("server.port")
+    host = address
+    if address in WILDCARD_ADDRESSES:
+        outward = [h for h in machine_addresses() if is_ip_address(h) and not h.startswith(("127.", "::1"))]
+        host = (settings.extra_allowed_hosts or outward or ["localhost"])[0]
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    sys.stderr.write(f"nullviz: shared mode; answers to {', '.join(hosts)} (more: NULLVIZ_ALLOWED_HOSTS)\n")
+    if app_state.login_configured():
+        sys.stderr.write(f"nullviz: students log in (Streamlit [auth] in secrets.toml) at {base}\n")
+    elif settings.open_access:
+        sys.stderr.write("nullviz: WARNING: NO CLASS CODE (NULLVIZ_ACCESS_CODE=none): anyone who reaches "
+                         f"{base} can use this server, upload files and start jobs\n")
+    else:
+        sys.stderr.write(f"nullviz: class code {settings.access_code}; students join at {base}?code="
+                         f"{settings.access_code}\n")
+
+
 def _warm() -> None:
     t0 = time.perf_counter()
     try:
@@ -217,6 +318,7 @@ async def in_a_thread_that_ends(fn, name: str):
 
 @contextlib.asynccontextmanager
 async def warm_start(_app):
+    await in_a_thread_that_ends(configure_shared_mode, "nullviz-configure")  # before anyone is served
     await in_a_thread_that_ends(_warm, "nullviz-warm")  # before the server says it is ready: its first visitor
     # gets a figure at once, and the Nullspace page's training images (~4 s): prepared after ready, they ran beside
     # the first visitors' pages, and a second visitor's first page waited on their Python (1.9–2.4 s, not 1.4–1.7 s)
@@ -224,5 +326,6 @@ async def warm_start(_app):
     yield None
 
 
-app = st.App(ROOT / "app.py", middleware=[Middleware(ServerAtRoot), Middleware(ImmutableAssetsFromMemory)],
+app = st.App(ROOT / "app.py", middleware=[Middleware(SharedModeGuard), Middleware(ServerAtRoot),
+                                         Middleware(ImmutableAssetsFromMemory)],
              lifespan=warm_start)

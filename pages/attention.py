@@ -6,7 +6,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker,
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker, plain,
                        job_queue, job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
                        upload_widget, workspace)
 from nullviz import figures
@@ -39,7 +39,7 @@ source = st.radio("Noise", sources, horizontal=True, key="att_source")
 
 if source == "noise from the Nullspace page":
     chosen = st.session_state["current_image"]
-    st.caption(f"Image **{chosen.name}** and its {noise_label(noise.kind)} ({noise.level} level) from the Nullspace page.")
+    st.caption(f"Image **{plain(chosen.name)}** and its {noise_label(noise.kind)} ({noise.level} level) from the Nullspace page.")
     delta, level = noise.delta, noise.level
 else:
     chosen = image_picker("att")
@@ -76,7 +76,7 @@ except NullvizError as exc:
     st.stop()
 
 d = cmp.to_dict()
-st.markdown(f"Prediction clean **{lm.class_name(d['top1_clean'])}**, noised **{lm.class_name(d['top1_noised'])}** · "
+st.markdown(f"Prediction clean **{plain(lm.class_name(d['top1_clean']))}**, noised **{plain(lm.class_name(d['top1_noised']))}** · "
             f"largest per-layer attention change (total variation) **{max(d['layer_attention_distance']):.2e}**")
 
 st.plotly_chart(figures.depth_curve({"token representation ‖Δh‖/‖h‖": d["layer_repr_change"],
@@ -238,7 +238,7 @@ with st.form("att_set_form"):
     own = model_own_data(lm.name)
     first = f"{own} (held-out split)" if own else f"the {len(SAMPLE_PHOTOS)} sample photographs"
     set_source = c[0].selectbox("images", [first, "upload a zip of an ImageFolder"], key="att_set_source",
-                                help=None if own else f"{lm.name} has no images of its own here; upload a zip of "
+                                help=None if own else f"{plain(lm.label)} has no images of its own here; upload a zip of "
                                 "its kind of images for more than the sample photographs.")
     n_images = c[1].number_input("how many", 1, 1000, 64, key="att_set_n")
     batch = c[2].number_input("batch size", 1, 512, 64, key="att_set_batch")
@@ -261,7 +261,7 @@ if run_set:
         result = set_statistics(lm, xs, delta, level, batch_size=int(batch),
                                 progress=lambda done, n: bar.progress(done / n, text=f"{done}/{n} images"))
         bar.empty()
-        which = f"from {zip_up.name}" if set_source.startswith("upload") else set_source
+        which = f"from {plain(zip_up.name)}" if set_source.startswith("upload") else set_source
         st.session_state["att_set"] = {"stats": result, "noise": source, "which": which,
                                        "inputs": fingerprint(model_key(lm), delta, level)}
     except NullvizError as exc:
@@ -491,7 +491,7 @@ if stored_other is not None and stored_other[0] == INPUTS:  # the same image, no
     c[2].plotly_chart(figures.heatmap(diff, "rollout, B − A", colorscale=figures.DIVERGING, zmid=0.0, zmin=-span,
                                       colorbar_title="Δ rollout weight"), key="att_other_diff")
     da, db = both.a.to_dict(), both.b.to_dict()
-    st.caption(f"Prediction clean / noised — A: {lm.class_name(da['top1_clean'])} / {lm.class_name(da['top1_noised'])}"
+    st.caption(f"Prediction clean / noised — A: {plain(lm.class_name(da['top1_clean']))} / {plain(lm.class_name(da['top1_noised']))}"
                f"; B: {names_b[db['top1_clean']]} / {names_b[db['top1_noised']]}.")
     st.download_button("both models, per block (JSON)", json.dumps(both.to_dict(), indent=2),
                        "two_models.json", "application/json", on_click="ignore", key="dl_other")

@@ -10,7 +10,7 @@ from datetime import datetime
 import streamlit as st
 import torch
 
-from app_state import (current_model, job_queue, job_threads, require_shell, server_settings, set_active_checkpoint,
+from app_state import (current_model, job_queue, job_threads, plain, require_shell, server_settings, set_active_checkpoint,
                        show_error, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
@@ -116,7 +116,7 @@ with st.form("ft_form"):
                                          help="Steps of the δs every run is measured with (fixed λ, ε and images: "
                                               "the same yardstick for every method, whatever it trained with).")
     new_head = st.checkbox("new classifier head for the data's classes", key="ft_new_head",
-                           value=False, help=f"{lm.name} predicts {lm.model.num_classes:,} classes. Data with another "
+                           value=False, help=f"{plain(lm.label)} predicts {lm.model.num_classes:,} classes. Data with another "
                            "number of classes needs a new head (trained from a seeded start); without this box such a "
                            "run is refused.")
     start = st.form_submit_button("Start", type="primary")

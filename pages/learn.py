@@ -6,7 +6,7 @@ Back / Next — a teacher can open step 4 directly: ``/learn?present=1&step=4``.
 import numpy as np
 import streamlit as st
 
-from app_state import current_model, default_sample_for, presentation_mode, require_shell, set_presentation_mode
+from app_state import current_model, default_sample_for, plain, presentation_mode, require_shell, set_presentation_mode
 from nullviz import figures
 from nullviz.data import sample_image, sample_image_names
 from nullviz.noise import exact as N
@@ -66,7 +66,7 @@ def step_1() -> None:
 def step_2() -> None:
     p, D = lm.patch_size, lm.embed_dim
     st.markdown(
-        f"**{lm.name}** cuts the image into {p}×{p} patches. Each patch is 3·{p}² = **{ns.input_dim}** numbers, "
+        f"**{plain(lm.label)}** cuts the image into {p}×{p} patches. Each patch is 3·{p}² = **{ns.input_dim}** numbers, "
         f"mapped by one matrix W to a token of D = **{D}** numbers. W has {D} rows, so its rank is at most {D}; "
         f"rank–nullity leaves at least {ns.input_dim} − {D} = **{max(ns.input_dim - D, 0)}** null dimensions. "
         f"Measured: rank **{ns.rank}**, nullity **{ns.nullity}**."

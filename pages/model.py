@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_state import current_model, require_shell
+from app_state import current_model, plain, require_shell, shown_checkpoint
 from nullviz.data import digits_dataset
 from nullviz.models import embedded_model
 from nullviz.robustness.cluttered_report import measure as measure_cluttered
@@ -13,7 +13,7 @@ require_shell(__file__)
 lm = current_model()
 facts = lm.facts()
 st.title("Model")
-st.subheader(facts["name"] + (f" — {facts['checkpoint']}" if facts["checkpoint"] else ""))
+st.subheader(plain(facts["name"]) + (f" — {plain(shown_checkpoint(facts['checkpoint']))}" if facts["checkpoint"] else ""))
 
 c = st.columns(4)
 c[0].metric("Patch size", f"{facts['patch_size']}×{facts['patch_size']}")

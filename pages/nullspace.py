@@ -7,7 +7,7 @@ from dataclasses import replace
 import streamlit as st
 import torch
 
-from app_state import (current_model, figure_html, image_picker, model_key, own_synthesis_sets_shown, png_bytes,
+from app_state import (current_model, figure_html, image_picker, model_key, own_synthesis_sets_shown, plain, png_bytes,
                        require_shell, show_error)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
@@ -82,7 +82,7 @@ with st.form("ns_form"):
         steps = c[0].number_input("steps", min_value=1, max_value=5000, key="ns_steps")
         source = c[1].selectbox("optimise on", SOURCES, key="ns_source",
                                 format_func=lambda k: synthesis_source_label(k, OWN),
-                                help=None if OWN else f"{lm.name} has no training images of its own here: δ is fit "
+                                help=None if OWN else f"{plain(lm.label)} has no training images of its own here: δ is fit "
                                 "on the sample photographs (or the current image), and gets a verdict only on "
                                 f"{MIN_VERDICT_IMAGES} or more images it never saw.")
         batch = c[2].number_input("batch (images per step)", min_value=1, max_value=1024, value=DEFAULTS.batch_size,
@@ -187,7 +187,7 @@ if noise is None:
     st.stop()
 
 delta, level = noise.delta, noise.level
-metrics: dict = {"model": lm.name, "image": chosen.name, "kind": noise.kind, "level": level}
+metrics: dict = {"model": lm.label, "image": chosen.name, "kind": noise.kind, "level": level}
 res = noise.synthesis
 clipped = res is not None and res.config.clip
 if clipped:  # the model sees clip(x + δ): show and verify exactly that
@@ -233,7 +233,7 @@ if res is not None:
 
 st.subheader("Verification")
 if res is not None:
-    st.markdown(f"**This image** ({chosen.name})")
+    st.markdown(f"**This image** ({plain(chosen.name)})")
 c = st.columns(5 if res is not None and level == "input" else 4)
 c[0].metric("relative logit change", f"{metrics['rel_logit_change']:.2e}")
 c[1].metric("max |Δ logit|", f"{metrics['max_abs_logit_change']:.2e}")
@@ -258,7 +258,7 @@ if level == "input":
                + (f" · feasible variant kept {metrics['feasible_kept_norm_fraction']:.0%} of the noise norm"
                   if "feasible_kept_norm_fraction" in metrics else ""))
 if res is not None:
-    st.markdown(f"The three numbers above are about **this image** ({chosen.name})"
+    st.markdown(f"The three numbers above are about **this image** ({plain(chosen.name)})"
                 + (", one of the images δ was fit on." if noise.meta.get("image_in_fit")
                    else ", which is not among the images δ was fit on.")
                 + " The numbers below are about sets of images.")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_state import (cached_model, current_model, default_spec, follow_job, follow_job_result, job_queue, job_threads, model_key,
+from app_state import (cached_model, current_model, default_spec, follow_job, follow_job_result, job_queue, job_threads, model_key, plain,
                        own_checkpoints, require_shell, server_settings, show_error, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
@@ -134,7 +134,7 @@ def suite_panel() -> None:
                         raise NullvizError("Type the folder that holds the benchmarks.")
                     root = ws.check_server_path(root_text.strip(), "the benchmark root")
                 if int(lm_a.model.num_classes) != 1000:
-                    raise NullvizError(f"{lm_a.name} predicts {lm_a.model.num_classes:,} classes; the benchmarks "
+                    raise NullvizError(f"{lm_a.label} predicts {lm_a.model.num_classes:,} classes; the benchmarks "
                                        "are scored against ImageNet's 1,000. Load an ImageNet ViT in the sidebar.")
                 cfg = R.EvalConfig(attacks=tuple(attacks))
                 lim = int(limit) or None
@@ -258,8 +258,8 @@ if job_id:
 
 res = st.session_state.get("rob_results")
 if res and res.get("model") != model_key(lm_a):  # kept (switching back shows them), never shown for another model
-    st.info(f"The last evaluation was of {res['reports'][0].model}, not the active model {lm_a.name}"
-            + (f" from `{Path(lm_a.checkpoint).name}`" if lm_a.checkpoint else "") + ": evaluate again for it.")
+    st.info(f"The last evaluation was of {plain(res['reports'][0].model)}, not the active model {plain(lm_a.label)}"
+            + (f" from {plain(Path(lm_a.checkpoint).name)}" if lm_a.checkpoint else "") + ": evaluate again for it.")
     res = None
 if not res:
     st.info("Choose the evaluations and press **Evaluate**. Defaults finish in seconds on CPU for the default model; "
@@ -269,7 +269,7 @@ if not res:
         with st.expander(f"Background evaluations ({len(earlier)})", expanded=True):
             for j in earlier[:10]:
                 c = st.columns([4, 1])
-                c[0].write(f"{j.label} · **{j.state}**")
+                c[0].write(f"{plain(j.label)} · **{j.state}**")
                 if c[1].button("Show", key=f"rob_show_{j.id}", disabled=j.state in ("failed", "cancelled")):
                     st.session_state["rob_job"] = j.id
                     st.rerun()

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,12 @@ def digit_x(default_lm):
     return default_lm.preprocess(sample_image("digit-3"))
 
 
+def shown(markdown: str) -> str:
+    """What a reader sees of Streamlit markdown source that escapes names (``nullviz\\_digits`` → ``nullviz_digits``):
+    the app shows every file, class and model name as text, so AppTest's ``.value`` holds it escaped."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def wait_until(condition, timeout: float = 120, interval: float = 0.1, describe=lambda: "timed out"):
     """Poll ``condition()`` until it returns something true (returned) or ``timeout`` seconds pass
     (AssertionError with ``describe()``): the one wait of the tests on other processes (jobs, servers, ranks)."""
@@ -77,6 +84,7 @@ def _fresh_server(monkeypatch, data_dir, **env):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     app_state.server_settings.clear()
+    app_state.server_keys.clear()
     app_state.job_queue.clear()
 
 
@@ -100,10 +108,15 @@ def jobs_dir(server_env):
     return server_env() / "jobs"
 
 
+#: The class code of the tests' shared servers (a session passes it as ?code=, as a join link does).
+CLASS_CODE = "TEST-CODE-42"
+
+
 @pytest.fixture
 def shared_server(server_env):
-    """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap, its files in a temporary folder."""
-    return server_env(NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1")
+    """A shared-mode server (NULLVIZ_SHARED=1) with a small upload cap and the class code :data:`CLASS_CODE`, its
+    files in a temporary folder."""
+    return server_env(NULLVIZ_SHARED="1", NULLVIZ_MAX_UPLOAD_MB="1", NULLVIZ_ACCESS_CODE=CLASS_CODE)
 
 
 # -- Checkpoints and caches made on the spot (no network)

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from conftest import streamlit_server
+from conftest import CLASS_CODE, streamlit_server
 
 pytestmark = pytest.mark.browser  # a real shared server, two Chromium contexts
 
@@ -11,7 +11,8 @@ pytestmark = pytest.mark.browser  # a real shared server, two Chromium contexts
 @pytest.fixture(scope="module")
 def shared_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("shared-server")
-    with streamlit_server({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data)}) as url:
+    with streamlit_server({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data),
+                           "NULLVIZ_ACCESS_CODE": CLASS_CODE}) as url:
         yield url
 
 
@@ -21,7 +22,7 @@ def no_exception(page):
 
 def test_shared_mode_has_no_server_paths_and_caps_uploads(shared_url, browser, tmp_path):
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(shared_url + "/nullspace")
+    page.goto(shared_url + f"/nullspace?code={CLASS_CODE}")
     sidebar = page.locator("[data-testid='stSidebar']")
     expect(sidebar.get_by_text("Upload a checkpoint")).to_be_visible(timeout=90_000)
     assert page.get_by_placeholder("/path/to/model.safetensors").count() == 0  # no server path field
@@ -31,7 +32,7 @@ def test_shared_mode_has_no_server_paths_and_caps_uploads(shared_url, browser, t
     page.locator("[data-testid='stMain'] input[type='file']").first.set_input_files(str(big))
     expect(page.get_by_text("File must be 1.0MB or smaller.")).to_be_visible(timeout=30_000)
     no_exception(page)
-    page.goto(shared_url + "/finetune")
+    page.goto(shared_url + f"/finetune?code={CLASS_CODE}")
     page.get_by_role("button", name="Start").wait_for(timeout=90_000)
     page.get_by_text("data", exact=True).first.wait_for()
     page.locator("[data-testid='stSelectbox']").filter(has_text="data").first.click()
@@ -44,16 +45,16 @@ def test_shared_mode_has_no_server_paths_and_caps_uploads(shared_url, browser, t
 def test_two_students_a_running_job_and_attention_at_once(shared_url, browser):
     alice = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    alice.goto(shared_url + "/finetune")
+    alice.goto(shared_url + f"/finetune?code={CLASS_CODE}")
     alice.get_by_role("button", name="Start").wait_for(timeout=90_000)
     alice.get_by_label("epochs").fill("1")
     alice.get_by_label("steps per epoch (0 = full pass)").fill("40")
     alice.get_by_role("button", name="Start").click()
     expect(alice.get_by_text("Your jobs").first).to_be_visible(timeout=60_000)
 
-    bob.goto(shared_url + "/finetune")
+    bob.goto(shared_url + f"/finetune?code={CLASS_CODE}")
     expect(bob.get_by_text("Pick methods and press").first).to_be_visible(timeout=90_000)  # none of alice's jobs
-    bob.goto(shared_url + "/attention")
+    bob.goto(shared_url + f"/attention?code={CLASS_CODE}")
     for seed in ("1", "2"):
         box = bob.get_by_label("seed")
         box.wait_for(timeout=90_000)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, imagenet_like_checkpoint, wait_until
+from conftest import ROOT, imagenet_like_checkpoint, shown, wait_until
 from nullviz.models import ModelSpec
 from nullviz.noise.approximate import default_synthesis_config
 
@@ -87,7 +87,7 @@ def test_sidebar_form_is_rendered():
     assert {w.key for w in at.text_input} >= {"model_name", "model_checkpoint"}
     assert at.selectbox(key="model_device").value == "auto"
     assert load_button(at) is not None
-    assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
+    assert "nullviz_digits_vit" in shown(at.sidebar.caption[-1].value)
 
 
 def test_sidebar_offers_common_vits_with_their_nullity():
@@ -104,7 +104,7 @@ def test_unloadable_model_falls_back_to_default_with_one_line():
     assert not at.exception
     assert "not a plain Vision Transformer" in at.sidebar.error[0].value
     assert at.session_state["model_spec"].name == "digits"  # the server default (conftest)
-    assert "nullviz_digits_vit" in at.sidebar.caption[-1].value
+    assert "nullviz_digits_vit" in shown(at.sidebar.caption[-1].value)
 
 
 def test_local_checkpoint_becomes_the_active_model(tmp_path, default_lm):
@@ -114,9 +114,9 @@ def test_local_checkpoint_becomes_the_active_model(tmp_path, default_lm):
     save_file(default_lm.model.state_dict(), str(path))
     at = app_with_spec(ModelSpec("default", str(path), "cpu"))
     assert not at.exception and not at.sidebar.error
-    assert str(path) in at.sidebar.caption[-1].value
+    assert str(path) in shown(at.sidebar.caption[-1].value)
     at.switch_page("pages/model.py").run()
-    assert str(path) in at.subheader[0].value
+    assert str(path) in shown(at.subheader[0].value)
 
 
 def test_missing_checkpoint_message():
@@ -787,7 +787,7 @@ def test_robustness_results_are_never_shown_for_another_model(tmp_path):
     at.session_state["model_spec"] = ModelSpec("default", _same_architecture_checkpoint(tmp_path), "cpu")
     at.run()
     assert not at.exception and not at.table and not at.get("plotly_chart")
-    assert any("The last evaluation was of nullviz_digits_vit, not the active model" in i.value for i in at.info)
+    assert any("The last evaluation was of nullviz_digits_vit, not the active model" in shown(i.value) for i in at.info)
     at.session_state["model_spec"] = ModelSpec("digits", None, "cpu")
     at.run()
     assert at.table  # kept: switching back shows them again
@@ -813,7 +813,7 @@ def test_model_and_learn_pages_follow_the_model():
     at.run()
     assert metric(at, "Parameters").value != "320,554"
     at.switch_page("pages/learn.py").run()
-    assert any("nullviz_cluttered_vit" in m.value for m in at.markdown)
+    assert any("nullviz_cluttered_vit" in shown(m.value) for m in at.markdown)
 
 
 def test_attention_page_puts_a_finetuned_model_beside_the_one_it_came_from(tmp_path):

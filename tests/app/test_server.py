@@ -148,3 +148,76 @@ def test_the_servers_openmp_workers_spin_briefly_unless_the_operator_chose(monke
     out = subprocess.run([sys.executable, "-c", probe], env={**clean, "GOMP_SPINCOUNT": "123"}, capture_output=True,
                          text=True, check=True, cwd=server.ROOT).stdout.split()
     assert out == ["123", "False"]
+
+
+# ------------------------------------------------------------------------------------------ shared mode
+def test_shared_mode_configures_streamlit_and_prints_the_join_link(server_env, monkeypatch, capsys):
+    from streamlit import config
+
+    from conftest import CLASS_CODE
+
+    server_env(NULLVIZ_SHARED="1", NULLVIZ_ACCESS_CODE=CLASS_CODE, NULLVIZ_MAX_UPLOAD_MB="7",
+               NULLVIZ_ALLOWED_HOSTS="class.example.org")
+    monkeypatch.setattr(server.SharedModeGuard, "hosts", None)
+    before = {k: config.get_option(k) for k in ("server.allowedHosts", "client.showErrorDetails",
+                                                 "server.maxUploadSize", "server.address", "server.port")}
+    try:
+        config.set_option("server.address", "127.0.0.1")
+        config.set_option("server.port", 8611)
+        server.configure_shared_mode()
+        assert config.get_option("server.allowedHosts") == ["127.0.0.1", "::1", "class.example.org", "localhost"]
+        assert config.get_option("client.showErrorDetails") == "none"  # no traceback on any screen
+        assert config.get_option("server.maxUploadSize") == 7  # Streamlit's own upload route refuses more
+        assert server.SharedModeGuard.hosts == config.get_option("server.allowedHosts")
+        log = capsys.readouterr().err
+        assert f"students join at http://127.0.0.1:8611/?code={CLASS_CODE}" in log
+    finally:
+        for key, value in before.items():
+            config.set_option(key, value)
+
+
+def test_an_open_shared_server_says_so_loudly(server_env, monkeypatch, capsys):
+    server_env(NULLVIZ_SHARED="1", NULLVIZ_ACCESS_CODE="none")
+    monkeypatch.setattr(server.SharedModeGuard, "hosts", None)
+    from streamlit import config
+
+    before = {k: config.get_option(k) for k in ("server.allowedHosts", "client.showErrorDetails", "server.maxUploadSize")}
+    try:
+        server.configure_shared_mode()
+        assert "WARNING: NO CLASS CODE" in capsys.readouterr().err
+    finally:
+        for key, value in before.items():
+            config.set_option(key, value)
+
+
+def test_the_guard_refuses_foreign_hosts_and_cache_clearing_messages(monkeypatch):
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    monkeypatch.setattr(server.SharedModeGuard, "hosts", ["127.0.0.1", "localhost"])
+    inner = FakeStreamlit([(b"content-type", b"text/plain")])
+    guard = server.SharedModeGuard(inner)
+    assert get(guard, "/", headers=[(b"host", b"evil.example:8501")])[0] == 403 and inner.calls == 0
+    assert get(guard, "/", headers=[(b"host", b"127.0.0.1:8501")])[0] == 200
+
+    def message(**kind) -> dict:
+        msg = BackMsg()
+        for k, v in kind.items():
+            setattr(msg, k, v)
+        return {"type": "websocket.receive", "bytes": msg.SerializeToString()}
+
+    incoming = [message(clear_cache=True), message(debug_shutdown_runtime=True), message(stop_script=True),
+                {"type": "websocket.disconnect"}]
+    passed = []
+
+    async def app(scope, receive, send):
+        while (m := await receive())["type"] != "websocket.disconnect":
+            msg = BackMsg()
+            msg.ParseFromString(m["bytes"])
+            passed.append(msg.WhichOneof("type"))
+
+    async def receive():
+        return incoming.pop(0)
+
+    scope = {"type": "websocket", "path": "/_stcore/stream", "headers": [(b"host", b"localhost:8501")]}
+    _run(server.SharedModeGuard(app)(scope, receive, None))
+    assert passed == ["stop_script"]  # clear_cache and the debug message never reach Streamlit

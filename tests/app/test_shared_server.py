@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, wait_until
+from conftest import CLASS_CODE, ROOT, shown, wait_until
 from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterError, NoiseFileError,
                                  ServerPathRefusedError, UploadTooLargeError)
 from nullviz.data import extract_image_folder_zip, load_image_bytes
@@ -165,9 +165,9 @@ def test_streamlit_config_keeps_the_watcher_out_and_stats_off():
 
 # --------------------------------------------------------------------------------- the app, shared mode
 def app(page=None, query=None) -> AppTest:
+    """A session of the app; on a shared server it joins with the class code (or the workspace link in ``query``)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    if query:
-        at.query_params.update(query)
+    at.query_params.update(query or {"code": CLASS_CODE})
     at.run()
     assert not at.exception, at.exception
     if page:
@@ -187,6 +187,7 @@ def test_shared_mode_offers_uploads_not_paths(shared_server):
 
 def test_shared_mode_refuses_a_server_path_carried_in_session_state(shared_server):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["code"] = CLASS_CODE
     at.session_state["model_spec"] = ModelSpec("default", "/etc/passwd", "cpu")
     at.run()
     assert not at.exception
@@ -260,7 +261,7 @@ def test_attention_page_bad_noise_upload_names_the_users_file(jobs_dir):
     at.file_uploader(key="att_noise_file").upload("my δ.pt", b"not a torch file", "application/octet-stream")
     at.run()
     assert not at.exception
-    assert at.error[0].value.startswith("'my δ.pt' is not a nullviz noise file: it is not a PyTorch file")
+    assert shown(at.error[0].value).startswith("'my δ.pt' is not a nullviz noise file: it is not a PyTorch file")
 
 
 def test_the_server_leaves_the_jobs_cores_to_the_jobs(monkeypatch, server_env):
