@@ -21,7 +21,8 @@ from PIL import Image
 
 from nullviz import figures
 from nullviz.core.errors import JobNotFoundError, NullvizError
-from nullviz.data import OWN_SOURCE, load_image_bytes, model_own_data, sample_image, sample_image_names, synthesis_sets
+from nullviz.data import OWN_SOURCE, downscale_note, load_image_bytes, model_own_data, sample_image, sample_image_names, synthesis_sets
+from nullviz.jobs.limits import JobLimits
 from nullviz.jobs.queue import JobQueue
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
                             available_devices, embedded_model, load_model, resolve_device)
@@ -180,9 +181,24 @@ def default_spec() -> ModelSpec:
 
 @st.cache_resource(show_spinner=False)
 def job_queue() -> JobQueue:
-    """The server's one job queue (its state is the jobs folder; this object only launches and reads)."""
+    """The server's one job queue (its state is the jobs folder; this object only launches and reads). On a
+    shared server it bounds jobs per person and in the queue, and each job's time and memory."""
     s = server_settings()
-    return JobQueue(s.jobs_root, s.max_running_jobs)
+    limits = JobLimits(per_identity=s.max_jobs_per_workspace, queued=s.max_queued_jobs,
+                       max_seconds=s.max_job_minutes * 60 if s.max_job_minutes else None,
+                       max_memory_mb=s.max_job_memory_mb) if s.shared else None
+    return JobQueue(s.jobs_root, s.max_running_jobs, limits=limits)
+
+
+def submit_job(kind: str, params: dict, label: str, threads: int | None = None):
+    """Queue a background job of this session: owned by its workspace and counted against its person (login,
+    else address, else workspace), whatever tab it comes from."""
+    ws = workspace()
+    identity = logged_in_identity() or _client_key()
+    if identity.startswith("session:"):
+        identity = ws.id
+    safe = re.sub(r"[^A-Za-z0-9_.:@-]", "_", identity)[:128]
+    return job_queue().submit(kind, params, owner=ws.id, label=label, threads=threads, identity=safe)
 
 
 def follow_job(job_id: str, key: str, stop_label: str, caption: str | None = None):
@@ -636,7 +652,10 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
     if upload is not None:
         try:
             check_upload_size(upload.name, upload.size, server_settings().max_upload_mb)
-            return ChosenImage(upload.name, load_image_bytes(upload.getvalue()))
+            image = load_image_bytes(upload.getvalue())
+            if downscale_note(image):
+                st.caption(downscale_note(image))
+            return ChosenImage(upload.name, image)
         except NullvizError as exc:
             st.error(user_message(f"{upload.name}: {exc} Showing the sample image instead."))
     return ChosenImage(sample, sample_image(sample))

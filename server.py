@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -316,6 +317,33 @@ async def in_a_thread_that_ends(fn, name: str):
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 
+#: How often the server starts waiting jobs whose slot came free without a worker to hand it on (a killed one,
+#: a restart), and records jobs whose worker died; how often it deletes what is older than the retention.
+SWEEP_EVERY_S, RETENTION_EVERY_S = 2.0, 3600.0
+
+
+def sweep(stop: threading.Event, every: float = SWEEP_EVERY_S, retention_every: float = RETENTION_EVERY_S) -> None:
+    """The server's housekeeping thread: the job queue's dispatcher, and retention on a shared server. It reads
+    only the index of active jobs (an idle server with thousands of old jobs pays nothing for them)."""
+    import app_state
+    from nullviz.jobs.retention import clean_old
+
+    next_clean = 0.0
+    while not stop.wait(every):
+        try:
+            app_state.job_queue().dispatch()
+            settings = app_state.server_settings()
+            if settings.retention_days and time.monotonic() >= next_clean:
+                next_clean = time.monotonic() + retention_every
+                report = clean_old(settings, settings.retention_days)
+                if report.jobs or report.uploads:
+                    sys.stderr.write(f"nullviz: retention deleted {len(report.jobs)} jobs and {len(report.uploads)} "
+                                     f"uploads older than {settings.retention_days:g} days "
+                                     f"({report.bytes / 2**20:,.0f} MB)\n")
+        except Exception:  # noqa: BLE001 — housekeeping must outlive a bad folder; the next sweep tries again
+            sys.stderr.write("nullviz: housekeeping failed:\n" + traceback.format_exc())
+
+
 @contextlib.asynccontextmanager
 async def warm_start(_app):
     await in_a_thread_that_ends(configure_shared_mode, "nullviz-configure")  # before anyone is served
@@ -323,7 +351,11 @@ async def warm_start(_app):
     # gets a figure at once, and the Nullspace page's training images (~4 s): prepared after ready, they ran beside
     # the first visitors' pages, and a second visitor's first page waited on their Python (1.9–2.4 s, not 1.4–1.7 s)
     await in_a_thread_that_ends(_warm_synthesis_pool, "nullviz-warm-synthesis")
+    stop = threading.Event()
+    housekeeping = threading.Thread(target=sweep, args=(stop,), name="nullviz-housekeeping", daemon=True)
+    housekeeping.start()
     yield None
+    stop.set()
 
 
 app = st.App(ROOT / "app.py", middleware=[Middleware(SharedModeGuard), Middleware(ServerAtRoot),

@@ -196,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="run folder (checkpoint and logs)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
-    p = sub.add_parser("jobs", help="the app server's jobs: list them, or stop one")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "stop"])
+    p = sub.add_parser("jobs", help="the app server's jobs: list them, stop one, or clean old ones away")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "stop", "clean"])
     p.add_argument("job_id", nargs="?", default=None, help="the job to stop")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="clean: ended jobs and uploads older than this (default: NULLVIZ_RETENTION_DAYS, else 7)")
+    p.add_argument("--dry-run", action="store_true", help="clean: list what would be deleted, delete nothing")
     p.add_argument("--data-dir", default=None, help="the server's NULLVIZ_DATA_DIR (default: the same rule as the app)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
@@ -605,6 +608,14 @@ def cmd_jobs(args) -> dict[str, Any]:
     env = {"NULLVIZ_DATA_DIR": args.data_dir} if args.data_dir else None
     settings = ServerSettings.from_env(env)
     queue = JobQueue(settings.jobs_root, settings.max_running_jobs)
+    if args.action == "clean":
+        from nullviz.jobs.retention import clean_old
+
+        days = args.older_than if args.older_than is not None else (settings.retention_days or 7)
+        if days < 0:
+            raise InvalidParameterError("--older-than", "nullviz jobs clean", "a number of days ≥ 0", days)
+        return {"data_dir": str(settings.data_root), "older_than_days": days,
+                **clean_old(settings, days, dry_run=args.dry_run).to_dict()}
     if args.action == "stop":
         if not args.job_id:
             raise InvalidParameterError("job_id", "nullviz jobs stop", "the id of a job (see 'nullviz jobs')", None)

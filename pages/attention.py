@@ -7,8 +7,8 @@ import numpy as np
 import streamlit as st
 
 from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker, plain,
-                       job_queue, job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
-                       upload_widget, workspace)
+                       job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
+                       submit_job, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sample_photos, image_folder, model_own_data
@@ -251,12 +251,12 @@ if run_set:
                 raise NullvizError("Choose a zip of an ImageFolder (one sub-folder of images per class) to upload.")
             settings = server_settings()
             check_upload_size(zip_up.name, zip_up.size, settings.max_upload_mb)
-            folder = extract_image_folder_zip(zip_up.getvalue(), workspace().new_upload_folder(),
-                                              max_bytes=settings.max_expanded_mb * 2**20, max_files=settings.max_zip_files)
-            dataset = image_folder(folder)
+            with workspace().upload_folder(keep=False) as dest:  # read into tensors, then deleted
+                folder = extract_image_folder_zip(zip_up.getvalue(), dest, max_bytes=workspace().unpack_budget(),
+                                                  max_files=settings.max_zip_files)
+                xs, _ = images_tensor(lm, image_folder(folder), limit=int(n_images))
         else:
-            dataset = held_out_or_sample_photos(lm.name)
-        xs, _ = images_tensor(lm, dataset, limit=int(n_images))
+            xs, _ = images_tensor(lm, held_out_or_sample_photos(lm.name), limit=int(n_images))
         bar = st.progress(0.0, text="tracing…")
         result = set_statistics(lm, xs, delta, level, batch_size=int(batch),
                                 progress=lambda done, n: bar.progress(done / n, text=f"{done}/{n} images"))
@@ -390,10 +390,10 @@ if run_emb:
         n_emb = min(int(emb_n), len(held_out_or_sample_photos(lm.name)))
         if head_embedding_size(lm, n_emb, len(conditions), emb_method) > server_settings().eval_job_threshold:
             noise_file = save_conditions(conditions, workspace().new_upload_folder() / "conditions.pt")
-            job = job_queue().submit("head_embedding", head_embedding_params(
+            job = submit_job("head_embedding", head_embedding_params(
                 ModelSpec.of(lm), noise_file, n_emb, int(emb_block), int(emb_head), emb_method),
-                owner=workspace().id, label=f"head embedding · block {int(emb_block)}, head {int(emb_head)} · "
-                                         f"{n_emb} images", threads=job_threads())
+                label=f"head embedding · block {int(emb_block)}, head {int(emb_head)} · {n_emb} images",
+                threads=job_threads())
             st.session_state["att_emb_job"] = (INPUTS, job.id)
             st.session_state.pop("att_emb", None)
         else:

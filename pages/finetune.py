@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from app_state import (current_model, job_queue, job_threads, plain, require_shell, server_settings, set_active_checkpoint,
-                       show_error, upload_widget, workspace)
+                       show_error, submit_job, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.core.presets import FINETUNE_PRESETS
@@ -138,19 +138,15 @@ def _data_spec() -> str:
     if upload is None:
         raise NullvizError("Upload a .zip holding one folder of images per class.")
     check_upload_size(upload.name, upload.size, settings.max_upload_mb)
-    dest = ws.new_upload_folder()
-    return str(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=settings.max_expanded_mb * 2**20,
-                                        max_files=settings.max_zip_files))
+    with ws.upload_folder() as dest:  # a refused zip is deleted at once; an accepted one stays for the job
+        return str(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=ws.unpack_budget(),
+                                            max_files=settings.max_zip_files))
 
 
 if start:
     try:
         if not methods:
             raise NullvizError("Pick at least one method.")
-        mine = [j for j in queue.jobs(ws.id) if not j.finished]
-        if settings.shared and len(mine) >= settings.max_jobs_per_workspace:
-            raise NullvizError(f"You already have {len(mine)} jobs queued or running; this server allows "
-                               f"{settings.max_jobs_per_workspace} per session. Stop one or wait for it to end.")
         configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
                                   batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
                                   fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
@@ -164,10 +160,9 @@ if start:
         check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
         params = finetune_params(ModelSpec.of(lm), data,
                                  configs, data_cache=str(settings.datasets_cache), processes=int(processes))
-        job = queue.submit("finetune", params, owner=ws.id, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
-                           + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
-                           + (f" · {int(processes)} processes" if processes > 1 else ""),
-                           threads=job_threads())
+        job = submit_job("finetune", params, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
+                         + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
+                         + (f" · {int(processes)} processes" if processes > 1 else ""), threads=job_threads())
         st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:
         show_error(exc)

@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from app_state import (cached_model, current_model, default_spec, follow_job, follow_job_result, job_queue, job_threads, model_key, plain,
-                       own_checkpoints, require_shell, server_settings, show_error, workspace)
+                       own_checkpoints, require_shell, server_settings, show_error, submit_job, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import (EMBEDDED_DATA, EMBEDDED_DATA_WORDS, extract_image_folder_zip, load_dataset, model_own_data,
@@ -126,9 +126,9 @@ def suite_panel() -> None:
                         raise NullvizError("Upload a zip of a benchmark root (its folders in the published layouts).")
                     settings = server_settings()
                     check_upload_size(upload.name, upload.size, settings.max_upload_mb)
-                    root = suite_root(extract_image_folder_zip(
-                        upload.getvalue(), ws.new_upload_folder(), max_bytes=settings.max_expanded_mb * 2**20,
-                        max_files=settings.max_zip_files))
+                    with ws.upload_folder() as dest:  # refused (too large, not benchmarks): deleted at once
+                        root = suite_root(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=ws.unpack_budget(),
+                                                                   max_files=settings.max_zip_files))
                 else:
                     if not root_text.strip():
                         raise NullvizError("Type the folder that holds the benchmarks.")
@@ -141,9 +141,8 @@ def suite_panel() -> None:
                 size = suite_size(root, tuple(only), lim) + len(attacks) * (lim or 50_000)
                 scale = max(1.0, sum(p.numel() for p in lm_a.model.parameters()) / 1e6)
                 if size * scale > server_settings().eval_job_threshold:
-                    job = job_queue().submit("suite", suite_params(ModelSpec.of(lm_a), root, list(only), lim,
-                                                                   list(attacks), cfg), owner=ws.id,
-                                             label=f"Table 1 benchmarks · {len(only)} sets", threads=job_threads())
+                    job = submit_job("suite", suite_params(ModelSpec.of(lm_a), root, list(only), lim, list(attacks), cfg),
+                                     label=f"Table 1 benchmarks · {len(only)} sets", threads=job_threads())
                     st.session_state["rob_suite_job"] = (model_key(lm_a), job.id)
                 else:
                     bar = st.progress(0.0, text="classifying…")
@@ -212,9 +211,9 @@ if go:
             R.check_classes_match(m, dataset)
         params = [sum(p.numel() for p in m.model.parameters()) for m in models]
         if R.evaluation_size(len(dataset), cfg, params) > server_settings().eval_job_threshold:
-            job = job_queue().submit("evaluate", evaluate_params([ModelSpec.of(m) for m in models], data_name, cfg), owner=ws.id,
-                                     label=f"evaluate {len(models)} model(s) · {min(len(dataset), int(limit))} images",
-                                     threads=job_threads())
+            job = submit_job("evaluate", evaluate_params([ModelSpec.of(m) for m in models], data_name, cfg),
+                             label=f"evaluate {len(models)} model(s) · {min(len(dataset), int(limit))} images",
+                             threads=job_threads())
             st.session_state["rob_job"] = job.id
             st.session_state.pop("rob_results", None)
         else:

@@ -45,7 +45,11 @@ def unpack_zip(data: bytes, dest: str | Path, *, max_bytes: int, max_files: int,
                                       f"{max_bytes / 2**20:,.0f} MB are accepted.")
         for m in members:
             if check is not None:
-                check(zf, m)
+                try:
+                    check(zf, m)
+                except (zipfile.BadZipFile, EOFError) as exc:
+                    raise DataError(f"The zip is damaged ({m.filename!r} cannot be read back: "
+                                    f"{type(exc).__name__}).") from exc
         written = 0
         try:
             for m in members:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(temporary_path)`` and rename it into place (the temporary file is
     removed whether or not ``write`` succeeds)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # two threads never share one
     try:
         write(tmp)
         os.replace(tmp, path)

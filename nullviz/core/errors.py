@@ -70,3 +70,7 @@ class UnsupportedModelError(NullvizError, ValueError):
 
 class ModelTooLargeError(NullvizError, ValueError):
     """The model has more parameters than this server's budget (checked before it is allocated)."""
+
+
+class DiskSpaceError(UploadTooLargeError):
+    """An upload would pass the workspace's disk quota, or leave the server's disk below its free-space floor."""

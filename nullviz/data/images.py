@@ -20,6 +20,14 @@ from .scenes import fixed_scenes
 
 #: Pixel budget for uploads (a 12k × 12k photo is 144 MP): protects the app against decompression bombs.
 MAX_IMAGE_PIXELS = 50_000_000
+#: The longest side an upload keeps: larger images are downscaled right after decoding (JPEG decodes at a reduced
+#: scale directly), before any transform. Every model here takes ≤ 518 px, so nothing is lost for the model.
+MAX_IMAGE_SIDE = 2048
+#: The most elongated image accepted (long side ÷ short side). A model's resize scales the short side to its input
+#: size, so a 1×60,000 strip would become 224×13,440,000 pixels: such images are refused before decoding.
+MAX_ASPECT_RATIO = 10.0
+#: Where :func:`load_image_bytes` notes the size an image was downscaled from (``image.info``).
+DOWNSCALED_FROM = "nullviz_downscaled_from"
 
 #: Sample photographs that ship inside scikit-image (name -> skimage.data function name).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "immunohistochemistry")
@@ -79,8 +87,11 @@ def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
     """Decode an uploaded image into an RGB PIL image.
 
     Applies EXIF orientation, converts grayscale / RGBA (onto white) / palette / CMYK / 16-bit to 8-bit
-    RGB, refuses images over ``max_pixels`` before decoding them (decompression bombs), and turns every
-    decoding failure into :class:`ImageLoadError` with a reason a user understands.
+    RGB, refuses images over ``max_pixels`` or more elongated than :data:`MAX_ASPECT_RATIO` before decoding them
+    (decompression bombs, strips that explode in a resize), downscales images whose long side passes
+    :data:`MAX_IMAGE_SIDE` (``image.info[DOWNSCALED_FROM]`` then holds the original size, see
+    :func:`downscale_note`), and turns every decoding failure into :class:`ImageLoadError` with a reason a user
+    understands.
     """
     if not data:
         raise ImageLoadError("The file is empty (0 bytes); upload a PNG, JPEG, BMP, GIF, TIFF or WebP image.")
@@ -98,13 +109,48 @@ def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
     if width * height > max_pixels:
         raise ImageLoadError(f"The image is {width}×{height} = {width * height:,} pixels, more than the "
                              f"{max_pixels:,} allowed; downscale it first.")
+    check_aspect_ratio(width, height)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if max(width, height) > MAX_IMAGE_SIDE:
+                img.draft("RGB", _fit((width, height), MAX_IMAGE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             img.load()
-        return _to_rgb(img)
+        if max(img.size) > MAX_IMAGE_SIDE:  # shrink first, in the image's own mode: converting or turning the
+            try:                             # full-size image would copy it (~300 MB for a 40-MP PNG, now ~130)
+                img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.LANCZOS)
+            except ValueError:  # a mode PIL cannot resample: convert, then shrink
+                img = _to_rgb(img)
+                img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        rgb = _to_rgb(img)
+        if max(width, height) > MAX_IMAGE_SIDE:
+            rgb.info[DOWNSCALED_FROM] = (width, height)
+        return rgb
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """Refuse an image more elongated than :data:`MAX_ASPECT_RATIO` (from its header, before decoding)."""
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        ratio = max(width, height) / max(1, min(width, height))
+        raise ImageLoadError(f"The image is {width:,}×{height:,} pixels ({ratio:,.0f}:1); images up to "
+                             f"{MAX_ASPECT_RATIO:g}:1 are accepted (a model scales the short side up to its input "
+                             f"size): crop it first.")
+
+
+def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def downscale_note(image: Image.Image) -> str | None:
+    """One sentence saying an upload was downscaled, and from what size (None if it was not)."""
+    original = image.info.get(DOWNSCALED_FROM)
+    if not original:
+        return None
+    return (f"Downscaled from {original[0]:,}×{original[1]:,} to {image.width:,}×{image.height:,} pixels (at most "
+            f"{MAX_IMAGE_SIDE:,} on the long side) before anything else.")
 
 
 def load_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nullviz.core.errors import DataError, UploadTooLargeError
+from nullviz.core.errors import DataError, ImageLoadError, UploadTooLargeError
 from nullviz.core.registry import registrar
 from nullviz.models import embedded_model
 
 from .digits import digits_dataset
-from .images import MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, load_image_file, sample_image, sample_photos_dataset
+from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, check_aspect_ratio, load_image_file, sample_image,
+                     sample_photos_dataset)
 from .scenes import VALIDATION_BACKGROUNDS, cluttered_dataset, synthesis_fit_validation
 
 
@@ -372,7 +373,8 @@ def extract_image_folder_zip(data: bytes, dest: str | Path, max_bytes: int = 102
                              max_image_pixels: int | None = None) -> Path:
     """Unpack an uploaded zip of an ImageFolder into ``dest`` and return the folder that holds the classes.
 
-    Everything is checked before a byte is written: every member's path must stay inside ``dest``
+    Only image members are unpacked (and counted): anything else in the zip is never written. Everything is
+    checked before a byte is written: every member's path must stay inside ``dest``
     (``Path.is_relative_to``, not a string prefix), no links, at most ``max_files`` members, a declared
     total of at most ``max_bytes``, and every image's declared size within ``max_image_pixels`` (read from
     its header). The copy then counts the real bytes too, so a zip that lies about its sizes stops at the
@@ -395,8 +397,19 @@ def extract_image_folder_zip(data: bytes, dest: str | Path, max_bytes: int = 102
         if w * h > max_pixels:
             raise UploadTooLargeError(f"{m.filename!r} is {w}×{h} pixels, more than the {max_pixels:,} "
                                       f"allowed per image.")
+        try:
+            check_aspect_ratio(w, h)
+        except ImageLoadError as exc:
+            raise DataError(f"{m.filename!r}: {exc}") from exc
 
-    root = unpack_zip(data, dest, max_bytes=max_bytes, max_files=max_files, check=image_size_ok).resolve()
+    def is_image(name: str) -> bool:
+        return Path(name).suffix.lower() in _IMAGE_SUFFIXES and not any(
+            part.startswith(".") or part == "__MACOSX" for part in Path(name).parts)
+
+    root = unpack_zip(data, dest, max_bytes=max_bytes, max_files=max_files, keep=is_image, check=image_size_ok).resolve()
+    if not any(root.iterdir()):
+        raise DataError("The zip holds no images (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM or PGM); zip one folder of "
+                        "images per class.")
     entries = [p for p in root.iterdir() if not p.name.startswith(("__MACOSX", "."))]
     if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
         return entries[0]  # zip of a single top folder that holds the classes

@@ -4,26 +4,29 @@ A job is a folder ``root/<owner>/<job id>/``:
 
 - ``job.json`` — what to run (a kind from :data:`KINDS` and its parameters), who owns it, when it was asked for;
 - ``status.json`` — state, progress and pid, written atomically (temp file + rename) by the worker;
-- ``STOP`` — a stop request (the page or ``nullviz jobs stop`` creates it; the worker checks it every step);
+- ``STOP`` — a stop request (the page or ``nullviz jobs stop`` creates it; the worker checks it every step, and
+  its watchdog ends a worker that has not noticed it within 2 s);
 - the job's own outputs: one run folder per method with its ``log.jsonl`` (one JSON line per step and per
   epoch), ``results.json`` at the end, and ``worker.log`` (the worker's stderr: a crash's traceback).
 
-:meth:`JobQueue.submit` starts ``python -m nullviz.jobs DIR`` in a session of its own, so a job outlives
-the page that started it, a closed tab and a restart of the server, and the server's Python process never
-shares a GIL with training (watching a run costs it only the CPU the page and browser use).
-
-The queue: at most ``max_running`` jobs of one root run at once. A worker that is not yet running waits as
-``queued``; the oldest waiting job takes the first free slot. A slot is an exclusive ``fcntl`` lock on
-``root/.slots/<n>.lock``; the operating system releases it when the worker exits, however it exits, so a
-crashed job never holds a slot.
+The queue: at most ``max_running`` jobs of one root run at once; the others wait as ``queued`` and hold no
+process. :meth:`JobQueue.dispatch` — called at every submit, by every worker as it ends, and by the server's
+sweep — starts ``python -m nullviz.jobs DIR`` for the oldest waiting jobs while slots are free, in a session of
+its own, so a job outlives the page that started it, a closed tab and a restart of the server, and the server's
+Python process never shares a GIL with training. A slot is an exclusive ``fcntl`` lock on
+``root/.slots/<n>.lock``; the operating system releases it when the worker exits, however it exits. Jobs not yet
+finished are listed in ``root/.active/<owner>/<id>`` (empty files), so the queue reads those, not every job ever
+run; a job whose worker died without saying so gets its ``status.json`` written as failed by whoever notices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +49,9 @@ from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite
 from nullviz.robustness.evaluation import config_from_dict, images_tensor
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
 from nullviz.train.evaluator import reference_key
+
+from .limits import (SAVE_GRACE_S, STOP_GRACE_S, JobLimitError, JobLimits, Watchdog, apply_memory_limit, exit_now,
+                     is_out_of_memory)
 
 
 FINAL_STATES = ("done", "stopped", "failed", "cancelled")
@@ -128,15 +134,14 @@ class JobInfo:
     submitted: float
     params: dict[str, Any]
     status: dict[str, Any] = field(default_factory=dict)
+    identity: str = ""  # who asked (a login, an address or a workspace): per-person caps count by it
 
     @property
     def state(self) -> str:
-        """The worker's state; a worker that died without saying so is 'failed'."""
+        """The worker's state; a worker that died without saying so is 'failed' (a waiting job has no worker)."""
         state = self.status.get("state", "queued")
         if state not in FINAL_STATES and self.status.get("pid") and not _pid_alive(self.status["pid"]):
             return "failed"
-        if state not in FINAL_STATES and not self.status.get("pid") and time.time() - self.submitted > 60:
-            return "failed"  # the worker never started
         return state
 
     @property
@@ -189,37 +194,140 @@ class JobQueue:
     or the command line can share one queue.
     """
 
-    def __init__(self, root: str | Path, max_running: int = 2, python: str = sys.executable):
+    def __init__(self, root: str | Path, max_running: int = 2, python: str = sys.executable,
+                 limits: JobLimits | None = None):
         check("max_running", "JobQueue", max_running, Interval(int, 1, 1024))
         self.root = Path(root)
         self.max_running = max_running
         self.python = python
+        self.limits = limits or JobLimits()
         self._children: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------------------------------- submit
     def submit(self, kind: str, params: dict[str, Any], owner: str = "local", label: str = "",
-               threads: int | None = None) -> JobInfo:
-        """Write the job's folder and start its worker; it waits in the queue until a slot is free."""
+               threads: int | None = None, identity: str | None = None) -> JobInfo:
+        """Write the job's folder and queue it; :meth:`dispatch` starts its worker once a slot is free.
+
+        With :class:`JobLimits`, refused (:class:`JobLimitError`, one sentence) when ``identity`` (default: the
+        owner) already has ``per_identity`` jobs queued or running, or ``queued`` jobs already wait."""
         if kind not in KINDS:
             raise InvalidParameterError("kind", "JobQueue.submit", f"one of {sorted(KINDS)}", kind)
         _check_owner(owner)
         KINDS[kind].validate(params)
-        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        job_dir = self.root / owner / job_id
-        job_dir.mkdir(parents=True)
-        submitted = time.time()
-        spec = {"id": job_id, "owner": owner, "kind": kind, "label": label or kind, "submitted": submitted,
-                "params": params, "max_running": self.max_running, "threads": threads}
-        write_json_atomic(job_dir / "job.json", spec)
-        with open(job_dir / "worker.log", "ab") as log:
-            proc = subprocess.Popen([self.python, "-m", "nullviz.jobs", str(job_dir)], stdin=subprocess.DEVNULL,
+        identity = identity or owner
+        with self._dispatch_lock():
+            active = self.active()
+            limits = self.limits
+            mine = sum(1 for j in active if (j.identity or j.owner) == identity)
+            if limits.per_identity is not None and mine >= limits.per_identity:
+                raise JobLimitError(f"You already have {mine} jobs queued or running; this server allows "
+                                    f"{limits.per_identity} per person. Stop one or wait for one to end.")
+            waiting = sum(1 for j in active if not j.status.get("pid"))  # no worker yet
+            if limits.queued is not None and waiting >= limits.queued:
+                raise JobLimitError(f"The server's queue is full ({waiting} jobs waiting); try again once one "
+                                    f"has started.")
+            job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+            job_dir = self.root / owner / job_id
+            job_dir.mkdir(parents=True)
+            spec = {"id": job_id, "owner": owner, "kind": kind, "label": label or kind, "submitted": time.time(),
+                    "params": params, "max_running": self.max_running, "threads": threads, "identity": identity,
+                    "max_seconds": limits.max_seconds, "max_memory_mb": limits.max_memory_mb}
+            write_json_atomic(job_dir / "job.json", spec)
+            write_json_atomic(job_dir / "status.json", {"state": "queued"})
+            self._marker(owner, job_id).parent.mkdir(parents=True, exist_ok=True)
+            self._marker(owner, job_id).touch()
+        self.dispatch()
+        return self._info(job_dir)
+
+    # ------------------------------------------------------------------------------------- the dispatcher
+    def _marker(self, owner: str, job_id: str) -> Path:
+        return self.root / ".active" / owner / job_id
+
+    @contextlib.contextmanager
+    def _dispatch_lock(self):
+        """One dispatcher (or submitter) at a time across threads and processes sharing this folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".dispatch.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def active(self) -> list[JobInfo]:
+        """Every owner's jobs that have not ended, from the ``.active`` index (oldest first). A job found ended —
+        its worker died without saying so — gets its ``status.json`` written as failed and leaves the index."""
+        out = []
+        for marker in sorted(self.root.glob(".active/*/*")):
+            try:
+                job = self._info(self.root / marker.parent.name / marker.name)
+            except (JobNotFoundError, KeyError, ValueError):
+                marker.unlink(missing_ok=True)
+                continue
+            if job.finished:
+                if job.status.get("state") not in FINAL_STATES:
+                    self._record_death(job)
+                marker.unlink(missing_ok=True)
+                continue
+            out.append(job)
+        return sorted(out, key=lambda j: (j.submitted, j.id))
+
+    def _record_death(self, job: JobInfo, returncode: int | None = None) -> None:
+        if returncode is not None and returncode < 0:
+            how = f"was killed (signal {-returncode})"
+        elif returncode is not None:
+            how = f"exited with code {returncode} without finishing"
+        else:
+            how = "ended without finishing (killed, or the machine restarted)"
+        status = {**job.status, "state": "failed", "finished": time.time(),
+                  "message": f"The job's process {how}; its worker.log may say why."}
+        write_json_atomic(job.dir / "status.json", status)
+
+    def dispatch(self) -> list[str]:
+        """Start workers for the oldest waiting jobs while fewer than ``max_running`` are started; a waiting job
+        that was stopped is cancelled. Returns the ids started."""
+        started = []
+        with self._dispatch_lock():
+            active = self.active()
+            busy = sum(1 for j in active if j.status.get("pid"))
+            for job in active:
+                if job.status.get("pid"):
+                    continue
+                if (job.dir / "STOP").exists():
+                    self._end_waiting(job)
+                    continue
+                if busy >= self.max_running:
+                    break
+                self._launch(job)
+                busy += 1
+                started.append(job.id)
+        return started
+
+    def _end_waiting(self, job: JobInfo) -> None:
+        write_json_atomic(job.dir / "status.json", {"state": "cancelled", "finished": time.time(),
+                                                    "message": "Stopped before it started."})
+        self._marker(job.owner, job.id).unlink(missing_ok=True)
+
+    def _launch(self, job: JobInfo) -> None:
+        with open(job.dir / "worker.log", "ab") as log:
+            proc = subprocess.Popen([self.python, "-m", "nullviz.jobs", str(job.dir)], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True,
                                     cwd=str(Path(__file__).resolve().parents[2]))
+        write_json_atomic(job.dir / "status.json", {"state": "queued", "pid": proc.pid})
         self._children.append(proc)
-        # reaped the moment it exits, whether or not anyone looks at the queue again (no <defunct> workers)
-        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
-        write_json_atomic(job_dir / "status.json", {"state": "queued", "pid": proc.pid})
-        return self._info(job_dir)
+
+        def reap() -> None:  # the moment it exits (no <defunct> workers): its ending written, the next job started
+            code = proc.wait()
+            try:
+                info = self._info(job.dir)
+                if info.status.get("state") not in FINAL_STATES:
+                    self._record_death(info, code)
+                self._marker(job.owner, job.id).unlink(missing_ok=True)
+                self.dispatch()
+            except (OSError, JobNotFoundError):  # the folder was cleaned away meanwhile
+                pass
+
+        threading.Thread(target=reap, name=f"reap-{job.id}", daemon=True).start()
 
     # -------------------------------------------------------------------------------------------- read
     def _info(self, job_dir: Path) -> JobInfo:
@@ -228,7 +336,7 @@ class JobQueue:
             raise JobNotFoundError(f"No job in {job_dir.name!r}.")
         return JobInfo(id=spec["id"], owner=spec["owner"], kind=spec["kind"], label=spec.get("label", ""),
                        dir=job_dir, submitted=float(spec["submitted"]), params=spec.get("params", {}),
-                       status=read_json(job_dir / "status.json"))
+                       status=read_json(job_dir / "status.json"), identity=str(spec.get("identity") or ""))
 
     def jobs(self, owner: str | None = None) -> list[JobInfo]:
         """Jobs of ``owner`` (all owners if None), newest first."""
@@ -253,8 +361,8 @@ class JobQueue:
         raise JobNotFoundError(f"There is no job {job_id!r}" + (" in this workspace." if owner else "."))
 
     def waiting(self) -> list[JobInfo]:
-        """Every owner's queued jobs, oldest first: the queue's order."""
-        return sorted((j for j in self.jobs() if j.state == "queued"), key=lambda j: (j.submitted, j.id))
+        """Every owner's queued jobs, oldest first: the queue's order (read from the index of active jobs)."""
+        return [j for j in self.active() if j.state == "queued"]
 
     def position(self, job: JobInfo) -> int | None:
         """1 for the next job to start; None if the job is not waiting."""
@@ -262,7 +370,7 @@ class JobQueue:
         return ids.index(job.id) + 1 if job.id in ids else None
 
     def running(self) -> int:
-        return sum(1 for j in self.jobs() if j.state == "running")
+        return sum(1 for j in self.active() if j.state == "running")
 
     # -------------------------------------------------------------------------------------------- stop
     def stop(self, job_id: str, owner: str | None = None) -> JobInfo:
@@ -270,7 +378,29 @@ class JobQueue:
         job = self.get(job_id, owner)
         if not job.finished:
             (job.dir / "STOP").touch()
+            if not job.status.get("pid"):  # still waiting: no worker to tell, cancelled now
+                with self._dispatch_lock():
+                    if not self._info(job.dir).status.get("pid"):
+                        self._end_waiting(job)
+                job = self._info(job.dir)
         return job
+
+    # ------------------------------------------------------------------------------------------- clean
+    def clean(self, older_than_days: float, dry_run: bool = False, owner: str | None = None,
+              now: float | None = None) -> list[JobInfo]:
+        """Delete the folders of ended jobs (done, stopped, failed, cancelled) that ended more than
+        ``older_than_days`` ago (every owner's, or ``owner``'s); running and waiting jobs are never touched.
+        Returns the jobs deleted (or, with ``dry_run``, that would be)."""
+        cutoff = (time.time() if now is None else now) - older_than_days * 86400
+        gone = []
+        for job in self.jobs(owner):
+            ended = float(job.status.get("finished") or job.submitted)
+            if job.finished and ended < cutoff:
+                gone.append(job)
+                if not dry_run:
+                    shutil.rmtree(job.dir, ignore_errors=True)
+                    self._marker(job.owner, job.id).unlink(missing_ok=True)
+        return gone
 
 
 def _check_owner(owner: str) -> None:
@@ -287,17 +417,27 @@ class JobContext:
         self.spec = spec
         self.status: dict[str, Any] = {"state": "queued", "pid": os.getpid()}
         self._last_write = 0.0
+        self.stop_seen: float | None = None  # when the job's loop first saw the stop request
+        self._lock = threading.Lock()  # the watchdog and the loop both write status.json
 
     def should_stop(self) -> bool:
-        return (self.dir / "STOP").exists()
+        if (self.dir / "STOP").exists():
+            if self.stop_seen is None:
+                self.stop_seen = time.time()
+                self.update(current="stopping: finishing the step and saving")
+            return True
+        return False
 
     def update(self, force: bool = True, **fields) -> None:
-        self.status.update(fields)
-        now = time.time()
-        if force or now - self._last_write >= STATUS_INTERVAL_S:
-            self.status["heartbeat"] = now
-            write_json_atomic(self.dir / "status.json", self.status)
-            self._last_write = now
+        with self._lock:
+            if self.status.get("state") in FINAL_STATES and fields.get("state") not in FINAL_STATES:
+                return  # the watchdog already wrote how the job ended
+            self.status.update(fields)
+            now = time.time()
+            if force or now - self._last_write >= STATUS_INTERVAL_S:
+                self.status["heartbeat"] = now
+                write_json_atomic(self.dir / "status.json", self.status)
+                self._last_write = now
 
     def step(self, n: float = 1) -> None:
         """n more steps (units of work) done (status.json is rewritten at most once a second)."""
@@ -305,60 +445,108 @@ class JobContext:
 
 
 def _acquire_slot(ctx: JobContext, root: Path, max_running: int) -> int | None:
-    """Wait until this job is the oldest waiting one and a slot is free; the slot's lock fd, or None if
-    the job was stopped while it waited."""
-    queue = JobQueue(root, max_running)
+    """Take a free slot (the dispatcher started this worker because one was free; a worker of a job that was
+    dispatched by another server process at the same moment waits here for its turn); the slot's lock fd, or
+    None if the job was stopped meanwhile."""
     slots = root / ".slots"
     slots.mkdir(parents=True, exist_ok=True)
-    while not ctx.should_stop():
-        waiting = queue.waiting()
-        if not waiting or waiting[0].id == ctx.spec["id"]:
-            for n in range(max_running):
-                fd = os.open(slots / f"{n}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    os.close(fd)
+    while not (ctx.dir / "STOP").exists():
+        for n in range(max_running):
+            fd = os.open(slots / f"{n}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
         time.sleep(0.2)
     return None
 
 
 def run_worker(job_dir: str | Path) -> int:
-    """The body of ``python -m nullviz.jobs DIR``: queue, run, record the outcome. Returns the exit code."""
+    """The body of ``python -m nullviz.jobs DIR``: take a slot, run, record the outcome, start the next waiting
+    job. Returns the exit code. Whatever ends the job — done, Stop, its time or memory limit, a bug, a stop it
+    ignores inside one long step — is written to ``status.json`` with one sentence."""
     job_dir = Path(job_dir)
     spec = read_json(job_dir / "job.json")
     if not spec:
-        sys.stderr.write(f"nullviz: error: {str(job_dir)!r} holds no job.json\n")
+        sys.stderr.write(f"nullviz: error: {job_dir.name!r} holds no job.json\n")
         return 2
+    root = job_dir.parent.parent
+    max_running = int(spec.get("max_running") or 1)
     ctx = JobContext(job_dir, spec)
     signal.signal(signal.SIGTERM, lambda *_: (job_dir / "STOP").touch())  # `kill` stops cleanly too
     ctx.update(state="queued")
-    import torch  # while waiting, not on the clock: the import takes a second or more
+    import torch  # before the slot: the import takes a second or more
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    root = job_dir.parent.parent
-    slot = _acquire_slot(ctx, root, int(spec.get("max_running") or 1))
+    slot = _acquire_slot(ctx, root, max_running)
     if slot is None:
         ctx.update(state="cancelled", message="Stopped before it started.", finished=time.time())
-        return 0
+        return _ended(root, max_running, spec, 0)
+    max_memory = spec.get("max_memory_mb")
+    apply_memory_limit(max_memory)
+    minutes = (spec.get("max_seconds") or 0) / 60
+
+    def overdue(reason: str) -> None:
+        if watchdog.timed_out:
+            message = f"Ended at its time limit of {minutes:g} minutes (NULLVIZ_MAX_JOB_MINUTES)."
+            state = "failed"
+        elif reason == "ignored":
+            message = f"Stopped during a long step (it did not reach a stop check within {STOP_GRACE_S:g} s); the " \
+                      f"step in progress is lost, earlier results are kept."
+            state = "stopped"
+        else:
+            message = f"Stopped; saving took longer than {SAVE_GRACE_S:g} s and was cut short."
+            state = "stopped"
+        ctx.update(state=state, message=message, finished=time.time())
+        os.close(slot)
+        _ended(root, max_running, spec, 3)
+        exit_now(3)
+
+    watchdog = Watchdog(lambda: (job_dir / "STOP").exists(), lambda: ctx.stop_seen is not None,
+                        lambda: (job_dir / "STOP").touch(), overdue, spec.get("max_seconds")).start()
     ctx.update(state="running", started=time.time())
+    code = 0
     try:
         KINDS[spec["kind"]].run(spec["params"], ctx)
     except NullvizError as exc:
         ctx.update(state="failed", message=str(exc), finished=time.time())
-        return 2
-    except Exception as exc:  # noqa: BLE001 — a bug: one line for the page, the traceback in worker.log
+        code = 2
+    except Exception as exc:  # noqa: BLE001 — a bug or no memory: one line for the page, the traceback in worker.log
         traceback.print_exc()
-        ctx.update(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time())
-        return 1
+        if is_out_of_memory(exc):
+            message = f"The job ran out of its memory limit ({max_memory:,} MB, NULLVIZ_MAX_JOB_MEMORY_MB): " \
+                      f"choose a smaller batch, model or data set." if max_memory else \
+                      "The job ran out of memory: choose a smaller batch, model or data set."
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        ctx.update(state="failed", message=message, finished=time.time())
+        code = 1
     finally:
+        watchdog.finish()
         os.close(slot)  # free the slot now, not after the interpreter's (slow, torch-laden) shutdown
-    stopped = ctx.should_stop()
-    ctx.update(state="stopped" if stopped else "done", finished=time.time(),
-               message="Stopped by request; what finished is saved." if stopped else "")
-    return 0
+    if code == 0:
+        if watchdog.timed_out:
+            ctx.update(state="failed", finished=time.time(),
+                       message=f"Ended at its time limit of {minutes:g} minutes (NULLVIZ_MAX_JOB_MINUTES); what "
+                               f"finished by then is saved.")
+        else:
+            stopped = ctx.should_stop()
+            ctx.update(state="stopped" if stopped else "done", finished=time.time(),
+                       message="Stopped by request; what finished is saved." if stopped else "")
+    return _ended(root, max_running, spec, code)
+
+
+def _ended(root: Path, max_running: int, spec: dict[str, Any], code: int) -> int:
+    """A worker's last act: leave the index of active jobs and start the next waiting one."""
+    queue = JobQueue(root, max_running)
+    queue._marker(spec["owner"], spec["id"]).unlink(missing_ok=True)
+    try:
+        queue.dispatch()
+    except OSError as exc:  # the next job still starts at the next submit or sweep
+        sys.stderr.write(f"nullviz: could not start the next job: {exc}\n")
+    return code
 
 
 # -------------------------------------------------------------------------------------------- job kinds

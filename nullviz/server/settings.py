@@ -9,6 +9,7 @@ and jobs live; a session can only name files inside its own workspace, and the j
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from nullviz.core.atomic import write_bytes_atomic, write_text_atomic
-from nullviz.core.errors import DataError, InvalidParameterError, ServerPathRefusedError, UploadTooLargeError
+from nullviz.core.errors import DataError, DiskSpaceError, InvalidParameterError, ServerPathRefusedError, UploadTooLargeError
 from nullviz.models import EMBEDDED_MODELS, embedded_model
 
 from .access import OPEN_ACCESS, is_hub_id, lexically_inside, normalise_code
@@ -47,6 +48,13 @@ def _positive_int(name: str, value: object) -> int:
 
 #: Shared mode's default model budget (parameters): ViT-B/16 (86.6 M) and smaller.
 SHARED_MAX_MODEL_PARAMS = 90_000_000
+#: The bounds shared mode sets and local mode leaves off: (field, variable, shared default). ``none`` turns one off.
+SHARED_BOUNDS = (("max_queued_jobs", "NULLVIZ_MAX_QUEUED_JOBS", 16),
+                 ("max_job_minutes", "NULLVIZ_MAX_JOB_MINUTES", 60),
+                 ("max_job_memory_mb", "NULLVIZ_MAX_JOB_MEMORY_MB", 8192),
+                 ("retention_days", "NULLVIZ_RETENTION_DAYS", 7),
+                 ("workspace_quota_mb", "NULLVIZ_WORKSPACE_QUOTA_MB", 2048),
+                 ("min_free_disk_mb", "NULLVIZ_MIN_FREE_DISK_MB", 1024))
 #: A class code a teacher sets must have at least this many letters or digits.
 MIN_ACCESS_CODE_CHARS = 6
 
@@ -107,6 +115,20 @@ class ServerSettings:
     #: allocated (``NULLVIZ_MAX_MODEL_PARAMS``); None: no limit (local mode's default). Shared mode: ViT-B/16's
     #: 86.6 M fits, ViT-L's 304 M does not.
     max_model_params: int | None = None
+    #: Jobs waiting in the queue, everyone's together (``NULLVIZ_MAX_QUEUED_JOBS``); None: no bound.
+    max_queued_jobs: int | None = None
+    #: A running job's wall-clock limit in minutes (``NULLVIZ_MAX_JOB_MINUTES``); None: none.
+    max_job_minutes: float | None = None
+    #: A job worker's address space in MB (``NULLVIZ_MAX_JOB_MEMORY_MB``; torch's own mappings take ~3.6 GB of
+    #: it on CPU); None: no limit.
+    max_job_memory_mb: int | None = None
+    #: Uploads and ended jobs older than this many days are deleted by the server (``NULLVIZ_RETENTION_DAYS``);
+    #: None: kept.
+    retention_days: float | None = None
+    #: What one workspace may keep on disk, uploads and jobs together (``NULLVIZ_WORKSPACE_QUOTA_MB``).
+    workspace_quota_mb: int | None = None
+    #: Uploads are refused while the data folder's disk has less free space than this (``NULLVIZ_MIN_FREE_DISK_MB``).
+    min_free_disk_mb: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -138,6 +160,8 @@ class ServerSettings:
             extra_allowed_hosts=tuple(h.strip() for h in env.get("NULLVIZ_ALLOWED_HOSTS", "").split(",") if h.strip()),
             max_model_params=_optional_limit("NULLVIZ_MAX_MODEL_PARAMS", env.get(
                 "NULLVIZ_MAX_MODEL_PARAMS", SHARED_MAX_MODEL_PARAMS if shared else "none")),
+            **{name: _optional_limit(var, env.get(var, shared_default if shared else "none"))
+               for name, var, shared_default in SHARED_BOUNDS},
         )
 
     @property
@@ -242,9 +266,10 @@ class Workspace:
         suffix = Path(base).suffix.lower()
         if suffix not in suffixes:
             raise DataError(f"{base!r} is not one of the accepted file types ({', '.join(suffixes)}).")
-        path = self._mkdir(self.uploads / f"u-{content_hash(data)}") / (safe_stem(base) + suffix)
+        path = self.uploads / f"u-{content_hash(data)}" / (safe_stem(base) + suffix)
         if not path.is_file():
-            write_bytes_atomic(path, data)
+            self.check_space(len(data))
+            write_bytes_atomic(self._mkdir(path.parent) / path.name, data)
         return path
 
     def save_model_folder_zip(self, name: str, data: bytes) -> Path:
@@ -260,9 +285,10 @@ class Workspace:
         done = home / ".unpacked"
         if done.is_file():
             return Path(done.read_text())
+        self.check_space(len(data))
         staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self._mkdir(self.uploads)))
         try:
-            folder = unpack_model_folder_zip(data, staging, max_bytes=self.settings.max_expanded_mb * 2**20)
+            folder = unpack_model_folder_zip(data, staging, max_bytes=self.unpack_budget())
             home.mkdir(parents=True, exist_ok=True)
             os.replace(folder, target)
             write_text_atomic(done, str(target))
@@ -271,7 +297,64 @@ class Workspace:
         return target
 
     def new_upload_folder(self) -> Path:
+        self.check_space(0)
         return Path(tempfile.mkdtemp(prefix="d-", dir=self._mkdir(self.uploads)))
+
+    @contextlib.contextmanager
+    def upload_folder(self, keep: bool = True):
+        """A new folder for an unpacked upload, deleted at once if anything in the ``with`` block refuses it (a zip
+        over a limit, a folder that turns out not to be a data set): nothing refused stays on disk. ``keep=False``:
+        deleted when the block ends too (an upload read once, into memory)."""
+        folder = self.new_upload_folder()
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------- disk space
+    def usage_bytes(self) -> int:
+        """What this workspace keeps on disk: its uploads and its jobs' folders."""
+        return sum(f.stat().st_size for root in (self.uploads, self.jobs) if root.is_dir()
+                   for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+
+    def space_left(self) -> int | None:
+        """Bytes this workspace may still write: the smaller of what its quota and the data folder's free-space
+        floor leave (None: neither is set)."""
+        left = []
+        if self.settings.workspace_quota_mb is not None:
+            left.append(self.settings.workspace_quota_mb * 2**20 - self.usage_bytes())
+        if self.settings.min_free_disk_mb is not None:
+            root = self._mkdir(self.settings.data_root)
+            left.append(shutil.disk_usage(root).free - self.settings.min_free_disk_mb * 2**20)
+        return max(0, min(left)) if left else None
+
+    def check_space(self, incoming: int) -> None:
+        """Refuse (:class:`DiskSpaceError`, saying what to delete) an upload of ``incoming`` bytes that would pass
+        this workspace's quota or leave the server's disk below its floor."""
+        settings = self.settings
+        if settings.workspace_quota_mb is not None:
+            used = self.usage_bytes()
+            if used + incoming > settings.workspace_quota_mb * 2**20:
+                raise DiskSpaceError(
+                    f"Your files take {used / 2**20:,.0f} MB of the {settings.workspace_quota_mb:,} MB each session "
+                    f"may keep on this server" + (f" (this upload needs {incoming / 2**20:,.1f} MB)" if incoming else "")
+                    + ": delete finished jobs you no longer need (Finetune page), or wait: files older than "
+                    + (f"{settings.retention_days:g} days" if settings.retention_days else "a while")
+                    + " are deleted.")
+        if settings.min_free_disk_mb is not None:
+            free = shutil.disk_usage(self._mkdir(settings.data_root)).free
+            if free - incoming < settings.min_free_disk_mb * 2**20:
+                raise DiskSpaceError(f"The server's disk is nearly full ({free / 2**20:,.0f} MB free): nothing more "
+                                     f"can be stored until space is freed. Tell whoever runs the server.")
+
+    def unpack_budget(self) -> int:
+        """How many bytes a zip upload may unpack to here: the server's limit, or less when space is short."""
+        budget = self.settings.max_expanded_mb * 2**20
+        left = self.space_left()
+        return budget if left is None else min(budget, left)
 
     @staticmethod
     def _mkdir(p: Path) -> Path:

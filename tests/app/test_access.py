@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from conftest import ROOT
-from nullviz.core.errors import CheckpointError, ModelTooLargeError, PretrainedWeightsUnavailableError, \
+from nullviz.core.errors import CheckpointError, DataError, ModelTooLargeError, PretrainedWeightsUnavailableError, \
     ServerPathRefusedError
 from nullviz.models import load_model
 from nullviz.server.access import (AttemptLimiter, WorkspaceSigner, allowed_hosts, codes_match, generate_access_code,
@@ -228,3 +228,27 @@ def test_checkpoint_uploads_are_stored_once_per_content(tmp_path):
     assert ws.save_upload("m.safetensors", b"x" * 100, (".safetensors",)) == a
     assert ws.save_upload("m.safetensors", b"y" * 100, (".safetensors",)) != a
     assert len([p for p in ws.uploads.rglob("*") if p.is_file()]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- disk
+def test_workspace_quota_and_free_space_floor_refuse_with_what_to_do(tmp_path, monkeypatch):
+    from nullviz.core.errors import DiskSpaceError
+
+    settings = ServerSettings(shared=True, data_root=tmp_path, workspace_quota_mb=1, retention_days=7)
+    ws = Workspace(WorkspaceSigner(server_secret(tmp_path)).issue(), settings)
+    ws.save_upload("a.safetensors", b"x" * 700_000, (".safetensors",))
+    with pytest.raises(DiskSpaceError, match=r"of the 1 MB each session may keep.*older than 7 days are deleted"):
+        ws.save_upload("b.safetensors", b"y" * 700_000, (".safetensors",))
+    assert ws.unpack_budget() <= 2**20 - 700_000
+    with ws.upload_folder():
+        pass
+    with pytest.raises(DataError):
+        with ws.upload_folder() as folder:
+            raise DataError("not a data set")
+    assert not folder.exists()  # a refused unpack leaves nothing
+    import shutil
+
+    floor = ServerSettings(shared=True, data_root=tmp_path, min_free_disk_mb=10**9)
+    with pytest.raises(DiskSpaceError, match="nearly full"):
+        Workspace(ws.id, floor).save_upload("c.safetensors", b"z", (".safetensors",))
+    assert shutil.disk_usage(tmp_path).free > 0

@@ -77,12 +77,16 @@ def test_upload_size_cap(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- zips
 def test_zip_expanded_size_file_count_and_image_size_bounded_before_writing(tmp_path):
-    bomb = zip_bytes({"a/zeros.bin": b"\0" * (3 * 2**20)})
-    assert len(bomb) < 10_000
+    zeros = zip_bytes({"a/zeros.bin": b"\0" * (3 * 2**20), "a/run.sh": b"rm -rf /"})
+    assert len(zeros) < 10_000
+    with pytest.raises(DataError, match="holds no images"):  # only image members are unpacked: none here
+        extract_image_folder_zip(zeros, tmp_path / "w", max_bytes=2**20)
+    assert not any((tmp_path / "w").iterdir())
+    bomb = zip_bytes({"a/zeros.png": b"\0" * (3 * 2**20)})
     with pytest.raises(UploadTooLargeError, match="unpacks to"):
         extract_image_folder_zip(bomb, tmp_path / "x", max_bytes=2**20)
     assert not any((tmp_path / "x").iterdir())
-    many = zip_bytes({f"a/{i}.txt": b"" for i in range(20)})
+    many = zip_bytes({f"a/{i}.png": b"" for i in range(20)})
     with pytest.raises(UploadTooLargeError, match="20 files"):
         extract_image_folder_zip(many, tmp_path / "y", max_files=10)
     big_image = zip_bytes({"cat/big.png": png((300, 300))})
@@ -102,13 +106,13 @@ def test_zip_escape_is_checked_by_path_not_string_prefix(tmp_path):
 
 
 def test_zip_that_lies_about_its_sizes_stops_at_the_limit(tmp_path):
-    data = bytearray(zip_bytes({"a/x.bin": b"\0" * 2**20}))
+    data = bytearray(zip_bytes({"a/x.png": b"\0" * 2**20}))
     # shrink the declared size in both headers: the real bytes must still be counted while copying
     real = (2**20).to_bytes(4, "little")
     data = bytes(data).replace(real, (10).to_bytes(4, "little"))
     with pytest.raises((UploadTooLargeError, DataError)):
         extract_image_folder_zip(data, tmp_path / "lie", max_bytes=1000)
-    assert not any((tmp_path / "lie").rglob("*.bin"))
+    assert not any((tmp_path / "lie").rglob("*.png"))
 
 
 # ---------------------------------------------------------------------------------- small defects

@@ -88,8 +88,8 @@ def test_a_killed_worker_is_reported_and_frees_its_slot(tmp_path):
     wait_until(lambda: queue.get(victim.id).state == "running")
     assert os.getsid(victim.status["pid"]) != os.getsid(0)  # its own session: outlives the server
     os.kill(victim.status["pid"], signal.SIGKILL)
-    wait_until(lambda: queue.get(victim.id).state == "failed")
-    assert "ended unexpectedly" in queue.get(victim.id).message
+    wait_until(lambda: json.loads((victim.dir / "status.json").read_text())["state"] == "failed")
+    assert "was killed (signal 9)" in queue.get(victim.id).message  # written to status.json, not only inferred
     (done,) = wait_all(queue, [nxt])
     assert done.state == "done"
 
