@@ -24,6 +24,7 @@ from nullviz.core.errors import JobNotFoundError, NullvizError
 from nullviz.data import OWN_SOURCE, downscale_note, load_image_bytes, model_own_data, sample_image, sample_image_names, synthesis_sets
 from nullviz.jobs.limits import JobLimits
 from nullviz.jobs.queue import JobQueue
+from nullviz.train.estimate import JobEstimate, estimate_finetune, job_data_sizes, measure_step_seconds
 from nullviz.models import (COMMON_VITS, EMBEDDED_MODELS, LoadedModel, ModelSpec, architecture_facts,
                             available_devices, embedded_model, load_model, resolve_device)
 from nullviz.noise.approximate import clean_logits
@@ -188,6 +189,19 @@ def job_queue() -> JobQueue:
                        max_seconds=s.max_job_minutes * 60 if s.max_job_minutes else None,
                        max_memory_mb=s.max_job_memory_mb) if s.shared else None
     return JobQueue(s.jobs_root, s.max_running_jobs, limits=limits)
+
+
+@st.cache_resource(show_spinner="Timing one training step on this machine…", max_entries=16)
+def _step_seconds(_lm: LoadedModel, key: str, batch_size: int, threads: int) -> float:
+    return measure_step_seconds(_lm, batch_size, threads)
+
+
+def estimate_finetune_job(lm: LoadedModel, configs: list, data: str, processes: int = 1) -> JobEstimate:
+    """How long a finetuning job of these runs would take here: its work plan times one training step of this
+    model, measured once per (model, batch size, threads) on this server."""
+    train, held = job_data_sizes(configs, data, lm.name, str(server_settings().datasets_cache))
+    step = _step_seconds(lm, f"{model_key(lm)}|{lm.device}", int(configs[0].batch_size), job_threads())
+    return estimate_finetune(configs, train, held, step, processes)
 
 
 def submit_job(kind: str, params: dict, label: str, threads: int | None = None):
@@ -706,6 +720,22 @@ def user_message(text: str) -> str:
     if server_settings().shared:
         text = re.sub(root + r"[^\s'\"]*", lambda m: Path(m.group(0)).name, text)
     return markdown_text(text)
+
+
+def session_gone():
+    """A stop flag for long work in the server's process (a page's sweep): true once this browser session has ended
+    (its tab closed), so nobody's closed tab keeps a core busy. Without a server (AppTest): never."""
+    from streamlit.runtime import get_instance
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    try:
+        runtime = get_instance()
+    except RuntimeError:
+        return lambda: False
+    if ctx is None:
+        return lambda: False
+    return lambda: not runtime.is_active_session(ctx.session_id)
 
 
 def show_error(exc: Exception) -> None:

@@ -10,10 +10,11 @@ from datetime import datetime
 import streamlit as st
 import torch
 
-from app_state import (current_model, job_queue, job_threads, plain, require_shell, server_settings, set_active_checkpoint,
+from app_state import (current_model, estimate_finetune_job, job_queue, job_threads, plain, require_shell, server_settings, set_active_checkpoint,
                        show_error, submit_job, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
+from nullviz.jobs.limits import check_job_minutes
 from nullviz.core.presets import FINETUNE_PRESETS
 from nullviz.core.seeds import MAX_SEED
 from nullviz.data import DataSpec, check_augmentable, check_data_spec, extract_image_folder_zip, model_own_data, no_own_data_message
@@ -119,7 +120,10 @@ with st.form("ft_form"):
                            value=False, help=f"{plain(lm.label)} predicts {lm.model.num_classes:,} classes. Data with another "
                            "number of classes needs a new head (trained from a seeded start); without this box such a "
                            "run is refused.")
-    start = st.form_submit_button("Start", type="primary")
+    c = st.columns([1, 1, 5])
+    start = c[0].form_submit_button("Start", type="primary")
+    estimate_only = c[1].form_submit_button("Estimate time", help="How long these settings take on this machine "
+                                            "(one training step is timed), without starting anything.")
 if not OWN_DATA:
     st.info(no_own_data_message(lm.name))
 
@@ -143,7 +147,7 @@ def _data_spec() -> str:
                                             max_files=settings.max_zip_files))
 
 
-if start:
+if start or estimate_only:
     try:
         if not methods:
             raise NullvizError("Pick at least one method.")
@@ -158,24 +162,29 @@ if start:
         if augment != "none":
             check_augmentable(data)
         check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
-        params = finetune_params(ModelSpec.of(lm), data,
-                                 configs, data_cache=str(settings.datasets_cache), processes=int(processes))
-        job = submit_job("finetune", params, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
-                         + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
-                         + (f" · {int(processes)} processes" if processes > 1 else ""), threads=job_threads())
-        st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
+        estimate = estimate_finetune_job(lm, configs, data, int(processes))
+        limit = settings.max_job_minutes if settings.shared else None
+        st.session_state["ft_estimate"] = (f"These settings: {estimate.describe()}."
+                                           + (f" This server runs jobs of at most {limit:g} minutes." if limit else ""))
+        check_job_minutes(estimate.seconds, limit)
+        if start:
+            params = finetune_params(ModelSpec.of(lm), data,
+                                     configs, data_cache=str(settings.datasets_cache), processes=int(processes))
+            job = submit_job("finetune", params, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
+                             + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
+                             + (f" · {int(processes)} processes" if processes > 1 else ""), threads=job_threads())
+            st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:
         show_error(exc)
 
+if st.session_state.get("ft_estimate"):
+    st.caption(st.session_state["ft_estimate"])
 jobs = [j for j in queue.jobs(ws.id) if j.kind == "finetune"]
 if not jobs:
-    st.info("Pick methods and press **Start**. The defaults are a small run to see the method work: "
-            f"{SMALL_RUN['epochs']} epochs of {SMALL_RUN['steps']} steps, δ synthesized in {SMALL_RUN['synth_steps']} "
-            f"steps, measured on {SMALL_RUN['eval']} held-out images — " + (
-                "about 100 s for the three methods on a 2-core CPU with the cluttered model. "
-                if OWN_DATA == "cluttered" else "about 30 s for the three methods on a 2-core CPU with the digits. "
-                if OWN_DATA == "digits" else "")
-            + "Set steps per epoch to 0 for full passes over the training set.")
+    st.info("Pick methods and press **Start**, or **Estimate time** to see first how long they take on this "
+            f"machine. The defaults are a small run to see the method work: {SMALL_RUN['epochs']} epochs of "
+            f"{SMALL_RUN['steps']} steps, δ synthesized in {SMALL_RUN['synth_steps']} steps, measured on "
+            f"{SMALL_RUN['eval']} held-out images. Set steps per epoch to 0 for full passes over the training set.")
     st.stop()
 
 # ----------------------------------------------------------------------------------------------- job list

@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 from app_state import (current_model, figure_html, image_picker, model_key, own_synthesis_sets_shown, plain, png_bytes,
-                       require_shell, show_error)
+                       require_shell, server_settings, session_gone, show_error)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import (ONE_IMAGE_SOURCE, OWN_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_source_label,
@@ -16,7 +16,7 @@ from nullviz.data import (ONE_IMAGE_SOURCE, OWN_SOURCE, PHOTOS_SOURCE, model_own
 from nullviz.noise import exact as N
 from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clipped_delta,
                                        default_synthesis_config, frontier, noise_effect, parse_sweep, probs_change,
-                                       split_fit_check, split_fit_validation, synthesize)
+                                       split_fit_check, split_fit_validation, sweep_size, synthesize)
 from nullviz.noise.files import Noise, noise_bytes
 from nullviz.noise.layernorm import cached_patch_mean_direction, layernorm_residual, sample_layernorm_noise
 
@@ -305,17 +305,22 @@ if res is not None:
 
 def trace_frontier(lams_text: str, lims_text: str, steps_text: str) -> None:
     """One synthesis per (λ, lim, steps) of the sweep, on the fit and check images of the settings above."""
-    grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text})
+    settings = server_settings()
+    grid = parse_sweep({"lam": lams_text, "lim": lims_text, "steps": steps_text},
+                       max_points=settings.max_sweep_points, max_total_steps=settings.max_sweep_steps)
     base, images, validation, check, _, known_logits = approximate_inputs()
-    bar = st.progress(0.0, text="tracing…")
+    points, total = sweep_size(grid, base)
+    bar = st.progress(0.0, text=f"tracing {points} syntheses, {total:,} steps in all…")
+    started = time.perf_counter()
 
     def progress(k, n, p):
-        bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, "
-                                 f"unseen Σ Δp² {p.check_mse_probs:.1e}")
+        left = (time.perf_counter() - started) / k * (n - k)
+        bar.progress(k / n, text=f"{k}/{n}: {p.label} → ‖δ‖ {p.noise_l2:.3g}, unseen Σ Δp² "
+                                 f"{p.check_mse_probs:.1e}" + (f" · about {left:,.0f} s left" if k < n else ""))
 
-    st.session_state["ns_frontier"] = frontier(lm, images, base, lams=grid["lam"], lims=grid["lim"],
-                                               steps=grid["steps"], check_images=check, progress=progress,
-                                               validation_images=validation, **known_logits)
+    front = frontier(lm, images, base, lams=grid["lam"], lims=grid["lim"], steps=grid["steps"], check_images=check,
+                     progress=progress, validation_images=validation, should_stop=session_gone(), **known_logits)
+    st.session_state["ns_frontier"] = front
 
 
 @st.fragment
@@ -332,6 +337,11 @@ def frontier_panel() -> None:
             lims_text = c[1].text_input("lim values", f"{DEFAULTS.lim:g}", key="ns_sweep_lims")
             steps_text = c[2].text_input("steps", f"{DEFAULTS.steps}", key="ns_sweep_steps")
             sweep = st.form_submit_button("Trace the frontier")
+            settings = server_settings()
+            if settings.max_sweep_points or settings.max_sweep_steps:
+                st.caption(f"This server traces at most {settings.max_sweep_points} syntheses and "
+                           f"{settings.max_sweep_steps:,} synthesis steps in all (the λ, lim and steps values "
+                           f"multiplied); the default grid is 5 syntheses of {DEFAULTS.steps} steps.")
         if sweep:
             try:
                 trace_frontier(lams_text, lims_text, steps_text)

@@ -43,6 +43,14 @@ STOP_GRACE_S = 2.0
 SAVE_GRACE_S = 120.0
 
 
+def check_job_minutes(estimated_seconds: float, max_minutes: float | None) -> None:
+    """Refuse at submit a job whose estimate passes the server's limit (None: no limit), saying what to cut."""
+    if max_minutes is not None and estimated_seconds > max_minutes * 60:
+        raise JobLimitError(f"This job would take about {estimated_seconds / 60:,.0f} minutes here; this server runs "
+                            f"jobs of at most {max_minutes:g} minutes (NULLVIZ_MAX_JOB_MINUTES). Use fewer epochs, "
+                            f"steps, seeds, methods or evaluation images.")
+
+
 def apply_memory_limit(max_memory_mb: int | None) -> bool:
     """Cap this process's address space at ``max_memory_mb`` (an allocation beyond it fails with MemoryError,
     which the worker reports in one sentence). Returns whether a limit was set."""

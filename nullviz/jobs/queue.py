@@ -48,7 +48,7 @@ from nullviz.robustness import evaluation as R
 from nullviz.robustness.benchmarks import BENCHMARKS, evaluate_suite
 from nullviz.robustness.evaluation import config_from_dict, images_tensor
 from nullviz.train.finetune import TRAIN_STEP_COST, FinetuneConfig, FinetuneResult, finetune
-from nullviz.train.evaluator import reference_key
+from nullviz.train.estimate import finetune_work
 
 from .limits import (SAVE_GRACE_S, STOP_GRACE_S, JobLimitError, JobLimits, Watchdog, apply_memory_limit, exit_now,
                      is_out_of_memory)
@@ -604,10 +604,7 @@ def _run_finetune(params: dict[str, Any], ctx: JobContext) -> None:
     # one process: the runs share the starting model's fixed noises per (seed, evaluation steps, augmentation),
     # so only the first run of each makes them (torchrun's ranks are processes of their own: each run makes its own)
     references: dict | None = {} if processes == 1 else None
-    keys = [reference_key(c) for c in configs]
-    plans = [c.work_plan(c.steps_per_epoch or math.ceil(len(train) / (c.batch_size * c.grad_accum * processes)),
-                         len(held), start_delta=references is None or keys.index(keys[i]) == i)
-             for i, c in enumerate(configs)]  # FinetuneRun's steps per epoch: one global batch per step
+    plans = finetune_work(configs, len(train), len(held), processes)  # what the estimate before Start counted too
     names = run_names(params["configs"])
     ctx.update(steps_total=sum(sum(p.values()) for p in plans), steps_done=0, methods=names, processes=processes)
     results: dict[str, Any] = {}

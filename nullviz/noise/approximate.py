@@ -877,8 +877,16 @@ def frontier(lm: LoadedModel, images: torch.Tensor, base: SynthesisConfig = Synt
                     images_used=dict(points[-1].images_used) if points else dict(images_used or {}))
 
 
-def parse_sweep(spec: dict[str, str]) -> dict[str, tuple]:
-    """{'lam': '0, 0.5, 1', 'lim': '1', 'steps': '100,200'} → tuples of numbers, validated."""
+def sweep_size(grid: dict[str, tuple], base: SynthesisConfig = SynthesisConfig()) -> tuple[int, int]:
+    """(syntheses, synthesis steps in all) of a parsed sweep: every (λ, lim, steps) of the grid is one synthesis."""
+    lams, lims, steps = grid.get("lam", (base.lam,)), grid.get("lim", (base.lim,)), grid.get("steps", (base.steps,))
+    return len(lams) * len(lims) * len(steps), len(lams) * len(lims) * sum(int(n) for n in steps)
+
+
+def parse_sweep(spec: dict[str, str], max_points: int | None = None, max_total_steps: int | None = None
+                ) -> dict[str, tuple]:
+    """{'lam': '0, 0.5, 1', 'lim': '1', 'steps': '100,200'} → tuples of numbers, validated; with ``max_points`` /
+    ``max_total_steps`` (a shared server's bounds) a larger grid is refused before anything runs."""
     out: dict[str, tuple] = {}
     for name, text in spec.items():
         if name not in ("lam", "lim", "steps"):
@@ -893,4 +901,11 @@ def parse_sweep(spec: dict[str, str]) -> dict[str, tuple]:
         for v in values:
             replace(SynthesisConfig(), **{name: v})  # the config's own bounds check each value
         out[name] = values
+    points, total = sweep_size(out)
+    if max_points is not None and points > max_points:
+        raise InvalidParameterError("sweep", "frontier", f"at most {max_points} syntheses on this server",
+                                    f"{points} (the λ, lim and steps values multiplied)")
+    if max_total_steps is not None and total > max_total_steps:
+        raise InvalidParameterError("steps", "frontier", f"at most {max_total_steps:,} synthesis steps in all on "
+                                    f"this server", f"{total:,}")
     return out

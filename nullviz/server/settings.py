@@ -54,7 +54,9 @@ SHARED_BOUNDS = (("max_queued_jobs", "NULLVIZ_MAX_QUEUED_JOBS", 16),
                  ("max_job_memory_mb", "NULLVIZ_MAX_JOB_MEMORY_MB", 8192),
                  ("retention_days", "NULLVIZ_RETENTION_DAYS", 7),
                  ("workspace_quota_mb", "NULLVIZ_WORKSPACE_QUOTA_MB", 2048),
-                 ("min_free_disk_mb", "NULLVIZ_MIN_FREE_DISK_MB", 1024))
+                 ("min_free_disk_mb", "NULLVIZ_MIN_FREE_DISK_MB", 1024),
+                 ("max_sweep_points", "NULLVIZ_MAX_SWEEP_POINTS", 12),
+                 ("max_sweep_steps", "NULLVIZ_MAX_SWEEP_STEPS", 3000))
 #: A class code a teacher sets must have at least this many letters or digits.
 MIN_ACCESS_CODE_CHARS = 6
 
@@ -129,6 +131,10 @@ class ServerSettings:
     workspace_quota_mb: int | None = None
     #: Uploads are refused while the data folder's disk has less free space than this (``NULLVIZ_MIN_FREE_DISK_MB``).
     min_free_disk_mb: int | None = None
+    #: A page's sweep (the Nullspace page's frontier) runs in the server's process: at most this many syntheses
+    #: (``NULLVIZ_MAX_SWEEP_POINTS``) and synthesis steps in all (``NULLVIZ_MAX_SWEEP_STEPS``).
+    max_sweep_points: int | None = None
+    max_sweep_steps: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,

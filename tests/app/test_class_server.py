@@ -194,3 +194,50 @@ def test_a_file_name_is_shown_as_text(shared_server):
     assert not at.exception
     error = at.error[0].value
     assert error.startswith(r"!\[t\](http\://127.0.0.1:9/x.png).png: ") and shown(error).startswith(name)
+
+
+def test_the_finetune_page_estimates_before_start_and_refuses_past_the_budget(shared_server):
+    at = session({"code": CLASS_CODE})
+    at.switch_page("pages/finetune.py").run()
+    at.multiselect(key="ft_methods").set_value(["baseline"])
+    [b for b in at.button if b.label == "Estimate time"][0].click().run()
+    assert not at.exception and not at.error
+    estimate = [c.value for c in at.caption if c.value.startswith("These settings: about")]
+    assert estimate and "on this machine" in estimate[0] and "at most 60 minutes" in estimate[0]
+    assert not list((shared_server / "jobs").glob("*/*"))  # nothing started
+    at.number_input(key="ft_epochs").set_value(1000)
+    at.number_input(key="ft_steps").set_value(100_000)
+    [b for b in at.button if b.label == "Start"][0].click().run()
+    assert "this server runs jobs of at most 60 minutes" in at.error[0].value
+    assert not list((shared_server / "jobs").glob("*/*"))
+
+
+def test_the_frontier_is_bounded_on_a_shared_server(shared_server):
+    at = session({"code": CLASS_CODE})
+    at.switch_page("pages/nullspace.py").run()
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.number_input(key="ns_steps").set_value(3)
+    [b for b in at.button if b.label == "Make noise"][0].click().run()
+    assert any("traces at most 12 syntheses and 3,000 synthesis steps" in c.value for c in at.caption)
+    at.text_input(key="ns_sweep_steps").set_value("100000")
+    [b for b in at.button if b.label == "Trace the frontier"][0].click().run()
+    assert not at.exception and "at most 3,000 synthesis steps in all on this server" in at.error[0].value
+    assert "ns_frontier" not in at.session_state  # refused before a synthesis ran
+
+
+def test_work_in_the_server_stops_once_its_session_is_gone(monkeypatch):
+    import types
+
+    import streamlit.runtime as runtime_module
+    import streamlit.runtime.scriptrunner as scriptrunner
+
+    import app_state
+
+    active = {"abc": True}
+    fake = types.SimpleNamespace(is_active_session=lambda sid: active.get(sid, False))
+    monkeypatch.setattr(runtime_module, "get_instance", lambda: fake)
+    monkeypatch.setattr(scriptrunner, "get_script_run_ctx", lambda: types.SimpleNamespace(session_id="abc"))
+    gone = app_state.session_gone()
+    assert gone() is False
+    active["abc"] = False  # the tab closed
+    assert gone() is True

@@ -542,7 +542,7 @@ def test_sidebar_follows_a_model_a_page_switched_to():
     assert not at.exception
     assert at.radio(key="model_source").value == "Local checkpoint"
     assert at.text_input(key="model_checkpoint").value == path and at.text_input(key="model_name").value == ""
-    assert "model.safetensors" in at.sidebar.caption[-1].value
+    assert "model.safetensors" in shown(at.sidebar.caption[-1].value)
 
 
 @pytest.mark.slow
@@ -696,7 +696,7 @@ def test_a_model_without_its_own_data_never_gets_the_digits(tmp_path):
     from nullviz.data import SAMPLE_PHOTOS
 
     at = app_with_spec(ModelSpec("default", imagenet_like_checkpoint(tmp_path), "cpu"))
-    assert not at.exception and "vit_tiny_patch16_224" in at.sidebar.caption[-1].value
+    assert not at.exception and "vit_tiny_patch16_224" in shown(at.sidebar.caption[-1].value)
 
     at.switch_page("pages/nullspace.py").run()
     at.radio(key="ns_mode").set_value("Approximate — encoder level").run()

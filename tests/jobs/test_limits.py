@@ -221,3 +221,40 @@ def test_jobs_clean_on_the_command_line(tmp_path, capsys):
     assert out["dry_run"] and out["jobs"] == ["ws-a/old"] and d.exists()
     assert main(["jobs", "clean", "--older-than", "1", "--data-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["jobs"] == ["ws-a/old"] and not d.exists()
+
+
+# ----------------------------------------------------------------------------------- the estimate
+def test_the_budget_refuses_a_job_estimated_past_the_limit():
+    from nullviz.jobs.limits import check_job_minutes
+
+    check_job_minutes(59 * 60, 60)
+    check_job_minutes(10**9, None)
+    with pytest.raises(JobLimitError, match="about 95 minutes here; this server runs jobs of at most 60 minutes"):
+        check_job_minutes(95 * 60, 60)
+
+
+def test_measuring_a_step_leaves_the_model_as_it_was(default_lm):
+    from conftest import assert_state_equal, state_snapshot
+    from nullviz.train.estimate import estimate_finetune, measure_step_seconds
+
+    snap = state_snapshot(default_lm.model)
+    seconds = measure_step_seconds(default_lm, 64, threads=1)
+    assert seconds > 0 and not default_lm.model.training
+    assert_state_equal(default_lm.model, snap)
+    assert all(not p.requires_grad for p in default_lm.model.parameters())
+    est = estimate_finetune([FinetuneConfig(method="baseline", epochs=2, steps_per_epoch=10, eval_limit=32)], 0, 32,
+                            seconds)
+    assert est.seconds == pytest.approx(est.units * seconds) and "on this machine" in est.describe()
+
+
+@pytest.mark.slow
+def test_the_estimate_counts_the_work_the_worker_counts(tmp_path):
+    from nullviz.train.estimate import estimate_finetune
+
+    queue = JobQueue(tmp_path / "jobs", max_running=1)
+    configs = [FinetuneConfig(method=m, epochs=2, steps_per_epoch=3, batch_size=8, synth_steps=2, eval_synth_steps=2,
+                              synth_fraction=0.02, eval_limit=16, fresh_deltas=1) for m in ("baseline", "nullspace")]
+    job = queue.submit("finetune", finetune_params(MODEL, "default", configs), owner="ws-a", threads=1)
+    info = wait_until(lambda: (j := queue.get(job.id)).finished and j, 180)
+    assert info.state == "done"
+    assert info.steps_total == pytest.approx(estimate_finetune(configs, 0, 16, 1.0).units)

@@ -316,3 +316,16 @@ def test_scale_search_stops_once_a_probe_lands_close_inside(default_lm, digits_x
     assert 0 < scale < 1 and measured["mse"] < cfg.tol
     assert measured == real(model, batches, delta * scale, "encoder")
     assert measured["mse"] >= A.CLOSE_ENOUGH * cfg.tol and len(probes) < 4
+
+
+def test_a_sweep_is_bounded_before_anything_runs():
+    from nullviz.core.errors import InvalidParameterError
+    from nullviz.noise.approximate import parse_sweep, sweep_size
+
+    grid = parse_sweep({"lam": "0, 0.5, 1", "lim": "1, 3", "steps": "100, 200"})
+    assert sweep_size(grid) == (12, 1800)
+    assert parse_sweep({"lam": "0, 0.5, 1", "steps": "100"}, max_points=3, max_total_steps=300)["lam"] == (0, 0.5, 1)
+    with pytest.raises(InvalidParameterError, match="at most 12 syntheses on this server"):
+        parse_sweep({"lam": ",".join(str(k) for k in range(13)), "steps": "10"}, max_points=12)
+    with pytest.raises(InvalidParameterError, match="at most 3,000 synthesis steps in all"):
+        parse_sweep({"lam": "0, 1", "steps": "100000"}, max_total_steps=3000)
