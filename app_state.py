@@ -638,6 +638,19 @@ def own_checkpoints() -> dict[str, str]:
             if job.finished and job.kind == "finetune" for name, res in job.results.items() if res.usable}
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _shared_result(key: str, _fn, _args: tuple, _kwargs: dict):  # "_": not hashed, the key stands for them
+    return _fn(*_args, **_kwargs)
+
+
+def shared_result(fn, key: str, *args, **kwargs):
+    """``fn(*args, **kwargs)`` computed once per server for ``key`` and shared read-only by every session (a bounded
+    cache: the 64 most recent keys). ``key`` must name everything the result depends on (:func:`fingerprint` of the
+    model and inputs): a class opening a page's default view computes it once, not once per student. Sessions
+    asking for one key at the same time wait for the first to compute it."""
+    return _shared_result(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}", fn, args, kwargs)
+
+
 def default_sample_for(lm: LoadedModel) -> str:
     """The sample a page opens with: the model's own kind of image (a cluttered scene, a digit), else a photo."""
     own = embedded_model(lm.name)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import streamlit as st
 
-from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker, plain,
-                       job_threads, model_key, own_checkpoints, require_shell, server_settings, show_error,
-                       submit_job, upload_widget, workspace)
+from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker,
+                       job_threads, model_key, own_checkpoints, plain, require_shell, server_settings, shared_result,
+                       show_error, submit_job, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
 from nullviz.data import SAMPLE_PHOTOS, extract_image_folder_zip, held_out_or_sample_photos, image_folder, model_own_data
@@ -70,7 +70,9 @@ c = st.columns(2)
 fusion = c[0].selectbox("rollout head fusion", ["mean", "max", "min"], key="att_fusion")
 discard = c[1].slider("rollout discard ratio", 0.0, 0.95, 0.0, 0.05, key="att_discard")
 try:
-    cmp = compare(lm, x, delta, level, fusion, float(discard))
+    # the same for every student on the same inputs: computed once per server (a class's first views)
+    CMP_KEY = fingerprint(INPUTS, str(lm.device), fusion, float(discard))
+    cmp = shared_result(compare, CMP_KEY, lm, x, delta, level, fusion, float(discard))
 except NullvizError as exc:
     show_error(exc)
     st.stop()
@@ -118,10 +120,12 @@ def block_view() -> None:
     c = st.columns(2)
     c[0].plotly_chart(figures.overlay(img, rc, "rollout, clean", units="rollout weight"), key="roll_c")
     c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised", units="rollout weight"), key="roll_n")
-    with st.expander(f"All blocks × heads ({OUTPUT_QUERY} attention)"):
-        st.plotly_chart(figures.attention_grid(maps_c.numpy(), title="clean"), key="grid_c")
-        st.plotly_chart(figures.attention_grid((maps_n - maps_c).numpy(), title="noised − clean",
-                                               symmetric_range=float(maps_c.max())), key="grid_d")
+    with st.expander(f"All blocks × heads ({OUTPUT_QUERY} attention)"):  # figures of the shared result: shared
+        st.plotly_chart(shared_result(figures.attention_grid, fingerprint(CMP_KEY, "grid_c"), maps_c.numpy(),
+                                      title="clean"), key="grid_c")
+        st.plotly_chart(shared_result(figures.attention_grid, fingerprint(CMP_KEY, "grid_d"),
+                                      (maps_n - maps_c).numpy(), title="noised − clean",
+                                      symmetric_range=float(maps_c.max())), key="grid_d")
 
 
 block_view()
