@@ -31,6 +31,26 @@ def is_hf_name(name: str | None) -> bool:
     return bool(name) and str(name).startswith(PREFIX)
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _cache_else_hub(fetch, misses: tuple, offline: str, failed: str):
+    """``fetch(local_files_only=True)``; on a cache miss (``misses``), unless HF_HUB_OFFLINE is set (then
+    ``offline`` as the error), ``fetch()`` from the hub, whose failure is one explained error (``failed``, with
+    ``{kind}`` for the exception's type): the one path from the local cache to the hub."""
+    try:
+        return fetch(local_files_only=True)
+    except misses:
+        pass
+    if _hub_offline():
+        raise PretrainedWeightsUnavailableError(offline)
+    try:
+        return fetch()
+    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
+        raise PretrainedWeightsUnavailableError(failed.format(kind=type(exc).__name__)) from exc
+
+
 def _from_pretrained(cls, ident: str, **kwargs):
     """The local folder, else the local Hugging Face cache (offline, whatever HF_HUB_OFFLINE says), else the hub;
     a failure of the last is one explained error."""
@@ -41,20 +61,12 @@ def _from_pretrained(cls, ident: str, **kwargs):
             raise CheckpointError(f"The model folder {Path(ident).name!r} could not be read as a Hugging Face "
                                   f"ViT ({type(exc).__name__}): it needs config.json and model.safetensors as "
                                   f"save_pretrained writes them.") from exc
-    try:
-        return cls.from_pretrained(ident, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise PretrainedWeightsUnavailableError(
-            f"{ident!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it once with "
-            f"network (`huggingface-cli download {ident}`), or give a local folder as hf:/path/to/folder.")
-    try:
-        return cls.from_pretrained(ident, **kwargs)
-    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
-        raise PretrainedWeightsUnavailableError(
-            f"Could not fetch {ident!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). Without "
-            f"network, put it in the local cache first or give a local folder as hf:/path/to/folder.") from exc
+    return _cache_else_hub(
+        lambda **more: cls.from_pretrained(ident, **kwargs, **more), (OSError, ValueError),
+        f"{ident!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it once with network "
+        f"(`huggingface-cli download {ident}`), or give a local folder as hf:/path/to/folder.",
+        f"Could not fetch {ident!r} from the Hugging Face hub ({{kind}}). Without network, put it in the local cache "
+        f"first or give a local folder as hf:/path/to/folder.")
 
 
 def _hub_snapshot(ident: str, patterns: list[str]) -> str:
@@ -62,20 +74,11 @@ def _hub_snapshot(ident: str, patterns: list[str]) -> str:
     downloaded): the hub-only path, which never reads ``ident`` as a folder on this machine."""
     from huggingface_hub import snapshot_download
 
-    try:
-        return snapshot_download(ident, allow_patterns=patterns, local_files_only=True)
-    except Exception:  # noqa: BLE001 — not (all) cached: fetch below
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise PretrainedWeightsUnavailableError(
-            f"{ident!r} is not in this server's Hugging Face cache and it is offline: ask whoever runs it to "
-            f"download it once (`huggingface-cli download {ident}`).")
-    try:
-        return snapshot_download(ident, allow_patterns=patterns)
-    except Exception as exc:  # noqa: BLE001 — any hub/network failure becomes one explained error
-        raise PretrainedWeightsUnavailableError(
-            f"Could not fetch {ident!r} from the Hugging Face hub ({type(exc).__name__}). Check the id, or upload "
-            f"the model instead.") from exc
+    return _cache_else_hub(
+        lambda **more: snapshot_download(ident, allow_patterns=patterns, **more), (Exception,),
+        f"{ident!r} is not in this server's Hugging Face cache and it is offline: ask whoever runs it to download "
+        f"it once (`huggingface-cli download {ident}`).",
+        f"Could not fetch {ident!r} from the Hugging Face hub ({{kind}}). Check the id, or upload the model instead.")
 
 
 def _timm_kwargs(cfg, has_head: bool) -> dict[str, Any]:

@@ -38,6 +38,12 @@ def pids(queue):
     return [j.status.get("pid") for j in queue.active()]
 
 
+def kill_workers(queue) -> None:
+    for pid in pids(queue):
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------------ the queue
 def test_waiting_jobs_hold_no_process(tmp_path, sleeper):
     queue = JobQueue(tmp_path / "jobs", max_running=1, python=sleeper)
@@ -48,9 +54,7 @@ def test_waiting_jobs_hold_no_process(tmp_path, sleeper):
         assert [queue.position(queue.get(j.id)) for j in jobs[1:]] == [2, 3, 4]
         assert queue.dispatch() == []  # no slot free: nothing more starts
     finally:
-        for p in pids(queue):
-            if p:
-                os.kill(p, signal.SIGKILL)
+        kill_workers(queue)
 
 
 def test_a_killed_worker_is_written_failed_and_the_next_job_starts(tmp_path, sleeper):
@@ -95,9 +99,7 @@ def test_jobs_per_person_across_workspaces_and_the_queue_cap(tmp_path, sleeper):
         assert queue.get(waiting[-1].id).state == "cancelled"
         queue.submit("finetune", params(), owner="tab-five", identity="10.0.0.9")
     finally:
-        for p in pids(queue):
-            if p:
-                os.kill(p, signal.SIGKILL)
+        kill_workers(queue)
 
 
 def test_listing_reads_the_index_not_every_old_job(tmp_path, sleeper):
@@ -203,9 +205,7 @@ def test_retention_deletes_old_ended_jobs_and_uploads_only(tmp_path, sleeper):
         assert (tmp_path / "uploads" / "ws-a" / "d-used").exists()  # a waiting job still needs it
         assert (tmp_path / "uploads" / "ws-a" / "u-new").exists() and running.dir.exists()
     finally:
-        for p in pids(queue):
-            if p:
-                os.kill(p, signal.SIGKILL)
+        kill_workers(queue)
 
 
 def test_jobs_clean_on_the_command_line(tmp_path, capsys):
