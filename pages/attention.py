@@ -213,8 +213,9 @@ def query_view() -> None:
 query_view()
 
 st.subheader("Heads by depth")
-stats = head_statistics(cmp.clean, cmp.noised, lm.patch_size)
-st.plotly_chart(figures.head_statistics_plot(stats), key="att_heads")
+stats, heads_figure = shared_result(lambda: (h := head_statistics(cmp.clean, cmp.noised, lm.patch_size),
+                                              figures.head_statistics_plot(h)), fingerprint(CMP_KEY, "heads"))
+st.plotly_chart(heads_figure, key="att_heads")
 st.caption("Mean attention distance: for every patch query, the attention-weighted distance in pixels to the "
            "patches it attends to (weights renormalised over the patches), averaged over the queries — the ViT "
            "paper's measure of how far a head looks. Entropy: how spread each attention row is (0 = one token, "
@@ -231,8 +232,11 @@ else:
     noises = contrast_noises(exact_noise, (delta, level),
                              kind="layernorm" if source == "noise from the Nullspace page" and noise.kind == "layernorm"
                              else "approximate")
-contrast = noise_contrast(lm, x, noises, clean=cmp.clean)
-st.plotly_chart(figures.noise_contrast_plot(contrast), key="att_contrast")
+# the noises are δ (in the comparison's key) and fixed exact and random noises: the same for every student
+contrast, contrast_figure = shared_result(
+    lambda: (c := noise_contrast(lm, x, noises, clean=cmp.clean), figures.noise_contrast_plot(c)),
+    fingerprint(CMP_KEY, "contrast", exact_noise_shown, sorted(noises)))
+st.plotly_chart(contrast_figure, key="att_contrast")
 st.caption(contrast.describe()
            + ("" if len(noises) > 2 else " Synthesize an approximate δ on the Nullspace page to add it here."))
 

@@ -6,7 +6,8 @@ Back / Next — a teacher can open step 4 directly: ``/learn?present=1&step=4``.
 import numpy as np
 import streamlit as st
 
-from app_state import current_model, default_sample_for, plain, presentation_mode, require_shell, set_presentation_mode
+from app_state import (current_model, default_sample_for, fingerprint, model_key, plain, presentation_mode, require_shell,
+                       set_presentation_mode, shared_result)
 from nullviz import figures
 from nullviz.data import sample_image, sample_image_names
 from nullviz.noise import exact as N
@@ -34,6 +35,27 @@ ns = N.nullspace(lm)
 st.title("Learn: the nullspace, from a matrix to a ViT")
 st.caption("After Liu, Singh, Li & Wang, *Approximate Nullspace Augmented Finetuning for Robust Vision "
            "Transformers* (2024).")
+
+
+MODEL = fingerprint(model_key(lm), str(lm.device))  # what the shared figures below are about
+
+
+def basis_gallery(ns, height: int):
+    patches = N.basis_patch_images(ns, 8)
+    return figures.image_row(list(patches), [f"n{i + 1}" for i in range(len(patches))], height=height // 2)
+
+
+def one_and_every_patch(lm, ns, img_name: str, index: int, magnitude: float, height: int):
+    """Basis vector ``index`` added to the middle patch and to every patch of a sample image: the invariance
+    check of each and the row of the three images."""
+    xi = lm.preprocess(sample_image(img_name))
+    gh, gw = lm.grid_size
+    one = N.basis_vector_noise(ns, lm.img_size, index, patch=(gh // 2) * gw + gw // 2, magnitude=magnitude)
+    every = N.basis_vector_noise(ns, lm.img_size, index, patch=None, magnitude=magnitude)
+    rows = {label: N.verify_invariance(lm, xi, noise, ns) for label, noise in (("one patch", one), ("every patch", every))}
+    figure = figures.image_row([lm.to_display(xi), lm.to_display(xi + one), lm.to_display(xi + every)],
+                               ["image", "+ n in one patch", "+ n in every patch"], height=height)
+    return rows, figure
 
 
 def step_1() -> None:
@@ -71,11 +93,11 @@ def step_2() -> None:
         f"rank–nullity leaves at least {ns.input_dim} − {D} = **{max(ns.input_dim - D, 0)}** null dimensions. "
         f"Measured: rank **{ns.rank}**, nullity **{ns.nullity}**."
     )
-    st.plotly_chart(figures.singular_spectrum(ns.spectrum.singular_values.tolist(), ns.rank, ns.rtol, ns.input_dim,
-                                              height=H), key="learn_spectrum")
-    patches = N.basis_patch_images(ns, 8)
-    st.plotly_chart(figures.image_row(list(patches), [f"n{i + 1}" for i in range(len(patches))], height=H // 2),
-                    key="learn_gallery")
+    # the model's own figures: the same for every student, made once per server
+    st.plotly_chart(shared_result(figures.singular_spectrum, fingerprint(MODEL, "spectrum", H),
+                                  ns.spectrum.singular_values.tolist(), ns.rank, ns.rtol, ns.input_dim, height=H),
+                    key="learn_spectrum")
+    st.plotly_chart(shared_result(basis_gallery, fingerprint(MODEL, "gallery", H), ns, H), key="learn_gallery")
     st.caption("An orthonormal basis of the nullspace, smoothest patterns first, shown as RGB patches (grey = 0). "
                "The patch embedding maps each of them to the zero token." if ns.nullity
                else "Full rank: these are the weakest directions, not null ones.")
@@ -88,16 +110,11 @@ def step_3() -> None:
                               key="learn_img")
     index = c[1].number_input("basis vector", 0, max(ns.nullity - 1, 0), 0, key="learn_index")
     magnitude = c[2].slider("magnitude", 0.0, 10.0, 3.0, 0.5, key="learn_mag")
-    xi = lm.preprocess(sample_image(img_name))
-    gh, gw = lm.grid_size
-    one = N.basis_vector_noise(ns, lm.img_size, int(index), patch=(gh // 2) * gw + gw // 2, magnitude=magnitude)
-    every = N.basis_vector_noise(ns, lm.img_size, int(index), patch=None, magnitude=magnitude)
-    rows = {}
-    for label, noise in (("one patch", one), ("every patch", every)):
-        r = N.verify_invariance(lm, xi, noise, ns)
-        rows[label] = r
-    st.plotly_chart(figures.image_row([lm.to_display(xi), lm.to_display(xi + one), lm.to_display(xi + every)],
-                                      ["image", "+ n in one patch", "+ n in every patch"], height=H), key="learn_imgs")
+    # the same for every student who picks the same image, vector and magnitude: computed once per server
+    rows, row_figure = shared_result(one_and_every_patch, fingerprint(MODEL, "step3", img_name, int(index),
+                                                                       float(magnitude), H),
+                                     lm, ns, img_name, int(index), float(magnitude), H)
+    st.plotly_chart(row_figure, key="learn_imgs")
     st.table({"noise": list(rows), "max |Δ token|": [f"{r.token_max_abs_change:.1e}" for r in rows.values()],
               "relative logit change": [f"{r.rel_logit_change:.1e}" for r in rows.values()],
               "prediction": [f"{lm.class_name(r.top1_clean)} → {lm.class_name(r.top1_noised)}" for r in rows.values()]})
