@@ -392,15 +392,17 @@ class JobQueue:
         ``older_than_days`` ago (every owner's, or ``owner``'s); running and waiting jobs are never touched.
         Returns the jobs deleted (or, with ``dry_run``, that would be)."""
         cutoff = (time.time() if now is None else now) - older_than_days * 86400
-        gone = []
-        for job in self.jobs(owner):
-            ended = float(job.status.get("finished") or job.submitted)
-            if job.finished and ended < cutoff:
-                gone.append(job)
-                if not dry_run:
-                    shutil.rmtree(job.dir, ignore_errors=True)
-                    self._marker(job.owner, job.id).unlink(missing_ok=True)
+        gone = [job for job in self.jobs(owner)
+                if job.finished and float(job.status.get("finished") or job.submitted) < cutoff]
+        if not dry_run:
+            for job in gone:
+                self.delete(job)
         return gone
+
+    def delete(self, job: JobInfo) -> None:
+        """Remove an ended job's folder (and any entry it left in the index)."""
+        shutil.rmtree(job.dir, ignore_errors=True)
+        self._marker(job.owner, job.id).unlink(missing_ok=True)
 
 
 def _check_owner(owner: str) -> None:
@@ -486,11 +488,12 @@ def run_worker(job_dir: str | Path) -> int:
         return _ended(root, max_running, spec, 0)
     max_memory = spec.get("max_memory_mb")
     apply_memory_limit(max_memory)
-    minutes = (spec.get("max_seconds") or 0) / 60
+    time_limit = (f"Ended at its time limit of {(spec.get('max_seconds') or 0) / 60:g} minutes "
+                  f"(NULLVIZ_MAX_JOB_MINUTES)")
 
     def overdue(reason: str) -> None:
         if watchdog.timed_out:
-            message = f"Ended at its time limit of {minutes:g} minutes (NULLVIZ_MAX_JOB_MINUTES)."
+            message = time_limit + "."
             state = "failed"
         elif reason == "ignored":
             message = f"Stopped during a long step (it did not reach a stop check within {STOP_GRACE_S:g} s); the " \
@@ -528,9 +531,7 @@ def run_worker(job_dir: str | Path) -> int:
         os.close(slot)  # free the slot now, not after the interpreter's (slow, torch-laden) shutdown
     if code == 0:
         if watchdog.timed_out:
-            ctx.update(state="failed", finished=time.time(),
-                       message=f"Ended at its time limit of {minutes:g} minutes (NULLVIZ_MAX_JOB_MINUTES); what "
-                               f"finished by then is saved.")
+            ctx.update(state="failed", finished=time.time(), message=time_limit + "; what finished by then is saved.")
         else:
             stopped = ctx.should_stop()
             ctx.update(state="stopped" if stopped else "done", finished=time.time(),

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nullviz.server.settings import ServerSettings
+from nullviz.server.settings import ServerSettings, folder_bytes
 
 from .queue import JobQueue
 
@@ -27,11 +27,6 @@ class CleanReport:
         return {"dry_run": self.dry_run, "jobs": self.jobs, "uploads": self.uploads, "freed_mb": round(self.bytes / 2**20, 1)}
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) if path.is_dir() \
-        else (path.stat().st_size if path.exists() else 0)
-
-
 def _newest_mtime(path: Path) -> float:
     """When anything under ``path`` was last written (an upload folder in use by a job is younger than its files)."""
     times = [path.stat().st_mtime] + [f.stat().st_mtime for f in path.rglob("*")] if path.is_dir() else \
@@ -47,13 +42,11 @@ def clean_old(settings: ServerSettings, older_than_days: float, dry_run: bool = 
     queue = JobQueue(settings.jobs_root, settings.max_running_jobs)
     cutoff = now - older_than_days * 86400
     in_use = {str(v) for job in queue.active() for v in _paths_in(job.params)}
-    for job in queue.jobs():
-        ended = float(job.status.get("finished") or job.submitted)
-        if job.finished and ended < cutoff:
-            report.jobs.append(f"{job.owner}/{job.id}")
-            report.bytes += _size(job.dir)
-    if not dry_run:
-        queue.clean(older_than_days, now=now)
+    for job in queue.clean(older_than_days, dry_run=True, now=now):  # one scan: the jobs, sized, then deleted
+        report.jobs.append(f"{job.owner}/{job.id}")
+        report.bytes += folder_bytes(job.dir)
+        if not dry_run:
+            queue.delete(job)
     uploads = settings.uploads_root
     for entry in sorted(uploads.glob("*/*")) if uploads.is_dir() else []:
         if entry.name.startswith(".unpacking-") and now - entry.stat().st_mtime < 3600:
@@ -61,7 +54,7 @@ def clean_old(settings: ServerSettings, older_than_days: float, dry_run: bool = 
         if any(p.startswith(str(entry)) for p in in_use) or _newest_mtime(entry) >= cutoff:
             continue
         report.uploads.append(f"{entry.parent.name}/{entry.name}")
-        report.bytes += _size(entry)
+        report.bytes += folder_bytes(entry)
         if not dry_run:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
     if not dry_run:

@@ -13,6 +13,7 @@ by name. The image processor's mean, std and size become the data config (resize
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ SUPPORTED = ("ViTForImageClassification", "ViTModel")
 
 def is_hf_name(name: str | None) -> bool:
     return bool(name) and str(name).startswith(PREFIX)
+
+
+#: A Hugging Face hub id: ``name`` or ``owner/name``, letters, digits, ``-_.``, no ``..``, not starting with ``.``.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+
+
+def is_hub_id(ident: str) -> bool:
+    """Whether ``ident`` (after ``hf:``) has the form of a hub id rather than of a folder: what a shared server
+    fetches from the hub, and how a model's label is chosen."""
+    return bool(_HUB_ID.match(ident)) and ".." not in ident and not ident.endswith(".")
 
 
 def _hub_offline() -> bool:
@@ -105,17 +116,16 @@ def load_hf(name: str, *, local_folders: bool = True, max_params: int | None = N
     if not ident:
         raise ModelNotFoundError("Give a Hugging Face model as hf:<hub id> or hf:/path/to/folder.")
     source = ident if local_folders else _hub_snapshot(ident, ["config.json", "preprocessor_config.json"])
-    label = ident
     config = _from_pretrained(AutoConfig, source)
     arch = (config.architectures or ["ViTModel" if config.model_type == "vit" else config.model_type])[0]
     if config.model_type != "vit" or arch not in SUPPORTED:
         raise UnsupportedModelError(
-            f"{Path(label).name or label!r} is a {arch} ({config.model_type}); nullviz converts {', '.join(SUPPORTED)} "
+            f"{Path(ident).name or ident!r} is a {arch} ({config.model_type}); nullviz converts {', '.join(SUPPORTED)} "
             f"(ViT, the non-distilled DeiT, DINO) into timm. Distilled DeiT, DINOv2, BEiT, Swin and others are not "
             f"supported.")
     if max_params is not None:
         kwargs = _timm_kwargs(config, arch == "ViTForImageClassification")
-        check_param_budget(count_params_on_meta(lambda: build(kwargs, 1e-12)), max_params, Path(label).name or label)
+        check_param_budget(count_params_on_meta(lambda: build(kwargs, 1e-12)), max_params, Path(ident).name or ident)
     if not local_folders:
         source = _hub_snapshot(ident, ["*.json", "*.safetensors"])
     import transformers

@@ -17,10 +17,9 @@ from nullviz.core.errors import (CheckpointError, ModelNotFoundError, NotAVision
                                  PretrainedWeightsUnavailableError, UnsupportedModelError)
 
 from .budget import check_param_budget, count_params_on_meta
-
 from .checkpoint import read_sidecar, read_weights, recorded_arch
 from .device import resolve_device
-from .hf import build, convert, is_hf_name, load_hf
+from .hf import build, convert, is_hf_name, is_hub_id, load_hf
 from .loaded import LoadedModel
 from .registry import DEFAULT_MODEL_NAME, EMBEDDED_MODELS, _build_embedded, embedded_model
 
@@ -119,8 +118,7 @@ def hf_label(name: str) -> str:
     """How an ``hf:`` model is shown: a hub id as it is, a folder by its last part (``hf:/srv/m/vit-s`` →
     ``hf:vit-s``), never the folder's path."""
     ident = name[3:] if is_hf_name(name) else name
-    is_folder = ident.startswith(("/", ".", "~")) or "\\" in ident or ident.count("/") > 1
-    return f"hf:{Path(ident).name}" if is_folder else name
+    return name if is_hub_id(ident) else f"hf:{Path(ident).name}"
 
 
 def _load_hf_checkpoint(name: str, checkpoint: str | Path, sidecar: dict, dev: torch.device,

@@ -6,8 +6,8 @@ compared in constant time by :func:`codes_match`, guessing slowed per client by 
 Once in, a session works in a workspace the server issued: :class:`WorkspaceSigner` signs workspace ids with a
 secret kept in the data folder (:func:`server_secret`), so a guessed or chosen ``?ws=`` is refused rather than
 opened, and a signed id in a link (a bookmark, a reload) lets its holder back in. :func:`allowed_hosts` is the
-Host allow-list against DNS rebinding; :func:`model_name_form` says whether a model name a browser sent is a
-hub id, one of the session's own uploaded folders, or a server path to refuse, without touching the disk.
+Host allow-list against DNS rebinding; :func:`lexically_inside` decides on a path's text alone whether it lies in
+a folder (``Workspace.check_model_name`` uses it to tell a session's own uploads from a server path).
 """
 
 from __future__ import annotations
@@ -218,14 +218,6 @@ def is_ip_address(host: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ model names
-#: A Hugging Face hub id: ``name`` or ``owner/name``, letters, digits, ``-_.``, no ``..``, not starting with ``.``.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
-
-
-def is_hub_id(ident: str) -> bool:
-    return bool(_HUB_ID.match(ident)) and ".." not in ident and not ident.endswith(".")
-
-
 def lexically_inside(path: str | Path, roots: Iterable[Path]) -> bool:
     """Whether ``path``, made absolute and normalised as text (``..`` folded, no link followed, no disk read),
     lies inside one of ``roots``."""

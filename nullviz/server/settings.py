@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ from nullviz.core.atomic import write_bytes_atomic, write_text_atomic
 from nullviz.core.errors import DataError, DiskSpaceError, InvalidParameterError, ServerPathRefusedError, UploadTooLargeError
 from nullviz.models import EMBEDDED_MODELS, embedded_model
 
-from .access import OPEN_ACCESS, is_hub_id, lexically_inside, normalise_code
+from nullviz.models.hf import is_hub_id
+
+from .access import OPEN_ACCESS, lexically_inside, normalise_code
 from .process import env_flag
 
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -197,11 +198,6 @@ class ServerSettings:
 
 
 # ------------------------------------------------------------------------------------------- workspaces
-def new_workspace_id() -> str:
-    """A random workspace id (unsigned: shared mode issues signed ones, :class:`.access.WorkspaceSigner`)."""
-    return secrets.token_urlsafe(18)
-
-
 def valid_workspace_id(value: object) -> bool:
     return isinstance(value, str) and (value == LOCAL_WORKSPACE or bool(_WORKSPACE_RE.match(value)))
 
@@ -323,8 +319,7 @@ class Workspace:
     # --------------------------------------------------------------------------------------- disk space
     def usage_bytes(self) -> int:
         """What this workspace keeps on disk: its uploads and its jobs' folders."""
-        return sum(f.stat().st_size for root in (self.uploads, self.jobs) if root.is_dir()
-                   for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+        return folder_bytes(self.uploads) + folder_bytes(self.jobs)
 
     def space_left(self) -> int | None:
         """Bytes this workspace may still write: the smaller of what its quota and the data folder's free-space
@@ -366,6 +361,14 @@ class Workspace:
     def _mkdir(p: Path) -> Path:
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def folder_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (or of ``path`` itself, a file); 0 if it does not exist. Links are not
+    followed."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return path.stat().st_size if path.is_file() else 0
 
 
 def content_hash(data: bytes) -> str:

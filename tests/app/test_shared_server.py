@@ -16,7 +16,8 @@ from nullviz.core.errors import (DataError, ImageLoadError, InvalidParameterErro
 from nullviz.data import extract_image_folder_zip, load_image_bytes
 from nullviz.models import ModelSpec
 from nullviz.noise.files import load_noise_bytes
-from nullviz.server.settings import ServerSettings, Workspace, new_workspace_id
+from nullviz.server.access import WorkspaceSigner, server_secret
+from nullviz.server.settings import ServerSettings, Workspace
 
 TIMEOUT = 120
 
@@ -50,7 +51,8 @@ def test_settings_from_env_and_overrides(tmp_path):
 
 def test_workspace_refuses_server_paths_without_saying_whether_they_exist(tmp_path):
     settings = ServerSettings(shared=True, data_root=tmp_path)
-    a, b = Workspace(new_workspace_id(), settings), Workspace(new_workspace_id(), settings)
+    signer = WorkspaceSigner(server_secret(tmp_path))
+    a, b = Workspace(signer.issue(), settings), Workspace(signer.issue(), settings)
     mine = a.save_upload("model.safetensors", b"x" * 10, (".safetensors",))
     assert a.check_server_path(mine, "the checkpoint") == mine
     messages = set()
@@ -66,7 +68,8 @@ def test_workspace_refuses_server_paths_without_saying_whether_they_exist(tmp_pa
 
 
 def test_upload_size_cap(tmp_path):
-    ws = Workspace(new_workspace_id(), ServerSettings(shared=True, max_upload_mb=1, data_root=tmp_path))
+    ws = Workspace(WorkspaceSigner(server_secret(tmp_path)).issue(),
+                   ServerSettings(shared=True, max_upload_mb=1, data_root=tmp_path))
     with pytest.raises(UploadTooLargeError, match="at most 1 MB"):
         ws.save_upload("big.safetensors", b"\0" * (2 * 2**20), (".safetensors",))
     with pytest.raises(DataError, match="accepted file types"):
