@@ -86,15 +86,18 @@ def logged_in_identity() -> str | None:
     return str(ident) if ident else None
 
 
+def _client_address() -> str | None:
+    """The browser's address (every tab of one machine together), or None where there is none (AppTest)."""
+    ip = st.context.ip_address
+    return ip if isinstance(ip, str) and ip else None
+
+
 def _client_key() -> str:
-    """Whom wrong codes are counted against: the browser's address (every tab of one machine together)."""
+    """Whom wrong codes are counted against: the browser's address, else this session."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    ip = st.context.ip_address
-    if isinstance(ip, str) and ip:
-        return ip
     ctx = get_script_run_ctx()
-    return f"session:{ctx.session_id if ctx else 'none'}"  # no address (AppTest): the session
+    return _client_address() or f"session:{ctx.session_id if ctx else 'none'}"
 
 
 def _try_code(code: str) -> None:
@@ -208,9 +211,7 @@ def submit_job(kind: str, params: dict, label: str, threads: int | None = None):
     """Queue a background job of this session: owned by its workspace and counted against its person (login,
     else address, else workspace), whatever tab it comes from."""
     ws = workspace()
-    identity = logged_in_identity() or _client_key()
-    if identity.startswith("session:"):
-        identity = ws.id
+    identity = logged_in_identity() or _client_address() or ws.id
     safe = re.sub(r"[^A-Za-z0-9_.:@-]", "_", identity)[:128]
     return job_queue().submit(kind, params, owner=ws.id, label=label, threads=threads, identity=safe)
 
@@ -680,8 +681,9 @@ def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | N
         try:
             check_upload_size(upload.name, upload.size, server_settings().max_upload_mb)
             image = load_image_bytes(upload.getvalue())
-            if downscale_note(image):
-                st.caption(downscale_note(image))
+            note = downscale_note(image)
+            if note:
+                st.caption(note)
             return ChosenImage(upload.name, image)
         except NullvizError as exc:
             st.error(user_message(f"{upload.name}: {exc} Showing the sample image instead."))
@@ -729,9 +731,9 @@ def shown_checkpoint(path: str | None) -> str:
 def user_message(text: str) -> str:
     """A message for the screen: on a shared server every path under the data folder becomes its last part, and
     the whole is shown as text (a file or class name is never read as markdown)."""
-    root = re.escape(str(server_settings().data_root))
-    if server_settings().shared:
-        text = re.sub(root + r"[^\s'\"]*", lambda m: Path(m.group(0)).name, text)
+    settings = server_settings()
+    if settings.shared:
+        text = re.sub(re.escape(str(settings.data_root)) + r"[^\s'\"]*", lambda m: Path(m.group(0)).name, text)
     return markdown_text(text)
 
 
