@@ -162,11 +162,13 @@ if start or estimate_only:
         if augment != "none":
             check_augmentable(data)
         check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
-        estimate = estimate_finetune_job(lm, configs, data, int(processes))
         limit = settings.max_job_minutes if settings.shared else None
-        st.session_state["ft_estimate"] = (f"These settings: {estimate.describe()}."
-                                           + (f" This server runs jobs of at most {limit:g} minutes." if limit else ""))
-        check_job_minutes(estimate.seconds, limit)
+        st.session_state.pop("ft_estimate", None)  # about earlier settings
+        if estimate_only or limit:  # Start times a step (and may read the data) only where a limit is checked
+            estimate = estimate_finetune_job(lm, configs, data, int(processes))
+            st.session_state["ft_estimate"] = (f"These settings: {estimate.describe()}." + (
+                f" This server runs jobs of at most {limit:g} minutes." if limit else ""))
+            check_job_minutes(estimate.seconds, limit)
         if start:
             params = finetune_params(ModelSpec.of(lm), data,
                                      configs, data_cache=str(settings.datasets_cache), processes=int(processes))
