@@ -1,6 +1,6 @@
 """A model's size before it exists: its architecture built on the meta device (shapes, no memory) and counted, so a
-server can refuse a model above its budget without allocating it — a 448-byte checkpoint header naming ViT-L would
-otherwise cost 1.2 GB before any check."""
+server can refuse a model above its budget without allocating it: a checkpoint is a few bytes of header that
+may name any architecture, and building it first would allocate every weight before any check."""
 
 from __future__ import annotations
 
