@@ -40,6 +40,7 @@ class RawClient:
         self.timeout = timeout
         self.ws = connect(f"ws://{parsed.netloc}/_stcore/stream", subprotocols=["streamlit"],
                           additional_headers=headers or {}, open_timeout=timeout, max_size=None)
+        self.session_id: str | None = None  # the server's id of this session, from its first run
 
     def send(self, msg: BackMsg) -> None:
         self.ws.send(msg.SerializeToString())
@@ -76,6 +77,7 @@ class RawClient:
             kind = fwd.WhichOneof("type")
             if kind == "new_session":  # a new run (a rerun asked for by the script): what it draws replaces
                 run.elements.clear()
+                self.session_id = fwd.new_session.initialize.session_id or self.session_id
                 run.pages = [p.url_pathname or p.page_name for p in fwd.new_session.app_pages]
             elif kind == "page_info_changed":
                 run.query_string = fwd.page_info_changed.query_string
