@@ -164,4 +164,5 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_traces():
     if not runs["1"][0]:
         pytest.skip("not glibc: the allocator setting does not apply")
     assert runs["0"][0] is False
-    assert runs["1"][1] < 20 < runs["0"][1], runs
+    # a ratio, not a count: the kept run's few faults vary with the machine (20.4 once in CI against ~1160)
+    assert runs["1"][1] * 10 < runs["0"][1], runs
