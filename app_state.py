@@ -13,6 +13,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import streamlit as st
@@ -488,21 +489,24 @@ def presentation_shell() -> None:
               icon=":material/close_fullscreen:")
 
 
-def current_model() -> LoadedModel:
-    """The active model for this script run; falls back to the embedded default if the chosen one cannot be
-    loaded.
-
-    Each run gets its own :meth:`LoadedModel.view` of the cached model: a private module tree over the
-    shared weights. The library already leaves a model untouched; the view makes that hold by construction
-    for whatever a page does, and for this session's previous run still finishing in another thread.
-    """
+def active_model() -> LoadedModel:
+    """The session's chosen model as cached for every session: for reading its facts (name, input size,
+    label), never for running it (that is :func:`current_model`'s view). Falls back to the embedded default if
+    the chosen one cannot be loaded."""
     try:
-        spec = ModelSpec.from_dict(st.session_state.get("model_spec") or default_spec())
-        return cached_model(spec).view()
+        return cached_model(ModelSpec.from_dict(st.session_state.get("model_spec") or default_spec()))
     except NullvizError as exc:
         st.session_state["model_error"] = str(exc)
         st.session_state["model_spec"] = default_spec()
-        return cached_model(default_spec()).view()
+        return cached_model(default_spec())
+
+
+def current_model() -> LoadedModel:
+    """The active model for this script run, to run: its own :meth:`LoadedModel.view` of the cached model, a
+    private module tree over the shared weights. The library already leaves a model untouched; the view makes
+    that hold by construction for whatever a page does, and for this session's previous run still finishing
+    in another thread."""
+    return active_model().view()
 
 
 @st.cache_data(show_spinner=False)
@@ -584,7 +588,7 @@ def model_sidebar() -> None:
                 chosen = picked if picked and (not typed or typed == spec.name) else typed
                 _switch_model(source, sources, embedded_pick if source == sources[0] else chosen, checkpoint.strip(),
                               device)
-        lm = current_model()
+        lm = active_model()
         if st.session_state.get("model_error"):
             st.error(user_message(st.session_state["model_error"]))
         st.caption(f"Active: **{markdown_text(lm.label)}**" + (f" from {markdown_text(shown_checkpoint(lm.checkpoint))}"
@@ -652,6 +656,18 @@ def shared_result(fn, key: str, *args, **kwargs):
     return _shared_result(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}", fn, args, kwargs)
 
 
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _shared_figure(key: str, _fn, _args: tuple, _kwargs: dict):
+    return _fn(*_args, **_kwargs)
+
+
+def shared_figure(fn, key: str, *args, **kwargs):
+    """:func:`shared_result` for a figure builder, in a cache of its own (the 256 most recent keys, each figure at
+    most a few hundred kB): the figures of every block, head and query a class looks at come and go there
+    without pushing the results they draw out of theirs. A shared figure is never changed after it is made."""
+    return _shared_figure(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}", fn, args, kwargs)
+
+
 def default_sample_for(lm: LoadedModel) -> str:
     """The sample a page opens with: the model's own kind of image (a cluttered scene, a digit), else a photo."""
     own = embedded_model(lm.name)
@@ -668,7 +684,7 @@ class ChosenImage:
 
 def image_picker(key: str, default_sample: str | None = None) -> ChosenImage | None:
     """Upload an image or pick a sample; bad uploads get a one-line message and the sample is kept."""
-    lm = current_model()
+    lm = active_model()
     names = sample_image_names()
     if default_sample is None:
         default_sample = default_sample_for(lm)
@@ -765,6 +781,8 @@ def png_bytes(hwc: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def figure_html(fig) -> bytes:
-    """A self-contained interactive HTML of a plotly figure (PNG export is in the figure's own toolbar)."""
-    return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+def figure_html(fig) -> Callable[[], bytes]:
+    """A self-contained interactive HTML of a plotly figure (PNG export is in the figure's own toolbar), for a
+    download button: made when the button is pressed, not at every run (plotly hashes its 4.6 MB script for
+    the page's integrity attribute each time: a third of a class's first views of the Attention page)."""
+    return lambda: fig.to_html(include_plotlyjs="cdn", full_html=True).encode()

@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from app_state import (block_slider, cached_model, current_model, figure_html, fingerprint, follow_job_result, image_picker,
-                       job_threads, model_key, own_checkpoints, plain, require_shell, server_settings, shared_result,
+                       job_threads, model_key, own_checkpoints, plain, require_shell, server_settings, shared_figure, shared_result,
                        show_error, submit_job, upload_widget, workspace)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
@@ -81,9 +81,10 @@ d = cmp.to_dict()
 st.markdown(f"Prediction clean **{plain(lm.class_name(d['top1_clean']))}**, noised **{plain(lm.class_name(d['top1_noised']))}** · "
             f"largest per-layer attention change (total variation) **{max(d['layer_attention_distance']):.2e}**")
 
-st.plotly_chart(figures.depth_curve({"token representation ‖Δh‖/‖h‖": d["layer_repr_change"],
-                                     "attention total variation": d["layer_attention_distance"]},
-                                    "where the noise is absorbed: change per block", log_y=True), key="depth")
+st.plotly_chart(shared_figure(figures.depth_curve, fingerprint(CMP_KEY, "depth"),
+                              {"token representation ‖Δh‖/‖h‖": d["layer_repr_change"],
+                               "attention total variation": d["layer_attention_distance"]},
+                              "where the noise is absorbed: change per block", log_y=True), key="depth")
 
 img = lm.to_display(x)
 img_noised = lm.to_display(x + delta.to(x)) if level == "input" else img
@@ -114,16 +115,19 @@ def block_view() -> None:
     else:
         h = int(head.split()[1]) - 1
         mc, mn = maps_c[layer, h], maps_n[layer, h]
-    st.plotly_chart(figures.map_triplet(mc.numpy(), mn.numpy(), f"{OUTPUT_QUERY} → patch attention, block {block}, {head}"),
-                    key="triplet")
-    rc, rn = (m[0].numpy() for m in cmp.rollout_maps())
+    # a view's figures are shared too: a class opening the page draws each default figure once
+    st.plotly_chart(shared_figure(figures.map_triplet, fingerprint(CMP_KEY, "triplet", block, head), mc.numpy(),
+                                  mn.numpy(), f"{OUTPUT_QUERY} → patch attention, block {block}, {head}"), key="triplet")
+    rc, rn = shared_result(lambda: [m[0].numpy() for m in cmp.rollout_maps()], fingerprint(CMP_KEY, "rollouts"))
     c = st.columns(2)
-    c[0].plotly_chart(figures.overlay(img, rc, "rollout, clean", units="rollout weight"), key="roll_c")
-    c[1].plotly_chart(figures.overlay(img_noised, rn, "rollout, noised", units="rollout weight"), key="roll_n")
+    c[0].plotly_chart(shared_figure(figures.overlay, fingerprint(CMP_KEY, "roll_c"), img, rc, "rollout, clean",
+                                    units="rollout weight"), key="roll_c")
+    c[1].plotly_chart(shared_figure(figures.overlay, fingerprint(CMP_KEY, "roll_n"), img_noised, rn,
+                                    "rollout, noised", units="rollout weight"), key="roll_n")
     with st.expander(f"All blocks × heads ({OUTPUT_QUERY} attention)"):  # figures of the shared result: shared
-        st.plotly_chart(shared_result(figures.attention_grid, fingerprint(CMP_KEY, "grid_c"), maps_c.numpy(),
+        st.plotly_chart(shared_figure(figures.attention_grid, fingerprint(CMP_KEY, "grid_c"), maps_c.numpy(),
                                       title="clean"), key="grid_c")
-        st.plotly_chart(shared_result(figures.attention_grid, fingerprint(CMP_KEY, "grid_d"),
+        st.plotly_chart(shared_figure(figures.attention_grid, fingerprint(CMP_KEY, "grid_d"),
                                       (maps_n - maps_c).numpy(), title="noised − clean",
                                       symmetric_range=float(maps_c.max())), key="grid_d")
 
@@ -197,14 +201,15 @@ def query_view() -> None:
         h = int(head.split()[1]) - 1
         maps, mats = [m[h] for m in maps], [m[h] for m in mats]
     c = st.columns(2)
-    c[0].plotly_chart(figures.overlay(img, maps[0].numpy(), f"{label} → patches, clean (click a patch)",
-                                      marker=patch, pickable=True),
+    view = fingerprint(CMP_KEY, label, block, head)  # the figures of one view, shared as the results they draw
+    c[0].plotly_chart(shared_figure(figures.overlay, fingerprint(view, "pick"), img, maps[0].numpy(),
+                                    f"{label} → patches, clean (click a patch)", marker=patch, pickable=True),
                       key="att_query_pick", on_select="rerun", selection_mode="points")
-    c[1].plotly_chart(figures.map_triplet(maps[0].numpy(), maps[1].numpy(), "clean · noised · difference"),
-                      key="att_query_triplet")
+    c[1].plotly_chart(shared_figure(figures.map_triplet, fingerprint(view, "triplet"), maps[0].numpy(),
+                                    maps[1].numpy(), "clean · noised · difference"), key="att_query_triplet")
     with st.expander(f"Full {TOKENS}×{TOKENS} attention matrix, block {block}, {head}"):
-        st.plotly_chart(figures.attention_matrix(mats[0].numpy(), PREFIX, f"clean, block {block}, {head}", query=q),
-                        key="att_matrix")
+        st.plotly_chart(shared_figure(figures.attention_matrix, fingerprint(view, "matrix"), mats[0].numpy(), PREFIX,
+                                      f"clean, block {block}, {head}", query=q), key="att_matrix")
         diff = (mats[1] - mats[0]).abs().max().item()
         st.caption(f"Noised − clean, largest entry: {diff:.1e} "
                    f"({figures.difference_label(diff, float(mats[0].max()))}). Row {q} is the query above.")
@@ -558,11 +563,16 @@ if stored_faith is not None and stored_faith[0] == model_key(lm):  # measured on
                        "application/json", on_click="ignore", key="dl_faith")
 
 st.subheader("Download")
-arrays = cmp.arrays()
-buf = io.BytesIO()
-np.savez_compressed(buf, **arrays)
+
+
+def _arrays_npz() -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **cmp.arrays())
+    return buf.getvalue()
+
+
 c = st.columns(3)
-c[0].download_button("attention + rollouts (.npz)", buf.getvalue(), "attention.npz", "application/octet-stream",
+c[0].download_button("attention + rollouts (.npz)", _arrays_npz, "attention.npz", "application/octet-stream",
                      on_click="ignore")
 c[1].download_button("per-layer numbers (JSON)", json.dumps(d, indent=2), "attention.json", "application/json",
                      on_click="ignore")

@@ -217,9 +217,15 @@ def shared_weights_view(model: torch.nn.Module) -> torch.nn.Module:
 
     Every module object (and so its ``training`` flag, ``fused_attn`` flag and hook lists) is new, and
     every parameter is a new, frozen ``Parameter`` over the same memory: mode switches, flags, hooks and
-    ``requires_grad`` changes on the view never reach ``model``, while weights are not duplicated (a few
-    milliseconds for the default model, ~25 ms for ViT-B on CPU). In-place writes to the weights would still
-    be shared; nothing in nullviz makes them (tests check the tensors' version counters).
+    ``requires_grad`` changes on the view never reach ``model``, while weights are not duplicated. In-place
+    writes to the weights would still be shared; nothing in nullviz makes them (tests check the tensors'
+    version counters).
+
+    Each page run takes one, so it is built by hand rather than by ``copy.deepcopy``: a module is a new
+    object whose containers (parameter, buffer and child dicts, hook dicts, any list, dict or set attribute)
+    are copied one level deep; other attributes (numbers, strings, functions, plain tensors) are immutable
+    here and shared. A module that keeps state elsewhere (a parametrization, a custom ``__getstate__``) is
+    deep-copied instead.
     """
     memo: dict[int, Any] = {}
     for t in itertools.chain(model.parameters(), model.buffers()):
@@ -227,7 +233,39 @@ def shared_weights_view(model: torch.nn.Module) -> torch.nn.Module:
             memo[id(t)] = torch.nn.Parameter(t.detach(), requires_grad=False)
         else:
             memo[id(t)] = t.detach()
-    return copy.deepcopy(model, memo)
+    if any(_needs_deepcopy(m) for m in model.modules()):
+        return copy.deepcopy(model, memo)
+    return _structural_copy(model, memo)
+
+
+_CONTAINERS = (dict, list, set)  # OrderedDict is a dict
+
+
+def _needs_deepcopy(module: torch.nn.Module) -> bool:
+    cls = type(module)
+    return (torch.nn.utils.parametrize.is_parametrized(module) or cls.__getstate__ is not torch.nn.Module.__getstate__
+            or getattr(cls, "__deepcopy__", None) is not None)
+
+
+def _structural_copy(module: torch.nn.Module, memo: dict[int, Any]) -> torch.nn.Module:
+    if id(module) in memo:  # a module reached twice (shared submodule) stays one module in the view
+        return memo[id(module)]
+    new = object.__new__(type(module))
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__dict__.items():
+        if key == "_parameters" or key == "_buffers":
+            state[key] = type(value)((k, None if v is None else memo[id(v)]) for k, v in value.items())
+        elif key == "_modules":
+            state[key] = type(value)((k, None if v is None else _structural_copy(v, memo)) for k, v in value.items())
+        elif isinstance(value, _CONTAINERS):
+            state[key] = value.copy()
+        elif isinstance(value, torch.nn.Module):  # a module held outside _modules (rare): the view's own
+            state[key] = _structural_copy(value, memo)
+        else:
+            state[key] = value
+    new.__dict__.update(state)
+    return new
 
 
 class ViewPool:

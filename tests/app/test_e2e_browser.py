@@ -2,6 +2,7 @@
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -245,6 +246,10 @@ def test_frontier_reruns_only_its_panel_and_downloads_rerun_nothing(server, brow
     with page.expect_download(timeout=30_000) as download:
         page.get_by_role("button", name="frontier (JSON)").click()
     assert download.value.suggested_filename == "frontier.json"
+    with page.expect_download(timeout=30_000) as download:  # made when pressed (a callable), not at every run
+        page.get_by_role("button", name="top-k chart (HTML)").click()
+    html = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename == "topk.html" and "Plotly.newPlot" in html
     page.wait_for_timeout(1500)  # a rerun would have started by now
     assert page.evaluate(RUN_COUNTER) == runs
     page.get_by_role("button", name="Make noise").click()  # the control: a full rerun marks the page stale

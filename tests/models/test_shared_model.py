@@ -147,6 +147,35 @@ def test_view_shares_weights_but_not_state(tiny_lm):
     assert lm2.model is not model and N.nullspace(lm2) is N.nullspace(tiny_lm)  # derived caches stay shared
 
 
+def test_view_is_built_module_by_module_and_keeps_the_trees_shape(tiny_lm):
+    """The view is hand-built (not deep-copied): same outputs, same module graph (a submodule reached twice is
+    one module in the view), containers of its own (hook dicts, lists), and a deep copy for what it cannot
+    copy that way (a parametrized weight)."""
+    model = tiny_lm.model
+    view = shared_weights_view(model)
+    x = torch.randn(2, 3, *tiny_lm.img_size, generator=torch.Generator().manual_seed(3)).to(tiny_lm.device)
+    with torch.no_grad():
+        assert torch.equal(view(x), model(x))
+    assert [n for n, _ in view.named_modules()] == [n for n, _ in model.named_modules()]
+    assert all(a is not b and type(a) is type(b) for a, b in zip(view.modules(), model.modules()))
+    assert all(a._forward_hooks is not b._forward_hooks for a, b in zip(view.modules(), model.modules()))
+
+    shared = torch.nn.Linear(3, 3)
+    tied = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    tied.notes = ["kept"]
+    tied_view = shared_weights_view(tied)
+    assert tied_view[0] is tied_view[2] and tied_view[0] is not shared
+    assert tied_view.notes == ["kept"] and tied_view.notes is not tied.notes
+    assert tied_view[0].weight.data_ptr() == shared.weight.data_ptr() and not tied_view[0].weight.requires_grad
+
+    orthogonal = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(3, 3))
+    ortho_view = shared_weights_view(orthogonal)
+    v = torch.randn(4, 3)
+    with torch.no_grad():
+        assert torch.equal(ortho_view(v), orthogonal(v))
+    assert ortho_view.parametrizations is not orthogonal.parametrizations
+
+
 def test_trace_does_not_depend_on_the_callers_mode(tiny_lm):
     x = torch.randn(2, 3, *tiny_lm.img_size, generator=torch.Generator().manual_seed(1)).to(tiny_lm.device)
     own = tiny_lm.trainable_copy().train()
