@@ -318,8 +318,15 @@ async def in_a_thread_that_ends(fn, name: str):
 
 
 #: How often the server starts waiting jobs whose slot came free without a worker to hand it on (a killed one,
-#: a restart), and records jobs whose worker died; how often it deletes what is older than the retention.
+#: a restart), and records jobs whose worker died; at most how long between two deletions of what is older than
+#: the retention.
 SWEEP_EVERY_S, RETENTION_EVERY_S = 2.0, 3600.0
+
+
+def retention_interval(retention_days: float, longest: float = RETENTION_EVERY_S) -> float:
+    """Seconds between retention sweeps: a tenth of the retention, at most ``longest`` — nothing outlives the
+    retention by more than a tenth of it (a short retention, as a soak test sets, is swept as often)."""
+    return min(longest, retention_days * 86400 / 10)
 
 
 def sweep(stop: threading.Event, every: float = SWEEP_EVERY_S, retention_every: float = RETENTION_EVERY_S) -> None:
@@ -334,7 +341,7 @@ def sweep(stop: threading.Event, every: float = SWEEP_EVERY_S, retention_every: 
             app_state.job_queue().dispatch()
             settings = app_state.server_settings()
             if settings.retention_days and time.monotonic() >= next_clean:
-                next_clean = time.monotonic() + retention_every
+                next_clean = time.monotonic() + retention_interval(settings.retention_days, retention_every)
                 report = clean_old(settings, settings.retention_days)
                 if report.jobs or report.uploads:
                     sys.stderr.write(f"nullviz: retention deleted {len(report.jobs)} jobs and {len(report.uploads)} "

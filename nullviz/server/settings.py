@@ -62,10 +62,24 @@ SHARED_BOUNDS = (("max_queued_jobs", "NULLVIZ_MAX_QUEUED_JOBS", 16),
 MIN_ACCESS_CODE_CHARS = 6
 
 
-def _optional_limit(name: str, value: object) -> int | None:
+def _positive_number(name: str, value: object) -> float:
+    try:
+        out = float(str(value).strip())
+    except ValueError:
+        out = 0.0
+    if not out > 0 or out == float("inf"):
+        raise InvalidParameterError(name, "ServerSettings", "a number > 0", value)
+    return out
+
+
+#: Bounds counted in fractions too (a retention of 0.01 days, a quarter of an hour, for a soak test).
+FRACTIONAL_BOUNDS = frozenset({"NULLVIZ_RETENTION_DAYS"})
+
+
+def _optional_limit(name: str, value: object) -> int | float | None:
     if str(value).strip().lower() in ("none", "", "0", "unlimited"):
         return None
-    return _positive_int(name, value)
+    return _positive_number(name, value) if name in FRACTIONAL_BOUNDS else _positive_int(name, value)
 
 
 def _access_code(value: str | None) -> str | None:

@@ -90,6 +90,13 @@ def test_shared_settings_code_and_model_budget(tmp_path):
     assert "ab1" not in str(info.value)  # a secret is never echoed
     hosts = ServerSettings.from_env({"NULLVIZ_ALLOWED_HOSTS": "a.example, b.example"}).extra_allowed_hosts
     assert hosts == ("a.example", "b.example")
+    assert shared.retention_days == 7 and ServerSettings.from_env({}).retention_days is None
+    assert ServerSettings.from_env({"NULLVIZ_SHARED": "1", "NULLVIZ_RETENTION_DAYS": "0.01"}).retention_days == 0.01
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(Exception, match="a number > 0"):
+            ServerSettings.from_env({"NULLVIZ_SHARED": "1", "NULLVIZ_RETENTION_DAYS": bad})
+    with pytest.raises(Exception, match="whole number"):  # the others are counts
+        ServerSettings.from_env({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_QUEUED_JOBS": "2.5"})
 
 
 def test_model_names_on_a_shared_server_one_message_whatever_the_folder(tmp_path):

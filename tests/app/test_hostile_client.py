@@ -16,7 +16,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from conftest import CLASS_CODE, streamlit_server, wait_until
-from helpers.streamlit_client import RawClient, handshake_refused
+from helpers.streamlit_client import RawClient, handshake_refused, upload, xsrf_cookie
 
 PAGES = ["", "model", "nullspace", "attention", "finetune", "robustness", "learn"]
 PROMPT_ONLY = {"heading", "text_input", "button"}
@@ -114,23 +114,6 @@ def test_no_client_message_empties_the_shared_caches(server):
     assert http_status(server, urlparse(server).netloc) == 200  # the runtime is still up
 
 
-def upload(url: str, session_id: str, size: int, cookie: str | None) -> int:
-    """PUT a ``size``-byte file to Streamlit's own upload route for ``session_id`` (with the XSRF cookie and its
-    token when ``cookie`` is given); the HTTP status."""
-    parsed = urlparse(url)
-    boundary = "nullviz-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    if cookie:
-        headers.update({"Cookie": cookie, "X-Xsrftoken": cookie.split("=", 1)[1]})
-    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
-    conn.request("PUT", f"/_stcore/upload_file/{session_id}/file-{size}", body=body, headers=headers)
-    status = conn.getresponse().status
-    conn.close()
-    return status
-
-
 @pytest.mark.slow
 def test_the_upload_cap_is_enforced_by_the_server_not_only_the_browser(server):
     """NULLVIZ_MAX_UPLOAD_MB=2 is Streamlit's own server.maxUploadSize too: a client that skips the browser's check
@@ -138,12 +121,7 @@ def test_the_upload_cap_is_enforced_by_the_server_not_only_the_browser(server):
     client, run = joined(server, "nullspace")
     with client:
         assert client.session_id and "file_uploader" in run.kinds()
-        parsed = urlparse(server)
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
-        conn.request("GET", "/_stcore/health")
-        response = conn.getresponse()
-        cookie = response.getheader("set-cookie").split(";")[0]
-        conn.close()
+        cookie = xsrf_cookie(server)
         assert upload(server, client.session_id, 3 * 2**20, cookie) == 413
         assert upload(server, client.session_id, 100, cookie) == 204
         assert upload(server, client.session_id, 100, None) == 403  # and never without the XSRF token

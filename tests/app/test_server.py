@@ -232,3 +232,8 @@ def test_the_guard_refuses_foreign_hosts_and_cache_clearing_messages(monkeypatch
     scope = {"type": "websocket", "path": "/_stcore/stream", "headers": [(b"host", b"localhost:8501")]}
     _run(server.SharedModeGuard(app)(scope, receive, None))
     assert passed == ["stop_script"]  # clear_cache and the debug message never reach Streamlit
+
+
+def test_retention_is_swept_ten_times_per_retention_at_most_hourly():
+    assert server.retention_interval(7) == server.RETENTION_EVERY_S == 3600  # a week: hourly
+    assert server.retention_interval(0.01) == pytest.approx(86.4)  # a soak's quarter hour: every 86 s

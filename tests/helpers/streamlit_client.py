@@ -3,6 +3,7 @@ and no XSRF token unless asked for — what a hostile script on the class networ
 
 from __future__ import annotations
 
+import http.client
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -125,3 +126,33 @@ def handshake_refused(url: str, headers: dict[str, str]) -> bool:
     finally:
         client.close()
     return False
+
+
+def xsrf_cookie(url: str) -> str:
+    """The ``_streamlit_xsrf=…`` cookie the server at ``url`` hands any client (as a browser would be given)."""
+    parsed = urlparse(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    conn.request("GET", "/_stcore/health")
+    cookie = conn.getresponse().getheader("set-cookie").split(";")[0]
+    conn.close()
+    return cookie
+
+
+def upload(url: str, session_id: str, size: int, cookie: str | None, timeout: float = 30) -> int:
+    """PUT a ``size``-byte file to Streamlit's own upload route for ``session_id`` (with the XSRF cookie and its
+    token when ``cookie`` is given); the HTTP status, or 0 if the server closed the connection without one."""
+    parsed = urlparse(url)
+    boundary = "nullviz-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if cookie:
+        headers.update({"Cookie": cookie, "X-Xsrftoken": cookie.split("=", 1)[1]})
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    try:
+        conn.request("PUT", f"/_stcore/upload_file/{session_id}/file-{size}", body=body, headers=headers)
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
