@@ -284,6 +284,8 @@ def _warm() -> None:
     t0 = time.perf_counter()
     try:
         import app_state  # torch, timm, plotly and the library: what every page imports
+        import pandas  # noqa: F401 — plotly imports it lazily on a figure's first arrays: the first figures of
+        # five sessions at once raced on that import (two tracebacks, "partially initialized module 'pandas'")
         from nullviz.server.process import keep_freed_memory
 
         keep_freed_memory()  # process tuning, once, at start: requests reuse freed memory instead of faulting it in

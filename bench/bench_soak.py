@@ -6,16 +6,16 @@ what the server holds, minute by minute.
 The server is the shipped one (`streamlit run server.py`, the default model) in shared mode, with a class code
 and a retention of ``--retention-minutes`` (so that it runs during the soak; the server sweeps a tenth of the
 retention apart). Each student is a Chromium context of its own (its own session and workspace) looping: make
-noise on the Nullspace page, open the Attention page and change the noise seed, and every third round start a
+noise on the Nullspace page, open the Attention page and change the noise seed, and every fourth round start a
 small finetuning job on the Finetune page (1 epoch of 20 steps). A hostile student, on the same loop, uploads
 a 1×60,000 PNG as the image, a zip of 200 MB of zeros as the Attention page's image set, and PUTs a file of
 three times the upload cap straight to Streamlit's upload route.
 
-Every minute: the server's resident memory, open file descriptors, threads, its child processes (job workers),
-and the data folder's size. After ``--minutes`` the students stop, and the bench waits one retention plus a
-sweep for what they left to expire. Goals (issue 38): no errors; RSS and the data folder back within 10 % of
-their start (measured after every student's first round) once retention has run; no growth in fds, threads or
-processes.
+Every minute: the server's resident memory, open file descriptors and threads, the job workers running, and the
+data folder's size. After ``--minutes`` the students stop, and the bench waits one retention plus a sweep for
+what they left to expire (jobs still queued then run first: a queue of one slot drains at its own pace). Goals
+(issue 38): no errors; RSS and the data folder back within 10 % of their start (measured after every student's
+first round) once retention has run; no growth in fds or threads; no worker left.
 """
 
 from __future__ import annotations
@@ -69,21 +69,19 @@ def folder_mb(path: Path) -> float:
     return total / 2**20
 
 
-def descendants(pid: int) -> int:
-    """How many processes descend from ``pid`` (the server's job workers)."""
-    parents: dict[int, int] = {}
+def workers(data: Path) -> int:
+    """How many job worker processes run on this data folder (workers are detached from the server: they
+    outlive a restart, so they are counted by their command line, not as its children)."""
+    count = 0
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = 0, {pid}
-    while frontier:
-        children = {p for p, pp in parents.items() if pp in frontier}
-        found += len(children)
-        frontier = children
-    return found
+                args = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"nullviz.jobs" in args and any(str(data).encode() in a for a in args):
+                count += 1
+    return count
 
 
 def snapshot(server: Server, data: Path, t0: float) -> dict:
@@ -91,7 +89,7 @@ def snapshot(server: Server, data: Path, t0: float) -> dict:
     status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
     return {"minute": round((time.time() - t0) / 60, 1), "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
             "fds": len(os.listdir(proc / "fd")), "threads": int(status["Threads"]),
-            "processes": descendants(server.proc.pid), "data_mb": folder_mb(data)}
+            "processes": workers(data), "data_mb": folder_mb(data)}
 
 
 def choose(page, key: str, option: str, tries: int = 5) -> None:
@@ -146,7 +144,7 @@ class Class:
             rounds, waited = 0, False
             while True:
                 try:
-                    self._round(page, base, who, k + rounds, hostile, start_job=rounds % 3 == 2)
+                    self._round(page, base, who, k + rounds, hostile, start_job=rounds % 4 == 3)
                     self.count("rounds")
                 except Exception as exc:  # noqa: BLE001 — a bench counts every failure and goes on
                     self.error(who, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
@@ -205,6 +203,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--students", type=int, default=4)
     ap.add_argument("--retention-minutes", type=float, default=5)
+    ap.add_argument("--drain-minutes", type=float, default=40, help="at most this long for queued jobs to finish")
     ap.add_argument("--record", type=Path, default=None, help="write the table (markdown) here")
     args = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="nullviz-soak-"))
@@ -229,6 +228,11 @@ def main() -> None:
             print(rows[-1], flush=True)
         for t in threads:
             t.join(600)
+        drain = time.time() + 60 * args.drain_minutes  # the jobs still queued run first
+        while (workers(data) or any((data / "jobs" / ".active").glob("*/*"))) and time.time() < drain:
+            time.sleep(60.0)
+            rows.append({**snapshot(server, data, t0), "phase": "queue draining"})
+            print(rows[-1], flush=True)
         settle = time.time() + 60 * args.retention_minutes * 1.1 + 30  # one retention and a sweep after the last
         while time.time() < settle:
             time.sleep(min(60.0, max(0.0, settle - time.time())))
@@ -254,7 +258,7 @@ def main() -> None:
     ]
     for e in klass.errors[:10]:
         summary.append(f"- {e}")
-    table = ["| minute | phase | RSS (MB) | fds | threads | processes | data folder (MB) | rounds | jobs |",
+    table = ["| minute | phase | RSS (MB) | fds | threads | job workers | data folder (MB) | rounds | jobs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['minute']:g} | {r['phase']} | {r['rss_mb']:,.0f} | {r['fds']} | {r['threads']} | "
