@@ -5,18 +5,16 @@ import time
 from dataclasses import replace
 
 import streamlit as st
-import torch
 
 from app_state import (current_model, figure_html, image_picker, model_key, own_synthesis_sets_shown, plain, png_bytes,
                        require_shell, server_settings, session_gone, show_error)
 from nullviz import figures
 from nullviz.core.errors import NullvizError
-from nullviz.data import (ONE_IMAGE_SOURCE, OWN_SOURCE, PHOTOS_SOURCE, model_own_data, synthesis_source_label,
-                          synthesis_sets, synthesis_sources)
+from nullviz.data import OWN_SOURCE, image_digest, model_own_data, synthesis_source_label, synthesis_sets, synthesis_sources
 from nullviz.noise import exact as N
-from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, SynthesisConfig, clipped_delta,
+from nullviz.noise.approximate import (FIT_METRIC_IMAGES, MIN_VERDICT_IMAGES, clipped_delta,
                                        default_synthesis_config, frontier, noise_effect, parse_sweep, probs_change,
-                                       split_fit_check, split_fit_validation, sweep_size, synthesize)
+                                       sweep_size, synthesize)
 from nullviz.noise.files import Noise, noise_bytes
 from nullviz.noise.layernorm import cached_patch_mean_direction, layernorm_residual, sample_layernorm_noise
 
@@ -112,19 +110,6 @@ def approximate_inputs() -> tuple:
             None if sets.test is None else lm.preprocess(sets.test), sets.used, {})
 
 
-def current_image_in_fit(cfg: SynthesisConfig, n_fit: int, test_given: bool) -> bool:
-    """Is the current image among those δ was fit on? (It is the first of the sample-photo source.)"""
-    if source == ONE_IMAGE_SOURCE:
-        return True
-    if source != PHOTOS_SOURCE:
-        return False
-    keep = split_fit_check(n_fit, cfg.check_fraction, cfg.seed)[0] if not test_given else torch.arange(n_fit)
-    if not bool((keep == 0).any()):
-        return False
-    position = int((keep == 0).nonzero()[0])
-    return bool((split_fit_validation(len(keep), cfg.validation_fraction, cfg.seed)[0] == position).any())
-
-
 if go:
     try:
         if layernorm:
@@ -142,7 +127,8 @@ if go:
                 extra = {"feasible_kept_norm_fraction": feas.kept_norm_fraction,
                          "feasible_max_box_violation": feas.max_box_violation}
             st.session_state["current_noise"] = Noise(v, "input", "exact", {"rtol": ns.rtol, **extra,
-                                                                          "image": chosen.name},
+                                                                          "image": chosen.name,
+                                                                          "image_digest": image_digest(chosen.image)},
                                                       made_for=model_key(lm))
         else:
             cfg, images, validation, check, used, known_logits = approximate_inputs()
@@ -168,13 +154,11 @@ if go:
 
             result = synthesize(lm, images, cfg, callback=on_step, check_images=check, validation_images=validation,
                                 images_used=used, **known_logits)
-            bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s · {result.verdict} on "
-                                   f"the unseen images")
+            bar.progress(1.0, text=f"done: {result.steps_run} steps in {result.seconds:.1f}s · "
+                                   f"{result.verdict_phrase}")
             chart.empty()
-            in_fit = current_image_in_fit(cfg, len(images), check is not None)
-            st.session_state["current_noise"] = Noise(result.delta, level, "approximate",
-                                                      {"image": chosen.name, "image_in_fit": in_fit},
-                                                      made_for=model_key(lm), synthesis=result)
+            st.session_state["current_noise"] = Noise(result.delta, level, "approximate", {"image": chosen.name},
+                                                      made_for=model_key(lm), synthesis=result, given_images=images)
     except NullvizError as exc:
         show_error(exc)
 
@@ -204,7 +188,10 @@ if level == "input" and res is not None:
 if level == "input":
     ns = N.nullspace(lm, noise.meta.get("rtol"))
     report = N.verify_invariance(lm, x, delta, ns)
-    metrics.update(report.to_dict(), **{k: v for k, v in noise.meta.items() if k.startswith("feasible_")})
+    # a feasible variant is fitted to one image's pixel box: its numbers are about that image only
+    feasible_here = noise.meta.get("image_digest") == image_digest(chosen.image)
+    metrics.update(report.to_dict(), **{k: v for k, v in noise.meta.items() if k.startswith("feasible_")
+                                        and feasible_here})
     noised_display = lm.to_display(x + delta.to(x))
     st.plotly_chart(figures.noise_triplet(lm.to_display(x), N.to_pixels(lm, delta).permute(1, 2, 0).numpy(),
                                           noised_display), key="triplet")
@@ -256,10 +243,14 @@ if level == "input":
                f"values leave [0, 1] before saving · quantising the clean image alone changes the logits by "
                f"{metrics['quantized_baseline_rel_logit_change']:.1e}"
                + (f" · feasible variant kept {metrics['feasible_kept_norm_fraction']:.0%} of the noise norm"
-                  if "feasible_kept_norm_fraction" in metrics else ""))
+                  if "feasible_kept_norm_fraction" in metrics else "")
+               + (f" · the feasible variant was fitted to {plain(noise.meta.get('image', 'another image'))}'s pixel "
+                  f"range, not this image's: make noise again to fit it here"
+                  if "feasible_kept_norm_fraction" in noise.meta and not feasible_here else ""))
 if res is not None:
     st.markdown(f"The three numbers above are about **this image** ({plain(chosen.name)})"
-                + (", one of the images δ was fit on." if noise.meta.get("image_in_fit")
+                + (", one of the images δ was fit on." if noise.given_images is not None
+                   and res.was_fit_on(noise.given_images, x)  # by content, for whichever image is shown now
                    else ", which is not among the images δ was fit on.")
                 + " The numbers below are about sets of images.")
     c = st.columns(4)
@@ -374,8 +365,8 @@ if exact or level == "input":
                                                   ns.input_dim), key="spectrum")
         if ns.nullity == 0:
             st.info("This patch embedding has full rank at this tolerance: its exact nullspace is {0}. The noise "
-                    "above comes from the 8 weakest singular directions instead — *approximately* null, so the "
-                    "logits move a little. Raise rtol to count near-zero singular values as null — or choose "
+                    f"above comes from the {N.FULL_RANK_WEAKEST} weakest singular directions instead — "
+                    "*approximately* null, so the logits move a little. Raise rtol to count near-zero singular values as null — or choose "
                     "*Exact — LayerNorm directions*: one exact direction per patch that W's rank does not decide.")
         parts = N.decompose_random_noise(lm, ns, x)
         st.markdown("**Random noise, split by the projector:** only the visible part moves the logits.")

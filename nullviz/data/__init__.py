@@ -9,7 +9,8 @@ synthesis, training splits, uploaded zips).
 from . import scenes
 from .digits import (DIGITS_CLASS_NAMES, DIGITS_HELDOUT_FRACTION, DIGITS_SPLIT_SEED, ImageListDataset, digits_dataset,
                      digits_indices, digits_split)
-from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, LabelledImage, downscale_note, load_image_bytes, load_image_file, resolve_image,
+from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, LabelledImage, distinct_images, downscale_note, image_digest,
+                     load_image_bytes, load_image_file, resolve_image,
                      sample_image, sample_image_names, sample_photos_dataset)
 from .sets import (DATA_SOURCES, DOWNLOADED_DATA, EMBEDDED_DATA, EMBEDDED_DATA_WORDS, ONE_IMAGE_SOURCE, OWN_SOURCE,
                    PHOTOS_SOURCE, SYNTHESIS_SOURCES, SYNTHESIS_TEST_IMAGES, SYNTHESIS_VALIDATION_IMAGES, VALIDATION_SEED,

@@ -29,8 +29,32 @@ MAX_ASPECT_RATIO = 10.0
 #: Where :func:`load_image_bytes` notes the size an image was downscaled from (``image.info``).
 DOWNSCALED_FROM = "nullviz_downscaled_from"
 
-#: Sample photographs that ship inside scikit-image (name -> skimage.data function name).
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "immunohistochemistry")
+#: Sample photographs that ship inside scikit-image (name -> skimage.data function name), distinct by content:
+#: ``skimage.data.cat`` is ``chelsea`` again, pixel for pixel, so it is not one of them (a held-out split that held
+#: one copy out and fit on the other would judge δ on an image it was fit on).
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry")
+
+
+def image_digest(image: Image.Image) -> str:
+    """What an image is, by content: a digest of its mode, size and pixels (names and files do not matter)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{image.mode}|{image.size}|".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def distinct_images(images, exclude=()) -> list[Image.Image]:
+    """``images`` without repeats by content (the first of each kept, in order) and without any image whose
+    content is among ``exclude``: how sets of images stay disjoint whatever their names."""
+    seen = {image_digest(im) for im in exclude}
+    out = []
+    for im in images:
+        key = image_digest(im)
+        if key not in seen:
+            seen.add(key)
+            out.append(im)
+    return out
 
 
 def sample_photos_dataset(transform: Callable | None = None) -> ImageListDataset:
@@ -101,8 +125,12 @@ def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         raise ImageLoadError("The file is not an image this tool can read; upload a PNG, JPEG, BMP, GIF, "
                              "TIFF or WebP image.") from exc
     except Image.DecompressionBombError as exc:  # PIL refuses > 2× its own limit already while opening
-        raise ImageLoadError(f"The image is too large to open safely ({exc}); at most {max_pixels:,} pixels "
-                             f"are allowed, downscale it first.") from exc
+        import re
+
+        size = re.search(r"\((\d+) pixels\)", str(exc))  # PIL names the size, and its own limit (not ours)
+        count = f"{int(size.group(1)):,} pixels" if size else "too many pixels to open safely"
+        raise ImageLoadError(f"The image has {count}, more than the {max_pixels:,} allowed; downscale it "
+                             f"first.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"The image could not be decoded (truncated or corrupt file: {exc}).") from exc
     width, height = img.size

@@ -5,7 +5,6 @@ serves the embedded models, a pretrained ImageNet ViT and a user's checkpoint.""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -19,8 +18,8 @@ from nullviz.core.registry import registrar
 from nullviz.models import embedded_model
 
 from .digits import digits_dataset
-from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, check_aspect_ratio, load_image_file, sample_image,
-                     sample_photos_dataset)
+from .images import (MAX_IMAGE_PIXELS, SAMPLE_PHOTOS, check_aspect_ratio, distinct_images, load_image_file,
+                     sample_image, sample_photos_dataset)
 from .scenes import VALIDATION_BACKGROUNDS, cluttered_dataset, synthesis_fit_validation
 
 
@@ -287,20 +286,25 @@ def synthesis_sets(source: str, current: Image.Image | None = None, own: str = "
             "validation": f"{len(val)} {where}, never fit on: they decide when to stop and how large δ may be",
             "test": f"{len(test)} {unseen}: δ and every choice never saw them; the verdict is about these"})
     if source == PHOTOS_SOURCE:
-        photos = [sample_image(name) for name in SAMPLE_PHOTOS]
-        fit = ([current] if current is not None else []) + photos
-        return SynthesisSets(fit, None, None, {"fit": f"the current image and the {len(photos)} sample photographs"
-                                               if current is not None else f"the {len(photos)} sample photographs"})
+        if current is None:
+            fit = distinct_images(sample_image(name) for name in SAMPLE_PHOTOS)
+            return SynthesisSets(fit, None, None, {"fit": f"the {len(fit)} sample photographs"})
+        others = distinct_images((sample_image(name) for name in SAMPLE_PHOTOS), exclude=[current])
+        also = "" if len(others) == len(SAMPLE_PHOTOS) else " other"  # the current image is one of them
+        return SynthesisSets([current, *others], None, None,
+                             {"fit": f"the current image and the {len(others)}{also} sample photographs"})
     if source == ONE_IMAGE_SOURCE:
         if current is None:
             raise DataError("No current image to synthesize on; pick or upload one first.")
+        # the test images never include the current image itself (a sample digit is a held-out digit)
         if current_is_small and own:
-            test = _own_images(own, "heldout", n_test)
+            test = distinct_images(_own_images(own, "heldout", n_test + 1), exclude=[current])[:n_test]
             what = f"{len(test)} held-out {words}"
         else:
-            test = [sample_image(p) for p in SAMPLE_PHOTOS]
+            test = distinct_images((sample_image(p) for p in SAMPLE_PHOTOS), exclude=[current])
             what = f"the {len(test)} sample photographs"
-        return SynthesisSets([current], None, test, {"fit": "the current image alone", "test": what})
+        return SynthesisSets([current], None, test, {"fit": "the current image alone",
+                                                     "test": f"{what}, never the current image itself"})
     raise DataError(f"Unknown image source {source!r}; choose one of {', '.join(sources)}.")
 
 

@@ -164,6 +164,14 @@ class SynthesisResult:
     start_l2: float = 0.0  # ‖δ₀‖, the random start
     travelled_l2: float = 0.0  # ‖δ − δ₀‖: how far optimisation moved δ
     token_means_removed: bool = False  # δ kept free of the LayerNorm nullspace (noise.layernorm), so ‖δ‖ is visible size
+    fit_index: torch.Tensor | None = None  # which of the images given to synthesize δ was fit on (indices)
+
+    def was_fit_on(self, given: torch.Tensor, image: torch.Tensor) -> bool:
+        """Was ``image`` [1, C, H, W] (preprocessed, as ``given``) among the images δ was fit on, by content?
+        ``given``: the images passed to the synthesis (the sets it held out are not fit images)."""
+        fit = given if self.fit_index is None else given[self.fit_index]
+        flat = image.reshape(1, -1).to(fit)
+        return bool((fit.reshape(len(fit), -1) == flat).all(1).any())
 
     @property
     def verdict(self) -> str:
@@ -173,6 +181,13 @@ class SynthesisResult:
             return (f"no verdict: {unseen} unseen images (a verdict needs at least "
                     f"{MIN_VERDICT_IMAGES})")
         return "inside ε" if self.reached_tolerance else "outside ε"
+
+    @property
+    def verdict_phrase(self) -> str:
+        """The verdict with what it is about: 'inside ε on the 256 unseen images', or why there is none."""
+        if self.verdict.startswith("no verdict"):
+            return self.verdict
+        return f"{self.verdict} = {self.config.tol:g} on the {self.check.images:,} unseen images"
 
     @property
     def beats_permuted_on_check(self) -> bool | None:
@@ -366,20 +381,43 @@ def synthesize_for_model(model: torch.nn.Module, images: torch.Tensor, config: S
         if logits is not None and (of is None or logits.dim() != 2 or len(logits) != len(of)):
             raise InvalidParameterError(name, "synthesize", "[images, classes]: one row per image of its set "
                                         f"({'no set given' if of is None else len(of)})", tuple(logits.shape))
+    fit_index = torch.arange(images.shape[0])
+    if check_images is None or validation_images is None:  # sets held out of the given images: by content
+        distinct = distinct_rows(images)
+        if len(distinct) < len(images):
+            used.setdefault("repeats", f"{len(images) - len(distinct)} of the given images repeat others pixel for "
+                                       f"pixel and were dropped, so no image is on both sides of a split")
+            images, fit_index = images[distinct], fit_index[distinct]
     if check_images is None:
         fit_idx, check_idx = split_fit_check(images.shape[0], config.check_fraction, config.seed)
-        images, check_images = images[fit_idx], images[check_idx]
+        images, check_images, fit_index = images[fit_idx], images[check_idx], fit_index[fit_idx]
         used.setdefault("test", f"{len(check_idx)} of the given images, held out at random (seed {config.seed})")
     if validation_images is None:
         fit_idx, val_idx = split_fit_validation(images.shape[0], config.validation_fraction, config.seed)
-        images, validation_images = images[fit_idx], images[val_idx]
+        images, validation_images, fit_index = images[fit_idx], images[val_idx], fit_index[fit_idx]
         if len(val_idx):
             used.setdefault("validation", f"{len(val_idx)} of the given images, held out at random")
     if not len(validation_images):
         used["validation"] = "none: too few images to hold any out, so δ is selected on the images it is fit on"
         validation_logits = None
-    return _synthesize(model, images.to(device), check_images.to(device), validation_images.to(device), config,
-                       model_name, callback, should_stop, bounds, used, fit_logits, validation_logits, check_logits)
+    result = _synthesize(model, images.to(device), check_images.to(device), validation_images.to(device), config,
+                         model_name, callback, should_stop, bounds, used, fit_logits, validation_logits, check_logits)
+    return replace(result, fit_index=fit_index)
+
+
+def distinct_rows(images: torch.Tensor) -> torch.Tensor:
+    """Indices of the first image of each distinct content in a batch [B, …] (in order): a split of the batch
+    cannot then put one picture on both sides under two names."""
+    import hashlib
+
+    seen: set[bytes] = set()
+    keep = []
+    for i, row in enumerate(images.detach().cpu().contiguous()):
+        key = hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long)
 
 
 #: Fit-image metrics (mse_probs, agreement, the permuted control) are measured on at most this many of them.

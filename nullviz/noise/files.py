@@ -45,7 +45,9 @@ class Noise:
     name) and the plain metadata it was made or saved with. The one value a noise file holds and the pages hand
     each other (the Nullspace page's noise on the Attention page); ``made_for`` names the model it fits,
     ``synthesis`` keeps an approximate δ's full :class:`~nullviz.noise.approximate.SynthesisResult` while it is
-    in memory (a file keeps its summary in ``meta``)."""
+    in memory (a file keeps its summary in ``meta``), and ``given_images`` the images that synthesis was given
+    (a reference, often to a cached pool), so that whether any later image was fit on is answered by content
+    (``synthesis.was_fit_on``)."""
 
     delta: torch.Tensor
     level: str
@@ -53,6 +55,7 @@ class Noise:
     meta: dict[str, Any] = field(default_factory=dict)
     made_for: str | None = None
     synthesis: Any = None
+    given_images: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.level not in LEVELS:

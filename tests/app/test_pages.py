@@ -11,7 +11,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, imagenet_like_checkpoint, shown, wait_until
-from nullviz.models import ModelSpec
+from nullviz.data import SAMPLE_PHOTOS, sample_image
+from nullviz.models import ModelSpec, load_model
 from nullviz.noise.approximate import default_synthesis_config
 
 TIMEOUT = 120
@@ -180,6 +181,46 @@ def test_nullspace_feasible_and_approximate_runs():
     assert int(metric(at, "steps").value) <= 15
     assert "permuted δ" in metric(at, "mean Σ Δp²").delta and "ε" in metric(at, "mean Σ Δp² (ε)").delta
     assert at.session_state["current_noise"].level == "encoder"
+
+
+def test_a_feasible_variants_numbers_stay_with_its_image():
+    """The feasible variant is fitted to one image's pixel range: after picking another image, the caption says
+    so instead of the first image's kept fraction."""
+    at = app("pages/nullspace.py")
+    at.radio(key="ns_mode").set_value("Exact, valid image (feasible)").run()
+    at.button[0].click().run()
+    first = at.selectbox(key="ns_sample").value
+    assert "feasible variant kept" in at.main.caption[0].value
+    at.selectbox(key="ns_sample").set_value("digit-5").run()
+    caption = shown(at.main.caption[0].value)
+    assert not at.exception and "feasible variant kept" not in caption
+    assert f"fitted to {first}'s pixel range, not this image's" in caption
+    at.selectbox(key="ns_sample").set_value(first).run()
+    assert "feasible variant kept" in at.main.caption[0].value  # its own image again: its own numbers
+
+
+@pytest.mark.slow
+def test_this_image_is_fit_on_or_not_by_content_whatever_its_name():
+    """chelsea is the current image and a sample photo: the pool holds it once, and the sentence about this image
+    says what the synthesis did with that picture — also after switching to its twin name or another image."""
+    at = app("pages/nullspace.py")
+    at.selectbox(key="ns_sample").set_value("chelsea").run()
+    at.radio(key="ns_mode").set_value("Approximate — encoder level").run()
+    at.selectbox(key="ns_source").set_value("photos")  # in the form: sent with its button
+    at.number_input(key="ns_steps").set_value(3)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    noise = at.session_state["current_noise"]
+    res, given = noise.synthesis, noise.given_images
+    assert len(given) == 1 + len(SAMPLE_PHOTOS) - 1  # chelsea once
+    lm = load_model("default")
+    for name in ("chelsea", "astronaut", "digit-2"):
+        at.selectbox(key="ns_sample").set_value(name).run()
+        texts = " ".join(m.value for m in at.markdown)
+        fit_on = res.was_fit_on(given, lm.preprocess(sample_image(name)))
+        assert ("one of the images δ was fit on" in texts) == fit_on, name
+        assert ("not among the images δ was fit on" in texts) == (not fit_on), name
+    assert not res.was_fit_on(given, lm.preprocess(sample_image("digit-2")))
 
 
 @pytest.mark.slow

@@ -79,6 +79,27 @@ def test_bad_uploads():
         data.load_image_bytes(_png(Image.new("L", (200, 200))), max_pixels=10_000)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height (no pixel data): what a decompression bomb shows PIL."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_a_bomb_pil_refuses_is_named_with_one_limit_ours():
+    """PIL refuses 400 M pixels while opening, naming its own limit; the message names the size and ours only."""
+    with pytest.raises(ImageLoadError) as info:
+        data.load_image_bytes(_png_header(20_000, 20_000))
+    message = str(info.value)
+    assert "400,000,000 pixels" in message and f"{data.MAX_IMAGE_PIXELS:,} allowed" in message
+    assert str(Image.MAX_IMAGE_PIXELS) not in message and "DOS" not in message
+
+
 def test_image_folder(tmp_path, default_lm):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()

@@ -6,7 +6,7 @@ import torch
 
 from nullviz import data
 from nullviz.noise.approximate import (MIN_VERDICT_IMAGES, SynthesisConfig, default_synthesis_config, frontier,
-                                       probs_change, split_fit_validation, synthesize)
+                                       distinct_rows, probs_change, split_fit_validation, synthesize)
 from nullviz.robustness.evaluation import images_tensor
 
 
@@ -35,6 +35,69 @@ def test_own_data_sets_are_disjoint_and_say_what_they_are():
     assert np.array_equal(fit, np.delete(train, val_idx, axis=0))
     assert set(sets.used) == {"fit", "validation", "test"}
     assert "held-out" in sets.used["test"] and "never fit on" in sets.used["validation"]
+
+
+def _digests(images) -> set[str]:
+    return {data.image_digest(im) for im in images}
+
+
+@pytest.mark.parametrize("own", data.EMBEDDED_DATA)
+def test_every_embedded_source_is_disjoint_by_content(own):
+    """Train and held-out splits, the fit pool and its validation draw share no picture, whatever its index."""
+    train = _digests(data.load_dataset(own, None, "train").images)
+    held = _digests(data.load_dataset(own, None, "heldout").images)
+    fit, val = (_digests(s) for s in data.own_train_validation(own))
+    assert not train & held and not fit & val and not (fit | val) & held
+    assert fit <= train  # the fit pool is training images (the cluttered validation scenes are drawn apart)
+
+
+def test_the_sample_pool_holds_each_picture_once():
+    """skimage's 'cat' is 'chelsea' pixel for pixel: the pool lists it once."""
+    import skimage.data
+
+    assert len(_digests(data.sample_image(n) for n in data.SAMPLE_PHOTOS)) == len(data.SAMPLE_PHOTOS)
+    assert data.image_digest(data.sample_image("chelsea")) == data.image_digest(
+        data.images._array_to_rgb(skimage.data.cat()))
+    names = data.sample_image_names()
+    assert len(_digests(data.sample_image(n) for n in names)) == len(names)
+
+
+@pytest.mark.parametrize("source", data.SYNTHESIS_SOURCES)
+@pytest.mark.parametrize("own", [*data.EMBEDDED_DATA, None])
+def test_synthesis_sets_are_disjoint_by_content_for_every_current_image(source, own):
+    """Whatever the current image (every sample, under any name), no picture is both fit on and held out; the
+    current image is fit on exactly when the source says so."""
+    if source not in data.synthesis_sources(own):
+        pytest.skip("no own data")
+    for name in data.sample_image_names():
+        current = data.sample_image(name)
+        sets = data.synthesis_sets(source, current, own=own or "digits", n_test=64)
+        fit = _digests(sets.fit)
+        assert len(fit) == len(sets.fit), name  # no picture twice in the pool a split is held out of
+        for held in (sets.validation, sets.test):
+            if held is not None:
+                assert not fit & _digests(held), (source, name)
+        assert (data.image_digest(current) in fit) == (source != data.OWN_SOURCE), (source, name)
+
+
+def test_a_split_of_given_images_holds_out_no_twin_and_knows_what_it_fit_on(default_lm):
+    """Given images with a picture twice (a sample photo under two names): the twin is dropped before the held-out
+    split, and ``was_fit_on`` answers by content."""
+    photos = [data.sample_image(n) for n in data.SAMPLE_PHOTOS]
+    chelsea = data.sample_image("chelsea")
+    given = default_lm.preprocess([chelsea, *photos])  # the current image, and the pool holding it again
+    r = synthesize(default_lm, given, SynthesisConfig(steps=2, seed=0, check_fraction=0.5))
+    assert "repeat" in r.images_used["repeats"]
+    assert r.fit.images + r.check.images + (r.validation.images if r.validation else 0) == len(photos)
+    kept = distinct_rows(given).tolist()
+    assert kept == [i for i in range(len(given)) if i != 2]  # given[2] is chelsea again: dropped
+    held = [given[i] for i in kept if i not in set(r.fit_index.tolist())]  # the test and validation images
+    fit_rows = _rows(given[r.fit_index])
+    assert not fit_rows & _rows(torch.stack(held))  # no picture on both sides
+    x = default_lm.preprocess(chelsea)
+    assert r.was_fit_on(given, x) == (x.flatten().numpy().tobytes() in fit_rows)
+    for k in range(len(given)):
+        assert r.was_fit_on(given, given[k:k + 1]) == (given[k].flatten().numpy().tobytes() in fit_rows)
 
 
 @pytest.mark.slow
