@@ -255,7 +255,8 @@ def cmd_nullspace(args) -> dict[str, Any]:
     ns = N.nullspace(lm, args.rtol)
     img = resolve_image(args.image)
     x = lm.preprocess(img.image)
-    kind = "layernorm" if args.layernorm else "exact"
+    # a full-rank embedding has no exact nullspace: its noise is the weakest directions', and says so
+    kind = "layernorm" if args.layernorm else "exact" if ns.nullity > 0 else "weakest"
     if args.layernorm:
         from nullviz.noise.layernorm import layernorm_residual, sample_layernorm_noise
 
@@ -264,6 +265,10 @@ def cmd_nullspace(args) -> dict[str, Any]:
         v = N.sample_noise(ns, lm.img_size, N.NoiseSpec(magnitude=args.magnitude, norm=args.norm,
                                                        shared=args.shared, seed=args.seed))
     out: dict[str, Any] = {"model": lm.name, "image": img.name, "kind": kind, **ns.summary()}
+    if kind == "weakest":
+        out["note"] = (f"full rank at rtol {ns.rtol:.1e}: no exact nullspace; the noise lies in the "
+                       f"{N.FULL_RANK_WEAKEST} weakest singular directions, so it is not invisible (raise --rtol to "
+                       f"count them as null, or use --layernorm)")
     if args.layernorm:
         out["layernorm_residual"] = layernorm_residual(lm, v)
     if args.feasible and ns.nullity > 0:

@@ -13,6 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from nullviz.core.precision import FLOAT32_NEGLIGIBLE
+
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
@@ -215,10 +217,6 @@ def synthesis_curve(steps: Sequence[int], loss: Sequence[float], mse_probs: Sequ
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(title="synthesis", height=height, margin=dict(l=10, r=10, t=40, b=10))
     return legend_safe(fig)
-
-
-#: A difference at most this fraction of the clean quantity's range is float32 rounding, not a change.
-FLOAT32_NEGLIGIBLE = 1e-5
 
 
 def difference_label(dmax: float, span: float) -> str:

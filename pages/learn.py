@@ -118,7 +118,7 @@ def step_3() -> None:
     st.table({"noise": list(rows), "max |Δ token|": [f"{r.token_max_abs_change:.1e}" for r in rows.values()],
               "relative logit change": [f"{r.rel_logit_change:.1e}" for r in rows.values()],
               "prediction": [f"{lm.class_name(r.top1_clean)} → {lm.class_name(r.top1_noised)}" for r in rows.values()]})
-    st.caption("The image changes visibly; tokens and logits agree to float32 rounding (about 1e-7).")
+    st.caption(N.describe_invariance(rows))  # from the numbers above it, whatever the model
 
 
 def step_4() -> None:

@@ -65,6 +65,10 @@ def _cache_else_hub(fetch, misses: tuple, offline: str, failed: str):
 def _from_pretrained(cls, ident: str, **kwargs):
     """The local folder, else the local Hugging Face cache (offline, whatever HF_HUB_OFFLINE says), else the hub;
     a failure of the last is one explained error."""
+    if not Path(ident).is_dir() and not is_hub_id(ident):  # a path, not an id: never sent to the hub as one
+        raise ModelNotFoundError(f"No Hugging Face model folder at {ident!r}: hf:/path/to/folder must be a folder "
+                                 f"with config.json and model.safetensors (as save_pretrained writes them); a hub "
+                                 f"model is hf:owner/name.")
     if Path(ident).is_dir():
         try:
             return cls.from_pretrained(ident, **kwargs)
@@ -100,6 +104,16 @@ def _timm_kwargs(cfg, has_head: bool) -> dict[str, Any]:
                 num_classes=int(cfg.num_labels) if has_head else 0, global_pool="token")
 
 
+def _quiet_transformers() -> None:
+    """transformers prints a progress bar for every load and a table of mismatched weights before raising: on a
+    command line that put two screens before nullviz's one-line error. nullviz says what went wrong itself, so
+    transformers' progress bars and warnings are off once a Hugging Face model is loaded (errors still show)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_hf(name: str, *, local_folders: bool = True, max_params: int | None = None
             ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The transformers model ``hf:<hub id or folder>`` and its image processor's settings.
@@ -115,6 +129,7 @@ def load_hf(name: str, *, local_folders: bool = True, max_params: int | None = N
     ident = name[len(PREFIX):] if is_hf_name(name) else name
     if not ident:
         raise ModelNotFoundError("Give a Hugging Face model as hf:<hub id> or hf:/path/to/folder.")
+    _quiet_transformers()
     source = ident if local_folders else _hub_snapshot(ident, ["config.json", "preprocessor_config.json"])
     config = _from_pretrained(AutoConfig, source)
     arch = (config.architectures or ["ViTModel" if config.model_type == "vit" else config.model_type])[0]

@@ -13,7 +13,7 @@ All noise lives in the model's *normalised* input space (where the conv acts); `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from nullviz.core.errors import InvalidParameterError
 from nullviz.core.params import Interval, Options, check
+from nullviz.core.precision import FLOAT32_NEGLIGIBLE, is_rounding
 from nullviz.models import LoadedModel, logits_from_patch_tokens, patch_tokens, token_grid
 
 
@@ -349,11 +350,30 @@ class InvarianceReport:
     def quantized_top1_unchanged(self) -> bool:
         return self.top1_clean == self.quantized_top1
 
+    @property
+    def within_rounding(self) -> bool:
+        """Tokens and logits unchanged up to float32 rounding (relative changes ≤ FLOAT32_NEGLIGIBLE)."""
+        return is_rounding(self.token_rel_change) and is_rounding(self.rel_logit_change)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if not k.startswith("probs")}
         d["top1_unchanged"] = self.top1_unchanged
         d["quantized_top1_unchanged"] = self.quantized_top1_unchanged
         return d
+
+
+def describe_invariance(reports: Mapping[str, InvarianceReport]) -> str:
+    """One sentence on what adding the noise did, computed from the reports it is about (label → report):
+    'agree to float32 rounding' only when every relative change is rounding, else the changes themselves."""
+    worst_tokens = max(r.token_rel_change for r in reports.values())
+    worst_logits = max(r.rel_logit_change for r in reports.values())
+    if all(r.within_rounding for r in reports.values()):
+        return (f"The image changes visibly; tokens and logits agree to float32 rounding (relative changes at "
+                f"most {max(worst_tokens, worst_logits):.0e}; float32 rounding is up to {FLOAT32_NEGLIGIBLE:.0e}).")
+    changed = "; ".join(f"{label}: tokens {r.token_rel_change:.1e}, logits {r.rel_logit_change:.1e} relative"
+                        + ("" if r.top1_unchanged else ", prediction changed") for label, r in reports.items())
+    return (f"Not invisible: {changed} — above float32 rounding ({FLOAT32_NEGLIGIBLE:.0e}), so the model sees "
+            f"this noise.")
 
 
 def quantize_8bit(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,14 @@ class Exact(NoiseKind):
 
 
 @register_noise
+class Weakest(NoiseKind):
+    """A full-rank patch embedding has no exact nullspace: its stand-in is noise in the weakest singular
+    directions (``exact.FULL_RANK_WEAKEST`` of them), approximately null, never exactly."""
+
+    name, label = "weakest", "noise in the weakest directions (full rank: not exactly null)"
+
+
+@register_noise
 class LayerNormExact(NoiseKind):
     name, label = "layernorm", "exact LayerNorm noise"
 

@@ -228,6 +228,9 @@ def test_nullspace_command_on_a_full_rank_model_draws_the_weakest_directions(cap
                    str(tmp_path / "v.pt"))
     assert out["nullity"] == 0
     assert load_noise(tmp_path / "v.pt").delta.abs().max() > 0
+    # and it is not called exact: its kind and a note say what it is, and the logits it moved
+    assert out["kind"] == "weakest" and "not invisible" in out["note"] and out["rel_logit_change"] > 1e-5
+    assert load_noise(tmp_path / "v.pt").kind == "weakest"
     # 48 → 64: the all-ones token shift lies outside W's range, so there is no LayerNorm direction either
     assert main(["nullspace", "--checkpoint", str(path), "--layernorm"]) == 2
     assert "all-ones token shift" in capsys.readouterr().err

@@ -102,3 +102,25 @@ def test_a_finetuned_hf_model_saves_and_loads_back(hf_folder, tmp_path):
     saved = load_file(result.checkpoint)
     assert all(torch.equal(back.model.state_dict()[k], saved[k]) for k in saved)
     assert any(not torch.equal(lm.model.state_dict()[k], saved[k]) for k in saved)
+
+
+def test_the_command_line_says_one_line_for_a_missing_folder_and_nothing_more_for_a_good_one(hf_folder, capsys):
+    """hf:/nonexistent is a path, not a hub id (it got 'huggingface-cli download /nonexistent'); transformers'
+    progress bars and load tables never precede nullviz's own line."""
+    from nullviz.cli import main
+
+    assert main(["info", "--model", "hf:/nonexistent/folder"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No Hugging Face model folder" in err[0] and "huggingface-cli" not in err[0]
+    folder, _ = hf_folder
+    assert main(["info", "--model", f"hf:{folder}", "--json"]) == 0
+    assert capsys.readouterr().err == ""  # no "Loading weights" bar
+    config = json.loads((folder / "config.json").read_text())
+    broken = folder.parent / "broken-vit"
+    broken.mkdir()
+    for f in folder.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))  # weights no longer fit
+    assert main(["info", "--model", f"hf:{broken}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken-vit" in err[0], err[:3]

@@ -10,7 +10,7 @@ from nullviz.robustness.evaluation import TOLERANCE_KINDS, EvalConfig, config_fr
 
 
 def test_registry_names_labels_and_controls():
-    assert set(NOISE_KINDS) == {"exact", "layernorm", "approximate", "gaussian", "random_start", "permuted"}
+    assert set(NOISE_KINDS) == {"exact", "weakest", "layernorm", "approximate", "gaussian", "random_start", "permuted"}
     assert CONTROLS == ("gaussian", "random_start", "permuted")
     assert len({k.label for k in NOISE_KINDS.values()}) == len(NOISE_KINDS)
     assert label("approximate") == "approximate δ" and label("something old") == "something old"

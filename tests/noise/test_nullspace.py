@@ -187,3 +187,28 @@ def test_smooth_null_directions_are_null_orthonormal_and_smoother(default_lm):
     energy = N.dirichlet_energy(S, 3, 8)
     assert torch.all(energy[:-1] <= energy[1:] + 1e-9)  # ordered from the smoothest
     assert float(energy.mean()) < float(N.dirichlet_energy(ns.basis[:, :8], 3, 8).mean())
+
+
+def test_the_invariance_sentence_is_computed_from_its_numbers(default_lm, digit_x):
+    """'agree to float32 rounding' only where every relative change is rounding; on a full-rank embedding the
+    sentence gives the changes the table shows (it used to say 'about 1e-7' beside 7e-05 and 4e-03)."""
+    ns = N.nullspace(default_lm)
+    rows = {label: N.verify_invariance(default_lm, digit_x, N.basis_vector_noise(ns, default_lm.img_size, 0,
+                                                                                 patch=patch, magnitude=3.0), ns)
+            for label, patch in (("one patch", 5), ("every patch", None))}
+    assert all(r.within_rounding for r in rows.values())
+    assert "agree to float32 rounding" in N.describe_invariance(rows)
+
+    full = create_random_vit("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=4, embed_dim=64, depth=1,
+                             num_heads=2, num_classes=5)  # 48 pixels per patch → 64: full rank
+    fns = N.nullspace(full)
+    assert fns.nullity == 0
+    x = full.preprocess(sample_image("digit-3"))
+    weak = {label: N.verify_invariance(full, x, N.basis_vector_noise(fns, full.img_size, 0, patch=patch,
+                                                                    magnitude=3.0), fns)
+            for label, patch in (("one patch", 5), ("every patch", None))}
+    sentence = N.describe_invariance(weak)
+    assert not any(r.within_rounding for r in weak.values())
+    assert "float32 rounding (" not in sentence.split("—")[0] and sentence.startswith("Not invisible")
+    for r in weak.values():
+        assert f"{r.rel_logit_change:.1e}" in sentence and f"{r.token_rel_change:.1e}" in sentence
