@@ -283,7 +283,9 @@ series = {name: [r.clean_acc, *(r.attacks[a]["robust_acc"] for a in r.attacks),
           for name, r in zip(names, reports)}
 st.plotly_chart(figures.bar_chart(cats, series, "accuracy", "top-1 accuracy"), key="rob_bars")
 
-rows = {"evaluation": cats}
+# each attack named with its budget (ε, steps) as the evaluation used it: an accuracy means nothing without it
+budgets = reports[0].attack_budgets
+rows = {"evaluation": [f"{c} ({budgets[c]})" if c in budgets else c for c in cats]}
 for name in names:
     rows[name] = [f"{v:.1%}" for v in series[name]]
 if len(reports) == 2:

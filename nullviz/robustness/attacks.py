@@ -25,6 +25,12 @@ from nullviz.core.registry import registrar
 from nullviz.inspection.attention import trace
 
 
+def _eps(eps: float) -> str:
+    """ε in pixel units, as n/255 when it is one (8/255), else as a number."""
+    n = eps * 255
+    return f"{round(n)}/255" if abs(n - round(n)) < 1e-6 and round(n) > 0 else f"{eps:g}"
+
+
 def _input_grad(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(fn(x), y, reduction="sum")
@@ -124,6 +130,11 @@ class Attack:
         """Forward+backward passes per image: what a progress bar over an evaluation weighs it by."""
         raise NotImplementedError
 
+    @property
+    def budget(self) -> str:
+        """What the attack may do, in words with its numbers (ε in pixel units): what a table states beside it."""
+        raise NotImplementedError
+
     @classmethod
     def from_settings(cls, settings: Any, views=None) -> "Attack":
         """Built from an evaluation's settings (``EvalConfig``: eps, pgd_*, patch_steps)."""
@@ -139,6 +150,10 @@ class FGSM(Attack):
 
     def __call__(self, fn, pixels, labels, seed=0):
         return fgsm(fn, pixels, labels, self.eps)
+
+    @property
+    def budget(self) -> str:
+        return f"L∞ ε = {_eps(self.eps)}, one step"
 
     @property
     def gradient_steps(self) -> int:
@@ -163,6 +178,10 @@ class PGD(Attack):
         return pgd(fn, pixels, labels, self.eps, self.alpha, self.steps, self.norm, seed=seed)
 
     @property
+    def budget(self) -> str:
+        return f"{'L∞' if self.norm.lower() == 'linf' else 'L2'} ε = {_eps(self.eps)}, {self.steps} steps"
+
+    @property
     def gradient_steps(self) -> int:
         return self.steps
 
@@ -182,6 +201,10 @@ class PatchFool(Attack):
 
     def __call__(self, fn, pixels, labels, seed=0):
         return patchfool(fn, pixels, labels, self.steps, self.alpha, self.views)
+
+    @property
+    def budget(self) -> str:
+        return f"one patch, any change inside it, {self.steps} steps"
 
     @property
     def gradient_steps(self) -> int:
@@ -223,6 +246,10 @@ class CW(Attack):
         return _torchattacks("CW", fn, pixels, labels, seed, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)
 
     @property
+    def budget(self) -> str:
+        return f"L2, no ε (c = {self.c:g}), {self.steps} steps"
+
+    @property
     def gradient_steps(self) -> int:
         return self.steps
 
@@ -249,6 +276,10 @@ class AutoAttack(Attack):
             classes = int(fn(pixels[:1]).shape[-1])
         return _torchattacks("AutoAttack", fn, pixels, labels, seed, norm=self.norm, eps=self.eps,
                              version="standard", n_classes=min(classes, 10), seed=int(seed))
+
+    @property
+    def budget(self) -> str:
+        return f"{'L∞' if self.norm.lower() == 'linf' else 'L2'} ε = {_eps(self.eps)}"
 
     @property
     def gradient_steps(self) -> int:

@@ -266,6 +266,7 @@ class RobustnessReport:
     num_images: int
     clean_acc: float
     attacks: dict[str, dict[str, float]] = field(default_factory=dict)
+    attack_budgets: dict[str, str] = field(default_factory=dict)  # each attack's ε and steps, in words
     corruptions: dict[str, list[float]] = field(default_factory=dict)
     corruption_skipped: dict[str, str] = field(default_factory=dict)
     severities: list[int] = field(default_factory=list)
@@ -496,6 +497,7 @@ def _evaluate(lm, x, y, cfg: EvalConfig, progress: Progress, should_stop, approx
         report.per_image[name] = right[name]
         report.attacks[name] = {"robust_acc": int(right[name].sum()) / n,
                                 "success_rate": int((clean_right & ~right[name]).sum()) / n_right if n_right else 0.0}
+        report.attack_budgets[name] = attack.budget
         report.seconds[name] = time.perf_counter() - t
 
     total = len(cfg.corruptions) * len(cfg.severities)

@@ -481,7 +481,9 @@ def test_robustness_page_two_models():
     at.button[0].click().run()
     assert not at.exception and not at.error
     table = at.table[0].value
-    assert list(table["evaluation"]) == ["clean", "fgsm", "pgd", "corruption mean"]
+    # each attack with the ε and steps it used (the table said "fgsm" with no budget)
+    assert list(table["evaluation"]) == ["clean", "fgsm (L∞ ε = 8/255, one step)", "pgd (L∞ ε = 8/255, 10 steps)",
+                                         "corruption mean"]
     assert list(table["Δ (2 − 1)"]) == ["+0.0%"] * 4  # the same model twice
     assert len(downloads(at)) == 2
     assert len(at.get("plotly_chart")) >= 5

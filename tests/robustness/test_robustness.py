@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,8 @@ def test_evaluate_full_report_and_exports(default_lm):
     report = R.evaluate(default_lm, digits_dataset("heldout"), cfg, progress=lambda *a: seen.append(a))
     assert report.num_images == 32 and 0.9 <= report.clean_acc <= 1
     assert report.attacks["pgd"]["robust_acc"] < report.clean_acc
+    assert report.attack_budgets == {"fgsm": "L∞ ε = 8/255, one step", "pgd": "L∞ ε = 8/255, 3 steps"}
+    assert R.RobustnessReport.from_dict(json.loads(R.report_json([report]))[0]).attack_budgets == report.attack_budgets
     assert set(report.corruptions) == {"fog", "contrast"} and all(len(v) == 2 for v in report.corruptions.values())
     assert report.mean_corruption_acc == pytest.approx(np.mean([a for v in report.corruptions.values() for a in v]))
     assert report.relative_corruption_error(report).value == pytest.approx(100.0)
@@ -329,3 +333,15 @@ def test_per_image_outcomes_and_corrupted_images_made_once(default_lm):
     other = R.evaluate(default_lm, digits_dataset("train"), cfg, corrupted=store)
     assert len(store) == 2 * 2 * 3 * 2
     assert other.corruptions == R.evaluate(default_lm, digits_dataset("train"), cfg).corruptions
+
+
+def test_every_attack_states_its_budget():
+    from nullviz.robustness.attacks import ATTACKS, make_attack
+
+    cfg = R.EvalConfig()
+    budgets = {name: make_attack(name, cfg).budget for name in ATTACKS}
+    assert budgets["autoattack"] == "L∞ ε = 4/255" and budgets["fgsm"] == "L∞ ε = 8/255, one step"
+    assert "no ε" in budgets["cw"] and "one patch" in budgets["patchfool"]
+    assert make_attack("fgsm", R.EvalConfig(eps=0.01)).budget == "L∞ ε = 0.01, one step"
+    assert budgets["pgd"] == "L∞ ε = 8/255, 10 steps"
+    assert make_attack("pgd", R.EvalConfig(pgd_norm="l2", eps=0.5)).budget == "L2 ε = 0.5, 10 steps"
