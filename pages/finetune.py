@@ -1,5 +1,6 @@
 """Finetune: nullspace-augmented finetuning vs. its controls, as jobs that run in their own processes."""
 
+import contextlib
 import io
 import json
 import os
@@ -128,9 +129,10 @@ if not OWN_DATA:
     st.info(no_own_data_message(lm.name))
 
 
-def _data_spec() -> str:
+def _data_spec(scope: contextlib.ExitStack, keep: bool) -> str:
     """The job's data: the model's own ('digits' or 'cluttered'), 'cifar10', or a folder (typed in local mode,
-    unpacked from a zip upload)."""
+    unpacked from a zip upload). An unpacked folder lives as long as ``scope``: deleted when anything in it
+    refuses the data (a class count the head cannot take), and after it unless ``keep`` (an estimate only)."""
     if source == OWN_SOURCE:
         return OWN_DATA
     if source == "CIFAR-10":
@@ -142,40 +144,41 @@ def _data_spec() -> str:
     if upload is None:
         raise NullvizError("Upload a .zip holding one folder of images per class.")
     check_upload_size(upload.name, upload.size, settings.max_upload_mb)
-    with ws.upload_folder() as dest:  # a refused zip is deleted at once; an accepted one stays for the job
-        return str(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=ws.unpack_budget(),
-                                            max_files=settings.max_zip_files))
+    dest = scope.enter_context(ws.upload_folder(keep=keep))
+    return str(extract_image_folder_zip(upload.getvalue(), dest, max_bytes=ws.unpack_budget(),
+                                        max_files=settings.max_zip_files))
 
 
 if start or estimate_only:
     try:
-        if not methods:
-            raise NullvizError("Pick at least one method.")
-        configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
-                                  batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
-                                  fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
-                                  eval_limit=int(eval_limit) or None, new_head=bool(new_head),
-                                  eval_synth_steps=int(eval_synth_steps), weight_decay=float(weight_decay),
-                                  augment=augment, keep_best=bool(keep_best), synth_tol=float(tol))
-                   for m in methods for k in range(int(n_seeds))]
-        data = check_data_spec(_data_spec())
-        if augment != "none":
-            check_augmentable(data)
-        check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
-        limit = settings.max_job_minutes if settings.shared else None
-        st.session_state.pop("ft_estimate", None)  # about earlier settings
-        if estimate_only or limit:  # Start times a step (and may read the data) only where a limit is checked
-            estimate = estimate_finetune_job(lm, configs, data, int(processes))
-            st.session_state["ft_estimate"] = (f"These settings: {estimate.describe()}." + (
-                f" This server runs jobs of at most {limit:g} minutes." if limit else ""))
-            check_job_minutes(estimate.seconds, limit)
-        if start:
-            params = finetune_params(ModelSpec.of(lm), data,
-                                     configs, data_cache=str(settings.datasets_cache), processes=int(processes))
-            job = submit_job("finetune", params, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
-                             + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
-                             + (f" · {int(processes)} processes" if processes > 1 else ""), threads=job_threads())
-            st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
+        with contextlib.ExitStack() as scope:  # an unpacked upload is kept only for a job that starts
+            if not methods:
+                raise NullvizError("Pick at least one method.")
+            configs = [FinetuneConfig(method=m, epochs=int(epochs), steps_per_epoch=int(steps) or None,
+                                      batch_size=int(batch), lr=float(lr), freeze=freeze, synth_steps=int(synth_steps),
+                                      fgsm_eps=float(fgsm_eps) / 255, fresh_deltas=int(fresh), seed=int(seed) + k,
+                                      eval_limit=int(eval_limit) or None, new_head=bool(new_head),
+                                      eval_synth_steps=int(eval_synth_steps), weight_decay=float(weight_decay),
+                                      augment=augment, keep_best=bool(keep_best), synth_tol=float(tol))
+                       for m in methods for k in range(int(n_seeds))]
+            data = check_data_spec(_data_spec(scope, keep=bool(start)))
+            if augment != "none":
+                check_augmentable(data)
+            check_head(lm.name, lm.model.num_classes, DataSpec.parse(data).class_count(), bool(new_head))
+            limit = settings.max_job_minutes if settings.shared else None
+            st.session_state.pop("ft_estimate", None)  # about earlier settings
+            if estimate_only or limit:  # Start times a step (and may read the data) only where a limit is checked
+                estimate = estimate_finetune_job(lm, configs, data, int(processes))
+                st.session_state["ft_estimate"] = (f"These settings: {estimate.describe()}." + (
+                    f" This server runs jobs of at most {limit:g} minutes." if limit else ""))
+                check_job_minutes(estimate.seconds, limit)
+            if start:
+                params = finetune_params(ModelSpec.of(lm), data,
+                                         configs, data_cache=str(settings.datasets_cache), processes=int(processes))
+                job = submit_job("finetune", params, label=" vs. ".join(methods) + f" · {int(epochs)} epochs"
+                                 + (f" · {int(n_seeds)} seeds" if n_seeds > 1 else "")
+                                 + (f" · {int(processes)} processes" if processes > 1 else ""), threads=job_threads())
+                st.session_state["ft_job_pick"] = job.id  # the job list below shows the new job
     except NullvizError as exc:
         show_error(exc)
 

@@ -9,11 +9,32 @@ pytestmark = pytest.mark.browser  # a real shared server, two Chromium contexts
 
 
 @pytest.fixture(scope="module")
-def shared_url(tmp_path_factory):
-    data = tmp_path_factory.mktemp("shared-server")
-    with streamlit_server({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(data),
+def shared_data(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared-server")
+
+
+@pytest.fixture(scope="module")
+def shared_url(shared_data):
+    with streamlit_server({"NULLVIZ_SHARED": "1", "NULLVIZ_MAX_UPLOAD_MB": "1", "NULLVIZ_DATA_DIR": str(shared_data),
                            "NULLVIZ_ACCESS_CODE": CLASS_CODE}) as url:
         yield url
+
+
+def image_folder_zip(classes: int) -> bytes:
+    """A zip of an ImageFolder: ``classes`` folders of two 32×32 PNGs each."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in range(classes):
+            for k in range(2):
+                png = io.BytesIO()
+                Image.new("RGB", (32, 32), (25 * c, 40 * k, 90)).save(png, format="PNG")
+                z.writestr(f"data/{c}/{k}.png", png.getvalue())
+    return buf.getvalue()
 
 
 def no_exception(page):
@@ -67,3 +88,39 @@ def test_two_students_a_running_job_and_attention_at_once(shared_url, browser):
     no_exception(alice)
     alice.reload()  # same ?ws= link: the finished job is still hers
     expect(alice.get_by_text("Final numbers").first).to_be_visible(timeout=90_000)
+
+
+def test_an_uploaded_data_zip_is_kept_only_for_a_job_that_starts(shared_url, shared_data, browser):
+    """Estimate time unpacks the zip to time a step and deletes it after; a zip the model's head cannot take is
+    deleted as it is refused; Start keeps the one its job reads."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(shared_url + f"/finetune?code={CLASS_CODE}")
+    page.get_by_role("button", name="Start").wait_for(timeout=90_000)
+
+    def unpacked() -> list:
+        return [p for p in (shared_data / "uploads").glob("*/*") if p.is_dir()]
+
+    def use_zip(classes: int) -> None:
+        page.locator(".st-key-ft_source button[aria-label='Open']").click()
+        page.locator("[role='option']").filter(has_text="upload a zip of an ImageFolder").click()
+        page.locator(".st-key-ft_zip input[type='file']").set_input_files(
+            files=[{"name": f"data{classes}.zip", "mimeType": "application/zip", "buffer": image_folder_zip(classes)}])
+        page.get_by_text(f"data{classes}.zip").wait_for(timeout=30_000)
+
+    page.get_by_label("epochs").fill("1")
+    page.get_by_label("steps per epoch (0 = full pass)").fill("2")
+    use_zip(10)
+    page.get_by_role("button", name="Estimate time").click()
+    expect(page.get_by_text("These settings:").first).to_be_visible(timeout=120_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
+    assert unpacked() == []  # estimated, then deleted
+    use_zip(3)
+    page.get_by_role("button", name="Estimate time").click()
+    expect(page.get_by_text("but the training data has 3").first).to_be_visible(timeout=60_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=120_000)
+    assert unpacked() == []  # refused: nothing kept
+    use_zip(10)
+    page.get_by_role("button", name="Start").click()
+    expect(page.get_by_text("Your jobs").first).to_be_visible(timeout=120_000)
+    assert len(unpacked()) == 1  # the job's data
+    no_exception(page)
