@@ -234,9 +234,7 @@ def follow_job(job_id: str, key: str, stop_label: str, caption: str | None = Non
             st.caption(caption)
         if st.button(stop_label, key=f"{key}_stop", disabled=now.finished):
             now = queue.stop(job_id, ws.id)
-        pos = queue.position(now)
-        st.progress(float(now.status.get("fraction", 0.0)),
-                    text=f"waiting in line (number {pos})" if pos else f"{now.state} · {now.status.get('current', '')}")
+        st.progress(float(now.status.get("fraction", 0.0)), text=now.describe(queue.position(now)))
         if now.finished and not st.session_state.get(f"{key}_final_{job_id}"):
             st.session_state[f"{key}_final_{job_id}"] = True
             st.rerun()

@@ -223,16 +223,12 @@ def _epoch_series(epochs: dict) -> dict:
 
 def _draw_progress(job) -> None:
     done, total = job.steps_done, max(job.steps_total, 1)
+    line = job.describe(queue.position(job))  # true now: a finished job says how far it got, not its last stage
     if job.state == "queued":
-        pos = queue.position(job)
-        st.progress(0.0, text=f"waiting in line{f' (number {pos})' if pos else ''}: "
-                              f"{settings.max_running_jobs} job(s) run at once")
-    else:
-        eta = job.eta_seconds
-        current = job.status.get("current", "")
-        st.progress(min(done / total, 1.0), text=f"{job.state} · {current} · {min(done / total, 1.0):.0%}"
-                    + (f" · ETA {eta:.0f} s" if eta is not None else "")
-                    + (" (δ synthesis, training and evaluation all counted)" if job.state == "running" else ""))
+        line += f": {settings.max_running_jobs} job(s) run at once"
+    elif job.state == "running" and not job.stop_requested:
+        line += " (δ synthesis, training and evaluation all counted)"
+    st.progress(min(done / total, 1.0), text=line)
     if job.message:
         (st.error if job.state == "failed" else st.info)(job.message)
 

@@ -122,6 +122,15 @@ def thin(values: list, max_points: int) -> list:
 
 
 # --------------------------------------------------------------------------------------------- the job
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @dataclass
 class JobInfo:
     """A snapshot of one job, read from its folder."""
@@ -175,6 +184,37 @@ class JobInfo:
             return None
         elapsed = time.time() - started
         return elapsed / self.steps_done * max(0, self.steps_total - self.steps_done)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Stop was asked and the job has not ended yet (its worker reads the request between steps)."""
+        return not self.finished and (self.dir / "STOP").exists()
+
+    def describe(self, position: int | None = None) -> str:
+        """The job's state in one line, true at this moment: what a running job does now; how far a job that
+        ended got and how long it ran (never a stage and a percentage as if it were still at work); a stop
+        acknowledged the moment it is asked."""
+        state, phase = self.state, self.phase
+        fraction = min(float(self.status["fraction"]) if "fraction" in self.status  # kinds that count a fraction
+                       else self.steps_done / max(self.steps_total, 1.0), 1.0)
+        if state == "queued":
+            return "waiting in line" + (f" (number {position})" if position else "")
+        if state == "running":
+            if self.stop_requested:
+                return (phase if phase.startswith("stopping") else
+                        "stop asked: the job ends after its current step and saves what it has")
+            eta = self.eta_seconds
+            return (f"running · {phase} · {fraction:.0%}" if phase else f"running · {fraction:.0%}") + (
+                f" · about {_duration(eta)} left" if eta is not None else "")
+        started, ended = self.status.get("started"), self.status.get("finished")
+        took = f" in {_duration(ended - started)}" if started and ended else ""
+        if state == "done":
+            return f"done{took}"
+        if state == "cancelled":
+            return "cancelled before it started"
+        where = phase.removeprefix("stopping: ").strip()
+        during = f" during {where}" if where and not where.startswith("finishing") else ""
+        return f"{state} at {fraction:.0%} of its work{during}{took}"
 
     @property
     def results(self) -> dict[str, FinetuneResult]:
