@@ -173,22 +173,32 @@ def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, 
     return fig
 
 
+#: Class names in the top-k chart are cut to this many characters (the full name is in the hover text).
+TOPK_NAME_CHARS = 28
+
+
 def topk_bars(probs_clean: Sequence[float], probs_noised: Sequence[float], class_names: Sequence[str],
               k: int = 5, labels: tuple[str, str] = ("clean", "noised"), height: int = 320) -> go.Figure:
-    """Top-k classes (by the clean prediction, plus the noised top-1) before and after, as grouped bars."""
+    """Top-k classes (by the clean prediction, plus the noised top-1) before and after, as grouped horizontal bars:
+    class names read along the bars (ImageNet's long names, drawn vertically under columns, squashed the bars
+    to a strip), the most likely class on top."""
     pc, pn = np.asarray(probs_clean), np.asarray(probs_noised)
     order = list(np.argsort(-pc)[:k])
     if int(pn.argmax()) not in order:
         order.append(int(pn.argmax()))
-    names = [class_names[i] if i < len(class_names) else f"class {i}" for i in order]
+    full = [class_names[i] if i < len(class_names) else f"class {i}" for i in order]
+    names = [short_label(n, TOPK_NAME_CHARS) for n in full]
 
     def bar(name, values):  # every bar carries its value: a probability of 0.001 is no visible bar on 0–1
-        return go.Bar(name=name, x=names, y=values, text=[f"{v:.1%}" if v >= 0.001 else f"{v:.0e}" for v in values],
-                      textposition="outside", cliponaxis=False)
+        return go.Bar(name=name, y=names, x=values, orientation="h", customdata=full,
+                      text=[f"{v:.1%}" if v >= 0.001 else f"{v:.0e}" for v in values], textposition="outside",
+                      cliponaxis=False, hovertemplate="%{customdata}: %{x:.2%}<extra>" + name + "</extra>")
 
     fig = go.Figure([bar(labels[0], pc[order]), bar(labels[1], pn[order])])
-    fig.update_layout(barmode="group", title="top-k class probabilities", yaxis_title="probability", xaxis_type="category",
-                      yaxis_range=[0, 1.12], yaxis_tickformat=".0%", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(barmode="group", title="top-k class probabilities", xaxis_title="probability",
+                      yaxis_type="category", yaxis_autorange="reversed", xaxis_range=[0, 1.18],
+                      xaxis_tickformat=".0%", height=max(height, 60 + 44 * len(order)),
+                      margin=dict(l=10, r=10, t=40, b=10))
     return legend_safe(fig)
 
 

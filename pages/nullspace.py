@@ -1,5 +1,6 @@
 """Nullspace: exact, feasible-exact, LayerNorm and optimised (approximate) noise for one image, with the proof."""
 
+import html
 import json
 import time
 from dataclasses import replace
@@ -203,6 +204,9 @@ else:
     effect = noise_effect(lm, x, delta, level)
     metrics.update(effect.to_dict())
     probs_clean, probs_noised = effect.probs_clean, effect.probs_noised
+    # δ is added to this image's patch tokens, not its pixels: the image itself is what the numbers are about
+    st.plotly_chart(figures.image_row([lm.to_display(x)], [f"the image analysed: {html.escape(chosen.name)}"],
+                                      height=260), key="encoder_image")
     left, right = st.columns(2)
     with left:
         gh, gw = lm.grid_size

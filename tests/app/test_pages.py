@@ -181,6 +181,9 @@ def test_nullspace_feasible_and_approximate_runs():
     assert int(metric(at, "steps").value) <= 15
     assert "permuted δ" in metric(at, "mean Σ Δp²").delta and "ε" in metric(at, "mean Σ Δp² (ε)").delta
     assert at.session_state["current_noise"].level == "encoder"
+    # the image δ's tokens are about is shown (the encoder level showed no image at all)
+    shown_image = _figure(at, "encoder_image")
+    assert at.selectbox(key="ns_sample").value in shown_image["layout"]["annotations"][0]["text"]
 
 
 def test_a_feasible_variants_numbers_stay_with_its_image():

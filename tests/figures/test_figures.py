@@ -98,6 +98,20 @@ def test_topk_bars_label_every_probability():
     assert list(fig.data[0].text) == ["99.8%", "0.1%", "5e-04"] and fig.data[0].textposition == "outside"
 
 
+def test_topk_bars_read_long_class_names_along_the_bars():
+    """ImageNet's names under columns were drawn vertically and squashed the bars to a strip: the bars are
+    horizontal, the most likely class on top, names cut to TOPK_NAME_CHARS with the full name in the hover."""
+    names = [f"class number {i}, a long ImageNet-style name with synonyms" for i in range(1000)]
+    probs = np.full(1000, 0.5 / 998)
+    probs[[7, 3]] = 0.3, 0.2
+    fig = figures.topk_bars(probs, probs[::-1], names, k=3)
+    bars = fig.data[0]
+    assert bars.orientation == "h" and fig.layout.yaxis.autorange == "reversed"
+    assert list(bars.customdata)[:2] == [names[7], names[3]]  # the most likely first (drawn on top)
+    assert all(len(label) <= figures.TOPK_NAME_CHARS for label in bars.y)
+    assert len(bars.y) == 4  # the top 3 and the noised top-1
+
+
 def test_heads_are_numbered_from_one_like_blocks():
     grid = figures.attention_grid(np.random.default_rng(0).random((2, 3, 4, 4)), title="clean")
     titles = [a.text for a in grid.layout.annotations]
