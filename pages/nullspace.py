@@ -258,8 +258,10 @@ if res is not None:
                    else ", which is not among the images δ was fit on.")
                 + " The numbers below are about sets of images.")
     c = st.columns(4)
-    c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)",
-                f"travelled {res.travelled_l2:.3g} from its random start (‖δ₀‖ {res.start_l2:.3g})", **NOTE)
+    # side notes short enough for a quarter of the page (longer ones were cut mid-number); the rest in help
+    c[0].metric("‖δ‖₂ (relative)", f"{res.noise_l2:.3g} ({res.noise_rel:.2f}×)", f"travelled {res.travelled_l2:.3g}",
+                help=f"‖δ‖₂ relative to the mean norm of what it is added to; optimisation moved δ "
+                     f"{res.travelled_l2:.3g} from its random start (‖δ₀‖ {res.start_l2:.3g}).", **NOTE)
     c[1].metric("steps", res.steps_run, f"λ {res.config.lam:g}, lim {res.config.lim:g}", **NOTE)
     fit, check, val = res.fit, res.check, res.validation
     fit_n = fit.images
@@ -273,20 +275,24 @@ if res is not None:
     c[1].metric("top-1 agreement", f"{fit.agreement:.1%}", f"permuted δ: {fit.permuted_agreement:.1%}", **NOTE)
     c[2].metric("mean ‖Δ logits‖", f"{fit.logit_distance:.3g}")
     if val is not None:
-        c[3].metric(f"validation ({val.images} images): mean Σ Δp²", f"{val.mse_probs:.2e}",
-                    f"top-1 agreement {val.agreement:.1%}; they chose δ", **NOTE)
+        c[3].metric("validation: mean Σ Δp²", f"{val.mse_probs:.2e}", f"agreement {val.agreement:.1%}",
+                    help=f"{val.images} training images δ was not fit on: they chose δ (when to stop, how large "
+                         f"it may be); top-1 agreement {val.agreement:.1%}.", **NOTE)
     if check is not None:
         check_n = check.images
         st.markdown(f"**{check_n} images δ never saw** — what invisibility means")
         c = st.columns(4)
-        c[0].metric("mean Σ Δp² (ε)", f"{check.mse_probs:.2e}",
-                    res.verdict if res.verdict != "outside ε" else f"outside ε = {res.config.tol:g}", **NOTE)
+        short_verdict = (f"no verdict ({check_n} unseen)" if res.verdict.startswith("no verdict") else
+                         f"{res.verdict} = {res.config.tol:g}")
+        c[0].metric("mean Σ Δp² (ε)", f"{check.mse_probs:.2e}", short_verdict, help=res.verdict_phrase, **NOTE)
         c[1].metric("top-1 agreement", f"{check.agreement:.1%}", f"permuted δ: {check.permuted_agreement:.1%}",
                     **NOTE)
         c[2].metric("mean ‖Δ logits‖", f"{check.logit_distance:.3g}")
-        c[3].metric("controls of the same norm (Σ Δp²)", f"{check.permuted_mse_probs:.2e}",
-                    f"Gaussian {check.gaussian_mse_probs:.2e} · random start {check.random_start_mse_probs:.2e}",
-                    **NOTE)
+        c[3].metric("same-norm controls (Σ Δp²)", f"{check.permuted_mse_probs:.2e}",
+                    f"Gaussian {check.gaussian_mse_probs:.1e}",
+                    help=f"Noise of δ's norm on the same images: δ permuted {check.permuted_mse_probs:.2e} (the "
+                         f"value), Gaussian {check.gaussian_mse_probs:.2e}, δ's random start "
+                         f"{check.random_start_mse_probs:.2e}.", **NOTE)
         if check_n < MIN_VERDICT_IMAGES:
             st.info(f"Only {check_n} unseen image{'s' if check_n != 1 else ''}: too few for a verdict (it needs "
                     f"{MIN_VERDICT_IMAGES}; one image moves the mean by more than ε tells apart). Optimise on the "

@@ -240,10 +240,13 @@ def test_nullspace_approximate_says_which_images_each_number_is_about_and_traces
     assert "**256 images δ never saw**" in texts
     used = " ".join(m.value for m in at.markdown if "Which images" in m.value)
     assert "1,182 training digits" in used and "256 other training digits" in used and "256 held-out digits" in used
-    assert "travelled" in metric(at, "‖δ‖₂ (relative)").delta
-    assert "Gaussian" in metric(at, "controls of the same norm (Σ Δp²)").delta
+    assert "travelled" in metric(at, "‖δ‖₂ (relative)").delta and "random start" in metric(at, "‖δ‖₂ (relative)").help
+    assert "Gaussian" in metric(at, "same-norm controls (Σ Δp²)").delta
     assert "ε" in metric(at, "Σ Δp² on this image").delta  # the image's own verdict beside the set's
-    assert "they chose δ" in metric(at, "validation (256 images): mean Σ Δp²").delta
+    assert "they chose δ" in metric(at, "validation: mean Σ Δp²").help
+    assert "256 training images" in metric(at, "validation: mean Σ Δp²").help
+    # every side note fits its quarter of the page (they were cut mid-number: "Gaussian 4.86e-01 · rando…")
+    assert all(len(m.delta or "") <= METRIC_NOTE_CHARS for m in at.metric), [m.delta for m in at.metric]
     res = at.session_state["current_noise"].synthesis
     assert res.check.images == 256 and res.validation.images == 256 and res.fit.images == 1182
     measured = default_synthesis_config("nullviz_digits_vit")
@@ -787,6 +790,10 @@ def _same_architecture_checkpoint(tmp_path) -> str:
     path = tmp_path / "other_digits.safetensors"
     save_file(state, str(path))
     return str(path)
+
+
+#: What a metric's side note may hold in a quarter of the page before Streamlit cuts it.
+METRIC_NOTE_CHARS = 26
 
 
 def _figure(at, key):
