@@ -156,6 +156,26 @@ def _current_step() -> int | None:
         return 1
 
 
+#: Streamlit keeps the scroll position across reruns: Back / Next would open the next step at the height the last
+#: one was read to (its bottom). A fixed script, no user data in it.
+SCROLL_TO_TOP = """<script>
+(() => {
+  const top = () => document.querySelector('[data-testid="stMain"]')?.scrollTo({top: 0});
+  top();  // now, and again once the run has drawn the new step (the old step's height held the position)
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app) return;
+  const done = new MutationObserver(() => {  // the step's figures size themselves after the run: once more then
+    if (app.getAttribute('data-test-script-state') === 'notRunning') {
+      done.disconnect();
+      for (const ms of [0, 300, 1000]) setTimeout(top, ms);
+    }
+  });
+  done.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  setTimeout(() => done.disconnect(), 30000);
+})();
+</script>"""
+
+
 def _go(step: int) -> None:
     st.query_params["step"] = str(step)
 
@@ -166,6 +186,10 @@ if step is None:
         st.header(f"{i} · {title}")
         fn()
 else:
+    if st.session_state.get("_learn_step_shown") != step:  # a new step opens at its top, not where the last ended
+        st.session_state["_learn_step_shown"] = step
+        # the step in the script: an element with the same content as the last run's is kept, not run again
+        st.html(SCROLL_TO_TOP.replace("(() => {", f"(() => {{  // step {step}", 1), unsafe_allow_javascript=True)
     st.progress(step / len(STEPS), text=f"Step {step} of {len(STEPS)}")
     st.header(f"{step} · {TITLES[step - 1]}")
     STEPS[step - 1]()

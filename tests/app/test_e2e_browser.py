@@ -181,6 +181,25 @@ def test_presentation_mode_fits_the_screen(server, browser, tmp_path, viewport):
     page.close()
 
 
+def test_presentation_next_opens_the_next_step_at_its_top(server, browser):
+    """At a projector's 1280×720, Next after reading a step to its end shows the new step's first line (Streamlit
+    kept the scroll position: each step opened at its bottom)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(f"{server}/learn?present=1&step=1")
+    page.get_by_text("Step 1 of 4").wait_for(timeout=90_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    for step in (2, 3):
+        page.get_by_role("button", name="Next →").scroll_into_view_if_needed()  # read to the end of the step
+        page.get_by_role("button", name="Next →").click()
+        page.get_by_text(f"Step {step} of 4").wait_for(timeout=90_000)
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+        page.wait_for_timeout(1500)  # the step's figures have drawn and sized themselves
+        box = page.get_by_role("heading", name=re.compile(rf"^{step} · ")).bounding_box()
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 720, (step, box)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
 def test_cluttered_default_pick_a_query_patch_by_clicking(browser, tmp_path):
     """The app's shipped default (the cluttered-digits ViT, 8×8 tokens): clicking a patch on the query overlay
     makes it the query token."""
