@@ -152,6 +152,18 @@ def patch_norm_heatmap(norms: np.ndarray, height: int = 320) -> go.Figure:
     return fig
 
 
+def log_hline(fig: go.Figure, y: float, text: str, position: str = "top left", **line) -> None:
+    """A horizontal line at ``y`` on a log y axis, its label on it. (plotly's ``add_hline`` places the label of a
+    log axis at the raw value, not its log: "rtol·σ_max = 7.36e-05" sat at σ ≈ 1, "ε = 0.01" far above its line.)
+    ``position``: "top|bottom left|right" — the label above or below the line, at the plot's left or right."""
+    vertical, horizontal = position.split()
+    fig.add_hline(y=y, **line)
+    fig.add_annotation(text=text, xref="x domain", x=0.0 if horizontal == "left" else 1.0,
+                       xanchor="left" if horizontal == "left" else "right", yref="y",
+                       y=float(np.log10(max(y, 1e-300))), yanchor="bottom" if vertical == "top" else "top",
+                       showarrow=False)
+
+
 def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, input_dim: int,
                       height: int = 320) -> go.Figure:
     """σ_i of the patch embedding on a log scale, the rank cut, and the nullity it implies."""
@@ -163,8 +175,8 @@ def singular_spectrum(singular_values: Sequence[float], rank: int, rtol: float, 
     if len(s):
         # opposite corners: the threshold's label at the left, under its line (the spectrum starts high there),
         # the rank cut's at the top, left of its line; both at the top right overlapped on flat spectra
-        fig.add_hline(y=rtol * s[0], line_dash="dot", line_color="crimson",
-                      annotation_text=f"rtol·σ_max = {rtol * s[0]:.2e}", annotation_position="bottom left")
+        log_hline(fig, rtol * s[0], f"rtol·σ_max = {rtol * s[0]:.2e}", "bottom left", line_dash="dot",
+                  line_color="crimson")
         fig.add_vline(x=rank + 0.5, line_dash="dash", line_color="gray",
                       annotation_text=f"rank {rank}, nullity {input_dim - rank}", annotation_position="top left")
     fig.update_layout(title=f"singular values of W ({len(s)} of {input_dim} inputs)", height=height,
@@ -668,8 +680,7 @@ def frontier_plot(frontier, height: int = 420) -> go.Figure:
                               ("gaussian_mse_probs", "Gaussian, same norm", "diamond-open")):
         fig.add_trace(go.Scatter(x=x, y=[max(getattr(p, key), floor) for p in pts], mode="markers", name=name,
                                  marker=dict(symbol=symbol, size=9)))
-    fig.add_hline(y=frontier.tol, line_dash="dash", annotation_text=f"ε = {frontier.tol:g}",
-                  annotation_position="bottom right")
+    log_hline(fig, frontier.tol, f"ε = {frontier.tol:g}", "bottom right", line_dash="dash")
     best = frontier.allowed()
     if best is not None:
         fig.add_trace(go.Scatter(x=[best.noise_l2], y=[max(best.check_mse_probs, floor)], mode="markers",
@@ -839,8 +850,8 @@ def sanity_bars(results: Sequence[Mapping], tolerance: float, labels: Mapping[st
                               ("map_change", "per pixel", "#ff7f0e")):
         fig.add_trace(go.Bar(x=names, y=[max(r[key], floor) for r in results], name=words, marker_color=color,
                              hovertemplate="%{x}: %{y:.2e}<extra>" + words + "</extra>"))
-    fig.add_hline(y=tolerance, line_dash="dash", line_color="#444",
-                  annotation_text=f"pass below {tolerance:g} (float32 rounding)", annotation_position="top left")
+    log_hline(fig, tolerance, f"pass below {tolerance:g} (float32 rounding)", "top left", line_dash="dash",
+              line_color="#444")
     fig.update_layout(barmode="group", title="how far each map moves under exact nullspace noise (same output)",
                       yaxis_title="change ÷ the map's largest value", yaxis_type="log", height=height,
                       margin=dict(l=10, r=10, t=40, b=10))

@@ -145,6 +145,19 @@ def test_spectrum_labels_sit_in_opposite_corners():
     assert fig.layout.annotations[0].x != fig.layout.annotations[1].x
 
 
+def test_line_labels_on_log_axes_sit_on_their_lines():
+    """plotly put an add_hline label of a log axis at the raw value: 'rtol·σ_max = 7.36e-05' at σ ≈ 1, the
+    frontier's 'ε = 0.01' far above its line. The label's y is the line's, in the axis' log units."""
+    s = np.geomspace(12.0, 1e-3, 48)
+    fig = figures.singular_spectrum(s, 48, 7.36e-05 / 12.0, 48)
+    label = next(a for a in fig.layout.annotations if a.text.startswith("rtol"))
+    line = next(sh for sh in fig.layout.shapes if sh.y0 == sh.y1)
+    assert label.yref == "y" and label.y == pytest.approx(np.log10(line.y0)) and line.y0 == pytest.approx(7.36e-05)
+    sanity = figures.sanity_bars([{"method": "a", "patch_change": 1e-8, "map_change": 1e-6}], 1e-5)
+    label = sanity.layout.annotations[0]
+    assert label.y == pytest.approx(-5.0) and label.yanchor == "bottom"  # above its line, on it
+
+
 def test_smoothing_is_tensorboards_debiased_moving_average():
     from nullviz.figures import smooth
 
