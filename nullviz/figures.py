@@ -434,11 +434,22 @@ def noise_contrast_plot(contrast, height: int = 380) -> go.Figure:
 
 
 def depth_curve(series: Mapping[str, Sequence[float]], title: str = "change per layer", yaxis_title: str = "",
-                log_y: bool = False, height: int = 320) -> go.Figure:
-    """One line per named series over the block index (where the encoder absorbs the noise)."""
+                log_y: bool = False, height: int = 320, scale: float | None = None) -> go.Figure:
+    """One line per named series over the block index (where the encoder absorbs the noise).
+
+    ``scale``: the size of the clean quantity the changes are relative to (1 for relative changes and total
+    variations). On a log axis the range is then fixed from CHANGE_FLOOR to it, and changes that are all float32
+    rounding are said so in the title: an auto-scaled axis drew 150n–550n of rounding as if it were structure."""
     fig = go.Figure()
     for name, values in series.items():
-        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=[max(float(v), CHANGE_FLOOR) for v in values]
+                                 if log_y else list(values), mode="lines+markers", name=name))
+    if scale is not None:
+        largest = max((abs(float(v)) for values in series.values() for v in values), default=0.0)
+        if largest <= FLOAT32_NEGLIGIBLE * scale:
+            title = f"{title} — float32 rounding only (at most {largest:.0e})"
+        if log_y:
+            fig.update_yaxes(range=[np.log10(CHANGE_FLOOR), np.log10(scale) + 0.1])
     fig.update_layout(title=title, xaxis_title="block", yaxis_title=yaxis_title, height=height,
                       yaxis_type="log" if log_y else "linear", margin=dict(l=10, r=10, t=40, b=10))
     fig.update_xaxes(dtick=1)

@@ -84,7 +84,8 @@ st.markdown(f"Prediction clean **{plain(lm.class_name(d['top1_clean']))}**, nois
 st.plotly_chart(shared_figure(figures.depth_curve, fingerprint(CMP_KEY, "depth"),
                               {"token representation ‖Δh‖/‖h‖": d["layer_repr_change"],
                                "attention total variation": d["layer_attention_distance"]},
-                              "where the noise is absorbed: change per block", log_y=True), key="depth")
+                              "where the noise is absorbed: change per block", log_y=True, scale=1.0),
+                key="depth")  # both are relative (≤ 1): drawn on that scale, rounding said in words
 
 img = lm.to_display(x)
 img_noised = lm.to_display(x + delta.to(x)) if level == "input" else img

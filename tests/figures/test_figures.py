@@ -158,6 +158,17 @@ def test_line_labels_on_log_axes_sit_on_their_lines():
     assert label.y == pytest.approx(-5.0) and label.yanchor == "bottom"  # above its line, on it
 
 
+def test_rounding_is_not_drawn_as_structure_in_the_depth_curve():
+    """Exact noise moves the tokens by 1.5e-7…5.5e-7 (float32 rounding): on a log axis tied to the clean scale
+    they lie flat near its floor and the title says what they are; a real change keeps its own title."""
+    rounding = figures.depth_curve({"repr": [1.5e-7, 5.5e-7, 3e-7]}, "change per block", log_y=True, scale=1.0)
+    assert tuple(rounding.layout.yaxis.range) == (np.log10(figures.CHANGE_FLOOR), 0.1)
+    assert "float32 rounding only (at most 6e-07)" in rounding.layout.title.text
+    real = figures.depth_curve({"repr": [1e-3, 0.2, 0.5]}, "change per block", log_y=True, scale=1.0)
+    assert real.layout.title.text == "change per block"
+    assert list(figures.depth_curve({"tv": [0.0, 1e-8]}, log_y=True, scale=1.0).data[0].y)[0] == figures.CHANGE_FLOOR
+
+
 def test_smoothing_is_tensorboards_debiased_moving_average():
     from nullviz.figures import smooth
 
