@@ -442,8 +442,9 @@ def depth_curve(series: Mapping[str, Sequence[float]], title: str = "change per 
     rounding are said so in the title: an auto-scaled axis drew 150n–550n of rounding as if it were structure."""
     fig = go.Figure()
     for name, values in series.items():
+        floored = log_y and scale is not None  # on the fixed axis an exact 0 is drawn at its floor
         fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=[max(float(v), CHANGE_FLOOR) for v in values]
-                                 if log_y else list(values), mode="lines+markers", name=name))
+                                 if floored else list(values), mode="lines+markers", name=name))
     if scale is not None:
         largest = max((abs(float(v)) for values in series.values() for v in values), default=0.0)
         if largest <= FLOAT32_NEGLIGIBLE * scale:
