@@ -324,11 +324,12 @@ class Workspace:
         folder = self.new_upload_folder()
         try:
             yield folder
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+        except Exception:  # a refusal. Not BaseException: a page's rerun (Streamlit's control flow) can interrupt
+            shutil.rmtree(folder, ignore_errors=True)  # the block after its job was submitted with this folder
             raise
-        if not keep:
-            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # --------------------------------------------------------------------------------------- disk space
     def usage_bytes(self) -> int:

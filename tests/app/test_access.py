@@ -253,6 +253,18 @@ def test_workspace_quota_and_free_space_floor_refuse_with_what_to_do(tmp_path, m
         with ws.upload_folder() as folder:
             raise DataError("not a data set")
     assert not folder.exists()  # a refused unpack leaves nothing
+
+    class Rerun(BaseException):  # Streamlit's rerun and stop are BaseExceptions, raised at any st call
+        pass
+
+    with pytest.raises(Rerun):
+        with ws.upload_folder() as kept:
+            raise Rerun()
+    assert kept.exists()  # a job submitted in the block may be reading it: a rerun does not delete it
+    with pytest.raises(Rerun):
+        with ws.upload_folder(keep=False) as once:
+            raise Rerun()
+    assert not once.exists()  # an upload read once goes whatever ends the block
     import shutil
 
     floor = ServerSettings(shared=True, data_root=tmp_path, min_free_disk_mb=10**9)
