@@ -12,8 +12,8 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -641,6 +641,11 @@ def own_checkpoints() -> dict[str, str]:
             if job.finished and job.kind == "finetune" for name, res in job.results.items() if res.usable}
 
 
+def _cache_key(fn, key: str) -> str:
+    """A shared cache's key: the function's qualified name and what its result is about."""
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}"
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _shared_result(key: str, _fn, _args: tuple, _kwargs: dict):  # "_": not hashed, the key stands for them
     return _fn(*_args, **_kwargs)
@@ -651,7 +656,7 @@ def shared_result(fn, key: str, *args, **kwargs):
     cache: the 64 most recent keys). ``key`` must name everything the result depends on (:func:`fingerprint` of the
     model and inputs): a class opening a page's default view computes it once, not once per student. Sessions
     asking for one key at the same time wait for the first to compute it."""
-    return _shared_result(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}", fn, args, kwargs)
+    return _shared_result(_cache_key(fn, key), fn, args, kwargs)
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
@@ -663,7 +668,7 @@ def shared_figure(fn, key: str, *args, **kwargs):
     """:func:`shared_result` for a figure builder, in a cache of its own (the 256 most recent keys, each figure at
     most a few hundred kB): the figures of every block, head and query a class looks at come and go there
     without pushing the results they draw out of theirs. A shared figure is never changed after it is made."""
-    return _shared_figure(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}|{key}", fn, args, kwargs)
+    return _shared_figure(_cache_key(fn, key), fn, args, kwargs)
 
 
 def default_sample_for(lm: LoadedModel) -> str:
